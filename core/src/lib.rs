@@ -1,0 +1,27 @@
+//! # modula-core
+//!
+//! The on-device half of Modula: it reads a model from one GGUF file without copying a
+//! weight (a `memmap2` map under `std`, a `&'static [u8]` in flash without it), and hands
+//! out typed views of its tensors. Kernels, routing, the SeqBoat scan and nested sub-model
+//! selection build on these views.
+//!
+//! `#![no_std]` + `alloc`. The default `std` feature adds [`Model::open`] (memory map),
+//! the container writer ([`gguf::GgufWriter`]) and atomic file writes ([`io`]).
+//!
+//! What it deliberately does not do: training (see `modula-train`), quantising
+//! (`modula-quant`), or any allocation per token in the inference loop.
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod gguf;
+#[cfg(feature = "std")]
+pub mod io;
+pub mod model;
+
+pub use gguf::{GgufError, MetaValue, Value, ValueType};
+pub use model::{Model, PageGroup, TensorView};
+pub use modula_quant::DType;

@@ -1,0 +1,373 @@
+//! A model file opened for inference: the bytes (a memory map, a `&'static [u8]` in flash,
+//! or any owned buffer) plus their validated [`GgufIndex`], and zero-copy typed views.
+//!
+//! `Model<B>` is generic over the backing store so the same API serves `std` (where
+//! [`Model::open`] maps a file with `memmap2`) and bare metal (`Model::from_bytes` over
+//! a `&'static [u8]`). A view borrows the model; no weight is ever copied.
+
+use crate::gguf::{GgufError, GgufIndex, PageGroupInfo, TensorInfo, Value};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::ops::Range;
+use half::{bf16, f16};
+use modula_quant::{BlockQ4_0, BlockQ8_0, DType};
+use ndarray::{ArrayViewD, IxDyn};
+
+/// A validated GGUF model over a byte buffer `B`.
+#[derive(Debug)]
+pub struct Model<B> {
+    buf: B,
+    index: GgufIndex,
+}
+
+impl<B: AsRef<[u8]>> Model<B> {
+    /// Validate `buf` as a GGUF v3 file and keep it.
+    pub fn from_bytes(buf: B) -> Result<Self, GgufError> {
+        let index = GgufIndex::parse(buf.as_ref())?;
+        Ok(Model { buf, index })
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.as_ref()
+    }
+
+    /// The validated index.
+    pub fn index(&self) -> &GgufIndex {
+        &self.index
+    }
+
+    /// Container version (always 3).
+    pub fn version(&self) -> u32 {
+        self.index.version
+    }
+
+    /// Alignment of tensor data in bytes.
+    pub fn alignment(&self) -> usize {
+        self.index.alignment
+    }
+
+    /// Absolute offset of the data section.
+    pub fn data_start(&self) -> usize {
+        self.index.data_start
+    }
+
+    /// Number of tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.index.tensors.len()
+    }
+
+    /// All tensors in file order.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> + '_ {
+        (0..self.index.tensors.len()).map(move |i| self.tensor_at(i))
+    }
+
+    /// The tensor at position `i` in file order (panics if `i >= tensor_count()`).
+    pub fn tensor_at(&self, i: usize) -> TensorView<'_> {
+        let info = &self.index.tensors[i];
+        let buf = self.bytes();
+        TensorView {
+            name: str_of(buf, info.name_range()),
+            info,
+            data: buf.get(info.byte_range()).unwrap_or_default(),
+        }
+    }
+
+    /// The tensor called `name`.
+    pub fn tensor(&self, name: &str) -> Result<TensorView<'_>, GgufError> {
+        self.index
+            .find_tensor(self.bytes(), name)
+            .map(|i| self.tensor_at(i))
+            .ok_or_else(|| GgufError::TensorNotFound {
+                name: name.to_string(),
+            })
+    }
+
+    /// Metadata entries in file order.
+    pub fn metadata(&self) -> impl Iterator<Item = (&str, Value<'_>)> + '_ {
+        let buf = self.bytes();
+        self.index.kvs.iter().filter_map(move |e| {
+            let key = str_of(buf, e.key_range());
+            let mut cur = crate::gguf::cursor_at(buf, e.value_range().start);
+            crate::gguf::read_value_pub(&mut cur, e.value_type(), key).map(|v| (key, v))
+        })
+    }
+
+    /// Number of metadata entries.
+    pub fn metadata_count(&self) -> usize {
+        self.index.kvs.len()
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<Value<'_>> {
+        self.index.find_kv(self.bytes(), key)
+    }
+
+    /// A required `u32` key (`modula.block_count`, ...).
+    pub fn get_u32(&self, key: &str) -> Result<u32, GgufError> {
+        match self.get(key) {
+            Some(Value::U32(v)) => Ok(v),
+            Some(v) => Err(GgufError::WrongMetadataType {
+                key: key.to_string(),
+                expected: "u32",
+                found: v.type_description(),
+            }),
+            None => Err(GgufError::InvalidMetadataValue {
+                key: key.to_string(),
+                reason: "required key is missing".to_string(),
+            }),
+        }
+    }
+
+    /// A string key.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|v| v.as_str())
+    }
+
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Option<&str> {
+        self.get_str("general.architecture")
+    }
+
+    /// Page size of the page groups (0 when the file has none).
+    pub fn page_size(&self) -> usize {
+        self.index.page_size
+    }
+
+    /// The page-aligned tensor groups.
+    pub fn page_groups(&self) -> impl Iterator<Item = PageGroup<'_>> + '_ {
+        self.index.groups.iter().map(move |g| PageGroup {
+            model_bytes: self.bytes(),
+            info: g,
+        })
+    }
+
+    /// The page group a tensor belongs to, if any.
+    pub fn group_of(&self, tensor: &str) -> Option<PageGroup<'_>> {
+        let i = self.index.find_tensor(self.bytes(), tensor)?;
+        self.page_groups().find(|g| g.info.tensors.contains(&i))
+    }
+}
+
+#[cfg(feature = "std")]
+impl Model<memmap2::Mmap> {
+    /// Map the file at `path` read-only and validate it. No tensor data is read until a
+    /// view of it is used.
+    ///
+    /// The file must not be modified while it is mapped (standard memory-map caveat).
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, GgufError> {
+        let path = path.as_ref();
+        let io_err = |e: std::io::Error| GgufError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        if len == 0 {
+            return Err(GgufError::Truncated {
+                what: "magic".to_string(),
+                offset: 0,
+                needed: 4,
+                file_len: 0,
+            });
+        }
+        // SAFETY: the map is read-only and lives as long as the Model; the caller must not
+        // modify the file while it is mapped (documented above). All reads go through
+        // bounds-checked slices of the map.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+        Model::from_bytes(map)
+    }
+}
+
+fn str_of(buf: &[u8], r: Range<usize>) -> &str {
+    buf.get(r)
+        .and_then(|b| core::str::from_utf8(b).ok())
+        .unwrap_or("\u{fffd}")
+}
+
+/// A named, page-aligned range of the file holding consecutive tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct PageGroup<'a> {
+    model_bytes: &'a [u8],
+    info: &'a PageGroupInfo,
+}
+
+impl<'a> PageGroup<'a> {
+    /// Group name.
+    pub fn name(&self) -> &'a str {
+        &self.info.name
+    }
+
+    /// Absolute, page-aligned byte range.
+    pub fn range(&self) -> Range<usize> {
+        self.info.range.clone()
+    }
+
+    /// The bytes of the group (for `madvise`, prefetch, checksums).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.model_bytes
+            .get(self.info.range.clone())
+            .unwrap_or_default()
+    }
+
+    /// Positions (file order) of the tensors inside.
+    pub fn tensor_indices(&self) -> &'a [usize] {
+        &self.info.tensors
+    }
+}
+
+/// A borrowed view of one tensor.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    name: &'a str,
+    info: &'a TensorInfo,
+    data: &'a [u8],
+}
+
+/// Rows of blocks of a quantised tensor: row `r` is `blocks[r*blocks_per_row..][..blocks_per_row]`.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockRows<'a, T> {
+    /// All blocks, row-major.
+    pub blocks: &'a [T],
+    /// Blocks in one row (row length / block length).
+    pub blocks_per_row: usize,
+    /// Number of rows (product of the outer dimensions).
+    pub rows: usize,
+}
+
+impl<'a, T> BlockRows<'a, T> {
+    /// The blocks of row `r`, or `None` if `r >= rows`.
+    pub fn row(&self, r: usize) -> Option<&'a [T]> {
+        let start = r.checked_mul(self.blocks_per_row)?;
+        self.blocks.get(start..start + self.blocks_per_row)
+    }
+
+    /// The first `n` rows as one contiguous slice (a nested-size prefix), or `None` if
+    /// `n > rows`.
+    pub fn prefix_rows(&self, n: usize) -> Option<&'a [T]> {
+        if n > self.rows {
+            return None;
+        }
+        self.blocks.get(..n * self.blocks_per_row)
+    }
+}
+
+impl<'a> TensorView<'a> {
+    /// Name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.info.dtype()
+    }
+
+    /// Row-major shape (outermost first).
+    pub fn shape(&self) -> Vec<usize> {
+        self.info.shape()
+    }
+
+    /// Element count.
+    pub fn n_elements(&self) -> u64 {
+        self.info.n_elements()
+    }
+
+    /// The raw bytes, borrowed from the file.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// Absolute file offset of the first byte.
+    pub fn file_offset(&self) -> usize {
+        self.info.byte_range().start
+    }
+
+    /// The record this view was made from.
+    pub fn info(&self) -> &'a TensorInfo {
+        self.info
+    }
+
+    fn expect(&self, want: DType) -> Result<(), GgufError> {
+        if self.dtype() == want {
+            Ok(())
+        } else {
+            Err(GgufError::DTypeMismatch {
+                tensor: self.name.to_string(),
+                expected: want.info().name,
+                found: self.dtype().info().name,
+            })
+        }
+    }
+
+    fn cast<T: bytemuck::Pod>(&self, want: DType) -> Result<&'a [T], GgufError> {
+        self.expect(want)?;
+        #[cfg(target_endian = "big")]
+        {
+            return Err(GgufError::InvalidInput {
+                reason: "zero-copy views of little-endian GGUF data need a little-endian CPU"
+                    .to_string(),
+            });
+        }
+        #[allow(unreachable_code)]
+        bytemuck::try_cast_slice(self.data).map_err(|_| GgufError::MisalignedBuffer {
+            tensor: self.name.to_string(),
+            align: core::mem::align_of::<T>(),
+        })
+    }
+
+    fn nd<T: bytemuck::Pod>(&self, want: DType) -> Result<ArrayViewD<'a, T>, GgufError> {
+        let s = self.cast::<T>(want)?;
+        ArrayViewD::from_shape(IxDyn(&self.shape()), s).map_err(|_| GgufError::ShapeOverflow {
+            tensor: self.name.to_string(),
+        })
+    }
+
+    /// F32 data as a flat slice.
+    pub fn as_f32_slice(&self) -> Result<&'a [f32], GgufError> {
+        self.cast(DType::F32)
+    }
+
+    /// F32 data as an `ndarray` view with the row-major shape.
+    pub fn as_f32(&self) -> Result<ArrayViewD<'a, f32>, GgufError> {
+        self.nd(DType::F32)
+    }
+
+    /// F16 data as an `ndarray` view.
+    pub fn as_f16(&self) -> Result<ArrayViewD<'a, f16>, GgufError> {
+        self.nd(DType::F16)
+    }
+
+    /// BF16 data as an `ndarray` view.
+    pub fn as_bf16(&self) -> Result<ArrayViewD<'a, bf16>, GgufError> {
+        self.nd(DType::BF16)
+    }
+
+    fn rows<T: bytemuck::Pod>(&self, want: DType) -> Result<BlockRows<'a, T>, GgufError> {
+        let blocks = self.cast::<T>(want)?;
+        let ne = self.info.ggml_dims();
+        let row_len = ne.first().copied().unwrap_or(1) as usize;
+        let blocks_per_row = row_len / want.block_len();
+        let rows = blocks.len().checked_div(blocks_per_row).unwrap_or(0);
+        Ok(BlockRows {
+            blocks,
+            blocks_per_row,
+            rows,
+        })
+    }
+
+    /// Q8_0 data as rows of blocks.
+    pub fn as_q8_0(&self) -> Result<BlockRows<'a, BlockQ8_0>, GgufError> {
+        self.rows(DType::Q8_0)
+    }
+
+    /// Q4_0 data as rows of blocks.
+    pub fn as_q4_0(&self) -> Result<BlockRows<'a, BlockQ4_0>, GgufError> {
+        self.rows(DType::Q4_0)
+    }
+}
+
+/// Describe a tensor for messages: `name [rows, cols] q8_0`.
+pub fn describe(t: &TensorView<'_>) -> String {
+    alloc::format!("{} {:?} {}", t.name(), t.shape(), t.dtype())
+}

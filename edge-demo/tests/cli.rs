@@ -1,0 +1,72 @@
+//! The `modula` binary as a user runs it.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::process::Command;
+
+fn modula() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_modula"))
+}
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("modula-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn demo_writes_a_file_that_inspect_reads() {
+    let d = tmpdir("demo");
+    let f = d.join("demo.gguf");
+    let out = modula().args(["demo", "--out"]).arg(&f).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("read all"), "{text}");
+    assert!(text.contains("Not yet"), "{text}");
+
+    let out = modula().arg("inspect").arg(&f).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "modula.expert.count",
+        "blk.1.ffn_up.3.weight",
+        "q8_0",
+        "[128, 64]",
+        "16384",
+        "blk.0.expert.2",
+        "page groups",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn inspect_fails_cleanly_on_bad_files() {
+    let d = tmpdir("bad");
+    let missing = modula()
+        .arg("inspect")
+        .arg(d.join("nope.gguf"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("error:") && err.contains("nope.gguf"), "{err}");
+    assert!(!err.contains("panicked"));
+
+    let bad = d.join("bad.gguf");
+    std::fs::write(
+        &bad,
+        b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
+    )
+    .unwrap();
+    let out = modula().arg("inspect").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("truncated") || err.contains("count"), "{err}");
+    assert!(!err.contains("panicked"));
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -383,3 +383,13 @@ proptest! {
         prop_assert!(rewrite(&m) == file, "re-written file differs");
     }
 }
+
+#[test]
+fn every_known_key_is_documented_with_its_type() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/format.md")).unwrap();
+    for spec in modula_core::gguf::schema::KNOWN_KEYS {
+        let row = format!("| `{}` | {} |", spec.key, spec.ty.describe());
+        assert!(doc.contains(&row), "docs/format.md lacks the row {row}");
+    }
+}

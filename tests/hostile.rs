@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use modula_core::Model;
-use modula_tests::{hostile_cases, raw_valid, rich_valid_file, Rng};
+use modula_tests::{hostile_cases, raw_valid, rich_valid_file, valid_cases, Rng};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -72,6 +72,18 @@ fn committed_corpus_matches_its_generator() {
             h.name
         );
         assert_eq!(expected.get(h.name).map(String::as_str), Some(h.kind));
+    }
+}
+
+#[test]
+fn valid_corpus_opens_and_matches_its_generator() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/valid");
+    for (name, bytes) in valid_cases() {
+        let path = dir.join(name);
+        let on_disk = std::fs::read(&path).unwrap_or_else(|_| panic!("{name} missing"));
+        assert!(on_disk == bytes, "{name} is stale: run make-hostile-corpus");
+        let m = Model::open(&path).unwrap();
+        assert!(m.tensor_count() >= 2);
     }
 }
 

@@ -624,3 +624,11 @@ pub fn hostile_cases() -> Vec<Hostile> {
     });
     out
 }
+
+/// Valid files for the corpus (`corpus/valid/`): name and bytes.
+pub fn valid_cases() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("minimal.gguf", raw_valid().build()),
+        ("rich.gguf", rich_valid_file()),
+    ]
+}

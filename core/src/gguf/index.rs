@@ -9,7 +9,7 @@ use super::cursor::{lossy, Cursor};
 use super::schema::{self, KeyType};
 use super::value::read_value;
 use super::{
-    GgufError, Value, ValueType, DEFAULT_ALIGNMENT, MAGIC, MAX_ALIGNMENT, MAX_DIMS,
+    GgufError, Value, ValueType, GGUF_DEFAULT_ALIGNMENT, MAGIC, MAX_ALIGNMENT, MAX_DIMS,
     MAX_TENSOR_NAME, VERSION,
 };
 use alloc::format;
@@ -206,7 +206,7 @@ impl GgufIndex {
                 }
                 a as usize
             }
-            None => DEFAULT_ALIGNMENT as usize,
+            None => GGUF_DEFAULT_ALIGNMENT as usize,
         };
 
         // ---- tensor infos

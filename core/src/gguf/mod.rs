@@ -27,9 +27,10 @@ pub use writer::GgufWriter;
 pub const MAGIC: [u8; 4] = *b"GGUF";
 /// The only container version Modula reads and writes.
 pub const VERSION: u32 = 3;
-/// Alignment of tensor data when `general.alignment` is absent (GGUF rule) and the
-/// alignment Modula writes by default.
+/// The alignment Modula writes by default (a cache line; more than any SIMD load needs).
 pub const DEFAULT_ALIGNMENT: u32 = 64;
+/// Alignment of tensor data when a file has no `general.alignment` (the GGUF rule).
+pub const GGUF_DEFAULT_ALIGNMENT: u32 = 32;
 /// Page size used for page-aligned tensor groups (covers 4 KiB and 16 KiB page systems).
 pub const DEFAULT_PAGE_SIZE: u32 = 16 * 1024;
 /// Most dimensions a tensor may have (GGML's limit).

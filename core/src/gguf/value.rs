@@ -480,6 +480,7 @@ impl MetaValue {
     }
 
     /// Check that arrays are homogeneous and not nested too deeply.
+    #[cfg(feature = "std")]
     pub(crate) fn check(&self, key: &str, depth: usize) -> Result<(), GgufError> {
         if let MetaValue::Array(elem, items) = self {
             if depth > MAX_ARRAY_DEPTH {
@@ -504,6 +505,7 @@ impl MetaValue {
     }
 
     /// Append the GGUF encoding of the value (without its type id) to `out`.
+    #[cfg(feature = "std")]
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         match self {
             MetaValue::U8(v) => out.push(*v),
@@ -530,6 +532,7 @@ impl MetaValue {
 }
 
 /// Append a GGUF string (u64 length + bytes).
+#[cfg(feature = "std")]
 pub(crate) fn encode_str(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     out.extend_from_slice(s.as_bytes());

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Fuzz the GGUF reader with cargo-fuzz (libFuzzer + AddressSanitizer, nightly toolchain).
+# Usage: scripts/fuzz.sh [SECONDS]   (default 60)
+# Seeds: the hostile corpus and valid files written by Modula's writer; new interesting
+# inputs accumulate in fuzz/corpus/ (git-ignored), crashes in fuzz/artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-60}
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "[fuzz] installing cargo-fuzz" >&2
+  cargo install cargo-fuzz --locked -q
+fi
+if ! rustup toolchain list | grep -q nightly; then
+  echo "[fuzz] installing the nightly toolchain" >&2
+  rustup toolchain install nightly --profile minimal
+fi
+seeds=fuzz/seeds
+rm -rf "$seeds"; mkdir -p "$seeds" fuzz/corpus/gguf_reader
+cp tests/corpus/hostile/*.gguf tests/corpus/valid/*.gguf "$seeds"/
+# -rss_limit_mb guards against over-allocation; -timeout against hangs.
+cargo +nightly fuzz run gguf_reader fuzz/corpus/gguf_reader "$seeds" -- \
+  -max_total_time="$secs" -rss_limit_mb=512 -timeout=5 -max_len=65536 -print_final_stats=1

@@ -69,13 +69,15 @@ pub fn report<B: AsRef<[u8]>>(model: &Model<B>, all: bool) -> String {
         "  {:<36} {:<5} {:<20} {:>12} {:>12} {:>7}  group",
         "name", "type", "shape", "bytes", "offset", "align"
     );
+    let mut group_of = vec!["-"; model.tensor_count()];
+    for g in &groups {
+        for &i in g.tensor_indices() {
+            group_of[i] = g.name();
+        }
+    }
     let mut total = 0usize;
     for (i, t) in model.tensors().enumerate() {
-        let group = groups
-            .iter()
-            .find(|g| g.tensor_indices().contains(&i))
-            .map(|g| g.name())
-            .unwrap_or("-");
+        let group = group_of[i];
         total += t.bytes().len();
         let _ = writeln!(
             s,

@@ -100,7 +100,7 @@ pub struct PageGroupInfo {
     pub name: String,
     /// Absolute byte range, page-aligned at both ends (the end may be the file's end).
     pub range: Range<usize>,
-    /// Indices (into the file's tensor order) of the tensors inside.
+    /// Indices (into the file's tensor order) of the tensors inside, in data order.
     pub tensors: Vec<usize>,
 }
 
@@ -320,12 +320,6 @@ impl GgufIndex {
                 });
             }
         }
-        if let Some(&first) = by_offset.first() {
-            // Tensor data may not start inside the header (possible with a data section
-            // that does not start after the header: cannot happen, checked for clarity).
-            debug_assert!(tensors[first].start >= data_start);
-        }
-
         let mut index = GgufIndex {
             version,
             alignment,
@@ -337,11 +331,12 @@ impl GgufIndex {
             page_size: 0,
             groups: Vec::new(),
         };
-        index.parse_page_groups(buf)?;
+        index.parse_page_groups(buf, &by_offset)?;
         Ok(index)
     }
 
-    fn parse_page_groups(&mut self, buf: &[u8]) -> Result<(), GgufError> {
+    /// `by_offset`: indices of the non-empty tensors sorted by start (they do not overlap).
+    fn parse_page_groups(&mut self, buf: &[u8], by_offset: &[usize]) -> Result<(), GgufError> {
         let get = |k: &str| self.find_kv(buf, k);
         let (size, names, offsets, sizes) = (
             get(schema::PAGE_SIZE_KEY),
@@ -388,7 +383,7 @@ impl GgufIndex {
             )));
         }
         let file_len = buf.len() as u64;
-        let mut groups = Vec::with_capacity(names.len());
+        let mut groups = Vec::new();
         let mut prev_end = self.data_start as u64;
         for ((name, &off), &len) in names.iter().zip(&offsets).zip(&sizes) {
             let end = off.saturating_add(len);
@@ -409,21 +404,30 @@ impl GgufIndex {
                 )));
             }
             let (off, end) = (off as usize, end as usize);
-            let mut members = Vec::new();
-            for (i, t) in self.tensors.iter().enumerate() {
-                let r = t.byte_range();
-                let starts_in = r.start >= off && r.start < end;
-                let ends_in = r.end > off && r.end <= end;
-                if t.len > 0 && (starts_in || ends_in) {
-                    if !(starts_in && ends_in) {
-                        return Err(bad(format!(
-                            "tensor '{}' straddles the boundary of group '{name}'",
-                            str_at(buf, t.name.clone())
-                        )));
-                    }
-                    members.push(i);
+            // Tensors starting inside [off, end): a contiguous run of `by_offset`. Since
+            // tensors do not overlap, only the one before the run and the last one in it
+            // can cross a boundary. O(log T) per group.
+            let t = &self.tensors;
+            let lo = by_offset.partition_point(|&i| t[i].start < off);
+            let hi = by_offset.partition_point(|&i| t[i].start < end);
+            let straddles = |i: usize| GgufError::BadPageGroups {
+                reason: format!(
+                    "tensor '{}' straddles the boundary of group '{name}'",
+                    str_at(buf, t[i].name.clone())
+                ),
+            };
+            if let Some(&before) = lo.checked_sub(1).and_then(|k| by_offset.get(k)) {
+                if t[before].start + t[before].len > off {
+                    return Err(straddles(before));
                 }
             }
+            if hi > lo {
+                let last = by_offset[hi - 1];
+                if t[last].start + t[last].len > end {
+                    return Err(straddles(last));
+                }
+            }
+            let members = by_offset[lo..hi].to_vec();
             groups.push(PageGroupInfo {
                 name: name.to_string(),
                 range: off..end,

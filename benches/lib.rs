@@ -27,3 +27,29 @@ pub fn synthetic_file(n: usize, elems: usize) -> Vec<u8> {
     }
     w.to_bytes().expect("layout succeeds")
 }
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` with `matrixmultiply` alone (the baseline our kernels are
+/// compared with). Panics if a buffer is too short.
+pub fn matrixmultiply_xwt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
+    // SAFETY: the extents were asserted above; x is m x k (row stride k), w is n x k read
+    // as its transpose (row stride 1, column stride k), y is m x n (row stride n).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            x.as_ptr(),
+            k as isize,
+            1,
+            w.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            y.as_mut_ptr(),
+            n as isize,
+            1,
+        )
+    }
+}

@@ -20,6 +20,7 @@ extern crate std;
 pub mod gguf;
 #[cfg(feature = "std")]
 pub mod io;
+pub mod kernels;
 pub mod model;
 
 pub use gguf::{GgufError, MetaValue, Value, ValueType};

@@ -1,0 +1,108 @@
+//! Skinny products `y = x·Wᵀ` against (a) the machine's memory bandwidth, measured in the
+//! same run with a copy and a triad over a buffer of the weight's size, (b) the scalar
+//! reference, and (c) `matrixmultiply` alone. Throughput is reported in bytes of weight
+//! streamed per second, so `GB/s(kernel) / GB/s(copy)` is the fraction of the bound.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::{bf16, f16};
+use modula_benches::matrixmultiply_xwt;
+use modula_core::kernels::isa::available;
+use modula_core::kernels::linear::{linear_with, MatRef, WeightData, SKINNY_MAX_ROWS};
+use modula_core::kernels::Isa;
+use std::hint::black_box;
+use std::time::Duration;
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 9) as f32 / 8_388_608.0
+                - 0.5
+        })
+        .collect()
+}
+
+fn bandwidth(c: &mut Criterion) {
+    // Baseline: bytes read per second by a copy (read + write) and a triad.
+    let n = 4096 * 4096;
+    let a = data(n, 1);
+    let b = data(n, 2);
+    let mut dst = vec![0f32; n];
+    let mut g = c.benchmark_group("membw_64MiB");
+    g.throughput(Throughput::Bytes((n * 4) as u64));
+    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    g.bench_function("copy", |bch| {
+        bch.iter(|| dst.copy_from_slice(black_box(&a)))
+    });
+    g.bench_function("triad", |bch| {
+        bch.iter(|| {
+            for ((d, x), y) in dst.iter_mut().zip(black_box(&a)).zip(&b) {
+                *d = x + 0.5 * y;
+            }
+        })
+    });
+    g.bench_function("read_sum", |bch| {
+        bch.iter(|| black_box(&a).iter().sum::<f32>())
+    });
+    g.finish();
+}
+
+fn gemv(c: &mut Criterion) {
+    let (n, k) = (4096, 4096);
+    let wf = data(n * k, 3);
+    let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+    let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+    let x = data(SKINNY_MAX_ROWS * k, 4);
+    let mut y = vec![0f32; 256 * n];
+    for (name, wd, bytes) in [
+        ("f32", WeightData::F32(&wf), 4usize),
+        ("f16", WeightData::F16(&wh), 2),
+        ("bf16", WeightData::BF16(&wb), 2),
+    ] {
+        let w = MatRef::new(wd, n, k, k).unwrap();
+        let mut g = c.benchmark_group(format!("gemv_4096x4096_{name}"));
+        g.throughput(Throughput::Bytes((n * k * bytes) as u64));
+        g.sample_size(15).measurement_time(Duration::from_secs(4));
+        for isa in available() {
+            g.bench_function(BenchmarkId::new("m1", isa.name()), |bch| {
+                bch.iter(|| linear_with(isa, black_box(&x), k, 1, &w, None, &mut y, n).unwrap())
+            });
+        }
+        g.finish();
+    }
+    // matrixmultiply alone at one row (what one gets without our skinny kernel).
+    let mut g = c.benchmark_group("gemv_4096x4096_f32");
+    g.throughput(Throughput::Bytes((n * k * 4) as u64));
+    g.sample_size(15).measurement_time(Duration::from_secs(4));
+    g.bench_function(BenchmarkId::new("m1", "matrixmultiply"), |bch| {
+        bch.iter(|| matrixmultiply_xwt(black_box(&x), 1, k, &wf, n, &mut y))
+    });
+    g.finish();
+}
+
+fn multirow(c: &mut Criterion) {
+    // Small batches: our kernel up to 16 rows vs matrixmultiply at the same shape.
+    let (n, k) = (1024, 1024);
+    let wf = data(n * k, 5);
+    let x = data(256 * k, 6);
+    let mut y = vec![0f32; 256 * n];
+    let w = MatRef::f32(&wf, n, k).unwrap();
+    let mut g = c.benchmark_group("linear_1024x1024_f32");
+    g.sample_size(15).measurement_time(Duration::from_secs(3));
+    for m in [1usize, 4, 16, 64, 256] {
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64)); // FLOPs
+        if m <= SKINNY_MAX_ROWS {
+            g.bench_function(BenchmarkId::new("modula_avx2_or_best", m), |bch| {
+                let isa = available().last().unwrap_or(Isa::Scalar);
+                bch.iter(|| linear_with(isa, black_box(&x), k, m, &w, None, &mut y, n).unwrap())
+            });
+        }
+        g.bench_function(BenchmarkId::new("matrixmultiply", m), |bch| {
+            bch.iter(|| matrixmultiply_xwt(black_box(&x), m, k, &wf, n, &mut y))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bandwidth, gemv, multirow);
+criterion_main!(benches);

@@ -1,0 +1,146 @@
+//! Which SIMD instruction set a kernel runs with: detected **once** at run time under
+//! `std` (so one binary runs on any CPU of its architecture and uses the best it has), from
+//! `cfg(target_feature)` without `std`. `MODULA_SIMD=scalar|avx2|neon` forces a lower level
+//! (matrixmultiply's trick), so every variant can be tested and benchmarked on one host; a
+//! request for a level the CPU lacks is refused (the best available level is used) — a build
+//! never executes an instruction the CPU does not have.
+//!
+//! Every kernel also takes an explicit [`Isa`] in its `*_with` form, which tests use to run
+//! all [`available`] variants in one process.
+
+/// A SIMD level. Ordered: a CPU that has a level can run every lower one of its architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable scalar code (the test oracle).
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// aarch64 Advanced SIMD (NEON), baseline on every aarch64 CPU.
+    Neon,
+}
+
+impl Isa {
+    /// Lower-case name as used by `MODULA_SIMD`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// Parse a `MODULA_SIMD` value.
+    pub fn from_name(s: &str) -> Option<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" | "none" => Some(Isa::Scalar),
+            "avx2" => Some(Isa::Avx2),
+            "neon" => Some(Isa::Neon),
+            _ => None,
+        }
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => has_avx2(),
+            Isa::Neon => has_neon(),
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+}
+#[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+fn has_avx2() -> bool {
+    cfg!(all(
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx2() -> bool {
+    false
+}
+
+#[cfg(target_arch = "aarch64")]
+fn has_neon() -> bool {
+    // NEON is part of the aarch64 baseline (the `neon` target feature is always on for
+    // every aarch64 target Rust supports, including aarch64-unknown-none).
+    cfg!(target_feature = "neon")
+}
+#[cfg(not(target_arch = "aarch64"))]
+fn has_neon() -> bool {
+    false
+}
+
+/// Every level this CPU supports, lowest first.
+pub fn available() -> impl Iterator<Item = Isa> {
+    [Isa::Scalar, Isa::Avx2, Isa::Neon]
+        .into_iter()
+        .filter(|i| i.is_supported())
+}
+
+/// The best level this CPU supports.
+pub fn best() -> Isa {
+    available().last().unwrap_or(Isa::Scalar)
+}
+
+/// The level kernels use: the best supported one, or the one `MODULA_SIMD` asks for if the
+/// CPU supports it. Decided once per process.
+#[cfg(feature = "std")]
+pub fn active() -> Isa {
+    static ACTIVE: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ACTIVE.get_or_init(|| match std::env::var("MODULA_SIMD") {
+        Ok(v) => match Isa::from_name(&v) {
+            Some(i) if i.is_supported() => i,
+            Some(i) => {
+                std::eprintln!(
+                    "modula: MODULA_SIMD={v}: this CPU cannot run {}; using {}",
+                    i.name(),
+                    best().name()
+                );
+                best()
+            }
+            None => {
+                std::eprintln!("modula: MODULA_SIMD={v} is not one of scalar, avx2, neon; ignored");
+                best()
+            }
+        },
+        Err(_) => best(),
+    })
+}
+
+/// The level kernels use (no run-time detection without `std`: compile-time features).
+#[cfg(not(feature = "std"))]
+pub fn active() -> Isa {
+    best()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalar_is_always_available_and_best_is_supported() {
+        assert!(available().any(|i| i == Isa::Scalar));
+        assert!(best().is_supported());
+        assert!(active().is_supported());
+        for i in [Isa::Scalar, Isa::Avx2, Isa::Neon] {
+            assert_eq!(Isa::from_name(i.name()), Some(i));
+        }
+        assert_eq!(Isa::from_name("sse9"), None);
+        // The SIMD tests must really run the SIMD variant on the platforms CI covers.
+        #[cfg(target_arch = "aarch64")]
+        assert!(available().any(|i| i == Isa::Neon));
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            assert!(available().any(|i| i == Isa::Avx2));
+        }
+    }
+}

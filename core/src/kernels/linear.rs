@@ -1,0 +1,423 @@
+//! `y = x · Wᵀ + b` for a few rows of `x` (decode: 1 row; small batches: up to
+//! [`SKINNY_MAX_ROWS`]) with our own memory-streaming kernels, and for many rows through
+//! `matrixmultiply`.
+//!
+//! Layout (the one decision everything else follows): `W` is `[n_out, n_in]` row-major
+//! (`nn.Linear`'s layout), row stride `ld >= n_in`. One output is one dot product over one
+//! contiguous weight row, so a decode step reads each weight byte exactly once, in order,
+//! and a nested output width (the first `n` rows) is a contiguous prefix of the tensor. A
+//! nested input width (the first `k` columns) is the same matrix with `cols = k` and the
+//! full `ld`: no copy.
+//!
+//! Weights may be F32, F16 or BF16 (widened to f32 in registers; accumulation is f32).
+
+use super::isa::{self, Isa};
+use super::{exactly, need, KernelError};
+use half::{bf16, f16};
+
+/// Row counts up to this use the skinny kernels; more rows go to `matrixmultiply`.
+pub const SKINNY_MAX_ROWS: usize = 16;
+
+/// Borrowed weight elements.
+#[derive(Clone, Copy, Debug)]
+pub enum WeightData<'a> {
+    /// f32
+    F32(&'a [f32]),
+    /// IEEE half
+    F16(&'a [f16]),
+    /// bfloat16
+    BF16(&'a [bf16]),
+}
+
+impl WeightData<'_> {
+    fn len(&self) -> usize {
+        match self {
+            WeightData::F32(s) => s.len(),
+            WeightData::F16(s) => s.len(),
+            WeightData::BF16(s) => s.len(),
+        }
+    }
+}
+
+/// A borrowed `[rows, cols]` weight matrix with row stride `ld` (elements).
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    data: WeightData<'a>,
+    rows: usize,
+    cols: usize,
+    ld: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A matrix over `data` (`rows` rows of `cols` elements, rows `ld` apart).
+    pub fn new(
+        data: WeightData<'a>,
+        rows: usize,
+        cols: usize,
+        ld: usize,
+    ) -> Result<Self, KernelError> {
+        need("MatRef", "row stride (>= cols)", cols, ld)?;
+        let len = if rows == 0 { 0 } else { (rows - 1) * ld + cols };
+        need("MatRef", "data length", len, data.len())?;
+        Ok(MatRef {
+            data,
+            rows,
+            cols,
+            ld,
+        })
+    }
+
+    /// A dense f32 matrix.
+    pub fn f32(data: &'a [f32], rows: usize, cols: usize) -> Result<Self, KernelError> {
+        Self::new(WeightData::F32(data), rows, cols, cols)
+    }
+
+    /// The leading `rows x cols` block (a nested sub-matrix; no copy).
+    pub fn prefix(&self, rows: usize, cols: usize) -> Result<Self, KernelError> {
+        need("MatRef::prefix", "available rows", rows, self.rows)?;
+        need("MatRef::prefix", "available cols", cols, self.cols)?;
+        Ok(MatRef {
+            rows,
+            cols,
+            ..*self
+        })
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Row stride.
+    pub fn ld(&self) -> usize {
+        self.ld
+    }
+    /// The elements.
+    pub fn data(&self) -> WeightData<'a> {
+        self.data
+    }
+}
+
+/// `y[i, j] = Σ_k x[i, k] · w[j, k] + bias[j]` for `i < m`, `j < w.rows()`, `k < w.cols()`.
+///
+/// * `x`: `[m, w.cols()]`, rows `ldx` apart;
+/// * `bias`: `None` or `[w.rows()]`;
+/// * `y`: `[m, w.rows()]`, rows `ldy` apart (overwritten).
+///
+/// Uses [`isa::active`]; allocates only for F16/BF16 weights with more than
+/// [`SKINNY_MAX_ROWS`] rows (a converted weight panel).
+pub fn linear(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ldy: usize,
+) -> Result<(), KernelError> {
+    linear_with(isa::active(), x, ldx, m, w, bias, y, ldy)
+}
+
+/// [`linear`] with an explicit SIMD level (which must be supported: see [`Isa::is_supported`]).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_with(
+    isa: Isa,
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ldy: usize,
+) -> Result<(), KernelError> {
+    let (n, k) = (w.rows, w.cols);
+    need("linear", "ldx (>= k)", k, ldx)?;
+    need("linear", "ldy (>= n)", n, ldy)?;
+    if m > 0 {
+        need("linear", "x length", (m - 1) * ldx + k, x.len())?;
+        need("linear", "y length", (m - 1) * ldy + n, y.len())?;
+    }
+    if let Some(b) = bias {
+        exactly("linear", "bias length", n, b.len())?;
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let isa = if isa.is_supported() { isa } else { Isa::Scalar };
+    if m > SKINNY_MAX_ROWS {
+        many_rows(x, ldx, m, w, y, ldy);
+    } else {
+        skinny(isa, x, ldx, m, w, y, ldy);
+    }
+    if let Some(b) = bias {
+        for i in 0..m {
+            for (yv, bv) in y[i * ldy..i * ldy + n].iter_mut().zip(b) {
+                *yv += bv;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dispatch a checked skinny product to the variant for `isa`.
+fn skinny(isa: Isa, x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f32], ldy: usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is supported (checked by the caller), i.e. AVX2+FMA+F16C exist;
+        // shapes were checked by `linear_with`.
+        Isa::Avx2 => unsafe { super::x86_64::avx2::linear(x, ldx, m, w, y, ldy) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is supported (checked by the caller); shapes checked by `linear_with`.
+        Isa::Neon => unsafe { super::aarch64::neon::linear(x, ldx, m, w, y, ldy) },
+        _ => linear_scalar(x, ldx, m, w, y, ldy),
+    }
+}
+
+/// Many rows: `matrixmultiply::sgemm` on f32 weights; F16/BF16 weights are widened one
+/// panel of rows at a time into a scratch buffer first.
+fn many_rows(x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f32], ldy: usize) {
+    let (n, k) = (w.rows, w.cols);
+    match w.data {
+        WeightData::F32(wd) => sgemm_xwt(x, ldx, m, wd, w.ld, n, k, y, ldy),
+        _ => {
+            const PANEL: usize = 64;
+            let mut buf = alloc::vec![0f32; PANEL * k];
+            let mut j0 = 0;
+            while j0 < n {
+                let rows = PANEL.min(n - j0);
+                for r in 0..rows {
+                    widen_row(w, j0 + r, &mut buf[r * k..(r + 1) * k]);
+                }
+                sgemm_xwt(x, ldx, m, &buf, k, rows, k, &mut y[j0..], ldy);
+                j0 += rows;
+            }
+        }
+    }
+}
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` with matrixmultiply (w rows `ldw` apart).
+#[allow(clippy::too_many_arguments)]
+fn sgemm_xwt(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &[f32],
+    ldw: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    debug_assert!(x.len() >= (m - 1) * ldx + k && y.len() >= (m - 1) * ldy + n);
+    debug_assert!(n == 0 || w.len() >= (n - 1) * ldw + k);
+    // SAFETY: all strides and extents were checked by `linear_with` (x: m rows of k, ldx
+    // apart; y: m rows of n, ldy apart; w: n rows of k, ldw apart, read as its transpose
+    // with row stride 1 and column stride ldw). beta = 0 means y is only written.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            x.as_ptr(),
+            ldx as isize,
+            1,
+            w.as_ptr(),
+            1,
+            ldw as isize,
+            0.0,
+            y.as_mut_ptr(),
+            ldy as isize,
+            1,
+        );
+    }
+}
+
+/// Row `j` of `w` widened to f32 into `out` (`out.len() == w.cols()`).
+pub(crate) fn widen_row(w: &MatRef<'_>, j: usize, out: &mut [f32]) {
+    let s = j * w.ld;
+    match w.data {
+        WeightData::F32(d) => out.copy_from_slice(&d[s..s + w.cols]),
+        WeightData::F16(d) => {
+            for (o, v) in out.iter_mut().zip(&d[s..s + w.cols]) {
+                *o = v.to_f32();
+            }
+        }
+        WeightData::BF16(d) => {
+            for (o, v) in out.iter_mut().zip(&d[s..s + w.cols]) {
+                *o = v.to_f32();
+            }
+        }
+    }
+}
+
+/// The scalar reference (the oracle every SIMD variant is tested against): f32
+/// accumulation in index order.
+pub fn linear_scalar(x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f32], ldy: usize) {
+    let (n, k) = (w.rows, w.cols);
+    for i in 0..m {
+        let xr = &x[i * ldx..i * ldx + k];
+        for j in 0..n {
+            let s = j * w.ld;
+            let acc = match w.data {
+                WeightData::F32(d) => xr.iter().zip(&d[s..s + k]).map(|(a, b)| a * b).sum(),
+                WeightData::F16(d) => xr
+                    .iter()
+                    .zip(&d[s..s + k])
+                    .map(|(a, b)| a * b.to_f32())
+                    .sum(),
+                WeightData::BF16(d) => xr
+                    .iter()
+                    .zip(&d[s..s + k])
+                    .map(|(a, b)| a * b.to_f32())
+                    .sum(),
+            };
+            y[i * ldy + j] = acc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::kernels::isa::available;
+    use crate::kernels::testutil::{assert_close, rand_vec};
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+
+    fn weights(kind: u8, v: &[f32]) -> (Vec<f16>, Vec<bf16>, u8) {
+        (
+            v.iter().map(|&x| f16::from_f32(x)).collect(),
+            v.iter().map(|&x| bf16::from_f32(x)).collect(),
+            kind,
+        )
+    }
+
+    /// Bound on the difference of two f32 summation orders of Σ x·w.
+    fn tol<'a>(
+        x: &'a [f32],
+        ldx: usize,
+        w: &MatRef<'_>,
+        n: usize,
+        k: usize,
+    ) -> impl Fn(usize) -> f32 + 'a {
+        let mut wf = vec![0f32; n * k];
+        for j in 0..n {
+            widen_row(w, j, &mut wf[j * k..(j + 1) * k]);
+        }
+        move |idx| {
+            let (i, j) = (idx / n.max(1), idx % n.max(1));
+            let s: f32 = (0..k).map(|t| (x[i * ldx + t] * wf[j * k + t]).abs()).sum();
+            2e-6 * (k as f32 + 1.0) * s + 1e-6
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn every_variant_matches_scalar(
+            m in 0usize..20, n in 0usize..37, k in 0usize..70,
+            xpad in 0usize..5, wpad in 0usize..5, ypad in 0usize..3,
+            kind in 0u8..3, seed in any::<u64>(), bias in any::<bool>(),
+        ) {
+            let (ldx, ldw, ldy) = (k + xpad, k + wpad, n + ypad);
+            let x = rand_vec(seed, m * ldx);
+            let wv = rand_vec(seed ^ 1, n * ldw);
+            let (wh, wb, kind) = weights(kind, &wv);
+            let data = match kind {
+                0 => WeightData::F32(&wv),
+                1 => WeightData::F16(&wh),
+                _ => WeightData::BF16(&wb),
+            };
+            let w = MatRef::new(data, n, k, ldw).unwrap();
+            let b = rand_vec(seed ^ 2, n);
+            let mut want = vec![0f32; m * ldy];
+            linear_scalar(&x, ldx, m, &w, &mut want, ldy);
+            if bias {
+                for i in 0..m { for j in 0..n { want[i * ldy + j] += b[j]; } }
+            }
+            for isa in available() {
+                let mut got = vec![7f32; m * ldy];
+                linear_with(isa, &x, ldx, m, &w, bias.then_some(b.as_slice()), &mut got, ldy).unwrap();
+                // compare only the written block; padding columns must be untouched
+                let t = tol(&x, ldx, &w, n, k);
+                for i in 0..m {
+                    let (g, e) = (&got[i * ldy..i * ldy + n], &want[i * ldy..i * ldy + n]);
+                    assert_close(isa.name(), g, e, |j| t(i * n + j));
+                    prop_assert!(got[i * ldy + n..(i + 1) * ldy].iter().all(|&v| v == 7.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_is_a_nested_view() {
+        let (n, k) = (40, 64);
+        let wv = rand_vec(3, n * k);
+        let x = rand_vec(4, 2 * k);
+        let full = MatRef::f32(&wv, n, k).unwrap();
+        let sub = full.prefix(24, 48).unwrap();
+        let mut y = vec![0f32; 2 * 24];
+        linear(&x, k, 2, &sub, None, &mut y, 24).unwrap();
+        for i in 0..2 {
+            for j in 0..24 {
+                let e: f32 = (0..48).map(|t| x[i * k + t] * wv[j * k + t]).sum();
+                assert!((y[i * 24 + j] - e).abs() < 1e-4);
+            }
+        }
+        assert!(full.prefix(41, 1).is_err());
+        assert!(full.prefix(1, 65).is_err());
+    }
+
+    #[test]
+    fn shape_errors_are_reported_not_panics() {
+        let w = vec![0f32; 12];
+        assert!(MatRef::f32(&w, 4, 4).is_err());
+        let m = MatRef::f32(&w, 3, 4).unwrap();
+        let x = vec![0f32; 4];
+        let mut y = vec![0f32; 3];
+        assert!(linear(&x, 4, 2, &m, None, &mut y, 3).is_err());
+        assert!(linear(&x, 3, 1, &m, None, &mut y, 3).is_err());
+        assert!(linear(&x, 4, 1, &m, Some(&[0.0; 2]), &mut y, 3).is_err());
+        assert!(linear(&x, 4, 1, &m, None, &mut y, 3).is_ok());
+    }
+
+    #[test]
+    fn special_values_widen_exactly() {
+        // f16 subnormals, infinities and NaN through every variant (8 lanes + tail).
+        let specials = [
+            f16::from_bits(0x0001),
+            f16::from_bits(0x03ff),
+            f16::from_bits(0x8001),
+            f16::MAX,
+            f16::MIN_POSITIVE,
+            f16::NEG_INFINITY,
+            f16::INFINITY,
+            f16::from_f32(-0.0),
+            f16::ONE,
+        ];
+        for (pos, &v) in specials.iter().enumerate() {
+            let mut w = vec![f16::ZERO; 9];
+            w[pos] = v;
+            let mut x = vec![0f32; 9];
+            x[pos] = 1.0;
+            let m = MatRef::new(WeightData::F16(&w), 1, 9, 9).unwrap();
+            for isa in available() {
+                let mut y = [0f32];
+                linear_with(isa, &x, 9, 1, &m, None, &mut y, 1).unwrap();
+                let e = v.to_f32();
+                assert!(
+                    y[0] == e || (y[0].is_nan() && e.is_nan()),
+                    "{} {v:?}: {}",
+                    isa.name(),
+                    y[0]
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! AVX2 + FMA + F16C variants (8 f32 lanes). Every `unsafe fn` here requires those three
+//! features; bounds are the caller's promise, stated per function.
+
+use crate::kernels::linear::{MatRef, WeightData};
+use core::arch::x86_64::*;
+use half::{bf16, f16};
+
+/// Weight element types that widen to 8 f32 lanes in one step.
+trait Lanes8: Copy {
+    /// 8 elements from `p` as f32. Requires AVX2+F16C and 8 readable elements.
+    unsafe fn load8(p: *const Self) -> __m256;
+    fn widen(self) -> f32;
+}
+
+impl Lanes8 for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: caller guarantees AVX and 8 readable f32 at p.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Lanes8 for f16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        // SAFETY: caller guarantees F16C and 8 readable halves (16 bytes) at p.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl Lanes8 for bf16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const bf16) -> __m256 {
+        // SAFETY: caller guarantees AVX2 and 8 readable bf16 (16 bytes) at p. A bf16 is the
+        // high half of an f32: zero-extend to 32 bits and shift left by 16.
+        unsafe {
+            let h = _mm_loadu_si128(p.cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// Sum of the 8 lanes. Requires AVX.
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: caller guarantees AVX (SSE3 is implied).
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// Skinny `y = x · wᵀ` (see `linear::linear_with`, which checked every extent).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `x` holds `m` rows of `w.cols()` (`ldx` apart), `y`
+/// holds `m` rows of `w.rows()` (`ldy` apart).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn linear(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let (n, k, ldw) = (w.rows(), w.cols(), w.ld());
+    // SAFETY: features and extents are the caller's promise (see above).
+    unsafe {
+        match w.data() {
+            WeightData::F32(d) => rows::<f32>(x, ldx, m, d.as_ptr(), ldw, n, k, y, ldy),
+            WeightData::F16(d) => rows::<f16>(x, ldx, m, d.as_ptr(), ldw, n, k, y, ldy),
+            WeightData::BF16(d) => rows::<bf16>(x, ldx, m, d.as_ptr(), ldw, n, k, y, ldy),
+        }
+    }
+}
+
+/// Walk the output in tiles of up to 3 rows of x by 4 rows of w.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<T: Lanes8>(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: *const T,
+    ldw: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    let mut i = 0;
+    while i < m {
+        let r = (m - i).min(3);
+        let mut j = 0;
+        while j < n {
+            let c = (n - j).min(4);
+            // SAFETY: rows i..i+r of x, rows j..j+c of w and the (r x c) block of y are in
+            // bounds (checked extents); features are the caller's promise.
+            unsafe {
+                let (xi, wj, yij) = (xp.add(i * ldx), w.add(j * ldw), yp.add(i * ldy + j));
+                match (r, c) {
+                    (3, 4) => tile::<T, 3, 4>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (3, 3) => tile::<T, 3, 3>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (3, 2) => tile::<T, 3, 2>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (3, _) => tile::<T, 3, 1>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (2, 4) => tile::<T, 2, 4>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (2, 3) => tile::<T, 2, 3>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (2, 2) => tile::<T, 2, 2>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (2, _) => tile::<T, 2, 1>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (_, 4) => tile::<T, 1, 4>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (_, 3) => tile::<T, 1, 3>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (_, 2) => tile::<T, 1, 2>(xi, ldx, wj, ldw, k, yij, ldy),
+                    (_, _) => tile::<T, 1, 1>(xi, ldx, wj, ldw, k, yij, ldy),
+                }
+            }
+            j += c;
+        }
+        i += r;
+    }
+}
+
+/// One `R x C` output block: `y[r][c] = Σ_k x[r][k] w[c][k]`, 8 lanes at a time with
+/// `R*C` independent FMA chains, the `k % 8` tail in scalar.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn tile<T: Lanes8, const R: usize, const C: usize>(
+    x: *const f32,
+    ldx: usize,
+    w: *const T,
+    ldw: usize,
+    k: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    // SAFETY: R rows of x (k each, ldx apart), C rows of w (k each, ldw apart) and the
+    // R x C block of y are in bounds (caller); AVX2/FMA/F16C are enabled on this function.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut kk = 0;
+        while kk + 8 <= k {
+            let mut wv = [_mm256_setzero_ps(); C];
+            for (c, v) in wv.iter_mut().enumerate() {
+                *v = T::load8(w.add(c * ldw + kk));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(r * ldx + kk));
+                for (a, wc) in row.iter_mut().zip(&wv) {
+                    *a = _mm256_fmadd_ps(xv, *wc, *a);
+                }
+            }
+            kk += 8;
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (c, a) in row.iter().enumerate() {
+                let mut s = hsum(*a);
+                for t in kk..k {
+                    s += *x.add(r * ldx + t) * (*w.add(c * ldw + t)).widen();
+                }
+                *y.add(r * ldy + c) = s;
+            }
+        }
+    }
+}
+
+/// The AVX2 vector type for the generic kernels in `kernels::simd`.
+pub(crate) struct Avx2;
+
+impl crate::kernels::simd::Simd for Avx2 {
+    const LANES: usize = 8;
+    type V = __m256;
+    // SAFETY (all methods): callers hold AVX2+FMA (the `simd_wrappers!` functions enable
+    // them); loads and stores are unaligned and the caller guarantees 8 valid lanes.
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn max(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_max_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn min(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_min_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn abs(a: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), a) }
+    }
+    #[inline(always)]
+    unsafe fn with_sign_of(a: __m256, s: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_or_ps(a, _mm256_and_ps(s, _mm256_set1_ps(-0.0))) }
+    }
+    #[inline(always)]
+    unsafe fn zero_below(v: __m256, x: __m256, limit: f32) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_NLT_UQ>(x, _mm256_set1_ps(limit))) }
+    }
+    #[inline(always)]
+    unsafe fn round(a: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: __m256) -> __m256 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe {
+            let i = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(i))
+        }
+    }
+    #[inline(always)]
+    unsafe fn hsum(a: __m256) -> f32 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe { hsum(a) }
+    }
+    #[inline(always)]
+    unsafe fn hmax(a: __m256) -> f32 {
+        // SAFETY: the caller holds AVX2+FMA and guarantees the lanes it touches.
+        unsafe {
+            let m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+            _mm_cvtss_f32(m)
+        }
+    }
+}
+
+crate::kernels::simd::simd_wrappers!(Avx2, "avx2,fma");

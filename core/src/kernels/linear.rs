@@ -280,6 +280,111 @@ pub fn linear_scalar(x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f
     }
 }
 
+/// `y[i, :] (+)= Σ_f x[i, f] · w[f, :]` — the product with `W` stored `[k, n]` (e.g. an FFN
+/// down projection stored transposed, `[hidden, d]`, so a nested hidden width is a prefix
+/// of rows). `x: [m, w.rows()]` (ldx), `y: [m, w.cols()]` (ldy); `accumulate` adds into `y`
+/// instead of overwriting it.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+    accumulate: bool,
+) -> Result<(), KernelError> {
+    matmul_rows_with(isa::active(), x, ldx, m, w, y, ldy, accumulate)
+}
+
+/// [`matmul_rows`] with an explicit SIMD level.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_with(
+    isa: Isa,
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+    accumulate: bool,
+) -> Result<(), KernelError> {
+    let (k, n) = (w.rows, w.cols);
+    need("matmul_rows", "ldx (>= k)", k, ldx)?;
+    need("matmul_rows", "ldy (>= n)", n, ldy)?;
+    if m > 0 {
+        need("matmul_rows", "x length", (m - 1) * ldx + k, x.len())?;
+        need("matmul_rows", "y length", (m - 1) * ldy + n, y.len())?;
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if !accumulate {
+        for i in 0..m {
+            y[i * ldy..i * ldy + n].fill(0.0);
+        }
+    }
+    if k == 0 {
+        return Ok(());
+    }
+    let isa = if isa.is_supported() { isa } else { Isa::Scalar };
+    if let (true, WeightData::F32(wd)) = (m > SKINNY_MAX_ROWS, w.data) {
+        // SAFETY: extents checked above: x m x k (ldx), w k x n (row stride ld), y m x n
+        // (ldy); beta = 1 accumulates into y, which was zeroed above if requested.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                x.as_ptr(),
+                ldx as isize,
+                1,
+                wd.as_ptr(),
+                w.ld as isize,
+                1,
+                1.0,
+                y.as_mut_ptr(),
+                ldy as isize,
+                1,
+            );
+        }
+        return Ok(());
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA+F16C supported (checked); extents checked above.
+        Isa::Avx2 => unsafe { super::x86_64::avx2::matmul_rows(x, ldx, m, w, y, ldy) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked); extents checked above.
+        Isa::Neon => unsafe { super::aarch64::neon::matmul_rows(x, ldx, m, w, y, ldy) },
+        _ => matmul_rows_scalar(x, ldx, m, w, y, ldy),
+    }
+    Ok(())
+}
+
+/// Scalar reference of [`matmul_rows`] (accumulating form): `y[i,:] += Σ_f x[i,f] w[f,:]`.
+pub fn matmul_rows_scalar(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let (k, n) = (w.rows, w.cols);
+    let mut row = alloc::vec![0f32; n];
+    for f in 0..k {
+        widen_row(w, f, &mut row);
+        for i in 0..m {
+            let a = x[i * ldx + f];
+            for (yv, wv) in y[i * ldy..i * ldy + n].iter_mut().zip(&row) {
+                *yv += a * wv;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -351,6 +456,37 @@ mod tests {
                     assert_close(isa.name(), g, e, |j| t(i * n + j));
                     prop_assert!(got[i * ldy + n..(i + 1) * ldy].iter().all(|&v| v == 7.0));
                 }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn matmul_rows_every_variant_matches_scalar(
+            m in 0usize..24, k in 0usize..37, n in 0usize..45,
+            xpad in 0usize..4, wpad in 0usize..4, ypad in 0usize..3,
+            kind in 0u8..3, seed in any::<u64>(), acc in any::<bool>(),
+        ) {
+            let (ldx, ldw, ldy) = (k + xpad, n + wpad, n + ypad);
+            let x = rand_vec(seed, m * ldx);
+            let wv = rand_vec(seed ^ 1, k * ldw);
+            let (wh, wb, kind) = weights(kind, &wv);
+            let data = match kind {
+                0 => WeightData::F32(&wv),
+                1 => WeightData::F16(&wh),
+                _ => WeightData::BF16(&wb),
+            };
+            let w = MatRef::new(data, k, n, ldw).unwrap();
+            let y0 = rand_vec(seed ^ 3, m * ldy);
+            let mut want = if acc { y0.clone() } else { vec![0f32; m * ldy] };
+            if !acc { for i in 0..m { want[i * ldy + n..(i + 1) * ldy].copy_from_slice(&y0[i * ldy + n..(i + 1) * ldy]); } }
+            matmul_rows_scalar(&x, ldx, m, &w, &mut want, ldy);
+            for isa in available() {
+                let mut got = y0.clone();
+                matmul_rows_with(isa, &x, ldx, m, &w, &mut got, ldy, acc).unwrap();
+                let tol = 2e-6 * (k as f32 + 2.0) * 2.0 + 1e-6;
+                assert_close(isa.name(), &got, &want, |_| tol);
             }
         }
     }

@@ -9,9 +9,17 @@
 //! Not here: threading (callers split coarsely across experts, heads or sequences) and
 //! allocation in the steady-state decode path.
 
+// Kernels take shapes and strides explicitly, BLAS style; bundling them into structs would
+// hide the one thing a reader of a kernel call needs to see.
+#![allow(clippy::too_many_arguments)]
+
+pub mod attention;
 pub mod elementwise;
+pub mod ema;
+pub mod expert_ffn;
 pub mod isa;
 pub mod linear;
+pub mod routing;
 mod simd;
 
 #[cfg(target_arch = "aarch64")]

@@ -429,6 +429,26 @@ macro_rules! simd_wrappers {
                 unsafe { g::softmax::<$S>(x) }
             }
             #[target_feature(enable = $feat)]
+            #[allow(clippy::too_many_arguments)]
+            pub(crate) unsafe fn ema_scan(
+                x: Option<&[f32]>,
+                l: usize,
+                d: usize,
+                nn: usize,
+                alpha: &[f32],
+                q: &[f32],
+                c: &[f32],
+                state: &mut [f32],
+                y: &mut [f32],
+                reverse: bool,
+                accumulate: bool,
+            ) {
+                // SAFETY: as above; lengths checked by the public entry.
+                unsafe {
+                    g::ema_scan::<$S>(x, l, d, nn, alpha, q, c, state, y, reverse, accumulate)
+                }
+            }
+            #[target_feature(enable = $feat)]
             pub(crate) unsafe fn log_softmax(x: &mut [f32]) {
                 // SAFETY: as above.
                 unsafe { g::log_softmax::<$S>(x) }
@@ -437,3 +457,64 @@ macro_rules! simd_wrappers {
     };
 }
 pub(crate) use simd_wrappers;
+
+/// Damped-EMA scan over `l` steps (see `ema.rs`): for each step t (forward or reverse),
+/// `h[n][j] = q[n][j]·h[n][j] + α[n][j]·x[t][j]` and `y[t][j] (+)= Σ_n c[n][j]·h[n][j]`.
+/// `x = None` means zero input. Vectorised across channels j.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn ema_scan<S: Simd>(
+    x: Option<&[f32]>,
+    l: usize,
+    d: usize,
+    nn: usize,
+    alpha: &[f32],
+    q: &[f32],
+    c: &[f32],
+    state: &mut [f32],
+    y: &mut [f32],
+    reverse: bool,
+    accumulate: bool,
+) {
+    let vec_end = d - d % S::LANES;
+    for step in 0..l {
+        let t = if reverse { l - 1 - step } else { step };
+        let yt = &mut y[t * d..(t + 1) * d];
+        if !accumulate {
+            yt.fill(0.0);
+        }
+        let xt = x.map(|x| &x[t * d..(t + 1) * d]);
+        for n in 0..nn {
+            let o = n * d;
+            // SAFETY: j + LANES <= d for vector accesses; every array holds nn*d (state,
+            // coefficients) or d (x row, y row) elements (checked by the public entry);
+            // features are the caller's.
+            unsafe {
+                let mut j = 0;
+                while j < vec_end {
+                    let hp = state.as_mut_ptr().add(o + j);
+                    let mut h = S::mul(S::load(q.as_ptr().add(o + j)), S::load(hp));
+                    if let Some(xt) = xt {
+                        h = S::fma(
+                            S::load(alpha.as_ptr().add(o + j)),
+                            S::load(xt.as_ptr().add(j)),
+                            h,
+                        );
+                    }
+                    S::store(hp, h);
+                    let yp = yt.as_mut_ptr().add(j);
+                    S::store(yp, S::fma(S::load(c.as_ptr().add(o + j)), h, S::load(yp)));
+                    j += S::LANES;
+                }
+            }
+            for j in vec_end..d {
+                let mut h = q[o + j] * state[o + j];
+                if let Some(xt) = xt {
+                    h += alpha[o + j] * xt[j];
+                }
+                state[o + j] = h;
+                yt[j] += c[o + j] * h;
+            }
+        }
+    }
+}

@@ -277,3 +277,76 @@ impl crate::kernels::simd::Simd for Neon {
 }
 
 crate::kernels::simd::simd_wrappers!(Neon, "neon");
+
+/// `y[i,:] += Σ_f x[i,f] w[f,:]` for `m <= 16` rows, 4 weight rows at a time.
+///
+/// # Safety
+/// `x` holds `m` rows of `w.rows()` (ldx apart), `y` `m` rows of `w.cols()` (ldy apart).
+pub(crate) unsafe fn matmul_rows(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    // SAFETY: the caller's promise (see above).
+    unsafe {
+        match w.data() {
+            WeightData::F32(d) => {
+                axpy_rows::<f32>(x, ldx, m, d.as_ptr(), w.ld(), w.rows(), w.cols(), y, ldy)
+            }
+            WeightData::F16(d) => {
+                axpy_rows::<f16>(x, ldx, m, d.as_ptr(), w.ld(), w.rows(), w.cols(), y, ldy)
+            }
+            WeightData::BF16(d) => {
+                axpy_rows::<bf16>(x, ldx, m, d.as_ptr(), w.ld(), w.rows(), w.cols(), y, ldy)
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn axpy_rows<T: Lanes4>(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: *const T,
+    ldw: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let yp = y.as_mut_ptr();
+    let mut f = 0;
+    while f < k {
+        let r = (k - f).min(4);
+        for i in 0..m {
+            let mut a = [0f32; 4];
+            a[..r].copy_from_slice(&x[i * ldx + f..i * ldx + f + r]);
+            // SAFETY: rows f..f+r of w and row i of y are in bounds; c + 4 <= n for vectors.
+            unsafe {
+                let yr = yp.add(i * ldy);
+                let mut c = 0;
+                while c + 4 <= n {
+                    let mut yv = vld1q_f32(yr.add(c));
+                    for (q, &aq) in a.iter().enumerate().take(r) {
+                        yv = vfmaq_n_f32(yv, T::load4(w.add((f + q) * ldw + c)), aq);
+                    }
+                    vst1q_f32(yr.add(c), yv);
+                    c += 4;
+                }
+                while c < n {
+                    let mut s = *yr.add(c);
+                    for (q, aq) in a.iter().enumerate().take(r) {
+                        s += aq * (*w.add((f + q) * ldw + c)).widen();
+                    }
+                    *yr.add(c) = s;
+                    c += 1;
+                }
+            }
+        }
+        f += r;
+    }
+}

@@ -282,3 +282,87 @@ impl crate::kernels::simd::Simd for Avx2 {
 }
 
 crate::kernels::simd::simd_wrappers!(Avx2, "avx2,fma");
+
+/// `y[i,:] += Σ_f x[i,f] w[f,:]` for `m <= 16` rows, 4 weight rows at a time, 8 columns per
+/// vector, the column tail in scalar.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `x` holds `m` rows of `w.rows()` (ldx apart), `y`
+/// `m` rows of `w.cols()` (ldy apart).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_rows(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    // SAFETY: the caller's promise (see above).
+    unsafe {
+        match w.data() {
+            WeightData::F32(d) => {
+                axpy_rows::<f32>(x, ldx, m, d.as_ptr(), w.ld(), w.rows(), w.cols(), y, ldy)
+            }
+            WeightData::F16(d) => {
+                axpy_rows::<f16>(x, ldx, m, d.as_ptr(), w.ld(), w.rows(), w.cols(), y, ldy)
+            }
+            WeightData::BF16(d) => {
+                axpy_rows::<bf16>(x, ldx, m, d.as_ptr(), w.ld(), w.rows(), w.cols(), y, ldy)
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn axpy_rows<T: Lanes8>(
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: *const T,
+    ldw: usize,
+    k: usize,
+    n: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let yp = y.as_mut_ptr();
+    let mut f = 0;
+    while f < k {
+        let r = (k - f).min(4);
+        for i in 0..m {
+            let mut a = [0f32; 4];
+            a[..r].copy_from_slice(&x[i * ldx + f..i * ldx + f + r]);
+            // SAFETY: rows f..f+r of w (n columns each, ldw apart) and row i of y (n
+            // columns) are in bounds; c + 8 <= n for vector accesses.
+            unsafe {
+                let av = [
+                    _mm256_set1_ps(a[0]),
+                    _mm256_set1_ps(a[1]),
+                    _mm256_set1_ps(a[2]),
+                    _mm256_set1_ps(a[3]),
+                ];
+                let yr = yp.add(i * ldy);
+                let mut c = 0;
+                while c + 8 <= n {
+                    let mut yv = _mm256_loadu_ps(yr.add(c));
+                    for (q, aq) in av.iter().enumerate().take(r) {
+                        yv = _mm256_fmadd_ps(*aq, T::load8(w.add((f + q) * ldw + c)), yv);
+                    }
+                    _mm256_storeu_ps(yr.add(c), yv);
+                    c += 8;
+                }
+                while c < n {
+                    let mut s = *yr.add(c);
+                    for (q, aq) in a.iter().enumerate().take(r) {
+                        s += aq * (*w.add((f + q) * ldw + c)).widen();
+                    }
+                    *yr.add(c) = s;
+                    c += 1;
+                }
+            }
+        }
+        f += r;
+    }
+}

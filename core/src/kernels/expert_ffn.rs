@@ -1,0 +1,361 @@
+//! Mixture-of-experts FFN: each expert runs on the tokens routed to it with one matrix
+//! product per projection (gather → `x·Wupᵀ` → activation → `h·Wdown_t` → gated
+//! scatter-add). The dense FFN is the one-expert, gate-1 special case.
+//!
+//! Weights per expert: `up: [H, d]` (rows = hidden units) and `down_t: [H, d]` (the down
+//! projection stored transposed), so a nested hidden width `h < H` is the first `h` rows of
+//! both (see [`Expert::prefix`]). No biases (ModuleFormer's experts have none).
+//!
+//! Determinism: outputs are accumulated expert by expert, pairs in token order within an
+//! expert ([`Dispatch`] is a stable sort), so the sum order is fixed.
+
+use super::elementwise::{gelu_tanh_with, gelu_with, relu2_with, silu_with};
+use super::isa::{self, Isa};
+use super::linear::{linear_with, matmul_rows_with, MatRef};
+use super::routing::Dispatch;
+use super::{exactly, KernelError};
+use alloc::vec::Vec;
+
+/// The expert activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU.
+    Gelu,
+    /// Tanh GELU (`gelu_new`, ModuleFormer).
+    GeluTanh,
+    /// SiLU.
+    Silu,
+    /// Squared ReLU.
+    Relu2,
+}
+
+impl Activation {
+    /// Apply in place.
+    pub fn apply_with(self, isa: Isa, x: &mut [f32]) {
+        match self {
+            Activation::Gelu => gelu_with(isa, x),
+            Activation::GeluTanh => gelu_tanh_with(isa, x),
+            Activation::Silu => silu_with(isa, x),
+            Activation::Relu2 => relu2_with(isa, x),
+        }
+    }
+}
+
+/// One expert's weights.
+#[derive(Clone, Copy, Debug)]
+pub struct Expert<'a> {
+    /// `[H, d]`
+    pub up: MatRef<'a>,
+    /// `[H, d]` (down projection, transposed)
+    pub down_t: MatRef<'a>,
+}
+
+impl<'a> Expert<'a> {
+    /// Check that the two projections agree (`up` and `down_t` both `[H, d]`).
+    pub fn new(up: MatRef<'a>, down_t: MatRef<'a>) -> Result<Self, KernelError> {
+        exactly("Expert", "down_t rows (H)", up.rows(), down_t.rows())?;
+        exactly("Expert", "down_t cols (d)", up.cols(), down_t.cols())?;
+        Ok(Expert { up, down_t })
+    }
+
+    /// The nested expert with the first `hidden` units (no copy).
+    pub fn prefix(&self, hidden: usize) -> Result<Self, KernelError> {
+        Ok(Expert {
+            up: self.up.prefix(hidden, self.up.cols())?,
+            down_t: self.down_t.prefix(hidden, self.down_t.cols())?,
+        })
+    }
+
+    /// Hidden width H.
+    pub fn hidden(&self) -> usize {
+        self.up.rows()
+    }
+}
+
+/// Reusable buffers: after the first call of a given size, no further allocation.
+#[derive(Debug, Default, Clone)]
+pub struct FfnScratch {
+    xg: Vec<f32>,
+    h: Vec<f32>,
+    yg: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Dense FFN: `y = act(x Wupᵀ) Wdown` for `x: [n, d]`, `y: [n, d]` (overwritten).
+pub fn dense_ffn(
+    x: &[f32],
+    n: usize,
+    e: &Expert<'_>,
+    act: Activation,
+    y: &mut [f32],
+    scratch: &mut FfnScratch,
+) -> Result<(), KernelError> {
+    dense_ffn_with(isa::active(), x, n, e, act, y, scratch)
+}
+
+/// [`dense_ffn`] with an explicit SIMD level.
+pub fn dense_ffn_with(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    e: &Expert<'_>,
+    act: Activation,
+    y: &mut [f32],
+    scratch: &mut FfnScratch,
+) -> Result<(), KernelError> {
+    let (d, hdim) = (e.up.cols(), e.hidden());
+    exactly("dense_ffn", "x length (n*d)", n * d, x.len())?;
+    exactly("dense_ffn", "y length (n*d)", n * d, y.len())?;
+    let h = grow(&mut scratch.h, n * hdim);
+    linear_with(isa, x, d, n, &e.up, None, h, hdim)?;
+    act.apply_with(isa, h);
+    matmul_rows_with(isa, h, hdim, n, &e.down_t, y, d, false)
+}
+
+/// MoE FFN over a batch: `y[t] = Σ_s gate[t,s] · FFN_{expert[t,s]}(x[t])` for `x: [n, d]`,
+/// `experts`/`gates: [n, k]` (from [`super::routing::route`]); `y: [n, d]` overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_ffn(
+    x: &[f32],
+    n: usize,
+    experts: &[Expert<'_>],
+    chosen: &[u32],
+    gates: &[f32],
+    act: Activation,
+    y: &mut [f32],
+    scratch: &mut FfnScratch,
+) -> Result<(), KernelError> {
+    moe_ffn_with(isa::active(), x, n, experts, chosen, gates, act, y, scratch)
+}
+
+/// [`moe_ffn`] with an explicit SIMD level.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_ffn_with(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    experts: &[Expert<'_>],
+    chosen: &[u32],
+    gates: &[f32],
+    act: Activation,
+    y: &mut [f32],
+    scratch: &mut FfnScratch,
+) -> Result<(), KernelError> {
+    let Some(first) = experts.first() else {
+        return Err(KernelError {
+            kernel: "moe_ffn",
+            what: "expert count (> 0)",
+            expected: 1,
+            got: 0,
+        });
+    };
+    let d = first.up.cols();
+    for e in experts {
+        exactly("moe_ffn", "every expert's width d", d, e.up.cols())?;
+    }
+    exactly("moe_ffn", "x length (n*d)", n * d, x.len())?;
+    exactly("moe_ffn", "y length (n*d)", n * d, y.len())?;
+    exactly(
+        "moe_ffn",
+        "gates length (= chosen length)",
+        chosen.len(),
+        gates.len(),
+    )?;
+    let k = chosen.len().checked_div(n).unwrap_or(0);
+    exactly("moe_ffn", "chosen length (n*k)", n * k, chosen.len())?;
+    y.fill(0.0);
+    if n == 0 {
+        return Ok(());
+    }
+    let dispatch = Dispatch::new(chosen, experts.len())?;
+    for (ei, e) in experts.iter().enumerate() {
+        let pairs = dispatch.pairs(ei);
+        let m = pairs.len();
+        if m == 0 {
+            continue;
+        }
+        let hdim = e.hidden();
+        let xg = grow(&mut scratch.xg, m * d);
+        for (r, &p) in pairs.iter().enumerate() {
+            let t = p as usize / k;
+            xg[r * d..(r + 1) * d].copy_from_slice(&x[t * d..(t + 1) * d]);
+        }
+        let h = grow(&mut scratch.h, m * hdim);
+        linear_with(isa, xg, d, m, &e.up, None, h, hdim)?;
+        act.apply_with(isa, h);
+        let yg = grow(&mut scratch.yg, m * d);
+        matmul_rows_with(isa, h, hdim, m, &e.down_t, yg, d, false)?;
+        for (r, &p) in pairs.iter().enumerate() {
+            let (t, g) = (p as usize / k, gates[p as usize]);
+            for (yv, v) in y[t * d..(t + 1) * d]
+                .iter_mut()
+                .zip(&yg[r * d..(r + 1) * d])
+            {
+                *yv += g * v;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::kernels::elementwise::gelu_tanh1;
+    use crate::kernels::isa::available;
+    use crate::kernels::routing::route;
+    use crate::kernels::testutil::{assert_close, rand_vec};
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    /// Direct definition, token by token.
+    fn naive(
+        x: &[f32],
+        n: usize,
+        d: usize,
+        ups: &[Vec<f32>],
+        downs: &[Vec<f32>],
+        h: usize,
+        chosen: &[u32],
+        gates: &[f32],
+        k: usize,
+    ) -> Vec<f32> {
+        let mut y = vec![0f32; n * d];
+        for t in 0..n {
+            for s in 0..k {
+                let e = chosen[t * k + s] as usize;
+                let hid: Vec<f32> = (0..h)
+                    .map(|j| gelu_tanh1((0..d).map(|i| x[t * d + i] * ups[e][j * d + i]).sum()))
+                    .collect();
+                for o in 0..d {
+                    y[t * d + o] += gates[t * k + s]
+                        * (0..h).map(|j| hid[j] * downs[e][j * d + o]).sum::<f32>();
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn moe_matches_definition_and_dense_is_one_expert() {
+        let (n, d, h, ne, k) = (37, 20, 24, 5, 2);
+        let x = rand_vec(1, n * d);
+        let ups: Vec<Vec<f32>> = (0..ne).map(|e| rand_vec(10 + e as u64, h * d)).collect();
+        let downs: Vec<Vec<f32>> = (0..ne).map(|e| rand_vec(20 + e as u64, h * d)).collect();
+        let experts: Vec<Expert<'_>> = (0..ne)
+            .map(|e| {
+                Expert::new(
+                    MatRef::f32(&ups[e], h, d).unwrap(),
+                    MatRef::f32(&downs[e], h, d).unwrap(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let r = route(rand_vec(3, n * ne), n, ne, k, false).unwrap();
+        let want = naive(&x, n, d, &ups, &downs, h, &r.experts, &r.gates, k);
+        for isa in available() {
+            let mut y = vec![0f32; n * d];
+            let mut s = FfnScratch::default();
+            moe_ffn_with(
+                isa,
+                &x,
+                n,
+                &experts,
+                &r.experts,
+                &r.gates,
+                Activation::GeluTanh,
+                &mut y,
+                &mut s,
+            )
+            .unwrap();
+            assert_close(isa.name(), &y, &want, |_| 1e-4);
+            // the dense FFN is the single-expert, gate-1 case
+            let mut yd = vec![0f32; n * d];
+            dense_ffn_with(
+                isa,
+                &x,
+                n,
+                &experts[0],
+                Activation::GeluTanh,
+                &mut yd,
+                &mut s,
+            )
+            .unwrap();
+            let mut y1 = vec![0f32; n * d];
+            moe_ffn_with(
+                isa,
+                &x,
+                n,
+                &experts[..1],
+                &vec![0; n],
+                &vec![1.0; n],
+                Activation::GeluTanh,
+                &mut y1,
+                &mut s,
+            )
+            .unwrap();
+            assert_close("dense vs 1 expert", &yd, &y1, |_| 1e-5);
+        }
+        // nested hidden width: prefix of rows of both projections
+        let e = experts[1].prefix(8).unwrap();
+        assert_eq!(e.hidden(), 8);
+        assert!(experts[1].prefix(25).is_err());
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let w = vec![0f32; 16];
+        let e = Expert::new(
+            MatRef::f32(&w, 4, 4).unwrap(),
+            MatRef::f32(&w, 4, 4).unwrap(),
+        )
+        .unwrap();
+        let mut y = vec![0f32; 8];
+        let mut s = FfnScratch::default();
+        assert!(moe_ffn(
+            &[0.0; 8],
+            2,
+            &[e],
+            &[0, 1],
+            &[1.0, 1.0],
+            Activation::Silu,
+            &mut y,
+            &mut s
+        )
+        .is_err());
+        assert!(moe_ffn(
+            &[0.0; 8],
+            2,
+            &[],
+            &[0, 0],
+            &[1.0, 1.0],
+            Activation::Silu,
+            &mut y,
+            &mut s
+        )
+        .is_err());
+        assert!(moe_ffn(
+            &[0.0; 7],
+            2,
+            &[e],
+            &[0, 0],
+            &[1.0, 1.0],
+            Activation::Silu,
+            &mut y,
+            &mut s
+        )
+        .is_err());
+        assert!(Expert::new(
+            MatRef::f32(&w, 4, 4).unwrap(),
+            MatRef::f32(&w, 2, 4).unwrap()
+        )
+        .is_err());
+    }
+}

@@ -9,6 +9,7 @@
 use super::elementwise::softmax_with;
 use super::isa::{self, Isa};
 use super::linear::{linear_with, matmul_rows_with, MatRef};
+use super::par;
 use super::{exactly, need, KernelError};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -194,7 +195,7 @@ pub fn stick_breaking_with(
     scale: f32,
     stop: Option<f32>,
     out: &mut [f32],
-    mut remainder: Option<&mut [f32]>,
+    remainder: Option<&mut [f32]>,
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
     check_qkv("stick_breaking", q, t, k, v, tc, dh, out)?;
@@ -207,9 +208,8 @@ pub fn stick_breaking_with(
     if let Some(r) = remainder.as_deref() {
         exactly("stick_breaking", "remainder length (T)", t, r.len())?;
     }
-    let (z, w) = scratch[..2 * SB_BLOCK].split_at_mut(SB_BLOCK);
-    for i in 0..t {
-        let o = &mut out[i * dh..(i + 1) * dh];
+    let row = |i: usize, scratch: &mut [f32], o: &mut [f32]| -> Result<f32, KernelError> {
+        let (z, w) = scratch[..2 * SB_BLOCK].split_at_mut(SB_BLOCK);
         o.fill(0.0);
         let qi = &q[i * dh..(i + 1) * dh];
         let mut s = 0f32;
@@ -236,11 +236,47 @@ pub fn stick_breaking_with(
             }
             hi = lo;
         }
-        if let Some(r) = remainder.as_deref_mut() {
-            r[i] = libm::expf(-s);
+        Ok(libm::expf(-s))
+    };
+    match remainder {
+        // The remainder needs one value per query: compute rows in order on this thread.
+        Some(r) => {
+            for i in 0..t {
+                r[i] = row(i, scratch, &mut out[i * dh..(i + 1) * dh])?;
+            }
+            Ok(())
         }
+        None => by_query_rows(t, dh, out, scratch, 2 * SB_BLOCK, |i, s, o| {
+            row(i, s, o).map(|_| ())
+        }),
     }
-    Ok(())
+}
+
+/// Run `row(i, scratch, out_row)` for every query `i < t`, in parallel over blocks of
+/// queries when more than one thread is configured (each task with its own scratch of
+/// `scratch_len` floats; each output row is written by exactly one task).
+fn by_query_rows(
+    t: usize,
+    dh: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    scratch_len: usize,
+    row: impl Fn(usize, &mut [f32], &mut [f32]) -> Result<(), KernelError> + Sync,
+) -> Result<(), KernelError> {
+    if par::threads() <= 1 || t < 32 || dh == 0 {
+        for i in 0..t {
+            row(i, scratch, &mut out[i * dh..(i + 1) * dh])?;
+        }
+        return Ok(());
+    }
+    let rows_per = par::chunk_for(t, 8, 8);
+    par::try_for_each_chunk_mut(&mut out[..t * dh], rows_per * dh, |ci, block| {
+        let mut s = vec![0f32; scratch_len];
+        for (r, o) in block.chunks_mut(dh).enumerate() {
+            row(ci * rows_per + r, &mut s, o)?;
+        }
+        Ok(())
+    })
 }
 
 /// [`stick_breaking_with`] at the active SIMD level.
@@ -334,7 +370,7 @@ pub fn gau_local_with(
         }
         None => 0,
     };
-    for a in 0..lc {
+    let row = |a: usize, scratch: &mut [f32], o: &mut [f32]| -> Result<(), KernelError> {
         let lo = a.saturating_sub(w);
         let hi = if causal { a + 1 } else { (a + w + 1).min(lc) };
         let n = hi - lo;
@@ -358,9 +394,9 @@ pub fn gau_local_with(
             GauFn::Relu2 { .. } => s.iter_mut().for_each(|x| *x = x.max(0.0) * x.max(0.0)),
         }
         let vb = MatRef::f32(&v[lo * e..hi * e], n, e)?;
-        matmul_rows_with(isa, s, n, 1, &vb, &mut out[a * e..(a + 1) * e], e, false)?;
-    }
-    Ok(())
+        matmul_rows_with(isa, s, n, 1, &vb, o, e, false)
+    };
+    by_query_rows(lc, e, out, scratch, span.min(lc), row)
 }
 
 /// [`gau_local_with`] at the active SIMD level.
@@ -509,6 +545,57 @@ mod tests {
                 assert_close("gau", &out, &want, |_| 1e-4);
             }
         }
+    }
+
+    #[test]
+    fn attention_does_not_depend_on_thread_count() {
+        let (t, dh) = (70, 8);
+        let (q, k, v) = (
+            rand_vec(1, t * dh),
+            rand_vec(2, t * dh),
+            rand_vec(3, t * dh),
+        );
+        let pos: Vec<u32> = (0..t as u32).map(|i| 3 * i).collect();
+        let mut outs = Vec::new();
+        for th in [1, 2, 3] {
+            crate::kernels::par::set_threads(th);
+            let mut a = vec![0f32; t * dh];
+            causal_attention(&q, t, &k, &v, t, dh, 0.3, &mut a, &mut vec![0f32; t]).unwrap();
+            let mut b = vec![0f32; t * dh];
+            stick_breaking(
+                &q,
+                t,
+                &k,
+                &v,
+                t,
+                dh,
+                0.3,
+                Some(20.0),
+                &mut b,
+                None,
+                &mut vec![0f32; 128],
+            )
+            .unwrap();
+            let mut c = vec![0f32; t * dh];
+            gau_local(
+                &q,
+                &k,
+                &v,
+                &pos,
+                dh,
+                dh,
+                5,
+                false,
+                GauFn::Softmax { scale: 0.3 },
+                None,
+                &mut c,
+                &mut [0f32; 11],
+            )
+            .unwrap();
+            outs.push((a, b, c));
+        }
+        crate::kernels::par::set_threads(0);
+        assert!(outs.windows(2).all(|p| p[0] == p[1]));
     }
 
     #[test]

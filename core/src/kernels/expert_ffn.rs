@@ -12,6 +12,7 @@
 use super::elementwise::{gelu_tanh_with, gelu_with, relu2_with, silu_with};
 use super::isa::{self, Isa};
 use super::linear::{linear_with, matmul_rows_with, MatRef};
+use super::par;
 use super::routing::Dispatch;
 use super::{exactly, KernelError};
 use alloc::vec::Vec;
@@ -158,6 +159,18 @@ pub fn moe_ffn_with(
     let d = first.up.cols();
     for e in experts {
         exactly("moe_ffn", "every expert's width d", d, e.up.cols())?;
+        exactly(
+            "moe_ffn",
+            "every expert's down_t width d",
+            d,
+            e.down_t.cols(),
+        )?;
+        exactly(
+            "moe_ffn",
+            "every expert's down_t rows (H)",
+            e.up.rows(),
+            e.down_t.rows(),
+        )?;
     }
     exactly("moe_ffn", "x length (n*d)", n * d, x.len())?;
     exactly("moe_ffn", "y length (n*d)", n * d, y.len())?;
@@ -174,24 +187,26 @@ pub fn moe_ffn_with(
         return Ok(());
     }
     let dispatch = Dispatch::new(chosen, experts.len())?;
-    for (ei, e) in experts.iter().enumerate() {
-        let pairs = dispatch.pairs(ei);
-        let m = pairs.len();
-        if m == 0 {
-            continue;
-        }
-        let hdim = e.hidden();
-        let xg = grow(&mut scratch.xg, m * d);
+    // One expert on its gathered tokens: rows of `yg` follow `dispatch.pairs(ei)`.
+    let run = |ei: usize,
+               xg: &mut Vec<f32>,
+               h: &mut Vec<f32>,
+               yg: &mut Vec<f32>|
+     -> Result<(), KernelError> {
+        let (e, pairs) = (&experts[ei], dispatch.pairs(ei));
+        let (m, hdim) = (pairs.len(), e.hidden());
+        let xg = grow(xg, m * d);
         for (r, &p) in pairs.iter().enumerate() {
             let t = p as usize / k;
             xg[r * d..(r + 1) * d].copy_from_slice(&x[t * d..(t + 1) * d]);
         }
-        let h = grow(&mut scratch.h, m * hdim);
+        let h = grow(h, m * hdim);
         linear_with(isa, xg, d, m, &e.up, None, h, hdim)?;
         act.apply_with(isa, h);
-        let yg = grow(&mut scratch.yg, m * d);
-        matmul_rows_with(isa, h, hdim, m, &e.down_t, yg, d, false)?;
-        for (r, &p) in pairs.iter().enumerate() {
+        matmul_rows_with(isa, h, hdim, m, &e.down_t, grow(yg, m * d), d, false)
+    };
+    let scatter = |ei: usize, yg: &[f32], y: &mut [f32]| {
+        for (r, &p) in dispatch.pairs(ei).iter().enumerate() {
             let (t, g) = (p as usize / k, gates[p as usize]);
             for (yv, v) in y[t * d..(t + 1) * d]
                 .iter_mut()
@@ -199,6 +214,27 @@ pub fn moe_ffn_with(
             {
                 *yv += g * v;
             }
+        }
+    };
+    if par::threads() > 1 && n * k >= 64 && experts.len() > 1 {
+        // Experts in parallel (each with its own buffers), then the scatter-add in expert
+        // order on this thread: the same sums in the same order as the sequential path.
+        let mut outs: Vec<Result<Vec<f32>, KernelError>> =
+            (0..experts.len()).map(|_| Ok(Vec::new())).collect();
+        par::for_each_chunk_mut(&mut outs, 1, |ei, slot| {
+            let (mut xg, mut h, mut yg) = (Vec::new(), Vec::new(), Vec::new());
+            slot[0] = run(ei, &mut xg, &mut h, &mut yg).map(|()| yg);
+        });
+        for (ei, out) in outs.into_iter().enumerate() {
+            scatter(ei, &out?, y);
+        }
+    } else {
+        for ei in 0..experts.len() {
+            if dispatch.pairs(ei).is_empty() {
+                continue;
+            }
+            run(ei, &mut scratch.xg, &mut scratch.h, &mut scratch.yg)?;
+            scatter(ei, &scratch.yg, y);
         }
     }
     Ok(())
@@ -307,6 +343,44 @@ mod tests {
         let e = experts[1].prefix(8).unwrap();
         assert_eq!(e.hidden(), 8);
         assert!(experts[1].prefix(25).is_err());
+    }
+
+    #[test]
+    fn moe_does_not_depend_on_thread_count() {
+        let (n, d, h, ne, k) = (70, 16, 24, 4, 2);
+        let x = rand_vec(5, n * d);
+        let ws: Vec<Vec<f32>> = (0..2 * ne)
+            .map(|e| rand_vec(40 + e as u64, h * d))
+            .collect();
+        let experts: Vec<Expert<'_>> = (0..ne)
+            .map(|e| {
+                Expert::new(
+                    MatRef::f32(&ws[2 * e], h, d).unwrap(),
+                    MatRef::f32(&ws[2 * e + 1], h, d).unwrap(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let r = route(rand_vec(6, n * ne), n, ne, k, true).unwrap();
+        let mut outs = Vec::new();
+        for t in [1, 2, 4] {
+            crate::kernels::par::set_threads(t);
+            let mut y = vec![0f32; n * d];
+            moe_ffn(
+                &x,
+                n,
+                &experts,
+                &r.experts,
+                &r.gates,
+                Activation::Silu,
+                &mut y,
+                &mut FfnScratch::default(),
+            )
+            .unwrap();
+            outs.push(y);
+        }
+        crate::kernels::par::set_threads(0);
+        assert!(outs.windows(2).all(|p| p[0] == p[1]));
     }
 
     #[test]

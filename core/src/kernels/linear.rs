@@ -12,11 +12,17 @@
 //! Weights may be F32, F16 or BF16 (widened to f32 in registers; accumulation is f32).
 
 use super::isa::{self, Isa};
+use super::par;
 use super::{exactly, need, KernelError};
 use half::{bf16, f16};
 
-/// Row counts up to this use the skinny kernels; more rows go to `matrixmultiply`.
+/// Row counts up to this use the skinny kernels; more rows go to `matrixmultiply`
+/// (measured crossover on the reference machine: `docs/results.md`).
 pub const SKINNY_MAX_ROWS: usize = 16;
+
+/// A one-row product over at least this many weights is split across threads (by output
+/// columns; see [`super::par`]).
+pub const PAR_MIN_WEIGHTS: usize = 1 << 18;
 
 /// Borrowed weight elements.
 #[derive(Clone, Copy, Debug)]
@@ -29,7 +35,16 @@ pub enum WeightData<'a> {
     BF16(&'a [bf16]),
 }
 
-impl WeightData<'_> {
+impl<'a> WeightData<'a> {
+    /// The elements from `off` on (empty if past the end).
+    fn offset(self, off: usize) -> WeightData<'a> {
+        match self {
+            WeightData::F32(s) => WeightData::F32(s.get(off..).unwrap_or_default()),
+            WeightData::F16(s) => WeightData::F16(s.get(off..).unwrap_or_default()),
+            WeightData::BF16(s) => WeightData::BF16(s.get(off..).unwrap_or_default()),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             WeightData::F32(s) => s.len(),
@@ -81,6 +96,25 @@ impl<'a> MatRef<'a> {
             cols,
             ..*self
         })
+    }
+
+    /// Rows `j0..j0 + rows` as their own matrix (caller guarantees the range).
+    fn row_block(&self, j0: usize, rows: usize) -> MatRef<'a> {
+        let off = j0 * self.ld;
+        MatRef {
+            data: self.data.offset(off),
+            rows,
+            ..*self
+        }
+    }
+
+    /// Columns `c0..c0 + cols` as their own matrix (caller guarantees the range).
+    fn col_block(&self, c0: usize, cols: usize) -> MatRef<'a> {
+        MatRef {
+            data: self.data.offset(c0),
+            cols,
+            ..*self
+        }
     }
 
     /// Rows.
@@ -149,6 +183,13 @@ pub fn linear_with(
     let isa = if isa.is_supported() { isa } else { Isa::Scalar };
     if m > SKINNY_MAX_ROWS {
         many_rows(x, ldx, m, w, y, ldy);
+    } else if m == 1 && n * k >= PAR_MIN_WEIGHTS && par::threads() > 1 {
+        // Decode: each thread streams its own block of weight rows into its own outputs.
+        let chunk = par::chunk_for(n, 4, 64);
+        par::for_each_chunk_mut(&mut y[..n], chunk, |ci, ys| {
+            let sub = w.row_block(ci * chunk, ys.len());
+            skinny(isa, x, ldx, 1, &sub, ys, ys.len());
+        });
     } else {
         skinny(isa, x, ldx, m, w, y, ldy);
     }
@@ -351,16 +392,39 @@ pub fn matmul_rows_with(
         }
         return Ok(());
     }
+    if m == 1 && n * k >= PAR_MIN_WEIGHTS && par::threads() > 1 {
+        // Decode: split the output columns; each thread reads its own column block of W.
+        let chunk = par::chunk_for(n, 16, 64);
+        par::for_each_chunk_mut(&mut y[..n], chunk, |ci, ys| {
+            let sub = w.col_block(ci * chunk, ys.len());
+            let cols = ys.len();
+            rows_kernel(isa, x, ldx, 1, &sub, ys, cols);
+        });
+    } else {
+        rows_kernel(isa, x, ldx, m, w, y, ldy);
+    }
+    Ok(())
+}
+
+/// Dispatch a checked `matmul_rows` (accumulating) to the variant for `isa`.
+fn rows_kernel(
+    isa: Isa,
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2+FMA+F16C supported (checked); extents checked above.
+        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); extents checked.
         Isa::Avx2 => unsafe { super::x86_64::avx2::matmul_rows(x, ldx, m, w, y, ldy) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON supported (checked); extents checked above.
+        // SAFETY: NEON supported (checked by the caller); extents checked.
         Isa::Neon => unsafe { super::aarch64::neon::matmul_rows(x, ldx, m, w, y, ldy) },
         _ => matmul_rows_scalar(x, ldx, m, w, y, ldy),
     }
-    Ok(())
 }
 
 /// Scalar reference of [`matmul_rows`] (accumulating form): `y[i,:] += Σ_f x[i,f] w[f,:]`.
@@ -488,6 +552,33 @@ mod tests {
                 let tol = 2e-6 * (k as f32 + 2.0) * 2.0 + 1e-6;
                 assert_close(isa.name(), &got, &want, |_| tol);
             }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_thread_count() {
+        // Big enough to take the parallel decode path.
+        let (n, k) = (1030, 300);
+        let wv = rand_vec(8, n * k);
+        let wh: Vec<f16> = wv.iter().map(|&v| f16::from_f32(v)).collect();
+        let x = rand_vec(9, k.max(n));
+        for data in [WeightData::F32(&wv), WeightData::F16(&wh)] {
+            let w = MatRef::new(data, n, k, k).unwrap();
+            let wt = MatRef::new(data, k, n, n).unwrap();
+            let mut outs = Vec::new();
+            for t in [1, 2, 3] {
+                crate::kernels::par::set_threads(t);
+                let mut y = vec![0f32; n];
+                linear(&x, k, 1, &w, None, &mut y, n).unwrap();
+                let mut z = vec![0f32; n];
+                matmul_rows(&x, k, 1, &wt, &mut z, n, false).unwrap();
+                outs.push((y, z));
+            }
+            crate::kernels::par::set_threads(0);
+            assert!(
+                outs.windows(2).all(|p| p[0] == p[1]),
+                "thread count changed the result"
+            );
         }
     }
 

@@ -19,6 +19,7 @@ pub mod ema;
 pub mod expert_ffn;
 pub mod isa;
 pub mod linear;
+pub mod par;
 pub mod routing;
 mod simd;
 

@@ -1,0 +1,161 @@
+//! Coarse, deterministic parallelism for kernels.
+//!
+//! One process-wide thread count ([`set_threads`]; default `RAYON_NUM_THREADS` or all
+//! cores) and one helper, [`for_each_chunk_mut`], that splits an output buffer into
+//! contiguous chunks, one task each. Every output element is computed by exactly one task
+//! with the same code, so results are bit-identical for any thread count. The pool is
+//! rayon's: idle workers sleep rather than spin, which matters on small shared machines.
+//! Without `std` everything runs on the calling thread.
+
+#[cfg(feature = "std")]
+mod imp {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    static REQUESTED: AtomicUsize = AtomicUsize::new(0);
+    static POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+
+    /// Set the number of threads kernels may use (0 = default). Takes effect at the next
+    /// parallel kernel call.
+    pub fn set_threads(n: usize) {
+        REQUESTED.store(n, Ordering::Relaxed);
+    }
+
+    /// The thread count kernels use.
+    pub fn threads() -> usize {
+        match REQUESTED.load(Ordering::Relaxed) {
+            0 => std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n: &usize| n > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            n => n,
+        }
+    }
+
+    pub(crate) fn pool() -> Option<Arc<rayon::ThreadPool>> {
+        let n = threads();
+        if n <= 1 {
+            return None;
+        }
+        let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((m, p)) = guard.as_ref() {
+            if *m == n {
+                return Some(p.clone());
+            }
+        }
+        let p = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .ok()?,
+        );
+        *guard = Some((n, p.clone()));
+        Some(p)
+    }
+
+    pub(crate) fn for_each_chunk_mut<T: Send>(
+        data: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        use rayon::prelude::*;
+        let chunk = chunk.max(1);
+        match pool() {
+            Some(p) if data.len() > chunk => p.install(|| {
+                data.par_chunks_mut(chunk)
+                    .enumerate()
+                    .for_each(|(i, c)| f(i, c))
+            }),
+            _ => data
+                .chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c)),
+        }
+    }
+
+    pub(crate) fn try_for_each_chunk_mut<T: Send, E: Send>(
+        data: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) -> Result<(), E> + Sync,
+    ) -> Result<(), E> {
+        use rayon::prelude::*;
+        let chunk = chunk.max(1);
+        match pool() {
+            Some(p) if data.len() > chunk => {
+                let results: std::vec::Vec<Result<(), E>> = p.install(|| {
+                    data.par_chunks_mut(chunk)
+                        .enumerate()
+                        .map(|(i, c)| f(i, c))
+                        .collect()
+                });
+                results.into_iter().collect()
+            }
+            _ => data
+                .chunks_mut(chunk)
+                .enumerate()
+                .try_for_each(|(i, c)| f(i, c)),
+        }
+    }
+}
+
+#[cfg(not(feature = "std"))]
+mod imp {
+    /// Without `std` kernels run on the calling thread; the setting is ignored.
+    pub fn set_threads(_n: usize) {}
+
+    /// Always 1 without `std`.
+    pub fn threads() -> usize {
+        1
+    }
+
+    pub(crate) fn for_each_chunk_mut<T: Send>(
+        data: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        data.chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, c)| f(i, c))
+    }
+
+    pub(crate) fn try_for_each_chunk_mut<T: Send, E: Send>(
+        data: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) -> Result<(), E> + Sync,
+    ) -> Result<(), E> {
+        data.chunks_mut(chunk.max(1))
+            .enumerate()
+            .try_for_each(|(i, c)| f(i, c))
+    }
+}
+
+pub use imp::{set_threads, threads};
+
+/// Run `f(chunk_index, chunk)` over `data` split into chunks of `chunk` elements, in
+/// parallel when more than one thread is configured.
+pub(crate) fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    imp::for_each_chunk_mut(data, chunk, f)
+}
+
+/// [`for_each_chunk_mut`] for fallible work: the error of the lowest-index failing chunk
+/// (all chunks run; the first error in chunk order is returned, whatever the scheduling).
+pub(crate) fn try_for_each_chunk_mut<T: Send, E: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    imp::try_for_each_chunk_mut(data, chunk, f)
+}
+
+/// Chunk length that splits `n` items over the configured threads, rounded up to a
+/// multiple of `align` and at least `min`.
+pub(crate) fn chunk_for(n: usize, align: usize, min: usize) -> usize {
+    let t = threads().max(1);
+    let c = n.div_ceil(t).div_ceil(align.max(1)) * align.max(1);
+    c.max(min)
+}

@@ -239,15 +239,18 @@ pub fn ema_bidirectional_with(
     Ok(())
 }
 
-/// The causal scan computed chunk by chunk: each chunk from zero state (independent, so
-/// chunks could run on different cores), then the carried state's contribution
-/// `scan(0; carry)` added, by linearity of the recurrence. Must equal [`ema_scan`].
+/// The scan computed chunk by chunk: each chunk from zero state (independent, so chunks
+/// could run on different cores), then the carried state's contribution `scan(0; carry)`
+/// added, by linearity of the recurrence. `reverse` scans from the end (the backward half of
+/// a bidirectional EMA), carrying the state from later chunks to earlier ones. Must equal
+/// the plain scan in the same direction.
 pub fn ema_scan_chunked_with(
     isa: Isa,
     co: &EmaCoefs,
     x: &[f32],
     l: usize,
     chunk: usize,
+    reverse: bool,
     state: &mut [f32],
     y: &mut [f32],
 ) -> Result<(), KernelError> {
@@ -255,20 +258,21 @@ pub fn ema_scan_chunked_with(
     let chunk = chunk.max(1);
     let d = co.d;
     let mut local = vec![0f32; co.state_len()];
-    let mut t0 = 0;
-    while t0 < l {
+    let n_chunks = l.div_ceil(chunk);
+    for c in 0..n_chunks {
+        let idx = if reverse { n_chunks - 1 - c } else { c };
+        let t0 = idx * chunk;
         let len = chunk.min(l - t0);
         let (xc, yc) = (&x[t0 * d..(t0 + len) * d], &mut y[t0 * d..(t0 + len) * d]);
         // 1. the chunk alone, from zero state
         local.fill(0.0);
-        scan_dispatch(isa, co, Some(xc), len, &mut local, yc, false, false);
+        scan_dispatch(isa, co, Some(xc), len, &mut local, yc, reverse, false);
         // 2. the carried state's contribution (zero input); `state` becomes q^len ⊙ carry
-        scan_dispatch(isa, co, None, len, state, yc, false, true);
+        scan_dispatch(isa, co, None, len, state, yc, reverse, true);
         // 3. carry out = local end state + decayed carry in
         for (s, v) in state.iter_mut().zip(&local) {
             *s += v;
         }
-        t0 += len;
     }
     Ok(())
 }
@@ -327,7 +331,7 @@ mod tests {
                 assert_close("recurrent", &y, &want, tol);
                 let mut st2 = vec![0f32; co.state_len()];
                 let mut y2 = vec![0f32; l * d];
-                ema_scan_chunked_with(isa, &co, &x, l, chunk, &mut st2, &mut y2).unwrap();
+                ema_scan_chunked_with(isa, &co, &x, l, chunk, false, &mut st2, &mut y2).unwrap();
                 assert_close("chunked", &y2, &want, tol);
                 assert_close("final state", &st2, &st, |_| 1e-5);
                 // streaming: one token at a time from the same state gives the same output
@@ -343,6 +347,13 @@ mod tests {
                 ema_bidirectional_with(isa, &co, &bwd, &x, l, &mut yb).unwrap();
                 let wb: Vec<f32> = want.iter().zip(conv(&bwd, &x, l, true)).map(|(a, b)| a + b).collect();
                 assert_close("bidirectional", &yb, &wb, tol);
+                // bidirectional from the two chunked scans
+                let mut yc = vec![0f32; l * d];
+                let mut yr = vec![0f32; l * d];
+                ema_scan_chunked_with(isa, &co, &x, l, chunk, false, &mut vec![0f32; co.state_len()], &mut yc).unwrap();
+                ema_scan_chunked_with(isa, &bwd, &x, l, chunk, true, &mut vec![0f32; co.state_len()], &mut yr).unwrap();
+                let ybc: Vec<f32> = yc.iter().zip(&yr).map(|(a, b)| a + b).collect();
+                assert_close("bidirectional, chunked", &ybc, &wb, tol);
             }
         }
     }

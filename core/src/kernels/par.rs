@@ -21,8 +21,11 @@ mod imp {
         REQUESTED.store(n, Ordering::Relaxed);
     }
 
-    /// The thread count kernels use.
+    /// The thread count kernels use (1 on a worker thread of the kernel pool itself).
     pub fn threads() -> usize {
+        if rayon::current_thread_index().is_some() {
+            return 1;
+        }
         match REQUESTED.load(Ordering::Relaxed) {
             0 => std::env::var("RAYON_NUM_THREADS")
                 .ok()
@@ -35,7 +38,9 @@ mod imp {
 
     pub(crate) fn pool() -> Option<Arc<rayon::ThreadPool>> {
         let n = threads();
-        if n <= 1 {
+        // Already inside a parallel kernel (on a pool worker): no nested splitting, which
+        // only adds scheduling overhead to work that is already spread over all threads.
+        if n <= 1 || rayon::current_thread_index().is_some() {
             return None;
         }
         let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());

@@ -269,7 +269,9 @@ fn by_query_rows(
         }
         return Ok(());
     }
-    let rows_per = par::chunk_for(t, 8, 8);
+    // Several chunks per thread: causal rows grow in cost with their position, so equal
+    // halves would be unbalanced (3:1); work stealing evens out many small chunks.
+    let rows_per = t.div_ceil(par::threads() * 8).max(8);
     par::try_for_each_chunk_mut(&mut out[..t * dh], rows_per * dh, |ci, block| {
         let mut s = vec![0f32; scratch_len];
         for (r, o) in block.chunks_mut(dh).enumerate() {

@@ -6,7 +6,7 @@
 use modula_core::gguf::{GgufWriter, MAX_TENSOR_NAME};
 use modula_core::{GgufError, MetaValue, Model, Value, ValueType};
 use modula_quant::DType;
-use modula_tests::{rich_valid_file, sanitize, Rng};
+use modula_tests::{rand_bytes, rich_valid_file, sanitize, Rng};
 use proptest::prelude::*;
 
 /// Rebuild a writer from a model: same metadata (minus writer-managed keys), same tensors,
@@ -360,7 +360,7 @@ proptest! {
             let mut shape = shape.clone();
             if let Some(last) = shape.last_mut() { *last *= dt.block_len(); } else if dt.is_quantized() { shape.push(dt.block_len()); }
             let n: usize = shape.iter().product();
-            let bytes = sanitize(dt, rng.bytes(dt.bytes_for(n as u64).unwrap() as usize));
+            let bytes = sanitize(dt, rand_bytes(&mut rng, dt.bytes_for(n as u64).unwrap() as usize));
             let name = format!("t{i}");
             if i % 3 == 1 { w.begin_group(&format!("g{i}")).unwrap(); }
             w.add_tensor(&name, dt, &shape, bytes.clone()).unwrap();

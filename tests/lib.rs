@@ -7,27 +7,12 @@ use modula_core::gguf::GgufWriter;
 use modula_core::MetaValue;
 use modula_quant::DType;
 
-/// SplitMix64: small, deterministic, good enough for test data.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
+/// The deterministic RNG shared with the library.
+pub use modula_core::rng::SplitMix64 as Rng;
 
-impl Rng {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    /// `n` random bytes.
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
+/// `n` random bytes.
+pub fn rand_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
+    (0..n).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// A raw metadata entry: key bytes, type id, encoded value bytes.
@@ -277,7 +262,10 @@ pub fn rich_valid_file() -> Vec<u8> {
     ];
     for (i, (name, dt, shape)) in shapes.iter().enumerate() {
         let n: usize = shape.iter().product();
-        let bytes = rng.bytes(dt.bytes_for(n as u64).expect("whole blocks") as usize);
+        let bytes = rand_bytes(
+            &mut rng,
+            dt.bytes_for(n as u64).expect("whole blocks") as usize,
+        );
         let bytes = sanitize(*dt, bytes);
         if i == 3 {
             w.begin_group("blk.0.expert.0").expect("new group");

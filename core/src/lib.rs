@@ -22,6 +22,7 @@ pub mod gguf;
 pub mod io;
 pub mod kernels;
 pub mod model;
+pub mod rng;
 
 pub use gguf::{GgufError, MetaValue, Value, ValueType};
 pub use model::{Model, PageGroup, TensorView};

@@ -8,19 +8,10 @@ use modula_core::{MetaValue, Model};
 use modula_quant::{BlockQ8_0, DType};
 use std::path::Path;
 
-/// Deterministic pseudo-random numbers in [-0.5, 0.5) (SplitMix64).
+/// Deterministic pseudo-random numbers in [-0.5, 0.5).
 fn fill(seed: u64, n: usize) -> Vec<f32> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    let mut r = modula_core::rng::SplitMix64(seed);
+    (0..n).map(|_| r.next_f32() - 0.5).collect()
 }
 
 /// Round-to-nearest Q8_0 of `w` (row length a multiple of 32) as raw bytes.

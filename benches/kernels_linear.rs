@@ -44,6 +44,31 @@ fn bandwidth(c: &mut Criterion) {
             acc.iter().sum::<f32>()
         })
     });
+    // The same read on every core (each thread sums its own contiguous part): the bound
+    // for the multi-threaded decode GEMV.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    g.bench_function(format!("read_{cores}threads"), |bch| {
+        bch.iter(|| {
+            let part = n.div_ceil(cores);
+            std::thread::scope(|s| {
+                let hs: Vec<_> = black_box(&a)
+                    .chunks(part)
+                    .map(|chunk| {
+                        s.spawn(move || {
+                            let mut acc = [0f32; 32];
+                            for ch in chunk.chunks_exact(32) {
+                                for (x, v) in acc.iter_mut().zip(ch) {
+                                    *x += v;
+                                }
+                            }
+                            acc.iter().sum::<f32>()
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f32>()
+            })
+        })
+    });
     g.throughput(Throughput::Bytes((2 * n * 4) as u64));
     g.bench_function("copy_read_plus_write", |bch| {
         bch.iter(|| dst.copy_from_slice(black_box(&a)))

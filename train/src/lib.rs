@@ -1,9 +1,15 @@
 //! # modula-train
 //!
-//! The std-only trainer. For now it holds nothing but the crate boundary: the training
-//! engine (explicit forward/backward pairs, AdamW, data, checkpoints) lands with the
-//! training-engine issue. The crate exists so that the dependency direction
-//! `quant <- core <- train <- edge-demo` is fixed from the start.
+//! The std-only trainer, built the llm.c way: explicit forward/backward pairs per layer
+//! ([`layers`]), every backward checked against finite differences ([`gradcheck`]).
+//! Forwards call the same `modula-core` kernels as the on-device engine.
+//!
+//! This is the first slice of the training engine: the gradient-check harness, linear,
+//! LayerNorm, activations and softmax cross-entropy. The optimiser, data, checkpoints, the
+//! dense baseline model and the CLI come next (see issue #4's closing notes).
 #![warn(missing_docs)]
+
+pub mod gradcheck;
+pub mod layers;
 
 pub use modula_core as core;

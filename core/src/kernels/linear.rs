@@ -449,6 +449,46 @@ pub fn matmul_rows_scalar(
     }
 }
 
+/// `c[n, k] += a[m, n]ᵀ · b[m, k]` (row-major, dense): the weight gradient of a linear
+/// layer, `dW += dYᵀ X`, summed over the `m` rows of a batch. Single-threaded
+/// `matrixmultiply` (deterministic).
+pub fn matmul_tn_acc(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+) -> Result<(), KernelError> {
+    exactly("matmul_tn_acc", "a length (m*n)", m * n, a.len())?;
+    exactly("matmul_tn_acc", "b length (m*k)", m * k, b.len())?;
+    exactly("matmul_tn_acc", "c length (n*k)", n * k, c.len())?;
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(());
+    }
+    // SAFETY: extents checked above: aᵀ is n x m read with row stride 1 and column stride n,
+    // b is m x k (row stride k), c is n x k (row stride k); beta = 1 accumulates.
+    unsafe {
+        matrixmultiply::sgemm(
+            n,
+            m,
+            k,
+            1.0,
+            a.as_ptr(),
+            1,
+            n as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            c.as_mut_ptr(),
+            k as isize,
+            1,
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -580,6 +620,22 @@ mod tests {
                 "thread count changed the result"
             );
         }
+    }
+
+    #[test]
+    fn matmul_tn_acc_matches_definition() {
+        let (m, n, k) = (7, 5, 9);
+        let (a, b) = (rand_vec(1, m * n), rand_vec(2, m * k));
+        let mut c = rand_vec(3, n * k);
+        let mut want = c.clone();
+        for i in 0..n {
+            for j in 0..k {
+                want[i * k + j] += (0..m).map(|r| a[r * n + i] * b[r * k + j]).sum::<f32>();
+            }
+        }
+        matmul_tn_acc(&a, &b, m, n, k, &mut c).unwrap();
+        assert_close("tn", &c, &want, |_| 1e-5);
+        assert!(matmul_tn_acc(&a, &b, m, n, k + 1, &mut c).is_err());
     }
 
     #[test]

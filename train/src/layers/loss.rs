@@ -1,0 +1,131 @@
+//! Softmax cross-entropy over rows of logits, mean over rows.
+
+use modula_core::kernels::elementwise::log_softmax;
+
+/// Loss errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LossError {
+    /// A target class outside `0..classes`.
+    TargetOutOfRange {
+        /// Row.
+        row: usize,
+        /// Target found.
+        target: u32,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// Inconsistent lengths.
+    Shape {
+        /// What.
+        what: &'static str,
+    },
+    /// A logit is NaN or infinite.
+    NonFinite {
+        /// Row.
+        row: usize,
+    },
+}
+
+impl core::fmt::Display for LossError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LossError::TargetOutOfRange {
+                row,
+                target,
+                classes,
+            } => {
+                write!(
+                    f,
+                    "row {row}: target class {target} is not below the {classes} classes"
+                )
+            }
+            LossError::Shape { what } => write!(f, "cross-entropy: {what}"),
+            LossError::NonFinite { row } => write!(f, "row {row}: logits contain NaN or infinity"),
+        }
+    }
+}
+
+impl std::error::Error for LossError {}
+
+/// Mean cross-entropy of `logits: [b, v]` against `targets: [b]`; writes
+/// `dlogits = (softmax − onehot) / b` (overwritten). Returns the loss (f64-accumulated).
+pub fn cross_entropy(
+    logits: &[f32],
+    targets: &[u32],
+    v: usize,
+    dlogits: &mut [f32],
+) -> Result<f64, LossError> {
+    let b = targets.len();
+    if logits.len() != b * v || dlogits.len() != b * v || v == 0 {
+        return Err(LossError::Shape {
+            what: "logits and dlogits must be [targets, classes], classes > 0",
+        });
+    }
+    let mut total = 0f64;
+    let inv_b = 1.0 / b.max(1) as f32;
+    for (row, &t) in targets.iter().enumerate() {
+        if t as usize >= v {
+            return Err(LossError::TargetOutOfRange {
+                row,
+                target: t,
+                classes: v,
+            });
+        }
+        let lr = &logits[row * v..(row + 1) * v];
+        if lr.iter().any(|x| !x.is_finite()) {
+            return Err(LossError::NonFinite { row });
+        }
+        let d = &mut dlogits[row * v..(row + 1) * v];
+        d.copy_from_slice(lr);
+        log_softmax(d);
+        total -= f64::from(d[t as usize]);
+        for (j, g) in d.iter_mut().enumerate() {
+            *g = (libm::expf(*g) - if j == t as usize { 1.0 } else { 0.0 }) * inv_b;
+        }
+    }
+    Ok(total / b.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::gradcheck::{check_grad, GradCheck};
+    use crate::layers::rand_vec;
+
+    #[test]
+    fn gradient_matches_finite_differences_and_bad_input_is_refused() {
+        let (b, v) = (5, 7);
+        let mut logits: Vec<f32> = rand_vec(1, b * v).iter().map(|x| 3.0 * x).collect();
+        let targets = [0u32, 6, 3, 3, 1];
+        let mut d = vec![0f32; b * v];
+        let loss = cross_entropy(&logits, &targets, v, &mut d).unwrap();
+        assert!(loss > 0.0);
+        let f = |l: &[f32]| cross_entropy(l, &targets, v, &mut vec![0f32; b * v]).unwrap();
+        check_grad(
+            "cross_entropy",
+            &mut logits,
+            &d,
+            f,
+            GradCheck {
+                tol: 1e-3,
+                ..GradCheck::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            cross_entropy(&logits, &[0, 7, 0, 0, 0], v, &mut d),
+            Err(LossError::TargetOutOfRange {
+                row: 1,
+                target: 7,
+                ..
+            })
+        ));
+        logits[3] = f32::NAN;
+        assert!(matches!(
+            cross_entropy(&logits, &targets, v, &mut d),
+            Err(LossError::NonFinite { row: 0 })
+        ));
+        assert!(cross_entropy(&logits, &targets, v + 1, &mut d).is_err());
+    }
+}

@@ -5,11 +5,14 @@
 //! Forwards call the same `modula-core` kernels as the on-device engine.
 //!
 //! This is the first slice of the training engine: the gradient-check harness, linear,
-//! LayerNorm, activations and softmax cross-entropy. The optimiser, data, checkpoints, the
-//! dense baseline model and the CLI come next (see issue #4's closing notes).
+//! LayerNorm, activations and softmax cross-entropy, the flat parameter store ([`params`])
+//! and AdamW with clipping and the warm-up + cosine schedule ([`optim`]). Data,
+//! checkpoints, the dense baseline model and the CLI come next (`docs/training.md`).
 #![warn(missing_docs)]
 
 pub mod gradcheck;
 pub mod layers;
+pub mod optim;
+pub mod params;
 
 pub use modula_core as core;

@@ -5,6 +5,7 @@
 //! and engine compute the same numbers. Shapes are in comments on every argument.
 
 pub mod activation;
+pub mod attention;
 pub mod linear;
 pub mod loss;
 pub mod norm;

@@ -12,6 +12,7 @@
 
 pub mod gradcheck;
 pub mod layers;
+pub mod model;
 pub mod optim;
 pub mod params;
 

@@ -1,0 +1,3 @@
+//! Whole models built from the layer pairs in [`crate::layers`].
+
+pub mod dense;

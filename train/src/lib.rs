@@ -10,10 +10,12 @@
 //! checkpoints, the dense baseline model and the CLI come next (`docs/training.md`).
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod gradcheck;
 pub mod layers;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod trainer;
 
 pub use modula_core as core;

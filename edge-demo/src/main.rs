@@ -3,6 +3,7 @@
 
 mod demo;
 mod inspect;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ enum Command {
         #[arg(long, default_value = "modula-demo.gguf")]
         out: PathBuf,
     },
+    /// Train a model on a text file and write it as a GGUF file.
+    Train(train::TrainArgs),
     /// Print a model file's architecture metadata and tensor table.
     Inspect {
         /// The GGUF file.
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         None => demo::run(&PathBuf::from("modula-demo.gguf")),
         Some(Command::Demo { out }) => demo::run(&out),
         Some(Command::Inspect { file, all }) => inspect::run(&file, all),
+        Some(Command::Train(a)) => train::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

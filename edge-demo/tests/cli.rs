@@ -70,3 +70,56 @@ fn inspect_fails_cleanly_on_bad_files() {
     assert!(!err.contains("panicked"));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
+    let d = tmpdir("train");
+    let text = d.join("t.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let out = d.join("m.gguf");
+    let r = modula()
+        .args([
+            "train", "--steps", "8", "--batch", "2", "--seq", "16", "--d", "16", "--layers", "1",
+        ])
+        .args(["--heads", "2", "--ffn", "32", "--threads", "1", "--data"])
+        .arg(&text)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let so = String::from_utf8_lossy(&r.stdout);
+    assert!(so.contains("bits/byte"), "{so}");
+    let r = modula().arg("inspect").arg(&out).output().unwrap();
+    let so = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        so.contains("\"dense\"") && so.contains("blk.0.attn_qkv.weight"),
+        "{so}"
+    );
+
+    for (args, needle) in [
+        (
+            vec!["--data", "/nonexistent/x.txt"],
+            "cannot read data file",
+        ),
+        (
+            vec!["--arch", "seqboat", "--data", "x"],
+            "not yet implemented",
+        ),
+        (vec!["--seq", "5000"], "fewer than one window"),
+    ] {
+        let mut c = modula();
+        c.arg("train").args(&args);
+        if !args.contains(&"--data") {
+            c.arg("--data").arg(&text);
+        }
+        let r = c.arg("--out").arg(d.join("x.gguf")).output().unwrap();
+        assert!(!r.status.success());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            err.contains(needle) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -1,3 +1,4 @@
 //! Whole models built from the layer pairs in [`crate::layers`].
 
 pub mod dense;
+mod io;

@@ -3,9 +3,10 @@
 
 use clap::Args;
 use modula_core::kernels::par;
+use modula_train::checkpoint::{load_dense, save_dense};
 use modula_train::data::ByteText;
 use modula_train::model::dense::{DenseConfig, DenseModel};
-use modula_train::trainer::{eval_dense, train_dense, TrainConfig};
+use modula_train::trainer::{eval_dense, train_dense_from, TrainConfig, TrainState};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -51,6 +52,20 @@ pub struct TrainArgs {
     /// Output model file.
     #[arg(long, default_value = "model.gguf")]
     out: PathBuf,
+    /// Write a checkpoint (model + optimiser state + step + sampler) here, atomically.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Also checkpoint every N steps (with --checkpoint).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Stop after this step (e.g. to resume later with --resume); the schedule stays that of
+    /// --steps.
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Continue from a checkpoint (same --steps, --batch, --seq, --lr, --data as the run that
+    /// wrote it; the model shape comes from the checkpoint).
+    #[arg(long)]
+    resume: Option<PathBuf>,
 }
 
 /// Run `modula train`.
@@ -69,14 +84,39 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     }
     let data = ByteText::from_file(&a.data, 0.1).map_err(|e| e.to_string())?;
     data.check_window(a.seq).map_err(|e| e.to_string())?;
-    let cfg = DenseConfig {
-        vocab: 256,
-        d: a.d,
-        layers: a.layers,
-        heads: a.heads,
-        ffn: a.ffn,
+    let (mut model, mut state) = match &a.resume {
+        Some(p) => {
+            let (m, st, ctx) = load_dense(p)?;
+            if ctx != a.seq {
+                return Err(format!(
+                    "{} was trained with --seq {ctx}, not {}",
+                    p.display(),
+                    a.seq
+                ));
+            }
+            if st.step >= a.steps {
+                return Err(format!(
+                    "{} is already at step {} of --steps {}",
+                    p.display(),
+                    st.step,
+                    a.steps
+                ));
+            }
+            println!("resuming from {} at step {}", p.display(), st.step);
+            (m, st)
+        }
+        None => {
+            let cfg = DenseConfig {
+                vocab: 256,
+                d: a.d,
+                layers: a.layers,
+                heads: a.heads,
+                ffn: a.ffn,
+            };
+            (DenseModel::new(cfg, a.seed)?, TrainState::new(a.seed))
+        }
     };
-    let mut model = DenseModel::new(cfg, a.seed)?;
+    let c = model.cfg;
     let tc = TrainConfig {
         steps: a.steps,
         batch: a.batch,
@@ -89,10 +129,10 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     };
     println!(
         "training dense d={} layers={} heads={} ffn={} ({} parameters) on {} ({} training bytes)",
-        a.d,
-        a.layers,
-        a.heads,
-        a.ffn,
+        c.d,
+        c.layers,
+        c.heads,
+        c.ffn,
         model.params.len(),
         a.data.display(),
         data.split(modula_train::data::Split::Train).len()
@@ -100,7 +140,8 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     let start = Instant::now();
     let every = (a.steps / 20).max(1);
     let tokens_per_step = (a.batch * a.seq) as f64;
-    train_dense(&mut model, &data, &tc, |s| {
+    let first = state.step;
+    let mut report = |s: &modula_train::trainer::StepInfo| {
         if s.step % every == 0 || s.step == a.steps {
             let el = start.elapsed().as_secs_f64();
             println!(
@@ -110,10 +151,22 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
                 s.loss,
                 s.grad_norm,
                 s.lr,
-                s.step as f64 * tokens_per_step / el.max(1e-9)
+                (s.step - first) as f64 * tokens_per_step / el.max(1e-9)
             );
         }
-    })?;
+    };
+    let seg = match (&a.checkpoint, a.checkpoint_every) {
+        (Some(_), Some(n)) if n > 0 => n,
+        _ => a.steps,
+    };
+    let stop = a.stop_after.unwrap_or(a.steps).min(a.steps);
+    while state.step < stop {
+        let until = (state.step + seg).min(stop);
+        train_dense_from(&mut model, &data, &tc, &mut state, until, &mut report)?;
+        if let Some(p) = &a.checkpoint {
+            save_dense(p, &model, &state, a.seq)?;
+        }
+    }
     let val = eval_dense(&model, &data, 8, a.batch, a.seq, a.seed ^ 0x5eed)?;
     let bytes = model.write_gguf(&a.out, a.seq, "modula dense baseline")?;
     println!(

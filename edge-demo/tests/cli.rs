@@ -123,3 +123,70 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn resumed_training_writes_the_same_model_as_a_straight_run() {
+    let d = tmpdir("resume");
+    let text = d.join("t.txt");
+    std::fs::write(&text, "checkpoints must resume exactly. ".repeat(40)).unwrap();
+    let common = [
+        "train",
+        "--steps",
+        "10",
+        "--batch",
+        "2",
+        "--seq",
+        "12",
+        "--d",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--ffn",
+        "16",
+        "--threads",
+        "1",
+    ];
+    let run = |extra: &[&str], out: &std::path::Path| {
+        modula()
+            .args(common)
+            .args(extra)
+            .arg("--data")
+            .arg(&text)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let (straight, resumed) = (d.join("a.gguf"), d.join("b.gguf"));
+    let ck = d.join("c.gguf");
+    let ck = ck.to_str().unwrap();
+    assert!(run(&[], &straight).status.success());
+    assert!(run(
+        &["--stop-after", "5", "--checkpoint", ck],
+        &d.join("half.gguf")
+    )
+    .status
+    .success());
+    let r = run(&["--resume", ck], &resumed);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("resuming from"));
+    let (a, b) = (
+        std::fs::read(&straight).unwrap(),
+        std::fs::read(&resumed).unwrap(),
+    );
+    assert!(
+        a == b,
+        "stop at 5 + resume to 10 must write the same model as 10 straight steps"
+    );
+    // a finished checkpoint cannot be resumed; a different --seq is refused
+    assert!(run(&["--checkpoint", ck], &d.join("x.gguf"))
+        .status
+        .success());
+    let r = run(&["--resume", ck], &d.join("y.gguf"));
+    assert!(
+        !r.status.success() && String::from_utf8_lossy(&r.stderr).contains("already at step 10")
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

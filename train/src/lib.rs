@@ -10,6 +10,7 @@
 //! checkpoints, the dense baseline model and the CLI come next (`docs/training.md`).
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod data;
 pub mod gradcheck;
 pub mod layers;

@@ -59,19 +59,61 @@ pub struct StepInfo {
     pub lr: f32,
 }
 
-/// Train `model` on `data`; `on_step` sees every step. Fails on bad data, on a non-finite
-/// loss or gradient (nothing is updated in that step) — never silently.
+/// Where a run is: the last completed step and the batch sampler's state. Together with
+/// the parameters and Adam moments this is everything a resumed run needs to continue the
+/// identical loss curve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrainState {
+    /// Last completed step (0 before training).
+    pub step: u64,
+    /// Batch sampler.
+    pub rng: SplitMix64,
+}
+
+impl TrainState {
+    /// A fresh run with the sampler seeded by `seed`.
+    pub fn new(seed: u64) -> Self {
+        TrainState {
+            step: 0,
+            rng: SplitMix64(seed),
+        }
+    }
+}
+
+/// Train `model` on `data` for all `cfg.steps`; `on_step` sees every step. Fails on bad
+/// data, on a non-finite loss or gradient (nothing is updated in that step) — never
+/// silently.
 pub fn train_dense(
     model: &mut DenseModel,
     data: &ByteText,
     cfg: &TrainConfig,
+    on_step: impl FnMut(&StepInfo),
+) -> Result<(), String> {
+    let mut state = TrainState::new(cfg.seed);
+    train_dense_from(model, data, cfg, &mut state, cfg.steps, on_step)
+}
+
+/// Continue a run from `state` up to step `until` (≤ `cfg.steps`; the schedule is always
+/// that of the whole `cfg.steps` run), updating `state`.
+pub fn train_dense_from(
+    model: &mut DenseModel,
+    data: &ByteText,
+    cfg: &TrainConfig,
+    state: &mut TrainState,
+    until: u64,
     mut on_step: impl FnMut(&StepInfo),
 ) -> Result<(), String> {
     data.check_window(cfg.seq).map_err(|e| e.to_string())?;
-    let mut rng = SplitMix64(cfg.seed);
-    for step in 1..=cfg.steps {
+    if until > cfg.steps {
+        return Err(format!(
+            "cannot train to step {until} of a {}-step run",
+            cfg.steps
+        ));
+    }
+    while state.step < until {
+        let step = state.step + 1;
         let (x, y) = data
-            .batch(Split::Train, cfg.batch, cfg.seq, &mut rng)
+            .batch(Split::Train, cfg.batch, cfg.seq, &mut state.rng)
             .map_err(|e| e.to_string())?;
         let (loss, acts, dlogits) = model.forward(&x, &y, cfg.batch, cfg.seq)?;
         if !loss.is_finite() {
@@ -89,6 +131,7 @@ pub fn train_dense(
         }
         let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr, cfg.min_lr);
         cfg.opt.step(&mut model.params, step, lr);
+        state.step = step;
         on_step(&StepInfo {
             step,
             loss,

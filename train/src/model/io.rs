@@ -14,6 +14,17 @@ impl DenseModel {
         context_length: usize,
         name: &str,
     ) -> Result<u64, String> {
+        self.writer(context_length, name)?
+            .write_to(path)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A GGUF writer holding the architecture metadata and the parameters (borrowed).
+    pub(crate) fn writer(
+        &self,
+        context_length: usize,
+        name: &str,
+    ) -> Result<GgufWriter<'_>, String> {
         let c = self.cfg;
         let u = |v: usize| {
             u32::try_from(v)
@@ -43,7 +54,7 @@ impl DenseModel {
             w.add_f32(&s.name, &s.shape, self.params.value(i))
                 .map_err(|e| e.to_string())?;
         }
-        w.write_to(path).map_err(|e| e.to_string())
+        Ok(w)
     }
 
     /// Read a dense model written by [`DenseModel::write_gguf`] (or any file with the same

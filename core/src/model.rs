@@ -6,7 +6,7 @@
 //! a `&'static [u8]`). A view borrows the model; no weight is ever copied.
 
 use crate::gguf::{GgufError, GgufIndex, PageGroupInfo, TensorInfo, Value};
-use alloc::string::{String, ToString};
+use alloc::string::ToString;
 use alloc::vec::Vec;
 use core::ops::Range;
 use half::{bf16, f16};
@@ -365,9 +365,4 @@ impl<'a> TensorView<'a> {
     pub fn as_q4_0(&self) -> Result<BlockRows<'a, BlockQ4_0>, GgufError> {
         self.rows(DType::Q4_0)
     }
-}
-
-/// Describe a tensor for messages: `name [rows, cols] q8_0`.
-pub fn describe(t: &TensorView<'_>) -> String {
-    alloc::format!("{} {:?} {}", t.name(), t.shape(), t.dtype())
 }

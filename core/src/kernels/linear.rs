@@ -24,6 +24,63 @@ pub const SKINNY_MAX_ROWS: usize = 16;
 /// columns; see [`super::par`]).
 pub const PAR_MIN_WEIGHTS: usize = 1 << 18;
 
+/// The row walk shared by every ISA's skinny-product kernel: output tiles of up to 3 rows of
+/// `x` by 4 rows of `w`, each handed to the ISA's `tile::<T, R, C>` (one monomorphised
+/// register-tile per shape). `tiled_rows!(#[attrs] fn rows<T: Trait>, tile)` defines
+/// `unsafe fn rows(x, ldx, m, w, ldw, n, k, y, ldy)`; callers guarantee the ISA and that
+/// `x` holds `m` rows of `k` (ldx apart), `w` `n` rows of `k` (ldw apart), `y` `m` rows of
+/// `n` (ldy apart).
+macro_rules! tiled_rows {
+    ($(#[$attr:meta])* fn $name:ident<T: $bound:path>, $tile:ident) => {
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<T: $bound>(
+            x: &[f32],
+            ldx: usize,
+            m: usize,
+            w: *const T,
+            ldw: usize,
+            n: usize,
+            k: usize,
+            y: &mut [f32],
+            ldy: usize,
+        ) {
+            let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(3);
+                let mut j = 0;
+                while j < n {
+                    let c = (n - j).min(4);
+                    // SAFETY: rows i..i+r of x, rows j..j+c of w and the r x c block of y
+                    // are in bounds (the caller's extents); the ISA is the caller's promise.
+                    unsafe {
+                        let (xi, wj, yij) = (xp.add(i * ldx), w.add(j * ldw), yp.add(i * ldy + j));
+                        match (r, c) {
+                            (3, 4) => $tile::<T, 3, 4>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (3, 3) => $tile::<T, 3, 3>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (3, 2) => $tile::<T, 3, 2>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (3, _) => $tile::<T, 3, 1>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (2, 4) => $tile::<T, 2, 4>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (2, 3) => $tile::<T, 2, 3>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (2, 2) => $tile::<T, 2, 2>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (2, _) => $tile::<T, 2, 1>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (_, 4) => $tile::<T, 1, 4>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (_, 3) => $tile::<T, 1, 3>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (_, 2) => $tile::<T, 1, 2>(xi, ldx, wj, ldw, k, yij, ldy),
+                            (_, _) => $tile::<T, 1, 1>(xi, ldx, wj, ldw, k, yij, ldy),
+                        }
+                    }
+                    j += c;
+                }
+                i += r;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use tiled_rows;
+
 /// Borrowed weight elements.
 #[derive(Clone, Copy, Debug)]
 pub enum WeightData<'a> {

@@ -89,51 +89,12 @@ pub(crate) unsafe fn linear(
     }
 }
 
-/// Walk the output in tiles of up to 3 rows of x by 4 rows of w.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn rows<T: Lanes8>(
-    x: &[f32],
-    ldx: usize,
-    m: usize,
-    w: *const T,
-    ldw: usize,
-    n: usize,
-    k: usize,
-    y: &mut [f32],
-    ldy: usize,
-) {
-    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-    let mut i = 0;
-    while i < m {
-        let r = (m - i).min(3);
-        let mut j = 0;
-        while j < n {
-            let c = (n - j).min(4);
-            // SAFETY: rows i..i+r of x, rows j..j+c of w and the (r x c) block of y are in
-            // bounds (checked extents); features are the caller's promise.
-            unsafe {
-                let (xi, wj, yij) = (xp.add(i * ldx), w.add(j * ldw), yp.add(i * ldy + j));
-                match (r, c) {
-                    (3, 4) => tile::<T, 3, 4>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (3, 3) => tile::<T, 3, 3>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (3, 2) => tile::<T, 3, 2>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (3, _) => tile::<T, 3, 1>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (2, 4) => tile::<T, 2, 4>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (2, 3) => tile::<T, 2, 3>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (2, 2) => tile::<T, 2, 2>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (2, _) => tile::<T, 2, 1>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (_, 4) => tile::<T, 1, 4>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (_, 3) => tile::<T, 1, 3>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (_, 2) => tile::<T, 1, 2>(xi, ldx, wj, ldw, k, yij, ldy),
-                    (_, _) => tile::<T, 1, 1>(xi, ldx, wj, ldw, k, yij, ldy),
-                }
-            }
-            j += c;
-        }
-        i += r;
-    }
-}
+crate::kernels::linear::tiled_rows!(
+    /// Walk the output in tiles of up to 3 rows of x by 4 rows of w.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn rows<T: Lanes8>,
+    tile
+);
 
 /// One `R x C` output block: `y[r][c] = Σ_k x[r][k] w[c][k]`, 8 lanes at a time with
 /// `R*C` independent FMA chains, the `k % 8` tail in scalar.

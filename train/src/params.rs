@@ -112,6 +112,13 @@ impl ParamStore {
         let r = self.specs[i].range.clone();
         &mut self.grads[r]
     }
+    /// Values of tensor `v` and the gradient of tensor `g` at once (the buffers are separate,
+    /// so a backward pass can read weights while accumulating gradients, without copying).
+    pub fn value_grad(&mut self, v: usize, g: usize) -> (&[f32], &mut [f32]) {
+        let (rv, rg) = (self.specs[v].range.clone(), self.specs[g].range.clone());
+        (&self.values[rv], &mut self.grads[rg])
+    }
+
     /// Zero all gradients.
     pub fn zero_grads(&mut self) {
         self.grads.fill(0.0);

@@ -354,30 +354,19 @@ impl DenseModel {
         // head: logits = lnf · Wᵀ
         let mut dx_f = vec![0f32; n * d];
         {
-            let w = p.value(self.head).to_vec();
-            linear_backward(
-                dlogits,
-                &a.lnf,
-                &w,
-                n,
-                c.vocab,
-                d,
-                Some(&mut dx_f),
-                p.grad_mut(self.head),
-                None,
-            )
-            .map_err(e)?;
+            let (w, gw) = p.value_grad(self.head, self.head);
+            linear_backward(dlogits, &a.lnf, w, n, c.vocab, d, Some(&mut dx_f), gw, None)
+                .map_err(e)?;
         }
         let mut dx = vec![0f32; n * d];
         {
-            let g = p.value(self.lnf_g).to_vec();
             let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
             layernorm_backward(
                 &dx_f,
                 &a.x_out,
                 n,
                 d,
-                &g,
+                p.value(self.lnf_g),
                 &a.lnf_stats.0,
                 &a.lnf_stats.1,
                 &mut dx,
@@ -409,31 +398,28 @@ impl DenseModel {
             let mut dup = vec![0f32; n * c.ffn];
             activation_backward(Activation::Gelu, &dact, &a.up[l], &mut dup);
             let mut dh2 = vec![0f32; n * d];
-            let w = p.value(blk.up_w).to_vec();
-            let mut dw = vec![0f32; c.ffn * d];
+            let (w, dw) = p.value_grad(blk.up_w, blk.up_w);
             let mut dbu = vec![0f32; c.ffn];
             linear_backward(
                 &dup,
                 &a.ln2[l],
-                &w,
+                w,
                 n,
                 c.ffn,
                 d,
                 Some(&mut dh2),
-                &mut dw,
+                dw,
                 Some(&mut dbu),
             )
             .map_err(e)?;
-            add(p.grad_mut(blk.up_w), &dw);
             add(p.grad_mut(blk.up_b), &dbu);
-            let g2 = p.value(blk.ln2_g).to_vec();
             let (mut dg, mut dbb) = (vec![0f32; d], vec![0f32; d]);
             layernorm_backward(
                 &dh2,
                 &a.x_mid[l],
                 n,
                 d,
-                &g2,
+                p.value(blk.ln2_g),
                 &a.ln2_stats[l].0,
                 &a.ln2_stats[l].1,
                 &mut dx,
@@ -444,21 +430,20 @@ impl DenseModel {
             add(p.grad_mut(blk.ln2_b), &dbb);
             // attention: x_mid = x_in + proj(attn(ln1(x_in)))
             let mut dattn = vec![0f32; n * d];
-            let w = p.value(blk.proj_w).to_vec();
-            let (mut dw, mut dbp) = (vec![0f32; d * d], vec![0f32; d]);
+            let (w, dw) = p.value_grad(blk.proj_w, blk.proj_w);
+            let mut dbp = vec![0f32; d];
             linear_backward(
                 &dx,
                 &a.attn[l],
-                &w,
+                w,
                 n,
                 d,
                 d,
                 Some(&mut dattn),
-                &mut dw,
+                dw,
                 Some(&mut dbp),
             )
             .map_err(e)?;
-            add(p.grad_mut(blk.proj_w), &dw);
             add(p.grad_mut(blk.proj_b), &dbp);
             let mut dqkv = vec![0f32; n * 3 * d];
             for s in 0..b {
@@ -490,30 +475,28 @@ impl DenseModel {
                 }
             }
             let mut dh1 = vec![0f32; n * d];
-            let w = p.value(blk.qkv_w).to_vec();
-            let (mut dw, mut dbq) = (vec![0f32; 3 * d * d], vec![0f32; 3 * d]);
+            let (w, dw) = p.value_grad(blk.qkv_w, blk.qkv_w);
+            let mut dbq = vec![0f32; 3 * d];
             linear_backward(
                 &dqkv,
                 &a.ln1[l],
-                &w,
+                w,
                 n,
                 3 * d,
                 d,
                 Some(&mut dh1),
-                &mut dw,
+                dw,
                 Some(&mut dbq),
             )
             .map_err(e)?;
-            add(p.grad_mut(blk.qkv_w), &dw);
             add(p.grad_mut(blk.qkv_b), &dbq);
-            let g1 = p.value(blk.ln1_g).to_vec();
             let (mut dg, mut dbb) = (vec![0f32; d], vec![0f32; d]);
             layernorm_backward(
                 &dh1,
                 &a.x_in[l],
                 n,
                 d,
-                &g1,
+                p.value(blk.ln1_g),
                 &a.ln1_stats[l].0,
                 &a.ln1_stats[l].1,
                 &mut dx,

@@ -1,5 +1,6 @@
 //! `modula`: the command-line program. With no subcommand it runs the demo; `inspect`
-//! prints a model file's metadata and tensor table. Each subcommand lives in its own file.
+//! prints a model file's metadata and tensor table; `train`, `eval` and `convert` work on
+//! the dense baseline. Each subcommand family lives in its own file.
 
 mod demo;
 mod inspect;
@@ -30,8 +31,12 @@ enum Command {
         #[arg(long, default_value = "modula-demo.gguf")]
         out: PathBuf,
     },
-    /// Train a model on a text file and write it as a GGUF file.
+    /// Train a model (text, kjv, fashion-mnist, listops, recall, copy) and write it as GGUF.
     Train(train::TrainArgs),
+    /// Loss and accuracy of a model file on the validation split of a data set.
+    Eval(train::EvalArgs),
+    /// Convert a dense model between GGUF and safetensors (by the output's extension).
+    Convert(train::ConvertArgs),
     /// Print a model file's architecture metadata and tensor table.
     Inspect {
         /// The GGUF file.
@@ -49,6 +54,8 @@ fn main() -> ExitCode {
         Some(Command::Demo { out }) => demo::run(&out),
         Some(Command::Inspect { file, all }) => inspect::run(&file, all),
         Some(Command::Train(a)) => train::run(&a),
+        Some(Command::Eval(a)) => train::eval(&a),
+        Some(Command::Convert(a)) => train::convert(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

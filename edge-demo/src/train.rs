@@ -1,14 +1,95 @@
-//! `modula train`: train a model on a text file and write it as one GGUF file. Only the dense
-//! baseline exists so far; the modular architectures arrive with their issues.
+//! `modula train`, `modula eval` and `modula convert` for the dense baseline: any data set
+//! (`--data PATH|kjv|fashion-mnist|listops|recall|copy`), a progress bar, metrics as JSON
+//! lines, a loss-curve picture, checkpoints and resume; evaluation of a written model;
+//! GGUF ⇄ safetensors conversion. The modular architectures arrive with their issues.
 
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use modula_core::kernels::par;
+use modula_core::Model;
 use modula_train::checkpoint::{load_dense, save_dense};
 use modula_train::data::ByteText;
-use modula_train::model::dense::{DenseConfig, DenseModel};
-use modula_train::trainer::{eval_dense, train_dense_from, TrainConfig, TrainState};
-use std::path::PathBuf;
+use modula_train::model::dense::{DenseConfig, DenseModel, Pool};
+use modula_train::plot::{line_chart, Series};
+use modula_train::tasks::{Copy, Dataset, FashionMnist, ListOps, Recall};
+use modula_train::trainer::{eval_dense, train_dense_from, EvalResult, TrainConfig, TrainState};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Which data and how to shape it (shared by `train` and `eval`).
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data: a text file (bytes; the last 10% is validation), `kjv`, `fashion-mnist`,
+    /// `listops`, `recall` or `copy` (the last three are generated, no download).
+    #[arg(long)]
+    data: String,
+    /// Positions per sequence (bytes for text; fixed by the task for fashion-mnist).
+    #[arg(long, default_value_t = 64)]
+    seq: usize,
+    /// Directory holding kjv.txt and fashion-mnist/ (default: $MODULA_DATA or ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Fashion-MNIST patch side (divides 28).
+    #[arg(long, default_value_t = 7)]
+    patch: usize,
+    /// ListOps deepest nesting.
+    #[arg(long, default_value_t = 6)]
+    listops_depth: u32,
+    /// ListOps most arguments per operator.
+    #[arg(long, default_value_t = 5)]
+    listops_args: u32,
+    /// Distinct keys of the recall task / symbols of the copy task.
+    #[arg(long, default_value_t = 16)]
+    symbols: usize,
+    /// Seed of generated validation sets.
+    #[arg(long, default_value_t = 1)]
+    data_seed: u64,
+}
+
+impl DataArgs {
+    fn dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| std::env::var_os("MODULA_DATA").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("data"))
+    }
+
+    /// Load or generate the data set; returns it and the sequence length it uses.
+    pub fn load(&self) -> Result<(Box<dyn Dataset>, usize), String> {
+        let e = |e: modula_train::data::DataError| e.to_string();
+        let hint = "; run scripts/get-data.sh (or pass --data-dir)";
+        let ds: Box<dyn Dataset> = match self.data.as_str() {
+            "kjv" => {
+                let p = self.dir().join("kjv.txt");
+                Box::new(ByteText::from_file(&p, 0.1).map_err(|x| format!("{}{hint}", e(x)))?)
+            }
+            "fashion-mnist" => {
+                let p = self.dir().join("fashion-mnist");
+                Box::new(
+                    FashionMnist::from_dir(&p, self.patch)
+                        .map_err(|x| format!("{}{hint}", e(x)))?,
+                )
+            }
+            "listops" => Box::new(
+                ListOps::new(
+                    self.listops_depth,
+                    self.listops_args,
+                    20.min(self.seq / 2),
+                    self.seq,
+                    2000,
+                    self.data_seed,
+                )
+                .map_err(e)?,
+            ),
+            "recall" => Box::new(Recall::new(self.symbols, self.seq).map_err(e)?),
+            "copy" => Box::new(Copy::new(self.symbols, self.seq).map_err(e)?),
+            path => Box::new(ByteText::from_file(Path::new(path), 0.1).map_err(e)?),
+        };
+        let seq = ds.shape().seq.unwrap_or(self.seq);
+        Ok((ds, seq))
+    }
+}
 
 /// Arguments of `modula train`.
 #[derive(Args, Debug)]
@@ -16,18 +97,17 @@ pub struct TrainArgs {
     /// Architecture: dense (moduleformer, seqboat, emoe: not yet).
     #[arg(long, default_value = "dense")]
     arch: String,
-    /// Text file to train on (bytes; the last 10% is the validation split).
-    #[arg(long)]
-    data: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
     /// Optimiser steps.
     #[arg(long, default_value_t = 200)]
     steps: u64,
-    /// Sequences per step.
+    /// Sequences per micro-batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Bytes per sequence.
-    #[arg(long, default_value_t = 64)]
-    seq: usize,
+    /// Micro-batches per optimiser step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    accum: usize,
     /// Model width.
     #[arg(long, default_value_t = 64)]
     d: usize,
@@ -40,16 +120,34 @@ pub struct TrainArgs {
     /// FFN hidden width.
     #[arg(long, default_value_t = 256)]
     ffn: usize,
+    /// Learned position table: on (one row per position of --seq) unless --no-positions.
+    #[arg(long)]
+    no_positions: bool,
+    /// Classifier pooling (mean | first | last; default: the task's suggestion).
+    #[arg(long)]
+    pool: Option<String>,
+    /// Attention mask: causal or full (default: the task's suggestion).
+    #[arg(long)]
+    attention: Option<String>,
     /// Peak learning rate (warm-up 10% of the steps, cosine decay to a tenth).
     #[arg(long, default_value_t = 3e-3)]
     lr: f32,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
     /// Seed (initialisation and batches).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Threads for the kernels (default: all cores).
+    /// Threads for the kernels (default: RAYON_NUM_THREADS or all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Output model file.
+    /// Evaluate on the validation split every N steps (default: 10 times per run).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 8)]
+    eval_batches: usize,
+    /// Output model file (.gguf; also writes OUT.metrics.jsonl and OUT.loss.svg).
     #[arg(long, default_value = "model.gguf")]
     out: PathBuf,
     /// Write a checkpoint (model + optimiser state + step + sampler) here, atomically.
@@ -66,6 +164,34 @@ pub struct TrainArgs {
     /// wrote it; the model shape comes from the checkpoint).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// No progress bar (periodic lines instead), e.g. for logs.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn describe(r: &EvalResult, lm: bool) -> String {
+    if lm {
+        format!(
+            "loss {:.4} nats = {:.4} bits per target, accuracy {:.2}% ({} targets)",
+            r.loss,
+            r.bits(),
+            100.0 * r.accuracy,
+            r.targets
+        )
+    } else {
+        format!(
+            "loss {:.4}, accuracy {:.2}% ({} examples)",
+            r.loss,
+            100.0 * r.accuracy,
+            r.targets
+        )
+    }
 }
 
 /// Run `modula train`.
@@ -76,22 +202,21 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
             a.arch
         ));
     }
-    if a.steps == 0 || a.batch == 0 || a.seq == 0 {
-        return Err("--steps, --batch and --seq must be positive".into());
+    if a.steps == 0 || a.batch == 0 || a.data.seq == 0 || a.accum == 0 {
+        return Err("--steps, --batch, --accum and --seq must be positive".into());
     }
     if let Some(t) = a.threads {
         par::set_threads(t);
     }
-    let data = ByteText::from_file(&a.data, 0.1).map_err(|e| e.to_string())?;
-    data.check_window(a.seq).map_err(|e| e.to_string())?;
+    let (data, seq) = a.data.load()?;
+    let shape = data.shape();
     let (mut model, mut state) = match &a.resume {
         Some(p) => {
             let (m, st, ctx) = load_dense(p)?;
-            if ctx != a.seq {
+            if ctx != seq {
                 return Err(format!(
-                    "{} was trained with --seq {ctx}, not {}",
-                    p.display(),
-                    a.seq
+                    "{} was trained with --seq {ctx}, not {seq}",
+                    p.display()
                 ));
             }
             if st.step >= a.steps {
@@ -106,76 +231,302 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
             (m, st)
         }
         None => {
+            let causal = match a.attention.as_deref() {
+                None => shape.causal,
+                Some("causal") => true,
+                Some("full") => false,
+                Some(x) => return Err(format!("--attention {x}: use causal or full")),
+            };
+            let pool = match &a.pool {
+                Some(p) => Pool::parse(p)?,
+                None => shape.pool,
+            };
             let cfg = DenseConfig {
-                vocab: 256,
+                vocab: shape.vocab,
                 d: a.d,
                 layers: a.layers,
                 heads: a.heads,
                 ffn: a.ffn,
+                max_seq: if a.no_positions { 0 } else { seq },
+                causal,
+                patch_dim: shape.patch_dim,
+                classes: shape.classes,
+                pool,
             };
             (DenseModel::new(cfg, a.seed)?, TrainState::new(a.seed))
         }
     };
     let c = model.cfg;
+    let lm = !c.is_classifier();
     let tc = TrainConfig {
         steps: a.steps,
         batch: a.batch,
-        seq: a.seq,
+        accum: a.accum,
+        seq,
         lr: a.lr,
         min_lr: a.lr / 10.0,
         warmup: (a.steps / 10).max(1),
         seed: a.seed,
+        opt: modula_train::optim::AdamW {
+            weight_decay: a.weight_decay,
+            ..modula_train::optim::AdamW::default()
+        },
         ..TrainConfig::default()
     };
+    println!("data: {}", data.describe());
     println!(
-        "training dense d={} layers={} heads={} ffn={} ({} parameters) on {} ({} training bytes)",
+        "model: dense d={} layers={} heads={} ffn={} positions={} attention={} head={} ({} parameters); {} threads",
         c.d,
         c.layers,
         c.heads,
         c.ffn,
+        c.max_seq,
+        if c.causal { "causal" } else { "full" },
+        if lm {
+            format!("lm/{}", c.vocab)
+        } else {
+            format!("classify/{} ({})", c.classes, c.pool.name())
+        },
         model.params.len(),
-        a.data.display(),
-        data.split(modula_train::data::Split::Train).len()
+        par::threads()
     );
+    let metrics_path = with_suffix(&a.out, ".metrics.jsonl");
+    let mut metrics = std::io::BufWriter::new(
+        std::fs::File::create(&metrics_path)
+            .map_err(|e| format!("cannot create {}: {e}", metrics_path.display()))?,
+    );
+    let pb = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(a.steps)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    pb.set_position(state.step);
     let start = Instant::now();
     let every = (a.steps / 20).max(1);
-    let tokens_per_step = (a.batch * a.seq) as f64;
+    let eval_every = a.eval_every.unwrap_or((a.steps / 10).max(1)).max(1);
     let first = state.step;
-    let mut report = |s: &modula_train::trainer::StepInfo| {
-        if s.step % every == 0 || s.step == a.steps {
-            let el = start.elapsed().as_secs_f64();
-            println!(
-                "step {:>6}/{}  loss {:.4}  |g| {:.3}  lr {:.2e}  {:.0} tok/s",
-                s.step,
-                a.steps,
-                s.loss,
-                s.grad_norm,
-                s.lr,
-                (s.step - first) as f64 * tokens_per_step / el.max(1e-9)
-            );
-        }
-    };
+    let mut positions = 0usize;
+    let mut train_curve = Vec::new();
+    let mut val_curve = Vec::new();
+    let mut io_err: Option<String> = None;
     let seg = match (&a.checkpoint, a.checkpoint_every) {
-        (Some(_), Some(n)) if n > 0 => n,
-        _ => a.steps,
+        (Some(_), Some(n)) if n > 0 => n.min(eval_every),
+        _ => eval_every,
     };
     let stop = a.stop_after.unwrap_or(a.steps).min(a.steps);
+    let mut last_ckpt = state.step;
+    let mut val = None;
     while state.step < stop {
         let until = (state.step + seg).min(stop);
-        train_dense_from(&mut model, &data, &tc, &mut state, until, &mut report)?;
+        let mut report = |s: &modula_train::trainer::StepInfo| {
+            positions += s.positions;
+            let el = start.elapsed().as_secs_f64();
+            let tps = positions as f64 / el.max(1e-9);
+            train_curve.push((s.step as f64, s.loss));
+            let line = format!(
+                "{{\"step\":{},\"loss\":{:.6},\"grad_norm\":{:.6},\"lr\":{:.6e},\"positions_per_s\":{:.1},\"elapsed_s\":{:.3}}}",
+                s.step, s.loss, s.grad_norm, s.lr, tps, el
+            );
+            if let Err(e) = writeln!(metrics, "{line}") {
+                io_err.get_or_insert(format!("{}: {e}", metrics_path.display()));
+            }
+            pb.set_position(s.step);
+            pb.set_message(format!("loss {:.4}  {:.0} pos/s", s.loss, tps));
+            if (pb.is_hidden() && (s.step % every == 0 || s.step == a.steps))
+                || (s.step - first) == 1
+            {
+                pb.suspend(|| {
+                    println!(
+                        "step {:>6}/{}  loss {:.4}  |g| {:.3}  lr {:.2e}  {:.0} positions/s",
+                        s.step, a.steps, s.loss, s.grad_norm, s.lr, tps
+                    )
+                });
+            }
+        };
+        train_dense_from(
+            &mut model,
+            data.as_ref(),
+            &tc,
+            &mut state,
+            until,
+            &mut report,
+        )?;
+        if let Some(e) = io_err.take() {
+            return Err(format!("cannot write metrics {e}"));
+        }
+        if state.step % eval_every == 0 || state.step == stop {
+            let r = eval_dense(
+                &model,
+                data.as_ref(),
+                a.eval_batches,
+                a.batch,
+                seq,
+                a.seed ^ 0x5eed,
+            )?;
+            val_curve.push((state.step as f64, r.loss));
+            writeln!(
+                metrics,
+                "{{\"step\":{},\"val_loss\":{:.6},\"val_accuracy\":{:.6},\"val_targets\":{}}}",
+                state.step, r.loss, r.accuracy, r.targets
+            )
+            .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;
+            pb.suspend(|| println!("step {:>6}: validation {}", state.step, describe(&r, lm)));
+            val = Some(r);
+        }
         if let Some(p) = &a.checkpoint {
-            save_dense(p, &model, &state, a.seq)?;
+            let due = match a.checkpoint_every {
+                Some(n) if n > 0 => state.step - last_ckpt >= n,
+                _ => false,
+            };
+            if due || state.step == stop {
+                save_dense(p, &model, &state, seq)?;
+                last_ckpt = state.step;
+            }
         }
     }
-    let val = eval_dense(&model, &data, 8, a.batch, a.seq, a.seed ^ 0x5eed)?;
-    let bytes = model.write_gguf(&a.out, a.seq, "modula dense baseline")?;
+    pb.finish_and_clear();
+    metrics
+        .flush()
+        .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;
+    let val = match val {
+        Some(v) => v,
+        None => eval_dense(
+            &model,
+            data.as_ref(),
+            a.eval_batches,
+            a.batch,
+            seq,
+            a.seed ^ 0x5eed,
+        )?,
+    };
+    let bytes = model.write_gguf(&a.out, seq, "modula dense baseline")?;
+    let svg_path = with_suffix(&a.out, ".loss.svg");
+    let svg = line_chart(
+        &format!("dense d={} L={} on {}", c.d, c.layers, a.data.data),
+        "step",
+        "loss (nats per target)",
+        &[
+            Series {
+                name: "training".into(),
+                points: train_curve,
+                color: "steelblue",
+                dots: false,
+            },
+            Series {
+                name: "validation".into(),
+                points: val_curve,
+                color: "crimson",
+                dots: true,
+            },
+        ],
+    );
+    modula_core::io::atomic_write(&svg_path, |w| w.write_all(svg.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", svg_path.display()))?;
+    let el = start.elapsed().as_secs_f64();
     println!(
-        "validation loss {:.4} nats/byte = {:.4} bits/byte; wrote {} ({} bytes) in {:.1} s",
-        val,
-        val / std::f64::consts::LN_2,
+        "validation {}\nwrote {} ({} bytes), {}, {} in {:.1} s ({:.0} positions/s)",
+        describe(&val, lm),
         a.out.display(),
         bytes,
-        start.elapsed().as_secs_f64()
+        metrics_path.display(),
+        svg_path.display(),
+        el,
+        positions as f64 / el.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Arguments of `modula eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Model file (.gguf or .safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Batches (finite validation sets: up to batches × batch examples, in order).
+    #[arg(long, default_value_t = 32)]
+    batches: usize,
+    /// Seed of random validation windows (text and generated LM tasks).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Threads for the kernels.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Load a dense model from a .gguf or .safetensors file.
+pub fn load_model(p: &Path) -> Result<(DenseModel, usize), String> {
+    let is_st = p.extension().is_some_and(|e| e == "safetensors");
+    if is_st {
+        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        DenseModel::read_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+    } else {
+        let m = Model::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        DenseModel::read_gguf(&m).map_err(|e| format!("{}: {e}", p.display()))
+    }
+}
+
+/// Run `modula eval`.
+pub fn eval(a: &EvalArgs) -> Result<(), String> {
+    if let Some(t) = a.threads {
+        par::set_threads(t);
+    }
+    let (model, ctx) = load_model(&a.model)?;
+    let (data, seq) = a.data.load()?;
+    let shape = data.shape();
+    let c = model.cfg;
+    if (shape.vocab, shape.patch_dim, shape.classes) != (c.vocab, c.patch_dim, c.classes) {
+        return Err(format!(
+            "{} does not fit this data (model: vocab {}, patch {}, classes {}; data: vocab {}, patch {}, classes {})",
+            a.model.display(),
+            c.vocab,
+            c.patch_dim,
+            c.classes,
+            shape.vocab,
+            shape.patch_dim,
+            shape.classes
+        ));
+    }
+    let r = eval_dense(&model, data.as_ref(), a.batches, a.batch, seq, a.seed)?;
+    println!("model: {} (trained with context {ctx})", a.model.display());
+    println!("data: {} at {seq} positions", data.describe());
+    println!("validation {}", describe(&r, !c.is_classifier()));
+    Ok(())
+}
+
+/// Arguments of `modula convert`.
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Input model (.gguf or .safetensors).
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// Output model (.gguf or .safetensors, by extension).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Run `modula convert`.
+pub fn convert(a: &ConvertArgs) -> Result<(), String> {
+    let (model, ctx) = load_model(&a.input)?;
+    if a.out.extension().is_some_and(|e| e == "safetensors") {
+        model.write_safetensors(&a.out, ctx)?;
+    } else {
+        model.write_gguf(&a.out, ctx, "modula dense model")?;
+    }
+    println!(
+        "wrote {} ({} parameters)",
+        a.out.display(),
+        model.params.len()
     );
     Ok(())
 }

@@ -89,7 +89,49 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let so = String::from_utf8_lossy(&r.stdout);
-    assert!(so.contains("bits/byte"), "{so}");
+    assert!(so.contains("bits per target"), "{so}");
+    // metrics as JSON lines and the loss-curve picture next to the model
+    let metrics = std::fs::read_to_string(d.join("m.gguf.metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"loss\"")).count(),
+        8
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("{\"step\":8,\"val_loss\"")),
+        "{metrics}"
+    );
+    let svg = std::fs::read_to_string(d.join("m.gguf.loss.svg")).unwrap();
+    assert!(svg.contains("<polyline"), "{svg}");
+    // eval reads the model back; convert to safetensors and eval gives the same numbers
+    let eval = |model: &std::path::Path| {
+        let r = modula()
+            .arg("eval")
+            .arg("--model")
+            .arg(model)
+            .args(["--seq", "16", "--batches", "2", "--data"])
+            .arg(&text)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let so = String::from_utf8_lossy(&r.stdout).to_string();
+        so.lines()
+            .find(|l| l.starts_with("validation"))
+            .unwrap()
+            .to_string()
+    };
+    let st = d.join("m.safetensors");
+    let r = modula()
+        .arg("convert")
+        .arg("--in")
+        .arg(&out)
+        .arg("--out")
+        .arg(&st)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(eval(&out), eval(&st));
     let r = modula().arg("inspect").arg(&out).output().unwrap();
     let so = String::from_utf8_lossy(&r.stdout);
     assert!(
@@ -107,6 +149,15 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
             "not yet implemented",
         ),
         (vec!["--seq", "5000"], "fewer than one window"),
+        (vec!["--data", "recall", "--seq", "7"], "even seq"),
+        (
+            vec!["--data", "fashion-mnist", "--data-dir", "/nonexistent"],
+            "get-data.sh",
+        ),
+        (
+            vec!["--data", "listops", "--seq", "16", "--listops-depth", "1"],
+            "depth >= 2",
+        ),
     ] {
         let mut c = modula();
         c.arg("train").args(&args);
@@ -120,6 +171,36 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
             err.contains(needle) && !err.contains("panicked"),
             "{args:?}: {err}"
         );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn generated_tasks_train_from_the_command_line() {
+    let d = tmpdir("tasks");
+    for (task, seq, needle) in [
+        ("listops", "32", "accuracy"),
+        ("recall", "10", "bits per target"),
+        ("copy", "12", "bits per target"),
+    ] {
+        let out = d.join(format!("{task}.gguf"));
+        let r = modula()
+            .args([
+                "train", "--data", task, "--seq", seq, "--steps", "3", "--batch", "4",
+            ])
+            .args([
+                "--d", "16", "--layers", "1", "--heads", "2", "--ffn", "32", "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let so = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            r.status.success(),
+            "{task}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(so.contains(needle), "{task}: {so}");
     }
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -84,11 +84,8 @@ mod tests {
             .collect();
         let data = ByteText::from_bytes(text, 0.1).unwrap();
         let cfg = DenseConfig {
-            vocab: 256,
-            d: 16,
-            layers: 1,
-            heads: 2,
-            ffn: 32,
+            max_seq: 16,
+            ..DenseConfig::lm(256, 16, 1, 2, 32)
         };
         let tc = TrainConfig {
             steps: 20,

@@ -26,6 +26,8 @@ pub enum DataError {
     },
     /// The validation fraction is not in (0, 1).
     BadFraction(String),
+    /// Malformed or unusable data (wrong magic, label out of range, impossible settings).
+    Invalid(String),
 }
 
 impl std::fmt::Display for DataError {
@@ -40,6 +42,7 @@ impl std::fmt::Display for DataError {
                  text or a shorter --seq"
             ),
             DataError::BadFraction(v) => write!(f, "validation fraction {v} must be in (0, 1)"),
+            DataError::Invalid(m) => write!(f, "{m}"),
         }
     }
 }

@@ -17,6 +17,8 @@ pub mod layers;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod plot;
+pub mod tasks;
 pub mod trainer;
 
 pub use modula_core as core;

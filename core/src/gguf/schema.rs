@@ -133,6 +133,26 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
         "softmax | stick_breaking | gau | none",
     ),
     s("modula.attention.head_count", U32, "attention heads"),
+    s(
+        "modula.attention.causal",
+        Bool,
+        "causal mask (false: every position sees the whole sequence)",
+    ),
+    s(
+        "modula.position_length",
+        U32,
+        "rows of the learned position table (absent or 0: none)",
+    ),
+    s(
+        "modula.input.patch_dim",
+        U32,
+        "inputs are feature vectors (image patches) of this width, not tokens",
+    ),
+    s(
+        "modula.classify.pool",
+        Str,
+        "classifier pooling: mean | first | last",
+    ),
     s("modula.attention.head_dim", U32, "width of one head"),
     s(
         "modula.attention.expert_count",

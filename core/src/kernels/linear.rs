@@ -24,6 +24,10 @@ pub const SKINNY_MAX_ROWS: usize = 16;
 /// columns; see [`super::par`]).
 pub const PAR_MIN_WEIGHTS: usize = 1 << 18;
 
+/// A many-row product (`m > SKINNY_MAX_ROWS`) with at least this many multiply-adds
+/// (`m·n·k`) is split across threads by blocks of output rows.
+pub const PAR_MIN_FLOPS: usize = 1 << 20;
+
 /// The row walk shared by every ISA's skinny-product kernel: output tiles of up to 3 rows of
 /// `x` by 4 rows of `w`, each handed to the ISA's `tile::<T, R, C>` (one monomorphised
 /// register-tile per shape). `tiled_rows!(#[attrs] fn rows<T: Trait>, tile)` defines
@@ -279,6 +283,15 @@ fn skinny(isa: Isa, x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f3
 fn many_rows(x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f32], ldy: usize) {
     let (n, k) = (w.rows, w.cols);
     match w.data {
+        WeightData::F32(wd) if m * n * k >= PAR_MIN_FLOPS && par::threads() > 1 => {
+            // Training-size products: each thread takes a block of rows of x and y.
+            let rows = par::chunk_for(m, 16, 16);
+            par::for_each_chunk_mut(&mut y[..(m - 1) * ldy + n], rows * ldy, |ci, ys| {
+                let r0 = ci * rows;
+                let mr = (m - r0).min(rows);
+                sgemm_xwt(&x[r0 * ldx..], ldx, mr, wd, w.ld, n, k, ys, ldy);
+            });
+        }
         WeightData::F32(wd) => sgemm_xwt(x, ldx, m, wd, w.ld, n, k, y, ldy),
         _ => {
             const PANEL: usize = 64;
@@ -427,25 +440,40 @@ pub fn matmul_rows_with(
     }
     let isa = if isa.is_supported() { isa } else { Isa::Scalar };
     if let (true, WeightData::F32(wd)) = (m > SKINNY_MAX_ROWS, w.data) {
-        // SAFETY: extents checked above: x m x k (ldx), w k x n (row stride ld), y m x n
-        // (ldy); beta = 1 accumulates into y, which was zeroed above if requested.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                x.as_ptr(),
-                ldx as isize,
-                1,
-                wd.as_ptr(),
-                w.ld as isize,
-                1,
-                1.0,
-                y.as_mut_ptr(),
-                ldy as isize,
-                1,
-            );
+        let ld = w.ld;
+        let gemm = |x: &[f32], m: usize, y: &mut [f32]| {
+            debug_assert!(x.len() >= (m - 1) * ldx + k && y.len() >= (m - 1) * ldy + n);
+            // SAFETY: extents checked above (and for a row block: x and y start at the
+            // block's first row and hold its `m` rows): x m x k (ldx), w k x n (row
+            // stride ld), y m x n (ldy); beta = 1 accumulates into y, which was zeroed
+            // above if requested.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    x.as_ptr(),
+                    ldx as isize,
+                    1,
+                    wd.as_ptr(),
+                    ld as isize,
+                    1,
+                    1.0,
+                    y.as_mut_ptr(),
+                    ldy as isize,
+                    1,
+                );
+            }
+        };
+        if m * n * k >= PAR_MIN_FLOPS && par::threads() > 1 {
+            let rows = par::chunk_for(m, 16, 16);
+            par::for_each_chunk_mut(&mut y[..(m - 1) * ldy + n], rows * ldy, |ci, ys| {
+                let r0 = ci * rows;
+                gemm(&x[r0 * ldx..], (m - r0).min(rows), ys);
+            });
+        } else {
+            gemm(x, m, y);
         }
         return Ok(());
     }
@@ -507,8 +535,8 @@ pub fn matmul_rows_scalar(
 }
 
 /// `c[n, k] += a[m, n]ᵀ · b[m, k]` (row-major, dense): the weight gradient of a linear
-/// layer, `dW += dYᵀ X`, summed over the `m` rows of a batch. Single-threaded
-/// `matrixmultiply` (deterministic).
+/// layer, `dW += dYᵀ X`, summed over the `m` rows of a batch. `matrixmultiply` over
+/// blocks of rows of `c` in parallel (bit-identical for any thread count).
 pub fn matmul_tn_acc(
     a: &[f32],
     b: &[f32],
@@ -523,25 +551,41 @@ pub fn matmul_tn_acc(
     if m == 0 || n == 0 || k == 0 {
         return Ok(());
     }
-    // SAFETY: extents checked above: aᵀ is n x m read with row stride 1 and column stride n,
-    // b is m x k (row stride k), c is n x k (row stride k); beta = 1 accumulates.
-    unsafe {
-        matrixmultiply::sgemm(
-            n,
-            m,
-            k,
-            1.0,
-            a.as_ptr(),
-            1,
-            n as isize,
-            b.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            c.as_mut_ptr(),
-            k as isize,
-            1,
-        );
+    // Rows j0..j0+nr of c (= columns j0.. of a) are one independent product; each thread
+    // takes a block of them, so every element is summed in the same order whatever the
+    // thread count.
+    let gemm = |j0: usize, nr: usize, c: &mut [f32]| {
+        debug_assert!(j0 + nr <= n && c.len() == nr * k);
+        // SAFETY: extents checked above: aᵀ's rows j0..j0+nr are columns of a read with
+        // row stride 1 and column stride n from a[j0], staying inside a (m x n); b is
+        // m x k (row stride k); this c block is nr x k (row stride k); beta = 1
+        // accumulates.
+        unsafe {
+            matrixmultiply::sgemm(
+                nr,
+                m,
+                k,
+                1.0,
+                a.as_ptr().add(j0),
+                1,
+                n as isize,
+                b.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                c.as_mut_ptr(),
+                k as isize,
+                1,
+            );
+        }
+    };
+    if m * n * k >= PAR_MIN_FLOPS && par::threads() > 1 {
+        let rows = par::chunk_for(n, 16, 16);
+        par::for_each_chunk_mut(c, rows * k, |ci, cs| {
+            gemm(ci * rows, cs.len() / k, cs);
+        });
+    } else {
+        gemm(0, n, c);
     }
     Ok(())
 }
@@ -677,6 +721,46 @@ mod tests {
                 "thread count changed the result"
             );
         }
+    }
+
+    #[test]
+    fn many_row_products_do_not_depend_on_thread_count() {
+        // Ragged shapes above PAR_MIN_FLOPS: the row blocks end mid-tile.
+        let (m, n, k) = (77, 130, 150);
+        let x = rand_vec(1, m * k);
+        let w = rand_vec(2, n * k);
+        let dy = rand_vec(3, m * n);
+        let mut outs = Vec::new();
+        for t in [1, 2, 3] {
+            crate::kernels::par::set_threads(t);
+            let mut y = vec![0f32; m * n];
+            linear(&x, k, m, &MatRef::f32(&w, n, k).unwrap(), None, &mut y, n).unwrap();
+            let mut z = rand_vec(4, m * k);
+            matmul_rows(&dy, n, m, &MatRef::f32(&w, n, k).unwrap(), &mut z, k, true).unwrap();
+            let mut c = rand_vec(5, n * k);
+            matmul_tn_acc(&dy, &x, m, n, k, &mut c).unwrap();
+            outs.push((y, z, c));
+        }
+        crate::kernels::par::set_threads(0);
+        assert!(
+            outs.windows(2).all(|p| p[0] == p[1]),
+            "thread count changed the result"
+        );
+        // and the blocked products are still the definition
+        let (y, z, c) = &outs[2];
+        let mut want = vec![0f32; m * n];
+        linear_scalar(&x, k, m, &MatRef::f32(&w, n, k).unwrap(), &mut want, n);
+        assert_close("linear", y, &want, |_| 1e-4);
+        let mut wz = rand_vec(4, m * k);
+        matmul_rows_scalar(&dy, n, m, &MatRef::f32(&w, n, k).unwrap(), &mut wz, k);
+        assert_close("matmul_rows", z, &wz, |_| 1e-4);
+        let mut wc = rand_vec(5, n * k);
+        for i in 0..n {
+            for j in 0..k {
+                wc[i * k + j] += (0..m).map(|r| dy[r * n + i] * x[r * k + j]).sum::<f32>();
+            }
+        }
+        assert_close("matmul_tn_acc", c, &wc, |_| 1e-4);
     }
 
     #[test]

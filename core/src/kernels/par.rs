@@ -139,7 +139,7 @@ pub use imp::{set_threads, threads};
 
 /// Run `f(chunk_index, chunk)` over `data` split into chunks of `chunk` elements, in
 /// parallel when more than one thread is configured.
-pub(crate) fn for_each_chunk_mut<T: Send>(
+pub fn for_each_chunk_mut<T: Send>(
     data: &mut [T],
     chunk: usize,
     f: impl Fn(usize, &mut [T]) + Sync,
@@ -149,7 +149,7 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
 
 /// [`for_each_chunk_mut`] for fallible work: the error of the lowest-index failing chunk
 /// (all chunks run; the first error in chunk order is returned, whatever the scheduling).
-pub(crate) fn try_for_each_chunk_mut<T: Send, E: Send>(
+pub fn try_for_each_chunk_mut<T: Send, E: Send>(
     data: &mut [T],
     chunk: usize,
     f: impl Fn(usize, &mut [T]) -> Result<(), E> + Sync,
@@ -159,8 +159,18 @@ pub(crate) fn try_for_each_chunk_mut<T: Send, E: Send>(
 
 /// Chunk length that splits `n` items over the configured threads, rounded up to a
 /// multiple of `align` and at least `min`.
-pub(crate) fn chunk_for(n: usize, align: usize, min: usize) -> usize {
+pub fn chunk_for(n: usize, align: usize, min: usize) -> usize {
     let t = threads().max(1);
     let c = n.div_ceil(t).div_ceil(align.max(1)) * align.max(1);
     c.max(min)
+}
+
+/// `(0..n).map(f)` collected in index order, the calls spread over the kernel threads.
+/// Each result is computed by one call whatever the thread count, so the output is
+/// bit-identical for any number of threads.
+pub fn map_indexed<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> alloc::vec::Vec<R> {
+    let mut out: alloc::vec::Vec<Option<R>> = (0..n).map(|_| None).collect();
+    for_each_chunk_mut(&mut out, 1, |i, slot| slot[0] = Some(f(i)));
+    // every slot was filled by exactly one call
+    out.into_iter().flatten().collect()
 }

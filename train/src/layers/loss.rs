@@ -47,8 +47,12 @@ impl core::fmt::Display for LossError {
 
 impl std::error::Error for LossError {}
 
-/// Mean cross-entropy of `logits: [b, v]` against `targets: [b]`; writes
-/// `dlogits = (softmax − onehot) / b` (overwritten). Returns the loss (f64-accumulated).
+/// A target that contributes no loss (e.g. the prompt half of a copy task).
+pub const IGNORE: u32 = u32::MAX;
+
+/// Mean cross-entropy of `logits: [b, v]` against `targets: [b]` over the rows whose target
+/// is not [`IGNORE`]; writes `dlogits = (softmax − onehot) / rows` (zero on ignored rows;
+/// overwritten). Returns the loss (f64-accumulated); 0 when every row is ignored.
 pub fn cross_entropy(
     logits: &[f32],
     targets: &[u32],
@@ -61,9 +65,15 @@ pub fn cross_entropy(
             what: "logits and dlogits must be [targets, classes], classes > 0",
         });
     }
+    let counted = targets.iter().filter(|&&t| t != IGNORE).count();
     let mut total = 0f64;
-    let inv_b = 1.0 / b.max(1) as f32;
+    let inv_b = 1.0 / counted.max(1) as f32;
     for (row, &t) in targets.iter().enumerate() {
+        let d = &mut dlogits[row * v..(row + 1) * v];
+        if t == IGNORE {
+            d.fill(0.0);
+            continue;
+        }
         if t as usize >= v {
             return Err(LossError::TargetOutOfRange {
                 row,
@@ -75,7 +85,6 @@ pub fn cross_entropy(
         if lr.iter().any(|x| !x.is_finite()) {
             return Err(LossError::NonFinite { row });
         }
-        let d = &mut dlogits[row * v..(row + 1) * v];
         d.copy_from_slice(lr);
         log_softmax(d);
         total -= f64::from(d[t as usize]);
@@ -83,7 +92,7 @@ pub fn cross_entropy(
             *g = (libm::expf(*g) - if j == t as usize { 1.0 } else { 0.0 }) * inv_b;
         }
     }
-    Ok(total / b.max(1) as f64)
+    Ok(total / counted.max(1) as f64)
 }
 
 #[cfg(test)]
@@ -97,7 +106,7 @@ mod tests {
     fn gradient_matches_finite_differences_and_bad_input_is_refused() {
         let (b, v) = (5, 7);
         let mut logits: Vec<f32> = rand_vec(1, b * v).iter().map(|x| 3.0 * x).collect();
-        let targets = [0u32, 6, 3, 3, 1];
+        let targets = [0u32, 6, IGNORE, 3, 1];
         let mut d = vec![0f32; b * v];
         let loss = cross_entropy(&logits, &targets, v, &mut d).unwrap();
         assert!(loss > 0.0);
@@ -121,6 +130,14 @@ mod tests {
                 ..
             })
         ));
+        // an ignored row carries no gradient and does not count in the mean
+        assert!(d[2 * v..3 * v].iter().all(|&g| g == 0.0));
+        let kept: Vec<f32> = [0, 1, 3, 4]
+            .iter()
+            .flat_map(|&r| logits[r * v..(r + 1) * v].to_vec())
+            .collect();
+        let four = cross_entropy(&kept, &[0, 6, 3, 1], v, &mut vec![0f32; 4 * v]).unwrap();
+        assert_eq!(four, loss);
         logits[3] = f32::NAN;
         assert!(matches!(
             cross_entropy(&logits, &targets, v, &mut d),

@@ -1,28 +1,63 @@
-//! The dense baseline transformer every modular model is compared with: token embedding,
-//! `L` pre-LN blocks (multi-head causal softmax attention, GELU FFN), final LayerNorm,
-//! untied LM head, cross-entropy on next-token targets. No positional embedding table: the
-//! block's attention is causal softmax (positions enter only through causality), matching
-//! what a byte model needs here; a learned position table is a listed follow-up.
+//! The dense baseline transformer every modular model is compared with: token embedding
+//! (or a patch embedding for images), an optional learned position table, `L` pre-LN blocks
+//! (multi-head softmax attention, causal or not; GELU FFN), final LayerNorm, and either an
+//! untied LM head with next-token cross-entropy or a classifier head (mean / first / last
+//! pooling, then a linear layer with bias) with one cross-entropy per sequence.
 //!
 //! Tensor layouts follow the kernels: projections `[out, in]`, the FFN down projection
 //! stored transposed (`ffn_down_t: [ffn, d]`) so a nested FFN width is a row prefix.
 //! Forward saves every activation the backward needs (one `Activations` per batch).
+//! Attention runs one task per (sequence, head) on the kernel thread pool and the big
+//! products split their output rows over it; every number is computed by one task in a
+//! fixed order, so training is bit-identical for any thread count (tested).
 
 use crate::layers::activation::activation_backward;
-use crate::layers::attention::{causal_attention_backward, causal_attention_forward};
+use crate::layers::attention::{attention_backward, attention_forward};
 use crate::layers::linear::{linear_backward, linear_forward};
 use crate::layers::loss::{cross_entropy, LossError};
 use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::params::{ParamStore, ParamTable};
 use modula_core::kernels::expert_ffn::Activation;
-use modula_core::kernels::isa;
 use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
+use modula_core::kernels::{isa, par};
 use modula_core::rng::SplitMix64;
+
+/// How a classifier head pools the sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    /// Mean over all positions.
+    Mean,
+    /// The first position (use with non-causal attention).
+    First,
+    /// The last position (the natural choice with causal attention).
+    Last,
+}
+
+impl Pool {
+    /// Name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pool::Mean => "mean",
+            Pool::First => "first",
+            Pool::Last => "last",
+        }
+    }
+
+    /// Parse [`Pool::name`].
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "mean" => Ok(Pool::Mean),
+            "first" => Ok(Pool::First),
+            "last" => Ok(Pool::Last),
+            _ => Err(format!("unknown pooling '{s}' (mean | first | last)")),
+        }
+    }
+}
 
 /// Model shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DenseConfig {
-    /// Vocabulary (256 for bytes).
+    /// Token vocabulary (256 for bytes); ignored when `patch_dim > 0`.
     pub vocab: usize,
     /// Width d.
     pub d: usize,
@@ -32,6 +67,60 @@ pub struct DenseConfig {
     pub heads: usize,
     /// FFN hidden width.
     pub ffn: usize,
+    /// Rows of the learned position table (0: no position embedding; sequences longer
+    /// than this are refused).
+    pub max_seq: usize,
+    /// Causal attention mask.
+    pub causal: bool,
+    /// 0: inputs are tokens. `> 0`: inputs are feature vectors of this width (image
+    /// patches) embedded by a linear layer with bias.
+    pub patch_dim: usize,
+    /// 0: LM head over `vocab` with next-token targets. `> 0`: classifier with this many
+    /// classes, one target per sequence.
+    pub classes: usize,
+    /// Pooling of the classifier head.
+    pub pool: Pool,
+}
+
+impl DenseConfig {
+    /// A causal byte/token language model without a position table.
+    pub fn lm(vocab: usize, d: usize, layers: usize, heads: usize, ffn: usize) -> Self {
+        DenseConfig {
+            vocab,
+            d,
+            layers,
+            heads,
+            ffn,
+            max_seq: 0,
+            causal: true,
+            patch_dim: 0,
+            classes: 0,
+            pool: Pool::Mean,
+        }
+    }
+
+    /// Whether this is a classifier.
+    pub fn is_classifier(&self) -> bool {
+        self.classes > 0
+    }
+
+    /// Output classes of the head (vocab for an LM).
+    pub fn outputs(&self) -> usize {
+        if self.is_classifier() {
+            self.classes
+        } else {
+            self.vocab
+        }
+    }
+}
+
+/// One batch of inputs, `[b, t]` tokens or `[b, t, patch_dim]` features.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// Token ids.
+    Tokens(&'a [u32]),
+    /// Feature vectors (patches).
+    Features(&'a [f32]),
 }
 
 /// Parameter indices of one block.
@@ -58,11 +147,16 @@ pub struct DenseModel {
     pub cfg: DenseConfig,
     /// Parameters, gradients and optimiser moments.
     pub params: ParamStore,
-    wte: usize,
+    /// Token table `[vocab, d]` or patch projection `[d, patch_dim]`.
+    embed: usize,
+    /// Patch projection bias `[d]` (patch input only).
+    embed_b: Option<usize>,
+    pos: Option<usize>,
     blocks: Vec<Block>,
     lnf_g: usize,
     lnf_b: usize,
     head: usize,
+    head_b: Option<usize>,
 }
 
 /// Everything the forward saves for the backward, for one batch of `b` sequences of `t`.
@@ -74,7 +168,7 @@ pub struct Activations {
     x_in: Vec<Vec<f32>>,
     ln1: Vec<Vec<f32>>,
     ln1_stats: Vec<(Vec<f32>, Vec<f32>)>,
-    /// Per block, per sequence, per head: q, k, v `[t, dh]` and probs `[t, t]`.
+    /// Per block, per (sequence, head): q, k, v `[t, dh]` and probs `[t, t]`.
     heads: Vec<Vec<[Vec<f32>; 4]>>,
     attn: Vec<Vec<f32>>,
     x_mid: Vec<Vec<f32>>,
@@ -85,7 +179,16 @@ pub struct Activations {
     x_out: Vec<f32>,
     lnf: Vec<f32>,
     lnf_stats: (Vec<f32>, Vec<f32>),
+    /// Pooled final features `[b, d]` (classifier only).
+    pooled: Vec<f32>,
     logits: Vec<f32>,
+}
+
+impl Activations {
+    /// The logits: `[b·t, vocab]` for an LM, `[b, classes]` for a classifier.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
 }
 
 const LN_EPS: f32 = 1e-5;
@@ -94,15 +197,33 @@ impl DenseModel {
     /// A model with GPT-2-style initialisation (N(0, 0.02); residual projections scaled by
     /// 1/√(2L); norms at γ = 1, β = 0), deterministic in `seed`.
     pub fn new(cfg: DenseConfig, seed: u64) -> Result<Self, String> {
-        if cfg.heads == 0 || cfg.d % cfg.heads != 0 || cfg.d == 0 || cfg.vocab == 0 {
+        if cfg.heads == 0 || cfg.d % cfg.heads != 0 || cfg.d == 0 {
             return Err(format!(
                 "d = {} must be a positive multiple of heads = {}",
                 cfg.d, cfg.heads
             ));
         }
+        if cfg.patch_dim == 0 && cfg.vocab == 0 {
+            return Err("a token model needs a vocabulary of at least 1".into());
+        }
+        if cfg.patch_dim > 0 && cfg.classes == 0 {
+            return Err("a patch (image) model needs a classifier head (classes > 0)".into());
+        }
         let (d, f) = (cfg.d, cfg.ffn);
         let mut t = ParamTable::new();
-        let wte = t.add("token_embd.weight", &[cfg.vocab, d], true)?;
+        let (embed, embed_b) = if cfg.patch_dim > 0 {
+            (
+                t.add("patch_embd.weight", &[d, cfg.patch_dim], true)?,
+                Some(t.add("patch_embd.bias", &[d], false)?),
+            )
+        } else {
+            (t.add("token_embd.weight", &[cfg.vocab, d], true)?, None)
+        };
+        let pos = if cfg.max_seq > 0 {
+            Some(t.add("position_embd.weight", &[cfg.max_seq, d], true)?)
+        } else {
+            None
+        };
         let mut blocks = Vec::new();
         for l in 0..cfg.layers {
             let p = |s: &str| format!("blk.{l}.{s}");
@@ -123,7 +244,12 @@ impl DenseModel {
         }
         let lnf_g = t.add("output_norm.weight", &[d], false)?;
         let lnf_b = t.add("output_norm.bias", &[d], false)?;
-        let head = t.add("output.weight", &[cfg.vocab, d], true)?;
+        let head = t.add("output.weight", &[cfg.outputs(), d], true)?;
+        let head_b = if cfg.is_classifier() {
+            Some(t.add("output.bias", &[cfg.classes], false)?)
+        } else {
+            None
+        };
         let mut params = t.build();
         let mut rng = SplitMix64(seed);
         let resid = 0.02 / (2.0 * cfg.layers.max(1) as f32).sqrt();
@@ -147,45 +273,114 @@ impl DenseModel {
         Ok(DenseModel {
             cfg,
             params,
-            wte,
+            embed,
+            embed_b,
+            pos,
             blocks,
             lnf_g,
             lnf_b,
             head,
+            head_b,
         })
     }
 
-    /// Forward over `tokens: [b, t]`; returns the mean next-token loss against
-    /// `targets: [b, t]` and the saved activations.
+    /// Check an input batch against the configuration.
+    fn check_input(
+        &self,
+        input: Input<'_>,
+        targets: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<(), String> {
+        let c = self.cfg;
+        let n = b * t;
+        if b == 0 || t == 0 {
+            return Err("empty batch".into());
+        }
+        match (input, c.patch_dim) {
+            (Input::Tokens(x), 0) => {
+                if x.len() != n {
+                    return Err(format!("tokens must be [{b}, {t}], got {} values", x.len()));
+                }
+                if let Some(&bad) = x.iter().find(|&&v| v as usize >= c.vocab) {
+                    return Err(format!(
+                        "token {bad} is outside the vocabulary of {}",
+                        c.vocab
+                    ));
+                }
+            }
+            (Input::Features(x), p) if p > 0 => {
+                if x.len() != n * p {
+                    return Err(format!(
+                        "features must be [{b}, {t}, {p}], got {} values",
+                        x.len()
+                    ));
+                }
+                if x.iter().any(|v| !v.is_finite()) {
+                    return Err("input features contain NaN or infinity".into());
+                }
+            }
+            (Input::Tokens(_), _) => {
+                return Err("this model takes feature vectors, not tokens".into())
+            }
+            (Input::Features(_), _) => {
+                return Err("this model takes tokens, not feature vectors".into())
+            }
+        }
+        if c.max_seq > 0 && t > c.max_seq {
+            return Err(format!(
+                "sequence length {t} exceeds the position table ({} positions)",
+                c.max_seq
+            ));
+        }
+        let want = if c.is_classifier() { b } else { n };
+        if targets.len() != want {
+            return Err(format!("expected {want} targets, got {}", targets.len()));
+        }
+        Ok(())
+    }
+
+    /// Forward over a batch of `b` sequences of `t`; returns the mean loss against
+    /// `targets` (`[b, t]` next tokens for an LM — entries equal to
+    /// [`crate::layers::loss::IGNORE`] are skipped — or `[b]` classes for a classifier),
+    /// the saved activations and the loss gradient with respect to the logits.
     pub fn forward(
         &self,
-        tokens: &[u32],
+        input: Input<'_>,
         targets: &[u32],
         b: usize,
         t: usize,
     ) -> Result<(f64, Activations, Vec<f32>), String> {
+        self.check_input(input, targets, b, t)?;
         let c = self.cfg;
         let (d, n, hd) = (c.d, b * t, c.d / c.heads);
-        if tokens.len() != n || targets.len() != n {
-            return Err(format!("tokens and targets must be [{b}, {t}]"));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= c.vocab) {
-            return Err(format!(
-                "token {bad} is outside the vocabulary of {}",
-                c.vocab
-            ));
-        }
         let p = &self.params;
-        let ke = |e: String| e;
+        let ke = |e: modula_core::kernels::KernelError| e.to_string();
         let mut a = Activations {
             b,
             t,
             ..Activations::default()
         };
         let mut x = vec![0f32; n * d];
-        let emb = p.value(self.wte);
-        for (i, &tok) in tokens.iter().enumerate() {
-            x[i * d..(i + 1) * d].copy_from_slice(&emb[tok as usize * d..(tok as usize + 1) * d]);
+        match input {
+            Input::Tokens(tokens) => {
+                let emb = p.value(self.embed);
+                for (i, &tok) in tokens.iter().enumerate() {
+                    let r = tok as usize * d;
+                    x[i * d..(i + 1) * d].copy_from_slice(&emb[r..r + d]);
+                }
+            }
+            Input::Features(f) => {
+                let bias = self.embed_b.map(|i| p.value(i));
+                linear_forward(f, n, p.value(self.embed), bias, d, c.patch_dim, &mut x)
+                    .map_err(ke)?;
+            }
+        }
+        if let Some(pos) = self.pos {
+            let table = p.value(pos);
+            for (i, row) in x.chunks_exact_mut(d).enumerate() {
+                add(row, &table[(i % t) * d..(i % t + 1) * d]);
+            }
         }
         let scale = 1.0 / (hd as f32).sqrt();
         for blk in &self.blocks {
@@ -202,7 +397,7 @@ impl DenseModel {
                 &mut mu,
                 &mut rs,
             )
-            .map_err(|e| ke(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
             let mut qkv = vec![0f32; n * 3 * d];
             linear_forward(
                 &h,
@@ -213,31 +408,36 @@ impl DenseModel {
                 d,
                 &mut qkv,
             )
-            .map_err(|e| e.to_string())?;
-            let mut attn = vec![0f32; n * d];
-            let mut saved = Vec::new();
-            for s in 0..b {
-                for hh in 0..c.heads {
-                    let mut qh = vec![0f32; t * hd];
-                    let mut kh = vec![0f32; t * hd];
-                    let mut vh = vec![0f32; t * hd];
-                    for i in 0..t {
-                        let row = &qkv[(s * t + i) * 3 * d..(s * t + i + 1) * 3 * d];
-                        qh[i * hd..(i + 1) * hd].copy_from_slice(&row[hh * hd..(hh + 1) * hd]);
-                        kh[i * hd..(i + 1) * hd]
-                            .copy_from_slice(&row[d + hh * hd..d + (hh + 1) * hd]);
-                        vh[i * hd..(i + 1) * hd]
-                            .copy_from_slice(&row[2 * d + hh * hd..2 * d + (hh + 1) * hd]);
+            .map_err(ke)?;
+            // One task per (sequence, head): gather its q, k, v, attend, keep what the
+            // backward needs.
+            let heads = c.heads;
+            let results = par::map_indexed(b * heads, |task| {
+                let (s, hh) = (task / heads, task % heads);
+                let mut qkvh: [Vec<f32>; 3] =
+                    [vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]];
+                for i in 0..t {
+                    let row = &qkv[(s * t + i) * 3 * d..(s * t + i + 1) * 3 * d];
+                    for (part, dst) in qkvh.iter_mut().enumerate() {
+                        let o = part * d + hh * hd;
+                        dst[i * hd..(i + 1) * hd].copy_from_slice(&row[o..o + hd]);
                     }
-                    let (mut o, mut pr) = (vec![0f32; t * hd], vec![0f32; t * t]);
-                    causal_attention_forward(&qh, &kh, &vh, t, hd, scale, &mut o, &mut pr)
-                        .map_err(|e| e.to_string())?;
-                    for i in 0..t {
-                        attn[(s * t + i) * d + hh * hd..(s * t + i) * d + (hh + 1) * hd]
-                            .copy_from_slice(&o[i * hd..(i + 1) * hd]);
-                    }
-                    saved.push([qh, kh, vh, pr]);
                 }
+                let [qh, kh, vh] = qkvh;
+                let (mut o, mut pr) = (vec![0f32; t * hd], vec![0f32; t * t]);
+                let r = attention_forward(&qh, &kh, &vh, t, hd, scale, c.causal, &mut o, &mut pr);
+                r.map(|()| ([qh, kh, vh, pr], o)).map_err(ke)
+            });
+            let mut attn = vec![0f32; n * d];
+            let mut saved = Vec::with_capacity(b * heads);
+            for (task, r) in results.into_iter().enumerate() {
+                let (sv, o) = r?;
+                let (s, hh) = (task / heads, task % heads);
+                for i in 0..t {
+                    let dst = (s * t + i) * d + hh * hd;
+                    attn[dst..dst + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+                }
+                saved.push(sv);
             }
             let mut proj = vec![0f32; n * d];
             linear_forward(
@@ -249,7 +449,7 @@ impl DenseModel {
                 d,
                 &mut proj,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(ke)?;
             for (xv, pv) in x.iter_mut().zip(&proj) {
                 *xv += pv;
             }
@@ -281,7 +481,7 @@ impl DenseModel {
                 d,
                 &mut up,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(ke)?;
             let mut act = up.clone();
             Activation::Gelu.apply_with(isa::active(), &mut act);
             let mut down = vec![0f32; n * d];
@@ -289,14 +489,17 @@ impl DenseModel {
                 &act,
                 c.ffn,
                 n,
-                &MatRef::f32(p.value(blk.down_t), c.ffn, d).map_err(|e| e.to_string())?,
+                &MatRef::f32(p.value(blk.down_t), c.ffn, d).map_err(ke)?,
                 &mut down,
                 d,
                 false,
             )
-            .map_err(|e| e.to_string())?;
-            for (i, xv) in x.iter_mut().enumerate() {
-                *xv += down[i] + p.value(blk.down_b)[i % d];
+            .map_err(ke)?;
+            let db = p.value(blk.down_b);
+            for (xr, dr) in x.chunks_exact_mut(d).zip(down.chunks_exact(d)) {
+                for ((xv, dv), bv) in xr.iter_mut().zip(dr).zip(db) {
+                    *xv += dv + bv;
+                }
             }
             a.ln2.push(h2);
             a.ln2_stats.push((mu2, rs2));
@@ -316,19 +519,26 @@ impl DenseModel {
             &mut rsf,
         )
         .map_err(|e| e.to_string())?;
-        let mut logits = vec![0f32; n * c.vocab];
+        let outs = c.outputs();
+        let (rows, feats): (usize, &[f32]) = if c.is_classifier() {
+            a.pooled = pool_forward(c.pool, &hf, b, t, d);
+            (b, &a.pooled)
+        } else {
+            (n, &hf)
+        };
+        let mut logits = vec![0f32; rows * outs];
         linear(
-            &hf,
+            feats,
             d,
-            n,
-            &MatRef::f32(p.value(self.head), c.vocab, d).map_err(|e| e.to_string())?,
-            None,
+            rows,
+            &MatRef::f32(p.value(self.head), outs, d).map_err(ke)?,
+            self.head_b.map(|i| p.value(i)),
             &mut logits,
-            c.vocab,
+            outs,
         )
-        .map_err(|e| e.to_string())?;
-        let mut dlogits = vec![0f32; n * c.vocab];
-        let loss = cross_entropy(&logits, targets, c.vocab, &mut dlogits)
+        .map_err(ke)?;
+        let mut dlogits = vec![0f32; rows * outs];
+        let loss = cross_entropy(&logits, targets, outs, &mut dlogits)
             .map_err(|e: LossError| e.to_string())?;
         a.x_out = x;
         a.lnf = hf;
@@ -337,26 +547,50 @@ impl DenseModel {
         Ok((loss, a, dlogits))
     }
 
-    /// Backward from `dlogits` (as returned by [`DenseModel::forward`]), accumulating into
-    /// the parameter gradients.
+    /// Backward from `dlogits` (as returned by [`DenseModel::forward`], possibly scaled),
+    /// accumulating into the parameter gradients.
     pub fn backward(
         &mut self,
-        tokens: &[u32],
+        input: Input<'_>,
         a: &Activations,
         dlogits: &[f32],
     ) -> Result<(), String> {
         let c = self.cfg;
         let (b, t) = (a.b, a.t);
         let (d, n, hd) = (c.d, b * t, c.d / c.heads);
+        let outs = c.outputs();
+        let rows = if c.is_classifier() { b } else { n };
+        if dlogits.len() != rows * outs || a.x_in.len() != c.layers {
+            return Err("backward: activations or dlogits do not match this model".into());
+        }
         let scale = 1.0 / (hd as f32).sqrt();
         let e = |e: modula_core::kernels::KernelError| e.to_string();
         let p = &mut self.params;
-        // head: logits = lnf · Wᵀ
+        // head
         let mut dx_f = vec![0f32; n * d];
         {
+            let feats = if c.is_classifier() { &a.pooled } else { &a.lnf };
+            let mut dfeat = vec![0f32; rows * d];
             let (w, gw) = p.value_grad(self.head, self.head);
-            linear_backward(dlogits, &a.lnf, w, n, c.vocab, d, Some(&mut dx_f), gw, None)
-                .map_err(e)?;
+            let mut dbh = vec![0f32; outs];
+            linear_backward(
+                dlogits,
+                feats,
+                w,
+                rows,
+                outs,
+                d,
+                Some(&mut dfeat),
+                gw,
+                Some(&mut dbh),
+            )
+            .map_err(e)?;
+            if let Some(hb) = self.head_b {
+                add(p.grad_mut(hb), &dbh);
+                pool_backward(c.pool, &dfeat, b, t, d, &mut dx_f);
+            } else {
+                dx_f = dfeat;
+            }
         }
         let mut dx = vec![0f32; n * d];
         {
@@ -445,32 +679,29 @@ impl DenseModel {
             )
             .map_err(e)?;
             add(p.grad_mut(blk.proj_b), &dbp);
+            let heads = c.heads;
+            let grads = par::map_indexed(b * heads, |task| {
+                let (s, hh) = (task / heads, task % heads);
+                let [qh, kh, vh, pr] = &a.heads[l][task];
+                let mut dout = vec![0f32; t * hd];
+                for i in 0..t {
+                    let src = (s * t + i) * d + hh * hd;
+                    dout[i * hd..(i + 1) * hd].copy_from_slice(&dattn[src..src + hd]);
+                }
+                let mut g: [Vec<f32>; 3] =
+                    [vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]];
+                let [dq, dk, dv] = &mut g;
+                attention_backward(&dout, qh, kh, vh, pr, t, hd, scale, dq, dk, dv).map(|()| g)
+            });
             let mut dqkv = vec![0f32; n * 3 * d];
-            for s in 0..b {
-                for hh in 0..c.heads {
-                    let [qh, kh, vh, pr] = &a.heads[l][s * c.heads + hh];
-                    let mut dout = vec![0f32; t * hd];
-                    for i in 0..t {
-                        dout[i * hd..(i + 1) * hd].copy_from_slice(
-                            &dattn[(s * t + i) * d + hh * hd..(s * t + i) * d + (hh + 1) * hd],
-                        );
-                    }
-                    let (mut dq, mut dk, mut dv) =
-                        (vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]);
-                    causal_attention_backward(
-                        &dout, qh, kh, vh, pr, t, hd, scale, &mut dq, &mut dk, &mut dv,
-                    );
-                    for i in 0..t {
-                        let row = &mut dqkv[(s * t + i) * 3 * d..(s * t + i + 1) * 3 * d];
-                        add(&mut row[hh * hd..(hh + 1) * hd], &dq[i * hd..(i + 1) * hd]);
-                        add(
-                            &mut row[d + hh * hd..d + (hh + 1) * hd],
-                            &dk[i * hd..(i + 1) * hd],
-                        );
-                        add(
-                            &mut row[2 * d + hh * hd..2 * d + (hh + 1) * hd],
-                            &dv[i * hd..(i + 1) * hd],
-                        );
+            for (task, g) in grads.into_iter().enumerate() {
+                let g = g.map_err(e)?;
+                let (s, hh) = (task / heads, task % heads);
+                for i in 0..t {
+                    let row = &mut dqkv[(s * t + i) * 3 * d..(s * t + i + 1) * 3 * d];
+                    for (part, src) in g.iter().enumerate() {
+                        let o = part * d + hh * hd;
+                        row[o..o + hd].copy_from_slice(&src[i * hd..(i + 1) * hd]);
                     }
                 }
             }
@@ -506,15 +737,75 @@ impl DenseModel {
             add(p.grad_mut(blk.ln1_g), &dg);
             add(p.grad_mut(blk.ln1_b), &dbb);
         }
-        // embedding: scatter-add rows
-        let gw = p.grad_mut(self.wte);
-        for (i, &tok) in tokens.iter().enumerate() {
-            add(
-                &mut gw[tok as usize * d..(tok as usize + 1) * d],
-                &dx[i * d..(i + 1) * d],
-            );
+        if let Some(pos) = self.pos {
+            let gp = p.grad_mut(pos);
+            for (i, row) in dx.chunks_exact(d).enumerate() {
+                add(&mut gp[(i % t) * d..(i % t + 1) * d], row);
+            }
+        }
+        match input {
+            Input::Tokens(tokens) => {
+                // embedding: scatter-add rows
+                let gw = p.grad_mut(self.embed);
+                for (i, &tok) in tokens.iter().take(n).enumerate() {
+                    add(
+                        &mut gw[tok as usize * d..(tok as usize + 1) * d],
+                        &dx[i * d..(i + 1) * d],
+                    );
+                }
+            }
+            Input::Features(f) => {
+                let (w, gw) = p.value_grad(self.embed, self.embed);
+                let mut dbe = vec![0f32; d];
+                linear_backward(&dx, f, w, n, d, c.patch_dim, None, gw, Some(&mut dbe))
+                    .map_err(e)?;
+                if let Some(bi) = self.embed_b {
+                    add(p.grad_mut(bi), &dbe);
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// Pool `h: [b·t, d]` to `[b, d]`.
+fn pool_forward(pool: Pool, h: &[f32], b: usize, t: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; b * d];
+    for (s, o) in out.chunks_exact_mut(d).enumerate() {
+        let seq = &h[s * t * d..(s + 1) * t * d];
+        match pool {
+            Pool::Mean => {
+                for row in seq.chunks_exact(d) {
+                    add(o, row);
+                }
+                let inv = 1.0 / t as f32;
+                o.iter_mut().for_each(|v| *v *= inv);
+            }
+            Pool::First => o.copy_from_slice(&seq[..d]),
+            Pool::Last => o.copy_from_slice(&seq[(t - 1) * d..]),
+        }
+    }
+    out
+}
+
+/// Backward of [`pool_forward`]: `dh: [b·t, d]` (overwritten) from `dpooled: [b, d]`.
+fn pool_backward(pool: Pool, dpooled: &[f32], b: usize, t: usize, d: usize, dh: &mut [f32]) {
+    dh.fill(0.0);
+    for s in 0..b {
+        let g = &dpooled[s * d..(s + 1) * d];
+        let seq = &mut dh[s * t * d..(s + 1) * t * d];
+        match pool {
+            Pool::Mean => {
+                let inv = 1.0 / t as f32;
+                for row in seq.chunks_exact_mut(d) {
+                    for (r, v) in row.iter_mut().zip(g) {
+                        *r = v * inv;
+                    }
+                }
+            }
+            Pool::First => seq[..d].copy_from_slice(g),
+            Pool::Last => seq[(t - 1) * d..].copy_from_slice(g),
+        }
     }
 }
 
@@ -537,60 +828,158 @@ mod tests {
     use super::*;
     use crate::gradcheck::{check_grad, GradCheck};
 
-    #[test]
-    fn whole_model_gradients_match_finite_differences() {
-        let cfg = DenseConfig {
-            vocab: 11,
-            d: 8,
-            layers: 2,
-            heads: 2,
-            ffn: 12,
-        };
+    /// Whole-model check: every parameter's gradient against central differences.
+    fn check_model(
+        name: &str,
+        cfg: DenseConfig,
+        input: Input<'_>,
+        targets: &[u32],
+        b: usize,
+        t: usize,
+    ) {
         let mut m = DenseModel::new(cfg, 3).unwrap();
         // larger weights than the init so every path carries signal
         let mut r = SplitMix64(9);
         for v in m.params.values.iter_mut() {
             *v += 0.3 * (2.0 * r.next_f32() - 1.0);
         }
-        let (b, t) = (2, 5);
-        let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 11) as u32).collect();
-        let targets: Vec<u32> = (0..b * t).map(|i| ((i * 3 + 1) % 11) as u32).collect();
-        let (_, acts, dl) = m.forward(&tokens, &targets, b, t).unwrap();
+        let (_, acts, dl) = m.forward(input, targets, b, t).unwrap();
         m.params.zero_grads();
-        m.backward(&tokens, &acts, &dl).unwrap();
+        m.backward(input, &acts, &dl).unwrap();
         let grads = m.params.grads.clone();
         let mut values = m.params.values.clone();
         let probe = m.clone();
         let f = |v: &[f32]| {
             let mut mm = probe.clone();
             mm.params.values.copy_from_slice(v);
-            mm.forward(&tokens, &targets, b, t).unwrap().0
+            mm.forward(input, targets, b, t).unwrap().0
         };
-        let cfg = GradCheck {
+        let gc = GradCheck {
             eps: 1e-2,
             tol: 1e-2,
             floor: 1e-2,
         };
-        check_grad("dense model (all parameters)", &mut values, &grads, f, cfg).unwrap();
-        // and the same check notices one wrong gradient (here in block 0's qkv weight)
+        check_grad(name, &mut values, &grads, f, gc).unwrap();
+        // and the same check notices one wrong gradient (in block 0's qkv weight)
+        let q = m
+            .params
+            .specs()
+            .iter()
+            .position(|s| s.name == "blk.0.attn_qkv.weight")
+            .unwrap();
+        let off = m.params.specs()[..q]
+            .iter()
+            .map(|s| s.shape.iter().product::<usize>())
+            .sum::<usize>();
         let mut bad = grads.clone();
-        bad[200] += 0.05;
-        assert!(check_grad("dense model, corrupted", &mut values, &bad, f, cfg).is_err());
+        bad[off + 5] += 0.05;
+        assert!(check_grad(name, &mut values, &bad, f, gc).is_err());
+    }
+
+    #[test]
+    fn whole_model_gradients_match_finite_differences() {
+        let (b, t) = (2, 5);
+        let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 11) as u32).collect();
+        let mut targets: Vec<u32> = (0..b * t).map(|i| ((i * 3 + 1) % 11) as u32).collect();
+        // LM: causal, no position table
+        let lm = DenseConfig::lm(11, 8, 2, 2, 12);
+        check_model("dense LM", lm, Input::Tokens(&tokens), &targets, b, t);
+        // LM with a position table and ignored targets
+        targets[3] = crate::layers::loss::IGNORE;
+        let lm_pos = DenseConfig { max_seq: 6, ..lm };
+        check_model(
+            "dense LM + positions",
+            lm_pos,
+            Input::Tokens(&tokens),
+            &targets,
+            b,
+            t,
+        );
+        // token classifier, last-position pooling, causal
+        let cls = DenseConfig {
+            classes: 3,
+            pool: Pool::Last,
+            layers: 1,
+            ..lm_pos
+        };
+        check_model(
+            "classifier (last)",
+            cls,
+            Input::Tokens(&tokens),
+            &[2, 0],
+            b,
+            t,
+        );
+        // image classifier: patches, full attention, mean and first pooling
+        let feats: Vec<f32> = (0..b * t * 4)
+            .map(|i| ((i * 37 % 17) as f32) / 17.0)
+            .collect();
+        let img = DenseConfig {
+            vocab: 0,
+            patch_dim: 4,
+            causal: false,
+            pool: Pool::Mean,
+            ..cls
+        };
+        check_model(
+            "image classifier (mean)",
+            img,
+            Input::Features(&feats),
+            &[1, 2],
+            b,
+            t,
+        );
+        let first = DenseConfig {
+            pool: Pool::First,
+            ..img
+        };
+        check_model(
+            "image classifier (first)",
+            first,
+            Input::Features(&feats),
+            &[1, 2],
+            b,
+            t,
+        );
     }
 
     #[test]
     fn bad_input_is_an_error() {
-        let cfg = DenseConfig {
-            vocab: 11,
-            d: 8,
-            layers: 1,
-            heads: 3,
-            ffn: 12,
-        };
+        let cfg = DenseConfig::lm(11, 8, 1, 3, 12);
         assert!(DenseModel::new(cfg, 1).is_err());
-        let m = DenseModel::new(DenseConfig { heads: 2, ..cfg }, 1).unwrap();
-        assert!(m.forward(&[1, 2], &[1, 2], 1, 3).is_err());
-        assert!(m.forward(&[1, 20], &[1, 2], 1, 2).is_err());
-        assert!(m.forward(&[1, 2], &[1, 20], 1, 2).is_err());
+        let m = DenseModel::new(
+            DenseConfig {
+                heads: 2,
+                max_seq: 2,
+                ..cfg
+            },
+            1,
+        )
+        .unwrap();
+        let tok = |x: &'static [u32]| Input::Tokens(x);
+        assert!(m.forward(tok(&[1, 2]), &[1, 2], 1, 3).is_err());
+        assert!(m.forward(tok(&[1, 20]), &[1, 2], 1, 2).is_err());
+        assert!(m.forward(tok(&[1, 2]), &[1, 20], 1, 2).is_err());
+        assert!(m
+            .forward(tok(&[1, 2, 3]), &[1, 2, 3], 1, 3)
+            .unwrap_err()
+            .contains("position"));
+        assert!(m
+            .forward(Input::Features(&[0.0; 4]), &[1, 2], 1, 2)
+            .is_err());
+        assert!(m.forward(tok(&[1, 2]), &[1, 2], 1, 2).is_ok());
+        let img = DenseConfig {
+            vocab: 0,
+            patch_dim: 2,
+            classes: 3,
+            ..cfg
+        };
+        let m = DenseModel::new(DenseConfig { heads: 2, ..img }, 1).unwrap();
+        assert!(m
+            .forward(Input::Features(&[0.0, f32::NAN, 0.0, 0.0]), &[1], 1, 2)
+            .is_err());
+        assert!(m.forward(Input::Features(&[0.0; 4]), &[3], 1, 2).is_err());
+        assert!(m.forward(Input::Features(&[0.0; 4]), &[2], 1, 2).is_ok());
+        assert!(DenseModel::new(DenseConfig { classes: 0, ..img }, 1).is_err());
     }
 }

@@ -1,10 +1,152 @@
 //! Writing a trained dense model to one GGUF file (f32 tensors, `modula.*` metadata) and
-//! reading it back into a trainable [`DenseModel`].
+//! reading it back into a trainable [`DenseModel`]; the same for safetensors files (the
+//! format PyTorch users exchange), with the same tensor names and the architecture in the
+//! file's `__metadata__` (the `modula.*` keys, values as strings).
+//!
+//! Tensor names and layouts (both formats; `L` blocks, row-major):
+//!
+//! | name | shape | PyTorch equivalent |
+//! |---|---|---|
+//! | `token_embd.weight` | `[vocab, d]` | `nn.Embedding.weight` |
+//! | `patch_embd.weight`, `.bias` | `[d, patch_dim]`, `[d]` | `nn.Linear(patch_dim, d)` |
+//! | `position_embd.weight` | `[max_seq, d]` | `nn.Embedding(max_seq, d)` |
+//! | `blk.N.attn_norm.weight`, `.bias` | `[d]` | `nn.LayerNorm(d)` |
+//! | `blk.N.attn_qkv.weight`, `.bias` | `[3d, d]`, `[3d]` | `nn.Linear(d, 3d)`: rows q, k, v; head `h` is rows `h·dh..(h+1)·dh` of each |
+//! | `blk.N.attn_output.weight`, `.bias` | `[d, d]`, `[d]` | `nn.Linear(d, d)` |
+//! | `blk.N.ffn_norm.weight`, `.bias` | `[d]` | `nn.LayerNorm(d)` |
+//! | `blk.N.ffn_up.weight`, `.bias` | `[ffn, d]`, `[ffn]` | `nn.Linear(d, ffn)` |
+//! | `blk.N.ffn_down_t.weight` | `[ffn, d]` | `nn.Linear(ffn, d).weight` **transposed** |
+//! | `blk.N.ffn_down.bias` | `[d]` | `nn.Linear(ffn, d).bias` |
+//! | `output_norm.weight`, `.bias` | `[d]` | `nn.LayerNorm(d)` |
+//! | `output.weight` (`.bias` for classifiers) | `[outputs, d]` | `nn.Linear(d, outputs)` |
 
-use super::dense::{DenseConfig, DenseModel};
+use super::dense::{DenseConfig, DenseModel, Pool};
 use modula_core::gguf::GgufWriter;
-use modula_core::{MetaValue, Model};
+use modula_core::{MetaValue, Model, Value};
+use std::collections::HashMap;
 use std::path::Path;
+
+/// The architecture as metadata entries.
+fn config_meta(
+    c: &DenseConfig,
+    context_length: usize,
+    name: &str,
+) -> Result<Vec<(&'static str, MetaValue)>, String> {
+    let u = |v: usize| {
+        u32::try_from(v)
+            .map(MetaValue::U32)
+            .map_err(|_| format!("{v} does not fit in u32"))
+    };
+    let task = if c.is_classifier() { "classify" } else { "lm" };
+    let mut meta = vec![
+        ("general.name", MetaValue::String(name.to_string())),
+        ("modula.model", MetaValue::String("dense".into())),
+        ("modula.task", MetaValue::String(task.into())),
+        ("modula.context_length", u(context_length)?),
+        ("modula.embedding_length", u(c.d)?),
+        ("modula.block_count", u(c.layers)?),
+        ("modula.feed_forward_length", u(c.ffn)?),
+        ("modula.attention.kind", MetaValue::String("softmax".into())),
+        ("modula.attention.head_count", u(c.heads)?),
+        ("modula.attention.causal", MetaValue::Bool(c.causal)),
+        ("modula.norm", MetaValue::String("layernorm".into())),
+        ("modula.norm_epsilon", MetaValue::F32(1e-5)),
+        ("modula.activation", MetaValue::String("gelu".into())),
+    ];
+    if c.patch_dim > 0 {
+        meta.push(("modula.input.patch_dim", u(c.patch_dim)?));
+    } else {
+        meta.push(("modula.vocab_size", u(c.vocab)?));
+    }
+    if c.max_seq > 0 {
+        meta.push(("modula.position_length", u(c.max_seq)?));
+    }
+    if c.is_classifier() {
+        meta.push(("modula.num_classes", u(c.classes)?));
+        meta.push((
+            "modula.classify.pool",
+            MetaValue::String(c.pool.name().into()),
+        ));
+    }
+    Ok(meta)
+}
+
+/// The architecture from metadata looked up as strings; returns it with the context length.
+fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usize), String> {
+    if get("modula.model").as_deref() != Some("dense") {
+        return Err(format!(
+            "not a dense model (modula.model = {:?})",
+            get("modula.model")
+        ));
+    }
+    let opt = |k: &str| -> Result<usize, String> {
+        match get(k) {
+            None => Ok(0),
+            Some(v) => v
+                .parse::<usize>()
+                .map_err(|_| format!("{k} = '{v}' is not a count")),
+        }
+    };
+    let need = |k: &str| -> Result<usize, String> {
+        match get(k) {
+            None => Err(format!("missing {k}")),
+            Some(_) => opt(k),
+        }
+    };
+    let patch_dim = opt("modula.input.patch_dim")?;
+    let pool = match get("modula.classify.pool") {
+        Some(p) => Pool::parse(&p)?,
+        None => Pool::Mean,
+    };
+    let causal = match get("modula.attention.causal").as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => return Err(format!("modula.attention.causal = '{v}' is not a bool")),
+    };
+    let cfg = DenseConfig {
+        vocab: if patch_dim > 0 {
+            0
+        } else {
+            need("modula.vocab_size")?
+        },
+        d: need("modula.embedding_length")?,
+        layers: need("modula.block_count")?,
+        heads: need("modula.attention.head_count")?,
+        ffn: need("modula.feed_forward_length")?,
+        max_seq: opt("modula.position_length")?,
+        causal,
+        patch_dim,
+        classes: opt("modula.num_classes")?,
+        pool,
+    };
+    Ok((cfg, opt("modula.context_length")?))
+}
+
+/// A named tensor's shape and values, widened to f32.
+type Loaded = Result<(Vec<usize>, Vec<f32>), String>;
+
+/// Copy named tensors into a fresh model, checking every name and shape.
+fn fill(cfg: DenseConfig, tensor: &dyn Fn(&str) -> Loaded) -> Result<DenseModel, String> {
+    let mut model = DenseModel::new(cfg, 0)?;
+    for i in 0..model.params.specs().len() {
+        let spec = model.params.specs()[i].clone();
+        let (shape, data) = tensor(&spec.name)?;
+        if shape != spec.shape {
+            return Err(format!(
+                "tensor '{}' has shape {:?}, expected {:?}",
+                spec.name, shape, spec.shape
+            ));
+        }
+        if let Some(j) = data.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "tensor '{}' holds a non-finite value at {j}",
+                spec.name
+            ));
+        }
+        model.params.value_mut(i).copy_from_slice(&data);
+    }
+    Ok(model)
+}
 
 impl DenseModel {
     /// Write the parameters and the architecture metadata atomically to `path`.
@@ -25,29 +167,8 @@ impl DenseModel {
         context_length: usize,
         name: &str,
     ) -> Result<GgufWriter<'_>, String> {
-        let c = self.cfg;
-        let u = |v: usize| {
-            u32::try_from(v)
-                .map(MetaValue::U32)
-                .map_err(|_| format!("{v} does not fit in u32"))
-        };
         let mut w = GgufWriter::new();
-        let meta = [
-            ("general.name", MetaValue::String(name.to_string())),
-            ("modula.model", MetaValue::String("dense".into())),
-            ("modula.task", MetaValue::String("lm".into())),
-            ("modula.vocab_size", u(c.vocab)?),
-            ("modula.context_length", u(context_length)?),
-            ("modula.embedding_length", u(c.d)?),
-            ("modula.block_count", u(c.layers)?),
-            ("modula.feed_forward_length", u(c.ffn)?),
-            ("modula.attention.kind", MetaValue::String("softmax".into())),
-            ("modula.attention.head_count", u(c.heads)?),
-            ("modula.norm", MetaValue::String("layernorm".into())),
-            ("modula.norm_epsilon", MetaValue::F32(1e-5)),
-            ("modula.activation", MetaValue::String("gelu".into())),
-        ];
-        for (k, v) in meta {
+        for (k, v) in config_meta(&self.cfg, context_length, name)? {
             w.set(k, v).map_err(|e| e.to_string())?;
         }
         for (i, s) in self.params.specs().iter().enumerate() {
@@ -58,39 +179,110 @@ impl DenseModel {
     }
 
     /// Read a dense model written by [`DenseModel::write_gguf`] (or any file with the same
-    /// keys and tensor names/shapes). Optimiser moments start at zero.
+    /// keys and tensor names/shapes). Optimiser moments start at zero. Returns the model
+    /// and its context length.
     pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(DenseModel, usize), String> {
-        if m.get_str("modula.model") != Some("dense") {
-            return Err(format!(
-                "not a dense model (modula.model = {:?})",
-                m.get_str("modula.model")
-            ));
-        }
-        let g = |k: &str| m.get_u32(k).map(|v| v as usize).map_err(|e| e.to_string());
-        let cfg = DenseConfig {
-            vocab: g("modula.vocab_size")?,
-            d: g("modula.embedding_length")?,
-            layers: g("modula.block_count")?,
-            heads: g("modula.attention.head_count")?,
-            ffn: g("modula.feed_forward_length")?,
+        let get = |k: &str| -> Option<String> {
+            Some(match m.get(k)? {
+                Value::U32(v) => v.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Str(s) => s.to_string(),
+                other => format!("{other:?}"),
+            })
         };
-        let mut model = DenseModel::new(cfg, 0)?;
-        for i in 0..model.params.specs().len() {
-            let spec = model.params.specs()[i].clone();
-            let t = m.tensor(&spec.name).map_err(|e| e.to_string())?;
-            if t.shape() != spec.shape {
-                return Err(format!(
-                    "tensor '{}' has shape {:?}, expected {:?}",
-                    spec.name,
-                    t.shape(),
-                    spec.shape
-                ));
-            }
+        let (cfg, ctx) = config_from(&get)?;
+        let model = fill(cfg, &|name| {
+            let t = m.tensor(name).map_err(|e| e.to_string())?;
             let data = t.as_f32_slice().map_err(|e| e.to_string())?;
-            model.params.value_mut(i).copy_from_slice(data);
-        }
-        Ok((model, g("modula.context_length")?))
+            Ok((t.shape().to_vec(), data.to_vec()))
+        })?;
+        Ok((model, ctx))
     }
+
+    /// Write the parameters as f32 safetensors (names and layouts in the module docs; the
+    /// architecture in `__metadata__`), atomically.
+    pub fn write_safetensors(&self, path: &Path, context_length: usize) -> Result<(), String> {
+        let mut info = HashMap::new();
+        for (k, v) in config_meta(&self.cfg, context_length, "modula dense model")? {
+            let s = match v {
+                MetaValue::U32(x) => x.to_string(),
+                MetaValue::Bool(b) => b.to_string(),
+                MetaValue::String(s) => s,
+                MetaValue::F32(f) => f.to_string(),
+                other => format!("{other:?}"),
+            };
+            info.insert(k.to_string(), s);
+        }
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
+            .params
+            .specs()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let b = self
+                    .params
+                    .value(i)
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                (s.name.clone(), b, s.shape.clone())
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(n, b, shape)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .map(|v| (n.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let out = safetensors::serialize(views, Some(info)).map_err(|e| e.to_string())?;
+        modula_core::io::atomic_write(path, |w| w.write_all(&out))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Read a model from safetensors bytes written by [`DenseModel::write_safetensors`]
+    /// or by the PyTorch reference (`tests/reference/dense_reference.py`): f32, f16 or
+    /// bf16 tensors. Returns the model and its context length.
+    pub fn read_safetensors(bytes: &[u8]) -> Result<(DenseModel, usize), String> {
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| format!("not a safetensors file: {e}"))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| format!("not a safetensors file: {e}"))?;
+        let info = meta.metadata().clone().unwrap_or_default();
+        let (cfg, ctx) = config_from(&|k| info.get(k).cloned())?;
+        let model = fill(cfg, &|name| {
+            let t = st
+                .tensor(name)
+                .map_err(|_| format!("missing tensor '{name}'"))?;
+            Ok((t.shape().to_vec(), to_f32(name, t.dtype(), t.data())?))
+        })?;
+        Ok((model, ctx))
+    }
+}
+
+/// Widen little-endian f32/f16/bf16 tensor bytes.
+fn to_f32(name: &str, dt: safetensors::Dtype, b: &[u8]) -> Result<Vec<f32>, String> {
+    use safetensors::Dtype;
+    Ok(match dt {
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(format!(
+                "tensor '{name}' has dtype {other:?}; use f32, f16 or bf16"
+            ))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -100,26 +292,51 @@ mod tests {
 
     #[test]
     fn round_trip_gives_the_same_outputs() {
-        let cfg = DenseConfig {
-            vocab: 256,
-            d: 16,
-            layers: 2,
-            heads: 2,
-            ffn: 32,
-        };
-        let m = DenseModel::new(cfg, 5).unwrap();
+        use crate::model::dense::Input;
         let dir = std::env::temp_dir().join(format!("modula-dense-io-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("m.gguf");
-        m.write_gguf(&p, 64, "test").unwrap();
-        let file = Model::open(&p).unwrap();
-        let (back, ctx) = DenseModel::read_gguf(&file).unwrap();
-        assert_eq!((back.cfg, ctx), (cfg, 64));
-        assert!(back.params.values == m.params.values);
+        let lm = DenseConfig {
+            max_seq: 10,
+            ..DenseConfig::lm(256, 16, 2, 2, 32)
+        };
+        let img = DenseConfig {
+            vocab: 0,
+            patch_dim: 3,
+            classes: 4,
+            causal: false,
+            pool: Pool::First,
+            ..lm
+        };
         let toks: Vec<u32> = (0..10).map(|i| i * 20).collect();
-        let a = m.forward(&toks, &toks, 1, 10).unwrap().0;
-        let b = back.forward(&toks, &toks, 1, 10).unwrap().0;
-        assert_eq!(a, b);
+        let feats: Vec<f32> = (0..30).map(|i| i as f32 / 30.0).collect();
+        for (cfg, input, targets) in [
+            (lm, Input::Tokens(&toks), toks.clone()),
+            (img, Input::Features(&feats), vec![3]),
+        ] {
+            let m = DenseModel::new(cfg, 5).unwrap();
+            let p = dir.join("m.gguf");
+            m.write_gguf(&p, 64, "test").unwrap();
+            let file = Model::open(&p).unwrap();
+            let (back, ctx) = DenseModel::read_gguf(&file).unwrap();
+            assert_eq!((back.cfg, ctx), (cfg, 64));
+            assert!(back.params.values == m.params.values);
+            let a = m.forward(input, &targets, 1, 10).unwrap().0;
+            let b = back.forward(input, &targets, 1, 10).unwrap().0;
+            assert_eq!(a, b);
+            let sp = dir.join("m.safetensors");
+            m.write_safetensors(&sp, 64).unwrap();
+            let (st, ctx) = DenseModel::read_safetensors(&std::fs::read(&sp).unwrap()).unwrap();
+            assert_eq!((st.cfg, ctx), (cfg, 64));
+            assert!(st.params.values == m.params.values);
+        }
+        // bad safetensors input is an error, not a panic
+        assert!(DenseModel::read_safetensors(b"not a file").is_err());
+        let m = DenseModel::new(lm, 1).unwrap();
+        let sp = dir.join("bad.safetensors");
+        m.write_safetensors(&sp, 64).unwrap();
+        let mut bytes = std::fs::read(&sp).unwrap();
+        bytes.truncate(bytes.len() - 3);
+        assert!(DenseModel::read_safetensors(&bytes).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

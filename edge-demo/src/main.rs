@@ -49,6 +49,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    modula_train::tune_allocator();
     let result = match cli.command {
         None => demo::run(&PathBuf::from("modula-demo.gguf")),
         Some(Command::Demo { out }) => demo::run(&out),

@@ -46,7 +46,10 @@ fn close(what: &str, got: &[f32], want: &[f32]) -> f32 {
     let mut worst = 0f32;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let e = (g - w).abs();
-        assert!(e <= tol, "{what}[{i}]: modula {g} vs torch {w} (tolerance {tol})");
+        assert!(
+            e <= tol,
+            "{what}[{i}]: modula {g} vs torch {w} (tolerance {tol})"
+        );
         worst = worst.max(e / scale.max(1e-30));
     }
     worst
@@ -83,7 +86,11 @@ fn case(name: &str) {
         (loss as f32 - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0),
         "{name}: loss {loss} vs torch {want_loss}"
     );
-    let mut worst = close(&format!("{name} logits"), acts.logits(), &f32s(&ex, "logits"));
+    let mut worst = close(
+        &format!("{name} logits"),
+        acts.logits(),
+        &f32s(&ex, "logits"),
+    );
     model.params.zero_grads();
     model.backward(input, &acts, &dlogits).unwrap();
     let specs = model.params.specs().to_vec();

@@ -26,6 +26,49 @@ pub fn relu2_1(x: f32) -> f32 {
 pub fn gelu1(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2))
 }
+/// Derivative of the exact GELU at one value: `Φ(x) + x·φ(x)`.
+#[inline]
+pub fn gelu_grad1(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2));
+    let pdf = libm::expf(-0.5 * x * x) * 0.398_942_3;
+    cdf + x * pdf
+}
+
+/// GELU backward, accumulating: `du[i] += dy[i] · GELU'(u[i])` (exact GELU; `u` is the
+/// saved pre-activation). Lengths must match.
+pub fn gelu_backward(dy: &[f32], u: &[f32], du: &mut [f32]) -> Result<(), KernelError> {
+    gelu_backward_with(isa::active(), dy, u, du)
+}
+
+/// [`gelu_backward`] with an explicit SIMD level.
+pub fn gelu_backward_with(
+    isa: Isa,
+    dy: &[f32],
+    u: &[f32],
+    du: &mut [f32],
+) -> Result<(), KernelError> {
+    exactly("gelu_backward", "dy length", du.len(), dy.len())?;
+    exactly("gelu_backward", "u length", du.len(), u.len())?;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is supported (guard); lengths checked above.
+        Isa::Avx2 if isa.is_supported() => unsafe {
+            super::x86_64::avx2::ew::gelu_backward(dy, u, du)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is supported (guard); lengths checked above.
+        Isa::Neon if isa.is_supported() => unsafe {
+            super::aarch64::neon::ew::gelu_backward(dy, u, du)
+        },
+        _ => {
+            for ((g, &d), &x) in du.iter_mut().zip(dy).zip(u) {
+                *g += d * gelu_grad1(x);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Tanh-approximated GELU (`gelu_new`) of one value.
 #[inline]
 pub fn gelu_tanh1(x: f32) -> f32 {
@@ -291,6 +334,20 @@ mod tests {
                     assert_close(name, &got, &want, |i| 4e-6 * want[i].abs() + 3e-7 * x[i].abs().max(1.0));
                 }
             }
+        }
+
+        #[test]
+        fn gelu_backward_matches_reference(n in 0usize..80, seed in any::<u64>(), scale in prop_oneof![Just(0.01f32), Just(1.0), Just(8.0)]) {
+            let u = scaled(seed, n, scale);
+            let dy = rand_vec(seed ^ 7, n);
+            let du0 = rand_vec(seed ^ 9, n);
+            let want: Vec<f32> = (0..n).map(|i| du0[i] + dy[i] * gelu_grad1(u[i])).collect();
+            for isa in available() {
+                let mut got = du0.clone();
+                gelu_backward_with(isa, &dy, &u, &mut got).unwrap();
+                assert_close(isa.name(), &got, &want, |i| 4e-6 * want[i].abs() + 4e-7 * (1.0 + dy[i].abs() * u[i].abs()));
+            }
+            prop_assert!(gelu_backward(&dy, &u, &mut vec![0f32; n + 1]).is_err());
         }
 
         #[test]

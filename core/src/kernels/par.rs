@@ -79,6 +79,30 @@ mod imp {
         }
     }
 
+    pub(crate) fn for_each_chunk_pair_mut<T: Send, U: Send>(
+        a: &mut [T],
+        ca: usize,
+        b: &mut [U],
+        cb: usize,
+        f: impl Fn(usize, &mut [T], &mut [U]) + Sync,
+    ) {
+        use rayon::prelude::*;
+        let (ca, cb) = (ca.max(1), cb.max(1));
+        match pool() {
+            Some(p) if a.len() > ca => p.install(|| {
+                a.par_chunks_mut(ca)
+                    .zip(b.par_chunks_mut(cb))
+                    .enumerate()
+                    .for_each(|(i, (x, y))| f(i, x, y))
+            }),
+            _ => a
+                .chunks_mut(ca)
+                .zip(b.chunks_mut(cb))
+                .enumerate()
+                .for_each(|(i, (x, y))| f(i, x, y)),
+        }
+    }
+
     pub(crate) fn try_for_each_chunk_mut<T: Send, E: Send>(
         data: &mut [T],
         chunk: usize,
@@ -124,6 +148,19 @@ mod imp {
             .for_each(|(i, c)| f(i, c))
     }
 
+    pub(crate) fn for_each_chunk_pair_mut<T: Send, U: Send>(
+        a: &mut [T],
+        ca: usize,
+        b: &mut [U],
+        cb: usize,
+        f: impl Fn(usize, &mut [T], &mut [U]) + Sync,
+    ) {
+        a.chunks_mut(ca.max(1))
+            .zip(b.chunks_mut(cb.max(1)))
+            .enumerate()
+            .for_each(|(i, (x, y))| f(i, x, y))
+    }
+
     pub(crate) fn try_for_each_chunk_mut<T: Send, E: Send>(
         data: &mut [T],
         chunk: usize,
@@ -155,6 +192,19 @@ pub fn try_for_each_chunk_mut<T: Send, E: Send>(
     f: impl Fn(usize, &mut [T]) -> Result<(), E> + Sync,
 ) -> Result<(), E> {
     imp::try_for_each_chunk_mut(data, chunk, f)
+}
+
+/// [`for_each_chunk_mut`] over two buffers at once: chunk `i` of `a` (`ca` elements) goes
+/// with chunk `i` of `b` (`cb` elements), e.g. rows of an output and their per-row
+/// statistics. Pairs stop at the shorter list of chunks.
+pub fn for_each_chunk_pair_mut<T: Send, U: Send>(
+    a: &mut [T],
+    ca: usize,
+    b: &mut [U],
+    cb: usize,
+    f: impl Fn(usize, &mut [T], &mut [U]) + Sync,
+) {
+    imp::for_each_chunk_pair_mut(a, ca, b, cb, f)
 }
 
 /// Chunk length that splits `n` items over the configured threads, rounded up to a

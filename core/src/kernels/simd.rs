@@ -162,6 +162,31 @@ pub(crate) unsafe fn gelu<S: Simd>(x: &mut [f32]) {
     }
 }
 
+/// `du += dy · GELU'(u)` with `GELU'(u) = Φ(u) + u·φ(u)`; equal lengths (the caller's).
+#[inline(always)]
+pub(crate) unsafe fn gelu_backward<S: Simd>(dy: &[f32], u: &[f32], du: &mut [f32]) {
+    let n = du.len();
+    debug_assert!(dy.len() == n && u.len() == n);
+    let (pd, pu, pg) = (dy.as_ptr(), u.as_ptr(), du.as_mut_ptr());
+    let mut i = 0;
+    // SAFETY: i + LANES <= n for every vector access; features are the caller's.
+    unsafe {
+        while i + S::LANES <= n {
+            let x = S::load(pu.add(i));
+            let e = erf::<S>(S::mul(x, S::splat(core::f32::consts::FRAC_1_SQRT_2)));
+            let cdf = S::mul(S::splat(0.5), S::add(S::splat(1.0), e));
+            let xx = S::mul(x, x);
+            let pdf = S::mul(exp::<S>(S::mul(S::splat(-0.5), xx)), S::splat(0.398_942_3));
+            let g = S::fma(x, pdf, cdf);
+            S::store(pg.add(i), S::fma(S::load(pd.add(i)), g, S::load(pg.add(i))));
+            i += S::LANES;
+        }
+    }
+    for j in i..n {
+        du[j] += dy[j] * super::elementwise::gelu_grad1(u[j]);
+    }
+}
+
 #[inline(always)]
 pub(crate) unsafe fn gelu_tanh<S: Simd>(x: &mut [f32]) {
     // 0.5 x (1 + tanh(u)) = x · σ(2u) = x / (1 + e^{-2u}),  u = √(2/π)(x + 0.044715 x³)
@@ -373,8 +398,8 @@ pub(crate) unsafe fn log_softmax<S: Simd>(x: &mut [f32]) {
 }
 
 /// Per-ISA entry points for the generic bodies above: `simd_wrappers!(Type, "features")`
-/// defines `silu`, `relu2`, `gelu`, `gelu_tanh`, `layer_norm`, `rms_norm`, `softmax` and
-/// `log_softmax` compiled with those features.
+/// defines `silu`, `relu2`, `gelu`, `gelu_backward`, `gelu_tanh`, `layer_norm`, `rms_norm`,
+/// `softmax`, `ema_scan` and `log_softmax` compiled with those features.
 macro_rules! simd_wrappers {
     ($S:ty, $feat:literal) => {
         /// Elementwise kernels compiled for this ISA. Safety: the ISA must be supported.
@@ -396,6 +421,11 @@ macro_rules! simd_wrappers {
             pub(crate) unsafe fn gelu(x: &mut [f32]) {
                 // SAFETY: as above.
                 unsafe { g::gelu::<$S>(x) }
+            }
+            #[target_feature(enable = $feat)]
+            pub(crate) unsafe fn gelu_backward(dy: &[f32], u: &[f32], du: &mut [f32]) {
+                // SAFETY: as above; lengths checked by the public entry.
+                unsafe { g::gelu_backward::<$S>(dy, u, du) }
             }
             #[target_feature(enable = $feat)]
             pub(crate) unsafe fn gelu_tanh(x: &mut [f32]) {

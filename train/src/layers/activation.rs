@@ -1,8 +1,9 @@
 //! Activation backward passes: `dx += dy · f'(u)` from the saved pre-activation `u`.
 //! The forwards are `modula_core::kernels::expert_ffn::Activation::apply_with`.
 
-use modula_core::kernels::elementwise::SQRT_2_OVER_PI;
+use modula_core::kernels::elementwise::{gelu_backward, SQRT_2_OVER_PI};
 use modula_core::kernels::expert_ffn::Activation;
+use modula_core::kernels::{isa, par};
 
 /// f'(u) for each activation.
 pub fn derivative(act: Activation, u: f32) -> f32 {
@@ -27,11 +28,37 @@ pub fn derivative(act: Activation, u: f32) -> f32 {
     }
 }
 
-/// `du += dy · f'(u)` elementwise (`dy, u, du` of equal length).
+/// Elements per parallel chunk are a multiple of this: every chunk boundary falls on a
+/// SIMD vector boundary, so each element takes the same (vector or tail) path whatever
+/// the thread count.
+const ALIGN: usize = 64;
+
+/// `du += dy · f'(u)` elementwise (`dy, u, du` of equal length), spread over the kernel
+/// threads; GELU uses the SIMD kernel of `modula-core`.
 pub fn activation_backward(act: Activation, dy: &[f32], u: &[f32], du: &mut [f32]) {
-    for ((g, &d), &x) in du.iter_mut().zip(dy).zip(u) {
-        *g += d * derivative(act, x);
-    }
+    let n = du.len().min(dy.len()).min(u.len());
+    let chunk = par::chunk_for(n, ALIGN, 1 << 14);
+    par::for_each_chunk_mut(&mut du[..n], chunk, |ci, g| {
+        let (a, b) = (ci * chunk, ci * chunk + g.len());
+        match act {
+            // lengths are equal by construction
+            Activation::Gelu => {
+                let _ = gelu_backward(&dy[a..b], &u[a..b], g);
+            }
+            _ => {
+                for ((g, &d), &x) in g.iter_mut().zip(&dy[a..b]).zip(&u[a..b]) {
+                    *g += d * derivative(act, x);
+                }
+            }
+        }
+    });
+}
+
+/// `x ← f(x)` in place, spread over the kernel threads (the forward of
+/// [`activation_backward`]; bit-identical to `act.apply_with(isa::active(), x)`).
+pub fn activation_forward(act: Activation, x: &mut [f32]) {
+    let chunk = par::chunk_for(x.len(), ALIGN, 1 << 14);
+    par::for_each_chunk_mut(x, chunk, |_, c| act.apply_with(isa::active(), c));
 }
 
 #[cfg(test)]
@@ -40,7 +67,6 @@ mod tests {
     use super::*;
     use crate::gradcheck::{check_grad, weighted_sum, GradCheck};
     use crate::layers::rand_vec;
-    use modula_core::kernels::isa;
 
     #[test]
     fn derivatives_match_finite_differences() {

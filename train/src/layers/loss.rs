@@ -1,6 +1,7 @@
 //! Softmax cross-entropy over rows of logits, mean over rows.
 
-use modula_core::kernels::elementwise::log_softmax;
+use modula_core::kernels::elementwise::{log_softmax, softmax};
+use modula_core::kernels::par;
 
 /// Loss errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +67,8 @@ pub fn cross_entropy(
         });
     }
     let counted = targets.iter().filter(|&&t| t != IGNORE).count();
-    let mut total = 0f64;
-    let inv_b = 1.0 / counted.max(1) as f32;
     for (row, &t) in targets.iter().enumerate() {
-        let d = &mut dlogits[row * v..(row + 1) * v];
         if t == IGNORE {
-            d.fill(0.0);
             continue;
         }
         if t as usize >= v {
@@ -81,17 +78,35 @@ pub fn cross_entropy(
                 classes: v,
             });
         }
-        let lr = &logits[row * v..(row + 1) * v];
-        if lr.iter().any(|x| !x.is_finite()) {
+        if logits[row * v..(row + 1) * v]
+            .iter()
+            .any(|x| !x.is_finite())
+        {
             return Err(LossError::NonFinite { row });
         }
-        d.copy_from_slice(lr);
-        log_softmax(d);
-        total -= f64::from(d[t as usize]);
-        for (j, g) in d.iter_mut().enumerate() {
-            *g = (libm::expf(*g) - if j == t as usize { 1.0 } else { 0.0 }) * inv_b;
-        }
     }
+    // rows in parallel (each row by one task), the loss summed in row order
+    let inv_b = 1.0 / counted.max(1) as f32;
+    let mut row_loss = vec![0f64; b];
+    let rows = par::chunk_for(b, 1, (1 << 14) / v + 1);
+    par::for_each_chunk_pair_mut(dlogits, rows * v, &mut row_loss, rows, |ci, dc, lc| {
+        for (i, (d, l)) in dc.chunks_exact_mut(v).zip(lc.iter_mut()).enumerate() {
+            let row = ci * rows + i;
+            let t = targets[row];
+            if t == IGNORE {
+                d.fill(0.0);
+                continue;
+            }
+            d.copy_from_slice(&logits[row * v..(row + 1) * v]);
+            log_softmax(d);
+            *l = -f64::from(d[t as usize]);
+            // softmax of the log-probabilities is the softmax of the logits (SIMD exp)
+            softmax(d);
+            d[t as usize] -= 1.0;
+            d.iter_mut().for_each(|g| *g *= inv_b);
+        }
+    });
+    let total: f64 = row_loss.iter().sum();
     Ok(total / counted.max(1) as f64)
 }
 

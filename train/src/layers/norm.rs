@@ -1,10 +1,14 @@
 //! LayerNorm over the last dimension, per row: `y = (x − μ)·rstd·γ + β`.
 
 use modula_core::kernels::elementwise::layer_norm;
-use modula_core::kernels::KernelError;
+use modula_core::kernels::{par, KernelError};
+
+/// Rows per parallel task: at least this many elements each.
+const MIN_ELEMS: usize = 1 << 14;
 
 /// Forward for `m` rows of `d`. Saves `mean[m]` and `rstd[m]` for the backward.
-/// `x, y: [m, d]`, `gamma, beta: [d]`.
+/// `x, y: [m, d]`, `gamma, beta: [d]`. Rows are spread over the kernel threads (each row
+/// by one task: bit-identical for any thread count).
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(
     x: &[f32],
@@ -17,14 +21,29 @@ pub fn layernorm_forward(
     mean: &mut [f32],
     rstd: &mut [f32],
 ) -> Result<(), KernelError> {
-    for i in 0..m {
-        let (mu, rs) = layer_norm(
-            &x[i * d..(i + 1) * d],
-            Some(gamma),
-            Some(beta),
-            eps,
-            &mut y[i * d..(i + 1) * d],
-        )?;
+    if m == 0 || d == 0 {
+        return Ok(());
+    }
+    let mut stats = vec![(0f32, 0f32); m];
+    let rows = par::chunk_for(m, 1, MIN_ELEMS.div_ceil(d));
+    let failed = std::sync::Mutex::new(None);
+    par::for_each_chunk_pair_mut(&mut y[..m * d], rows * d, &mut stats, rows, |ci, yc, st| {
+        let r0 = ci * rows;
+        for (i, (yr, s)) in yc.chunks_exact_mut(d).zip(st.iter_mut()).enumerate() {
+            let xr = &x[(r0 + i) * d..(r0 + i + 1) * d];
+            match layer_norm(xr, Some(gamma), Some(beta), eps, yr) {
+                Ok(v) => *s = v,
+                Err(e) => {
+                    let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                    f.get_or_insert(e);
+                }
+            }
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    for (i, (mu, rs)) in stats.into_iter().enumerate() {
         mean[i] = mu;
         rstd[i] = rs;
     }
@@ -34,6 +53,8 @@ pub fn layernorm_forward(
 /// Backward, accumulating into `dx: [m, d]`, `dgamma, dbeta: [d]`:
 /// with `x̂ = (x − μ)·rstd` and `g = dy·γ`,
 /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, `dγ += Σ dy·x̂`, `dβ += Σ dy`.
+/// `dx` rows are spread over the kernel threads; `dγ`, `dβ` are summed in row order
+/// (bit-identical for any thread count).
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dy: &[f32],
@@ -47,24 +68,38 @@ pub fn layernorm_backward(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
+    if m == 0 || d == 0 {
+        return;
+    }
+    let rows = par::chunk_for(m, 1, MIN_ELEMS.div_ceil(d));
+    par::for_each_chunk_mut(&mut dx[..m * d], rows * d, |ci, dxc| {
+        let r0 = ci * rows;
+        for (ii, dxr) in dxc.chunks_exact_mut(d).enumerate() {
+            let i = r0 + ii;
+            let (xr, dyr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let (mu, rs) = (mean[i], rstd[i]);
+            let mut mg = 0f32;
+            let mut mgx = 0f32;
+            for j in 0..d {
+                let xh = (xr[j] - mu) * rs;
+                let g = dyr[j] * gamma[j];
+                mg += g;
+                mgx += g * xh;
+            }
+            mg /= d as f32;
+            mgx /= d as f32;
+            for j in 0..d {
+                let xh = (xr[j] - mu) * rs;
+                dxr[j] += rs * (dyr[j] * gamma[j] - mg - xh * mgx);
+            }
+        }
+    });
     for i in 0..m {
         let (xr, dyr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
         let (mu, rs) = (mean[i], rstd[i]);
-        let mut mg = 0f32;
-        let mut mgx = 0f32;
         for j in 0..d {
-            let xh = (xr[j] - mu) * rs;
-            let g = dyr[j] * gamma[j];
-            mg += g;
-            mgx += g * xh;
-            dgamma[j] += dyr[j] * xh;
+            dgamma[j] += dyr[j] * ((xr[j] - mu) * rs);
             dbeta[j] += dyr[j];
-        }
-        mg /= d as f32;
-        mgx /= d as f32;
-        for j in 0..d {
-            let xh = (xr[j] - mu) * rs;
-            dx[i * d + j] += rs * (dyr[j] * gamma[j] - mg - xh * mgx);
         }
     }
 }

@@ -11,7 +11,7 @@
 //! products split their output rows over it; every number is computed by one task in a
 //! fixed order, so training is bit-identical for any thread count (tested).
 
-use crate::layers::activation::activation_backward;
+use crate::layers::activation::{activation_backward, activation_forward};
 use crate::layers::attention::{attention_backward, attention_forward};
 use crate::layers::linear::{linear_backward, linear_forward};
 use crate::layers::loss::{cross_entropy, LossError};
@@ -19,7 +19,7 @@ use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::params::{ParamStore, ParamTable};
 use modula_core::kernels::expert_ffn::Activation;
 use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
-use modula_core::kernels::{isa, par};
+use modula_core::kernels::par;
 use modula_core::rng::SplitMix64;
 
 /// How a classifier head pools the sequence.
@@ -483,7 +483,7 @@ impl DenseModel {
             )
             .map_err(ke)?;
             let mut act = up.clone();
-            Activation::Gelu.apply_with(isa::active(), &mut act);
+            activation_forward(Activation::Gelu, &mut act);
             let mut down = vec![0f32; n * d];
             matmul_rows(
                 &act,

@@ -160,5 +160,38 @@ fn multirow(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bandwidth, gemv, multirow);
+fn training_products(c: &mut Criterion) {
+    // The training-size products of the issue-4 reference model (2048 positions, d 256,
+    // QKV 768): forward `y = x·Wᵀ` and weight gradient `dW += dYᵀ·X`, on 1 thread and on
+    // all threads (row blocks on the kernel pool), against single-threaded matrixmultiply.
+    use modula_core::kernels::linear::{linear, matmul_tn_acc};
+    use modula_core::kernels::par;
+    let (m, n, k) = (2048, 768, 256);
+    let x = data(m * k, 7);
+    let wf = data(n * k, 8);
+    let dy = data(m * n, 9);
+    let mut y = vec![0f32; m * n];
+    let mut dw = vec![0f32; n * k];
+    let w = MatRef::f32(&wf, n, k).unwrap();
+    let mut g = c.benchmark_group("train_2048x768x256");
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements((2 * m * n * k) as u64)); // FLOPs
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for t in [1, all] {
+        par::set_threads(t);
+        g.bench_function(BenchmarkId::new("linear_threads", t), |b| {
+            b.iter(|| linear(black_box(&x), k, m, &w, None, &mut y, n).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("matmul_tn_acc_threads", t), |b| {
+            b.iter(|| matmul_tn_acc(black_box(&dy), &x, m, n, k, &mut dw).unwrap())
+        });
+    }
+    par::set_threads(0);
+    g.bench_function("matrixmultiply_1thread", |b| {
+        b.iter(|| matrixmultiply_xwt(black_box(&x), m, k, &wf, n, &mut y))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bandwidth, gemv, multirow, training_products);
 criterion_main!(benches);

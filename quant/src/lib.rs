@@ -5,17 +5,23 @@
 //! byte size, so that a file written by Modula is read by any GGUF tool and vice versa.
 //! [`DType`] is the one table that maps GGUF/GGML type ids to element counts and byte sizes.
 //!
+//! [`quantize`] holds ggml's round-to-nearest quantisers (byte-identical blocks) and row
+//! dequantisers; [`kernels`] the products of quantised rows with f32 activations (scalar
+//! references, AVX2 and NEON versions that `modula-core` dispatches to at run time).
+//!
 //! This crate is `#![no_std]` (+ `alloc`); the `std` feature (default) only switches on
-//! `std` in its dependencies. Quantisers and dot-product kernels arrive with the
-//! quantisation issue; this foundation holds the layouts that the container needs.
+//! `std` in its dependencies.
 #![no_std]
 #![warn(missing_docs)]
 
+extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
 pub mod blocks;
 pub mod dtype;
+pub mod kernels;
+pub mod quantize;
 
 pub use blocks::{BlockQ4_0, BlockQ8_0, QK4_0, QK8_0};
 pub use dtype::{DType, GgmlTypeId};

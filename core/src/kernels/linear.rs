@@ -9,12 +9,17 @@
 //! nested input width (the first `k` columns) is the same matrix with `cols = k` and the
 //! full `ld`: no copy.
 //!
-//! Weights may be F32, F16 or BF16 (widened to f32 in registers; accumulation is f32).
+//! Weights may be F32, F16 or BF16 (widened to f32 in registers; accumulation is f32), or
+//! GGUF Q8_0 / Q4_0 blocks (`modula-quant`'s kernels: one block-dot per output in the
+//! skinny path, dequantised panels for many rows). Quantised matrices need whole blocks:
+//! `cols`, `ld` and every nested width a multiple of 32.
 
 use super::isa::{self, Isa};
 use super::par;
 use super::{exactly, need, KernelError};
 use half::{bf16, f16};
+use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
+use modula_quant::kernels as qk;
 
 /// Row counts up to this use the skinny kernels; more rows go to `matrixmultiply`
 /// (measured crossover on the reference machine: `docs/results.md`).
@@ -94,7 +99,14 @@ pub enum WeightData<'a> {
     F16(&'a [f16]),
     /// bfloat16
     BF16(&'a [bf16]),
+    /// GGUF Q8_0 blocks (32 weights each, row-major; rows start on block boundaries)
+    Q8_0(&'a [BlockQ8_0]),
+    /// GGUF Q4_0 blocks (32 weights each, row-major; rows start on block boundaries)
+    Q4_0(&'a [BlockQ4_0]),
 }
+
+/// Weights per block of the quantised formats.
+const QB: usize = 32;
 
 impl<'a> WeightData<'a> {
     /// The elements from `off` on (empty if past the end).
@@ -103,7 +115,16 @@ impl<'a> WeightData<'a> {
             WeightData::F32(s) => WeightData::F32(s.get(off..).unwrap_or_default()),
             WeightData::F16(s) => WeightData::F16(s.get(off..).unwrap_or_default()),
             WeightData::BF16(s) => WeightData::BF16(s.get(off..).unwrap_or_default()),
+            // offsets into quantised data are block-aligned (checked by MatRef::new and
+            // the callers' alignment of row and column blocks)
+            WeightData::Q8_0(s) => WeightData::Q8_0(s.get(off / QB..).unwrap_or_default()),
+            WeightData::Q4_0(s) => WeightData::Q4_0(s.get(off / QB..).unwrap_or_default()),
         }
+    }
+
+    /// Whether the data are block-quantised.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, WeightData::Q8_0(_) | WeightData::Q4_0(_))
     }
 
     fn len(&self) -> usize {
@@ -111,6 +132,8 @@ impl<'a> WeightData<'a> {
             WeightData::F32(s) => s.len(),
             WeightData::F16(s) => s.len(),
             WeightData::BF16(s) => s.len(),
+            WeightData::Q8_0(s) => s.len() * QB,
+            WeightData::Q4_0(s) => s.len() * QB,
         }
     }
 }
@@ -133,6 +156,20 @@ impl<'a> MatRef<'a> {
         ld: usize,
     ) -> Result<Self, KernelError> {
         need("MatRef", "row stride (>= cols)", cols, ld)?;
+        if data.is_quantized() {
+            exactly(
+                "MatRef",
+                "cols % 32 (quantised rows are whole blocks)",
+                0,
+                cols % QB,
+            )?;
+            exactly(
+                "MatRef",
+                "ld % 32 (quantised rows are whole blocks)",
+                0,
+                ld % QB,
+            )?;
+        }
         let len = if rows == 0 { 0 } else { (rows - 1) * ld + cols };
         need("MatRef", "data length", len, data.len())?;
         Ok(MatRef {
@@ -152,6 +189,9 @@ impl<'a> MatRef<'a> {
     pub fn prefix(&self, rows: usize, cols: usize) -> Result<Self, KernelError> {
         need("MatRef::prefix", "available rows", rows, self.rows)?;
         need("MatRef::prefix", "available cols", cols, self.cols)?;
+        if self.data.is_quantized() {
+            exactly("MatRef::prefix", "cols % 32 (whole blocks)", 0, cols % QB)?;
+        }
         Ok(MatRef {
             rows,
             cols,
@@ -266,6 +306,9 @@ pub fn linear_with(
 
 /// Dispatch a checked skinny product to the variant for `isa`.
 fn skinny(isa: Isa, x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f32], ldy: usize) {
+    if w.data.is_quantized() {
+        return skinny_quant(isa, x, ldx, m, w, y, ldy);
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` is supported (checked by the caller), i.e. AVX2+FMA+F16C exist;
@@ -275,6 +318,81 @@ fn skinny(isa: Isa, x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f3
         // SAFETY: NEON is supported (checked by the caller); shapes checked by `linear_with`.
         Isa::Neon => unsafe { super::aarch64::neon::linear(x, ldx, m, w, y, ldy) },
         _ => linear_scalar(x, ldx, m, w, y, ldy),
+    }
+}
+
+/// One row's blocks of a quantised matrix.
+enum QRow<'a> {
+    Q8(&'a [BlockQ8_0]),
+    Q4(&'a [BlockQ4_0]),
+}
+
+fn qrow<'a>(w: &MatRef<'a>, j: usize) -> QRow<'a> {
+    let (b0, nb) = (j * w.ld / QB, w.cols / QB);
+    match w.data {
+        WeightData::Q8_0(d) => QRow::Q8(&d[b0..b0 + nb]),
+        WeightData::Q4_0(d) => QRow::Q4(&d[b0..b0 + nb]),
+        _ => QRow::Q8(&[]),
+    }
+}
+
+/// `Σ dequant(row)·x` with the variant for `isa` (supported; `x` holds the row's length).
+fn qdot(isa: Isa, row: &QRow<'_>, x: &[f32]) -> f32 {
+    match (isa, row) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); x holds 32 per block.
+        (Isa::Avx2, QRow::Q8(b)) => unsafe { qk::avx2::dot_q8_0(b, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, QRow::Q4(b)) => unsafe { qk::avx2::dot_q4_0(b, x) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked by the caller); x holds 32 per block.
+        (Isa::Neon, QRow::Q8(b)) => unsafe { qk::neon::dot_q8_0(b, x) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        (Isa::Neon, QRow::Q4(b)) => unsafe { qk::neon::dot_q4_0(b, x) },
+        (_, QRow::Q8(b)) => qk::dot_q8_0(b, x),
+        (_, QRow::Q4(b)) => qk::dot_q4_0(b, x),
+    }
+}
+
+/// `y += a·dequant(row)` with the variant for `isa` (supported; `y` holds the row).
+fn qaxpy(isa: Isa, a: f32, row: &QRow<'_>, y: &mut [f32]) {
+    match (isa, row) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); y holds 32 per block.
+        (Isa::Avx2, QRow::Q8(b)) => unsafe { qk::avx2::axpy_q8_0(a, b, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, QRow::Q4(b)) => unsafe { qk::avx2::axpy_q4_0(a, b, y) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked by the caller); y holds 32 per block.
+        (Isa::Neon, QRow::Q8(b)) => unsafe { qk::neon::axpy_q8_0(a, b, y) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        (Isa::Neon, QRow::Q4(b)) => unsafe { qk::neon::axpy_q4_0(a, b, y) },
+        (_, QRow::Q8(b)) => qk::axpy_q8_0(a, b, y),
+        (_, QRow::Q4(b)) => qk::axpy_q4_0(a, b, y),
+    }
+}
+
+/// Skinny product over quantised weights: each weight row (a few KiB of blocks, L1
+/// resident) is dotted with every row of `x` before the next is read.
+fn skinny_quant(
+    isa: Isa,
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let k = w.cols;
+    for j in 0..w.rows {
+        let row = qrow(w, j);
+        for i in 0..m {
+            y[i * ldy + j] = qdot(isa, &row, &x[i * ldx..i * ldx + k]);
+        }
     }
 }
 
@@ -362,6 +480,10 @@ pub(crate) fn widen_row(w: &MatRef<'_>, j: usize, out: &mut [f32]) {
                 *o = v.to_f32();
             }
         }
+        WeightData::Q8_0(_) | WeightData::Q4_0(_) => match qrow(w, j) {
+            QRow::Q8(b) => modula_quant::quantize::dequantize_row_q8_0(b, out),
+            QRow::Q4(b) => modula_quant::quantize::dequantize_row_q4_0(b, out),
+        },
     }
 }
 
@@ -385,6 +507,7 @@ pub fn linear_scalar(x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f
                     .zip(&d[s..s + k])
                     .map(|(a, b)| a * b.to_f32())
                     .sum(),
+                WeightData::Q8_0(_) | WeightData::Q4_0(_) => qdot(Isa::Scalar, &qrow(w, j), xr),
             };
             y[i * ldy + j] = acc;
         }
@@ -479,7 +602,8 @@ pub fn matmul_rows_with(
     }
     if m == 1 && n * k >= PAR_MIN_WEIGHTS && par::threads() > 1 {
         // Decode: split the output columns; each thread reads its own column block of W.
-        let chunk = par::chunk_for(n, 16, 64);
+        // (multiples of 32 columns: whole blocks of quantised rows)
+        let chunk = par::chunk_for(n, 32, 64);
         par::for_each_chunk_mut(&mut y[..n], chunk, |ci, ys| {
             let sub = w.col_block(ci * chunk, ys.len());
             let cols = ys.len();
@@ -501,6 +625,16 @@ fn rows_kernel(
     y: &mut [f32],
     ldy: usize,
 ) {
+    if w.data.is_quantized() {
+        let n = w.cols;
+        for f in 0..w.rows {
+            let row = qrow(w, f);
+            for i in 0..m {
+                qaxpy(isa, x[i * ldx + f], &row, &mut y[i * ldy..i * ldy + n]);
+            }
+        }
+        return;
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); extents checked.
@@ -712,6 +846,135 @@ mod tests {
                 let mut y = vec![0f32; n];
                 linear(&x, k, 1, &w, None, &mut y, n).unwrap();
                 let mut z = vec![0f32; n];
+                matmul_rows(&x, k, 1, &wt, &mut z, n, false).unwrap();
+                outs.push((y, z));
+            }
+            crate::kernels::par::set_threads(0);
+            assert!(
+                outs.windows(2).all(|p| p[0] == p[1]),
+                "thread count changed the result"
+            );
+        }
+    }
+
+    /// Quantise `[rows, ld]` f32 values (ld a multiple of 32) to Q8_0 or Q4_0 blocks.
+    fn quantised(v: &[f32], q4: bool) -> (Vec<BlockQ8_0>, Vec<BlockQ4_0>) {
+        use modula_quant::quantize::{quantize_row_q4_0, quantize_row_q8_0};
+        let nb = v.len() / QB;
+        let mut b8 = vec![
+            BlockQ8_0 {
+                d: f16::ZERO,
+                qs: [0; 32]
+            };
+            if q4 { 0 } else { nb }
+        ];
+        let mut b4 = vec![
+            BlockQ4_0 {
+                d: f16::ZERO,
+                qs: [0; 16]
+            };
+            if q4 { nb } else { 0 }
+        ];
+        if q4 {
+            quantize_row_q4_0(v, &mut b4).unwrap();
+        } else {
+            quantize_row_q8_0(v, &mut b8).unwrap();
+        }
+        (b8, b4)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(150))]
+        #[test]
+        fn quantised_weights_match_the_dequantised_reference(
+            m in 0usize..20, n in 0usize..37, kb in 0usize..5, padb in 0usize..2,
+            q4 in any::<bool>(), seed in any::<u64>(), acc in any::<bool>(),
+        ) {
+            // y = x·Wᵀ with W [n, 32·kb] (row stride 32·(kb + padb)), skinny and many-row
+            let (k, ldw) = (QB * kb, QB * (kb + padb));
+            let x = rand_vec(seed, m * k);
+            let wv = rand_vec(seed ^ 1, n * ldw);
+            let (b8, b4) = quantised(&wv, q4);
+            let data = if q4 { WeightData::Q4_0(&b4) } else { WeightData::Q8_0(&b8) };
+            let w = MatRef::new(data, n, k, ldw).unwrap();
+            let mut deq = vec![0f32; n * k];
+            for j in 0..n {
+                widen_row(&w, j, &mut deq[j * k..(j + 1) * k]);
+            }
+            let t = |i: usize| {
+                let (r, c) = (i / n.max(1), i % n.max(1));
+                let s: f32 = (0..k).map(|q| (x[r * k + q] * deq[c * k + q]).abs()).sum();
+                4e-6 * (k as f32 + 2.0) * s + 1e-6
+            };
+            let mut want = vec![0f32; m * n];
+            linear_scalar(&x, k, m, &MatRef::f32(&deq, n, k).unwrap(), &mut want, n);
+            let mut refq = vec![0f32; m * n];
+            linear_scalar(&x, k, m, &w, &mut refq, n);
+            assert_close("scalar quantised", &refq, &want, t);
+            for isa in available() {
+                let mut got = vec![0f32; m * n];
+                linear_with(isa, &x, k, m, &w, None, &mut got, n).unwrap();
+                assert_close(isa.name(), &got, &want, t);
+            }
+            // y (+)= x·W with W [n rows, 32·kb cols] (the transposed-storage product)
+            let xr = rand_vec(seed ^ 2, m * n);
+            let wt = MatRef::new(data, n, k, ldw).unwrap();
+            let y0 = rand_vec(seed ^ 3, m * k);
+            let mut want = if acc { y0.clone() } else { vec![0f32; m * k] };
+            matmul_rows_scalar(&xr, n, m, &MatRef::f32(&deq, n, k).unwrap(), &mut want, k);
+            for isa in available() {
+                let mut got = y0.clone();
+                matmul_rows_with(isa, &xr, n, m, &wt, &mut got, k, acc).unwrap();
+                assert_close(isa.name(), &got, &want, |_| 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn quantised_shapes_must_be_whole_blocks() {
+        let b = vec![
+            BlockQ8_0 {
+                d: f16::ONE,
+                qs: [1; 32]
+            };
+            4
+        ];
+        assert!(MatRef::new(WeightData::Q8_0(&b), 2, 64, 64).is_ok());
+        assert!(MatRef::new(WeightData::Q8_0(&b), 2, 48, 64).is_err());
+        assert!(MatRef::new(WeightData::Q8_0(&b), 1, 64, 80).is_err());
+        assert!(
+            MatRef::new(WeightData::Q8_0(&b), 3, 64, 64).is_err(),
+            "too few blocks"
+        );
+        let w = MatRef::new(WeightData::Q8_0(&b), 2, 64, 64).unwrap();
+        assert!(w.prefix(2, 32).is_ok());
+        assert!(w.prefix(2, 40).is_err());
+        // a nested prefix computes on the first blocks of each row
+        let x = vec![1f32; 32];
+        let mut y = vec![0f32; 2];
+        linear(&x, 32, 1, &w.prefix(2, 32).unwrap(), None, &mut y, 2).unwrap();
+        assert_eq!(y, vec![32.0, 32.0]);
+    }
+
+    #[test]
+    fn quantised_decode_does_not_depend_on_thread_count() {
+        let (n, k) = (1056, 320);
+        let wv = rand_vec(8, n * k);
+        let x = rand_vec(9, n.max(k));
+        for q4 in [false, true] {
+            let (b8, b4) = quantised(&wv, q4);
+            let data = if q4 {
+                WeightData::Q4_0(&b4)
+            } else {
+                WeightData::Q8_0(&b8)
+            };
+            let w = MatRef::new(data, n, k, k).unwrap();
+            let wt = MatRef::new(data, k, n, n).unwrap();
+            let mut outs = Vec::new();
+            for t in [1, 2, 3] {
+                crate::kernels::par::set_threads(t);
+                let (mut y, mut z) = (vec![0f32; n], vec![0f32; n]);
+                linear(&x, k, 1, &w, None, &mut y, n).unwrap();
                 matmul_rows(&x, k, 1, &wt, &mut z, n, false).unwrap();
                 outs.push((y, z));
             }

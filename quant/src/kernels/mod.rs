@@ -1,0 +1,228 @@
+//! Products of block-quantised weight rows with f32 activations: dot products (one output
+//! of `y = x·Wᵀ`) and scaled accumulation `y += a·w` (one input row of `y = x·W`), for Q8_0
+//! and Q4_0. The scalar versions here are the references; [`avx2`] (x86-64) and [`neon`]
+//! (aarch64) are `unsafe fn`s with `#[target_feature]`, chosen at run time by
+//! `modula-core`'s dispatcher, and proptested against these references.
+//!
+//! Summation order: per block, the 32 products are summed, then scaled by the block's `d`
+//! and added to the running total. The SIMD versions keep per-lane partial sums (a
+//! different order), so they agree with the references to rounding, not bit for bit.
+
+use crate::blocks::{BlockQ4_0, BlockQ8_0, QK4_0, QK8_0};
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+
+/// `Σ_i dequant(w)[i] · x[i]` over `w.len()` Q8_0 blocks; `x` has `w.len() × 32` values.
+pub fn dot_q8_0(w: &[BlockQ8_0], x: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (b, xb) in w.iter().zip(x.chunks_exact(QK8_0)) {
+        let s: f32 = b.qs.iter().zip(xb).map(|(&q, &v)| f32::from(q) * v).sum();
+        acc += b.d.to_f32() * s;
+    }
+    acc
+}
+
+/// `Σ_i dequant(w)[i] · x[i]` over `w.len()` Q4_0 blocks; `x` has `w.len() × 32` values.
+pub fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (b, xb) in w.iter().zip(x.chunks_exact(QK4_0)) {
+        let (lo, hi) = xb.split_at(QK4_0 / 2);
+        let mut s = 0f32;
+        for (j, &byte) in b.qs.iter().enumerate() {
+            s += (i32::from(byte & 0x0f) - 8) as f32 * lo[j];
+            s += (i32::from(byte >> 4) - 8) as f32 * hi[j];
+        }
+        acc += b.d.to_f32() * s;
+    }
+    acc
+}
+
+/// `y[i] += a · dequant(w)[i]` over `w.len()` Q8_0 blocks (`y` has `w.len() × 32` values).
+pub fn axpy_q8_0(a: f32, w: &[BlockQ8_0], y: &mut [f32]) {
+    for (b, yb) in w.iter().zip(y.chunks_exact_mut(QK8_0)) {
+        let s = a * b.d.to_f32();
+        for (v, &q) in yb.iter_mut().zip(&b.qs) {
+            *v += s * f32::from(q);
+        }
+    }
+}
+
+/// `y[i] += a · dequant(w)[i]` over `w.len()` Q4_0 blocks (`y` has `w.len() × 32` values).
+pub fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
+    for (b, yb) in w.iter().zip(y.chunks_exact_mut(QK4_0)) {
+        let s = a * b.d.to_f32();
+        let (lo, hi) = yb.split_at_mut(QK4_0 / 2);
+        for (j, &byte) in b.qs.iter().enumerate() {
+            lo[j] += s * (i32::from(byte & 0x0f) - 8) as f32;
+            hi[j] += s * (i32::from(byte >> 4) - 8) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::quantize::{quantize_row_q4_0, quantize_row_q8_0};
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use half::f16;
+
+    pub(crate) fn rand(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (s >> 40) as f32 / 16_777_216.0 - 0.5
+            })
+            .collect()
+    }
+
+    pub(crate) fn q8(x: &[f32]) -> Vec<BlockQ8_0> {
+        let mut b = vec![
+            BlockQ8_0 {
+                d: f16::ZERO,
+                qs: [0; 32]
+            };
+            x.len() / 32
+        ];
+        quantize_row_q8_0(x, &mut b).unwrap();
+        b
+    }
+
+    pub(crate) fn q4(x: &[f32]) -> Vec<BlockQ4_0> {
+        let mut b = vec![
+            BlockQ4_0 {
+                d: f16::ZERO,
+                qs: [0; 16]
+            };
+            x.len() / 32
+        ];
+        quantize_row_q4_0(x, &mut b).unwrap();
+        b
+    }
+
+    /// Bound on two summation orders of Σ w·x with dequantised weights.
+    pub(crate) fn tol(w: &[f32], x: &[f32]) -> f32 {
+        let s: f32 = w.iter().zip(x).map(|(a, b)| (a * b).abs()).sum();
+        4e-6 * (w.len() as f32).sqrt() * s + 1e-6
+    }
+
+    #[test]
+    fn references_are_the_dequantised_products() {
+        let (w, x) = (rand(1, 96), rand(2, 96));
+        let (b8, b4) = (q8(&w), q4(&w));
+        let (mut d8, mut d4) = (vec![0f32; 96], vec![0f32; 96]);
+        crate::quantize::dequantize_row_q8_0(&b8, &mut d8);
+        crate::quantize::dequantize_row_q4_0(&b4, &mut d4);
+        let want8: f32 = d8.iter().zip(&x).map(|(a, b)| a * b).sum();
+        let want4: f32 = d4.iter().zip(&x).map(|(a, b)| a * b).sum();
+        assert!((dot_q8_0(&b8, &x) - want8).abs() <= tol(&d8, &x));
+        assert!((dot_q4_0(&b4, &x) - want4).abs() <= tol(&d4, &x));
+        let mut y = x.clone();
+        axpy_q4_0(0.5, &b4, &mut y);
+        for i in 0..96 {
+            assert!((y[i] - (x[i] + 0.5 * d4[i])).abs() <= 1e-6);
+        }
+        let mut y = x.clone();
+        axpy_q8_0(-2.0, &b8, &mut y);
+        for i in 0..96 {
+            assert!((y[i] - (x[i] - 2.0 * d8[i])).abs() <= 1e-6);
+        }
+    }
+
+    type Dots = (
+        fn(&[BlockQ8_0], &[f32]) -> f32,
+        fn(&[BlockQ4_0], &[f32]) -> f32,
+        fn(f32, &[BlockQ8_0], &mut [f32]),
+        fn(f32, &[BlockQ4_0], &mut [f32]),
+    );
+
+    /// The SIMD variants this CPU runs (safe wrappers, after the run-time check).
+    #[allow(unused_mut)]
+    fn simd_variants() -> Vec<(&'static str, Dots)> {
+        let mut v: Vec<(&'static str, Dots)> = Vec::new();
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            v.push((
+                "avx2",
+                (
+                    // SAFETY: the features were detected above; x/y hold 32 values per block.
+                    |w, x| unsafe { avx2::dot_q8_0(w, x) },
+                    // SAFETY: the features were detected above; x/y hold 32 values per block.
+                    |w, x| unsafe { avx2::dot_q4_0(w, x) },
+                    // SAFETY: the features were detected above; x/y hold 32 values per block.
+                    |a, w, y| unsafe { avx2::axpy_q8_0(a, w, y) },
+                    // SAFETY: the features were detected above; x/y hold 32 values per block.
+                    |a, w, y| unsafe { avx2::axpy_q4_0(a, w, y) },
+                ),
+            ));
+        }
+        #[cfg(all(target_arch = "aarch64", feature = "std"))]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            v.push((
+                "neon",
+                (
+                    // SAFETY: the features were detected above; x/y hold 32 values per block.
+                    |w, x| unsafe { neon::dot_q8_0(w, x) },
+                    // SAFETY: the features were detected above; x/y hold 32 values per block.
+                    |w, x| unsafe { neon::dot_q4_0(w, x) },
+                    // SAFETY: the features were detected above; x/y hold 32 values per block.
+                    |a, w, y| unsafe { neon::axpy_q8_0(a, w, y) },
+                    // SAFETY: the features were detected above; x/y hold 32 values per block.
+                    |a, w, y| unsafe { neon::axpy_q4_0(a, w, y) },
+                ),
+            ));
+        }
+        v
+    }
+
+    #[test]
+    fn simd_variants_match_the_references_on_random_lengths() {
+        let variants = simd_variants();
+        for seed in 0..300u64 {
+            let blocks = (seed % 23) as usize; // 0..22 blocks, ragged block counts
+            let n = 32 * blocks;
+            let scale = [0.01f32, 1.0, 40.0][(seed % 3) as usize];
+            let w: Vec<f32> = rand(seed, n).iter().map(|v| v * scale).collect();
+            let x = rand(seed ^ 0xabc, n);
+            let (b8, b4) = (q8(&w), q4(&w));
+            let (mut d8, mut d4) = (vec![0f32; n], vec![0f32; n]);
+            crate::quantize::dequantize_row_q8_0(&b8, &mut d8);
+            crate::quantize::dequantize_row_q4_0(&b4, &mut d4);
+            let a = 0.75 - (seed % 5) as f32;
+            for (name, (dot8, dot4, axpy8, axpy4)) in &variants {
+                let (r8, r4) = (dot_q8_0(&b8, &x), dot_q4_0(&b4, &x));
+                assert!(
+                    (dot8(&b8, &x) - r8).abs() <= tol(&d8, &x),
+                    "{name} q8 {seed}"
+                );
+                assert!(
+                    (dot4(&b4, &x) - r4).abs() <= tol(&d4, &x),
+                    "{name} q4 {seed}"
+                );
+                let (mut y1, mut y2) = (x.clone(), x.clone());
+                axpy_q8_0(a, &b8, &mut y1);
+                axpy8(a, &b8, &mut y2);
+                for i in 0..n {
+                    let t = 1e-6 * (x[i].abs() + (a * d8[i]).abs()) + 1e-7;
+                    assert!((y1[i] - y2[i]).abs() <= t, "{name} axpy q8 {seed} {i}");
+                }
+                let (mut y1, mut y2) = (x.clone(), x.clone());
+                axpy_q4_0(a, &b4, &mut y1);
+                axpy4(a, &b4, &mut y2);
+                for i in 0..n {
+                    let t = 1e-6 * (x[i].abs() + (a * d4[i]).abs()) + 1e-7;
+                    assert!((y1[i] - y2[i]).abs() <= t, "{name} axpy q4 {seed} {i}");
+                }
+            }
+        }
+    }
+}

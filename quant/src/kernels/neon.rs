@@ -1,0 +1,134 @@
+//! NEON versions of the quantised products (4 f32 lanes). NEON is part of every aarch64
+//! target Modula supports, but the caller still checks it at run time like every ISA;
+//! lengths as documented on the references: `x`/`y` hold `w.len() × 32` values.
+
+use crate::blocks::{BlockQ4_0, BlockQ8_0};
+use core::arch::aarch64::*;
+
+/// 16 signed bytes as four vectors of 4 f32.
+#[inline(always)]
+unsafe fn widen16(v: int8x16_t) -> [float32x4_t; 4] {
+    // SAFETY: NEON is the caller's.
+    unsafe {
+        let lo = vmovl_s8(vget_low_s8(v));
+        let hi = vmovl_s8(vget_high_s8(v));
+        [
+            vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))),
+            vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo))),
+            vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))),
+            vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi))),
+        ]
+    }
+}
+
+/// A block's 32 weights (Q8_0 values, or Q4_0 codes minus 8) as two 16-byte halves.
+#[inline(always)]
+unsafe fn halves_q8(b: &BlockQ8_0) -> [int8x16_t; 2] {
+    // SAFETY: NEON is the caller's; the block holds 32 bytes.
+    unsafe { [vld1q_s8(b.qs.as_ptr()), vld1q_s8(b.qs.as_ptr().add(16))] }
+}
+
+#[inline(always)]
+unsafe fn halves_q4(b: &BlockQ4_0) -> [int8x16_t; 2] {
+    // SAFETY: NEON is the caller's; the block holds 16 bytes of nibbles.
+    unsafe {
+        let v = vld1q_u8(b.qs.as_ptr());
+        let eight = vdupq_n_s8(8);
+        let lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), eight);
+        let hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)), eight);
+        [lo, hi]
+    }
+}
+
+#[inline(always)]
+unsafe fn block_dot(h: [int8x16_t; 2], x: *const f32) -> float32x4_t {
+    // SAFETY: NEON is the caller's; 32 readable f32 at x.
+    unsafe {
+        let mut s = vdupq_n_f32(0.0);
+        for (k, half) in h.iter().enumerate() {
+            for (j, q) in widen16(*half).iter().enumerate() {
+                s = vfmaq_f32(s, *q, vld1q_f32(x.add(16 * k + 4 * j)));
+            }
+        }
+        s
+    }
+}
+
+#[inline(always)]
+unsafe fn block_axpy(h: [int8x16_t; 2], s: f32, y: *mut f32) {
+    // SAFETY: NEON is the caller's; 32 writable f32 at y.
+    unsafe {
+        for (k, half) in h.iter().enumerate() {
+            for (j, q) in widen16(*half).iter().enumerate() {
+                let p = y.add(16 * k + 4 * j);
+                vst1q_f32(p, vfmaq_n_f32(vld1q_f32(p), *q, s));
+            }
+        }
+    }
+}
+
+/// [`super::dot_q8_0`].
+///
+/// # Safety
+/// NEON available; `x.len() >= w.len() * 32`.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q8_0(w: &[BlockQ8_0], x: &[f32]) -> f32 {
+    debug_assert!(x.len() >= w.len() * 32);
+    // SAFETY: block i reads x[32i..32i+32], in bounds.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        for (i, b) in w.iter().enumerate() {
+            let s = block_dot(halves_q8(b), x.as_ptr().add(32 * i));
+            acc = vfmaq_n_f32(acc, s, b.d.to_f32());
+        }
+        vaddvq_f32(acc)
+    }
+}
+
+/// [`super::dot_q4_0`].
+///
+/// # Safety
+/// NEON available; `x.len() >= w.len() * 32`.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
+    debug_assert!(x.len() >= w.len() * 32);
+    // SAFETY: as for dot_q8_0.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        for (i, b) in w.iter().enumerate() {
+            let s = block_dot(halves_q4(b), x.as_ptr().add(32 * i));
+            acc = vfmaq_n_f32(acc, s, b.d.to_f32());
+        }
+        vaddvq_f32(acc)
+    }
+}
+
+/// [`super::axpy_q8_0`].
+///
+/// # Safety
+/// NEON available; `y.len() >= w.len() * 32`.
+#[target_feature(enable = "neon")]
+pub unsafe fn axpy_q8_0(a: f32, w: &[BlockQ8_0], y: &mut [f32]) {
+    debug_assert!(y.len() >= w.len() * 32);
+    // SAFETY: block i writes y[32i..32i+32], in bounds.
+    unsafe {
+        for (i, b) in w.iter().enumerate() {
+            block_axpy(halves_q8(b), a * b.d.to_f32(), y.as_mut_ptr().add(32 * i));
+        }
+    }
+}
+
+/// [`super::axpy_q4_0`].
+///
+/// # Safety
+/// NEON available; `y.len() >= w.len() * 32`.
+#[target_feature(enable = "neon")]
+pub unsafe fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
+    debug_assert!(y.len() >= w.len() * 32);
+    // SAFETY: as for axpy_q8_0.
+    unsafe {
+        for (i, b) in w.iter().enumerate() {
+            block_axpy(halves_q4(b), a * b.d.to_f32(), y.as_mut_ptr().add(32 * i));
+        }
+    }
+}

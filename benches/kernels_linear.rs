@@ -10,6 +10,8 @@ use modula_benches::matrixmultiply_xwt;
 use modula_core::kernels::isa::available;
 use modula_core::kernels::linear::{linear_with, MatRef, WeightData, SKINNY_MAX_ROWS};
 use modula_core::kernels::Isa;
+use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
+use modula_quant::quantize::{quantize_row_q4_0, quantize_row_q8_0};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -91,14 +93,33 @@ fn gemv(c: &mut Criterion) {
     let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
     let x = data(SKINNY_MAX_ROWS * k, 4);
     let mut y = vec![0f32; 256 * n];
+    let mut q8 = vec![
+        BlockQ8_0 {
+            d: f16::ZERO,
+            qs: [0; 32]
+        };
+        n * k / 32
+    ];
+    let mut q4 = vec![
+        BlockQ4_0 {
+            d: f16::ZERO,
+            qs: [0; 16]
+        };
+        n * k / 32
+    ];
+    quantize_row_q8_0(&wf, &mut q8).unwrap();
+    quantize_row_q4_0(&wf, &mut q4).unwrap();
+    // bytes of weight data streamed per product (blocks: 34 and 18 bytes per 32 weights)
     for (name, wd, bytes) in [
-        ("f32", WeightData::F32(&wf), 4usize),
-        ("f16", WeightData::F16(&wh), 2),
-        ("bf16", WeightData::BF16(&wb), 2),
+        ("f32", WeightData::F32(&wf), n * k * 4),
+        ("f16", WeightData::F16(&wh), n * k * 2),
+        ("bf16", WeightData::BF16(&wb), n * k * 2),
+        ("q8_0", WeightData::Q8_0(&q8), n * k / 32 * 34),
+        ("q4_0", WeightData::Q4_0(&q4), n * k / 32 * 18),
     ] {
         let w = MatRef::new(wd, n, k, k).unwrap();
         let mut g = c.benchmark_group(format!("gemv_4096x4096_{name}"));
-        g.throughput(Throughput::Bytes((n * k * bytes) as u64));
+        g.throughput(Throughput::Bytes(bytes as u64));
         g.sample_size(15).measurement_time(Duration::from_secs(4));
         for isa in available() {
             g.bench_function(BenchmarkId::new("m1", isa.name()), |bch| {

@@ -8,8 +8,9 @@
 //! `#![no_std]` + `alloc`. The default `std` feature adds [`Model::open`] (memory map),
 //! the container writer ([`gguf::GgufWriter`]) and atomic file writes ([`io`]).
 //!
-//! What it deliberately does not do: training (see `modula-train`), quantising
-//! (`modula-quant`), or any allocation per token in the inference loop.
+//! Under `std` it also quantises whole model files ([`quantize`]; the block formats and
+//! their kernels live in `modula-quant`). What it deliberately does not do: training (see
+//! `modula-train`), or any allocation per token in the inference loop.
 #![no_std]
 #![warn(missing_docs)]
 
@@ -22,6 +23,8 @@ pub mod gguf;
 pub mod io;
 pub mod kernels;
 pub mod model;
+#[cfg(feature = "std")]
+pub mod quantize;
 pub mod rng;
 
 pub use gguf::{GgufError, MetaValue, Value, ValueType};

@@ -365,4 +365,26 @@ impl<'a> TensorView<'a> {
     pub fn as_q4_0(&self) -> Result<BlockRows<'a, BlockQ4_0>, GgufError> {
         self.rows(DType::Q4_0)
     }
+
+    /// Every element widened or dequantised to f32 (a copy), for any supported type.
+    pub fn to_f32_vec(&self) -> Result<alloc::vec::Vec<f32>, GgufError> {
+        use modula_quant::quantize::{dequantize_row_q4_0, dequantize_row_q8_0};
+        Ok(match self.dtype() {
+            DType::F32 => self.as_f32_slice()?.to_vec(),
+            DType::F16 => self.as_f16()?.iter().map(|v| v.to_f32()).collect(),
+            DType::BF16 => self.as_bf16()?.iter().map(|v| v.to_f32()).collect(),
+            DType::Q8_0 => {
+                let r = self.as_q8_0()?;
+                let mut out = alloc::vec![0f32; r.blocks.len() * modula_quant::QK8_0];
+                dequantize_row_q8_0(r.blocks, &mut out);
+                out
+            }
+            DType::Q4_0 => {
+                let r = self.as_q4_0()?;
+                let mut out = alloc::vec![0f32; r.blocks.len() * modula_quant::QK4_0];
+                dequantize_row_q4_0(r.blocks, &mut out);
+                out
+            }
+        })
+    }
 }

@@ -4,6 +4,7 @@
 
 mod demo;
 mod inspect;
+mod quantize;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// Convert a dense model between GGUF and safetensors (by the output's extension).
     Convert(train::ConvertArgs),
+    /// Quantise a model file's weight matrices (q8_0, q4_0, f16, bf16), reporting errors.
+    Quantize(quantize::QuantizeArgs),
     /// Print a model file's architecture metadata and tensor table.
     Inspect {
         /// The GGUF file.
@@ -48,6 +51,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like: end quietly on a closed pipe, as Unix tools
+    // do, instead of panicking inside println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     modula_train::tune_allocator();
     let result = match cli.command {
@@ -57,6 +67,7 @@ fn main() -> ExitCode {
         Some(Command::Train(a)) => train::run(&a),
         Some(Command::Eval(a)) => train::eval(&a),
         Some(Command::Convert(a)) => train::convert(&a),
+        Some(Command::Quantize(a)) => quantize::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -132,6 +132,40 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(eval(&out), eval(&st));
+    // quantise: every format evaluates; Q8_0 stays close to f32
+    for t in ["q8_0", "q4_0", "f16", "bf16"] {
+        let q = d.join(format!("m-{t}.gguf"));
+        let r = modula()
+            .args(["quantize", "--type", t, "--in"])
+            .arg(&out)
+            .arg("--out")
+            .arg(&q)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let so = String::from_utf8_lossy(&r.stdout);
+        assert!(so.contains("rel RMSE") && so.contains("smaller"), "{so}");
+        assert!(eval(&q).starts_with("validation loss"));
+    }
+    for (args, needle) in [
+        (vec!["--type", "q5_k"], "unknown type"),
+        (
+            vec!["--type", "q8_0", "--in", "/nonexistent.gguf"],
+            "/nonexistent.gguf",
+        ),
+    ] {
+        let mut c = modula();
+        c.arg("quantize").args(&args);
+        if !args.contains(&"--in") {
+            c.arg("--in").arg(&out);
+        }
+        let r = c.arg("--out").arg(d.join("q.gguf")).output().unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains(needle) && !err.contains("panicked"),
+            "{err}"
+        );
+    }
     let r = modula().arg("inspect").arg(&out).output().unwrap();
     let so = String::from_utf8_lossy(&r.stdout);
     assert!(

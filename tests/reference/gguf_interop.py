@@ -9,7 +9,11 @@
    metadata of several types). The committed result is `tests/fixtures/gguf_py_written.gguf`;
    the Rust test `gguf_py_fixture_reads_correctly` checks Modula reads it (no Python needed).
 
-Usage: python3 gguf_interop.py check FILE... | write OUT
+3. `quant ORIG QUANT...`: every Q8_0/Q4_0/F16/BF16 tensor of each QUANT file (written by
+   `modula quantize`) must equal gguf-py's own quantisation of ORIG's f32 tensor of the same
+   name, byte for byte (gguf-py reimplements ggml's reference quantisers in numpy).
+
+Usage: python3 gguf_interop.py check FILE... | write OUT | quant ORIG QUANT...
 Needs: pip install gguf (0.19.0 was used for the fixture).
 """
 import sys
@@ -41,6 +45,27 @@ def check(paths):
         print(f"ok {path}: {n} tensors, {len(r.fields)} metadata fields, alignment {alignment}")
 
 
+def quant(orig, paths):
+    src = {t.name: t for t in gguf.GGUFReader(orig).tensors}
+    for path in paths:
+        r = gguf.GGUFReader(path)
+        n = 0
+        for t in r.tensors:
+            if t.tensor_type == T.F32:
+                continue
+            o = src[t.name]
+            assert o.tensor_type == T.F32, (t.name, o.tensor_type)
+            shape = tuple(int(v) for v in reversed(o.shape.tolist()))
+            x = np.asarray(o.data, dtype=np.float32).reshape(shape)
+            want = np.ascontiguousarray(quantize(x, t.tensor_type)).view(np.uint8).reshape(-1)
+            got = np.ascontiguousarray(t.data).view(np.uint8).reshape(-1)
+            assert got.nbytes == want.nbytes, (t.name, got.nbytes, want.nbytes)
+            diff = int(np.count_nonzero(got != want))
+            assert diff == 0, f"{path}: {t.name} ({t.tensor_type.name}): {diff} bytes differ"
+            n += 1
+        print(f"ok {path}: {n} quantised tensors byte-identical to gguf-py's quantisation")
+
+
 def write(out):
     w = gguf.GGUFWriter(out, arch="modula")
     w.add_uint32("modula.block_count", 3)
@@ -69,6 +94,8 @@ def write(out):
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "check":
         check(sys.argv[2:])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "quant":
+        quant(sys.argv[2], sys.argv[3:])
     elif len(sys.argv) == 3 and sys.argv[1] == "write":
         write(sys.argv[2])
     else:

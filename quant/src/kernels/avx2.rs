@@ -4,6 +4,15 @@
 
 use crate::blocks::{BlockQ4_0, BlockQ8_0};
 use core::arch::x86_64::*;
+use half::f16;
+
+/// A block scale to f32 with the F16C instruction (`half`'s portable conversion does not
+/// inline into these loops). Requires F16C.
+#[inline(always)]
+unsafe fn h2f(h: f16) -> f32 {
+    // SAFETY: the caller guarantees F16C.
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits())))) }
+}
 
 /// 32 signed bytes at `p` as four vectors of 8 f32. Requires AVX2 and 32 readable bytes.
 #[inline(always)]
@@ -76,7 +85,7 @@ pub unsafe fn dot_q8_0(w: &[BlockQ8_0], x: &[f32]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (i, b) in w.iter().enumerate() {
             let s = block_dot(widen_i8x32(b.qs.as_ptr()), x.as_ptr().add(32 * i));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(b.d.to_f32()), s, acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d)), s, acc);
         }
         hsum(acc)
     }
@@ -94,7 +103,7 @@ pub unsafe fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (i, b) in w.iter().enumerate() {
             let s = block_dot(widen_q4(b), x.as_ptr().add(32 * i));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(b.d.to_f32()), s, acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(b.d)), s, acc);
         }
         hsum(acc)
     }
@@ -122,7 +131,7 @@ pub unsafe fn axpy_q8_0(a: f32, w: &[BlockQ8_0], y: &mut [f32]) {
     // SAFETY: block i writes y[32i..32i+32], in bounds.
     unsafe {
         for (i, b) in w.iter().enumerate() {
-            let s = _mm256_set1_ps(a * b.d.to_f32());
+            let s = _mm256_set1_ps(a * h2f(b.d));
             block_axpy(widen_i8x32(b.qs.as_ptr()), s, y.as_mut_ptr().add(32 * i));
         }
     }
@@ -138,8 +147,72 @@ pub unsafe fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
     // SAFETY: as for axpy_q8_0.
     unsafe {
         for (i, b) in w.iter().enumerate() {
-            let s = _mm256_set1_ps(a * b.d.to_f32());
+            let s = _mm256_set1_ps(a * h2f(b.d));
             block_axpy(widen_q4(b), s, y.as_mut_ptr().add(32 * i));
         }
+    }
+}
+
+/// Sum of the products of 32 signed bytes `a` and `b` as 8 i32 lanes, via
+/// `maddubs(|a|, sign(b, a))` (ggml's trick). The i16 pair sums cannot saturate as long as
+/// `b` (the activations, quantised by Modula) stays in [−127, 127]: a pair is then at most
+/// 2·128·127 = 32,512 < 2^15, even for a weight byte of −128 from a hostile file.
+#[inline(always)]
+unsafe fn dot_i8x32(a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: the caller guarantees AVX2.
+    unsafe {
+        let ax = _mm256_sign_epi8(a, a);
+        let sy = _mm256_sign_epi8(b, a);
+        let p16 = _mm256_maddubs_epi16(ax, sy);
+        _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+    }
+}
+
+/// [`super::dot_q8_0_q8_0`].
+///
+/// # Safety
+/// AVX2, FMA and F16C available; `x.len() >= w.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    debug_assert!(x.len() >= w.len());
+    // SAFETY: features are the caller's; each block holds 32 bytes.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (i, (b, xb)) in w.iter().zip(x).enumerate() {
+            let a = _mm256_loadu_si256(b.qs.as_ptr().cast());
+            let c = _mm256_loadu_si256(xb.qs.as_ptr().cast());
+            let s = _mm256_cvtepi32_ps(dot_i8x32(a, c));
+            let d = _mm256_set1_ps(h2f(b.d) * h2f(xb.d));
+            acc[i & 1] = _mm256_fmadd_ps(d, s, acc[i & 1]);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// [`super::dot_q4_0_q8_0`].
+///
+/// # Safety
+/// AVX2, FMA and F16C available; `x.len() >= w.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+    debug_assert!(x.len() >= w.len());
+    // SAFETY: features are the caller's; each block holds 16 (Q4_0) or 32 (Q8_0) bytes.
+    unsafe {
+        // two accumulators (even and odd blocks) to hide the FMA latency
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mask = _mm_set1_epi8(0x0f);
+        let eight = _mm256_set1_epi8(8);
+        for (i, (b, xb)) in w.iter().zip(x).enumerate() {
+            let v = _mm_loadu_si128(b.qs.as_ptr().cast());
+            let lo = _mm_and_si128(v, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+            // weights 0..16 in the low lane, 16..32 in the high lane, minus 8: [-8, 7]
+            let a = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+            let c = _mm256_loadu_si256(xb.qs.as_ptr().cast());
+            let s = _mm256_cvtepi32_ps(dot_i8x32(a, c));
+            let d = _mm256_set1_ps(h2f(b.d) * h2f(xb.d));
+            acc[i & 1] = _mm256_fmadd_ps(d, s, acc[i & 1]);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 }

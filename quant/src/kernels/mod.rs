@@ -62,6 +62,36 @@ pub fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
     }
 }
 
+/// `Σ_i dequant(w)[i] · dequant(x)[i]` with the activations already quantised to Q8_0
+/// (`x.len() == w.len()`): per block the integer sum `Σ q_w·q_x` (exact in i32), scaled by
+/// `d_w·d_x` and accumulated in f32 — llama.cpp's `vec_dot_q8_0_q8_0` arithmetic.
+pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0f32;
+    for (b, xb) in w.iter().zip(x) {
+        let s: i32 =
+            b.qs.iter()
+                .zip(&xb.qs)
+                .map(|(&a, &c)| i32::from(a) * i32::from(c))
+                .sum();
+        acc += b.d.to_f32() * xb.d.to_f32() * s as f32;
+    }
+    acc
+}
+
+/// [`dot_q8_0_q8_0`] for Q4_0 weights: `Σ (q_w − 8)·q_x` per block.
+pub fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0f32;
+    for (b, xb) in w.iter().zip(x) {
+        let mut s = 0i32;
+        for (j, &byte) in b.qs.iter().enumerate() {
+            s += (i32::from(byte & 0x0f) - 8) * i32::from(xb.qs[j]);
+            s += (i32::from(byte >> 4) - 8) * i32::from(xb.qs[j + QK4_0 / 2]);
+        }
+        acc += b.d.to_f32() * xb.d.to_f32() * s as f32;
+    }
+    acc
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -132,6 +162,78 @@ pub(crate) mod tests {
         axpy_q8_0(-2.0, &b8, &mut y);
         for i in 0..96 {
             assert!((y[i] - (x[i] - 2.0 * d8[i])).abs() <= 1e-6);
+        }
+    }
+
+    type QDots = (
+        fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
+        fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32,
+    );
+
+    #[allow(unused_mut)]
+    fn simd_qdots() -> Vec<(&'static str, QDots)> {
+        let mut v: Vec<(&'static str, QDots)> = Vec::new();
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            v.push((
+                "avx2",
+                (
+                    // SAFETY: the features were detected above; equal block counts.
+                    |w, x| unsafe { avx2::dot_q8_0_q8_0(w, x) },
+                    // SAFETY: the features were detected above; equal block counts.
+                    |w, x| unsafe { avx2::dot_q4_0_q8_0(w, x) },
+                ),
+            ));
+        }
+        #[cfg(all(target_arch = "aarch64", feature = "std"))]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            v.push((
+                "neon",
+                (
+                    // SAFETY: NEON was detected above; equal block counts.
+                    |w, x| unsafe { neon::dot_q8_0_q8_0(w, x) },
+                    // SAFETY: NEON was detected above; equal block counts.
+                    |w, x| unsafe { neon::dot_q4_0_q8_0(w, x) },
+                ),
+            ));
+        }
+        v
+    }
+
+    #[test]
+    fn quantised_activation_dots_match_the_references() {
+        let variants = simd_qdots();
+        for seed in 0..300u64 {
+            let blocks = (seed % 23) as usize;
+            let n = 32 * blocks;
+            let w: Vec<f32> = rand(seed, n).iter().map(|v| v * 3.0).collect();
+            let x = rand(seed ^ 0x5a5a, n);
+            let (w8, w4, xq) = (q8(&w), q4(&w), q8(&x));
+            // the reference is the dequantised product up to f32 rounding
+            let (mut dw8, mut dw4, mut dx) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+            crate::quantize::dequantize_row_q8_0(&w8, &mut dw8);
+            crate::quantize::dequantize_row_q4_0(&w4, &mut dw4);
+            crate::quantize::dequantize_row_q8_0(&xq, &mut dx);
+            let r8 = dot_q8_0_q8_0(&w8, &xq);
+            let r4 = dot_q4_0_q8_0(&w4, &xq);
+            let e8: f32 = dw8.iter().zip(&dx).map(|(a, b)| a * b).sum();
+            let e4: f32 = dw4.iter().zip(&dx).map(|(a, b)| a * b).sum();
+            assert!((r8 - e8).abs() <= tol(&dw8, &dx), "ref q8 {seed}");
+            assert!((r4 - e4).abs() <= tol(&dw4, &dx), "ref q4 {seed}");
+            for (name, (d8, d4)) in &variants {
+                // integer block sums are exact: only the f32 accumulation order differs
+                assert!(
+                    (d8(&w8, &xq) - r8).abs() <= tol(&dw8, &dx),
+                    "{name} q8q8 {seed}"
+                );
+                assert!(
+                    (d4(&w4, &xq) - r4).abs() <= tol(&dw4, &dx),
+                    "{name} q4q8 {seed}"
+                );
+            }
         }
     }
 

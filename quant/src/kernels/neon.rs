@@ -132,3 +132,54 @@ pub unsafe fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
         }
     }
 }
+
+/// Σ a·b over 16 signed bytes as 4 i32 lanes (widening multiplies; no `dotprod` needed).
+#[inline(always)]
+unsafe fn dot_i8x16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: NEON is the caller's.
+    unsafe {
+        let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+        let hi = vmull_high_s8(a, b);
+        vaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi))
+    }
+}
+
+/// [`super::dot_q8_0_q8_0`].
+///
+/// # Safety
+/// NEON available; `x.len() >= w.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    debug_assert!(x.len() >= w.len());
+    // SAFETY: each block holds 32 bytes.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        for (b, xb) in w.iter().zip(x) {
+            let [a0, a1] = halves_q8(b);
+            let [c0, c1] = halves_q8(xb);
+            let s = vaddq_s32(dot_i8x16(a0, c0), dot_i8x16(a1, c1));
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), b.d.to_f32() * xb.d.to_f32());
+        }
+        vaddvq_f32(acc)
+    }
+}
+
+/// [`super::dot_q4_0_q8_0`].
+///
+/// # Safety
+/// NEON available; `x.len() >= w.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+    debug_assert!(x.len() >= w.len());
+    // SAFETY: each block holds 16 (Q4_0) or 32 (Q8_0) bytes.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        for (b, xb) in w.iter().zip(x) {
+            let [a0, a1] = halves_q4(b);
+            let [c0, c1] = halves_q8(xb);
+            let s = vaddq_s32(dot_i8x16(a0, c0), dot_i8x16(a1, c1));
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), b.d.to_f32() * xb.d.to_f32());
+        }
+        vaddvq_f32(acc)
+    }
+}

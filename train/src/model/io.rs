@@ -179,8 +179,9 @@ impl DenseModel {
     }
 
     /// Read a dense model written by [`DenseModel::write_gguf`] (or any file with the same
-    /// keys and tensor names/shapes). Optimiser moments start at zero. Returns the model
-    /// and its context length.
+    /// keys and tensor names/shapes; F16, BF16, Q8_0 and Q4_0 tensors are dequantised to
+    /// f32, e.g. to evaluate a quantised file). Optimiser moments start at zero. Returns
+    /// the model and its context length.
     pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(DenseModel, usize), String> {
         let get = |k: &str| -> Option<String> {
             Some(match m.get(k)? {
@@ -193,8 +194,9 @@ impl DenseModel {
         let (cfg, ctx) = config_from(&get)?;
         let model = fill(cfg, &|name| {
             let t = m.tensor(name).map_err(|e| e.to_string())?;
-            let data = t.as_f32_slice().map_err(|e| e.to_string())?;
-            Ok((t.shape().to_vec(), data.to_vec()))
+            // quantised / half-precision files are dequantised (the trainer computes in f32)
+            let data = t.to_f32_vec().map_err(|e| e.to_string())?;
+            Ok((t.shape().to_vec(), data))
         })?;
         Ok((model, ctx))
     }

@@ -189,5 +189,75 @@ fn elementwise(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, moe, ema, attention, elementwise);
+fn emoe(c: &mut Criterion) {
+    // EMoE (issue #8): a dense FFN (d 512, hidden 2048, bias) split into 16 contiguous
+    // experts, top-4 by avg-k gates, run sparsely (routing included) vs the dense FFN.
+    use modula_core::kernels::expert_ffn::contiguous_experts;
+    use modula_core::kernels::linear::linear;
+    use modula_core::kernels::routing::top_k;
+    let (d, f, ne, k) = (512, 2048, 16, 4);
+    let (up, down, b1) = (data(f * d, 41), data(f * d, 42), data(f, 43));
+    let upm = MatRef::f32(&up, f, d).unwrap();
+    let downm = MatRef::f32(&down, f, d).unwrap();
+    let dense = Expert::new(upm, downm).unwrap().with_bias(&b1).unwrap();
+    let experts = contiguous_experts(upm, Some(&b1), downm, ne).unwrap();
+    let m = f / ne;
+    let gates: Vec<f32> = (0..ne)
+        .flat_map(|e| {
+            let mut g = vec![0f32; d];
+            for r in 0..m {
+                for (gv, v) in g.iter_mut().zip(&up[(e * m + r) * d..(e * m + r + 1) * d]) {
+                    *gv += v / m as f32;
+                }
+            }
+            g
+        })
+        .collect();
+    let gm = MatRef::f32(&gates, ne, d).unwrap();
+    for n in [1usize, 64] {
+        let x = data(n * d, 44);
+        let mut y = vec![0f32; n * d];
+        let mut s = FfnScratch::default();
+        let mut scores = vec![0f32; n * ne];
+        let mut chosen = vec![0u32; n * k];
+        let ones = vec![1f32; n * k];
+        let mut val = vec![0f32; k];
+        let mut g = c.benchmark_group(format!("emoe_ffn_d512_h2048_{n}tok"));
+        g.throughput(Throughput::Elements(n as u64));
+        g.sample_size(30).measurement_time(Duration::from_secs(3));
+        g.bench_function("dense", |b| {
+            b.iter(|| {
+                dense_ffn(black_box(&x), n, &dense, Activation::Gelu, &mut y, &mut s).unwrap()
+            })
+        });
+        g.bench_function("emoe_16x128_top4", |b| {
+            b.iter(|| {
+                linear(black_box(&x), d, n, &gm, None, &mut scores, ne).unwrap();
+                for t in 0..n {
+                    top_k(
+                        &scores[t * ne..(t + 1) * ne],
+                        k,
+                        &mut chosen[t * k..(t + 1) * k],
+                        &mut val,
+                    )
+                    .unwrap();
+                }
+                moe_ffn(
+                    &x,
+                    n,
+                    &experts,
+                    &chosen,
+                    &ones,
+                    Activation::Gelu,
+                    &mut y,
+                    &mut s,
+                )
+                .unwrap()
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, emoe, moe, ema, attention, elementwise);
 criterion_main!(benches);

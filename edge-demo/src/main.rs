@@ -3,6 +3,7 @@
 //! the dense baseline. Each subcommand family lives in its own file.
 
 mod demo;
+mod emoe;
 mod inspect;
 mod quantize;
 mod train;
@@ -40,6 +41,9 @@ enum Command {
     Convert(train::ConvertArgs),
     /// Quantise a model file's weight matrices (q8_0, q4_0, f16, bf16), reporting errors.
     Quantize(quantize::QuantizeArgs),
+    /// EMoE: split a trained dense model's FFNs into emergent experts.
+    #[command(subcommand)]
+    Emoe(emoe::EmoeCommand),
     /// Print a model file's architecture metadata and tensor table.
     Inspect {
         /// The GGUF file.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(a)) => train::eval(&a),
         Some(Command::Convert(a)) => train::convert(&a),
         Some(Command::Quantize(a)) => quantize::run(&a),
+        Some(Command::Emoe(c)) => emoe::run(&c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

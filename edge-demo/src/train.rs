@@ -45,6 +45,10 @@ pub struct DataArgs {
     /// Seed of generated validation sets.
     #[arg(long, default_value_t = 1)]
     data_seed: u64,
+    /// Use only this part of a text file, as fractions `A:B` of its bytes (e.g. `0:0.479`
+    /// for KJV Genesis–Job); the last 10% of the part is its validation split.
+    #[arg(long)]
+    data_slice: Option<String>,
 }
 
 impl DataArgs {
@@ -55,15 +59,36 @@ impl DataArgs {
             .unwrap_or_else(|| PathBuf::from("data"))
     }
 
+    /// Text from `path`, cut to `--data-slice`.
+    fn text(&self, path: &Path, hint: &str) -> Result<ByteText, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read data file '{}': {e}{hint}", path.display()))?;
+        let bytes = match &self.data_slice {
+            None => bytes,
+            Some(sl) => {
+                let (a, b) = sl
+                    .split_once(':')
+                    .and_then(|(a, b)| Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?)))
+                    .filter(|(a, b)| 0.0 <= *a && a < b && *b <= 1.0)
+                    .ok_or_else(|| format!("--data-slice {sl}: use A:B with 0 <= A < B <= 1"))?;
+                let n = bytes.len() as f64;
+                bytes[(a * n) as usize..(b * n) as usize].to_vec()
+            }
+        };
+        ByteText::from_bytes(bytes, 0.1).map_err(|e| e.to_string())
+    }
+
     /// Load or generate the data set; returns it and the sequence length it uses.
     pub fn load(&self) -> Result<(Box<dyn Dataset>, usize), String> {
         let e = |e: modula_train::data::DataError| e.to_string();
         let hint = "; run scripts/get-data.sh (or pass --data-dir)";
+        if self.data_slice.is_some()
+            && ["fashion-mnist", "listops", "recall", "copy"].contains(&self.data.as_str())
+        {
+            return Err("--data-slice applies to text data only".into());
+        }
         let ds: Box<dyn Dataset> = match self.data.as_str() {
-            "kjv" => {
-                let p = self.dir().join("kjv.txt");
-                Box::new(ByteText::from_file(&p, 0.1).map_err(|x| format!("{}{hint}", e(x)))?)
-            }
+            "kjv" => Box::new(self.text(&self.dir().join("kjv.txt"), hint)?),
             "fashion-mnist" => {
                 let p = self.dir().join("fashion-mnist");
                 Box::new(
@@ -84,7 +109,7 @@ impl DataArgs {
             ),
             "recall" => Box::new(Recall::new(self.symbols, self.seq).map_err(e)?),
             "copy" => Box::new(Copy::new(self.symbols, self.seq).map_err(e)?),
-            path => Box::new(ByteText::from_file(Path::new(path), 0.1).map_err(e)?),
+            path => Box::new(self.text(Path::new(path), "")?),
         };
         let seq = ds.shape().seq.unwrap_or(self.seq);
         Ok((ds, seq))
@@ -164,6 +189,14 @@ pub struct TrainArgs {
     /// wrote it; the model shape comes from the checkpoint).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start from this model's weights (fine-tuning: fresh optimiser and schedule; the
+    /// shape, including EMoE layers, comes from the file; .gguf or .safetensors).
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<PathBuf>,
+    /// For a model with EMoE layers: train with the top-k expert mask (on, the default) or
+    /// densely (off).
+    #[arg(long, default_value = "on")]
+    emoe_mask: String,
     /// No progress bar (periodic lines instead), e.g. for logs.
     #[arg(long)]
     quiet: bool,
@@ -230,6 +263,12 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
             println!("resuming from {} at step {}", p.display(), st.step);
             (m, st)
         }
+        None if a.init.is_some() => {
+            let p = a.init.as_deref().unwrap_or(Path::new(""));
+            let (m, _) = load_model(p)?;
+            println!("fine-tuning from {}", p.display());
+            (m, TrainState::new(a.seed))
+        }
         None => {
             let causal = match a.attention.as_deref() {
                 None => shape.causal,
@@ -252,11 +291,14 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
                 patch_dim: shape.patch_dim,
                 classes: shape.classes,
                 pool,
+                ..DenseConfig::lm(0, 0, 0, 0, 0)
             };
             (DenseModel::new(cfg, a.seed)?, TrainState::new(a.seed))
         }
     };
+    model.emoe_mask = parse_mask(&a.emoe_mask)?;
     let c = model.cfg;
+    check_fits(&model, data.as_ref())?;
     let lm = !c.is_classifier();
     let tc = TrainConfig {
         steps: a.steps,
@@ -274,6 +316,15 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
         ..TrainConfig::default()
     };
     println!("data: {}", data.describe());
+    if c.emoe_layers != 0 {
+        println!(
+            "EMoE: blocks {:?}, {} experts, top-{}, mask {}",
+            c.emoe_layer_list(),
+            c.emoe_experts,
+            c.emoe_top_k,
+            if model.emoe_mask { "on" } else { "off (dense)" }
+        );
+    }
     println!(
         "model: dense d={} layers={} heads={} ffn={} positions={} attention={} head={} ({} parameters); {} threads",
         c.d,
@@ -442,6 +493,26 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn parse_mask(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("--emoe-mask {s}: use on or off")),
+    }
+}
+
+/// The model's input and head must match the data.
+fn check_fits(model: &DenseModel, data: &dyn Dataset) -> Result<(), String> {
+    let (c, shape) = (model.cfg, data.shape());
+    if (shape.vocab, shape.patch_dim, shape.classes) != (c.vocab, c.patch_dim, c.classes) {
+        return Err(format!(
+            "the model does not fit this data (model: vocab {}, patch {}, classes {}; data: vocab {}, patch {}, classes {})",
+            c.vocab, c.patch_dim, c.classes, shape.vocab, shape.patch_dim, shape.classes
+        ));
+    }
+    Ok(())
+}
+
 /// Arguments of `modula eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -462,6 +533,9 @@ pub struct EvalArgs {
     /// Threads for the kernels.
     #[arg(long)]
     threads: Option<usize>,
+    /// For a model with EMoE layers: evaluate with the expert mask (on) or densely (off).
+    #[arg(long, default_value = "on")]
+    emoe_mask: String,
 }
 
 /// Load a dense model from a .gguf or .safetensors file.
@@ -481,22 +555,11 @@ pub fn eval(a: &EvalArgs) -> Result<(), String> {
     if let Some(t) = a.threads {
         par::set_threads(t);
     }
-    let (model, ctx) = load_model(&a.model)?;
+    let (mut model, ctx) = load_model(&a.model)?;
+    model.emoe_mask = parse_mask(&a.emoe_mask)?;
     let (data, seq) = a.data.load()?;
-    let shape = data.shape();
     let c = model.cfg;
-    if (shape.vocab, shape.patch_dim, shape.classes) != (c.vocab, c.patch_dim, c.classes) {
-        return Err(format!(
-            "{} does not fit this data (model: vocab {}, patch {}, classes {}; data: vocab {}, patch {}, classes {})",
-            a.model.display(),
-            c.vocab,
-            c.patch_dim,
-            c.classes,
-            shape.vocab,
-            shape.patch_dim,
-            shape.classes
-        ));
-    }
+    check_fits(&model, data.as_ref()).map_err(|e| format!("{}: {e}", a.model.display()))?;
     let r = eval_dense(&model, data.as_ref(), a.batches, a.batch, seq, a.seed)?;
     println!("model: {} (trained with context {ctx})", a.model.display());
     println!("data: {} at {seq} positions", data.describe());

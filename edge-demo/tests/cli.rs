@@ -210,6 +210,129 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
 }
 
 #[test]
+fn emoe_convert_fine_tune_and_evaluate_with_and_without_the_mask() {
+    let d = tmpdir("emoe");
+    let text = d.join("t.txt");
+    std::fs::write(
+        &text,
+        "emergent experts split a dense feed-forward layer. ".repeat(80),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let r = modula().args(args).output().unwrap();
+        let (so, se) = (
+            String::from_utf8_lossy(&r.stdout).to_string(),
+            String::from_utf8_lossy(&r.stderr).to_string(),
+        );
+        (r.status.success(), so, se)
+    };
+    let p = |n: &str| d.join(n).to_string_lossy().to_string();
+    let t = text.to_string_lossy().to_string();
+    let (ok, _, se) = run(&[
+        "train",
+        "--data",
+        &t,
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--d",
+        "16",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--ffn",
+        "32",
+        "--quiet",
+        "--out",
+        &p("dense.gguf"),
+    ]);
+    assert!(ok, "{se}");
+    let (ok, so, se) = run(&[
+        "emoe",
+        "convert",
+        "--in",
+        &p("dense.gguf"),
+        "--out",
+        &p("emoe.gguf"),
+        "--experts",
+        "4",
+        "--top-k",
+        "2",
+        "--restarts",
+        "2",
+    ]);
+    assert!(
+        ok && so.contains("4 experts of 8") && so.contains("50%"),
+        "{so}{se}"
+    );
+    let (ok, so, se) = run(&[
+        "train",
+        "--init",
+        &p("emoe.gguf"),
+        "--data",
+        &t,
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--quiet",
+        "--out",
+        &p("ft.gguf"),
+    ]);
+    assert!(
+        ok && so.contains("EMoE: blocks [1], 4 experts, top-2, mask on"),
+        "{so}{se}"
+    );
+    let ev = |mask: &str| {
+        let (ok, so, se) = run(&[
+            "eval",
+            "--model",
+            &p("ft.gguf"),
+            "--data",
+            &t,
+            "--seq",
+            "16",
+            "--batches",
+            "2",
+            "--emoe-mask",
+            mask,
+        ]);
+        assert!(ok, "{se}");
+        so.lines()
+            .find(|l| l.starts_with("validation"))
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(
+        ev("on"),
+        ev("off"),
+        "the mask changes the function when k < N"
+    );
+    for (args, needle) in [
+        (vec!["--experts", "5"], "divide"),
+        (vec!["--top-k", "17"], "--top-k"),
+        (vec!["--layers", "7"], "does not exist"),
+    ] {
+        let mut a = vec!["emoe", "convert", "--in"];
+        let (i, o) = (p("dense.gguf"), p("x.gguf"));
+        a.extend([i.as_str(), "--out", o.as_str()]);
+        a.extend(args.iter().copied());
+        let (ok, _, se) = run(&a);
+        assert!(
+            !ok && se.contains(needle) && !se.contains("panicked"),
+            "{se}"
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn generated_tasks_train_from_the_command_line() {
     let d = tmpdir("tasks");
     for (task, seq, needle) in [

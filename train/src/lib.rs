@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod emoe;
 pub mod gradcheck;
 pub mod layers;
 pub mod model;

@@ -191,6 +191,11 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
         U32,
         "MoE FFN in every n-th block (1 = all)",
     ),
+    a(
+        "modula.emoe.layers",
+        U32,
+        "EMoE: blocks whose FFN is split into avg-k routed experts",
+    ),
     s("modula.ssm.ema_dim", U32, "SeqBoat EMA expansion h"),
     s("modula.ssm.bidirectional", Bool, "bidirectional EMA"),
     s("modula.gau.zdim", U32, "GAU shared query/key width"),

@@ -4,7 +4,9 @@
 //!
 //! Weights per expert: `up: [H, d]` (rows = hidden units) and `down_t: [H, d]` (the down
 //! projection stored transposed), so a nested hidden width `h < H` is the first `h` rows of
-//! both (see [`Expert::prefix`]). No biases (ModuleFormer's experts have none).
+//! both (see [`Expert::prefix`]). ModuleFormer's experts have no biases; an expert cut out
+//! of a dense FFN (EMoE, [`contiguous_experts`]) keeps its slice of the first layer's bias
+//! ([`Expert::with_bias`]).
 //!
 //! Determinism: outputs are accumulated expert by expert, pairs in token order within an
 //! expert ([`Dispatch`] is a stable sort), so the sum order is fixed.
@@ -49,6 +51,8 @@ pub struct Expert<'a> {
     pub up: MatRef<'a>,
     /// `[H, d]` (down projection, transposed)
     pub down_t: MatRef<'a>,
+    /// `[H]` bias of the first projection, if any.
+    pub up_bias: Option<&'a [f32]>,
 }
 
 impl<'a> Expert<'a> {
@@ -56,7 +60,20 @@ impl<'a> Expert<'a> {
     pub fn new(up: MatRef<'a>, down_t: MatRef<'a>) -> Result<Self, KernelError> {
         exactly("Expert", "down_t rows (H)", up.rows(), down_t.rows())?;
         exactly("Expert", "down_t cols (d)", up.cols(), down_t.cols())?;
-        Ok(Expert { up, down_t })
+        Ok(Expert {
+            up,
+            down_t,
+            up_bias: None,
+        })
+    }
+
+    /// The same expert with a bias `[H]` on its first projection.
+    pub fn with_bias(self, bias: &'a [f32]) -> Result<Self, KernelError> {
+        exactly("Expert", "up bias length (H)", self.up.rows(), bias.len())?;
+        Ok(Expert {
+            up_bias: Some(bias),
+            ..self
+        })
     }
 
     /// The nested expert with the first `hidden` units (no copy).
@@ -64,6 +81,7 @@ impl<'a> Expert<'a> {
         Ok(Expert {
             up: self.up.prefix(hidden, self.up.cols())?,
             down_t: self.down_t.prefix(hidden, self.down_t.cols())?,
+            up_bias: self.up_bias.map(|b| &b[..hidden.min(b.len())]),
         })
     }
 
@@ -71,6 +89,40 @@ impl<'a> Expert<'a> {
     pub fn hidden(&self) -> usize {
         self.up.rows()
     }
+}
+
+/// The `n` experts of a dense FFN whose hidden units were permuted into contiguous blocks
+/// (EMoE): expert `e` is rows `e·H/n..(e+1)·H/n` of `up`, `down_t` and `up_bias` — views,
+/// no copy.
+pub fn contiguous_experts<'a>(
+    up: MatRef<'a>,
+    up_bias: Option<&'a [f32]>,
+    down_t: MatRef<'a>,
+    n: usize,
+) -> Result<Vec<Expert<'a>>, KernelError> {
+    let h = up.rows();
+    if n == 0 || h % n != 0 {
+        return Err(KernelError {
+            kernel: "contiguous_experts",
+            what: "experts dividing the hidden width",
+            expected: n.max(1),
+            got: h,
+        });
+    }
+    Expert::new(up, down_t)?;
+    if let Some(b) = up_bias {
+        exactly("contiguous_experts", "up bias length (H)", h, b.len())?;
+    }
+    let m = h / n;
+    (0..n)
+        .map(|e| {
+            let ex = Expert::new(up.row_block(e * m, m), down_t.row_block(e * m, m))?;
+            match up_bias {
+                Some(b) => ex.with_bias(&b[e * m..(e + 1) * m]),
+                None => Ok(ex),
+            }
+        })
+        .collect()
 }
 
 /// Reusable buffers: after the first call of a given size, no further allocation.
@@ -114,7 +166,7 @@ pub fn dense_ffn_with(
     exactly("dense_ffn", "x length (n*d)", n * d, x.len())?;
     exactly("dense_ffn", "y length (n*d)", n * d, y.len())?;
     let h = grow(&mut scratch.h, n * hdim);
-    linear_with(isa, x, d, n, &e.up, None, h, hdim)?;
+    linear_with(isa, x, d, n, &e.up, e.up_bias, h, hdim)?;
     act.apply_with(isa, h);
     matmul_rows_with(isa, h, hdim, n, &e.down_t, y, d, false)
 }
@@ -201,7 +253,7 @@ pub fn moe_ffn_with(
             xg[r * d..(r + 1) * d].copy_from_slice(&x[t * d..(t + 1) * d]);
         }
         let h = grow(h, m * hdim);
-        linear_with(isa, xg, d, m, &e.up, None, h, hdim)?;
+        linear_with(isa, xg, d, m, &e.up, e.up_bias, h, hdim)?;
         act.apply_with(isa, h);
         matmul_rows_with(isa, h, hdim, m, &e.down_t, grow(yg, m * d), d, false)
     };
@@ -250,6 +302,64 @@ mod tests {
     use crate::kernels::testutil::{assert_close, rand_vec};
     use alloc::vec;
     use alloc::vec::Vec;
+
+    #[test]
+    fn contiguous_experts_are_the_masked_dense_ffn() {
+        // EMoE: a dense FFN with bias split into 4 blocks; top-2 blocks per token with gate
+        // 1 equals the dense FFN with the other blocks' hidden units zeroed.
+        let (n, d, hdim, ne, k) = (5, 8, 16, 4, 2);
+        let (x, up, down, b1) = (
+            rand_vec(1, n * d),
+            rand_vec(2, hdim * d),
+            rand_vec(3, hdim * d),
+            rand_vec(4, hdim),
+        );
+        let upm = MatRef::f32(&up, hdim, d).unwrap();
+        let downm = MatRef::f32(&down, hdim, d).unwrap();
+        let experts = contiguous_experts(upm, Some(&b1), downm, ne).unwrap();
+        assert_eq!(experts.len(), 4);
+        let chosen: Vec<u32> = (0..n)
+            .flat_map(|t| [(t % 4) as u32, ((t + 2) % 4) as u32])
+            .collect();
+        let gates = vec![1f32; n * k];
+        let mut y = vec![0f32; n * d];
+        moe_ffn(
+            &x,
+            n,
+            &experts,
+            &chosen,
+            &gates,
+            Activation::Gelu,
+            &mut y,
+            &mut FfnScratch::default(),
+        )
+        .unwrap();
+        let m = hdim / ne;
+        for t in 0..n {
+            let mut hid: Vec<f32> = (0..hdim)
+                .map(|j| {
+                    let pre: f32 =
+                        (0..d).map(|i| x[t * d + i] * up[j * d + i]).sum::<f32>() + b1[j];
+                    crate::kernels::elementwise::gelu1(pre)
+                })
+                .collect();
+            for (j, hv) in hid.iter_mut().enumerate() {
+                if !chosen[t * k..(t + 1) * k].contains(&((j / m) as u32)) {
+                    *hv = 0.0;
+                }
+            }
+            for o in 0..d {
+                let want: f32 = (0..hdim).map(|j| hid[j] * down[j * d + o]).sum();
+                assert!(
+                    (y[t * d + o] - want).abs() < 1e-4,
+                    "{t} {o}: {} vs {want}",
+                    y[t * d + o]
+                );
+            }
+        }
+        assert!(contiguous_experts(upm, Some(&b1), downm, 3).is_err());
+        assert!(contiguous_experts(upm, Some(&b1[..3]), downm, 4).is_err());
+    }
 
     /// Direct definition, token by token.
     fn naive(

@@ -200,7 +200,7 @@ impl<'a> MatRef<'a> {
     }
 
     /// Rows `j0..j0 + rows` as their own matrix (caller guarantees the range).
-    fn row_block(&self, j0: usize, rows: usize) -> MatRef<'a> {
+    pub(crate) fn row_block(&self, j0: usize, rows: usize) -> MatRef<'a> {
         let off = j0 * self.ld;
         MatRef {
             data: self.data.offset(off),

@@ -80,6 +80,14 @@ pub struct DenseConfig {
     pub classes: usize,
     /// Pooling of the classifier head.
     pub pool: Pool,
+    /// EMoE: bit `l` set = block `l`'s FFN is split into `emoe_experts` contiguous experts
+    /// routed by avg-k gates (block means of the current keys; no parameters), top
+    /// `emoe_top_k` per token (`crate::emoe`). 0 = a plain dense model.
+    pub emoe_layers: u64,
+    /// EMoE experts per converted FFN.
+    pub emoe_experts: usize,
+    /// EMoE experts used per token.
+    pub emoe_top_k: usize,
 }
 
 impl DenseConfig {
@@ -96,7 +104,22 @@ impl DenseConfig {
             patch_dim: 0,
             classes: 0,
             pool: Pool::Mean,
+            emoe_layers: 0,
+            emoe_experts: 0,
+            emoe_top_k: 0,
         }
+    }
+
+    /// Whether block `l` is an EMoE layer.
+    pub fn is_emoe(&self, l: usize) -> bool {
+        l < 64 && self.emoe_layers >> l & 1 == 1
+    }
+
+    /// The EMoE block indices, ascending.
+    pub fn emoe_layer_list(&self) -> Vec<usize> {
+        (0..self.layers.min(64))
+            .filter(|&l| self.is_emoe(l))
+            .collect()
     }
 
     /// Whether this is a classifier.
@@ -157,6 +180,9 @@ pub struct DenseModel {
     lnf_b: usize,
     head: usize,
     head_b: Option<usize>,
+    /// EMoE layers apply their top-k expert mask (true: EMoE training / sparse inference;
+    /// false: the same weights run densely — "merged back", or a dense model).
+    pub emoe_mask: bool,
 }
 
 /// Everything the forward saves for the backward, for one batch of `b` sequences of `t`.
@@ -181,6 +207,11 @@ pub struct Activations {
     lnf_stats: (Vec<f32>, Vec<f32>),
     /// Pooled final features `[b, d]` (classifier only).
     pooled: Vec<f32>,
+    /// Per block: the hidden-unit mask of an EMoE layer (`[n, ffn]`, 1 = kept), empty
+    /// for unmasked blocks.
+    emoe_keep: Vec<Vec<f32>>,
+    /// Per EMoE-masked block: the selected experts per position (`[n, top_k]`).
+    emoe_sel: Vec<Vec<u32>>,
     logits: Vec<f32>,
 }
 
@@ -188,6 +219,12 @@ impl Activations {
     /// The logits: `[b·t, vocab]` for an LM, `[b, classes]` for a classifier.
     pub fn logits(&self) -> &[f32] {
         &self.logits
+    }
+
+    /// The experts block `l` selected per position (`[n, top_k]`, empty when block `l`
+    /// ran without an EMoE mask).
+    pub fn emoe_selected(&self, l: usize) -> &[u32] {
+        self.emoe_sel.get(l).map_or(&[], |v| v.as_slice())
     }
 }
 
@@ -205,6 +242,26 @@ impl DenseModel {
         }
         if cfg.patch_dim == 0 && cfg.vocab == 0 {
             return Err("a token model needs a vocabulary of at least 1".into());
+        }
+        if cfg.emoe_layers != 0 {
+            if cfg.layers < 64 && cfg.emoe_layers >> cfg.layers != 0 {
+                return Err(format!(
+                    "EMoE layer mask {:#x} names blocks beyond the {} the model has",
+                    cfg.emoe_layers, cfg.layers
+                ));
+            }
+            if cfg.emoe_experts < 2 || cfg.ffn % cfg.emoe_experts != 0 {
+                return Err(format!(
+                    "EMoE: {} experts must be at least 2 and divide the FFN width {}",
+                    cfg.emoe_experts, cfg.ffn
+                ));
+            }
+            if cfg.emoe_top_k == 0 || cfg.emoe_top_k > cfg.emoe_experts {
+                return Err(format!(
+                    "EMoE: top-k {} must be in 1..={}",
+                    cfg.emoe_top_k, cfg.emoe_experts
+                ));
+            }
         }
         if cfg.patch_dim > 0 && cfg.classes == 0 {
             return Err("a patch (image) model needs a classifier head (classes > 0)".into());
@@ -281,7 +338,75 @@ impl DenseModel {
             lnf_b,
             head,
             head_b,
+            emoe_mask: true,
         })
+    }
+
+    /// Avg-k routing of EMoE block `l` for FFN inputs `h: [n, d]`: scores `h·Gᵀ`, the top
+    /// `emoe_top_k` experts per position (ties to the lower index), and the hidden-unit
+    /// mask (gate value 1 for kept units, never scaled).
+    fn emoe_route(&self, l: usize, h: &[f32], n: usize) -> Result<(Vec<f32>, Vec<u32>), String> {
+        use modula_core::kernels::routing::top_k;
+        let c = self.cfg;
+        let (e_n, k, d, f) = (c.emoe_experts, c.emoe_top_k, c.d, c.ffn);
+        let m = f / e_n;
+        let g = self.emoe_gates(l);
+        let mut scores = vec![0f32; n * e_n];
+        linear(
+            h,
+            d,
+            n,
+            &MatRef::f32(&g, e_n, d).map_err(|e| e.to_string())?,
+            None,
+            &mut scores,
+            e_n,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut keep = vec![0f32; n * f];
+        let mut sel = vec![0u32; n * k];
+        let mut val = vec![0f32; k];
+        for i in 0..n {
+            top_k(
+                &scores[i * e_n..(i + 1) * e_n],
+                k,
+                &mut sel[i * k..(i + 1) * k],
+                &mut val,
+            )
+            .map_err(|e| e.to_string())?;
+            for &e in &sel[i * k..(i + 1) * k] {
+                let e = e as usize;
+                keep[i * f + e * m..i * f + (e + 1) * m].fill(1.0);
+            }
+        }
+        Ok((keep, sel))
+    }
+
+    /// Parameter index of block `layer`'s tensor `name` (e.g. `"ffn_up.weight"`).
+    pub fn ffn_index(&self, layer: usize, name: &str) -> Result<usize, String> {
+        let full = format!("blk.{layer}.{name}");
+        self.params
+            .specs()
+            .iter()
+            .position(|s| s.name == full)
+            .ok_or_else(|| format!("no tensor {full}"))
+    }
+
+    /// The avg-k gates of EMoE block `l`: `G[e] = mean of the raw keys (rows of ffn_up) of
+    /// expert e`, `[experts, d]`, from the current weights.
+    pub fn emoe_gates(&self, l: usize) -> Vec<f32> {
+        let c = self.cfg;
+        let (e_n, d) = (c.emoe_experts.max(1), c.d);
+        let m = c.ffn / e_n;
+        let up = self.params.value(self.blocks[l].up_w);
+        let mut g = vec![0f32; e_n * d];
+        for (e, ge) in g.chunks_exact_mut(d).enumerate() {
+            for row in up[e * m * d..(e + 1) * m * d].chunks_exact(d) {
+                add(ge, row);
+            }
+            let inv = 1.0 / m as f32;
+            ge.iter_mut().for_each(|v| *v *= inv);
+        }
+        g
     }
 
     /// Check an input batch against the configuration.
@@ -484,6 +609,18 @@ impl DenseModel {
             .map_err(ke)?;
             let mut act = up.clone();
             activation_forward(Activation::Gelu, &mut act);
+            if self.emoe_mask && c.is_emoe(a.x_in.len() - 1) {
+                let l = a.x_in.len() - 1;
+                let (keep, sel) = self.emoe_route(l, &h2, n)?;
+                for (av, kv) in act.iter_mut().zip(&keep) {
+                    *av *= kv;
+                }
+                a.emoe_keep.push(keep);
+                a.emoe_sel.push(sel);
+            } else {
+                a.emoe_keep.push(Vec::new());
+                a.emoe_sel.push(Vec::new());
+            }
             let mut down = vec![0f32; n * d];
             matmul_rows(
                 &act,
@@ -630,6 +767,11 @@ impl DenseModel {
             .map_err(e)?;
             matmul_tn_acc(&a.act[l], &dx, n, c.ffn, d, p.grad_mut(blk.down_t)).map_err(e)?;
             let mut dup = vec![0f32; n * c.ffn];
+            if !a.emoe_keep[l].is_empty() {
+                for (g, kv) in dact.iter_mut().zip(&a.emoe_keep[l]) {
+                    *g *= kv;
+                }
+            }
             activation_backward(Activation::Gelu, &dact, &a.up[l], &mut dup);
             let mut dh2 = vec![0f32; n * d];
             let (w, dw) = p.value_grad(blk.up_w, blk.up_w);

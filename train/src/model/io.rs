@@ -61,6 +61,20 @@ fn config_meta(
     if c.max_seq > 0 {
         meta.push(("modula.position_length", u(c.max_seq)?));
     }
+    if c.emoe_layers != 0 {
+        let layers = c
+            .emoe_layer_list()
+            .into_iter()
+            .map(u)
+            .collect::<Result<Vec<_>, _>>()?;
+        meta.push((
+            "modula.emoe.layers",
+            MetaValue::Array(modula_core::ValueType::U32, layers),
+        ));
+        meta.push(("modula.expert.count", u(c.emoe_experts)?));
+        meta.push(("modula.expert.used_count", u(c.emoe_top_k)?));
+        meta.push(("modula.expert.router", MetaValue::String("avgk".into())));
+    }
     if c.is_classifier() {
         meta.push(("modula.num_classes", u(c.classes)?));
         meta.push((
@@ -118,7 +132,25 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
         patch_dim,
         classes: opt("modula.num_classes")?,
         pool,
+        emoe_layers: 0,
+        emoe_experts: 0,
+        emoe_top_k: 0,
     };
+    let mut cfg = cfg;
+    if let Some(list) = get("modula.emoe.layers") {
+        for v in list.split(',').filter(|v| !v.is_empty()) {
+            let l: usize = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("modula.emoe.layers: '{v}' is not a block index"))?;
+            if l >= 64 {
+                return Err(format!("modula.emoe.layers: block {l} is out of range"));
+            }
+            cfg.emoe_layers |= 1 << l;
+        }
+        cfg.emoe_experts = need("modula.expert.count")?;
+        cfg.emoe_top_k = need("modula.expert.used_count")?;
+    }
     Ok((cfg, opt("modula.context_length")?))
 }
 
@@ -188,6 +220,14 @@ impl DenseModel {
                 Value::U32(v) => v.to_string(),
                 Value::Bool(b) => b.to_string(),
                 Value::Str(s) => s.to_string(),
+                Value::Array(a) => a
+                    .iter()
+                    .map(|v| match v {
+                        Value::U32(x) => x.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => format!("{other:?}"),
             })
         };
@@ -211,6 +251,14 @@ impl DenseModel {
                 MetaValue::Bool(b) => b.to_string(),
                 MetaValue::String(s) => s,
                 MetaValue::F32(f) => f.to_string(),
+                MetaValue::Array(_, items) => items
+                    .iter()
+                    .map(|v| match v {
+                        MetaValue::U32(x) => x.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => format!("{other:?}"),
             };
             info.insert(k.to_string(), s);

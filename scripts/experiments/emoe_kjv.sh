@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # EMoE experiment (issue #8) on KJV bytes, SEEDS seeds (default 5):
 #   pre-train a dense byte LM on Genesis–Job (bytes [0, 0.479) of data/kjv.txt),
-#   convert its last FFN to EMoE (16 experts, top-4: a quarter of that FFN per token),
+#   convert its last FFN to EMoE (16 experts, top-TOPK, default 4: a quarter of that FFN),
 #   fine-tune on Psalms–Malachi ([0.479, 0.770)) twice: densely (mask off) and with the
 #   EMoE mask, then evaluate four arms on the fine-tuning text's held-out tail (in-domain)
 #   and on the New Testament's tail ([0.770, 1.0), out-of-domain):
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/../.."
 SEEDS=${SEEDS:-5}
 PRE_STEPS=${PRE_STEPS:-400}
 FT_STEPS=${FT_STEPS:-150}
+TOPK=${TOPK:-4}
 cargo build --release -q -p edge-demo
 m=./target/release/modula
 w=$(mktemp -d)
@@ -26,7 +27,7 @@ out=$w/results.txt
 for s in $(seq "$SEEDS"); do
   $m train --data kjv --data-slice 0:0.479 "${model[@]}" --steps "$PRE_STEPS" --lr 3e-3 \
     --seed "$s" --out "$w/pre$s.gguf" > /dev/null
-  $m emoe convert --in "$w/pre$s.gguf" --out "$w/emoe$s.gguf" --experts 16 --top-k 4 \
+  $m emoe convert --in "$w/pre$s.gguf" --out "$w/emoe$s.gguf" --experts 16 --top-k "$TOPK" \
     --seed "$s" > /dev/null
   for mode in off on; do
     $m train --init "$w/emoe$s.gguf" --emoe-mask $mode --data kjv --data-slice 0.479:0.770 \

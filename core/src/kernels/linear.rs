@@ -26,8 +26,11 @@ use modula_quant::kernels as qk;
 pub const SKINNY_MAX_ROWS: usize = 16;
 
 /// A one-row product over at least this many weights is split across threads (by output
-/// columns; see [`super::par`]).
-pub const PAR_MIN_WEIGHTS: usize = 1 << 18;
+/// columns; see [`super::par`]). Measured on the 2-core reference machine: a 1 M-weight
+/// product (≈ 80 µs) gains nothing from a second thread and its latency tail grows
+/// (median 290–370 µs, 90th percentile up to 1.2 ms, against 255 µs on one thread, for a
+/// 512 → 2048 → 512 FFN), while 16 M weights go from 3.3 ms to 2.3 ms; hence 4 M.
+pub const PAR_MIN_WEIGHTS: usize = 1 << 22;
 
 /// A many-row product (`m > SKINNY_MAX_ROWS`) with at least this many multiply-adds
 /// (`m·n·k`) is split across threads by blocks of output rows.
@@ -934,7 +937,8 @@ mod tests {
     #[test]
     fn results_do_not_depend_on_thread_count() {
         // Big enough to take the parallel decode path.
-        let (n, k) = (1030, 300);
+        let (n, k) = (2100, 2000);
+        assert!(n * k >= PAR_MIN_WEIGHTS);
         let wv = rand_vec(8, n * k);
         let wh: Vec<f16> = wv.iter().map(|&v| f16::from_f32(v)).collect();
         let x = rand_vec(9, k.max(n));
@@ -1090,7 +1094,11 @@ mod tests {
 
     #[test]
     fn quantised_decode_does_not_depend_on_thread_count() {
-        let (n, k) = (1056, 320);
+        let (n, k) = (2080, 2048);
+        assert!(
+            n * k >= PAR_MIN_WEIGHTS,
+            "exercise the parallel decode path"
+        );
         let wv = rand_vec(8, n * k);
         let x = rand_vec(9, n.max(k));
         for q4 in [false, true] {

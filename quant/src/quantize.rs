@@ -100,9 +100,8 @@ pub fn quantize_row_q4_0(x: &[f32], out: &mut [BlockQ4_0]) -> Result<(), QuantEr
 /// Dequantise a row of Q8_0 blocks into `out` (`blocks × 32` values).
 pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK8_0)) {
-        let d = b.d.to_f32();
-        for (v, &q) in o.iter_mut().zip(&b.qs) {
-            *v = d * f32::from(q);
+        if let Ok(o) = <&mut [f32; QK8_0]>::try_from(o) {
+            b.dequantize(o);
         }
     }
 }
@@ -110,11 +109,8 @@ pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
 /// Dequantise a row of Q4_0 blocks into `out` (`blocks × 32` values).
 pub fn dequantize_row_q4_0(blocks: &[BlockQ4_0], out: &mut [f32]) {
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK4_0)) {
-        let d = b.d.to_f32();
-        let (lo, hi) = o.split_at_mut(QK4_0 / 2);
-        for (j, &byte) in b.qs.iter().enumerate() {
-            lo[j] = d * (i32::from(byte & 0x0f) - 8) as f32;
-            hi[j] = d * (i32::from(byte >> 4) - 8) as f32;
+        if let Ok(o) = <&mut [f32; QK4_0]>::try_from(o) {
+            b.dequantize(o);
         }
     }
 }

@@ -34,6 +34,17 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch of token inputs.
+    pub fn of_tokens(tokens: Vec<u32>, targets: Vec<u32>, b: usize, t: usize) -> Self {
+        Batch {
+            tokens,
+            features: Vec::new(),
+            targets,
+            b,
+            t,
+        }
+    }
+
     /// The model input.
     pub fn input(&self) -> Input<'_> {
         if self.features.is_empty() {
@@ -120,13 +131,36 @@ impl Dataset for ByteText {
         rng: &mut SplitMix64,
     ) -> Result<Batch, DataError> {
         let (tokens, targets) = ByteText::batch(self, split, b, t, rng)?;
-        Ok(Batch {
-            tokens,
-            features: Vec::new(),
-            targets,
-            b,
-            t,
-        })
+        Ok(Batch::of_tokens(tokens, targets, b, t))
+    }
+}
+
+/// The shape of a generated next-token task over `vocab` tokens of fixed length `seq`.
+fn generated_lm(vocab: usize, seq: usize) -> TaskShape {
+    TaskShape {
+        vocab,
+        patch_dim: 0,
+        classes: 0,
+        seq: Some(seq),
+        causal: true,
+        pool: Pool::Last,
+    }
+}
+
+/// The generator of a batch: training draws advance the sampler itself; validation draws
+/// come from a stream derived from it with `salt` (same distribution, other draws).
+fn draws<'a>(
+    split: Split,
+    rng: &'a mut SplitMix64,
+    salt: u64,
+    val: &'a mut SplitMix64,
+) -> &'a mut SplitMix64 {
+    match split {
+        Split::Train => rng,
+        Split::Val => {
+            *val = SplitMix64(rng.next_u64() ^ salt);
+            val
+        }
     }
 }
 
@@ -364,13 +398,7 @@ impl Dataset for ListOps {
                 }
             }
         }
-        Ok(Batch {
-            tokens: x,
-            features: Vec::new(),
-            targets: y,
-            b,
-            t,
-        })
+        Ok(Batch::of_tokens(x, y, b, t))
     }
 
     fn eval_batches(
@@ -387,13 +415,7 @@ impl Dataset for ListOps {
             for (toks, v) in chunk {
                 self.push(toks, *v, &mut x, &mut y);
             }
-            out.push(Batch {
-                tokens: x,
-                features: Vec::new(),
-                targets: y,
-                b: chunk.len(),
-                t,
-            });
+            out.push(Batch::of_tokens(x, y, chunk.len(), t));
         }
         Ok(out)
     }
@@ -435,14 +457,7 @@ impl Dataset for Recall {
     }
 
     fn shape(&self) -> TaskShape {
-        TaskShape {
-            vocab: 2 * self.keys + 1,
-            patch_dim: 0,
-            classes: 0,
-            seq: Some(self.seq),
-            causal: true,
-            pool: Pool::Last,
-        }
+        generated_lm(2 * self.keys + 1, self.seq)
     }
 
     fn batch(
@@ -453,15 +468,8 @@ impl Dataset for Recall {
         rng: &mut SplitMix64,
     ) -> Result<Batch, DataError> {
         fixed_len("recall", self.seq, t)?;
-        // validation draws come from a disjoint stream of the same distribution
-        let mut vrng;
-        let rng = match split {
-            Split::Train => rng,
-            Split::Val => {
-                vrng = SplitMix64(rng.next_u64() ^ 0x5eed_f7a1);
-                &mut vrng
-            }
-        };
+        let mut vrng = SplitMix64(0);
+        let rng = draws(split, rng, 0x5eed_f7a1, &mut vrng);
         let k = self.keys;
         let pairs = t / 2 - 1;
         let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
@@ -484,13 +492,7 @@ impl Dataset for Recall {
             y.extend(std::iter::repeat_n(IGNORE, t - 1));
             y.push(vals[q]);
         }
-        Ok(Batch {
-            tokens: x,
-            features: Vec::new(),
-            targets: y,
-            b,
-            t,
-        })
+        Ok(Batch::of_tokens(x, y, b, t))
     }
 }
 
@@ -526,14 +528,7 @@ impl Dataset for Copy {
     }
 
     fn shape(&self) -> TaskShape {
-        TaskShape {
-            vocab: self.symbols + 1,
-            patch_dim: 0,
-            classes: 0,
-            seq: Some(self.seq),
-            causal: true,
-            pool: Pool::Last,
-        }
+        generated_lm(self.symbols + 1, self.seq)
     }
 
     fn batch(
@@ -544,14 +539,8 @@ impl Dataset for Copy {
         rng: &mut SplitMix64,
     ) -> Result<Batch, DataError> {
         fixed_len("copy", self.seq, t)?;
-        let mut vrng;
-        let rng = match split {
-            Split::Train => rng,
-            Split::Val => {
-                vrng = SplitMix64(rng.next_u64() ^ 0xc09e5);
-                &mut vrng
-            }
-        };
+        let mut vrng = SplitMix64(0);
+        let rng = draws(split, rng, 0xc09e5, &mut vrng);
         let m = t / 2;
         let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
         for _ in 0..b {
@@ -565,13 +554,7 @@ impl Dataset for Copy {
             y.extend(std::iter::repeat_n(IGNORE, m));
             y.extend_from_slice(&s);
         }
-        Ok(Batch {
-            tokens: x,
-            features: Vec::new(),
-            targets: y,
-            b,
-            t,
-        })
+        Ok(Batch::of_tokens(x, y, b, t))
     }
 }
 

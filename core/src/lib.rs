@@ -18,6 +18,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod engine;
 pub mod gguf;
 #[cfg(feature = "std")]
 pub mod io;

@@ -328,6 +328,27 @@ impl<'a> TensorView<'a> {
         self.cast(DType::F32)
     }
 
+    /// The weights as a `[rows, cols]` matrix for the kernels (`rows` = product of the
+    /// outer dimensions, `cols` = the innermost), whatever the supported type.
+    pub fn as_matrix(&self) -> Result<crate::kernels::linear::MatRef<'a>, GgufError> {
+        use crate::kernels::linear::{MatRef, WeightData};
+        let shape = self.shape();
+        let cols = shape.last().copied().unwrap_or(1);
+        let rows = shape[..shape.len().saturating_sub(1)]
+            .iter()
+            .product::<usize>();
+        let data = match self.dtype() {
+            DType::F32 => WeightData::F32(self.cast(DType::F32)?),
+            DType::F16 => WeightData::F16(self.cast(DType::F16)?),
+            DType::BF16 => WeightData::BF16(self.cast(DType::BF16)?),
+            DType::Q8_0 => WeightData::Q8_0(self.cast(DType::Q8_0)?),
+            DType::Q4_0 => WeightData::Q4_0(self.cast(DType::Q4_0)?),
+        };
+        MatRef::new(data, rows, cols, cols).map_err(|e| GgufError::InvalidInput {
+            reason: alloc::format!("tensor '{}': {e}", self.name),
+        })
+    }
+
     /// F32 data as an `ndarray` view with the row-major shape.
     pub fn as_f32(&self) -> Result<ArrayViewD<'a, f32>, GgufError> {
         self.nd(DType::F32)

@@ -6,6 +6,7 @@ mod demo;
 mod emoe;
 mod inspect;
 mod quantize;
+mod run;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
     Convert(train::ConvertArgs),
     /// Quantise a model file's weight matrices (q8_0, q4_0, f16, bf16), reporting errors.
     Quantize(quantize::QuantizeArgs),
+    /// Generate text with a dense or EMoE byte LM from its (possibly quantised) file.
+    Run(run::RunArgs),
     /// EMoE: split a trained dense model's FFNs into emergent experts.
     #[command(subcommand)]
     Emoe(emoe::EmoeCommand),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Some(Command::Convert(a)) => train::convert(&a),
         Some(Command::Quantize(a)) => quantize::run(&a),
         Some(Command::Emoe(c)) => emoe::run(&c),
+        Some(Command::Run(a)) => run::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

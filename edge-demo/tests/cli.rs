@@ -132,6 +132,40 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(eval(&out), eval(&st));
+    // generate from the model file (and from a quantised copy below)
+    let gen = |model: &std::path::Path| {
+        let r = modula()
+            .arg("run")
+            .arg("--model")
+            .arg(model)
+            .args(["--prompt", "hello", "--tokens", "5", "--temperature", "0"])
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert!(String::from_utf8_lossy(&r.stderr).contains("tokens/s"));
+        r.stdout
+    };
+    let g = gen(&out);
+    assert!(g.starts_with(b"hello") && g.len() == 5 + 5 + 1, "{g:?}");
+    assert_eq!(gen(&out), g, "greedy decoding is deterministic");
+    for (args, needle) in [
+        (vec!["--tokens", "100"], "exceed the context"),
+        (vec!["--temperature=-1"], "--temperature"),
+        (vec!["--prompt", ""], "must not be empty"),
+    ] {
+        let r = modula()
+            .arg("run")
+            .arg("--model")
+            .arg(&out)
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains(needle) && !err.contains("panicked"),
+            "{err}"
+        );
+    }
     // quantise: every format evaluates; Q8_0 stays close to f32
     for t in ["q8_0", "q4_0", "f16", "bf16"] {
         let q = d.join(format!("m-{t}.gguf"));
@@ -146,6 +180,7 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
         let so = String::from_utf8_lossy(&r.stdout);
         assert!(so.contains("rel RMSE") && so.contains("smaller"), "{so}");
         assert!(eval(&q).starts_with("validation loss"));
+        assert!(gen(&q).starts_with(b"hello"));
     }
     for (args, needle) in [
         (vec!["--type", "q5_k"], "unknown type"),

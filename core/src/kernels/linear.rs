@@ -202,6 +202,12 @@ impl<'a> MatRef<'a> {
         })
     }
 
+    /// Rows `r0..r0 + rows` as their own matrix (no copy), checked.
+    pub fn rows_range(&self, r0: usize, rows: usize) -> Result<Self, KernelError> {
+        need("MatRef::rows_range", "available rows", r0 + rows, self.rows)?;
+        Ok(self.row_block(r0, rows))
+    }
+
     /// Rows `j0..j0 + rows` as their own matrix (caller guarantees the range).
     pub(crate) fn row_block(&self, j0: usize, rows: usize) -> MatRef<'a> {
         let off = j0 * self.ld;

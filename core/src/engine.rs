@@ -1,0 +1,395 @@
+//! Token-by-token inference for the dense baseline (and its EMoE conversion) straight from
+//! a mapped model file: no weight is copied, any supported weight type (F32, F16, BF16,
+//! Q8_0, Q4_0) is used in place, and after [`DenseEngine::new`] a decode step allocates
+//! nothing (all buffers, KV caches included, are sized once for `max_context`).
+//!
+//! One step: embedding row (+ position row) → per block: LayerNorm, fused QKV, one head at
+//! a time append K/V to its cache and attend causally over it, output projection, residual;
+//! LayerNorm, FFN (GELU; in an EMoE block only the top-k experts' rows by avg-k gates are
+//! read and multiplied), residual → final LayerNorm → LM head logits. The same kernels as
+//! the trainer; the trainer's forward on the same tokens agrees to float rounding (tests
+//! in `modula-train`).
+
+use crate::gguf::GgufError;
+use crate::kernels::attention::{causal_attention, KvCache};
+use crate::kernels::elementwise::{gelu, layer_norm};
+use crate::kernels::linear::{linear, matmul_rows, MatRef};
+use crate::kernels::routing::top_k;
+use crate::model::Model;
+use crate::Value;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Shape of a dense LM read from the file's `modula.*` metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenseSpec {
+    /// Vocabulary.
+    pub vocab: usize,
+    /// Width.
+    pub d: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Heads.
+    pub heads: usize,
+    /// FFN width.
+    pub ffn: usize,
+    /// Rows of the position table (0: none).
+    pub positions: usize,
+    /// EMoE blocks (bit mask), experts and top-k.
+    pub emoe_layers: u64,
+    /// EMoE experts per converted FFN.
+    pub emoe_experts: usize,
+    /// EMoE experts per token.
+    pub emoe_top_k: usize,
+}
+
+#[derive(Debug)]
+struct BlockW<'a> {
+    ln1: (&'a [f32], &'a [f32]),
+    qkv: MatRef<'a>,
+    qkv_b: &'a [f32],
+    proj: MatRef<'a>,
+    proj_b: &'a [f32],
+    ln2: (&'a [f32], &'a [f32]),
+    up: MatRef<'a>,
+    up_b: &'a [f32],
+    down_t: MatRef<'a>,
+    down_b: &'a [f32],
+    /// EMoE avg-k gates `[experts, d]` (empty for a plain block).
+    gates: Vec<f32>,
+}
+
+/// A dense (or EMoE) LM ready to decode, borrowing its weights from a [`Model`].
+#[derive(Debug)]
+pub struct DenseEngine<'a> {
+    spec: DenseSpec,
+    max_context: usize,
+    emb: MatRef<'a>,
+    pos: Option<MatRef<'a>>,
+    blocks: Vec<BlockW<'a>>,
+    lnf: (&'a [f32], &'a [f32]),
+    head: MatRef<'a>,
+    caches: Vec<KvCache>,
+    len: usize,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    u: Vec<f32>,
+    scores: Vec<f32>,
+    chosen: Vec<u32>,
+    chosen_val: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+const EPS: f32 = 1e-5;
+
+fn meta_u32<B: AsRef<[u8]>>(m: &Model<B>, key: &str) -> Result<usize, String> {
+    m.get_u32(key)
+        .map(|v| v as usize)
+        .map_err(|e| e.to_string())
+}
+
+fn vector<'a, B: AsRef<[u8]>>(
+    m: &'a Model<B>,
+    name: &str,
+    len: usize,
+) -> Result<&'a [f32], String> {
+    let t = m.tensor(name).map_err(|e| e.to_string())?;
+    let v = t
+        .as_f32_slice()
+        .map_err(|e| format!("{e} (norms and biases must stay f32)"))?;
+    if v.len() != len {
+        return Err(format!(
+            "tensor '{name}' has {} values, expected {len}",
+            v.len()
+        ));
+    }
+    Ok(v)
+}
+
+fn matrix<'a, B: AsRef<[u8]>>(
+    m: &'a Model<B>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<MatRef<'a>, String> {
+    let t = m.tensor(name).map_err(|e| e.to_string())?;
+    let w = t.as_matrix().map_err(|e: GgufError| e.to_string())?;
+    if (w.rows(), w.cols()) != (rows, cols) {
+        return Err(format!(
+            "tensor '{name}' is [{}, {}], expected [{rows}, {cols}]",
+            w.rows(),
+            w.cols()
+        ));
+    }
+    Ok(w)
+}
+
+impl DenseSpec {
+    /// Read and check the architecture metadata of a dense LM file.
+    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, String> {
+        if m.get_str("modula.model") != Some("dense") {
+            return Err(format!(
+                "not a dense model (modula.model = {:?})",
+                m.get_str("modula.model")
+            ));
+        }
+        if m.get_str("modula.task").is_some_and(|t| t != "lm") {
+            return Err("the decode engine runs language models; this is a classifier".into());
+        }
+        if let Some(Value::Bool(false)) = m.get("modula.attention.causal") {
+            return Err("the decode engine needs causal attention".into());
+        }
+        let opt = |k: &str| m.get(k).map_or(Ok(0), |_| meta_u32(m, k));
+        let mut spec = DenseSpec {
+            vocab: meta_u32(m, "modula.vocab_size")?,
+            d: meta_u32(m, "modula.embedding_length")?,
+            layers: meta_u32(m, "modula.block_count")?,
+            heads: meta_u32(m, "modula.attention.head_count")?,
+            ffn: meta_u32(m, "modula.feed_forward_length")?,
+            positions: opt("modula.position_length")?,
+            emoe_layers: 0,
+            emoe_experts: 0,
+            emoe_top_k: 0,
+        };
+        if spec.heads == 0 || spec.d % spec.heads != 0 || spec.vocab == 0 || spec.layers > 64 {
+            return Err(format!(
+                "inconsistent shape: d {} heads {} vocab {} layers {}",
+                spec.d, spec.heads, spec.vocab, spec.layers
+            ));
+        }
+        if let Some(Value::Array(a)) = m.get("modula.emoe.layers") {
+            for v in a.iter() {
+                match v {
+                    Value::U32(l) if (l as usize) < spec.layers => spec.emoe_layers |= 1 << l,
+                    other => return Err(format!("modula.emoe.layers: bad entry {other:?}")),
+                }
+            }
+            spec.emoe_experts = meta_u32(m, "modula.expert.count")?;
+            spec.emoe_top_k = meta_u32(m, "modula.expert.used_count")?;
+            if spec.emoe_experts == 0
+                || spec.ffn % spec.emoe_experts != 0
+                || spec.emoe_top_k == 0
+                || spec.emoe_top_k > spec.emoe_experts
+            {
+                return Err(format!(
+                    "EMoE: {} experts, top-{} do not fit an FFN of {}",
+                    spec.emoe_experts, spec.emoe_top_k, spec.ffn
+                ));
+            }
+        }
+        Ok(spec)
+    }
+}
+
+impl<'a> DenseEngine<'a> {
+    /// Bind the weights of `m` (no copy) and allocate every buffer for up to
+    /// `max_context` positions (at most the position table, if the model has one).
+    pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>, max_context: usize) -> Result<Self, String> {
+        let s = DenseSpec::from_model(m)?;
+        let (d, f) = (s.d, s.ffn);
+        if max_context == 0 || (s.positions > 0 && max_context > s.positions) {
+            return Err(format!(
+                "context {max_context} must be in 1..={} (the position table)",
+                if s.positions > 0 {
+                    s.positions
+                } else {
+                    usize::MAX
+                }
+            ));
+        }
+        let mut blocks = Vec::with_capacity(s.layers);
+        for l in 0..s.layers {
+            let n = |t: &str| format!("blk.{l}.{t}");
+            let up = matrix(m, &n("ffn_up.weight"), f, d)?;
+            let gates = if l < 64 && s.emoe_layers >> l & 1 == 1 {
+                // avg-k gates: block means of the keys (rows of ffn_up), computed once
+                let (e_n, per) = (s.emoe_experts, f / s.emoe_experts);
+                let mut g = vec![0f32; e_n * d];
+                let mut row = vec![0f32; d];
+                for r in 0..f {
+                    crate::kernels::linear::widen_row(&up, r, &mut row);
+                    for (gv, v) in g[(r / per) * d..(r / per + 1) * d].iter_mut().zip(&row) {
+                        *gv += v / per as f32;
+                    }
+                }
+                g
+            } else {
+                Vec::new()
+            };
+            blocks.push(BlockW {
+                ln1: (
+                    vector(m, &n("attn_norm.weight"), d)?,
+                    vector(m, &n("attn_norm.bias"), d)?,
+                ),
+                qkv: matrix(m, &n("attn_qkv.weight"), 3 * d, d)?,
+                qkv_b: vector(m, &n("attn_qkv.bias"), 3 * d)?,
+                proj: matrix(m, &n("attn_output.weight"), d, d)?,
+                proj_b: vector(m, &n("attn_output.bias"), d)?,
+                ln2: (
+                    vector(m, &n("ffn_norm.weight"), d)?,
+                    vector(m, &n("ffn_norm.bias"), d)?,
+                ),
+                up,
+                up_b: vector(m, &n("ffn_up.bias"), f)?,
+                down_t: matrix(m, &n("ffn_down_t.weight"), f, d)?,
+                down_b: vector(m, &n("ffn_down.bias"), d)?,
+                gates,
+            });
+        }
+        let hd = d / s.heads;
+        Ok(DenseEngine {
+            spec: s,
+            max_context,
+            emb: matrix(m, "token_embd.weight", s.vocab, d)?,
+            pos: if s.positions > 0 {
+                Some(matrix(m, "position_embd.weight", s.positions, d)?)
+            } else {
+                None
+            },
+            blocks,
+            lnf: (
+                vector(m, "output_norm.weight", d)?,
+                vector(m, "output_norm.bias", d)?,
+            ),
+            head: matrix(m, "output.weight", s.vocab, d)?,
+            caches: (0..s.layers * s.heads)
+                .map(|_| KvCache::new(hd, max_context))
+                .collect(),
+            len: 0,
+            x: vec![0.0; d],
+            h: vec![0.0; d],
+            qkv: vec![0.0; 3 * d],
+            att: vec![0.0; d],
+            tmp: vec![0.0; d],
+            u: vec![0.0; f],
+            scores: vec![0.0; max_context.max(s.emoe_experts)],
+            chosen: vec![0; s.emoe_top_k],
+            chosen_val: vec![0.0; s.emoe_top_k],
+            logits: vec![0.0; s.vocab],
+        })
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> DenseSpec {
+        self.spec
+    }
+
+    /// Positions consumed so far.
+    pub fn position(&self) -> usize {
+        self.len
+    }
+
+    /// Capacity in positions.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// Start a new sequence (keeps every buffer).
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.caches.iter_mut().for_each(KvCache::clear);
+    }
+
+    /// Consume one token; returns the logits for the next one. Errors (never panics) on a
+    /// token outside the vocabulary or a full context.
+    pub fn step(&mut self, token: u32) -> Result<&[f32], String> {
+        let s = self.spec;
+        let (d, hd) = (s.d, s.d / s.heads);
+        if token as usize >= s.vocab {
+            return Err(format!(
+                "token {token} is outside the vocabulary of {}",
+                s.vocab
+            ));
+        }
+        if self.len >= self.max_context {
+            return Err(format!(
+                "the context of {} positions is full",
+                self.max_context
+            ));
+        }
+        let ke = |e: crate::kernels::KernelError| e.to_string();
+        crate::kernels::linear::widen_row(&self.emb, token as usize, &mut self.x);
+        if let Some(p) = &self.pos {
+            crate::kernels::linear::widen_row(p, self.len, &mut self.tmp);
+            for (a, b) in self.x.iter_mut().zip(&self.tmp) {
+                *a += b;
+            }
+        }
+        let scale = 1.0 / libm::sqrtf(hd as f32);
+        for (l, b) in self.blocks.iter().enumerate() {
+            layer_norm(&self.x, Some(b.ln1.0), Some(b.ln1.1), EPS, &mut self.h).map_err(ke)?;
+            linear(&self.h, d, 1, &b.qkv, Some(b.qkv_b), &mut self.qkv, 3 * d).map_err(ke)?;
+            for hh in 0..s.heads {
+                let c = &mut self.caches[l * s.heads + hh];
+                let (q0, k0, v0) = (hh * hd, d + hh * hd, 2 * d + hh * hd);
+                c.append(&self.qkv[k0..k0 + hd], &self.qkv[v0..v0 + hd])
+                    .map_err(ke)?;
+                let n = c.len();
+                causal_attention(
+                    &self.qkv[q0..q0 + hd],
+                    1,
+                    c.keys(),
+                    c.values(),
+                    n,
+                    hd,
+                    scale,
+                    &mut self.att[hh * hd..(hh + 1) * hd],
+                    &mut self.scores,
+                )
+                .map_err(ke)?;
+            }
+            linear(&self.att, d, 1, &b.proj, Some(b.proj_b), &mut self.tmp, d).map_err(ke)?;
+            for (a, v) in self.x.iter_mut().zip(&self.tmp) {
+                *a += v;
+            }
+            layer_norm(&self.x, Some(b.ln2.0), Some(b.ln2.1), EPS, &mut self.h).map_err(ke)?;
+            if b.gates.is_empty() {
+                linear(&self.h, d, 1, &b.up, Some(b.up_b), &mut self.u, s.ffn).map_err(ke)?;
+                gelu(&mut self.u);
+                matmul_rows(&self.u, s.ffn, 1, &b.down_t, &mut self.tmp, d, false).map_err(ke)?;
+            } else {
+                // EMoE: only the top-k experts' rows are read
+                let (e_n, k) = (s.emoe_experts, s.emoe_top_k);
+                let per = s.ffn / e_n;
+                let g = MatRef::f32(&b.gates, e_n, d).map_err(ke)?;
+                linear(&self.h, d, 1, &g, None, &mut self.scores[..e_n], e_n).map_err(ke)?;
+                top_k(
+                    &self.scores[..e_n],
+                    k,
+                    &mut self.chosen,
+                    &mut self.chosen_val,
+                )
+                .map_err(ke)?;
+                self.tmp.fill(0.0);
+                for &e in &self.chosen {
+                    let r0 = e as usize * per;
+                    let up = b.up.rows_range(r0, per).map_err(ke)?;
+                    let down = b.down_t.rows_range(r0, per).map_err(ke)?;
+                    let u = &mut self.u[..per];
+                    linear(&self.h, d, 1, &up, Some(&b.up_b[r0..r0 + per]), u, per).map_err(ke)?;
+                    gelu(u);
+                    matmul_rows(u, per, 1, &down, &mut self.tmp, d, true).map_err(ke)?;
+                }
+            }
+            for ((a, v), bb) in self.x.iter_mut().zip(&self.tmp).zip(b.down_b) {
+                *a += v + bb;
+            }
+        }
+        layer_norm(
+            &self.x,
+            Some(self.lnf.0),
+            Some(self.lnf.1),
+            EPS,
+            &mut self.h,
+        )
+        .map_err(ke)?;
+        linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab).map_err(ke)?;
+        self.len += 1;
+        Ok(&self.logits)
+    }
+}

@@ -1,0 +1,136 @@
+//! `modula run`: generate text with a dense (or EMoE) byte LM straight from its (possibly
+//! quantised) model file, streaming each byte as it is produced.
+
+use clap::Args;
+use modula_core::engine::DenseEngine;
+use modula_core::kernels::par;
+use modula_core::rng::SplitMix64;
+use modula_core::Model;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `modula run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Model file (.gguf; F32, F16, BF16, Q8_0 or Q4_0 weights).
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt (bytes).
+    #[arg(long, default_value = "And God said")]
+    prompt: String,
+    /// Bytes to generate.
+    #[arg(long, default_value_t = 200)]
+    tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Sample among the k most likely bytes (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Threads for the kernels.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Context capacity (default: the model's position table, else 1024).
+    #[arg(long)]
+    context: Option<usize>,
+    /// Print only the timing line (for benchmarks).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Pick the next token from `logits`.
+fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut SplitMix64) -> u32 {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if temperature <= 0.0 {
+        return idx[0] as u32;
+    }
+    let k = if top_k == 0 {
+        idx.len()
+    } else {
+        top_k.min(idx.len())
+    };
+    let m = logits[idx[0]];
+    let w: Vec<f64> = idx[..k]
+        .iter()
+        .map(|&i| f64::from((logits[i] - m) / temperature).exp())
+        .collect();
+    let total: f64 = w.iter().sum();
+    let mut r = f64::from(rng.next_f32()) * total;
+    for (j, &wj) in w.iter().enumerate() {
+        if r < wj {
+            return idx[j] as u32;
+        }
+        r -= wj;
+    }
+    idx[k - 1] as u32
+}
+
+/// Run `modula run`.
+pub fn run(a: &RunArgs) -> Result<(), String> {
+    if let Some(t) = a.threads {
+        par::set_threads(t);
+    }
+    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+        return Err(format!("--temperature {} must be >= 0", a.temperature));
+    }
+    let m = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
+    let spec = modula_core::engine::DenseSpec::from_model(&m)
+        .map_err(|e| format!("{}: {e}", a.model.display()))?;
+    let ctx = a.context.unwrap_or(if spec.positions > 0 {
+        spec.positions
+    } else {
+        1024
+    });
+    let mut e = DenseEngine::new(&m, ctx).map_err(|e| format!("{}: {e}", a.model.display()))?;
+    let prompt = a.prompt.as_bytes();
+    if prompt.is_empty() {
+        return Err("--prompt must not be empty".into());
+    }
+    if prompt.len() + a.tokens > ctx {
+        return Err(format!(
+            "prompt ({} bytes) + --tokens {} exceed the context of {ctx} positions",
+            prompt.len(),
+            a.tokens
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    if !a.quiet {
+        out.write_all(prompt).map_err(|e| e.to_string())?;
+    }
+    let t0 = Instant::now();
+    let mut logits = Vec::new();
+    for &b in prompt {
+        logits.clear();
+        logits.extend_from_slice(e.step(u32::from(b))?);
+    }
+    let prefill = t0.elapsed().as_secs_f64();
+    let mut rng = SplitMix64(a.seed);
+    let t1 = Instant::now();
+    for _ in 0..a.tokens {
+        let next = sample(&logits, a.temperature, a.top_k, &mut rng);
+        if !a.quiet {
+            out.write_all(&[next as u8]).map_err(|e| e.to_string())?;
+            out.flush().map_err(|e| e.to_string())?;
+        }
+        logits.copy_from_slice(e.step(next)?);
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    if !a.quiet {
+        writeln!(out).map_err(|e| e.to_string())?;
+    }
+    eprintln!(
+        "prefill {} tokens: {:.1} tokens/s; decode {} tokens: {:.1} tokens/s ({:.3} ms/token); {} threads",
+        prompt.len(),
+        prompt.len() as f64 / prefill.max(1e-9),
+        a.tokens,
+        a.tokens as f64 / decode.max(1e-9),
+        1e3 * decode / a.tokens.max(1) as f64,
+        par::threads()
+    );
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The decode engine (`modula_core::engine::DenseEngine`, one token at a time from the mapped
+//! file, KV cache) against the trainer's full-sequence forward on the same weights: every
+//! position's logits, for a plain LM, an EMoE-converted LM (top-2 of 4 experts, run sparsely
+//! by the engine and as a masked dense FFN by the trainer), and quantised files.
+#![allow(clippy::unwrap_used)]
+
+use modula_core::engine::DenseEngine;
+use modula_core::quantize::quantize_model;
+use modula_core::rng::SplitMix64;
+use modula_core::{DType, Model};
+use modula_train::emoe::convert_layer;
+use modula_train::model::dense::{DenseConfig, DenseModel, Input};
+
+fn perturbed(cfg: DenseConfig, seed: u64) -> DenseModel {
+    let mut m = DenseModel::new(cfg, seed).unwrap();
+    let mut r = SplitMix64(seed ^ 5);
+    for v in m.params.values.iter_mut() {
+        *v += 0.1 * (2.0 * r.next_f32() - 1.0);
+    }
+    m
+}
+
+fn file(m: &DenseModel, tag: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("modula-engine-{}-{tag}.gguf", std::process::id()));
+    m.write_gguf(&p, 16, "engine test").unwrap();
+    p
+}
+
+/// Max |engine − trainer| over all positions, relative to the largest logit.
+fn compare<B: AsRef<[u8]>>(m: &DenseModel, model: &Model<B>, tokens: &[u32]) -> f32 {
+    let t = tokens.len();
+    let (_, acts, _) = m.forward(Input::Tokens(tokens), tokens, 1, t).unwrap();
+    let want = acts.logits();
+    let v = m.cfg.vocab;
+    let mut e = DenseEngine::new(model, 16).unwrap();
+    let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+    let mut worst = 0f32;
+    for (i, &tok) in tokens.iter().enumerate() {
+        let got = e.step(tok).unwrap();
+        for (g, w) in got.iter().zip(&want[i * v..(i + 1) * v]) {
+            worst = worst.max((g - w).abs() / scale);
+        }
+    }
+    worst
+}
+
+#[test]
+fn engine_matches_the_trainer_forward() {
+    let cfg = DenseConfig {
+        max_seq: 16,
+        ..DenseConfig::lm(40, 32, 2, 4, 64)
+    };
+    let m = perturbed(cfg, 3);
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 7 % 40) as u32).collect();
+    let p = file(&m, "lm");
+    let model = Model::open(&p).unwrap();
+    let err = compare(&m, &model, &tokens);
+    assert!(err < 1e-5, "f32 engine vs trainer: {err}");
+
+    // EMoE: block 1 split into 4 experts, top-2; the engine reads only 2 experts' rows
+    let mut conv = m.clone();
+    convert_layer(&mut conv, 1, 4, 2, 1).unwrap();
+    let ecfg = DenseConfig {
+        emoe_layers: 0b10,
+        emoe_experts: 4,
+        emoe_top_k: 2,
+        ..cfg
+    };
+    let mut em = DenseModel::new(ecfg, 0).unwrap();
+    em.params.values.copy_from_slice(&conv.params.values);
+    let pe = file(&em, "emoe");
+    let emodel = Model::open(&pe).unwrap();
+    let err = compare(&em, &emodel, &tokens);
+    assert!(err < 1e-5, "EMoE engine vs masked trainer: {err}");
+
+    // quantised files: the trainer dequantises; the engine also quantises activations
+    for (dt, bound) in [(DType::F16, 1e-3), (DType::Q8_0, 2e-2), (DType::Q4_0, 2e-2)] {
+        let (w, _) = quantize_model(&model, dt).unwrap();
+        let pq =
+            std::env::temp_dir().join(format!("modula-engine-{}-{dt}.gguf", std::process::id()));
+        w.write_to(&pq).unwrap();
+        let qmodel = Model::open(&pq).unwrap();
+        let (dq, _) = DenseModel::read_gguf(&qmodel).unwrap();
+        let err = compare(&dq, &qmodel, &tokens);
+        assert!(
+            err < bound,
+            "{dt}: engine vs trainer on the dequantised weights: {err}"
+        );
+        std::fs::remove_file(&pq).unwrap();
+    }
+
+    // bad input is an error, not a panic
+    let mut e = DenseEngine::new(&model, 2).unwrap();
+    assert!(e.step(40).unwrap_err().contains("vocabulary"));
+    e.step(1).unwrap();
+    e.step(2).unwrap();
+    assert!(e.step(3).unwrap_err().contains("full"));
+    e.reset();
+    assert_eq!(e.position(), 0);
+    e.step(3).unwrap();
+    assert!(
+        DenseEngine::new(&model, 17).is_err(),
+        "beyond the position table"
+    );
+    for f in [p, pe] {
+        std::fs::remove_file(f).unwrap();
+    }
+}
+
+#[test]
+fn engine_refuses_classifiers() {
+    let cfg = DenseConfig {
+        classes: 3,
+        ..DenseConfig::lm(10, 8, 1, 2, 16)
+    };
+    let m = DenseModel::new(cfg, 1).unwrap();
+    let p = file(&m, "cls");
+    let model = Model::open(&p).unwrap();
+    assert!(DenseEngine::new(&model, 4)
+        .unwrap_err()
+        .contains("classifier"));
+    std::fs::remove_file(p).unwrap();
+}

@@ -197,6 +197,13 @@ pub struct TrainArgs {
     /// densely (off).
     #[arg(long, default_value = "on")]
     emoe_mask: String,
+    /// EMoE routing noise while training (std = value / experts; the published code's 1.0;
+    /// default off).
+    #[arg(long, default_value_t = 0.0)]
+    emoe_noise: f32,
+    /// EMoE capacity factor (the published code's 1.5; default 0 = no capacity limit).
+    #[arg(long, default_value_t = 0.0)]
+    emoe_capacity: f32,
     /// No progress bar (periodic lines instead), e.g. for logs.
     #[arg(long)]
     quiet: bool,
@@ -297,6 +304,11 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
         }
     };
     model.emoe_mask = parse_mask(&a.emoe_mask)?;
+    if !(a.emoe_noise >= 0.0 && a.emoe_capacity >= 0.0) {
+        return Err("--emoe-noise and --emoe-capacity must be >= 0".into());
+    }
+    model.emoe_noise = a.emoe_noise;
+    model.emoe_capacity = a.emoe_capacity;
     let c = model.cfg;
     check_fits(&model, data.as_ref())?;
     let lm = !c.is_classifier();
@@ -318,11 +330,13 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     println!("data: {}", data.describe());
     if c.emoe_layers != 0 {
         println!(
-            "EMoE: blocks {:?}, {} experts, top-{}, mask {}",
+            "EMoE: blocks {:?}, {} experts, top-{}, mask {}, noise {}, capacity {}",
             c.emoe_layer_list(),
             c.emoe_experts,
             c.emoe_top_k,
-            if model.emoe_mask { "on" } else { "off (dense)" }
+            if model.emoe_mask { "on" } else { "off (dense)" },
+            model.emoe_noise,
+            model.emoe_capacity
         );
     }
     println!(

@@ -491,4 +491,54 @@ mod tests {
         };
         check_grad("EMoE-masked dense model", &mut values, &grads, f, gc).unwrap();
     }
+
+    #[test]
+    fn routing_noise_and_capacity_options() {
+        let cfg = DenseConfig {
+            emoe_layers: 0b1,
+            emoe_experts: 4,
+            emoe_top_k: 2,
+            ..DenseConfig::lm(11, 8, 1, 2, 16)
+        };
+        let mut m = trained_like(cfg, 8);
+        let (b, t) = (2, 9);
+        let tokens: Vec<u32> = (0..b * t).map(|i| (i * 5 % 11) as u32).collect();
+        let run = |m: &DenseModel| {
+            let (_, a, _) = m.forward(Input::Tokens(&tokens), &tokens, b, t).unwrap();
+            (
+                a.emoe_selected(0).to_vec(),
+                a.logits().to_vec(),
+                a.emoe_keep[0].clone(),
+            )
+        };
+        let (sel0, logits0, _) = run(&m);
+        // noise: only with a seed, deterministic in it, and it moves some choices
+        m.emoe_noise = 4.0;
+        assert_eq!(run(&m).0, sel0, "no seed, no noise (evaluation)");
+        m.emoe_noise_seed = Some(3);
+        let (sel1, _, _) = run(&m);
+        assert_ne!(sel1, sel0, "noise of std 1 changes some routing");
+        assert_eq!(run(&m).0, sel1, "same seed, same noise");
+        m.emoe_noise = 0.0;
+        m.emoe_noise_seed = None;
+        // capacity: k·floor(cf·ceil(18/4)) = 2·floor(0.5·5) = 4 pairs per expert at most
+        m.emoe_capacity = 0.5;
+        let (_, logits2, keep) = run(&m);
+        let per = 16 / 4;
+        for e in 0..4 {
+            let pairs = (0..b * t)
+                .filter(|&i| keep[i * 16 + e * per] == 1.0)
+                .count();
+            assert!(pairs <= 4, "expert {e} kept {pairs} pairs");
+        }
+        let kept: usize = (0..b * t * 16).filter(|&i| keep[i] == 1.0).count() / per;
+        assert!(
+            kept < b * t * 2,
+            "some of the {} pairs were dropped",
+            b * t * 2
+        );
+        assert_ne!(logits2, logits0);
+        m.emoe_capacity = 100.0;
+        assert_eq!(run(&m).1, logits0, "a large capacity drops nothing");
+    }
 }

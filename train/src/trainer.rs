@@ -126,12 +126,18 @@ pub fn train_dense_from(
         let step = state.step + 1;
         model.params.zero_grads();
         let mut loss = 0.0;
-        for _ in 0..cfg.accum {
+        for micro in 0..cfg.accum as u64 {
             let batch = data
                 .batch(Split::Train, cfg.batch, cfg.seq, &mut state.rng)
                 .map_err(|e| e.to_string())?;
-            let (l, acts, mut dlogits) =
-                model.forward(batch.input(), &batch.targets, batch.b, batch.t)?;
+            // EMoE routing noise (if enabled) differs per step and micro-batch, and is a
+            // function of the step, so a resumed run sees the same noise
+            model.emoe_noise_seed = Some(
+                cfg.seed ^ step.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ micro.wrapping_mul(0x9e37),
+            );
+            let fwd = model.forward(batch.input(), &batch.targets, batch.b, batch.t);
+            model.emoe_noise_seed = None;
+            let (l, acts, mut dlogits) = fwd?;
             if !l.is_finite() {
                 return Err(format!("step {step}: loss is {l}; lower the learning rate"));
             }

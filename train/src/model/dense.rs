@@ -183,6 +183,17 @@ pub struct DenseModel {
     /// EMoE layers apply their top-k expert mask (true: EMoE training / sparse inference;
     /// false: the same weights run densely — "merged back", or a dense model).
     pub emoe_mask: bool,
+    /// EMoE training options of the published Tutel path (off by default): Gaussian noise
+    /// of std `emoe_noise / experts` on the gate scores while training (applied only when
+    /// [`DenseModel::emoe_noise_seed`] is set — the trainer sets it per step; evaluation
+    /// never sees noise)...
+    pub emoe_noise: f32,
+    /// ... the seed of this step's noise (None: no noise) ...
+    pub emoe_noise_seed: Option<u64>,
+    /// ... and a capacity factor: each expert takes at most `k·floor(cf·ceil(n/N))` of the
+    /// batch's (token, expert) pairs, tokens in order of their best score, first choices
+    /// before second ones; pairs beyond capacity are dropped (0 = no capacity limit).
+    pub emoe_capacity: f32,
 }
 
 /// Everything the forward saves for the backward, for one batch of `b` sequences of `t`.
@@ -209,7 +220,7 @@ pub struct Activations {
     pooled: Vec<f32>,
     /// Per block: the hidden-unit mask of an EMoE layer (`[n, ffn]`, 1 = kept), empty
     /// for unmasked blocks.
-    emoe_keep: Vec<Vec<f32>>,
+    pub(crate) emoe_keep: Vec<Vec<f32>>,
     /// Per EMoE-masked block: the selected experts per position (`[n, top_k]`).
     emoe_sel: Vec<Vec<u32>>,
     logits: Vec<f32>,
@@ -221,8 +232,8 @@ impl Activations {
         &self.logits
     }
 
-    /// The experts block `l` selected per position (`[n, top_k]`, empty when block `l`
-    /// ran without an EMoE mask).
+    /// The experts block `l` selected per position (`[n, top_k]`, before any capacity
+    /// drop; empty when block `l` ran without an EMoE mask).
     pub fn emoe_selected(&self, l: usize) -> &[u32] {
         self.emoe_sel.get(l).map_or(&[], |v| v.as_slice())
     }
@@ -339,6 +350,9 @@ impl DenseModel {
             head,
             head_b,
             emoe_mask: true,
+            emoe_noise: 0.0,
+            emoe_noise_seed: None,
+            emoe_capacity: 0.0,
         })
     }
 
@@ -362,8 +376,16 @@ impl DenseModel {
             e_n,
         )
         .map_err(|e| e.to_string())?;
+        if let (true, Some(seed)) = (self.emoe_noise > 0.0, self.emoe_noise_seed) {
+            let mut rng = SplitMix64(seed ^ (l as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let std = self.emoe_noise / e_n as f32;
+            for v in scores.iter_mut() {
+                *v += std * normal(&mut rng);
+            }
+        }
         let mut keep = vec![0f32; n * f];
         let mut sel = vec![0u32; n * k];
+        let mut best = vec![0f32; n];
         let mut val = vec![0f32; k];
         for i in 0..n {
             top_k(
@@ -373,9 +395,32 @@ impl DenseModel {
                 &mut val,
             )
             .map_err(|e| e.to_string())?;
-            for &e in &sel[i * k..(i + 1) * k] {
-                let e = e as usize;
-                keep[i * f + e * m..i * f + (e + 1) * m].fill(1.0);
+            best[i] = val[0];
+        }
+        // which (token, slot) pairs are kept: all, or up to each expert's capacity
+        let mut kept = vec![true; n * k];
+        if self.emoe_capacity > 0.0 {
+            let cap = k * (self.emoe_capacity * n.div_ceil(e_n) as f32).floor() as usize;
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| best[b].total_cmp(&best[a]).then(a.cmp(&b)));
+            let mut used = vec![0usize; e_n];
+            for slot in 0..k {
+                for &t in &order {
+                    let e = sel[t * k + slot] as usize;
+                    if used[e] < cap {
+                        used[e] += 1;
+                    } else {
+                        kept[t * k + slot] = false;
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            for (slot, &e) in sel[i * k..(i + 1) * k].iter().enumerate() {
+                if kept[i * k + slot] {
+                    let e = e as usize;
+                    keep[i * f + e * m..i * f + (e + 1) * m].fill(1.0);
+                }
             }
         }
         Ok((keep, sel))

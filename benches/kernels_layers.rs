@@ -7,6 +7,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use modula_benches::data;
 use modula_core::kernels::attention::{causal_attention_with, gau_local_with, GauFn};
 use modula_core::kernels::elementwise::{gelu_tanh_with, layer_norm_with, silu_with, softmax_with};
 use modula_core::kernels::ema::{ema_scan_with, EmaCoefs};
@@ -16,15 +17,6 @@ use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::routing::route;
 use std::hint::black_box;
 use std::time::Duration;
-
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 9) as f32 / 8_388_608.0
-                - 0.5
-        })
-        .collect()
-}
 
 fn moe(c: &mut Criterion) {
     let (n, d, h, ne, k) = (2048, 256, 256, 8, 2);

@@ -6,6 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::{bf16, f16};
+use modula_benches::data;
 use modula_benches::matrixmultiply_xwt;
 use modula_core::kernels::isa::available;
 use modula_core::kernels::linear::{linear_with, MatRef, WeightData, SKINNY_MAX_ROWS};
@@ -14,15 +15,6 @@ use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
 use modula_quant::quantize::{quantize_row_q4_0, quantize_row_q8_0};
 use std::hint::black_box;
 use std::time::Duration;
-
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 9) as f32 / 8_388_608.0
-                - 0.5
-        })
-        .collect()
-}
 
 fn bandwidth(c: &mut Criterion) {
     // Baselines over 64 MiB (twice the L3): bytes moved per second, all streams counted.

@@ -4,6 +4,17 @@
 use modula_core::gguf::GgufWriter;
 use modula_quant::DType;
 
+/// `n` deterministic pseudo-random values in [−0.5, 0.5) (a multiplicative hash of the
+/// index, so every benchmark sees the same data).
+pub fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 9) as f32 / 8_388_608.0
+                - 0.5
+        })
+        .collect()
+}
+
 /// A GGUF file with `n` F32 tensors of `elems` elements each, every 8th in its own page
 /// group, as bytes.
 pub fn synthetic_file(n: usize, elems: usize) -> Vec<u8> {

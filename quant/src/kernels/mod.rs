@@ -165,6 +165,14 @@ pub(crate) mod tests {
         }
     }
 
+    /// AVX2 + FMA + F16C on this CPU (what the AVX2 variants require).
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    fn has_avx2() -> bool {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+
     type QDots = (
         fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
         fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32,
@@ -174,10 +182,7 @@ pub(crate) mod tests {
     fn simd_qdots() -> Vec<(&'static str, QDots)> {
         let mut v: Vec<(&'static str, QDots)> = Vec::new();
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
+        if has_avx2() {
             v.push((
                 "avx2",
                 (
@@ -249,10 +254,7 @@ pub(crate) mod tests {
     fn simd_variants() -> Vec<(&'static str, Dots)> {
         let mut v: Vec<(&'static str, Dots)> = Vec::new();
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
+        if has_avx2() {
             v.push((
                 "avx2",
                 (

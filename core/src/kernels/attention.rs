@@ -130,16 +130,41 @@ pub fn causal_attention_with(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_qkv("causal_attention", q, t, k, v, tc, dh, out)?;
     need(
         "causal_attention",
         "scratch length (>= Tc)",
         tc,
         scratch.len(),
     )?;
+    attend_rows(isa, q, t, k, v, tc, dh, scale, true, out, scratch, 0)
+}
+
+/// The row loop of softmax attention, shared by the engine ([`causal_attention`]) and the
+/// trainer (which keeps the probabilities for its backward), so both compute the same
+/// numbers with the same kernel calls. Query `i` sits at position `tc − t + i`; with
+/// `causal` it attends keys `0..=` that position, otherwise all `tc`. Row `i`'s scores go
+/// to `scores[i·stride..]` (`stride = 0`: one reused row of ≥ `tc` floats). Extents are
+/// checked by the kernels called.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows(
+    isa: Isa,
+    q: &[f32],
+    t: usize,
+    k: &[f32],
+    v: &[f32],
+    tc: usize,
+    dh: usize,
+    scale: f32,
+    causal: bool,
+    out: &mut [f32],
+    scores: &mut [f32],
+    stride: usize,
+) -> Result<(), KernelError> {
+    check_qkv("attend_rows", q, t, k, v, tc, dh, out)?;
     for i in 0..t {
-        let n = tc - t + i + 1;
-        let s = &mut scratch[..n];
+        let n = if causal { tc - t + i + 1 } else { tc };
+        need("attend_rows", "scores length", i * stride + n, scores.len())?;
+        let s = &mut scores[i * stride..i * stride + n];
         linear_with(
             isa,
             &q[i * dh..(i + 1) * dh],

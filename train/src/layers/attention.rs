@@ -1,13 +1,14 @@
 //! Softmax self-attention for one head over a whole sequence (training has no KV cache):
 //! `S = Q Kᵀ·scale` (causal or full), `P = softmax(S)`, `O = P V`.
 //!
-//! The causal forward issues the same kernel calls, in the same order, as the engine's
-//! `kernels::attention::causal_attention`, so the numbers are identical (tested); it also
+//! The forward is the engine's own row loop (`kernels::attention::attend_rows`, also behind
+//! `causal_attention`), so the numbers are identical (tested); it
 //! keeps `P` (`[T, T]`, zero where masked) for the backward, which is five matrix
 //! products: `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale`,
 //! `dQ = dS K`, `dK = dSᵀ Q` (masked entries have `P = 0`, so `dS = 0` there).
 
-use modula_core::kernels::elementwise::softmax;
+use modula_core::kernels::attention::attend_rows;
+use modula_core::kernels::isa;
 use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
 use modula_core::kernels::KernelError;
 
@@ -26,31 +27,20 @@ pub fn attention_forward(
     probs: &mut [f32],
 ) -> Result<(), KernelError> {
     probs.fill(0.0);
-    for i in 0..t {
-        let n = if causal { i + 1 } else { t };
-        let s = &mut probs[i * t..i * t + n];
-        linear(
-            &q[i * dh..(i + 1) * dh],
-            dh,
-            1,
-            &MatRef::f32(&k[..n * dh], n, dh)?,
-            None,
-            s,
-            n,
-        )?;
-        s.iter_mut().for_each(|x| *x *= scale);
-        softmax(s);
-        matmul_rows(
-            s,
-            n,
-            1,
-            &MatRef::f32(&v[..n * dh], n, dh)?,
-            &mut out[i * dh..(i + 1) * dh],
-            dh,
-            false,
-        )?;
-    }
-    Ok(())
+    attend_rows(
+        isa::active(),
+        q,
+        t,
+        k,
+        v,
+        t,
+        dh,
+        scale,
+        causal,
+        out,
+        probs,
+        t,
+    )
 }
 
 /// Backward, accumulating into `dq, dk, dv: [t, dh]`. `dout: [t, dh]`, `probs` from the

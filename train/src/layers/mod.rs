@@ -9,6 +9,8 @@ pub mod attention;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub mod router;
+pub mod stickbreak;
 
 /// Test helper: deterministic values in [-1, 1).
 #[cfg(test)]

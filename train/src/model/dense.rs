@@ -1003,7 +1003,7 @@ fn add(dst: &mut [f32], src: &[f32]) {
 }
 
 /// A standard normal draw (Box–Muller).
-fn normal(rng: &mut SplitMix64) -> f32 {
+pub(crate) fn normal(rng: &mut SplitMix64) -> f32 {
     let u1 = rng.next_f32().max(1e-7);
     let u2 = rng.next_f32();
     libm::sqrtf(-2.0 * libm::logf(u1)) * libm::cosf(2.0 * core::f32::consts::PI * u2)

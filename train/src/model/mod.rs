@@ -2,3 +2,4 @@
 
 pub mod dense;
 mod io;
+pub mod moduleformer;

@@ -5,10 +5,135 @@
 
 use crate::data::Split;
 use crate::layers::loss::IGNORE;
-use crate::model::dense::DenseModel;
+use crate::model::dense::{DenseModel, Input};
+use crate::model::moduleformer::{MfActivations, MfModel};
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
-use crate::tasks::Dataset;
+use crate::params::ParamStore;
+use crate::tasks::{Batch, Dataset};
 use modula_core::rng::SplitMix64;
+
+/// A model the loop can train: a forward that returns the task loss, the saved activations
+/// and `∂loss/∂logits`; a backward that accumulates gradients (scaled by `scale` for
+/// gradient accumulation — `dlogits` arrive already scaled, auxiliary losses are scaled
+/// by the model).
+pub trait Trainable {
+    /// What the forward keeps for the backward.
+    type Acts;
+    /// The parameter store.
+    fn params_mut(&mut self) -> &mut ParamStore;
+    /// Logits per row.
+    fn outputs(&self) -> usize;
+    /// Seed this micro-batch's training-only randomness (EMoE routing noise); `None` (as
+    /// evaluation has) turns it off.
+    fn set_noise(&mut self, _seed: Option<u64>) {}
+    /// Forward.
+    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String>;
+    /// The logits of a forward.
+    fn logits(acts: &Self::Acts) -> &[f32];
+    /// Backward.
+    fn backward_batch(
+        &mut self,
+        batch: &Batch,
+        acts: &Self::Acts,
+        dlogits: &[f32],
+        scale: f32,
+    ) -> Result<(), String>;
+    /// Auxiliary (routing) loss of a forward, already weighted (0 for dense models).
+    fn aux_loss(_acts: &Self::Acts) -> f64 {
+        0.0
+    }
+    /// Expert-usage entropy per router, normalised `H(e)/ln E` (empty for dense models).
+    fn usage(&self, _acts: &Self::Acts) -> Vec<f32> {
+        Vec::new()
+    }
+}
+
+impl Trainable for DenseModel {
+    type Acts = crate::model::dense::Activations;
+    fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+    fn outputs(&self) -> usize {
+        self.cfg.outputs()
+    }
+    fn set_noise(&mut self, seed: Option<u64>) {
+        self.emoe_noise_seed = seed;
+    }
+    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String> {
+        self.forward(batch.input(), &batch.targets, batch.b, batch.t)
+    }
+    fn logits(acts: &Self::Acts) -> &[f32] {
+        acts.logits()
+    }
+    fn backward_batch(
+        &mut self,
+        batch: &Batch,
+        acts: &Self::Acts,
+        dlogits: &[f32],
+        _scale: f32,
+    ) -> Result<(), String> {
+        self.backward(batch.input(), acts, dlogits)
+    }
+}
+
+fn mf_tokens(batch: &Batch) -> Result<&[u32], String> {
+    match batch.input() {
+        Input::Tokens(t) => Ok(t),
+        Input::Features(_) => {
+            Err("ModuleFormer models take tokens, not feature vectors (images)".into())
+        }
+    }
+}
+
+impl Trainable for MfModel {
+    type Acts = MfActivations;
+    fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+    fn outputs(&self) -> usize {
+        self.cfg.vocab
+    }
+    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String> {
+        if batch.targets.len() != batch.b * batch.t {
+            return Err("ModuleFormer models are language models: one target per position".into());
+        }
+        self.forward(mf_tokens(batch)?, &batch.targets, batch.b, batch.t)
+    }
+    fn logits(acts: &Self::Acts) -> &[f32] {
+        acts.logits()
+    }
+    fn backward_batch(
+        &mut self,
+        batch: &Batch,
+        acts: &Self::Acts,
+        dlogits: &[f32],
+        scale: f32,
+    ) -> Result<(), String> {
+        self.backward(mf_tokens(batch)?, acts, dlogits, scale)
+    }
+    fn aux_loss(acts: &Self::Acts) -> f64 {
+        acts.aux
+    }
+    fn usage(&self, acts: &Self::Acts) -> Vec<f32> {
+        let c = self.cfg;
+        acts.router_entropies()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let n = if i % 2 == 0 {
+                    c.att_experts
+                } else {
+                    c.ffn_experts
+                };
+                if n > 1 {
+                    (e.marginal / (n as f64).ln()) as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect()
+    }
+}
 
 /// Training settings.
 #[derive(Clone, Copy, Debug)]
@@ -54,7 +179,7 @@ impl Default for TrainConfig {
 }
 
 /// What one step reports.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StepInfo {
     /// 1-based step.
     pub step: u64,
@@ -66,6 +191,11 @@ pub struct StepInfo {
     pub lr: f32,
     /// Input positions processed in this step.
     pub positions: usize,
+    /// Weighted auxiliary (routing) loss, mean over micro-batches (0 for dense models).
+    pub aux: f64,
+    /// Expert-usage entropy `H(e)/ln E` per router, mean over micro-batches (empty for
+    /// dense models).
+    pub usage: Vec<f32>,
 }
 
 /// Where a run is: the last completed step and the batch sampler's state. Together with
@@ -110,6 +240,18 @@ pub fn train_dense_from(
     cfg: &TrainConfig,
     state: &mut TrainState,
     until: u64,
+    on_step: impl FnMut(&StepInfo),
+) -> Result<(), String> {
+    train_from(model, data, cfg, state, until, on_step)
+}
+
+/// [`train_dense_from`] for any [`Trainable`] model.
+pub fn train_from<M: Trainable>(
+    model: &mut M,
+    data: &dyn Dataset,
+    cfg: &TrainConfig,
+    state: &mut TrainState,
+    until: u64,
     mut on_step: impl FnMut(&StepInfo),
 ) -> Result<(), String> {
     if until > cfg.steps {
@@ -124,19 +266,19 @@ pub fn train_dense_from(
     let inv = 1.0 / cfg.accum as f32;
     while state.step < until {
         let step = state.step + 1;
-        model.params.zero_grads();
-        let mut loss = 0.0;
+        model.params_mut().zero_grads();
+        let (mut loss, mut aux, mut usage) = (0.0, 0.0, Vec::<f32>::new());
         for micro in 0..cfg.accum as u64 {
             let batch = data
                 .batch(Split::Train, cfg.batch, cfg.seq, &mut state.rng)
                 .map_err(|e| e.to_string())?;
             // EMoE routing noise (if enabled) differs per step and micro-batch, and is a
             // function of the step, so a resumed run sees the same noise
-            model.emoe_noise_seed = Some(
-                cfg.seed ^ step.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ micro.wrapping_mul(0x9e37),
-            );
-            let fwd = model.forward(batch.input(), &batch.targets, batch.b, batch.t);
-            model.emoe_noise_seed = None;
+            let noise =
+                cfg.seed ^ step.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ micro.wrapping_mul(0x9e37);
+            model.set_noise(Some(noise));
+            let fwd = model.forward_batch(&batch);
+            model.set_noise(None);
             let (l, acts, mut dlogits) = fwd?;
             if !l.is_finite() {
                 return Err(format!("step {step}: loss is {l}; lower the learning rate"));
@@ -144,17 +286,25 @@ pub fn train_dense_from(
             if cfg.accum > 1 {
                 dlogits.iter_mut().for_each(|g| *g *= inv);
             }
-            model.backward(batch.input(), &acts, &dlogits)?;
+            model.backward_batch(&batch, &acts, &dlogits, inv)?;
             loss += l;
+            aux += M::aux_loss(&acts);
+            let u = model.usage(&acts);
+            if usage.is_empty() {
+                usage = u;
+            } else {
+                usage.iter_mut().zip(&u).for_each(|(a, b)| *a += b);
+            }
         }
-        let norm = clip_grad_norm(&mut model.params, cfg.clip);
+        usage.iter_mut().for_each(|u| *u *= inv);
+        let norm = clip_grad_norm(model.params_mut(), cfg.clip);
         if !norm.is_finite() {
             return Err(format!(
                 "step {step}: gradient norm is {norm}; lower the learning rate"
             ));
         }
         let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr, cfg.min_lr);
-        cfg.opt.step(&mut model.params, step, lr);
+        cfg.opt.step(model.params_mut(), step, lr);
         state.step = step;
         on_step(&StepInfo {
             step,
@@ -162,6 +312,8 @@ pub fn train_dense_from(
             grad_norm: norm,
             lr,
             positions: cfg.batch * cfg.seq * cfg.accum,
+            aux: aux / cfg.accum as f64,
+            usage,
         });
     }
     Ok(())
@@ -196,14 +348,27 @@ pub fn eval_dense(
     seq: usize,
     seed: u64,
 ) -> Result<EvalResult, String> {
-    let outs = model.cfg.outputs();
+    eval_model(model, data, batches, batch, seq, seed)
+}
+
+/// [`eval_dense`] for any [`Trainable`] model (the task loss only, without auxiliary
+/// losses).
+pub fn eval_model<M: Trainable>(
+    model: &M,
+    data: &dyn Dataset,
+    batches: usize,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+) -> Result<EvalResult, String> {
+    let outs = model.outputs();
     let (mut total, mut correct, mut count) = (0.0f64, 0usize, 0usize);
     for b in data
         .eval_batches(batch, seq, batches, seed)
         .map_err(|e| e.to_string())?
     {
-        let (loss, acts, _) = model.forward(b.input(), &b.targets, b.b, b.t)?;
-        let logits = acts.logits();
+        let (loss, acts, _) = model.forward_batch(&b)?;
+        let logits = M::logits(&acts);
         let mut n = 0;
         for (row, &t) in b.targets.iter().enumerate() {
             if t == IGNORE {
@@ -278,6 +443,56 @@ mod tests {
         );
         let (_, _, again) = run();
         assert_eq!(losses, again, "same seed, same loss curve");
+    }
+
+    #[test]
+    fn moduleformer_learns_a_repetitive_text_on_any_thread_count() {
+        use crate::model::moduleformer::{MfConfig, MfModel};
+        use modula_core::kernels::par;
+        let data = cat_text();
+        let cfg = MfConfig {
+            router_hidden: 16,
+            ..MfConfig::lm(256, 32, 1, 4, 32)
+        };
+        let tc = TrainConfig {
+            steps: 60,
+            batch: 4,
+            seq: 24,
+            lr: 1e-2,
+            min_lr: 1e-3,
+            warmup: 5,
+            ..TrainConfig::default()
+        };
+        let mut runs = Vec::new();
+        for threads in [1, 2] {
+            par::set_threads(threads);
+            let mut m = MfModel::new(cfg, 7).unwrap();
+            let before = eval_model(&m, &data, 2, 4, 24, 3).unwrap();
+            let mut infos = Vec::new();
+            let mut st = TrainState::new(tc.seed);
+            train_from(&mut m, &data, &tc, &mut st, tc.steps, |s| {
+                infos.push(s.clone())
+            })
+            .unwrap();
+            let after = eval_model(&m, &data, 2, 4, 24, 3).unwrap();
+            assert!(before.loss > 5.0, "{before:?}");
+            assert!(
+                after.loss < 1.5 && after.accuracy > 0.5,
+                "validation after 60 steps: {after:?} (before {before:?})"
+            );
+            let last = infos.last().unwrap();
+            assert_eq!(last.usage.len(), 2, "one entry per router");
+            assert!(last.usage.iter().all(|u| (0.0..=1.0001).contains(u)));
+            assert!(
+                last.aux.is_finite() && last.aux < 0.0,
+                "MI loss below 0 once routing is sharp: {}",
+                last.aux
+            );
+            let losses: Vec<u64> = infos.iter().map(|s| s.loss.to_bits()).collect();
+            runs.push((losses, m.params.values.clone()));
+        }
+        par::set_threads(0);
+        assert!(runs[0] == runs[1], "thread count changed training");
     }
 
     #[test]

@@ -7,12 +7,15 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use modula_core::kernels::par;
 use modula_core::Model;
-use modula_train::checkpoint::{load_dense, save_dense};
+use modula_train::checkpoint::{load_dense, load_mf, save_dense, save_mf};
 use modula_train::data::ByteText;
 use modula_train::model::dense::{DenseConfig, DenseModel, Pool};
+use modula_train::model::moduleformer::{MfConfig, MfModel};
 use modula_train::plot::{line_chart, Series};
 use modula_train::tasks::{Copy, Dataset, FashionMnist, ListOps, Recall};
-use modula_train::trainer::{eval_dense, train_dense_from, EvalResult, TrainConfig, TrainState};
+use modula_train::trainer::{
+    eval_dense, eval_model, train_from, EvalResult, TrainConfig, TrainState, Trainable,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -119,7 +122,8 @@ impl DataArgs {
 /// Arguments of `modula train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Architecture: dense (moduleformer, seqboat, emoe: not yet).
+    /// Architecture: dense or moduleformer (seqboat: not yet; EMoE models come from
+    /// `modula emoe convert` and train with --arch dense --init).
     #[arg(long, default_value = "dense")]
     arch: String,
     #[command(flatten)]
@@ -204,6 +208,39 @@ pub struct TrainArgs {
     /// EMoE capacity factor (the published code's 1.5; default 0 = no capacity limit).
     #[arg(long, default_value_t = 0.0)]
     emoe_capacity: f32,
+    /// ModuleFormer: experts per mixture (attention and FFN, unless set separately).
+    #[arg(long, default_value_t = 8)]
+    experts: usize,
+    /// ModuleFormer: attention experts (default --experts).
+    #[arg(long)]
+    att_experts: Option<usize>,
+    /// ModuleFormer: FFN experts (default --experts).
+    #[arg(long)]
+    ffn_experts: Option<usize>,
+    /// ModuleFormer: experts per token in both mixtures (top-k).
+    #[arg(long, default_value_t = 2)]
+    top_k: usize,
+    /// ModuleFormer: router MLP hidden width (0 = linear routers).
+    #[arg(long, default_value_t = 64)]
+    router_hidden: usize,
+    /// ModuleFormer: shared key/value projections (with --heads and --att-hidden) instead of
+    /// K = V = LN1(x) (MoLM's choice: one head of width d per attention expert).
+    #[arg(long)]
+    kv_proj: bool,
+    /// ModuleFormer: query/output width of an attention expert (default d; needs --kv-proj
+    /// when different from d).
+    #[arg(long)]
+    att_hidden: Option<usize>,
+    /// ModuleFormer: weight of the mutual-information load-balancing loss (summed over all
+    /// routers).
+    #[arg(long, default_value_t = 0.01)]
+    aux_mi: f32,
+    /// ModuleFormer: weight of the load-concentration loss H(e) (fine-tuning).
+    #[arg(long, default_value_t = 0.0)]
+    aux_lc: f32,
+    /// ModuleFormer: renormalise the top-k gates to sum to 1 (MoLM does not).
+    #[arg(long)]
+    renormalize: bool,
     /// No progress bar (periodic lines instead), e.g. for logs.
     #[arg(long)]
     quiet: bool,
@@ -236,11 +273,11 @@ fn describe(r: &EvalResult, lm: bool) -> String {
 
 /// Run `modula train`.
 pub fn run(a: &TrainArgs) -> Result<(), String> {
-    if a.arch != "dense" {
-        return Err(format!(
-            "--arch {}: not yet implemented (only the dense baseline trains so far)",
-            a.arch
-        ));
+    match a.arch.as_str() {
+        "dense" => {}
+        "moduleformer" => return run_mf(a),
+        "seqboat" => return Err("--arch seqboat: not implemented yet".into()),
+        other => return Err(format!("--arch {other}: use dense or moduleformer")),
     }
     if a.steps == 0 || a.batch == 0 || a.data.seq == 0 || a.accum == 0 {
         return Err("--steps, --batch, --accum and --seq must be positive".into());
@@ -355,6 +392,186 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
         model.params.len(),
         par::threads()
     );
+    fit(
+        a,
+        &mut model,
+        &mut state,
+        data.as_ref(),
+        seq,
+        &tc,
+        lm,
+        &format!("dense d={} L={}", c.d, c.layers),
+    )
+}
+
+fn train_config(a: &TrainArgs, seq: usize) -> TrainConfig {
+    TrainConfig {
+        steps: a.steps,
+        batch: a.batch,
+        accum: a.accum,
+        seq,
+        lr: a.lr,
+        min_lr: a.lr / 10.0,
+        warmup: (a.steps / 10).max(1),
+        seed: a.seed,
+        opt: modula_train::optim::AdamW {
+            weight_decay: a.weight_decay,
+            ..modula_train::optim::AdamW::default()
+        },
+        ..TrainConfig::default()
+    }
+}
+
+/// `modula train --arch moduleformer`.
+fn run_mf(a: &TrainArgs) -> Result<(), String> {
+    if a.steps == 0 || a.batch == 0 || a.data.seq == 0 || a.accum == 0 {
+        return Err("--steps, --batch, --accum and --seq must be positive".into());
+    }
+    if !(a.aux_mi.is_finite() && a.aux_lc.is_finite() && a.aux_mi >= 0.0 && a.aux_lc >= 0.0) {
+        return Err("--aux-mi and --aux-lc must be finite and >= 0".into());
+    }
+    if let Some(t) = a.threads {
+        par::set_threads(t);
+    }
+    let (data, seq) = a.data.load()?;
+    let shape = data.shape();
+    if shape.classes > 0 || shape.patch_dim > 0 {
+        return Err(format!(
+            "--arch moduleformer is a language model; --data {} is a classification task",
+            a.data.data
+        ));
+    }
+    let (mut model, mut state) = match (&a.resume, &a.init) {
+        (Some(p), _) => {
+            let (m, st, ctx) = load_mf(p)?;
+            if ctx != seq {
+                return Err(format!(
+                    "{} was trained with --seq {ctx}, not {seq}",
+                    p.display()
+                ));
+            }
+            if st.step >= a.steps {
+                return Err(format!(
+                    "{} is already at step {} of --steps {}",
+                    p.display(),
+                    st.step,
+                    a.steps
+                ));
+            }
+            println!("resuming from {} at step {}", p.display(), st.step);
+            (m, st)
+        }
+        (None, Some(p)) => {
+            let f = Model::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let (m, _) = MfModel::read_gguf(&f).map_err(|e| format!("{}: {e}", p.display()))?;
+            println!("fine-tuning from {}", p.display());
+            (m, TrainState::new(a.seed))
+        }
+        (None, None) => {
+            let cfg = MfConfig {
+                vocab: shape.vocab,
+                d: a.d,
+                layers: a.layers,
+                att_experts: a.att_experts.unwrap_or(a.experts),
+                att_k: a.top_k,
+                att_hidden: a.att_hidden.unwrap_or(a.d),
+                heads: if a.kv_proj { a.heads } else { 1 },
+                kv_proj: a.kv_proj,
+                ffn_experts: a.ffn_experts.unwrap_or(a.experts),
+                ffn_k: a.top_k,
+                ffn_hidden: a.ffn,
+                router_hidden: a.router_hidden,
+                renormalize: a.renormalize,
+                aux_mi: a.aux_mi,
+                aux_lc: a.aux_lc,
+            };
+            (MfModel::new(cfg, a.seed)?, TrainState::new(a.seed))
+        }
+    };
+    model.cfg.aux_mi = a.aux_mi;
+    model.cfg.aux_lc = a.aux_lc;
+    if model.cfg.vocab != shape.vocab {
+        return Err(format!(
+            "the model's vocabulary ({}) does not match the data's ({})",
+            model.cfg.vocab, shape.vocab
+        ));
+    }
+    let c = model.cfg;
+    println!("data: {}", data.describe());
+    println!(
+        "model: moduleformer d={} layers={} attention {}x top-{} (width {}, {} head(s), {}) ffn {}x top-{} (width {}), router {}, aux mi {} lc {} ({} parameters, {} active per token); {} threads",
+        c.d,
+        c.layers,
+        c.att_experts,
+        c.att_k,
+        c.att_hidden,
+        c.heads,
+        if c.kv_proj { "projected K/V" } else { "K = V = LN1(x)" },
+        c.ffn_experts,
+        c.ffn_k,
+        c.ffn_hidden,
+        if c.router_hidden > 0 { format!("mlp/{}", c.router_hidden) } else { "linear".into() },
+        c.aux_mi,
+        c.aux_lc,
+        model.params.len(),
+        c.active_params(),
+        par::threads()
+    );
+    let tc = train_config(a, seq);
+    let title = format!(
+        "moduleformer d={} L={} E={}/{}",
+        c.d, c.layers, c.att_experts, c.ffn_experts
+    );
+    fit(
+        a,
+        &mut model,
+        &mut state,
+        data.as_ref(),
+        seq,
+        &tc,
+        true,
+        &title,
+    )
+}
+
+/// What `modula train` needs from a model beyond training.
+trait CliModel: Trainable {
+    fn save_checkpoint(&self, p: &Path, st: &TrainState, seq: usize) -> Result<u64, String>;
+    fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String>;
+}
+
+impl CliModel for DenseModel {
+    fn save_checkpoint(&self, p: &Path, st: &TrainState, seq: usize) -> Result<u64, String> {
+        save_dense(p, self, st, seq)
+    }
+    fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String> {
+        self.write_gguf(p, seq, "modula dense baseline")
+    }
+}
+
+impl CliModel for MfModel {
+    fn save_checkpoint(&self, p: &Path, st: &TrainState, seq: usize) -> Result<u64, String> {
+        save_mf(p, self, st, seq)
+    }
+    fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String> {
+        self.write_gguf(p, seq, "modula moduleformer")
+    }
+}
+
+/// The training loop of `modula train` for any model: progress, metrics, evaluation,
+/// checkpoints, the model file and the loss picture.
+#[allow(clippy::too_many_arguments)]
+fn fit<M: CliModel>(
+    a: &TrainArgs,
+    model: &mut M,
+    state: &mut TrainState,
+    data: &dyn Dataset,
+    seq: usize,
+    tc: &TrainConfig,
+    lm: bool,
+    title: &str,
+) -> Result<(), String> {
+    let tc = *tc;
     let metrics_path = with_suffix(&a.out, ".metrics.jsonl");
     let mut metrics = std::io::BufWriter::new(
         std::fs::File::create(&metrics_path)
@@ -394,8 +611,21 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
             let el = start.elapsed().as_secs_f64();
             let tps = positions as f64 / el.max(1e-9);
             train_curve.push((s.step as f64, s.loss));
+            let routing = if s.usage.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ",\"aux_loss\":{:.6},\"usage_entropy\":[{}]",
+                    s.aux,
+                    s.usage
+                        .iter()
+                        .map(|u| format!("{u:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            };
             let line = format!(
-                "{{\"step\":{},\"loss\":{:.6},\"grad_norm\":{:.6},\"lr\":{:.6e},\"positions_per_s\":{:.1},\"elapsed_s\":{:.3}}}",
+                "{{\"step\":{},\"loss\":{:.6},\"grad_norm\":{:.6},\"lr\":{:.6e},\"positions_per_s\":{:.1},\"elapsed_s\":{:.3}{routing}}}",
                 s.step, s.loss, s.grad_norm, s.lr, tps, el
             );
             if let Err(e) = writeln!(metrics, "{line}") {
@@ -406,34 +636,30 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
             if (pb.is_hidden() && (s.step % every == 0 || s.step == a.steps))
                 || (s.step - first) == 1
             {
+                let usage = if s.usage.is_empty() {
+                    String::new()
+                } else {
+                    let mean = s.usage.iter().sum::<f32>() / s.usage.len() as f32;
+                    let min = s.usage.iter().copied().fold(f32::INFINITY, f32::min);
+                    format!(
+                        "  aux {:.4}  usage H/lnE mean {mean:.3} min {min:.3}",
+                        s.aux
+                    )
+                };
                 pb.suspend(|| {
                     println!(
-                        "step {:>6}/{}  loss {:.4}  |g| {:.3}  lr {:.2e}  {:.0} positions/s",
+                        "step {:>6}/{}  loss {:.4}  |g| {:.3}  lr {:.2e}  {:.0} positions/s{usage}",
                         s.step, a.steps, s.loss, s.grad_norm, s.lr, tps
                     )
                 });
             }
         };
-        train_dense_from(
-            &mut model,
-            data.as_ref(),
-            &tc,
-            &mut state,
-            until,
-            &mut report,
-        )?;
+        train_from(model, data, &tc, state, until, &mut report)?;
         if let Some(e) = io_err.take() {
             return Err(format!("cannot write metrics {e}"));
         }
         if state.step % eval_every == 0 || state.step == stop {
-            let r = eval_dense(
-                &model,
-                data.as_ref(),
-                a.eval_batches,
-                a.batch,
-                seq,
-                a.seed ^ 0x5eed,
-            )?;
+            let r = eval_model(&*model, data, a.eval_batches, a.batch, seq, a.seed ^ 0x5eed)?;
             val_curve.push((state.step as f64, r.loss));
             writeln!(
                 metrics,
@@ -450,7 +676,7 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
                 _ => false,
             };
             if due || state.step == stop {
-                save_dense(p, &model, &state, seq)?;
+                model.save_checkpoint(p, state, seq)?;
                 last_ckpt = state.step;
             }
         }
@@ -461,19 +687,12 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;
     let val = match val {
         Some(v) => v,
-        None => eval_dense(
-            &model,
-            data.as_ref(),
-            a.eval_batches,
-            a.batch,
-            seq,
-            a.seed ^ 0x5eed,
-        )?,
+        None => eval_model(&*model, data, a.eval_batches, a.batch, seq, a.seed ^ 0x5eed)?,
     };
-    let bytes = model.write_gguf(&a.out, seq, "modula dense baseline")?;
+    let bytes = model.write_model(&a.out, seq)?;
     let svg_path = with_suffix(&a.out, ".loss.svg");
     let svg = line_chart(
-        &format!("dense d={} L={} on {}", c.d, c.layers, a.data.data),
+        &format!("{title} on {}", a.data.data),
         "step",
         "loss (nats per target)",
         &[

@@ -5,7 +5,10 @@
 //! the previous checkpoint intact. A resumed run continues the identical loss curve.
 
 use crate::model::dense::DenseModel;
+use crate::model::moduleformer::MfModel;
+use crate::params::ParamStore;
 use crate::trainer::TrainState;
+use modula_core::gguf::GgufWriter;
 use modula_core::rng::SplitMix64;
 use modula_core::{MetaValue, Model};
 use std::path::Path;
@@ -22,15 +25,43 @@ pub fn save_dense(
     state: &TrainState,
     context_length: usize,
 ) -> Result<u64, String> {
-    let mut w = model.writer(context_length, "modula dense checkpoint")?;
+    let w = model.writer(context_length, "modula dense checkpoint")?;
+    save_with(path, w, &model.params, state)
+}
+
+/// Save a ModuleFormer model, its Adam moments and `state` to `path` atomically.
+pub fn save_mf(
+    path: &Path,
+    model: &MfModel,
+    state: &TrainState,
+    context_length: usize,
+) -> Result<u64, String> {
+    let w = model.writer(context_length, "modula moduleformer checkpoint")?;
+    save_with(path, w, &model.params, state)
+}
+
+/// Load a checkpoint written by [`save_mf`].
+pub fn load_mf(path: &Path) -> Result<(MfModel, TrainState, usize), String> {
+    let file = Model::open(path).map_err(|e| e.to_string())?;
+    let (mut model, ctx) = MfModel::read_gguf(&file)?;
+    let state = load_state(path, &file, &mut model.params)?;
+    Ok((model, state, ctx))
+}
+
+fn save_with<'a>(
+    path: &Path,
+    mut w: GgufWriter<'a>,
+    params: &'a ParamStore,
+    state: &TrainState,
+) -> Result<u64, String> {
     w.set(STEP_KEY, MetaValue::U64(state.step))
         .map_err(|e| e.to_string())?;
     w.set(RNG_KEY, MetaValue::U64(state.rng.0))
         .map_err(|e| e.to_string())?;
-    let n = model.params.len();
-    w.add_f32("optimizer.adam_m", &[n], &model.params.m)
+    let n = params.len();
+    w.add_f32("optimizer.adam_m", &[n], &params.m)
         .map_err(|e| e.to_string())?;
-    w.add_f32("optimizer.adam_v", &[n], &model.params.v)
+    w.add_f32("optimizer.adam_v", &[n], &params.v)
         .map_err(|e| e.to_string())?;
     w.write_to(path).map_err(|e| e.to_string())
 }
@@ -40,6 +71,16 @@ pub fn save_dense(
 pub fn load_dense(path: &Path) -> Result<(DenseModel, TrainState, usize), String> {
     let file = Model::open(path).map_err(|e| e.to_string())?;
     let (mut model, ctx) = DenseModel::read_gguf(&file)?;
+    let state = load_state(path, &file, &mut model.params)?;
+    Ok((model, state, ctx))
+}
+
+/// The training state and Adam moments of a checkpoint file.
+fn load_state(
+    path: &Path,
+    file: &Model<impl AsRef<[u8]>>,
+    params: &mut ParamStore,
+) -> Result<TrainState, String> {
     let u64_key = |k: &str| match file.get(k).and_then(|v| v.as_u64()) {
         Some(v) => Ok(v),
         None => Err(format!("{}: not a checkpoint (no '{k}')", path.display())),
@@ -48,10 +89,10 @@ pub fn load_dense(path: &Path) -> Result<(DenseModel, TrainState, usize), String
         step: u64_key(STEP_KEY)?,
         rng: SplitMix64(u64_key(RNG_KEY)?),
     };
-    let n = model.params.len();
+    let n = params.len();
     for (name, dst) in [
-        ("optimizer.adam_m", &mut model.params.m),
-        ("optimizer.adam_v", &mut model.params.v),
+        ("optimizer.adam_m", &mut params.m),
+        ("optimizer.adam_v", &mut params.v),
     ] {
         let t = file.tensor(name).map_err(|e| e.to_string())?;
         let src = t.as_f32_slice().map_err(|e| e.to_string())?;
@@ -63,7 +104,7 @@ pub fn load_dense(path: &Path) -> Result<(DenseModel, TrainState, usize), String
         }
         dst.copy_from_slice(src);
     }
-    Ok((model, state, ctx))
+    Ok(state)
 }
 
 #[cfg(test)]

@@ -2,4 +2,5 @@
 
 pub mod dense;
 mod io;
+pub mod mf_io;
 pub mod moduleformer;

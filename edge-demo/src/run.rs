@@ -1,8 +1,8 @@
-//! `modula run`: generate text with a dense (or EMoE) byte LM straight from its (possibly
-//! quantised) model file, streaming each byte as it is produced.
+//! `modula run`: generate text with a byte LM — dense, EMoE or ModuleFormer — straight from
+//! its (possibly quantised) model file, streaming each byte as it is produced.
 
 use clap::Args;
-use modula_core::engine::DenseEngine;
+use modula_core::engine::{DenseEngine, MfEngine};
 use modula_core::kernels::par;
 use modula_core::rng::SplitMix64;
 use modula_core::Model;
@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// Context capacity (default: the model's position table, else 1024).
     #[arg(long)]
     context: Option<usize>,
+    /// ModuleFormer: stop each stick-breaking walk once the used stick exceeds this τ
+    /// (older tokens then weigh at most e^-τ in total; default: exact).
+    #[arg(long)]
+    sb_stop: Option<f32>,
     /// Print only the timing line (for benchmarks).
     #[arg(long)]
     quiet: bool,
@@ -70,6 +74,28 @@ fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut SplitMix64) 
     idx[k - 1] as u32
 }
 
+/// The decode engines `modula run` drives.
+enum Engine<'a> {
+    Dense(DenseEngine<'a>),
+    Mf(MfEngine<'a>),
+}
+
+impl Engine<'_> {
+    fn step(&mut self, token: u32) -> Result<&[f32], String> {
+        match self {
+            Engine::Dense(e) => e.step(token),
+            Engine::Mf(e) => e.step(token),
+        }
+    }
+
+    fn max_context(&self) -> usize {
+        match self {
+            Engine::Dense(e) => e.max_context(),
+            Engine::Mf(e) => e.max_context(),
+        }
+    }
+}
+
 /// Run `modula run`.
 pub fn run(a: &RunArgs) -> Result<(), String> {
     if let Some(t) = a.threads {
@@ -79,14 +105,27 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         return Err(format!("--temperature {} must be >= 0", a.temperature));
     }
     let m = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
-    let spec = modula_core::engine::DenseSpec::from_model(&m)
-        .map_err(|e| format!("{}: {e}", a.model.display()))?;
-    let ctx = a.context.unwrap_or(if spec.positions > 0 {
-        spec.positions
-    } else {
-        1024
-    });
-    let mut e = DenseEngine::new(&m, ctx).map_err(|e| format!("{}: {e}", a.model.display()))?;
+    let at = |e: String| format!("{}: {e}", a.model.display());
+    let mut e = match m.get_str("modula.model") {
+        Some("moduleformer") => {
+            if a.sb_stop.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+                return Err("--sb-stop must be a positive number".into());
+            }
+            let mut e = MfEngine::new(&m, a.context.unwrap_or(1024)).map_err(at)?;
+            e.set_stop(a.sb_stop);
+            Engine::Mf(e)
+        }
+        _ => {
+            let spec = modula_core::engine::DenseSpec::from_model(&m).map_err(at)?;
+            let ctx = a.context.unwrap_or(if spec.positions > 0 {
+                spec.positions
+            } else {
+                1024
+            });
+            Engine::Dense(DenseEngine::new(&m, ctx).map_err(at)?)
+        }
+    };
+    let ctx = e.max_context();
     let prompt = a.prompt.as_bytes();
     if prompt.is_empty() {
         return Err("--prompt must not be empty".into());

@@ -121,3 +121,83 @@ fn engine_refuses_classifiers() {
         .contains("classifier"));
     std::fs::remove_file(p).unwrap();
 }
+
+/// ModuleFormer: the engine (one token at a time, stick-breaking over its cache, only the
+/// chosen experts' tensors) against the trainer's whole-sequence forward.
+#[test]
+fn moduleformer_engine_matches_the_trainer_forward() {
+    use modula_core::engine::MfEngine;
+    use modula_train::model::moduleformer::{MfConfig, MfModel};
+    let base = MfConfig {
+        router_hidden: 32,
+        ..MfConfig::lm(40, 32, 2, 4, 64)
+    };
+    let configs = [
+        ("MoLM (K = V = LN1(x))", base),
+        (
+            "projected K/V, 2 heads, linear routers, renormalised",
+            MfConfig {
+                kv_proj: true,
+                heads: 2,
+                att_hidden: 64,
+                router_hidden: 0,
+                renormalize: true,
+                att_k: 1,
+                ffn_k: 3,
+                ..base
+            },
+        ),
+    ];
+    let tokens: Vec<u32> = (0..14).map(|i| (i * 7 % 40) as u32).collect();
+    for (name, cfg) in configs {
+        let mut m = MfModel::new(cfg, 3).unwrap();
+        let mut r = SplitMix64(8);
+        for v in m.params.values.iter_mut() {
+            *v += 0.1 * (2.0 * r.next_f32() - 1.0);
+        }
+        let p = std::env::temp_dir().join(format!("modula-mf-engine-{}.gguf", std::process::id()));
+        m.write_gguf(&p, 16, "engine test").unwrap();
+        let model = Model::open(&p).unwrap();
+        let check = |m: &MfModel, model: &Model<_>, bound: f32, what: &str| {
+            let t = tokens.len();
+            let (_, acts, _) = m.forward(&tokens, &tokens, 1, t).unwrap();
+            let want = acts.logits();
+            let v = m.cfg.vocab;
+            let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+            let mut e = MfEngine::new(model, 16).unwrap();
+            let mut worst = 0f32;
+            for (i, &tok) in tokens.iter().enumerate() {
+                let got = e.step(tok).unwrap();
+                for (g, w) in got.iter().zip(&want[i * v..(i + 1) * v]) {
+                    worst = worst.max((g - w).abs() / scale);
+                }
+            }
+            assert!(worst < bound, "{name} {what}: engine vs trainer {worst}");
+            // expert usage is counted: k per token per router
+            let k = [m.cfg.att_k, m.cfg.ffn_k];
+            for (i, u) in e.usage().iter().enumerate() {
+                assert_eq!(u.iter().sum::<u64>(), (t * k[i % 2]) as u64);
+            }
+        };
+        check(&m, &model, 1e-5, "f32");
+        // quantised file: the trainer reads it dequantised
+        let (w, _) = quantize_model(&model, DType::Q8_0).unwrap();
+        let pq =
+            std::env::temp_dir().join(format!("modula-mf-engine-{}-q8.gguf", std::process::id()));
+        w.write_to(&pq).unwrap();
+        let qmodel = Model::open(&pq).unwrap();
+        let (dq, _) = MfModel::read_gguf(&qmodel).unwrap();
+        check(&dq, &qmodel, 2e-2, "Q8_0");
+        // bad input is an error
+        let mut e = MfEngine::new(&model, 2).unwrap();
+        assert!(e.step(40).unwrap_err().contains("vocabulary"));
+        e.step(1).unwrap();
+        e.step(2).unwrap();
+        assert!(e.step(3).unwrap_err().contains("full"));
+        e.reset();
+        e.step(3).unwrap();
+        for f in [p, pq] {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+}

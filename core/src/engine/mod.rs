@@ -10,6 +10,10 @@
 //! the trainer; the trainer's forward on the same tokens agrees to float rounding (tests
 //! in `modula-train`).
 
+pub mod moduleformer;
+
+pub use moduleformer::{MfEngine, MfSpec};
+
 use crate::gguf::GgufError;
 use crate::kernels::attention::{causal_attention, KvCache};
 use crate::kernels::elementwise::{gelu, layer_norm};
@@ -85,15 +89,15 @@ pub struct DenseEngine<'a> {
     logits: Vec<f32>,
 }
 
-const EPS: f32 = 1e-5;
+pub(crate) const EPS: f32 = 1e-5;
 
-fn meta_u32<B: AsRef<[u8]>>(m: &Model<B>, key: &str) -> Result<usize, String> {
+pub(crate) fn meta_u32<B: AsRef<[u8]>>(m: &Model<B>, key: &str) -> Result<usize, String> {
     m.get_u32(key)
         .map(|v| v as usize)
         .map_err(|e| e.to_string())
 }
 
-fn vector<'a, B: AsRef<[u8]>>(
+pub(crate) fn vector<'a, B: AsRef<[u8]>>(
     m: &'a Model<B>,
     name: &str,
     len: usize,
@@ -111,7 +115,7 @@ fn vector<'a, B: AsRef<[u8]>>(
     Ok(v)
 }
 
-fn matrix<'a, B: AsRef<[u8]>>(
+pub(crate) fn matrix<'a, B: AsRef<[u8]>>(
     m: &'a Model<B>,
     name: &str,
     rows: usize,

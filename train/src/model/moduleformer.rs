@@ -301,6 +301,44 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Run `f(e, pairs)` for every expert with routed pairs, one task per expert on the kernel
+/// pool (the kernels inside a task run on its thread); results in expert order.
+fn per_expert<R: Send>(
+    disp: &Dispatch,
+    experts: usize,
+    f: impl Fn(usize, &[u32]) -> Result<R, String> + Sync,
+) -> Result<Vec<Option<R>>, String> {
+    par::map_indexed(experts, |e| {
+        let pairs = disp.pairs(e);
+        if pairs.is_empty() {
+            Ok(None)
+        } else {
+            f(e, pairs).map(Some)
+        }
+    })
+    .into_iter()
+    .collect()
+}
+
+/// `[pairs, d]`: the output gradient row of each pair's token times the pair's gate.
+fn gated_rows(dy: &[f32], d: usize, pairs: &[u32], k: usize, gates: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(pairs.len() * d);
+    for &pair in pairs {
+        let (pr, tok) = (pair as usize, pair as usize / k);
+        let g = gates[pr];
+        out.extend(dy[tok * d..(tok + 1) * d].iter().map(|v| g * v));
+    }
+    out
+}
+
+/// Add row `r` of `src: [pairs, d]` into row `pairs[r] / k` of `dst`.
+fn scatter_add(dst: &mut [f32], d: usize, pairs: &[u32], k: usize, src: &[f32]) {
+    for (r, &pair) in pairs.iter().enumerate() {
+        let tok = pair as usize / k;
+        add(&mut dst[tok * d..(tok + 1) * d], &src[r * d..(r + 1) * d]);
+    }
+}
+
 /// Rows `rows[i] / div` of `src: [_, w]` gathered into `[rows.len(), w]`.
 fn gather(src: &[f32], w: usize, rows: &[u32], div: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() * w);
@@ -559,24 +597,16 @@ impl MfModel {
             // map: q per (token, slot) by its expert's query projection
             let mut q = vec![0f32; n * ka * da];
             let wq = p.value(blk.q_exps);
-            for e in 0..ea {
-                let pairs = r1.disp.pairs(e);
-                if pairs.is_empty() {
-                    continue;
-                }
+            let qs = per_expert(&r1.disp, ea, |e, pairs| {
                 let xe = gather(&h1, d, pairs, ka);
                 let mut qe = vec![0f32; pairs.len() * da];
-                linear_forward(
-                    &xe,
-                    pairs.len(),
-                    &wq[e * da * d..(e + 1) * da * d],
-                    None,
-                    da,
-                    d,
-                    &mut qe,
-                )
-                .map_err(ke)?;
-                for (r, &pair) in pairs.iter().enumerate() {
+                let w = &wq[e * da * d..(e + 1) * da * d];
+                linear_forward(&xe, pairs.len(), w, None, da, d, &mut qe).map_err(ke)?;
+                Ok(qe)
+            })?;
+            for (e, qe) in qs.iter().enumerate() {
+                let Some(qe) = qe else { continue };
+                for (r, &pair) in r1.disp.pairs(e).iter().enumerate() {
                     let pr = pair as usize;
                     q[pr * da..(pr + 1) * da].copy_from_slice(&qe[r * da..(r + 1) * da]);
                 }
@@ -616,16 +646,16 @@ impl MfModel {
             // reduce: each expert's output projection, gated, added to the residual
             let mut ya = vec![0f32; n * ka * d];
             let wo = p.value(blk.o_exps);
-            for e in 0..ea {
-                let pairs = r1.disp.pairs(e);
-                if pairs.is_empty() {
-                    continue;
-                }
+            let ys = per_expert(&r1.disp, ea, |e, pairs| {
                 let oe = gather(&o, da, pairs, 1);
                 let mut ye = vec![0f32; pairs.len() * d];
                 let w = MatRef::f32(&wo[e * da * d..(e + 1) * da * d], da, d).map_err(ke)?;
                 matmul_rows(&oe, da, pairs.len(), &w, &mut ye, d, false).map_err(ke)?;
-                for (r, &pair) in pairs.iter().enumerate() {
+                Ok(ye)
+            })?;
+            for (e, ye) in ys.iter().enumerate() {
+                let Some(ye) = ye else { continue };
+                for (r, &pair) in r1.disp.pairs(e).iter().enumerate() {
                     let pr = pair as usize;
                     ya[pr * d..(pr + 1) * d].copy_from_slice(&ye[r * d..(r + 1) * d]);
                 }
@@ -652,34 +682,28 @@ impl MfModel {
             let (ef, kf) = (c.ffn_experts, c.ffn_k);
             let r2 = self.route(2 * acts.blocks.len() + 1, blk.ffn_router, &h2, n, ef, kf)?;
             let mut u = vec![0f32; n * kf * df];
+            let mut act = vec![0f32; n * kf * df];
             let mut yf = vec![0f32; n * kf * d];
             let (wu, wd) = (p.value(blk.up_exps), p.value(blk.down_exps));
-            for e in 0..ef {
-                let pairs = r2.disp.pairs(e);
-                if pairs.is_empty() {
-                    continue;
-                }
+            let outs = per_expert(&r2.disp, ef, |e, pairs| {
                 let m = pairs.len();
                 let xe = gather(&h2, d, pairs, kf);
                 let mut ue = vec![0f32; m * df];
-                linear_forward(
-                    &xe,
-                    m,
-                    &wu[e * df * d..(e + 1) * df * d],
-                    None,
-                    df,
-                    d,
-                    &mut ue,
-                )
-                .map_err(ke)?;
+                let w = &wu[e * df * d..(e + 1) * df * d];
+                linear_forward(&xe, m, w, None, df, d, &mut ue).map_err(ke)?;
                 let mut ae = ue.clone();
                 activation_forward(Activation::GeluTanh, &mut ae);
                 let mut ye = vec![0f32; m * d];
                 let w = MatRef::f32(&wd[e * df * d..(e + 1) * df * d], df, d).map_err(ke)?;
                 matmul_rows(&ae, df, m, &w, &mut ye, d, false).map_err(ke)?;
-                for (r, &pair) in pairs.iter().enumerate() {
+                Ok((ue, ae, ye))
+            })?;
+            for (e, out) in outs.iter().enumerate() {
+                let Some((ue, ae, ye)) = out else { continue };
+                for (r, &pair) in r2.disp.pairs(e).iter().enumerate() {
                     let pr = pair as usize;
                     u[pr * df..(pr + 1) * df].copy_from_slice(&ue[r * df..(r + 1) * df]);
+                    act[pr * df..(pr + 1) * df].copy_from_slice(&ae[r * df..(r + 1) * df]);
                     yf[pr * d..(pr + 1) * d].copy_from_slice(&ye[r * d..(r + 1) * d]);
                 }
             }
@@ -693,8 +717,6 @@ impl MfModel {
                     }
                 }
             }
-            let mut act = u.clone();
-            activation_forward(Activation::GeluTanh, &mut act);
             ba.h2 = h2;
             ba.ln2 = st2;
             ba.r2 = r2;
@@ -858,58 +880,33 @@ impl MfModel {
                 let p = &mut self.params;
                 let ru = p.specs()[blk.up_exps].range.clone();
                 let rd = p.specs()[blk.down_exps].range.clone();
-                for e in 0..ef {
-                    let pairs = ba.r2.disp.pairs(e);
-                    if pairs.is_empty() {
-                        continue;
-                    }
+                let vals = &p.values;
+                let res = per_expert(&ba.r2.disp, ef, |e, pairs| {
                     let m = pairs.len();
-                    let mut dye = vec![0f32; m * d];
-                    for (r, &pair) in pairs.iter().enumerate() {
-                        let (pr, tok) = (pair as usize, pair as usize / kf);
-                        let g = ba.r2.gates[pr];
-                        for (o, &v) in dye[r * d..(r + 1) * d]
-                            .iter_mut()
-                            .zip(&dx[tok * d..(tok + 1) * d])
-                        {
-                            *o = g * v;
-                        }
-                    }
+                    let dye = gated_rows(&dx, d, pairs, kf, &ba.r2.gates);
                     let ae = gather(&ba.act, df, pairs, 1);
                     let ue = gather(&ba.u, df, pairs, 1);
                     let xe = gather(&ba.h2, d, pairs, kf);
-                    let wd = &p.values[rd.start + e * df * d..rd.start + (e + 1) * df * d];
+                    let wd = &vals[rd.start + e * df * d..rd.start + (e + 1) * df * d];
                     let mut dae = vec![0f32; m * df];
-                    linear(
-                        &dye,
-                        d,
-                        m,
-                        &MatRef::f32(wd, df, d).map_err(ke)?,
-                        None,
-                        &mut dae,
-                        df,
-                    )
-                    .map_err(ke)?;
-                    matmul_tn_acc(
-                        &ae,
-                        &dye,
-                        m,
-                        df,
-                        d,
-                        &mut p.grads[rd.start + e * df * d..rd.start + (e + 1) * df * d],
-                    )
-                    .map_err(ke)?;
+                    let wdm = MatRef::f32(wd, df, d).map_err(ke)?;
+                    linear(&dye, d, m, &wdm, None, &mut dae, df).map_err(ke)?;
+                    let mut gd = vec![0f32; df * d];
+                    matmul_tn_acc(&ae, &dye, m, df, d, &mut gd).map_err(ke)?;
                     let mut due = vec![0f32; m * df];
                     activation_backward(Activation::GeluTanh, &dae, &ue, &mut due);
                     let mut dxe = vec![0f32; m * d];
-                    let wu = &p.values[ru.start + e * df * d..ru.start + (e + 1) * df * d];
-                    let gu = &mut p.grads[ru.start + e * df * d..ru.start + (e + 1) * df * d];
-                    linear_backward(&due, &xe, wu, m, df, d, Some(&mut dxe), gu, None)
+                    let wu = &vals[ru.start + e * df * d..ru.start + (e + 1) * df * d];
+                    let mut gu = vec![0f32; df * d];
+                    linear_backward(&due, &xe, wu, m, df, d, Some(&mut dxe), &mut gu, None)
                         .map_err(ke)?;
-                    for (r, &pair) in pairs.iter().enumerate() {
-                        let tok = pair as usize / kf;
-                        add(&mut dh2[tok * d..(tok + 1) * d], &dxe[r * d..(r + 1) * d]);
-                    }
+                    Ok((dxe, gu, gd))
+                })?;
+                for (e, r) in res.iter().enumerate() {
+                    let Some((dxe, gu, gd)) = r else { continue };
+                    add(&mut p.grads[ru.start + e * df * d..ru.start + (e + 1) * df * d], gu);
+                    add(&mut p.grads[rd.start + e * df * d..rd.start + (e + 1) * df * d], gd);
+                    scatter_add(&mut dh2, d, ba.r2.disp.pairs(e), kf, dxe);
                 }
             }
             self.ln_backward(&dh2, &ba.x_mid, blk.ln2_g, blk.ln2_b, &ba.ln2, n, &mut dx);
@@ -933,46 +930,23 @@ impl MfModel {
             {
                 let p = &mut self.params;
                 let ro = p.specs()[blk.o_exps].range.clone();
-                for e in 0..ea {
-                    let pairs = ba.r1.disp.pairs(e);
-                    if pairs.is_empty() {
-                        continue;
-                    }
+                let vals = &p.values;
+                let res = per_expert(&ba.r1.disp, ea, |e, pairs| {
                     let m = pairs.len();
-                    let mut dye = vec![0f32; m * d];
-                    for (r, &pair) in pairs.iter().enumerate() {
-                        let (pr, tok) = (pair as usize, pair as usize / ka);
-                        let g = ba.r1.gates[pr];
-                        for (o, &v) in dye[r * d..(r + 1) * d]
-                            .iter_mut()
-                            .zip(&dx[tok * d..(tok + 1) * d])
-                        {
-                            *o = g * v;
-                        }
-                    }
+                    let dye = gated_rows(&dx, d, pairs, ka, &ba.r1.gates);
                     let oe = gather(&ba.o, da, pairs, 1);
-                    let wo = &p.values[ro.start + e * da * d..ro.start + (e + 1) * da * d];
+                    let wo = &vals[ro.start + e * da * d..ro.start + (e + 1) * da * d];
                     let mut doe = vec![0f32; m * da];
-                    linear(
-                        &dye,
-                        d,
-                        m,
-                        &MatRef::f32(wo, da, d).map_err(ke)?,
-                        None,
-                        &mut doe,
-                        da,
-                    )
-                    .map_err(ke)?;
-                    matmul_tn_acc(
-                        &oe,
-                        &dye,
-                        m,
-                        da,
-                        d,
-                        &mut p.grads[ro.start + e * da * d..ro.start + (e + 1) * da * d],
-                    )
-                    .map_err(ke)?;
-                    for (r, &pair) in pairs.iter().enumerate() {
+                    let wom = MatRef::f32(wo, da, d).map_err(ke)?;
+                    linear(&dye, d, m, &wom, None, &mut doe, da).map_err(ke)?;
+                    let mut go = vec![0f32; da * d];
+                    matmul_tn_acc(&oe, &dye, m, da, d, &mut go).map_err(ke)?;
+                    Ok((doe, go))
+                })?;
+                for (e, r) in res.iter().enumerate() {
+                    let Some((doe, go)) = r else { continue };
+                    add(&mut p.grads[ro.start + e * da * d..ro.start + (e + 1) * da * d], go);
+                    for (r, &pair) in ba.r1.disp.pairs(e).iter().enumerate() {
                         let pr = pair as usize;
                         dobuf[pr * da..(pr + 1) * da].copy_from_slice(&doe[r * da..(r + 1) * da]);
                     }
@@ -1022,23 +996,22 @@ impl MfModel {
             {
                 let p = &mut self.params;
                 let rq = p.specs()[blk.q_exps].range.clone();
-                for e in 0..ea {
-                    let pairs = ba.r1.disp.pairs(e);
-                    if pairs.is_empty() {
-                        continue;
-                    }
+                let vals = &p.values;
+                let res = per_expert(&ba.r1.disp, ea, |e, pairs| {
                     let m = pairs.len();
                     let dqe = gather(&dq, da, pairs, 1);
                     let xe = gather(&ba.h1, d, pairs, ka);
                     let mut dxe = vec![0f32; m * d];
-                    let wq = &p.values[rq.start + e * da * d..rq.start + (e + 1) * da * d];
-                    let gq = &mut p.grads[rq.start + e * da * d..rq.start + (e + 1) * da * d];
-                    linear_backward(&dqe, &xe, wq, m, da, d, Some(&mut dxe), gq, None)
+                    let wq = &vals[rq.start + e * da * d..rq.start + (e + 1) * da * d];
+                    let mut gq = vec![0f32; da * d];
+                    linear_backward(&dqe, &xe, wq, m, da, d, Some(&mut dxe), &mut gq, None)
                         .map_err(ke)?;
-                    for (r, &pair) in pairs.iter().enumerate() {
-                        let tok = pair as usize / ka;
-                        add(&mut dh1[tok * d..(tok + 1) * d], &dxe[r * d..(r + 1) * d]);
-                    }
+                    Ok((dxe, gq))
+                })?;
+                for (e, r) in res.iter().enumerate() {
+                    let Some((dxe, gq)) = r else { continue };
+                    add(&mut p.grads[rq.start + e * da * d..rq.start + (e + 1) * da * d], gq);
+                    scatter_add(&mut dh1, d, ba.r1.disp.pairs(e), ka, dxe);
                 }
                 match blk.kv {
                     Some((kw, kb, vw, vb)) => {

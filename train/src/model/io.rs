@@ -305,14 +305,14 @@ impl DenseModel {
             let t = st
                 .tensor(name)
                 .map_err(|_| format!("missing tensor '{name}'"))?;
-            Ok((t.shape().to_vec(), to_f32(name, t.dtype(), t.data())?))
+            Ok((t.shape().to_vec(), widen(name, t.dtype(), t.data())?))
         })?;
         Ok((model, ctx))
     }
 }
 
 /// Widen little-endian f32/f16/bf16 tensor bytes.
-fn to_f32(name: &str, dt: safetensors::Dtype, b: &[u8]) -> Result<Vec<f32>, String> {
+pub(crate) fn widen(name: &str, dt: safetensors::Dtype, b: &[u8]) -> Result<Vec<f32>, String> {
     use safetensors::Dtype;
     Ok(match dt {
         Dtype::F32 => b

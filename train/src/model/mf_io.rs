@@ -247,6 +247,194 @@ impl MfModel {
     }
 }
 
+/// Import a checkpoint of the Hugging Face ModuleFormer (MoLM) code: its `config.json`
+/// text and its `model.safetensors` bytes (f32, f16 or bf16; expert tensors
+/// `[experts, in, out]`, routers `w_gate.0` / `w_gate.3` as `nn.Linear`; names in spec
+/// A.6b). Keys and values are shared (`K = V = ln_1(x)`) when `att_hidden == n_embd` and
+/// `n_head == 1`, as in the released code; projected otherwise. Supports the MLP router
+/// (`gate_type = "mlp"`, every MoLM checkpoint) with `gelu_new` experts; anything else is
+/// refused with a message. Buffers (`attn.mask`, `attn.cum_weight`) are ignored. Returns
+/// the model and its context length (`block_size`).
+pub fn read_molm(config_json: &str, safetensors_bytes: &[u8]) -> Result<(MfModel, usize), String> {
+    let cfg: serde_json::Value =
+        serde_json::from_str(config_json).map_err(|e| format!("config.json: {e}"))?;
+    let num = |k: &str| -> Result<usize, String> {
+        cfg.get(k)
+            .and_then(|v| v.as_u64())
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| format!("config.json: missing or non-integer '{k}'"))
+    };
+    let text = |k: &str, default: &str| -> String {
+        cfg.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or(default)
+            .to_string()
+    };
+    if let Some(t) = cfg.get("model_type").and_then(|v| v.as_str()) {
+        if t != "moduleformer" {
+            return Err(format!("config.json: model_type '{t}' is not moduleformer"));
+        }
+    }
+    let gate = text("gate_type", "mlp");
+    if gate != "mlp" {
+        return Err(format!(
+            "config.json: gate_type '{gate}' is not supported (MoLM checkpoints use 'mlp')"
+        ));
+    }
+    let act = text("activation_function", "gelu_new");
+    if !["gelu_new", "gelu_pytorch_tanh", "gelu_fast"].contains(&act.as_str()) {
+        return Err(format!(
+            "config.json: activation_function '{act}' is not supported (experts run tanh-GELU, 'gelu_new')"
+        ));
+    }
+    let (d, heads, da) = (num("n_embd")?, num("n_head")?, num("att_hidden")?);
+    let mf = MfConfig {
+        vocab: num("vocab_size")?,
+        d,
+        layers: num("n_layer")?,
+        att_experts: num("n_att_experts")?,
+        att_k: num("k_att")?,
+        att_hidden: da,
+        heads,
+        kv_proj: !(da == d && heads == 1),
+        ffn_experts: num("n_mlp_experts")?,
+        ffn_k: num("k_mlp")?,
+        ffn_hidden: num("ffd_hidden")?,
+        router_hidden: num("gating_size")?,
+        renormalize: false,
+        aux_mi: 0.0,
+        aux_lc: 0.0,
+    };
+    mf.validate()?;
+    if mf.router_hidden == 0 {
+        return Err("config.json: gating_size must be at least 1".into());
+    }
+    let ctx = num("block_size")
+        .or_else(|_| num("n_positions"))
+        .unwrap_or(0);
+    let st = safetensors::SafeTensors::deserialize(safetensors_bytes)
+        .map_err(|e| format!("model.safetensors: {e}"))?;
+    // refuse a header that describes far more weights than the file holds, before
+    // allocating them
+    let described = mf.layers.saturating_mul(
+        (mf.att_experts * da * d + mf.ffn_experts * mf.ffn_hidden * d).saturating_mul(2),
+    );
+    if described / 4 > safetensors_bytes.len() {
+        return Err(format!(
+            "config.json describes {described} expert weights; model.safetensors holds {} bytes",
+            safetensors_bytes.len()
+        ));
+    }
+    let mut model = MfModel::new(mf, 0)?;
+    let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
+        let t = st
+            .tensor(name)
+            .map_err(|_| format!("model.safetensors: missing tensor '{name}'"))?;
+        if t.shape() != shape {
+            return Err(format!(
+                "tensor '{name}' has shape {:?}, expected {shape:?}",
+                t.shape()
+            ));
+        }
+        let v = super::io::widen(name, t.dtype(), t.data())?;
+        if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!("tensor '{name}' holds a non-finite value at {j}"));
+        }
+        Ok(v)
+    };
+    // experts [E, in, out] → ours: queries and up projections [E, out, in] (transposed per
+    // expert); output projections [E, in, out] as they are
+    let transpose_experts = |v: &[f32], e: usize, rows: usize, cols: usize| -> Vec<f32> {
+        let mut out = vec![0f32; v.len()];
+        for x in 0..e {
+            let (src, dst) = (&v[x * rows * cols..], &mut out[x * rows * cols..]);
+            for r in 0..rows {
+                for c in 0..cols {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+        out
+    };
+    let (ea, ef, df, g) = (
+        mf.att_experts,
+        mf.ffn_experts,
+        mf.ffn_hidden,
+        mf.router_hidden,
+    );
+    let mut put = |ours: &str, v: Vec<f32>| -> Result<(), String> {
+        let i = model
+            .params
+            .index_of(ours)
+            .ok_or_else(|| format!("internal: no parameter {ours}"))?;
+        model.params.value_mut(i).copy_from_slice(&v);
+        Ok(())
+    };
+    put(
+        "token_embd.weight",
+        load("transformer.wte.weight", &[mf.vocab, d])?,
+    )?;
+    for l in 0..mf.layers {
+        let hf = |s: &str| format!("transformer.h.{l}.{s}");
+        let us = |s: &str| format!("blk.{l}.{s}");
+        for (a, b) in [("ln_1", "attn_norm"), ("ln_2", "ffn_norm")] {
+            put(
+                &us(&format!("{b}.weight")),
+                load(&hf(&format!("{a}.weight")), &[d])?,
+            )?;
+            put(
+                &us(&format!("{b}.bias")),
+                load(&hf(&format!("{a}.bias")), &[d])?,
+            )?;
+        }
+        let q = load(&hf("attn.q_proj.experts.weight"), &[ea, d, da])?;
+        put(&us("attn_q_exps.weight"), transpose_experts(&q, ea, d, da))?;
+        put(
+            &us("attn_output_t_exps.weight"),
+            load(&hf("attn.q_proj.output_experts.weight"), &[ea, da, d])?,
+        )?;
+        let up = load(&hf("mlpf.experts.weight"), &[ef, d, df])?;
+        put(&us("ffn_up_exps.weight"), transpose_experts(&up, ef, d, df))?;
+        put(
+            &us("ffn_down_t_exps.weight"),
+            load(&hf("mlpf.output_experts.weight"), &[ef, df, d])?,
+        )?;
+        for (gate, ours, e) in [
+            ("attn.q_proj.gate", "attn_router", ea),
+            ("mlpf.gate", "ffn_router", ef),
+        ] {
+            put(
+                &us(&format!("{ours}_hid.weight")),
+                load(&hf(&format!("{gate}.w_gate.0.weight")), &[g, d])?,
+            )?;
+            put(
+                &us(&format!("{ours}_hid.bias")),
+                load(&hf(&format!("{gate}.w_gate.0.bias")), &[g])?,
+            )?;
+            put(
+                &us(&format!("{ours}.weight")),
+                load(&hf(&format!("{gate}.w_gate.3.weight")), &[e, g])?,
+            )?;
+        }
+        if mf.kv_proj {
+            for (a, b) in [("k_proj", "attn_k"), ("v_proj", "attn_v")] {
+                put(
+                    &us(&format!("{b}.weight")),
+                    load(&hf(&format!("attn.{a}.weight")), &[da, d])?,
+                )?;
+                put(
+                    &us(&format!("{b}.bias")),
+                    load(&hf(&format!("attn.{a}.bias")), &[da])?,
+                )?;
+            }
+        }
+    }
+    put("output_norm.weight", load("transformer.ln_f.weight", &[d])?)?;
+    put("output_norm.bias", load("transformer.ln_f.bias", &[d])?)?;
+    put("output.weight", load("lm_head.weight", &[mf.vocab, d])?)?;
+    Ok((model, ctx))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

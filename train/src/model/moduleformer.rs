@@ -904,8 +904,14 @@ impl MfModel {
                 })?;
                 for (e, r) in res.iter().enumerate() {
                     let Some((dxe, gu, gd)) = r else { continue };
-                    add(&mut p.grads[ru.start + e * df * d..ru.start + (e + 1) * df * d], gu);
-                    add(&mut p.grads[rd.start + e * df * d..rd.start + (e + 1) * df * d], gd);
+                    add(
+                        &mut p.grads[ru.start + e * df * d..ru.start + (e + 1) * df * d],
+                        gu,
+                    );
+                    add(
+                        &mut p.grads[rd.start + e * df * d..rd.start + (e + 1) * df * d],
+                        gd,
+                    );
                     scatter_add(&mut dh2, d, ba.r2.disp.pairs(e), kf, dxe);
                 }
             }
@@ -945,7 +951,10 @@ impl MfModel {
                 })?;
                 for (e, r) in res.iter().enumerate() {
                     let Some((doe, go)) = r else { continue };
-                    add(&mut p.grads[ro.start + e * da * d..ro.start + (e + 1) * da * d], go);
+                    add(
+                        &mut p.grads[ro.start + e * da * d..ro.start + (e + 1) * da * d],
+                        go,
+                    );
                     for (r, &pair) in ba.r1.disp.pairs(e).iter().enumerate() {
                         let pr = pair as usize;
                         dobuf[pr * da..(pr + 1) * da].copy_from_slice(&doe[r * da..(r + 1) * da]);
@@ -1010,7 +1019,10 @@ impl MfModel {
                 })?;
                 for (e, r) in res.iter().enumerate() {
                     let Some((dxe, gq)) = r else { continue };
-                    add(&mut p.grads[rq.start + e * da * d..rq.start + (e + 1) * da * d], gq);
+                    add(
+                        &mut p.grads[rq.start + e * da * d..rq.start + (e + 1) * da * d],
+                        gq,
+                    );
                     scatter_add(&mut dh1, d, ba.r1.disp.pairs(e), ka, dxe);
                 }
                 match blk.kv {

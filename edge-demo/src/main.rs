@@ -1,10 +1,11 @@
 //! `modula`: the command-line program. With no subcommand it runs the demo; `inspect`
-//! prints a model file's metadata and tensor table; `train`, `eval` and `convert` work on
-//! the dense baseline. Each subcommand family lives in its own file.
+//! prints a model file's metadata and tensor table; `train`, `eval`, `run` and `convert`;
+//! `emoe` and `moduleformer` hold each method's own steps. Each subcommand family lives in its own file.
 
 mod demo;
 mod emoe;
 mod inspect;
+mod moduleformer;
 mod quantize;
 mod run;
 mod train;
@@ -42,8 +43,12 @@ enum Command {
     Convert(train::ConvertArgs),
     /// Quantise a model file's weight matrices (q8_0, q4_0, f16, bf16), reporting errors.
     Quantize(quantize::QuantizeArgs),
-    /// Generate text with a dense or EMoE byte LM from its (possibly quantised) file.
+    /// Generate text with a dense, EMoE or ModuleFormer byte LM from its (possibly
+    /// quantised) file.
     Run(run::RunArgs),
+    /// ModuleFormer: extend with new experts, prune by usage, import MoLM checkpoints.
+    #[command(subcommand)]
+    Moduleformer(moduleformer::MfCommand),
     /// EMoE: split a trained dense model's FFNs into emergent experts.
     #[command(subcommand)]
     Emoe(emoe::EmoeCommand),
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
         Some(Command::Convert(a)) => train::convert(&a),
         Some(Command::Quantize(a)) => quantize::run(&a),
         Some(Command::Emoe(c)) => emoe::run(&c),
+        Some(Command::Moduleformer(c)) => moduleformer::run(&c),
         Some(Command::Run(a)) => run::run(&a),
     };
     match result {

@@ -241,6 +241,10 @@ pub struct TrainArgs {
     /// ModuleFormer: renormalise the top-k gates to sum to 1 (MoLM does not).
     #[arg(long)]
     renormalize: bool,
+    /// ModuleFormer: train only experts from this index on (in every mixture) and their
+    /// router rows; everything else is frozen (e.g. to resume an extension run).
+    #[arg(long)]
+    freeze_experts: Option<usize>,
     /// No progress bar (periodic lines instead), e.g. for logs.
     #[arg(long)]
     quiet: bool,
@@ -252,7 +256,7 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn describe(r: &EvalResult, lm: bool) -> String {
+pub fn describe(r: &EvalResult, lm: bool) -> String {
     if lm {
         format!(
             "loss {:.4} nats = {:.4} bits per target, accuracy {:.2}% ({} targets)",
@@ -422,8 +426,21 @@ fn train_config(a: &TrainArgs, seq: usize) -> TrainConfig {
     }
 }
 
+/// `modula moduleformer extend`: `--init` model plus `new` experts per mixture, only they
+/// (and their router rows) train.
+pub fn run_extend(a: &TrainArgs, new: usize) -> Result<(), String> {
+    if a.init.is_none() {
+        return Err("extension needs the trained model (--init MODEL.gguf)".into());
+    }
+    run_mf_with(a, new)
+}
+
 /// `modula train --arch moduleformer`.
 fn run_mf(a: &TrainArgs) -> Result<(), String> {
+    run_mf_with(a, 0)
+}
+
+fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
     if a.steps == 0 || a.batch == 0 || a.data.seq == 0 || a.accum == 0 {
         return Err("--steps, --batch, --accum and --seq must be positive".into());
     }
@@ -490,6 +507,19 @@ fn run_mf(a: &TrainArgs) -> Result<(), String> {
     };
     model.cfg.aux_mi = a.aux_mi;
     model.cfg.aux_lc = a.aux_lc;
+    if extend > 0 {
+        let old = (model.cfg.att_experts, model.cfg.ffn_experts);
+        let (m, _) = model.extend(extend, a.seed ^ 0xe47e)?;
+        model = m;
+        println!(
+            "extension: {} + {extend} attention and {} + {extend} FFN experts per block; only the new experts and their router rows train",
+            old.0, old.1
+        );
+    } else if let Some(first) = a.freeze_experts {
+        let r = model.ranges_from_expert(first);
+        model.params.set_trainable(r);
+        println!("training only experts {first}.. of every mixture and their router rows");
+    }
     if model.cfg.vocab != shape.vocab {
         return Err(format!(
             "the model's vocabulary ({}) does not match the data's ({})",
@@ -614,14 +644,18 @@ fn fit<M: CliModel>(
             let routing = if s.usage.is_empty() {
                 String::new()
             } else {
-                format!(
-                    ",\"aux_loss\":{:.6},\"usage_entropy\":[{}]",
-                    s.aux,
+                let list = |f: &dyn Fn(&(f32, f32)) -> f32| {
                     s.usage
                         .iter()
-                        .map(|u| format!("{u:.4}"))
+                        .map(|u| format!("{:.4}", f(u)))
                         .collect::<Vec<_>>()
                         .join(",")
+                };
+                format!(
+                    ",\"aux_loss\":{:.6},\"usage_entropy\":[{}],\"routing_entropy\":[{}]",
+                    s.aux,
+                    list(&|u| u.0),
+                    list(&|u| u.1)
                 )
             };
             let line = format!(
@@ -639,10 +673,12 @@ fn fit<M: CliModel>(
                 let usage = if s.usage.is_empty() {
                     String::new()
                 } else {
-                    let mean = s.usage.iter().sum::<f32>() / s.usage.len() as f32;
-                    let min = s.usage.iter().copied().fold(f32::INFINITY, f32::min);
+                    let k = s.usage.len() as f32;
+                    let mean = s.usage.iter().map(|u| u.0).sum::<f32>() / k;
+                    let min = s.usage.iter().map(|u| u.0).fold(f32::INFINITY, f32::min);
+                    let cond = s.usage.iter().map(|u| u.1).sum::<f32>() / k;
                     format!(
-                        "  aux {:.4}  usage H/lnE mean {mean:.3} min {min:.3}",
+                        "  aux {:.4}  H(e)/lnE mean {mean:.3} min {min:.3}  H(e|x)/lnE {cond:.3}",
                         s.aux
                     )
                 };
@@ -787,6 +823,25 @@ pub fn load_model(p: &Path) -> Result<(DenseModel, usize), String> {
 pub fn eval(a: &EvalArgs) -> Result<(), String> {
     if let Some(t) = a.threads {
         par::set_threads(t);
+    }
+    if a.model.extension().is_none_or(|e| e != "safetensors") {
+        let f = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
+        if f.get_str("modula.model") == Some("moduleformer") {
+            let (m, ctx) =
+                MfModel::read_gguf(&f).map_err(|e| format!("{}: {e}", a.model.display()))?;
+            let (data, seq) = a.data.load()?;
+            if data.shape().vocab != m.cfg.vocab || data.shape().classes > 0 {
+                return Err("the model does not fit this data (vocabulary or task)".into());
+            }
+            let r = eval_model(&m, data.as_ref(), a.batches, a.batch, seq, a.seed)?;
+            println!(
+                "model: {} (moduleformer, trained with context {ctx})",
+                a.model.display()
+            );
+            println!("data: {} at {seq} positions", data.describe());
+            println!("validation {}", describe(&r, true));
+            return Ok(());
+        }
     }
     let (mut model, ctx) = load_model(&a.model)?;
     model.emoe_mask = parse_mask(&a.emoe_mask)?;

@@ -59,7 +59,7 @@ impl AdamW {
         let specs = p.specs().to_vec();
         for s in &specs {
             let wd = if s.decay { self.weight_decay } else { 0.0 };
-            for i in s.range.clone() {
+            for i in p.trainable_in(s.range.clone()).into_iter().flatten() {
                 let g = p.grads[i];
                 let m = self.beta1 * p.m[i] + (1.0 - self.beta1) * g;
                 let v = self.beta2 * p.v[i] + (1.0 - self.beta2) * g * g;

@@ -29,6 +29,10 @@ pub struct ParamStore {
     pub m: Vec<f32>,
     /// Adam second moments.
     pub v: Vec<f32>,
+    /// When set: the only element ranges that train (sorted, disjoint); every other
+    /// parameter is frozen — its gradient is zeroed before clipping and the optimiser
+    /// (weight decay included) leaves it untouched. `None`: everything trains.
+    pub trainable: Option<Vec<Range<usize>>>,
 }
 
 /// Builds a [`ParamStore`]'s size table.
@@ -73,6 +77,7 @@ impl ParamTable {
             grads: vec![0.0; n],
             m: vec![0.0; n],
             v: vec![0.0; n],
+            trainable: None,
         }
     }
 }
@@ -122,6 +127,46 @@ impl ParamStore {
     /// Zero all gradients.
     pub fn zero_grads(&mut self) {
         self.grads.fill(0.0);
+    }
+
+    /// Train only these element ranges (sorted and merged here); see
+    /// [`ParamStore::trainable`].
+    pub fn set_trainable(&mut self, mut ranges: Vec<Range<usize>>) {
+        ranges.retain(|r| r.start < r.end);
+        ranges.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::new();
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.trainable = Some(merged);
+    }
+
+    /// The trainable part of element range `r`.
+    pub fn trainable_in(&self, r: Range<usize>) -> Vec<Range<usize>> {
+        match &self.trainable {
+            None => vec![r],
+            Some(t) => t
+                .iter()
+                .map(|x| x.start.max(r.start)..x.end.min(r.end))
+                .filter(|x| x.start < x.end)
+                .collect(),
+        }
+    }
+
+    /// Zero the gradients of frozen parameters.
+    pub fn mask_frozen_grads(&mut self) {
+        if let Some(t) = &self.trainable {
+            let n = self.grads.len();
+            let mut at = 0;
+            for r in t {
+                self.grads[at.min(n)..r.start.min(n)].fill(0.0);
+                at = r.end;
+            }
+            self.grads[at.min(n)..].fill(0.0);
+        }
     }
 }
 

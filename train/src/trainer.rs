@@ -42,8 +42,9 @@ pub trait Trainable {
     fn aux_loss(_acts: &Self::Acts) -> f64 {
         0.0
     }
-    /// Expert-usage entropy per router, normalised `H(e)/ln E` (empty for dense models).
-    fn usage(&self, _acts: &Self::Acts) -> Vec<f32> {
+    /// Per router: the expert-usage entropy `H(e)/ln E` (balance) and the mean per-token
+    /// routing entropy `H(e|x)/ln E` (sharpness) — empty for dense models.
+    fn usage(&self, _acts: &Self::Acts) -> Vec<(f32, f32)> {
         Vec::new()
     }
 }
@@ -114,7 +115,7 @@ impl Trainable for MfModel {
     fn aux_loss(acts: &Self::Acts) -> f64 {
         acts.aux
     }
-    fn usage(&self, acts: &Self::Acts) -> Vec<f32> {
+    fn usage(&self, acts: &Self::Acts) -> Vec<(f32, f32)> {
         let c = self.cfg;
         acts.router_entropies()
             .iter()
@@ -126,9 +127,10 @@ impl Trainable for MfModel {
                     c.ffn_experts
                 };
                 if n > 1 {
-                    (e.marginal / (n as f64).ln()) as f32
+                    let ln = (n as f64).ln();
+                    ((e.marginal / ln) as f32, (e.conditional / ln) as f32)
                 } else {
-                    1.0
+                    (1.0, 0.0)
                 }
             })
             .collect()
@@ -193,9 +195,10 @@ pub struct StepInfo {
     pub positions: usize,
     /// Weighted auxiliary (routing) loss, mean over micro-batches (0 for dense models).
     pub aux: f64,
-    /// Expert-usage entropy `H(e)/ln E` per router, mean over micro-batches (empty for
-    /// dense models).
-    pub usage: Vec<f32>,
+    /// Per router, mean over micro-batches: expert-usage entropy `H(e)/ln E` (1 = balanced
+    /// load) and per-token routing entropy `H(e|x)/ln E` (0 = every token certain) — empty
+    /// for dense models.
+    pub usage: Vec<(f32, f32)>,
 }
 
 /// Where a run is: the last completed step and the batch sampler's state. Together with
@@ -267,7 +270,7 @@ pub fn train_from<M: Trainable>(
     while state.step < until {
         let step = state.step + 1;
         model.params_mut().zero_grads();
-        let (mut loss, mut aux, mut usage) = (0.0, 0.0, Vec::<f32>::new());
+        let (mut loss, mut aux, mut usage) = (0.0, 0.0, Vec::<(f32, f32)>::new());
         for micro in 0..cfg.accum as u64 {
             let batch = data
                 .batch(Split::Train, cfg.batch, cfg.seq, &mut state.rng)
@@ -293,10 +296,17 @@ pub fn train_from<M: Trainable>(
             if usage.is_empty() {
                 usage = u;
             } else {
-                usage.iter_mut().zip(&u).for_each(|(a, b)| *a += b);
+                usage.iter_mut().zip(&u).for_each(|(a, b)| {
+                    a.0 += b.0;
+                    a.1 += b.1;
+                });
             }
         }
-        usage.iter_mut().for_each(|u| *u *= inv);
+        usage.iter_mut().for_each(|u| {
+            u.0 *= inv;
+            u.1 *= inv;
+        });
+        model.params_mut().mask_frozen_grads();
         let norm = clip_grad_norm(model.params_mut(), cfg.clip);
         if !norm.is_finite() {
             return Err(format!(
@@ -482,7 +492,10 @@ mod tests {
             );
             let last = infos.last().unwrap();
             assert_eq!(last.usage.len(), 2, "one entry per router");
-            assert!(last.usage.iter().all(|u| (0.0..=1.0001).contains(u)));
+            assert!(last
+                .usage
+                .iter()
+                .all(|u| (0.0..=1.0001).contains(&u.0) && (0.0..=1.0001).contains(&u.1)));
             assert!(
                 last.aux.is_finite() && last.aux < 0.0,
                 "MI loss below 0 once routing is sharp: {}",

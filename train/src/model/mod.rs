@@ -2,5 +2,6 @@
 
 pub mod dense;
 mod io;
+pub mod mf_edit;
 pub mod mf_io;
 pub mod moduleformer;

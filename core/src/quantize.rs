@@ -137,7 +137,34 @@ pub fn quantize_model<B: AsRef<[u8]>>(
     if target == DType::F32 {
         return Err("target f32: nothing to quantise".into());
     }
-    let block = target.block_len();
+    quantize_model_with(model, &|_| target, target)
+}
+
+/// Bytes a `[.., cols]` tensor of `n` values takes in `t`, or None when its rows are not
+/// whole blocks of `t` (such a matrix stays f32 when quantised).
+pub fn bytes_as(t: DType, n: u64, cols: usize) -> Option<u64> {
+    if cols % t.block_len() != 0 {
+        return None;
+    }
+    t.bytes_for(n)
+}
+
+/// Quantise each weight matrix of `model` to the type `choose(name)` gives (`F32` keeps
+/// it), e.g. hot experts at Q8_0 and cold ones at Q4_0. `file_type` is recorded as
+/// `general.file_type` (informative: the type of the bulk of the weights). Vectors, matrices
+/// whose rows are not whole blocks of their target, and optimiser state stay as they are.
+pub fn quantize_model_with<B: AsRef<[u8]>>(
+    model: &Model<B>,
+    choose: &dyn Fn(&str) -> DType,
+    file_type: DType,
+) -> Result<(GgufWriter<'static>, Vec<TensorReport>), String> {
+    let block = model
+        .tensors()
+        .filter(|t| t.shape().len() >= 2 && t.dtype() == DType::F32)
+        .map(|t| choose(t.name()).block_len())
+        .max()
+        .unwrap_or(1);
+    let target = file_type;
     // nested widths must be whole blocks
     if block > 1 {
         for (k, v) in model.metadata() {
@@ -169,8 +196,11 @@ pub fn quantize_model<B: AsRef<[u8]>>(
         }
         w.set(k, v.to_owned_value()).map_err(|e| e.to_string())?;
     }
-    w.set("general.file_type", MetaValue::U32(ggml_file_type(target)))
-        .map_err(|e| e.to_string())?;
+    w.set(
+        "general.file_type",
+        MetaValue::U32(ggml_file_type(file_type)),
+    )
+    .map_err(|e| e.to_string())?;
     let mut reports = Vec::new();
     let mut open_group: Option<String> = None;
     for t in model.tensors() {
@@ -187,6 +217,8 @@ pub fn quantize_model<B: AsRef<[u8]>>(
         let shape = t.shape();
         let cols = shape.last().copied().unwrap_or(0);
         let before = t.bytes().len() as u64;
+        let target = choose(t.name());
+        let block = target.block_len();
         let keep = |why: &str| -> Result<TensorReport, GgufError> {
             Ok(TensorReport {
                 name: t.name().to_string(),
@@ -204,6 +236,8 @@ pub fn quantize_model<B: AsRef<[u8]>>(
             Some("vector (norm, bias) stays f32".to_string())
         } else if t.name().starts_with("optimizer.") {
             Some("optimiser state stays f32".to_string())
+        } else if target == DType::F32 {
+            Some("kept f32 by the plan".to_string())
         } else if cols % block != 0 {
             Some(format!(
                 "rows of {cols} are not whole {block}-weight blocks; kept f32"

@@ -55,6 +55,21 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// Text data (a path or `kjv`) with defaults for everything else.
+    pub fn for_text(data: String, data_slice: Option<String>, seq: usize) -> Self {
+        DataArgs {
+            data,
+            seq,
+            data_dir: None,
+            patch: 7,
+            listops_depth: 6,
+            listops_args: 5,
+            symbols: 16,
+            data_seed: 1,
+            data_slice,
+        }
+    }
+
     fn dir(&self) -> PathBuf {
         self.data_dir
             .clone()

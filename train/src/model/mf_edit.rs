@@ -255,6 +255,126 @@ pub fn random_experts(
     (att, ffn)
 }
 
+/// Which (router, expert) a per-expert tensor of a ModuleFormer file belongs to: router
+/// `2·block` for attention experts, `2·block + 1` for FFN experts.
+pub fn expert_of_tensor(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("blk.")?;
+    let (block, rest) = rest.split_once('.')?;
+    let block: usize = block.parse().ok()?;
+    let (kind, rest) = rest.split_once('.')?;
+    let (expert, tail) = rest.split_once('.')?;
+    if tail != "weight" {
+        return None;
+    }
+    let expert: usize = expert.parse().ok()?;
+    match kind {
+        "attn_q" | "attn_output_t" => Some((2 * block, expert)),
+        "ffn_up" | "ffn_down_t" => Some((2 * block + 1, expert)),
+        _ => None,
+    }
+}
+
+/// A mixed-precision plan: the type of every weight matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MixedPlan {
+    /// Tensor name → type.
+    pub types: std::collections::HashMap<String, modula_core::DType>,
+    /// Tensor data bytes of the planned file.
+    pub bytes: u64,
+    /// Experts kept at the hot type, as (router, expert), hottest first.
+    pub hot: Vec<(usize, usize)>,
+    /// Experts in all.
+    pub experts: usize,
+}
+
+/// Plan per-expert precision by usage under a size budget: every non-expert matrix at
+/// `base`, every expert at `cold`, then experts upgraded to `hot` in order of their share of
+/// their router's traffic (most used first) while the tensor data stays within
+/// `budget_bytes`. `tensors`: (name, element count, row length, current bytes) of every
+/// tensor of the file; `usage`: per router, per expert counts. A budget below the
+/// all-cold size is refused.
+pub fn plan_mixed(
+    tensors: &[(String, u64, usize, u64)],
+    usage: &[Vec<u64>],
+    budget_bytes: u64,
+    hot: modula_core::DType,
+    cold: modula_core::DType,
+    base: modula_core::DType,
+) -> Result<MixedPlan, String> {
+    use modula_core::quantize::bytes_as;
+    use modula_core::DType;
+    let mut types = std::collections::HashMap::new();
+    let mut total = 0u64;
+    // (router, expert) -> extra bytes when upgraded
+    let mut upgrade: std::collections::BTreeMap<(usize, usize), u64> = Default::default();
+    for (name, n, cols, cur) in tensors {
+        let matrix = *cols > 0 && *n > *cols as u64 && !name.starts_with("optimizer.");
+        if !matrix {
+            total += cur;
+            continue;
+        }
+        let expert = expert_of_tensor(name);
+        let t = if expert.is_some() { cold } else { base };
+        let b = bytes_as(t, *n, *cols);
+        match b {
+            Some(b) => {
+                types.insert(name.clone(), t);
+                total += b;
+                if let Some(k) = expert {
+                    let h = bytes_as(hot, *n, *cols).unwrap_or(*cur);
+                    *upgrade.entry(k).or_default() += h.saturating_sub(b);
+                }
+            }
+            None => {
+                types.insert(name.clone(), DType::F32);
+                total += cur;
+            }
+        }
+    }
+    if total > budget_bytes {
+        return Err(format!(
+            "impossible budget: {:.2} MiB, but even with every expert at {cold} the tensors need {:.2} MiB",
+            budget_bytes as f64 / 1048576.0,
+            total as f64 / 1048576.0
+        ));
+    }
+    let share = |(r, e): (usize, usize)| -> f64 {
+        let u = match usage.get(r) {
+            Some(u) => u,
+            None => return 0.0,
+        };
+        let sum: u64 = u.iter().sum();
+        if sum == 0 {
+            0.0
+        } else {
+            u.get(e).copied().unwrap_or(0) as f64 / sum as f64
+        }
+    };
+    let mut order: Vec<(usize, usize)> = upgrade.keys().copied().collect();
+    order.sort_by(|&a, &b| share(b).total_cmp(&share(a)).then(a.cmp(&b)));
+    let mut chosen = Vec::new();
+    for k in order {
+        let extra = upgrade[&k];
+        if total + extra <= budget_bytes {
+            total += extra;
+            chosen.push(k);
+        }
+    }
+    for (name, t) in types.iter_mut() {
+        if let Some(k) = expert_of_tensor(name) {
+            if chosen.contains(&k) && *t != DType::F32 {
+                *t = hot;
+            }
+        }
+    }
+    Ok(MixedPlan {
+        types,
+        bytes: total,
+        hot: chosen,
+        experts: upgrade.len(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -304,6 +424,55 @@ mod tests {
             ranges,
             "the same ranges from the expert index"
         );
+    }
+
+    #[test]
+    fn mixed_plan_upgrades_the_most_used_experts_within_the_budget() {
+        use modula_core::DType;
+        let mut t = vec![("token_embd.weight".to_string(), 256 * 64, 64, 256 * 64 * 4)];
+        for e in 0..4 {
+            for k in ["ffn_up", "ffn_down_t"] {
+                t.push((format!("blk.0.{k}.{e}.weight"), 64 * 64, 64, 64 * 64 * 4));
+            }
+        }
+        t.push(("blk.0.ffn_norm.weight".to_string(), 64, 64, 256));
+        // router 1 = block 0's FFN: expert 2 hottest, then 0
+        let usage = vec![vec![0; 4], vec![30, 5, 60, 5]];
+        let q4 = |n: u64| DType::Q4_0.bytes_for(n).unwrap();
+        let q8 = |n: u64| DType::Q8_0.bytes_for(n).unwrap();
+        let base = q8(256 * 64) + 256 + 8 * q4(64 * 64);
+        let per_expert = 2 * (q8(64 * 64) - q4(64 * 64));
+        let p = plan_mixed(
+            &t,
+            &usage,
+            base + per_expert,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q8_0,
+        )
+        .unwrap();
+        assert_eq!(p.hot, vec![(1, 2)]);
+        assert_eq!(p.types["blk.0.ffn_up.2.weight"], DType::Q8_0);
+        assert_eq!(p.types["blk.0.ffn_up.0.weight"], DType::Q4_0);
+        assert_eq!(p.bytes, base + per_expert);
+        let p = plan_mixed(
+            &t,
+            &usage,
+            base + 2 * per_expert,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q8_0,
+        )
+        .unwrap();
+        assert_eq!(p.hot, vec![(1, 2), (1, 0)]);
+        let e =
+            plan_mixed(&t, &usage, base - 1, DType::Q8_0, DType::Q4_0, DType::Q8_0).unwrap_err();
+        assert!(e.contains("impossible budget"), "{e}");
+        assert_eq!(
+            expert_of_tensor("blk.3.attn_output_t.7.weight"),
+            Some((6, 7))
+        );
+        assert_eq!(expert_of_tensor("blk.3.attn_norm.weight"), None);
     }
 
     #[test]

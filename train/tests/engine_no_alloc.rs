@@ -1,0 +1,135 @@
+//! The decode engines allocate nothing per step: a counting global allocator (this test
+//! binary only) watches the calling thread while `step` runs, after the engine is built.
+//! Covers the dense engine (f32 and an EMoE-converted block) and the ModuleFormer engine
+//! (K = V cache and projected K/V), each on f32 and Q8_0 files.
+#![allow(clippy::unwrap_used)]
+
+use modula_core::engine::{DenseEngine, MfEngine};
+use modula_core::quantize::quantize_model;
+use modula_core::{DType, Model};
+use modula_train::model::dense::{DenseConfig, DenseModel};
+use modula_train::model::moduleformer::{MfConfig, MfModel};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct Counting;
+
+thread_local! {
+    static WATCH: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator; only counts on the side (the
+// thread-locals are const-initialised and never allocate).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if WATCH.with(Cell::get) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if WATCH.with(Cell::get) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+/// Allocations made by `f` on this thread.
+fn allocations(f: impl FnOnce()) -> u64 {
+    COUNT.with(|c| c.set(0));
+    WATCH.with(|w| w.set(true));
+    f();
+    WATCH.with(|w| w.set(false));
+    COUNT.with(Cell::get)
+}
+
+fn files(tag: &str, write: impl Fn(&std::path::Path)) -> Vec<std::path::PathBuf> {
+    let p = std::env::temp_dir().join(format!("modula-noalloc-{tag}-{}.gguf", std::process::id()));
+    write(&p);
+    let (w, _) = quantize_model(&Model::open(&p).unwrap(), DType::Q8_0).unwrap();
+    let q = p.with_extension("q8.gguf");
+    w.write_to(&q).unwrap();
+    vec![p, q]
+}
+
+#[test]
+fn decode_steps_do_not_allocate() {
+    modula_core::kernels::par::set_threads(1);
+    let dense = DenseModel::new(
+        DenseConfig {
+            emoe_layers: 0b10,
+            emoe_experts: 4,
+            emoe_top_k: 2,
+            ..DenseConfig::lm(64, 32, 2, 2, 64)
+        },
+        1,
+    )
+    .unwrap();
+    for p in files("dense", |p| {
+        dense.write_gguf(p, 64, "t").unwrap();
+    }) {
+        let m = Model::open(&p).unwrap();
+        let mut e = DenseEngine::new(&m, 64).unwrap();
+        e.step(1).unwrap();
+        let n = allocations(|| {
+            for i in 0..20 {
+                e.step(i % 64).unwrap();
+            }
+        });
+        assert_eq!(
+            n,
+            0,
+            "dense engine allocated {n} times in 20 steps ({})",
+            p.display()
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+    for (tag, cfg) in [
+        ("mf", MfConfig::lm(64, 32, 2, 4, 32)),
+        (
+            "mfkv",
+            MfConfig {
+                kv_proj: true,
+                heads: 2,
+                att_hidden: 64,
+                router_hidden: 0,
+                ..MfConfig::lm(64, 32, 2, 4, 32)
+            },
+        ),
+    ] {
+        let mf = MfModel::new(cfg, 1).unwrap();
+        for p in files(tag, |p| {
+            mf.write_gguf(p, 64, "t").unwrap();
+        }) {
+            let m = Model::open(&p).unwrap();
+            let mut e = MfEngine::new(&m, 64).unwrap();
+            e.step(1).unwrap();
+            let n = allocations(|| {
+                for i in 0..20 {
+                    e.step(i % 64).unwrap();
+                }
+            });
+            assert_eq!(
+                n,
+                0,
+                "{tag} engine allocated {n} times in 20 steps ({})",
+                p.display()
+            );
+            // and the counter does count: building an engine allocates
+            assert!(allocations(|| drop(MfEngine::new(&m, 8).unwrap())) > 0);
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    modula_core::kernels::par::set_threads(0);
+}

@@ -88,6 +88,21 @@ impl Engine<'_> {
         }
     }
 
+    /// The prompt: one batched pass for ModuleFormer, token by token for dense models.
+    fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
+        match self {
+            Engine::Dense(e) => {
+                let mut last = Vec::new();
+                for &t in tokens {
+                    last.clear();
+                    last.extend_from_slice(e.step(t)?);
+                }
+                Ok(last)
+            }
+            Engine::Mf(e) => e.prefill(tokens).map(<[f32]>::to_vec),
+        }
+    }
+
     fn max_context(&self) -> usize {
         match self {
             Engine::Dense(e) => e.max_context(),
@@ -142,11 +157,8 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         out.write_all(prompt).map_err(|e| e.to_string())?;
     }
     let t0 = Instant::now();
-    let mut logits = Vec::new();
-    for &b in prompt {
-        logits.clear();
-        logits.extend_from_slice(e.step(u32::from(b))?);
-    }
+    let ids: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
+    let mut logits = e.prefill(&ids)?;
     let prefill = t0.elapsed().as_secs_f64();
     let mut rng = SplitMix64(a.seed);
     let t1 = Instant::now();

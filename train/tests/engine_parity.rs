@@ -180,6 +180,41 @@ fn moduleformer_engine_matches_the_trainer_forward() {
             }
         };
         check(&m, &model, 1e-5, "f32");
+        // batched prefill == token-by-token steps, then decoding continues identically
+        for split in [1, 9, 14] {
+            let (mut a, mut b) = (
+                MfEngine::new(&model, 16).unwrap(),
+                MfEngine::new(&model, 16).unwrap(),
+            );
+            let pre = a.prefill(&tokens[..split]).unwrap().to_vec();
+            let mut last = Vec::new();
+            for &t in &tokens[..split] {
+                last = b.step(t).unwrap().to_vec();
+            }
+            let scale = last.iter().fold(0f32, |x, y| x.max(y.abs()));
+            let err = pre
+                .iter()
+                .zip(&last)
+                .fold(0f32, |x, (p, q)| x.max((p - q).abs()));
+            assert!(
+                err <= 1e-5 * scale,
+                "{name}: prefill of {split} vs steps: {err}"
+            );
+            assert_eq!(a.position(), split);
+            assert_eq!(a.usage(), b.usage(), "{name}: same routing");
+            for &t in &tokens[split..] {
+                let (x, y) = (a.step(t).unwrap().to_vec(), b.step(t).unwrap().to_vec());
+                let err = x
+                    .iter()
+                    .zip(&y)
+                    .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+                assert!(err <= 1e-5 * scale, "{name}: decode after prefill: {err}");
+            }
+        }
+        let mut a = MfEngine::new(&model, 4).unwrap();
+        assert!(a.prefill(&tokens[..5]).unwrap_err().contains("do not fit"));
+        assert!(a.prefill(&[]).is_err());
+        assert!(a.prefill(&[1, 99]).unwrap_err().contains("vocabulary"));
         // quantised file: the trainer reads it dequantised
         let (w, _) = quantize_model(&model, DType::Q8_0).unwrap();
         let pq =

@@ -19,8 +19,9 @@
 use super::{matrix, meta_u32, vector, EPS};
 use crate::kernels::attention::stick_breaking;
 use crate::kernels::elementwise::{gelu_tanh, layer_norm, softmax};
+use crate::kernels::expert_ffn::{moe_ffn, Activation, Expert, FfnScratch};
 use crate::kernels::linear::{linear, matmul_rows, MatRef};
-use crate::kernels::routing::{top_k, Router};
+use crate::kernels::routing::{top_k, Dispatch, Router};
 use crate::model::Model;
 use crate::Value;
 use alloc::format;
@@ -134,6 +135,8 @@ struct MfBlockW<'a> {
     ffn_router: RouterW<'a>,
     up: Vec<MatRef<'a>>,
     down: Vec<MatRef<'a>>,
+    /// The FFN experts for the grouped kernel (prefill).
+    experts: Vec<Expert<'a>>,
 }
 
 /// A ModuleFormer LM ready to decode, borrowing its weights from a [`Model`].
@@ -206,6 +209,13 @@ impl<'a> MfEngine<'a> {
                     .map(|i| matrix(m, &format!("blk.{l}.{kind}.{i}.weight"), rows, d))
                     .collect()
             };
+            let up = experts("ffn_up", s.ffn_experts, df)?;
+            let down = experts("ffn_down_t", s.ffn_experts, df)?;
+            let grouped = up
+                .iter()
+                .zip(&down)
+                .map(|(u, w)| Expert::new(*u, *w).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
             blocks.push(MfBlockW {
                 ln1: (
                     vector(m, &n("attn_norm.weight"), d)?,
@@ -229,8 +239,9 @@ impl<'a> MfEngine<'a> {
                     vector(m, &n("ffn_norm.bias"), d)?,
                 ),
                 ffn_router: router(m, &s, &n("ffn_router"), s.ffn_experts)?,
-                up: experts("ffn_up", s.ffn_experts, df)?,
-                down: experts("ffn_down_t", s.ffn_experts, df)?,
+                up,
+                down,
+                experts: grouped,
             });
         }
         let cache = max_context
@@ -347,6 +358,231 @@ impl<'a> MfEngine<'a> {
             u[c as usize] += 1;
         }
         Ok(())
+    }
+
+    /// Route `h: [n, d]` with router `r` of block `l`: the chosen experts and gates
+    /// (`[n, k]` each), counted in the usage table.
+    fn route_batch(
+        &mut self,
+        l: usize,
+        ffn: bool,
+        h: &[f32],
+        n: usize,
+    ) -> Result<(Vec<u32>, Vec<f32>), String> {
+        let ke = |e: crate::kernels::KernelError| e.to_string();
+        let s = self.spec;
+        let b = &self.blocks[l];
+        let (r, e, k) = if ffn {
+            (&b.ffn_router, s.ffn_experts, s.ffn_k)
+        } else {
+            (&b.att_router, s.att_experts, s.att_k)
+        };
+        let mut scratch = vec![0f32; r.router.scratch_len(n)];
+        let mut logits = vec![0f32; n * e];
+        r.router
+            .logits(h, n, &mut scratch, &mut logits)
+            .map_err(ke)?;
+        if logits.iter().any(|v| !v.is_finite()) {
+            return Err(format!("block {l}: router logits are not finite"));
+        }
+        let (mut chosen, mut gates) = (vec![0u32; n * k], vec![0f32; n * k]);
+        for t in 0..n {
+            let row = &mut logits[t * e..(t + 1) * e];
+            softmax(row);
+            let (c, g) = (
+                &mut chosen[t * k..(t + 1) * k],
+                &mut gates[t * k..(t + 1) * k],
+            );
+            top_k(row, k, c, g).map_err(ke)?;
+            if s.renormalize {
+                let sum: f32 = g.iter().sum();
+                if sum > 0.0 {
+                    g.iter_mut().for_each(|v| *v /= sum);
+                }
+            }
+        }
+        let u = &mut self.usage[2 * l + usize::from(ffn)];
+        for &c in &chosen {
+            u[c as usize] += 1;
+        }
+        Ok((chosen, gates))
+    }
+
+    /// Consume a prompt in one pass (every block processes all its positions with matrix
+    /// products, experts grouped); returns the logits after the last token — the same as
+    /// calling [`MfEngine::step`] for each token, faster. Allocates its work buffers (the
+    /// decode loop does not).
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], String> {
+        let s = self.spec;
+        let n = tokens.len();
+        if n == 0 {
+            return Err("prefill needs at least one token".into());
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= s.vocab) {
+            return Err(format!(
+                "token {t} is outside the vocabulary of {}",
+                s.vocab
+            ));
+        }
+        if self.len + n > self.max_context {
+            return Err(format!(
+                "{n} tokens do not fit: {} of {} positions are used",
+                self.len, self.max_context
+            ));
+        }
+        let ke = |e: crate::kernels::KernelError| e.to_string();
+        let (d, da, dh, cap, pos) = (s.d, s.att_hidden(), s.head_dim, self.max_context, self.len);
+        let tc = pos + n;
+        let scale = 1.0 / libm::sqrtf(dh as f32);
+        let mut x = vec![0f32; n * d];
+        for (i, &t) in tokens.iter().enumerate() {
+            crate::kernels::linear::widen_row(&self.emb, t as usize, &mut x[i * d..(i + 1) * d]);
+        }
+        let mut h = vec![0f32; n * d];
+        let ln = |x: &[f32], g: (&[f32], &[f32]), h: &mut [f32]| -> Result<(), String> {
+            for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+                layer_norm(xr, Some(g.0), Some(g.1), EPS, hr).map_err(ke)?;
+            }
+            Ok(())
+        };
+        let mut ffn_scratch = FfnScratch::default();
+        for l in 0..s.layers {
+            ln(&x, self.blocks[l].ln1, &mut h)?;
+            // keys/values of the new positions into the per-head caches
+            let kv = match &self.blocks[l].kv {
+                None => None,
+                Some((kw, kb, vw, vb)) => {
+                    let (mut k, mut v) = (vec![0f32; n * da], vec![0f32; n * da]);
+                    linear(&h, d, n, kw, Some(kb), &mut k, da).map_err(ke)?;
+                    linear(&h, d, n, vw, Some(vb), &mut v, da).map_err(ke)?;
+                    Some((k, v))
+                }
+            };
+            for i in 0..n {
+                for hh in 0..s.heads {
+                    let dst = (hh * cap + pos + i) * dh;
+                    let src = i * da + hh * dh;
+                    match &kv {
+                        None => self.keys[l][dst..dst + dh].copy_from_slice(&h[src..src + dh]),
+                        Some((k, v)) => {
+                            self.keys[l][dst..dst + dh].copy_from_slice(&k[src..src + dh]);
+                            self.values[l][dst..dst + dh].copy_from_slice(&v[src..src + dh]);
+                        }
+                    }
+                }
+            }
+            // attention mixture: queries per (token, slot) by expert, attend per slot and
+            // head over the cache, output projections by expert, gated
+            let ka = s.att_k;
+            let (chosen, gates) = self.route_batch(l, false, &h, n)?;
+            let disp = Dispatch::new(&chosen, s.att_experts).map_err(ke)?;
+            let b = &self.blocks[l];
+            let mut q = vec![0f32; n * ka * da];
+            for e in 0..s.att_experts {
+                let pairs = disp.pairs(e);
+                if pairs.is_empty() {
+                    continue;
+                }
+                let mut xe = Vec::with_capacity(pairs.len() * d);
+                for &p in pairs {
+                    let t = p as usize / ka;
+                    xe.extend_from_slice(&h[t * d..(t + 1) * d]);
+                }
+                let mut qe = vec![0f32; pairs.len() * da];
+                linear(&xe, d, pairs.len(), &b.q[e], None, &mut qe, da).map_err(ke)?;
+                for (r, &p) in pairs.iter().enumerate() {
+                    let p = p as usize;
+                    q[p * da..(p + 1) * da].copy_from_slice(&qe[r * da..(r + 1) * da]);
+                }
+            }
+            let mut o = vec![0f32; n * ka * da];
+            let (mut qs, mut os) = (vec![0f32; n * dh], vec![0f32; n * dh]);
+            for slot in 0..ka {
+                for hh in 0..s.heads {
+                    for i in 0..n {
+                        let src = (i * ka + slot) * da + hh * dh;
+                        qs[i * dh..(i + 1) * dh].copy_from_slice(&q[src..src + dh]);
+                    }
+                    let base = hh * cap * dh;
+                    let keys = &self.keys[l][base..base + tc * dh];
+                    let vals = if s.shared_kv {
+                        keys
+                    } else {
+                        &self.values[l][base..base + tc * dh]
+                    };
+                    stick_breaking(
+                        &qs,
+                        n,
+                        keys,
+                        vals,
+                        tc,
+                        dh,
+                        scale,
+                        self.stop,
+                        &mut os,
+                        None,
+                        &mut self.sb_scratch,
+                    )
+                    .map_err(ke)?;
+                    for i in 0..n {
+                        let dst = (i * ka + slot) * da + hh * dh;
+                        o[dst..dst + dh].copy_from_slice(&os[i * dh..(i + 1) * dh]);
+                    }
+                }
+            }
+            for e in 0..s.att_experts {
+                let pairs = disp.pairs(e);
+                if pairs.is_empty() {
+                    continue;
+                }
+                let mut oe = Vec::with_capacity(pairs.len() * da);
+                for &p in pairs {
+                    let p = p as usize;
+                    oe.extend_from_slice(&o[p * da..(p + 1) * da]);
+                }
+                let mut ye = vec![0f32; pairs.len() * d];
+                matmul_rows(&oe, da, pairs.len(), &b.o[e], &mut ye, d, false).map_err(ke)?;
+                for (r, &p) in pairs.iter().enumerate() {
+                    let (p, t) = (p as usize, p as usize / ka);
+                    let g = gates[p];
+                    for (xv, yv) in x[t * d..(t + 1) * d]
+                        .iter_mut()
+                        .zip(&ye[r * d..(r + 1) * d])
+                    {
+                        *xv += g * yv;
+                    }
+                }
+            }
+            // FFN mixture (the grouped expert kernel)
+            ln(&x, self.blocks[l].ln2, &mut h)?;
+            let (chosen, gates) = self.route_batch(l, true, &h, n)?;
+            let mut y = vec![0f32; n * d];
+            moe_ffn(
+                &h,
+                n,
+                &self.blocks[l].experts,
+                &chosen,
+                &gates,
+                Activation::GeluTanh,
+                &mut y,
+                &mut ffn_scratch,
+            )
+            .map_err(ke)?;
+            for (xv, yv) in x.iter_mut().zip(&y) {
+                *xv += yv;
+            }
+        }
+        self.len = tc;
+        layer_norm(
+            &x[(n - 1) * d..],
+            Some(self.lnf.0),
+            Some(self.lnf.1),
+            EPS,
+            &mut self.h,
+        )
+        .map_err(ke)?;
+        linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab).map_err(ke)?;
+        Ok(&self.logits)
     }
 
     /// Consume one token; returns the logits for the next one. Errors (never panics) on a

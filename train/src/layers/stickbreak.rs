@@ -5,12 +5,15 @@
 //! `z_ij = q_i·k_j·scale`, `A_ij = exp(z_ij − Σ_{l=j..i} softplus(z_il))`,
 //! `o_i = Σ_j A_ij v_j` (the current token included, mass not renormalised).
 //!
-//! Backward (spec C.1), recomputing `z` and `A` row by row (O(T²·dh) time, O(T) memory —
-//! nothing `[T, T]` is stored): `dA_ij = do_i·v_j`, `dv_j += A_ij do_i`,
+//! Backward (spec C.1), recomputing `z` and `A` (O(T²·dh) time; `[T, T]` scratch for the
+//! duration of the call, nothing stored between forward and backward) with five matrix
+//! products — `Z = QKᵀ`, `dA = dO Vᵀ`, `dQ = dZ K`, `dK = dZᵀ Q`, `dV = Aᵀ dO` — and one
+//! O(T²) row pass in between: `dA_ij = do_i·v_j`, `dv_j += A_ij do_i`,
 //! `G_ij = A_ij dA_ij`, `C_il = Σ_{j≤l} G_ij` (inclusive prefix from the oldest key),
 //! `dz_il = G_il − σ(z_il)·C_il`, `dq_i += scale Σ_l dz_il k_l`, `dk_l += scale dz_il q_i`.
 
 use modula_core::kernels::attention::{softplus, stick_breaking};
+use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
 use modula_core::kernels::KernelError;
 
 /// Forward. `q, k, v, out: [t, dh]`.
@@ -60,43 +63,40 @@ pub fn stickbreak_backward(
             });
         }
     }
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-    let (mut z, mut a, mut g) = (vec![0f32; t], vec![0f32; t], vec![0f32; t]);
+    let (dout, q, k, v) = (&dout[..n], &q[..n], &k[..n], &v[..n]);
+    let (dq, dk, dv) = (&mut dq[..n], &mut dk[..n], &mut dv[..n]);
+    // Z = Q Kᵀ and dA = dO Vᵀ as matrix products ([t, t]; only j ≤ i is used)
+    let (mut z, mut da) = (vec![0f32; t * t], vec![0f32; t * t]);
+    linear(q, dh, t, &MatRef::f32(k, t, dh)?, None, &mut z, t)?;
+    linear(dout, dh, t, &MatRef::f32(v, t, dh)?, None, &mut da, t)?;
+    // per row: A (walking back from the current token), then dZ in place of dA
+    let mut a = vec![0f32; t * t];
     for i in 0..t {
-        let qi = &q[i * dh..(i + 1) * dh];
-        let doi = &dout[i * dh..(i + 1) * dh];
-        // z and A, walking from the current token backwards
+        let (zr, ar, dr) = (
+            &mut z[i * t..(i + 1) * t],
+            &mut a[i * t..(i + 1) * t],
+            &mut da[i * t..(i + 1) * t],
+        );
         let mut s = 0f32;
         for j in (0..=i).rev() {
-            z[j] = dot(qi, &k[j * dh..(j + 1) * dh]) * scale;
-            s += softplus(z[j]);
-            a[j] = (z[j] - s).exp();
+            zr[j] *= scale;
+            s += softplus(zr[j]);
+            ar[j] = (zr[j] - s).exp();
         }
-        for j in 0..=i {
-            let vj = &v[j * dh..(j + 1) * dh];
-            g[j] = a[j] * dot(doi, vj);
-            for (d, &o) in dv[j * dh..(j + 1) * dh].iter_mut().zip(doi) {
-                *d += a[j] * o;
-            }
-        }
-        // inclusive prefix sums C_il from the oldest key; dz_il = G_il − β_il C_il
+        // G_ij = A_ij dA_ij; C_il = Σ_{j≤l} G_ij; dz_il = (G_il − β_il C_il)·scale
         let mut c = 0f32;
         for l in 0..=i {
-            c += g[l];
-            let beta = 1.0 / (1.0 + (-z[l]).exp());
-            let dz = (g[l] - beta * c) * scale;
-            if dz == 0.0 {
-                continue;
-            }
-            let kl = &k[l * dh..(l + 1) * dh];
-            for (d, &kv) in dq[i * dh..(i + 1) * dh].iter_mut().zip(kl) {
-                *d += dz * kv;
-            }
-            for (d, &qv) in dk[l * dh..(l + 1) * dh].iter_mut().zip(qi) {
-                *d += dz * qv;
-            }
+            let g = ar[l] * dr[l];
+            c += g;
+            let beta = 1.0 / (1.0 + (-zr[l]).exp());
+            dr[l] = (g - beta * c) * scale;
         }
+        dr[i + 1..].fill(0.0);
     }
+    // dQ += dZ K, dK += dZᵀ Q, dV += Aᵀ dO
+    matmul_rows(&da, t, t, &MatRef::f32(k, t, dh)?, dq, dh, true)?;
+    matmul_tn_acc(&da, q, t, t, dh, dk)?;
+    matmul_tn_acc(&a, dout, t, t, dh, dv)?;
     Ok(())
 }
 
@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        for &(t, dh) in &[(1, 2), (6, 3), (9, 4)] {
+        for &(t, dh) in &[(1, 2), (6, 3), (9, 4), (20, 3)] {
             let (mut q, mut k, mut v) = (
                 rand_vec(4, t * dh),
                 rand_vec(5, t * dh),

@@ -6,6 +6,10 @@
 # after a 16-token prompt (batch 1, KV cache, greedy). Thread counts 1 and 2; ROUNDS runs
 # each, interleaved; the table shows medians (training: median step time per run).
 #
+# Also Modula's dense baseline at equal *active* parameters per token (d 256, 4 heads, FFN
+# 512: the training issue's reference model) and at equal *total* parameters (FFN 3584),
+# trained and decoded the same way (ModuleFormer's efficiency claim is about these).
+#
 # Usage: bash benches/peers/moe_compare.sh   (needs data/kjv.txt: scripts/get-data.sh)
 # Uses TORCH_PY (a python with torch) or creates target/torch-venv.
 set -euo pipefail
@@ -40,8 +44,20 @@ d = sorted(b - a for a, b in zip(e[int(sys.argv[2]) - 1:], e[int(sys.argv[2]):])
 print(f"{16 * 128 / d[len(d) // 2]:.0f}")
 PY
 }
-modula_decode() { # threads -> tokens/s
-  $m run --model "$out/dec.gguf" --prompt "$prompt" --tokens 128 --temperature 0 --threads "$1" \
+dense_train() { # ffn threads -> pos/s
+  $m train --data "$data" --d 256 --layers 4 --heads 4 --ffn "$1" --batch 16 --seq 128 \
+    --steps $((STEPS + WARMUP)) --eval-every 100000 --eval-batches 1 --threads "$2" --quiet \
+    --out "$out/d.gguf" > /dev/null
+  python3 - "$out/d.gguf.metrics.jsonl" "$WARMUP" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+e = [r["elapsed_s"] for r in rows]
+d = sorted(b - a for a, b in zip(e[int(sys.argv[2]) - 1:], e[int(sys.argv[2]):]))
+print(f"{16 * 128 / d[len(d) // 2]:.0f}")
+PY
+}
+modula_decode() { # threads [model] -> tokens/s
+  $m run --model "${2:-$out/dec.gguf}" --prompt "$prompt" --tokens 128 --temperature 0 --threads "$1" \
     --quiet 2>&1 >/dev/null | sed -E 's/.*decode 128 tokens: ([0-9.]+) tokens.*/\1/'
 }
 torch_py() { # mode threads -> value
@@ -51,6 +67,10 @@ torch_py() { # mode threads -> value
 }
 # a model file for decoding (weights do not change the cost: no early stop by default)
 $m train --data "$data" "${model[@]}" --steps 1 --eval-batches 1 --quiet --out "$out/dec.gguf" > /dev/null
+for f in 512 3584; do
+  $m train --data "$data" --d 256 --layers 4 --heads 4 --ffn $f --batch 16 --seq 128 --steps 1 \
+    --eval-batches 1 --quiet --no-positions --out "$out/dense$f.gguf" > /dev/null
+done
 
 declare -A res
 for r in $(seq "$ROUNDS"); do
@@ -59,6 +79,10 @@ for r in $(seq "$ROUNDS"); do
     res[ttrain_$t]+="$(torch_py train "$t") "
     res[mdec_$t]+="$(modula_decode "$t") "
     res[tdec_$t]+="$(torch_py decode "$t") "
+    for f in 512 3584; do
+      res[dtrain${f}_$t]+="$(dense_train $f "$t") "
+      res[ddec${f}_$t]+="$(modula_decode "$t" "$out/dense$f.gguf") "
+    done
   done
   echo "round $r done" >&2
 done
@@ -73,4 +97,10 @@ for t in 1 2; do
     printf "%-28s %8s %12s %12s %8s   (modula %s| torch %s)\n" "$name" "$t" "$a" "$b" \
       "$(python3 -c "print(f'{$a/$b:.2f}x')")" "${res[m${k}_$t]}" "${res[t${k}_$t]}"
   done
+done
+printf "\n%-44s %8s %12s %12s\n" "modula: moduleformer vs dense" threads "train pos/s" "decode tok/s"
+for t in 1 2; do
+  printf "%-44s %8s %12s %12s\n" "moduleformer (E 8, top-2)" "$t" "$(med "${res[mtrain_$t]}")" "$(med "${res[mdec_$t]}")"
+  printf "%-44s %8s %12s %12s\n" "dense, equal active params (FFN 512)" "$t" "$(med "${res[dtrain512_$t]}")" "$(med "${res[ddec512_$t]}")"
+  printf "%-44s %8s %12s %12s\n" "dense, equal total params (FFN 3584)" "$t" "$(med "${res[dtrain3584_$t]}")" "$(med "${res[ddec3584_$t]}")"
 done

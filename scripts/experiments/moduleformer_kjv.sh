@@ -68,4 +68,18 @@ for r in 1 2 3; do
     --data-slice 0.479:0.770 --seq 64 --keep-att 4 --keep-ffn 4 --random $r > /dev/null
   echo "prune random$r $(ev "$w/rand$r.gguf" 0.479:0.770)"
 done
+# 2b. forgetting under a real domain shift: adapt the Genesis-Job models to Python source
+# (data/python.txt from scripts/get-data.sh), same steps; loss on Genesis-Job and on Python
+if [ -f data/python.txt ]; then
+  $m moduleformer extend --new-experts 4 --init "$w/mfA.gguf" --data data/python.txt \
+    --seq 64 --batch 16 --steps "$ADAPT" --lr 3e-3 --seed 1 --quiet --out "$w/mfAP.gguf" > /dev/null
+  $m train --init "$w/dA.gguf" --data data/python.txt --seq 64 --batch 16 --steps "$ADAPT" \
+    --lr 3e-3 --seed 1 --quiet --out "$w/dAP.gguf" > /dev/null
+  evp() { $m eval --model "$1" --data data/python.txt --seq 64 --batch 16 --batches 32 --seed 7 \
+    | awk '/^validation/ {print $3}'; }
+  echo "shift mf_before A $(ev "$w/mfA.gguf" 0:0.479) P $(evp "$w/mfA.gguf")"
+  echo "shift dense_before A $(ev "$w/dA.gguf" 0:0.479) P $(evp "$w/dA.gguf")"
+  echo "shift mf_extended A $(ev "$w/mfAP.gguf" 0:0.479) P $(evp "$w/mfAP.gguf")"
+  echo "shift dense_finetuned A $(ev "$w/dAP.gguf" 0:0.479) P $(evp "$w/dAP.gguf")"
+fi
 echo "work dir: $w"

@@ -223,6 +223,10 @@ pub struct TrainArgs {
     /// EMoE capacity factor (the published code's 1.5; default 0 = no capacity limit).
     #[arg(long, default_value_t = 0.0)]
     emoe_capacity: f32,
+    /// EMoE auxiliary load/importance loss weight (the published code's 0.01; default 0 =
+    /// off; its gradient reaches the FFN input, never the gates).
+    #[arg(long, default_value_t = 0.0)]
+    emoe_aux: f32,
     /// ModuleFormer: experts per mixture (attention and FFN, unless set separately).
     #[arg(long, default_value_t = 8)]
     experts: usize,
@@ -360,11 +364,14 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
         }
     };
     model.emoe_mask = parse_mask(&a.emoe_mask)?;
-    if !(a.emoe_noise >= 0.0 && a.emoe_capacity >= 0.0) {
-        return Err("--emoe-noise and --emoe-capacity must be >= 0".into());
+    if !(a.emoe_noise >= 0.0 && a.emoe_capacity >= 0.0 && a.emoe_aux >= 0.0)
+        || !a.emoe_aux.is_finite()
+    {
+        return Err("--emoe-noise, --emoe-capacity and --emoe-aux must be >= 0".into());
     }
     model.emoe_noise = a.emoe_noise;
     model.emoe_capacity = a.emoe_capacity;
+    model.emoe_aux = a.emoe_aux;
     let c = model.cfg;
     check_fits(&model, data.as_ref())?;
     let lm = !c.is_classifier();
@@ -386,13 +393,14 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     println!("data: {}", data.describe());
     if c.emoe_layers != 0 {
         println!(
-            "EMoE: blocks {:?}, {} experts, top-{}, mask {}, noise {}, capacity {}",
+            "EMoE: blocks {:?}, {} experts, top-{}, mask {}, noise {}, capacity {}, aux loss {}",
             c.emoe_layer_list(),
             c.emoe_experts,
             c.emoe_top_k,
             if model.emoe_mask { "on" } else { "off (dense)" },
             model.emoe_noise,
-            model.emoe_capacity
+            model.emoe_capacity,
+            model.emoe_aux
         );
     }
     println!(

@@ -71,9 +71,12 @@ impl Trainable for DenseModel {
         batch: &Batch,
         acts: &Self::Acts,
         dlogits: &[f32],
-        _scale: f32,
+        scale: f32,
     ) -> Result<(), String> {
-        self.backward(batch.input(), acts, dlogits)
+        self.backward_scaled(batch.input(), acts, dlogits, scale)
+    }
+    fn aux_loss(acts: &Self::Acts) -> f64 {
+        acts.emoe_aux
     }
 }
 

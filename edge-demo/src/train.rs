@@ -364,9 +364,11 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
         }
     };
     model.emoe_mask = parse_mask(&a.emoe_mask)?;
-    if !(a.emoe_noise >= 0.0 && a.emoe_capacity >= 0.0 && a.emoe_aux >= 0.0)
-        || !a.emoe_aux.is_finite()
-    {
+    let ok = a.emoe_noise >= 0.0
+        && a.emoe_capacity >= 0.0
+        && a.emoe_aux >= 0.0
+        && a.emoe_aux.is_finite();
+    if !ok {
         return Err("--emoe-noise, --emoe-capacity and --emoe-aux must be >= 0".into());
     }
     model.emoe_noise = a.emoe_noise;

@@ -299,7 +299,7 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     match a.arch.as_str() {
         "dense" => {}
         "moduleformer" => return run_mf(a),
-        "seqboat" => return Err("--arch seqboat: not implemented yet".into()),
+        "seqboat" => return Err("--arch seqboat: not yet implemented".into()),
         other => return Err(format!("--arch {other}: use dense or moduleformer")),
     }
     if a.steps == 0 || a.batch == 0 || a.data.seq == 0 || a.accum == 0 {

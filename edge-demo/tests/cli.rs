@@ -463,3 +463,203 @@ fn resumed_training_writes_the_same_model_as_a_straight_run() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// ModuleFormer through the command line: train, eval, run, extend, prune, quantize
+/// (mixed), import a Hugging Face MoLM checkpoint; bad input is a clear error.
+#[test]
+fn moduleformer_commands_work_end_to_end() {
+    let d = tmpdir("mf");
+    let text = d.join("t.txt");
+    std::fs::write(&text, "in the beginning was the word. ".repeat(300)).unwrap();
+    let m = d.join("mf.gguf");
+    let ok = |c: &mut Command| {
+        let r = c.output().unwrap();
+        assert!(
+            r.status.success(),
+            "{:?}: {}",
+            c,
+            String::from_utf8_lossy(&r.stderr)
+        );
+        String::from_utf8_lossy(&r.stdout).to_string() + &String::from_utf8_lossy(&r.stderr)
+    };
+    let common = [
+        "--d",
+        "32",
+        "--layers",
+        "2",
+        "--experts",
+        "4",
+        "--ffn",
+        "32",
+        "--router-hidden",
+        "32",
+        "--seq",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "3",
+        "--quiet",
+    ];
+    let out = ok(modula()
+        .args(["train", "--arch", "moduleformer", "--data"])
+        .arg(&text)
+        .args(common)
+        .arg("--out")
+        .arg(&m));
+    assert!(
+        out.contains("H(e)/lnE") && out.contains("moduleformer"),
+        "{out}"
+    );
+    let out = ok(modula()
+        .args(["eval", "--model"])
+        .arg(&m)
+        .arg("--data")
+        .arg(&text)
+        .args(["--seq", "16"]));
+    assert!(
+        out.contains("moduleformer") && out.contains("validation"),
+        "{out}"
+    );
+    let out = ok(modula().args(["run", "--model"]).arg(&m).args([
+        "--prompt",
+        "in the",
+        "--tokens",
+        "5",
+        "--context",
+        "64",
+    ]));
+    assert!(out.contains("decode 5 tokens"), "{out}");
+    let ext = d.join("ext.gguf");
+    let out = ok(modula()
+        .args(["moduleformer", "extend", "--new-experts", "2", "--init"])
+        .arg(&m)
+        .arg("--data")
+        .arg(&text)
+        .args([
+            "--seq", "16", "--batch", "2", "--steps", "2", "--quiet", "--out",
+        ])
+        .arg(&ext));
+    assert!(out.contains("4 + 2 attention"), "{out}");
+    let small = d.join("small.gguf");
+    let out = ok(modula()
+        .args(["moduleformer", "prune", "--in"])
+        .arg(&ext)
+        .arg("--data")
+        .arg(&text)
+        .args([
+            "--seq",
+            "16",
+            "--batches",
+            "2",
+            "--keep-att",
+            "3",
+            "--keep-ffn",
+            "2",
+            "--out",
+        ])
+        .arg(&small));
+    assert!(
+        out.contains("kept 3 of 6 attention and 2 of 6 FFN"),
+        "{out}"
+    );
+    let q = d.join("q.gguf");
+    let out = ok(modula()
+        .args(["quantize", "--type", "mixed", "--budget-mb", "1", "--calib"])
+        .arg(&text)
+        .args(["--calib-seq", "16", "--calib-batches", "2", "--in"])
+        .arg(&m)
+        .arg("--out")
+        .arg(&q));
+    assert!(out.contains("mixed plan"), "{out}");
+    let hf =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/molm_parity/molm");
+    let out = ok(modula()
+        .args(["moduleformer", "import", "--hf"])
+        .arg(&hf)
+        .arg("--out")
+        .arg(d.join("hf.gguf")));
+    assert!(out.contains("K = V = ln_1(x)"), "{out}");
+    // bad input: clear errors, no panic
+    for (args, needle) in [
+        (
+            vec![
+                "quantize",
+                "--type",
+                "mixed",
+                "--budget-mb",
+                "0.001",
+                "--calib",
+                "T",
+                "--calib-seq",
+                "16",
+                "--in",
+                "M",
+                "--out",
+                "X",
+            ],
+            "impossible budget",
+        ),
+        (
+            vec![
+                "moduleformer",
+                "prune",
+                "--in",
+                "M",
+                "--data",
+                "T",
+                "--seq",
+                "16",
+                "--keep-att",
+                "1",
+                "--keep-ffn",
+                "2",
+                "--out",
+                "X",
+            ],
+            "top-k",
+        ),
+        (
+            vec![
+                "moduleformer",
+                "import",
+                "--hf",
+                "/nonexistent",
+                "--out",
+                "X",
+            ],
+            "config.json",
+        ),
+        (
+            vec![
+                "train",
+                "--arch",
+                "moduleformer",
+                "--data",
+                "T",
+                "--top-k",
+                "9",
+                "--out",
+                "X",
+            ],
+            "top-k",
+        ),
+    ] {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match *a {
+                "T" => text.display().to_string(),
+                "M" => m.display().to_string(),
+                "X" => d.join("x.gguf").display().to_string(),
+                s => s.to_string(),
+            })
+            .collect();
+        let r = modula().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains(needle) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -198,6 +198,10 @@ pub struct DenseModel {
     /// ([`crate::emoe::emoe_aux_loss`]; its gradient reaches the FFN input, not the gates;
     /// 0 = off, the published value is 0.01).
     pub emoe_aux: f32,
+    /// Run a nested sub-model (SortedNet): `(depth, ffn)` = the first `depth` blocks (final
+    /// norm and head shared) with the first `ffn` hidden units of every FFN — prefixes of
+    /// every tensor. `None`: the full model. Not combinable with EMoE blocks.
+    pub nested: Option<(usize, usize)>,
 }
 
 /// Everything the forward saves for the backward, for one batch of `b` sequences of `t`.
@@ -205,6 +209,8 @@ pub struct DenseModel {
 pub struct Activations {
     b: usize,
     t: usize,
+    /// FFN width the forward ran with (the full width, or a nested prefix).
+    ffn_width: usize,
     /// Per block: input to the block `[n, d]`.
     x_in: Vec<Vec<f32>>,
     ln1: Vec<Vec<f32>>,
@@ -362,6 +368,7 @@ impl DenseModel {
             emoe_noise_seed: None,
             emoe_capacity: 0.0,
             emoe_aux: 0.0,
+            nested: None,
         })
     }
 
@@ -460,6 +467,27 @@ impl DenseModel {
             .map_err(|e| e.to_string())?;
         }
         Ok((keep, sel, aux_dh, aux))
+    }
+
+    /// The (depth, FFN width) the forward runs: [`DenseModel::nested`] checked against the
+    /// shape, or the full model.
+    pub fn active(&self) -> Result<(usize, usize), String> {
+        let c = self.cfg;
+        match self.nested {
+            None => Ok((c.layers, c.ffn)),
+            Some((depth, f)) => {
+                if depth == 0 || depth > c.layers || f == 0 || f > c.ffn {
+                    return Err(format!(
+                        "nested sub-model (depth {depth}, FFN {f}) is outside the model (depth {}, FFN {})",
+                        c.layers, c.ffn
+                    ));
+                }
+                if c.emoe_layers != 0 && (depth, f) != (c.layers, c.ffn) {
+                    return Err("nested sub-models of EMoE models are not supported".into());
+                }
+                Ok((depth, f))
+            }
+        }
     }
 
     /// Parameter index of block `layer`'s tensor `name` (e.g. `"ffn_up.weight"`).
@@ -562,9 +590,11 @@ impl DenseModel {
         let (d, n, hd) = (c.d, b * t, c.d / c.heads);
         let p = &self.params;
         let ke = |e: modula_core::kernels::KernelError| e.to_string();
+        let (depth, f) = self.active()?;
         let mut a = Activations {
             b,
             t,
+            ffn_width: f,
             ..Activations::default()
         };
         let mut x = vec![0f32; n * d];
@@ -589,7 +619,7 @@ impl DenseModel {
             }
         }
         let scale = 1.0 / (hd as f32).sqrt();
-        for blk in &self.blocks {
+        for blk in &self.blocks[..depth] {
             a.x_in.push(x.clone());
             let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
             layernorm_forward(
@@ -677,13 +707,13 @@ impl DenseModel {
                 &mut rs2,
             )
             .map_err(|e| e.to_string())?;
-            let mut up = vec![0f32; n * c.ffn];
+            let mut up = vec![0f32; n * f];
             linear_forward(
                 &h2,
                 n,
-                p.value(blk.up_w),
-                Some(p.value(blk.up_b)),
-                c.ffn,
+                &p.value(blk.up_w)[..f * d],
+                Some(&p.value(blk.up_b)[..f]),
+                f,
                 d,
                 &mut up,
             )
@@ -708,9 +738,9 @@ impl DenseModel {
             let mut down = vec![0f32; n * d];
             matmul_rows(
                 &act,
-                c.ffn,
+                f,
                 n,
-                &MatRef::f32(p.value(blk.down_t), c.ffn, d).map_err(ke)?,
+                &MatRef::f32(&p.value(blk.down_t)[..f * d], f, d).map_err(ke)?,
                 &mut down,
                 d,
                 false,
@@ -793,7 +823,8 @@ impl DenseModel {
         let (d, n, hd) = (c.d, b * t, c.d / c.heads);
         let outs = c.outputs();
         let rows = if c.is_classifier() { b } else { n };
-        if dlogits.len() != rows * outs || a.x_in.len() != c.layers {
+        let f = a.ffn_width;
+        if dlogits.len() != rows * outs || a.x_in.len() > c.layers || f > c.ffn {
             return Err("backward: activations or dlogits do not match this model".into());
         }
         let scale = 1.0 / (hd as f32).sqrt();
@@ -843,26 +874,34 @@ impl DenseModel {
             add(p.grad_mut(self.lnf_g), &dg);
             add(p.grad_mut(self.lnf_b), &db);
         }
-        for (l, blk) in self.blocks.iter().enumerate().rev() {
+        for (l, blk) in self.blocks[..a.x_in.len()].iter().enumerate().rev() {
             // FFN: x = x_mid + down(act(up(ln2(x_mid)))) + down_b
             let mut db = vec![0f32; d];
             for row in dx.chunks_exact(d) {
                 add(&mut db, row);
             }
             add(p.grad_mut(blk.down_b), &db);
-            let mut dact = vec![0f32; n * c.ffn];
+            let mut dact = vec![0f32; n * f];
             linear(
                 &dx,
                 d,
                 n,
-                &MatRef::f32(p.value(blk.down_t), c.ffn, d).map_err(e)?,
+                &MatRef::f32(&p.value(blk.down_t)[..f * d], f, d).map_err(e)?,
                 None,
                 &mut dact,
-                c.ffn,
+                f,
             )
             .map_err(e)?;
-            matmul_tn_acc(&a.act[l], &dx, n, c.ffn, d, p.grad_mut(blk.down_t)).map_err(e)?;
-            let mut dup = vec![0f32; n * c.ffn];
+            matmul_tn_acc(
+                &a.act[l],
+                &dx,
+                n,
+                f,
+                d,
+                &mut p.grad_mut(blk.down_t)[..f * d],
+            )
+            .map_err(e)?;
+            let mut dup = vec![0f32; n * f];
             if !a.emoe_keep[l].is_empty() {
                 for (g, kv) in dact.iter_mut().zip(&a.emoe_keep[l]) {
                     *g *= kv;
@@ -871,16 +910,16 @@ impl DenseModel {
             activation_backward(Activation::Gelu, &dact, &a.up[l], &mut dup);
             let mut dh2 = vec![0f32; n * d];
             let (w, dw) = p.value_grad(blk.up_w, blk.up_w);
-            let mut dbu = vec![0f32; c.ffn];
+            let mut dbu = vec![0f32; f];
             linear_backward(
                 &dup,
                 &a.ln2[l],
-                w,
+                &w[..f * d],
                 n,
-                c.ffn,
+                f,
                 d,
                 Some(&mut dh2),
-                dw,
+                &mut dw[..f * d],
                 Some(&mut dbu),
             )
             .map_err(e)?;
@@ -889,7 +928,7 @@ impl DenseModel {
                     *x += aux_scale * v;
                 }
             }
-            add(p.grad_mut(blk.up_b), &dbu);
+            add(&mut p.grad_mut(blk.up_b)[..f], &dbu);
             let (mut dg, mut dbb) = (vec![0f32; d], vec![0f32; d]);
             layernorm_backward(
                 &dh2,
@@ -1184,6 +1223,68 @@ mod tests {
             b,
             t,
         );
+    }
+
+    #[test]
+    fn nested_submodel_gradients_match_and_touch_only_the_prefix() {
+        let cfg = DenseConfig {
+            max_seq: 6,
+            ..DenseConfig::lm(11, 8, 3, 2, 12)
+        };
+        let mut m = DenseModel::new(cfg, 3).unwrap();
+        let mut r = SplitMix64(9);
+        for v in m.params.values.iter_mut() {
+            *v += 0.3 * (2.0 * r.next_f32() - 1.0);
+        }
+        let (b, t) = (2, 5);
+        let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 11) as u32).collect();
+        let targets: Vec<u32> = (0..b * t).map(|i| ((i * 3 + 1) % 11) as u32).collect();
+        m.nested = Some((2, 4));
+        let (_, acts, dl) = m.forward(Input::Tokens(&tokens), &targets, b, t).unwrap();
+        m.params.zero_grads();
+        m.backward(Input::Tokens(&tokens), &acts, &dl).unwrap();
+        let grads = m.params.grads.clone();
+        // nothing outside the sub-model gets a gradient
+        for (i, s) in m.params.specs().iter().enumerate() {
+            let g = m.params.grad(i);
+            let used = if s.name.starts_with("blk.2.") {
+                0
+            } else if s.name.contains("ffn_up.weight") || s.name.contains("ffn_down_t") {
+                4 * 8
+            } else if s.name.contains("ffn_up.bias") {
+                4
+            } else {
+                g.len()
+            };
+            assert!(
+                g[used..].iter().all(|&v| v == 0.0),
+                "{} has gradient outside the prefix",
+                s.name
+            );
+        }
+        let mut values = m.params.values.clone();
+        let probe = m.clone();
+        let f = |v: &[f32]| {
+            let mut mm = probe.clone();
+            mm.params.values.copy_from_slice(v);
+            mm.forward(Input::Tokens(&tokens), &targets, b, t)
+                .unwrap()
+                .0
+        };
+        let gc = GradCheck::default();
+        check_grad(
+            "nested (depth 2 of 3, FFN 4 of 12)",
+            &mut values,
+            &grads,
+            f,
+            gc,
+        )
+        .unwrap();
+        // the full model is unchanged by having run a sub-model; bad sizes are errors
+        m.nested = Some((4, 4));
+        assert!(m.forward(Input::Tokens(&tokens), &targets, b, t).is_err());
+        m.nested = Some((1, 13));
+        assert!(m.forward(Input::Tokens(&tokens), &targets, b, t).is_err());
     }
 
     #[test]

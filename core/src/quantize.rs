@@ -168,7 +168,8 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
     // nested widths must be whole blocks
     if block > 1 {
         for (k, v) in model.metadata() {
-            if !k.starts_with("modula.nested.") {
+            // widths split rows into blocks; depths and head/expert counts do not
+            if !(k == "modula.nested.ffn_widths" || k == "modula.nested.widths") {
                 continue;
             }
             if let Value::Array(a) = v {

@@ -227,6 +227,18 @@ pub struct TrainArgs {
     /// off; its gradient reaches the FFN input, never the gates).
     #[arg(long, default_value_t = 0.0)]
     emoe_aux: f32,
+    /// SortedNet: nested depths (comma-separated; the full depth is implied), e.g. 1,2,3.
+    #[arg(long)]
+    nested_depths: Option<String>,
+    /// SortedNet: nested FFN widths (comma-separated; the full width is implied).
+    #[arg(long)]
+    nested_ffn: Option<String>,
+    /// SortedNet: sub-models trained per micro-batch besides the full model — `uniform:N`
+    /// (N drawn from the grid; SortedNet), `all` (every size), `matformer` (one FFN width),
+    /// `off` (full model only: nested sizes are then plain truncations). Default: uniform:1
+    /// for a nested model.
+    #[arg(long)]
+    sorted: Option<String>,
     /// ModuleFormer: experts per mixture (attention and FFN, unless set separately).
     #[arg(long, default_value_t = 8)]
     experts: usize,
@@ -374,23 +386,43 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     model.emoe_noise = a.emoe_noise;
     model.emoe_capacity = a.emoe_capacity;
     model.emoe_aux = a.emoe_aux;
+    if a.nested_depths.is_some() || a.nested_ffn.is_some() {
+        let list = |s: &Option<String>, what: &str| -> Result<Vec<usize>, String> {
+            s.as_deref()
+                .unwrap_or("")
+                .split(',')
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|_| format!("--nested-{what}: '{v}' is not a size"))
+                })
+                .collect()
+        };
+        let depths = list(&a.nested_depths, "depths")?;
+        let ffn = list(&a.nested_ffn, "ffn")?;
+        model.cfg = model.cfg.with_nested(&depths, &ffn)?;
+    }
+    let sorted = match &a.sorted {
+        Some(s) => modula_train::trainer::Sorted::parse(s).map_err(|e| format!("--sorted {e}"))?,
+        None if model.cfg.nested_grid().len() > 1 => modula_train::trainer::Sorted::Uniform(1),
+        None => modula_train::trainer::Sorted::Off,
+    };
     let c = model.cfg;
     check_fits(&model, data.as_ref())?;
     let lm = !c.is_classifier();
+    if c.nested_grid().len() > 1 {
+        println!(
+            "SortedNet: depths {:?} x FFN widths {:?} ({} sub-models), training {:?}",
+            c.nested_depth_list(),
+            c.nested_ffn_list(),
+            c.nested_grid().len(),
+            sorted
+        );
+    }
     let tc = TrainConfig {
-        steps: a.steps,
-        batch: a.batch,
-        accum: a.accum,
-        seq,
-        lr: a.lr,
-        min_lr: a.lr / 10.0,
-        warmup: (a.steps / 10).max(1),
-        seed: a.seed,
-        opt: modula_train::optim::AdamW {
-            weight_decay: a.weight_decay,
-            ..modula_train::optim::AdamW::default()
-        },
-        ..TrainConfig::default()
+        sorted,
+        ..train_config(a, seq)
     };
     println!("data: {}", data.describe());
     if c.emoe_layers != 0 {
@@ -729,6 +761,37 @@ fn fit<M: CliModel>(
             )
             .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;
             pb.suspend(|| println!("step {:>6}: validation {}", state.step, describe(&r, lm)));
+            let grid = model.nested_grid();
+            if !grid.is_empty() {
+                let mut cells = Vec::new();
+                let mut json = Vec::new();
+                for &(dp, f) in &grid {
+                    model.set_nested(Some((dp, f)));
+                    let r =
+                        eval_model(&*model, data, a.eval_batches, a.batch, seq, a.seed ^ 0x5eed);
+                    model.set_nested(None);
+                    let r = r?;
+                    cells.push(format!("{dp}x{f}: {:.4}", r.loss));
+                    json.push(format!(
+                        "{{\"depth\":{dp},\"ffn\":{f},\"val_loss\":{:.6},\"val_accuracy\":{:.6}}}",
+                        r.loss, r.accuracy
+                    ));
+                }
+                writeln!(
+                    metrics,
+                    "{{\"step\":{},\"nested\":[{}]}}",
+                    state.step,
+                    json.join(",")
+                )
+                .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;
+                pb.suspend(|| {
+                    println!(
+                        "step {:>6}: nested (depth x ffn: val loss) {}",
+                        state.step,
+                        cells.join("  ")
+                    )
+                });
+            }
             val = Some(r);
         }
         if let Some(p) = &a.checkpoint {
@@ -830,6 +893,10 @@ pub struct EvalArgs {
     /// For a model with EMoE layers: evaluate with the expert mask (on) or densely (off).
     #[arg(long, default_value = "on")]
     emoe_mask: String,
+    /// Evaluate a nested sub-model `DEPTHxFFN` (e.g. 2x128) of a dense model, or `all` for
+    /// every nested size the file declares.
+    #[arg(long)]
+    size: Option<String>,
 }
 
 /// Load a dense model from a .gguf or .safetensors file.
@@ -873,10 +940,30 @@ pub fn eval(a: &EvalArgs) -> Result<(), String> {
     let (data, seq) = a.data.load()?;
     let c = model.cfg;
     check_fits(&model, data.as_ref()).map_err(|e| format!("{}: {e}", a.model.display()))?;
-    let r = eval_dense(&model, data.as_ref(), a.batches, a.batch, seq, a.seed)?;
+    let sizes: Vec<Option<(usize, usize)>> = match a.size.as_deref() {
+        None => vec![None],
+        Some("all") => c.nested_grid().into_iter().map(Some).collect(),
+        Some(sz) => {
+            let (dp, f) = sz
+                .split_once('x')
+                .and_then(|(x, y)| Some((x.parse().ok()?, y.parse().ok()?)))
+                .ok_or_else(|| format!("--size {sz}: use DEPTHxFFN, e.g. 2x128, or all"))?;
+            vec![Some((dp, f))]
+        }
+    };
     println!("model: {} (trained with context {ctx})", a.model.display());
     println!("data: {} at {seq} positions", data.describe());
-    println!("validation {}", describe(&r, !c.is_classifier()));
+    for sz in sizes {
+        model.nested = sz;
+        let r = eval_dense(&model, data.as_ref(), a.batches, a.batch, seq, a.seed)?;
+        match sz {
+            None => println!("validation {}", describe(&r, !c.is_classifier())),
+            Some((dp, f)) => println!(
+                "validation depth {dp} x FFN {f}: {}",
+                describe(&r, !c.is_classifier())
+            ),
+        }
+    }
     Ok(())
 }
 

@@ -42,6 +42,13 @@ pub trait Trainable {
     fn aux_loss(_acts: &Self::Acts) -> f64 {
         0.0
     }
+    /// Nested sub-models `(depth, ffn)` of this model, smallest first, the full model last
+    /// (empty when not nested).
+    fn nested_grid(&self) -> Vec<(usize, usize)> {
+        Vec::new()
+    }
+    /// Run a nested sub-model (`None`: the full model).
+    fn set_nested(&mut self, _size: Option<(usize, usize)>) {}
     /// Per router: the expert-usage entropy `H(e)/ln E` (balance) and the mean per-token
     /// routing entropy `H(e|x)/ln E` (sharpness) — empty for dense models.
     fn usage(&self, _acts: &Self::Acts) -> Vec<(f32, f32)> {
@@ -59,6 +66,17 @@ impl Trainable for DenseModel {
     }
     fn set_noise(&mut self, seed: Option<u64>) {
         self.emoe_noise_seed = seed;
+    }
+    fn nested_grid(&self) -> Vec<(usize, usize)> {
+        let g = self.cfg.nested_grid();
+        if g.len() > 1 {
+            g
+        } else {
+            Vec::new()
+        }
+    }
+    fn set_nested(&mut self, size: Option<(usize, usize)>) {
+        self.nested = size;
     }
     fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String> {
         self.forward(batch.input(), &batch.targets, batch.b, batch.t)
@@ -164,6 +182,74 @@ pub struct TrainConfig {
     pub opt: AdamW,
     /// Seed of the batch sampler.
     pub seed: u64,
+    /// SortedNet training of a model with nested sizes: which sub-models train besides the
+    /// full one (always trained) on each micro-batch; their gradients are averaged with
+    /// the full model's.
+    pub sorted: Sorted,
+}
+
+/// How nested sub-models are picked per micro-batch (spec B2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sorted {
+    /// Only the full model trains.
+    Off,
+    /// SortedNet: `n` sub-models drawn uniformly from the grid (all sizes but the full).
+    Uniform(usize),
+    /// Every nested size on every micro-batch (Sorted Fine-Tuning's "all depths every
+    /// step", over the whole grid).
+    All,
+    /// MatFormer: one FFN width per micro-batch, drawn uniformly, at full depth.
+    OneWidth,
+}
+
+impl Sorted {
+    /// Parse `off`, `uniform:N`, `all` or `matformer`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Sorted::Off),
+            "all" => Ok(Sorted::All),
+            "matformer" => Ok(Sorted::OneWidth),
+            _ => match s.strip_prefix("uniform") {
+                Some("") => Ok(Sorted::Uniform(1)),
+                Some(n) => n
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n: &usize| n > 0)
+                    .map(Sorted::Uniform)
+                    .ok_or_else(|| format!("'{s}': use uniform:N with N >= 1")),
+                None => Err(format!("'{s}': use off, uniform:N, all or matformer")),
+            },
+        }
+    }
+
+    /// The sub-models to train on one micro-batch besides the full one.
+    fn pick(self, grid: &[(usize, usize)], rng: &mut SplitMix64) -> Vec<(usize, usize)> {
+        let Some((&full, rest)) = grid.split_last() else {
+            return Vec::new();
+        };
+        if rest.is_empty() {
+            return Vec::new();
+        }
+        let draw =
+            |rng: &mut SplitMix64, n: usize| ((rng.next_f32() * n as f32) as usize).min(n - 1);
+        match self {
+            Sorted::Off => Vec::new(),
+            Sorted::All => rest.to_vec(),
+            Sorted::Uniform(n) => (0..n).map(|_| rest[draw(rng, rest.len())]).collect(),
+            Sorted::OneWidth => {
+                let widths: Vec<(usize, usize)> = rest
+                    .iter()
+                    .copied()
+                    .filter(|&(d, f)| d == full.0 && f != full.1)
+                    .collect();
+                if widths.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![widths[draw(rng, widths.len())]]
+                }
+            }
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -179,6 +265,7 @@ impl Default for TrainConfig {
             clip: 1.0,
             opt: AdamW::default(),
             seed: 1,
+            sorted: Sorted::Off,
         }
     }
 }
@@ -282,6 +369,26 @@ pub fn train_from<M: Trainable>(
             // function of the step, so a resumed run sees the same noise
             let noise =
                 cfg.seed ^ step.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ micro.wrapping_mul(0x9e37);
+            // SortedNet: the sub-models of this micro-batch (a function of the step, so a
+            // resumed run draws the same ones)
+            let mut srng = SplitMix64(noise ^ 0x50f7_ed5e_7000_0001);
+            let subs = cfg.sorted.pick(&model.nested_grid(), &mut srng);
+            let share = inv / (1 + subs.len()) as f32;
+            for sub in &subs {
+                model.set_nested(Some(*sub));
+                let r = model.forward_batch(&batch);
+                let r = r.and_then(|(l, acts, mut dl)| {
+                    if !l.is_finite() {
+                        return Err(format!(
+                            "step {step}: sub-model {sub:?} loss is {l}; lower the learning rate"
+                        ));
+                    }
+                    dl.iter_mut().for_each(|g| *g *= share);
+                    model.backward_batch(&batch, &acts, &dl, share)
+                });
+                model.set_nested(None);
+                r?;
+            }
             model.set_noise(Some(noise));
             let fwd = model.forward_batch(&batch);
             model.set_noise(None);
@@ -289,10 +396,10 @@ pub fn train_from<M: Trainable>(
             if !l.is_finite() {
                 return Err(format!("step {step}: loss is {l}; lower the learning rate"));
             }
-            if cfg.accum > 1 {
-                dlogits.iter_mut().for_each(|g| *g *= inv);
+            if share != 1.0 {
+                dlogits.iter_mut().for_each(|g| *g *= share);
             }
-            model.backward_batch(&batch, &acts, &dlogits, inv)?;
+            model.backward_batch(&batch, &acts, &dlogits, share)?;
             loss += l;
             aux += M::aux_loss(&acts);
             let u = model.usage(&acts);
@@ -509,6 +616,67 @@ mod tests {
         }
         par::set_threads(0);
         assert!(runs[0] == runs[1], "thread count changed training");
+    }
+
+    #[test]
+    fn sorted_training_makes_nested_submodels_work_and_truncation_does_not() {
+        let data = cat_text();
+        let cfg = DenseConfig::lm(256, 32, 2, 2, 64)
+            .with_nested(&[1], &[16])
+            .unwrap();
+        assert_eq!(cfg.nested_grid(), vec![(1, 16), (1, 64), (2, 16), (2, 64)]);
+        let tc = TrainConfig {
+            steps: 60,
+            batch: 4,
+            seq: 24,
+            lr: 1e-2,
+            min_lr: 1e-3,
+            warmup: 5,
+            ..TrainConfig::default()
+        };
+        let eval_all = |m: &mut DenseModel| -> Vec<f64> {
+            cfg.nested_grid()
+                .iter()
+                .map(|&s| {
+                    m.nested = Some(s);
+                    let r = eval_dense(m, &data, 2, 4, 24, 3).unwrap().loss;
+                    m.nested = None;
+                    r
+                })
+                .collect()
+        };
+        let mut plain = DenseModel::new(cfg, 7).unwrap();
+        train_dense(&mut plain, &data, &tc, |_| {}).unwrap();
+        let mut sorted = DenseModel::new(cfg, 7).unwrap();
+        let tcs = TrainConfig {
+            sorted: Sorted::All,
+            ..tc
+        };
+        train_dense(&mut sorted, &data, &tcs, |_| {}).unwrap();
+        let (p, s) = (eval_all(&mut plain), eval_all(&mut sorted));
+        // every sorted sub-model learned the text, and each nested size of the sorted model
+        // beats the same slice of the plainly trained one (the full model may pay a small
+        // "sorting tax")
+        assert!(s.iter().all(|&l| l < 1.0), "sorted sub-models: {s:?}");
+        for i in 0..s.len() - 1 {
+            assert!(s[i] < p[i], "size {i}: truncated {p:?} vs sorted {s:?}");
+        }
+        for (scheme, want) in [
+            ("off", Sorted::Off),
+            ("uniform:3", Sorted::Uniform(3)),
+            ("all", Sorted::All),
+            ("matformer", Sorted::OneWidth),
+        ] {
+            assert_eq!(Sorted::parse(scheme).unwrap(), want);
+        }
+        assert!(Sorted::parse("uniform:0").is_err() && Sorted::parse("x").is_err());
+        let mut r = SplitMix64(1);
+        let grid = cfg.nested_grid();
+        assert_eq!(Sorted::OneWidth.pick(&grid, &mut r), vec![(2, 16)]);
+        assert!(Sorted::Uniform(5)
+            .pick(&grid, &mut r)
+            .iter()
+            .all(|s| *s != (2, 64)));
     }
 
     #[test]

@@ -88,6 +88,12 @@ pub struct DenseConfig {
     pub emoe_experts: usize,
     /// EMoE experts used per token.
     pub emoe_top_k: usize,
+    /// SortedNet nested depths: bit `l − 1` set = the first `l` blocks form a sub-model
+    /// (0 = no nesting along depth; the full depth is always a member).
+    pub nested_depths: u64,
+    /// SortedNet nested FFN widths, ascending, 0-padded (all 0 = no nesting along width;
+    /// the full width is always a member).
+    pub nested_ffn: [u32; 8],
 }
 
 impl DenseConfig {
@@ -107,7 +113,71 @@ impl DenseConfig {
             emoe_layers: 0,
             emoe_experts: 0,
             emoe_top_k: 0,
+            nested_depths: 0,
+            nested_ffn: [0; 8],
         }
+    }
+
+    /// The nested depths, ascending, ending with the full depth.
+    pub fn nested_depth_list(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (1..self.layers.min(64))
+            .filter(|&l| self.nested_depths >> (l - 1) & 1 == 1)
+            .collect();
+        v.push(self.layers);
+        v
+    }
+
+    /// The nested FFN widths, ascending, ending with the full width.
+    pub fn nested_ffn_list(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .nested_ffn
+            .iter()
+            .map(|&w| w as usize)
+            .filter(|&w| w > 0 && w < self.ffn)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v.push(self.ffn);
+        v
+    }
+
+    /// Every nested sub-model `(depth, ffn)`, smallest first, the full model last.
+    pub fn nested_grid(&self) -> Vec<(usize, usize)> {
+        let (ds, fs) = (self.nested_depth_list(), self.nested_ffn_list());
+        ds.iter()
+            .flat_map(|&d| fs.iter().map(move |&f| (d, f)))
+            .collect()
+    }
+
+    /// Set the nested sizes (depths and FFN widths; the full ones are implied), checking
+    /// them against the shape.
+    pub fn with_nested(mut self, depths: &[usize], ffn: &[usize]) -> Result<Self, String> {
+        self.nested_depths = 0;
+        for &l in depths {
+            if l == 0 || l > self.layers || l > 64 {
+                return Err(format!("nested depth {l} is outside 1..={}", self.layers));
+            }
+            if l < self.layers {
+                self.nested_depths |= 1 << (l - 1);
+            }
+        }
+        let mut w: Vec<usize> = ffn.iter().copied().filter(|&f| f != self.ffn).collect();
+        w.sort_unstable();
+        w.dedup();
+        if w.len() > 8 {
+            return Err("at most 8 nested FFN widths besides the full one".into());
+        }
+        self.nested_ffn = [0; 8];
+        for (i, &f) in w.iter().enumerate() {
+            if f == 0 || f > self.ffn {
+                return Err(format!("nested FFN width {f} is outside 1..={}", self.ffn));
+            }
+            self.nested_ffn[i] = u32::try_from(f).map_err(|_| "FFN width too large")?;
+        }
+        if (self.nested_depths != 0 || w.iter().any(|&f| f < self.ffn)) && self.emoe_layers != 0 {
+            return Err("nested sub-models of EMoE models are not supported".into());
+        }
+        Ok(self)
     }
 
     /// Whether block `l` is an EMoE layer.

@@ -75,6 +75,16 @@ fn config_meta(
         meta.push(("modula.expert.used_count", u(c.emoe_top_k)?));
         meta.push(("modula.expert.router", MetaValue::String("avgk".into())));
     }
+    if c.nested_depths != 0 || c.nested_ffn.iter().any(|&w| w > 0) {
+        let list = |v: Vec<usize>| -> Result<MetaValue, String> {
+            Ok(MetaValue::Array(
+                modula_core::ValueType::U32,
+                v.into_iter().map(u).collect::<Result<Vec<_>, _>>()?,
+            ))
+        };
+        meta.push(("modula.nested.depths", list(c.nested_depth_list())?));
+        meta.push(("modula.nested.ffn_widths", list(c.nested_ffn_list())?));
+    }
     if c.is_classifier() {
         meta.push(("modula.num_classes", u(c.classes)?));
         meta.push((
@@ -135,6 +145,8 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
         emoe_layers: 0,
         emoe_experts: 0,
         emoe_top_k: 0,
+        nested_depths: 0,
+        nested_ffn: [0; 8],
     };
     let mut cfg = cfg;
     if let Some(list) = get("modula.emoe.layers") {
@@ -150,6 +162,27 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
         }
         cfg.emoe_experts = need("modula.expert.count")?;
         cfg.emoe_top_k = need("modula.expert.used_count")?;
+    }
+    let parse_list = |k: &str| -> Result<Vec<usize>, String> {
+        match get(k) {
+            None => Ok(Vec::new()),
+            Some(list) => list
+                .split(',')
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    v.trim()
+                        .parse::<usize>()
+                        .map_err(|_| format!("{k}: '{v}' is not a size"))
+                })
+                .collect(),
+        }
+    };
+    let (depths, widths) = (
+        parse_list("modula.nested.depths")?,
+        parse_list("modula.nested.ffn_widths")?,
+    );
+    if !depths.is_empty() || !widths.is_empty() {
+        cfg = cfg.with_nested(&depths, &widths)?;
     }
     Ok((cfg, opt("modula.context_length")?))
 }
@@ -348,8 +381,13 @@ mod tests {
         let lm = DenseConfig {
             max_seq: 10,
             ..DenseConfig::lm(256, 16, 2, 2, 32)
-        };
+        }
+        .with_nested(&[1], &[8, 16])
+        .unwrap();
+        assert_eq!(lm.nested_grid().len(), 6);
         let img = DenseConfig {
+            nested_depths: 0,
+            nested_ffn: [0; 8],
             vocab: 0,
             patch_dim: 3,
             classes: 4,

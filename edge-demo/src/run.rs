@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// (older tokens then weigh at most e^-τ in total; default: exact).
     #[arg(long)]
     sb_stop: Option<f32>,
+    /// Dense models: run the nested sub-model `DEPTHxFFN` (e.g. 2x128; zero-copy prefixes of
+    /// the mapped weights).
+    #[arg(long)]
+    size: Option<String>,
     /// Print only the timing line (for benchmarks).
     #[arg(long)]
     quiet: bool,
@@ -137,9 +141,20 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             } else {
                 1024
             });
-            Engine::Dense(DenseEngine::new(&m, ctx).map_err(at)?)
+            let mut e = DenseEngine::new(&m, ctx).map_err(at)?;
+            if let Some(sz) = &a.size {
+                let (dp, f) = sz
+                    .split_once('x')
+                    .and_then(|(x, y)| Some((x.parse().ok()?, y.parse().ok()?)))
+                    .ok_or_else(|| format!("--size {sz}: use DEPTHxFFN, e.g. 2x128"))?;
+                e.set_submodel(Some((dp, f))).map_err(at)?;
+            }
+            Engine::Dense(e)
         }
     };
+    if a.size.is_some() && matches!(e, Engine::Mf(_)) {
+        return Err("--size: nested sub-models of ModuleFormer files are not supported yet".into());
+    }
     let ctx = e.max_context();
     let prompt = a.prompt.as_bytes();
     if prompt.is_empty() {

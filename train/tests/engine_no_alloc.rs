@@ -93,6 +93,17 @@ fn decode_steps_do_not_allocate() {
             "dense engine allocated {n} times in 20 steps ({})",
             p.display()
         );
+        // switching nested sub-models between requests allocates nothing either (narrower
+        // FFNs only at depth 1: block 1 is an EMoE block)
+        let n = allocations(|| {
+            for size in [(1, 32), (2, 64), (1, 16)] {
+                e.set_submodel(Some(size)).unwrap();
+                for i in 0..5 {
+                    e.step(i).unwrap();
+                }
+            }
+        });
+        assert_eq!(n, 0, "switching sub-models allocated {n} times");
         std::fs::remove_file(p).unwrap();
     }
     for (tag, cfg) in [

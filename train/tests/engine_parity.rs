@@ -57,6 +57,32 @@ fn engine_matches_the_trainer_forward() {
     let err = compare(&m, &model, &tokens);
     assert!(err < 1e-5, "f32 engine vs trainer: {err}");
 
+    // nested sub-models (SortedNet): the engine's zero-copy prefixes against the trainer's
+    // nested forward, switching sizes on one engine
+    let mut e = DenseEngine::new(&model, 16).unwrap();
+    for size in [(1, 16), (2, 32), (1, 64), (2, 64)] {
+        let mut mm = m.clone();
+        mm.nested = Some(size);
+        let (_, acts, _) = mm
+            .forward(Input::Tokens(&tokens), &tokens, 1, tokens.len())
+            .unwrap();
+        let want = acts.logits();
+        let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+        e.set_submodel(Some(size)).unwrap();
+        assert_eq!(e.submodel(), size);
+        for (i, &tok) in tokens.iter().enumerate() {
+            let got = e.step(tok).unwrap();
+            for (g, w) in got.iter().zip(&want[i * 40..(i + 1) * 40]) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * scale,
+                    "sub-model {size:?}: {g} vs {w}"
+                );
+            }
+        }
+    }
+    assert!(e.set_submodel(Some((3, 8))).is_err());
+    assert!(e.set_submodel(Some((1, 65))).is_err());
+
     // EMoE: block 1 split into 4 experts, top-2; the engine reads only 2 experts' rows
     let mut conv = m.clone();
     convert_layer(&mut conv, 1, 4, 2, 1).unwrap();

@@ -47,6 +47,10 @@ pub struct DenseSpec {
     pub emoe_experts: usize,
     /// EMoE experts per token.
     pub emoe_top_k: usize,
+    /// SortedNet: nested depths (bit `l − 1` = the first `l` blocks; 0 = none declared).
+    pub nested_depths: u64,
+    /// SortedNet: nested FFN widths declared by the file, ascending (0-padded).
+    pub nested_ffn: [u32; 8],
 }
 
 #[derive(Debug)]
@@ -77,6 +81,8 @@ pub struct DenseEngine<'a> {
     head: MatRef<'a>,
     caches: Vec<KvCache>,
     len: usize,
+    /// The nested sub-model in use: (depth, FFN width).
+    active: (usize, usize),
     x: Vec<f32>,
     h: Vec<f32>,
     qkv: Vec<f32>,
@@ -159,6 +165,8 @@ impl DenseSpec {
             emoe_layers: 0,
             emoe_experts: 0,
             emoe_top_k: 0,
+            nested_depths: 0,
+            nested_ffn: [0; 8],
         };
         if spec.heads == 0 || spec.d % spec.heads != 0 || spec.vocab == 0 || spec.layers > 64 {
             return Err(format!(
@@ -186,7 +194,57 @@ impl DenseSpec {
                 ));
             }
         }
+        if let Some(Value::Array(a)) = m.get("modula.nested.depths") {
+            for v in a.iter() {
+                match v {
+                    Value::U32(l) if l >= 1 && (l as usize) <= spec.layers && l <= 64 => {
+                        if (l as usize) < spec.layers {
+                            spec.nested_depths |= 1 << (l - 1);
+                        }
+                    }
+                    other => return Err(format!("modula.nested.depths: bad entry {other:?}")),
+                }
+            }
+        }
+        if let Some(Value::Array(a)) = m.get("modula.nested.ffn_widths") {
+            let mut i = 0;
+            for v in a.iter() {
+                match v {
+                    Value::U32(w) if w >= 1 && (w as usize) <= spec.ffn => {
+                        if (w as usize) < spec.ffn {
+                            if i == 8 {
+                                return Err("modula.nested.ffn_widths: more than 8 widths".into());
+                            }
+                            spec.nested_ffn[i] = w;
+                            i += 1;
+                        }
+                    }
+                    other => return Err(format!("modula.nested.ffn_widths: bad entry {other:?}")),
+                }
+            }
+        }
         Ok(spec)
+    }
+
+    /// Every nested sub-model `(depth, ffn)` the file declares, smallest first, the full
+    /// model last (just the full model when none are declared).
+    pub fn nested_grid(&self) -> Vec<(usize, usize)> {
+        let mut depths: Vec<usize> = (1..self.layers.min(64))
+            .filter(|&l| self.nested_depths >> (l - 1) & 1 == 1)
+            .collect();
+        depths.push(self.layers);
+        let mut widths: Vec<usize> = self
+            .nested_ffn
+            .iter()
+            .map(|&w| w as usize)
+            .filter(|&w| w > 0 && w < self.ffn)
+            .collect();
+        widths.sort_unstable();
+        widths.push(self.ffn);
+        depths
+            .iter()
+            .flat_map(|&d| widths.iter().map(move |&f| (d, f)))
+            .collect()
     }
 }
 
@@ -265,6 +323,7 @@ impl<'a> DenseEngine<'a> {
                 .map(|_| KvCache::new(hd, max_context))
                 .collect(),
             len: 0,
+            active: (s.layers, s.ffn),
             x: vec![0.0; d],
             h: vec![0.0; d],
             qkv: vec![0.0; 3 * d],
@@ -299,6 +358,33 @@ impl<'a> DenseEngine<'a> {
         self.caches.iter_mut().for_each(KvCache::clear);
     }
 
+    /// Run the nested sub-model `(depth, ffn)` from the next request on (`None`: the full
+    /// model): the first `depth` blocks and the first `ffn` rows of every FFN tensor —
+    /// prefixes of the mapped weights, so nothing is loaded, copied or allocated. Any
+    /// size within the model works; sizes the model was not trained for (see
+    /// [`DenseSpec::nested_grid`]) are just truncations. Starts a new sequence.
+    pub fn set_submodel(&mut self, size: Option<(usize, usize)>) -> Result<(), String> {
+        let s = self.spec;
+        let (depth, f) = size.unwrap_or((s.layers, s.ffn));
+        if depth == 0 || depth > s.layers || f == 0 || f > s.ffn {
+            return Err(format!(
+                "sub-model depth {depth} x FFN {f} is outside the model (depth {}, FFN {})",
+                s.layers, s.ffn
+            ));
+        }
+        if f < s.ffn && (0..depth).any(|l| l < 64 && s.emoe_layers >> l & 1 == 1) {
+            return Err("narrower FFNs of EMoE blocks are not supported".into());
+        }
+        self.active = (depth, f);
+        self.reset();
+        Ok(())
+    }
+
+    /// The sub-model in use: (depth, FFN width).
+    pub fn submodel(&self) -> (usize, usize) {
+        self.active
+    }
+
     /// Consume one token; returns the logits for the next one. Errors (never panics) on a
     /// token outside the vocabulary or a full context.
     pub fn step(&mut self, token: u32) -> Result<&[f32], String> {
@@ -325,7 +411,8 @@ impl<'a> DenseEngine<'a> {
             }
         }
         let scale = 1.0 / libm::sqrtf(hd as f32);
-        for (l, b) in self.blocks.iter().enumerate() {
+        let (depth, f) = self.active;
+        for (l, b) in self.blocks[..depth].iter().enumerate() {
             layer_norm(&self.x, Some(b.ln1.0), Some(b.ln1.1), EPS, &mut self.h).map_err(ke)?;
             linear(&self.h, d, 1, &b.qkv, Some(b.qkv_b), &mut self.qkv, 3 * d).map_err(ke)?;
             for hh in 0..s.heads {
@@ -353,9 +440,18 @@ impl<'a> DenseEngine<'a> {
             }
             layer_norm(&self.x, Some(b.ln2.0), Some(b.ln2.1), EPS, &mut self.h).map_err(ke)?;
             if b.gates.is_empty() {
-                linear(&self.h, d, 1, &b.up, Some(b.up_b), &mut self.u, s.ffn).map_err(ke)?;
-                gelu(&mut self.u);
-                matmul_rows(&self.u, s.ffn, 1, &b.down_t, &mut self.tmp, d, false).map_err(ke)?;
+                let (up, down) = if f < s.ffn {
+                    (
+                        b.up.prefix(f, d).map_err(ke)?,
+                        b.down_t.prefix(f, d).map_err(ke)?,
+                    )
+                } else {
+                    (b.up, b.down_t)
+                };
+                let u = &mut self.u[..f];
+                linear(&self.h, d, 1, &up, Some(&b.up_b[..f]), u, f).map_err(ke)?;
+                gelu(u);
+                matmul_rows(u, f, 1, &down, &mut self.tmp, d, false).map_err(ke)?;
             } else {
                 // EMoE: only the top-k experts' rows are read
                 let (e_n, k) = (s.emoe_experts, s.emoe_top_k);

@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// the mapped weights).
     #[arg(long)]
     size: Option<String>,
+    /// Dense models: pick the largest declared nested sub-model whose weights plus arena
+    /// fit this many MiB (instead of --size).
+    #[arg(long, conflicts_with = "size")]
+    budget_mb: Option<f64>,
     /// Print only the timing line (for benchmarks).
     #[arg(long)]
     quiet: bool,
@@ -142,6 +146,21 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                 1024
             });
             let mut e = DenseEngine::new(&m, ctx).map_err(at)?;
+            if let Some(mb) = a.budget_mb {
+                if !(mb.is_finite() && mb > 0.0) {
+                    return Err("--budget-mb must be a positive number".into());
+                }
+                let (size, bytes) = spec
+                    .pick_by_memory(&m, (mb * 1048576.0) as u64, ctx)
+                    .map_err(at)?;
+                e.set_submodel(Some(size)).map_err(at)?;
+                eprintln!(
+                    "budget {mb} MiB: sub-model depth {} x FFN {} ({:.2} MiB of weights + arena at {ctx} positions)",
+                    size.0,
+                    size.1,
+                    bytes as f64 / 1048576.0
+                );
+            }
             if let Some(sz) = &a.size {
                 let (dp, f) = sz
                     .split_once('x')
@@ -152,7 +171,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             Engine::Dense(e)
         }
     };
-    if a.size.is_some() && matches!(e, Engine::Mf(_)) {
+    if (a.size.is_some() || a.budget_mb.is_some()) && matches!(e, Engine::Mf(_)) {
         return Err("--size: nested sub-models of ModuleFormer files are not supported yet".into());
     }
     let ctx = e.max_context();

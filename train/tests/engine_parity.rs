@@ -81,6 +81,32 @@ fn engine_matches_the_trainer_forward() {
         }
     }
     assert!(e.set_submodel(Some((3, 8))).is_err());
+    // memory budget: the largest declared sub-model that fits
+    let nm = {
+        let mut nm = DenseModel::new(cfg.with_nested(&[1], &[32]).unwrap(), 3).unwrap();
+        nm.params.values.copy_from_slice(&m.params.values);
+        nm
+    };
+    let pn = file(&nm, "nested");
+    let nfile = Model::open(&pn).unwrap();
+    let spec = modula_core::engine::DenseSpec::from_model(&nfile).unwrap();
+    assert_eq!(spec.nested_grid(), vec![(1, 32), (1, 64), (2, 32), (2, 64)]);
+    let need = |s| {
+        let (w, a) = spec.submodel_bytes(&nfile, s, 16).unwrap();
+        w + a
+    };
+    assert!(need((1, 32)) < need((1, 64)) && need((2, 32)) < need((2, 64)));
+    let (got, bytes) = spec.pick_by_memory(&nfile, need((2, 32)), 16).unwrap();
+    assert_eq!((got, bytes), ((2, 32), need((2, 32))));
+    assert_eq!(
+        spec.pick_by_memory(&nfile, u64::MAX, 16).unwrap().0,
+        (2, 64)
+    );
+    let err = spec
+        .pick_by_memory(&nfile, need((1, 32)) - 1, 16)
+        .unwrap_err();
+    assert!(err.contains("impossible budget"), "{err}");
+    std::fs::remove_file(pn).unwrap();
     assert!(e.set_submodel(Some((1, 65))).is_err());
 
     // EMoE: block 1 split into 4 experts, top-2; the engine reads only 2 experts' rows

@@ -226,6 +226,84 @@ impl DenseSpec {
         Ok(spec)
     }
 
+    /// Memory a process running sub-model `(depth, ffn)` for `ctx` positions needs: the
+    /// bytes of the weights it reads from the mapped file (each tensor's prefix: the first
+    /// `ffn` rows of the FFN tensors, the first `depth` blocks, the shared embedding, final
+    /// norm and head) plus the engine's arena (KV caches and work buffers, f32).
+    pub fn submodel_bytes<B: AsRef<[u8]>>(
+        &self,
+        m: &Model<B>,
+        size: (usize, usize),
+        ctx: usize,
+    ) -> Result<(u64, u64), String> {
+        let (depth, f) = size;
+        if depth == 0 || depth > self.layers || f == 0 || f > self.ffn {
+            return Err(format!("sub-model {depth}x{f} is outside the model"));
+        }
+        let mut weights = 0u64;
+        for t in m.tensors() {
+            let name = t.name();
+            let bytes = t.bytes().len() as u64;
+            let block = name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|b| b.parse::<usize>().ok());
+            match block {
+                None => {
+                    if !name.starts_with("optimizer.") {
+                        weights += bytes;
+                    }
+                }
+                Some(l) if l >= depth => {}
+                Some(_) => {
+                    let ffn_rows = name.ends_with("ffn_up.weight")
+                        || name.ends_with("ffn_down_t.weight")
+                        || name.ends_with("ffn_up.bias");
+                    weights += if ffn_rows {
+                        bytes / self.ffn as u64 * f as u64
+                    } else {
+                        bytes
+                    };
+                }
+            }
+        }
+        let d = self.d as u64;
+        let arena = 4
+            * (2 * depth as u64 * ctx as u64 * d
+                + 7 * d
+                + f as u64
+                + ctx.max(self.emoe_experts) as u64
+                + self.vocab as u64);
+        Ok((weights, arena))
+    }
+
+    /// The largest declared nested sub-model (by the weight bytes it reads; the full model
+    /// when none are declared) whose weights plus arena fit `budget` bytes at `ctx`
+    /// positions; an impossible budget (below the smallest) is an error naming the sizes.
+    pub fn pick_by_memory<B: AsRef<[u8]>>(
+        &self,
+        m: &Model<B>,
+        budget: u64,
+        ctx: usize,
+    ) -> Result<((usize, usize), u64), String> {
+        let mut best: Option<((usize, usize), u64)> = None;
+        let mut smallest = u64::MAX;
+        for size in self.nested_grid() {
+            let (w, a) = self.submodel_bytes(m, size, ctx)?;
+            smallest = smallest.min(w + a);
+            if w + a <= budget && best.is_none_or(|(_, b)| w + a > b) {
+                best = Some((size, w + a));
+            }
+        }
+        best.ok_or_else(|| {
+            format!(
+                "impossible budget: {:.2} MiB, but the smallest sub-model needs {:.2} MiB (weights + arena at {ctx} positions)",
+                budget as f64 / 1048576.0,
+                smallest as f64 / 1048576.0
+            )
+        })
+    }
+
     /// Every nested sub-model `(depth, ffn)` the file declares, smallest first, the full
     /// model last (just the full model when none are declared).
     pub fn nested_grid(&self) -> Vec<(usize, usize)> {

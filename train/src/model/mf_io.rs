@@ -122,18 +122,29 @@ pub fn mf_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfConfig, usize),
         aux_lc: 0.0,
     };
     cfg.validate()?;
-    // refuse absurd sizes before allocating (a hostile header must not exhaust memory)
-    let total = cfg
-        .layers
-        .checked_mul(
-            cfg.att_experts * cfg.att_hidden * cfg.d * 2
-                + cfg.ffn_experts * cfg.ffn_hidden * cfg.d * 2,
-        )
-        .ok_or("model size overflows")?;
-    let data = m.bytes().len() / 4 + 1;
-    if total > data.saturating_mul(8) {
+    // refuse absurd sizes before allocating: the parameters the header describes cannot
+    // outnumber what the file can hold (at most ~1.8 weights per byte, Q4_0)
+    let c = &cfg;
+    let router = c
+        .att_experts
+        .checked_add(c.ffn_experts)
+        .and_then(|e| e.checked_add(2 * c.d + 2))
+        .and_then(|e| e.checked_mul(c.router_hidden.max(1)));
+    let per_layer = [
+        c.att_experts.checked_mul(c.att_hidden.saturating_mul(2)),
+        c.ffn_experts.checked_mul(c.ffn_hidden.saturating_mul(2)),
+        router,
+    ]
+    .into_iter()
+    .try_fold(0usize, |a, x| a.checked_add(x?.checked_mul(c.d)?));
+    let total = per_layer
+        .and_then(|p| p.checked_mul(c.layers))
+        .and_then(|p| p.checked_add(c.vocab.checked_mul(c.d)?.checked_mul(2)?))
+        .ok_or("the header's model size overflows")?;
+    let room = m.bytes().len().saturating_mul(2).saturating_add(1 << 20);
+    if total > room {
         return Err(format!(
-            "the header describes {total} expert weights but the file holds only {} bytes",
+            "the header describes {total} parameters but the file holds only {} bytes",
             m.bytes().len()
         ));
     }
@@ -316,12 +327,19 @@ pub fn read_molm(config_json: &str, safetensors_bytes: &[u8]) -> Result<(MfModel
         .map_err(|e| format!("model.safetensors: {e}"))?;
     // refuse a header that describes far more weights than the file holds, before
     // allocating them
-    let described = mf.layers.saturating_mul(
-        (mf.att_experts * da * d + mf.ffn_experts * mf.ffn_hidden * d).saturating_mul(2),
-    );
-    if described / 4 > safetensors_bytes.len() {
+    // experts per layer × layers, plus embedding and head (safetensors holds at least 2
+    // bytes per parameter: f16/bf16)
+    let described = mf
+        .att_experts
+        .saturating_mul(da)
+        .saturating_add(mf.ffn_experts.saturating_mul(mf.ffn_hidden))
+        .saturating_mul(d)
+        .saturating_mul(2)
+        .saturating_mul(mf.layers)
+        .saturating_add(mf.vocab.saturating_mul(d).saturating_mul(2));
+    if described > safetensors_bytes.len() {
         return Err(format!(
-            "config.json describes {described} expert weights; model.safetensors holds {} bytes",
+            "config.json describes {described} parameters; model.safetensors holds only {} bytes",
             safetensors_bytes.len()
         ));
     }
@@ -466,6 +484,27 @@ mod tests {
                 assert_eq!(g.name(), "blk.1.ffn_expert.2");
                 assert_eq!(g.range().start % f.page_size(), 0);
             }
+        }
+    }
+
+    #[test]
+    fn a_header_describing_a_huge_model_is_refused_before_allocating() {
+        let m = MfModel::new(MfConfig::lm(11, 8, 1, 2, 6), 5).unwrap();
+        for (k, v) in [
+            ("modula.vocab_size", 4_000_000_000u32),
+            ("modula.expert.count", 4_000_000_000),
+            ("modula.block_count", 4_000_000_000),
+            ("modula.expert.gating_size", 4_000_000_000),
+            ("modula.feed_forward_length", 4_000_000_000),
+        ] {
+            let mut w = m.writer(16, "t").unwrap();
+            w.set(k, MetaValue::U32(v)).unwrap();
+            let bytes = w.to_bytes().unwrap();
+            let e = MfModel::read_gguf(&Model::from_bytes(bytes.as_slice()).unwrap()).unwrap_err();
+            assert!(
+                e.contains("parameters") || e.contains("overflows"),
+                "{k}: {e}"
+            );
         }
     }
 

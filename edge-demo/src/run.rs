@@ -41,8 +41,8 @@ pub struct RunArgs {
     /// (older tokens then weigh at most e^-τ in total; default: exact).
     #[arg(long)]
     sb_stop: Option<f32>,
-    /// Dense models: run the nested sub-model `DEPTHxFFN` (e.g. 2x128; zero-copy prefixes of
-    /// the mapped weights).
+    /// Run a nested sub-model: `DEPTHxFFN` for dense models (e.g. 2x128), `N` or `ATTxFFN`
+    /// experts for ModuleFormer (zero-copy prefixes of the mapped weights).
     #[arg(long)]
     size: Option<String>,
     /// Dense models: pick the largest declared nested sub-model whose weights plus arena
@@ -136,6 +136,17 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             }
             let mut e = MfEngine::new(&m, a.context.unwrap_or(1024)).map_err(at)?;
             e.set_stop(a.sb_stop);
+            if let Some(sz) = &a.size {
+                // nested experts: N (both mixtures) or ATTxFFN
+                let parsed = match sz.split_once('x') {
+                    Some((x, y)) => x.parse().ok().zip(y.parse().ok()),
+                    None => sz.parse().ok().map(|n: usize| (n, n)),
+                };
+                let size = parsed.ok_or_else(|| {
+                    format!("--size {sz}: for a ModuleFormer file use N (experts) or ATTxFFN")
+                })?;
+                e.set_submodel(Some(size)).map_err(at)?;
+            }
             Engine::Mf(e)
         }
         _ => {
@@ -171,8 +182,8 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             Engine::Dense(e)
         }
     };
-    if (a.size.is_some() || a.budget_mb.is_some()) && matches!(e, Engine::Mf(_)) {
-        return Err("--size: nested sub-models of ModuleFormer files are not supported yet".into());
+    if a.budget_mb.is_some() && matches!(e, Engine::Mf(_)) {
+        return Err("--budget-mb: not yet for ModuleFormer files (use --size N experts)".into());
     }
     let ctx = e.max_context();
     let prompt = a.prompt.as_bytes();

@@ -233,6 +233,10 @@ pub struct TrainArgs {
     /// SortedNet: nested FFN widths (comma-separated; the full width is implied).
     #[arg(long)]
     nested_ffn: Option<String>,
+    /// SortedNet for ModuleFormer: nested expert counts (the first N experts of every
+    /// mixture; comma-separated; all experts implied).
+    #[arg(long)]
+    nested_experts: Option<String>,
     /// SortedNet: sub-models trained per micro-batch besides the full model — `uniform:N`
     /// (N drawn from the grid; SortedNet), `all` (every size), `matformer` (one FFN width),
     /// `off` (full model only: nested sizes are then plain truncations). Default: uniform:1
@@ -558,12 +562,28 @@ fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
                 renormalize: a.renormalize,
                 aux_mi: a.aux_mi,
                 aux_lc: a.aux_lc,
+                nested_experts: [0; 8],
             };
             (MfModel::new(cfg, a.seed)?, TrainState::new(a.seed))
         }
     };
     model.cfg.aux_mi = a.aux_mi;
     model.cfg.aux_lc = a.aux_lc;
+    if let Some(list) = &a.nested_experts {
+        let counts: Vec<usize> = list
+            .split(',')
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("--nested-experts: '{v}' is not a count"))
+            })
+            .collect::<Result<_, _>>()?;
+        model.cfg = model.cfg.with_nested_experts(&counts)?;
+    }
+    if extend > 0 && model.cfg.nested_experts.iter().any(|&c| c > 0) {
+        return Err("extension of a model with nested expert counts is not supported".into());
+    }
     if extend > 0 {
         let old = (model.cfg.att_experts, model.cfg.ffn_experts);
         let (m, _) = model.extend(extend, a.seed ^ 0xe47e)?;
@@ -604,7 +624,23 @@ fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
         c.active_params(),
         par::threads()
     );
-    let tc = train_config(a, seq);
+    let sorted = match &a.sorted {
+        Some(s) => modula_train::trainer::Sorted::parse(s).map_err(|e| format!("--sorted {e}"))?,
+        None if model.cfg.nested_expert_list().len() > 1 => {
+            modula_train::trainer::Sorted::Uniform(1)
+        }
+        None => modula_train::trainer::Sorted::Off,
+    };
+    if model.cfg.nested_expert_list().len() > 1 {
+        println!(
+            "SortedNet: nested expert counts {:?}, training {sorted:?}",
+            model.cfg.nested_expert_list()
+        );
+    }
+    let tc = TrainConfig {
+        sorted,
+        ..train_config(a, seq)
+    };
     let title = format!(
         "moduleformer d={} L={} E={}/{}",
         c.d, c.layers, c.att_experts, c.ffn_experts
@@ -625,6 +661,8 @@ fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
 trait CliModel: Trainable {
     fn save_checkpoint(&self, p: &Path, st: &TrainState, seq: usize) -> Result<u64, String>;
     fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String>;
+    /// What a nested size `AxB` means for this model.
+    fn size_label(&self) -> &'static str;
 }
 
 impl CliModel for DenseModel {
@@ -634,6 +672,9 @@ impl CliModel for DenseModel {
     fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String> {
         self.write_gguf(p, seq, "modula dense baseline")
     }
+    fn size_label(&self) -> &'static str {
+        "depth x FFN width"
+    }
 }
 
 impl CliModel for MfModel {
@@ -642,6 +683,9 @@ impl CliModel for MfModel {
     }
     fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String> {
         self.write_gguf(p, seq, "modula moduleformer")
+    }
+    fn size_label(&self) -> &'static str {
+        "attention x FFN experts"
     }
 }
 
@@ -773,7 +817,7 @@ fn fit<M: CliModel>(
                     let r = r?;
                     cells.push(format!("{dp}x{f}: {:.4}", r.loss));
                     json.push(format!(
-                        "{{\"depth\":{dp},\"ffn\":{f},\"val_loss\":{:.6},\"val_accuracy\":{:.6}}}",
+                        "{{\"size\":[{dp},{f}],\"val_loss\":{:.6},\"val_accuracy\":{:.6}}}",
                         r.loss, r.accuracy
                     ));
                 }
@@ -784,9 +828,10 @@ fn fit<M: CliModel>(
                     json.join(",")
                 )
                 .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;
+                let label = model.size_label();
                 pb.suspend(|| {
                     println!(
-                        "step {:>6}: nested (depth x ffn: val loss) {}",
+                        "step {:>6}: nested sub-models ({label}: val loss) {}",
                         state.step,
                         cells.join("  ")
                     )

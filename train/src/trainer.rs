@@ -136,6 +136,17 @@ impl Trainable for MfModel {
     fn aux_loss(acts: &Self::Acts) -> f64 {
         acts.aux
     }
+    fn nested_grid(&self) -> Vec<(usize, usize)> {
+        let l = self.cfg.nested_expert_list();
+        if l.len() > 1 {
+            l.into_iter().map(|c| (c, c)).collect()
+        } else {
+            Vec::new()
+        }
+    }
+    fn set_nested(&mut self, size: Option<(usize, usize)>) {
+        self.nested = size;
+    }
     fn usage(&self, acts: &Self::Acts) -> Vec<(f32, f32)> {
         let c = self.cfg;
         acts.router_entropies()

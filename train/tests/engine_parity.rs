@@ -232,6 +232,42 @@ fn moduleformer_engine_matches_the_trainer_forward() {
             }
         };
         check(&m, &model, 1e-5, "f32");
+        // nested experts (SortedNet): the engine's restricted routers vs the trainer's
+        for sub in [(2, 3), (3, 4), (4, 3)] {
+            let mut mm = m.clone();
+            mm.nested = Some(sub);
+            let (_, acts, _) = mm.forward(&tokens, &tokens, 1, tokens.len()).unwrap();
+            let want = acts.logits();
+            let v = m.cfg.vocab;
+            let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+            let mut e = MfEngine::new(&model, 16).unwrap();
+            e.set_submodel(Some(sub)).unwrap();
+            for (i, &tok) in tokens.iter().enumerate() {
+                let got = e.step(tok).unwrap();
+                let err = got
+                    .iter()
+                    .zip(&want[i * v..(i + 1) * v])
+                    .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+                assert!(err <= 1e-5 * scale, "{name} experts {sub:?}: {err}");
+            }
+            let mut p = MfEngine::new(&model, 16).unwrap();
+            p.set_submodel(Some(sub)).unwrap();
+            let pre = p.prefill(&tokens).unwrap();
+            let last = &want[(tokens.len() - 1) * v..];
+            let err = pre
+                .iter()
+                .zip(last)
+                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            assert!(err <= 1e-5 * scale, "{name} experts {sub:?} prefill: {err}");
+        }
+        assert!(MfEngine::new(&model, 4)
+            .unwrap()
+            .set_submodel(Some((0, 4)))
+            .is_err());
+        assert!(MfEngine::new(&model, 4)
+            .unwrap()
+            .set_submodel(Some((5, 4)))
+            .is_err());
         // batched prefill == token-by-token steps, then decoding continues identically
         for split in [1, 9, 14] {
             let (mut a, mut b) = (

@@ -58,6 +58,8 @@ pub struct MfSpec {
     pub router_hidden: usize,
     /// Gates renormalised over the chosen experts.
     pub renormalize: bool,
+    /// SortedNet: nested expert counts the file declares (ascending, 0-padded).
+    pub nested_experts: [u32; 8],
 }
 
 impl MfSpec {
@@ -96,7 +98,27 @@ impl MfSpec {
             ffn_hidden: meta_u32(m, "modula.feed_forward_length")?,
             router_hidden,
             renormalize: flag("modula.expert.renormalize")?,
+            nested_experts: [0; 8],
         };
+        let mut s = s;
+        if let Some(Value::Array(a)) = m.get("modula.nested.expert_counts") {
+            let mut i = 0;
+            for v in a.iter() {
+                match v {
+                    Value::U32(c)
+                        if (c as usize) <= s.ffn_experts && c as usize >= s.att_k.max(s.ffn_k) =>
+                    {
+                        if (c as usize) < s.ffn_experts && i < 8 {
+                            s.nested_experts[i] = c;
+                            i += 1;
+                        }
+                    }
+                    other => {
+                        return Err(format!("modula.nested.expert_counts: bad entry {other:?}"))
+                    }
+                }
+            }
+        }
         let bad = s.vocab == 0
             || s.d == 0
             || s.heads == 0
@@ -111,6 +133,19 @@ impl MfSpec {
             return Err(format!("inconsistent ModuleFormer shape: {s:?}"));
         }
         Ok(s)
+    }
+
+    /// The nested expert counts the file declares, ascending, ending with all experts.
+    pub fn nested_expert_list(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .nested_experts
+            .iter()
+            .map(|&c| c as usize)
+            .filter(|&c| c > 0 && c < self.ffn_experts)
+            .collect();
+        v.sort_unstable();
+        v.push(self.ffn_experts);
+        v
     }
 
     /// Attention width of one expert.
@@ -170,6 +205,22 @@ pub struct MfEngine<'a> {
     logits: Vec<f32>,
     /// Per router (block-major, attention then FFN): times each expert was chosen.
     usage: Vec<Vec<u64>>,
+    /// Experts in use per mixture (attention, FFN): all, or a nested prefix.
+    active: (usize, usize),
+}
+
+/// The router restricted to its first `e` experts (rows of its output layer).
+fn restrict<'a>(r: &Router<'a>, e: usize) -> Result<Router<'a>, crate::kernels::KernelError> {
+    Ok(match *r {
+        Router::Linear { w } => Router::Linear {
+            w: w.prefix(e, w.cols())?,
+        },
+        Router::Mlp { w1, b1, w2 } => Router::Mlp {
+            w1,
+            b1,
+            w2: w2.prefix(e, w2.cols())?,
+        },
+    })
 }
 
 fn router<'a, B: AsRef<[u8]>>(
@@ -288,6 +339,7 @@ impl<'a> MfEngine<'a> {
             usage: (0..s.layers)
                 .flat_map(|_| [vec![0u64; s.att_experts], vec![0u64; s.ffn_experts]])
                 .collect(),
+            active: (s.att_experts, s.ffn_experts),
         })
     }
 
@@ -328,18 +380,43 @@ impl<'a> MfEngine<'a> {
         self.len = 0;
     }
 
+    /// Run the nested sub-model with the first `(attention, FFN)` experts of every mixture
+    /// (routers restricted to them: the softmax and top-k run over those rows of the
+    /// routers' output layers), from the next request on; `None`: all experts. Nothing is
+    /// loaded, copied or allocated; the pages of the other experts are never touched.
+    /// Starts a new sequence.
+    pub fn set_submodel(&mut self, experts: Option<(usize, usize)>) -> Result<(), String> {
+        let s = self.spec;
+        let (ea, ef) = experts.unwrap_or((s.att_experts, s.ffn_experts));
+        if ea < s.att_k || ea > s.att_experts || ef < s.ffn_k || ef > s.ffn_experts {
+            return Err(format!(
+                "sub-model of {ea} attention / {ef} FFN experts is outside {}..={} / {}..={}",
+                s.att_k, s.att_experts, s.ffn_k, s.ffn_experts
+            ));
+        }
+        self.active = (ea, ef);
+        self.reset();
+        Ok(())
+    }
+
+    /// Experts in use per mixture (attention, FFN).
+    pub fn submodel(&self) -> (usize, usize) {
+        self.active
+    }
+
     /// Route `self.h`: softmax over all experts of router `r`, the top `k` into
     /// `chosen`/`chosen_val` (the gates), counted in `usage[slot]`.
     fn route(&mut self, l: usize, ffn: bool) -> Result<(), String> {
         let ke = |e: crate::kernels::KernelError| e.to_string();
         let b = &self.blocks[l];
         let (r, e, k) = if ffn {
-            (&b.ffn_router, self.spec.ffn_experts, self.spec.ffn_k)
+            (&b.ffn_router, self.active.1, self.spec.ffn_k)
         } else {
-            (&b.att_router, self.spec.att_experts, self.spec.att_k)
+            (&b.att_router, self.active.0, self.spec.att_k)
         };
+        let router = restrict(&r.router, e).map_err(ke)?;
         let probs = &mut self.probs[..e];
-        r.router
+        router
             .logits(&self.h, 1, &mut self.router_scratch, probs)
             .map_err(ke)?;
         if probs.iter().any(|v| !v.is_finite()) {
@@ -373,15 +450,14 @@ impl<'a> MfEngine<'a> {
         let s = self.spec;
         let b = &self.blocks[l];
         let (r, e, k) = if ffn {
-            (&b.ffn_router, s.ffn_experts, s.ffn_k)
+            (&b.ffn_router, self.active.1, s.ffn_k)
         } else {
-            (&b.att_router, s.att_experts, s.att_k)
+            (&b.att_router, self.active.0, s.att_k)
         };
-        let mut scratch = vec![0f32; r.router.scratch_len(n)];
+        let router = restrict(&r.router, e).map_err(ke)?;
+        let mut scratch = vec![0f32; router.scratch_len(n)];
         let mut logits = vec![0f32; n * e];
-        r.router
-            .logits(h, n, &mut scratch, &mut logits)
-            .map_err(ke)?;
+        router.logits(h, n, &mut scratch, &mut logits).map_err(ke)?;
         if logits.iter().any(|v| !v.is_finite()) {
             return Err(format!("block {l}: router logits are not finite"));
         }
@@ -475,10 +551,10 @@ impl<'a> MfEngine<'a> {
             // head over the cache, output projections by expert, gated
             let ka = s.att_k;
             let (chosen, gates) = self.route_batch(l, false, &h, n)?;
-            let disp = Dispatch::new(&chosen, s.att_experts).map_err(ke)?;
+            let disp = Dispatch::new(&chosen, self.active.0).map_err(ke)?;
             let b = &self.blocks[l];
             let mut q = vec![0f32; n * ka * da];
-            for e in 0..s.att_experts {
+            for e in 0..self.active.0 {
                 let pairs = disp.pairs(e);
                 if pairs.is_empty() {
                     continue;
@@ -530,7 +606,7 @@ impl<'a> MfEngine<'a> {
                     }
                 }
             }
-            for e in 0..s.att_experts {
+            for e in 0..self.active.0 {
                 let pairs = disp.pairs(e);
                 if pairs.is_empty() {
                     continue;
@@ -560,7 +636,7 @@ impl<'a> MfEngine<'a> {
             moe_ffn(
                 &h,
                 n,
-                &self.blocks[l].experts,
+                &self.blocks[l].experts[..self.active.1],
                 &chosen,
                 &gates,
                 Activation::GeluTanh,

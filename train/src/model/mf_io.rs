@@ -69,6 +69,17 @@ fn meta(c: &MfConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaV
     if c.router_hidden > 0 {
         m.push(("modula.expert.gating_size", u(c.router_hidden)?));
     }
+    if c.nested_experts.iter().any(|&x| x > 0) {
+        let list = c
+            .nested_expert_list()
+            .into_iter()
+            .map(u)
+            .collect::<Result<Vec<_>, _>>()?;
+        m.push((
+            "modula.nested.expert_counts",
+            MetaValue::Array(modula_core::ValueType::U32, list),
+        ));
+    }
     Ok(m)
 }
 
@@ -120,8 +131,29 @@ pub fn mf_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfConfig, usize),
         renormalize: flag("modula.expert.renormalize")?,
         aux_mi: 0.0,
         aux_lc: 0.0,
+        nested_experts: [0; 8],
     };
     cfg.validate()?;
+    let cfg = match m.get("modula.nested.expert_counts") {
+        Some(modula_core::Value::Array(a)) => {
+            let mut counts = Vec::new();
+            for v in a.iter() {
+                match v {
+                    modula_core::Value::U32(x) => counts.push(x as usize),
+                    other => {
+                        return Err(format!("modula.nested.expert_counts: bad entry {other:?}"))
+                    }
+                }
+            }
+            cfg.with_nested_experts(&counts)?
+        }
+        Some(other) => {
+            return Err(format!(
+                "modula.nested.expert_counts: not an array: {other:?}"
+            ))
+        }
+        None => cfg,
+    };
     // refuse absurd sizes before allocating: the parameters the header describes cannot
     // outnumber what the file can hold (at most ~1.8 weights per byte, Q4_0)
     let c = &cfg;
@@ -315,6 +347,7 @@ pub fn read_molm(config_json: &str, safetensors_bytes: &[u8]) -> Result<(MfModel
         renormalize: false,
         aux_mi: 0.0,
         aux_lc: 0.0,
+        nested_experts: [0; 8],
     };
     mf.validate()?;
     if mf.router_hidden == 0 {
@@ -461,7 +494,9 @@ mod tests {
     #[test]
     fn round_trip_with_page_aligned_experts() {
         for cfg in [
-            MfConfig::lm(11, 8, 2, 3, 6),
+            MfConfig::lm(11, 8, 2, 3, 6)
+                .with_nested_experts(&[2])
+                .unwrap(),
             MfConfig {
                 kv_proj: true,
                 heads: 2,
@@ -477,6 +512,7 @@ mod tests {
             let (back, ctx) = MfModel::read_gguf(&f).unwrap();
             assert_eq!(ctx, 32);
             assert_eq!(back.cfg, MfConfig { aux_mi: 0.0, ..cfg });
+            assert_eq!(back.cfg.nested_expert_list(), cfg.nested_expert_list());
             assert_eq!(back.params.values, m.params.values);
             let g = f.group_of("blk.1.ffn_up.2.weight");
             if cfg.layers > 1 {

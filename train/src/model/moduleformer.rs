@@ -75,6 +75,10 @@ pub struct MfConfig {
     pub aux_mi: f32,
     /// Weight of the load-concentration loss `H(e)` (fine-tuning).
     pub aux_lc: f32,
+    /// SortedNet along experts: nested expert counts (the first `c` experts of every
+    /// mixture), ascending, 0-padded; all 0 = not nested. Needs as many attention as FFN
+    /// experts.
+    pub nested_experts: [u32; 8],
 }
 
 impl MfConfig {
@@ -98,6 +102,7 @@ impl MfConfig {
             renormalize: false,
             aux_mi: 0.01,
             aux_lc: 0.0,
+            nested_experts: [0; 8],
         }
     }
 
@@ -135,6 +140,51 @@ impl MfConfig {
             return Err("auxiliary loss weights must be finite".into());
         }
         Ok(())
+    }
+
+    /// The nested expert counts, ascending, ending with all experts (just all experts when
+    /// not nested).
+    pub fn nested_expert_list(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .nested_experts
+            .iter()
+            .map(|&c| c as usize)
+            .filter(|&c| c > 0 && c < self.ffn_experts)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v.push(self.ffn_experts);
+        v
+    }
+
+    /// Declare nested expert counts (the full count is implied); each must be at least both
+    /// top-k values; attention and FFN mixtures must have the same number of experts.
+    pub fn with_nested_experts(mut self, counts: &[usize]) -> Result<Self, String> {
+        if self.att_experts != self.ffn_experts {
+            return Err("nested experts need as many attention as FFN experts".into());
+        }
+        let mut v: Vec<usize> = counts
+            .iter()
+            .copied()
+            .filter(|&c| c != self.ffn_experts)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        if v.len() > 8 {
+            return Err("at most 8 nested expert counts besides the full one".into());
+        }
+        self.nested_experts = [0; 8];
+        for (i, &c) in v.iter().enumerate() {
+            if c < self.att_k.max(self.ffn_k) || c > self.ffn_experts {
+                return Err(format!(
+                    "nested expert count {c} must be in {}..={}",
+                    self.att_k.max(self.ffn_k),
+                    self.ffn_experts
+                ));
+            }
+            self.nested_experts[i] = c as u32;
+        }
+        Ok(self)
     }
 
     /// Parameters active per token, excluding the embedding table (routers, chosen experts,
@@ -196,6 +246,10 @@ pub struct MfModel {
     pub(crate) lnf_g: usize,
     pub(crate) lnf_b: usize,
     pub(crate) head: usize,
+    /// Run a nested sub-model (SortedNet along experts): only the first `(attention, FFN)`
+    /// experts of every mixture, routers restricted to them (softmax over those). `None`:
+    /// all experts.
+    pub nested: Option<(usize, usize)>,
     /// Test hook: fixed expert choices per router (`[n, k]` each), so finite differences
     /// see the gradient of the routing the analytic backward assumes.
     #[cfg(test)]
@@ -253,6 +307,8 @@ pub struct MfActivations {
     logits: Vec<f32>,
     /// Weighted auxiliary loss summed over routers.
     pub aux: f64,
+    /// Experts in use (attention, FFN): all, or a nested prefix.
+    experts: (usize, usize),
 }
 
 impl MfActivations {
@@ -453,20 +509,49 @@ impl MfModel {
             lnf_g,
             lnf_b,
             head,
+            nested: None,
             #[cfg(test)]
             forced: None,
         })
     }
 
-    fn router_weights(&self, r: RouterIdx) -> RouterWeights<'_> {
+    /// Row length of a router's output layer (`G`, or `d` for a linear router).
+    fn router_cols(&self) -> usize {
+        if self.cfg.router_hidden > 0 {
+            self.cfg.router_hidden
+        } else {
+            self.cfg.d
+        }
+    }
+
+    /// A router's weights, its output layer restricted to the first `e` experts.
+    fn router_weights(&self, r: RouterIdx, e: usize) -> RouterWeights<'_> {
         let p = &self.params;
+        let out = &p.value(r.out)[..e * self.router_cols()];
         match r.hid {
             Some((hw, hb)) => RouterWeights::Mlp {
                 w1: p.value(hw),
                 b1: p.value(hb),
-                w2: p.value(r.out),
+                w2: out,
             },
-            None => RouterWeights::Linear { w: p.value(r.out) },
+            None => RouterWeights::Linear { w: out },
+        }
+    }
+
+    /// The experts in use per mixture: all, or the nested prefix ([`MfModel::nested`]).
+    pub fn active_experts(&self) -> Result<(usize, usize), String> {
+        let c = self.cfg;
+        match self.nested {
+            None => Ok((c.att_experts, c.ffn_experts)),
+            Some((ea, ef)) => {
+                if ea < c.att_k || ea > c.att_experts || ef < c.ffn_k || ef > c.ffn_experts {
+                    return Err(format!(
+                        "nested sub-model of {ea} attention / {ef} FFN experts is outside {}..={} / {}..={}",
+                        c.att_k, c.att_experts, c.ffn_k, c.ffn_experts
+                    ));
+                }
+                Ok((ea, ef))
+            }
         }
     }
 
@@ -480,8 +565,8 @@ impl MfModel {
         k: usize,
     ) -> Result<RouteSaved, String> {
         let mut logits = vec![0f32; n * e];
-        let saved =
-            router_forward(self.router_weights(r), h, n, self.cfg.d, e, &mut logits).map_err(ke)?;
+        let saved = router_forward(self.router_weights(r, e), h, n, self.cfg.d, e, &mut logits)
+            .map_err(ke)?;
         if logits.iter().any(|v| !v.is_finite()) {
             return Err("router logits are not finite; lower the learning rate".into());
         }
@@ -548,6 +633,7 @@ impl MfModel {
         let mut acts = MfActivations {
             b,
             t,
+            experts: self.active_experts()?,
             ..MfActivations::default()
         };
         let mut x = vec![0f32; n * d];
@@ -579,7 +665,7 @@ impl MfModel {
             };
             // ---- mixture of stick-breaking attention heads
             let (h1, st1) = ln(&x, blk.ln1_g, blk.ln1_b)?;
-            let (ea, ka) = (c.att_experts, c.att_k);
+            let (ea, ka) = (acts.experts.0, c.att_k);
             let r1 = self.route(2 * acts.blocks.len(), blk.att_router, &h1, n, ea, ka)?;
             if let Some((kw, kb, vw, vb)) = blk.kv {
                 ba.k = vec![0f32; n * da];
@@ -679,7 +765,7 @@ impl MfModel {
             ba.x_mid = x.clone();
             // ---- mixture of FFN experts
             let (h2, st2) = ln(&x, blk.ln2_g, blk.ln2_b)?;
-            let (ef, kf) = (c.ffn_experts, c.ffn_k);
+            let (ef, kf) = (acts.experts.1, c.ffn_k);
             let r2 = self.route(2 * acts.blocks.len() + 1, blk.ffn_router, &h2, n, ef, kf)?;
             let mut u = vec![0f32; n * kf * df];
             let mut act = vec![0f32; n * kf * df];
@@ -792,7 +878,13 @@ impl MfModel {
         aux_loss(&rs.probs, n, e, c.aux_mi, c.aux_lc, aux_scale, &mut dl);
         // split borrows: weights read, gradients written
         let p = &mut self.params;
-        let specs_out = p.specs()[r.out].range.clone();
+        let cols = if c.router_hidden > 0 {
+            c.router_hidden
+        } else {
+            d
+        };
+        let full_out = p.specs()[r.out].range.clone();
+        let specs_out = full_out.start..full_out.start + e * cols;
         match r.hid {
             Some((hw, hb)) => {
                 let (rw1, rb1) = (p.specs()[hw].range.clone(), p.specs()[hb].range.clone());
@@ -862,7 +954,7 @@ impl MfModel {
         for (l, ba) in a.blocks.iter().enumerate().rev() {
             let blk = self.blocks[l];
             // ---- FFN mixture: x_out = x_mid + Σ g·yf
-            let (ef, kf) = (c.ffn_experts, c.ffn_k);
+            let (ef, kf) = (a.experts.1, c.ffn_k);
             let mut dh2 = vec![0f32; n * d];
             self.mixture_router_backward(
                 blk.ffn_router,
@@ -917,7 +1009,7 @@ impl MfModel {
             }
             self.ln_backward(&dh2, &ba.x_mid, blk.ln2_g, blk.ln2_b, &ba.ln2, n, &mut dx);
             // ---- attention mixture: x_mid = x_in + Σ g·ya
-            let (ea, ka) = (c.att_experts, c.att_k);
+            let (ea, ka) = (a.experts.0, c.att_k);
             let mut dh1 = vec![0f32; n * d];
             self.mixture_router_backward(
                 blk.att_router,
@@ -1181,6 +1273,7 @@ mod tests {
             renormalize: false,
             aux_mi: 0.5,
             aux_lc: 0.0,
+            nested_experts: [0; 8],
         };
         check_model("MoLM-style (K = V = LN1(x), MLP routers, MI loss)", base);
         check_model(
@@ -1195,6 +1288,92 @@ mod tests {
                 ..base
             },
         );
+    }
+
+    #[test]
+    fn nested_experts_gradients_match_and_touch_only_the_prefix() {
+        // SortedNet along experts: the first 3 of 4 attention and 2 of 3 FFN experts
+        let cfg = MfConfig {
+            vocab: 11,
+            d: 8,
+            layers: 1,
+            att_experts: 4,
+            att_k: 2,
+            att_hidden: 8,
+            heads: 1,
+            kv_proj: false,
+            ffn_experts: 3,
+            ffn_k: 2,
+            ffn_hidden: 6,
+            router_hidden: 5,
+            renormalize: false,
+            aux_mi: 0.5,
+            aux_lc: 0.0,
+            nested_experts: [0; 8],
+        };
+        let (b, t) = (2, 5);
+        let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 11) as u32).collect();
+        let targets: Vec<u32> = (0..b * t).map(|i| ((i * 3 + 1) % 11) as u32).collect();
+        let mut m = MfModel::new(cfg, 3).unwrap();
+        let mut r = SplitMix64(9);
+        m.params
+            .values
+            .iter_mut()
+            .for_each(|v| *v += 0.3 * (2.0 * r.next_f32() - 1.0));
+        m.nested = Some((3, 2));
+        let (_, acts, dl) = m.forward(&tokens, &targets, b, t).unwrap();
+        assert!(acts.selections()[0].iter().all(|&e| e < 3));
+        assert!(acts.selections()[1].iter().all(|&e| e < 2));
+        m.params.zero_grads();
+        m.backward(&tokens, &acts, &dl, 1.0).unwrap();
+        for (i, s) in m.params.specs().iter().enumerate() {
+            let g = m.params.grad(i);
+            let (total, used) = if s.name.contains("attn_")
+                && (s.name.contains("_exps") || s.name.ends_with("attn_router.weight"))
+            {
+                (4, 3)
+            } else if s.name.contains("ffn_")
+                && (s.name.contains("_exps") || s.name.ends_with("ffn_router.weight"))
+            {
+                (3, 2)
+            } else {
+                (1, 1)
+            };
+            let cut = g.len() / total * used;
+            assert!(
+                g[cut..].iter().all(|&v| v == 0.0),
+                "{} has gradient past the prefix",
+                s.name
+            );
+        }
+        let grads = m.params.grads.clone();
+        let mut values = m.params.values.clone();
+        let mut probe = m.clone();
+        probe.forced = Some(acts.selections().iter().map(|s| s.to_vec()).collect());
+        let f = |v: &[f32]| {
+            let mut mm = probe.clone();
+            mm.params.values.copy_from_slice(v);
+            let (l, a, _) = mm.forward(&tokens, &targets, b, t).unwrap();
+            l + a.aux
+        };
+        let gc = GradCheck {
+            eps: 3e-3,
+            tol: 1e-2,
+            floor: 1e-2,
+        };
+        check_grad("nested experts", &mut values, &grads, f, gc).unwrap();
+        m.nested = Some((1, 2));
+        assert!(
+            m.forward(&tokens, &targets, b, t).is_err(),
+            "fewer experts than top-k"
+        );
+        let c = MfConfig::lm(11, 8, 1, 4, 6)
+            .with_nested_experts(&[2])
+            .unwrap();
+        assert_eq!(c.nested_expert_list(), vec![2, 4]);
+        assert!(MfConfig::lm(11, 8, 1, 4, 6)
+            .with_nested_experts(&[1])
+            .is_err());
     }
 
     #[test]

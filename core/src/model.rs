@@ -177,6 +177,23 @@ impl Model<memmap2::Mmap> {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
         Model::from_bytes(map)
     }
+
+    /// Ask the OS not to read ahead around page faults in this map (`MADV_RANDOM`): only
+    /// the pages a (sub-)model actually touches become resident — lower memory for a small
+    /// nested sub-model or a few experts, at the cost of more, smaller reads on a cold
+    /// first pass. A no-op where the platform has no such advice.
+    pub fn advise_no_readahead(&self) -> Result<(), GgufError> {
+        #[cfg(unix)]
+        {
+            self.buf
+                .advise(memmap2::Advice::Random)
+                .map_err(|e| GgufError::Io {
+                    path: "(mapped model)".to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
 }
 
 fn str_of(buf: &[u8], r: Range<usize>) -> &str {

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// fit this many MiB (instead of --size).
     #[arg(long, conflicts_with = "size")]
     budget_mb: Option<f64>,
+    /// Map the model without read-ahead (MADV_RANDOM): only the pages the chosen
+    /// sub-model touches become resident.
+    #[arg(long)]
+    no_readahead: bool,
     /// Print only the timing line (for benchmarks).
     #[arg(long)]
     quiet: bool,
@@ -129,6 +133,9 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     }
     let m = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
     let at = |e: String| format!("{}: {e}", a.model.display());
+    if a.no_readahead {
+        m.advise_no_readahead().map_err(|e| at(e.to_string()))?;
+    }
     let mut e = match m.get_str("modula.model") {
         Some("moduleformer") => {
             if a.sb_stop.is_some_and(|t| !(t.is_finite() && t > 0.0)) {

@@ -21,7 +21,7 @@ $m quantize --in "$w/f32.gguf" --out "$w/q8.gguf" --type q8_0 > /dev/null
 $m train --data "$w/t.txt" --d 32 --layers 1 --heads 1 --ffn 32 --steps 1 --batch 1 --seq 8 \
   --no-positions --eval-batches 1 --quiet --out "$w/tiny.gguf" > /dev/null
 rss() { /usr/bin/time -f %M "$m" run --model "$1" ${2:+--size $2} --prompt hello --tokens 64 \
-  --context 128 --threads 1 --quiet $3 2>&1 >/dev/null | tail -1; }
+  --context 128 --threads 1 --quiet ${3:-} 2>&1 >/dev/null | tail -1; }
 echo "process baseline (1-block d-32 model): $(rss "$w/tiny.gguf") KiB"
 printf "%-6s %-8s %12s %10s %14s %10s %18s %10s\n" file size "weights KiB" "arena KiB" "peak RSS KiB" "RSS/(w+a)" "no-readahead KiB" "RSS/(w+a)"
 for f in f32 q8; do

@@ -938,8 +938,9 @@ pub struct EvalArgs {
     /// For a model with EMoE layers: evaluate with the expert mask (on) or densely (off).
     #[arg(long, default_value = "on")]
     emoe_mask: String,
-    /// Evaluate a nested sub-model `DEPTHxFFN` (e.g. 2x128) of a dense model, or `all` for
-    /// every nested size the file declares.
+    /// Evaluate a nested sub-model — `DEPTHxFFN` (e.g. 2x128) of a dense model, `N` or
+    /// `ATTxFFN` experts of a ModuleFormer model — or `all` for every nested size the file
+    /// declares.
     #[arg(long)]
     size: Option<String>,
 }
@@ -964,19 +965,49 @@ pub fn eval(a: &EvalArgs) -> Result<(), String> {
     if a.model.extension().is_none_or(|e| e != "safetensors") {
         let f = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
         if f.get_str("modula.model") == Some("moduleformer") {
-            let (m, ctx) =
+            let (mut m, ctx) =
                 MfModel::read_gguf(&f).map_err(|e| format!("{}: {e}", a.model.display()))?;
             let (data, seq) = a.data.load()?;
             if data.shape().vocab != m.cfg.vocab || data.shape().classes > 0 {
                 return Err("the model does not fit this data (vocabulary or task)".into());
             }
-            let r = eval_model(&m, data.as_ref(), a.batches, a.batch, seq, a.seed)?;
+            // nested experts: N (both mixtures), ATTxFFN, or all declared counts
+            let sizes: Vec<Option<(usize, usize)>> = match a.size.as_deref() {
+                None => vec![None],
+                Some("all") => m
+                    .cfg
+                    .nested_expert_list()
+                    .into_iter()
+                    .map(|c| Some((c, c)))
+                    .collect(),
+                Some(sz) => {
+                    let parsed = match sz.split_once('x') {
+                        Some((x, y)) => x.parse().ok().zip(y.parse().ok()),
+                        None => sz.parse().ok().map(|n: usize| (n, n)),
+                    };
+                    vec![Some(parsed.ok_or_else(|| {
+                        format!(
+                            "--size {sz}: for a ModuleFormer file use N (experts), ATTxFFN or all"
+                        )
+                    })?)]
+                }
+            };
             println!(
                 "model: {} (moduleformer, trained with context {ctx})",
                 a.model.display()
             );
             println!("data: {} at {seq} positions", data.describe());
-            println!("validation {}", describe(&r, true));
+            for sz in sizes {
+                m.nested = sz;
+                let r = eval_model(&m, data.as_ref(), a.batches, a.batch, seq, a.seed)?;
+                match sz {
+                    None => println!("validation {}", describe(&r, true)),
+                    Some((ea, ef)) => println!(
+                        "validation {ea} attention x {ef} FFN experts: {}",
+                        describe(&r, true)
+                    ),
+                }
+            }
             return Ok(());
         }
     }

@@ -521,6 +521,44 @@ fn moduleformer_commands_work_end_to_end() {
         out.contains("moduleformer") && out.contains("validation"),
         "{out}"
     );
+    // nested experts: a model trained with --nested-experts evaluates every declared size
+    let nm = d.join("nested.gguf");
+    ok(modula()
+        .args([
+            "train",
+            "--arch",
+            "moduleformer",
+            "--nested-experts",
+            "2",
+            "--data",
+        ])
+        .arg(&text)
+        .args(common)
+        .arg("--out")
+        .arg(&nm));
+    let out = ok(modula()
+        .args(["eval", "--size", "all", "--model"])
+        .arg(&nm)
+        .arg("--data")
+        .arg(&text)
+        .args(["--seq", "16"]));
+    assert!(
+        out.contains("2 attention x 2 FFN experts") && out.contains("4 attention x 4 FFN experts"),
+        "{out}"
+    );
+    let out = ok(modula()
+        .args([
+            "run",
+            "--size",
+            "2",
+            "--tokens",
+            "3",
+            "--context",
+            "64",
+            "--model",
+        ])
+        .arg(&nm));
+    assert!(out.contains("decode 3 tokens"), "{out}");
     let out = ok(modula().args(["run", "--model"]).arg(&m).args([
         "--prompt",
         "in the",

@@ -387,6 +387,28 @@ fn gated_rows(dy: &[f32], d: usize, pairs: &[u32], k: usize, gates: &[f32]) -> V
     out
 }
 
+/// Copy row `r` of `src: [pairs, w]` to row `pairs[r]` of `dst` (per-expert results back to
+/// their (token, slot) places).
+fn scatter_rows(dst: &mut [f32], w: usize, pairs: &[u32], src: &[f32]) {
+    for (r, &pair) in pairs.iter().enumerate() {
+        let pr = pair as usize;
+        dst[pr * w..(pr + 1) * w].copy_from_slice(&src[r * w..(r + 1) * w]);
+    }
+}
+
+/// `x[t] += Σ_s gates[t·k + s] · y[t·k + s]` for every token (`x: [n, d]`, `y: [n·k, d]`).
+fn add_gated(x: &mut [f32], y: &[f32], gates: &[f32], d: usize, k: usize) {
+    for (tok, xr) in x.chunks_exact_mut(d).enumerate() {
+        for slot in 0..k {
+            let pr = tok * k + slot;
+            let g = gates[pr];
+            for (xv, yv) in xr.iter_mut().zip(&y[pr * d..(pr + 1) * d]) {
+                *xv += g * yv;
+            }
+        }
+    }
+}
+
 /// Add row `r` of `src: [pairs, d]` into row `pairs[r] / k` of `dst`.
 fn scatter_add(dst: &mut [f32], d: usize, pairs: &[u32], k: usize, src: &[f32]) {
     for (r, &pair) in pairs.iter().enumerate() {
@@ -691,10 +713,8 @@ impl MfModel {
                 Ok(qe)
             })?;
             for (e, qe) in qs.iter().enumerate() {
-                let Some(qe) = qe else { continue };
-                for (r, &pair) in r1.disp.pairs(e).iter().enumerate() {
-                    let pr = pair as usize;
-                    q[pr * da..(pr + 1) * da].copy_from_slice(&qe[r * da..(r + 1) * da]);
+                if let Some(qe) = qe {
+                    scatter_rows(&mut q, da, r1.disp.pairs(e), qe);
                 }
             }
             // attend: one task per (sequence, slot, head)
@@ -740,22 +760,11 @@ impl MfModel {
                 Ok(ye)
             })?;
             for (e, ye) in ys.iter().enumerate() {
-                let Some(ye) = ye else { continue };
-                for (r, &pair) in r1.disp.pairs(e).iter().enumerate() {
-                    let pr = pair as usize;
-                    ya[pr * d..(pr + 1) * d].copy_from_slice(&ye[r * d..(r + 1) * d]);
+                if let Some(ye) = ye {
+                    scatter_rows(&mut ya, d, r1.disp.pairs(e), ye);
                 }
             }
-            for tok in 0..n {
-                let xr = &mut x[tok * d..(tok + 1) * d];
-                for slot in 0..ka {
-                    let pr = tok * ka + slot;
-                    let g = r1.gates[pr];
-                    for (xv, yv) in xr.iter_mut().zip(&ya[pr * d..(pr + 1) * d]) {
-                        *xv += g * yv;
-                    }
-                }
-            }
+            add_gated(&mut x, &ya, &r1.gates, d, ka);
             ba.h1 = h1;
             ba.ln1 = st1;
             ba.r1 = r1;
@@ -785,24 +794,14 @@ impl MfModel {
                 Ok((ue, ae, ye))
             })?;
             for (e, out) in outs.iter().enumerate() {
-                let Some((ue, ae, ye)) = out else { continue };
-                for (r, &pair) in r2.disp.pairs(e).iter().enumerate() {
-                    let pr = pair as usize;
-                    u[pr * df..(pr + 1) * df].copy_from_slice(&ue[r * df..(r + 1) * df]);
-                    act[pr * df..(pr + 1) * df].copy_from_slice(&ae[r * df..(r + 1) * df]);
-                    yf[pr * d..(pr + 1) * d].copy_from_slice(&ye[r * d..(r + 1) * d]);
+                if let Some((ue, ae, ye)) = out {
+                    let pairs = r2.disp.pairs(e);
+                    scatter_rows(&mut u, df, pairs, ue);
+                    scatter_rows(&mut act, df, pairs, ae);
+                    scatter_rows(&mut yf, d, pairs, ye);
                 }
             }
-            for tok in 0..n {
-                let xr = &mut x[tok * d..(tok + 1) * d];
-                for slot in 0..kf {
-                    let pr = tok * kf + slot;
-                    let g = r2.gates[pr];
-                    for (xv, yv) in xr.iter_mut().zip(&yf[pr * d..(pr + 1) * d]) {
-                        *xv += g * yv;
-                    }
-                }
-            }
+            add_gated(&mut x, &yf, &r2.gates, d, kf);
             ba.h2 = h2;
             ba.ln2 = st2;
             ba.r2 = r2;
@@ -1047,10 +1046,7 @@ impl MfModel {
                         &mut p.grads[ro.start + e * da * d..ro.start + (e + 1) * da * d],
                         go,
                     );
-                    for (r, &pair) in ba.r1.disp.pairs(e).iter().enumerate() {
-                        let pr = pair as usize;
-                        dobuf[pr * da..(pr + 1) * da].copy_from_slice(&doe[r * da..(r + 1) * da]);
-                    }
+                    scatter_rows(&mut dobuf, da, ba.r1.disp.pairs(e), doe);
                 }
             }
             // stick-breaking backward per (sequence, slot, head)

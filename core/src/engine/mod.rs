@@ -97,6 +97,25 @@ pub struct DenseEngine<'a> {
 
 pub(crate) const EPS: f32 = 1e-5;
 
+/// The checks every decode step makes: the token is in the vocabulary and the context
+/// has room for it (a clear error, never a panic).
+pub(crate) fn check_step(
+    token: u32,
+    vocab: usize,
+    len: usize,
+    max_context: usize,
+) -> Result<(), String> {
+    if token as usize >= vocab {
+        return Err(format!(
+            "token {token} is outside the vocabulary of {vocab}"
+        ));
+    }
+    if len >= max_context {
+        return Err(format!("the context of {max_context} positions is full"));
+    }
+    Ok(())
+}
+
 pub(crate) fn meta_u32<B: AsRef<[u8]>>(m: &Model<B>, key: &str) -> Result<usize, String> {
     m.get_u32(key)
         .map(|v| v as usize)
@@ -468,18 +487,7 @@ impl<'a> DenseEngine<'a> {
     pub fn step(&mut self, token: u32) -> Result<&[f32], String> {
         let s = self.spec;
         let (d, hd) = (s.d, s.d / s.heads);
-        if token as usize >= s.vocab {
-            return Err(format!(
-                "token {token} is outside the vocabulary of {}",
-                s.vocab
-            ));
-        }
-        if self.len >= self.max_context {
-            return Err(format!(
-                "the context of {} positions is full",
-                self.max_context
-            ));
-        }
+        check_step(token, s.vocab, self.len, self.max_context)?;
         let ke = |e: crate::kernels::KernelError| e.to_string();
         crate::kernels::linear::widen_row(&self.emb, token as usize, &mut self.x);
         if let Some(p) = &self.pos {

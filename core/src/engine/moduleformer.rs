@@ -16,7 +16,7 @@
 //! Stick-breaking attention can stop early once the remaining stick is below `e^{−τ}`
 //! ([`MfEngine::set_stop`]); off by default (exact, as the trainer).
 
-use super::{matrix, meta_u32, vector, EPS};
+use super::{check_step, matrix, meta_u32, vector, EPS};
 use crate::kernels::attention::stick_breaking;
 use crate::kernels::elementwise::{gelu_tanh, layer_norm, softmax};
 use crate::kernels::expert_ffn::{moe_ffn, Activation, Expert, FfnScratch};
@@ -666,18 +666,7 @@ impl<'a> MfEngine<'a> {
     pub fn step(&mut self, token: u32) -> Result<&[f32], String> {
         let s = self.spec;
         let (d, da, dh, df) = (s.d, s.att_hidden(), s.head_dim, s.ffn_hidden);
-        if token as usize >= s.vocab {
-            return Err(format!(
-                "token {token} is outside the vocabulary of {}",
-                s.vocab
-            ));
-        }
-        if self.len >= self.max_context {
-            return Err(format!(
-                "the context of {} positions is full",
-                self.max_context
-            ));
-        }
+        check_step(token, s.vocab, self.len, self.max_context)?;
         let ke = |e: crate::kernels::KernelError| e.to_string();
         crate::kernels::linear::widen_row(&self.emb, token as usize, &mut self.x);
         let (pos, cap) = (self.len, self.max_context);

@@ -7,10 +7,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use modula_core::kernels::par;
 use modula_core::Model;
-use modula_train::checkpoint::{load_dense, load_mf, save_dense, save_mf};
+use modula_train::checkpoint::{load_dense, load_mf, load_sb, save_dense, save_mf, save_sb};
 use modula_train::data::ByteText;
 use modula_train::model::dense::{DenseConfig, DenseModel, Pool};
 use modula_train::model::moduleformer::{MfConfig, MfModel};
+use modula_train::model::seqboat::{SbAttn, SbConfig, SbGate, SbModel};
 use modula_train::plot::{line_chart, Series};
 use modula_train::tasks::{Copy, Dataset, FashionMnist, ListOps, Recall};
 use modula_train::trainer::{
@@ -280,6 +281,36 @@ pub struct TrainArgs {
     /// router rows; everything else is frozen (e.g. to resume an extension run).
     #[arg(long)]
     freeze_experts: Option<usize>,
+    /// SeqBoat: EMA expansion N.
+    #[arg(long, default_value_t = 16)]
+    ndim: usize,
+    /// SeqBoat: shared Q/K width z (default d/2).
+    #[arg(long)]
+    zdim: Option<usize>,
+    /// SeqBoat: value/gate width e (default 2d).
+    #[arg(long)]
+    hdim: Option<usize>,
+    /// SeqBoat: working-memory window w in activated tokens (0: the whole compressed
+    /// sequence).
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// SeqBoat: which tokens run the attention unit — learned (SeqBoat), always (every
+    /// token: dense with --window 0, local window otherwise) or off (EMA only).
+    #[arg(long, default_value = "learned")]
+    gate: String,
+    /// SeqBoat: attention function, softmax or relu2.
+    #[arg(long, default_value = "softmax")]
+    sb_attn: String,
+    /// SeqBoat: LayerNorm placement, pre or post (default: post for classifiers, pre for
+    /// language models, as in the released configurations).
+    #[arg(long)]
+    norm: Option<String>,
+    /// SeqBoat: initial temperature scale s (τ = s·√d).
+    #[arg(long)]
+    temp_scale: Option<f32>,
+    /// SeqBoat: relative-position bias range M (offsets clamped to ±(M−1)).
+    #[arg(long, default_value_t = 2002)]
+    max_pos: usize,
     /// No progress bar (periodic lines instead), e.g. for logs.
     #[arg(long)]
     quiet: bool,
@@ -315,8 +346,12 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     match a.arch.as_str() {
         "dense" => {}
         "moduleformer" => return run_mf(a),
-        "seqboat" => return Err("--arch seqboat: not yet implemented".into()),
-        other => return Err(format!("--arch {other}: use dense or moduleformer")),
+        "seqboat" => return run_sb(a),
+        other => {
+            return Err(format!(
+                "--arch {other}: use dense, moduleformer or seqboat"
+            ))
+        }
     }
     if a.steps == 0 || a.batch == 0 || a.data.seq == 0 || a.accum == 0 {
         return Err("--steps, --batch, --accum and --seq must be positive".into());
@@ -657,6 +692,128 @@ fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
     )
 }
 
+/// `modula train --arch seqboat`.
+fn run_sb(a: &TrainArgs) -> Result<(), String> {
+    if a.steps == 0 || a.batch == 0 || a.data.seq == 0 || a.accum == 0 {
+        return Err("--steps, --batch, --accum and --seq must be positive".into());
+    }
+    if let Some(t) = a.threads {
+        par::set_threads(t);
+    }
+    let (data, seq) = a.data.load()?;
+    let shape = data.shape();
+    if shape.patch_dim > 0 {
+        return Err("--arch seqboat takes token data (listops, recall, copy or text)".into());
+    }
+    let (mut model, mut state) = match (&a.resume, &a.init) {
+        (Some(p), _) => {
+            let (m, st, ctx) = load_sb(p)?;
+            if ctx != seq {
+                return Err(format!(
+                    "{} was trained with --seq {ctx}, not {seq}",
+                    p.display()
+                ));
+            }
+            if st.step >= a.steps {
+                return Err(format!(
+                    "{} is already at step {} of --steps {}",
+                    p.display(),
+                    st.step,
+                    a.steps
+                ));
+            }
+            println!("resuming from {} at step {}", p.display(), st.step);
+            (m, st)
+        }
+        (None, Some(p)) => {
+            let f = Model::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let (m, _) = SbModel::read_gguf(&f).map_err(|e| format!("{}: {e}", p.display()))?;
+            println!("fine-tuning from {}", p.display());
+            (m, TrainState::new(a.seed))
+        }
+        (None, None) => {
+            let lm = shape.classes == 0;
+            let causal = match a.attention.as_deref() {
+                None => lm,
+                Some(m) => parse_mask(m)?,
+            };
+            let prenorm = match a.norm.as_deref() {
+                None => lm,
+                Some("pre") => true,
+                Some("post") => false,
+                Some(o) => return Err(format!("--norm {o}: use pre or post")),
+            };
+            let attn = match a.sb_attn.as_str() {
+                "softmax" => SbAttn::Softmax,
+                "relu2" => SbAttn::Relu2,
+                o => return Err(format!("--sb-attn {o}: use softmax or relu2")),
+            };
+            let cfg = SbConfig {
+                vocab: shape.vocab,
+                classes: shape.classes,
+                d: a.d,
+                layers: a.layers,
+                ndim: a.ndim,
+                z: a.zdim.unwrap_or((a.d / 2).max(1)),
+                e: a.hdim.unwrap_or(2 * a.d),
+                window: a.window,
+                causal,
+                attn,
+                prenorm,
+                temp_scale: a.temp_scale.unwrap_or(if lm { 1.0 } else { 0.3 }),
+                max_pos: a.max_pos,
+                gate: SbGate::parse(&a.gate).map_err(|e| format!("--gate: {e}"))?,
+                pad: (a.data.data == "listops").then_some(0),
+            };
+            (SbModel::new(cfg, a.seed)?, TrainState::new(a.seed))
+        }
+    };
+    let c = model.cfg;
+    if c.vocab != shape.vocab || c.classes != shape.classes {
+        return Err(format!(
+            "the model ({} tokens, {} classes) does not fit the data ({} tokens, {} classes)",
+            c.vocab, c.classes, shape.vocab, shape.classes
+        ));
+    }
+    println!("data: {}", data.describe());
+    println!(
+        "model: seqboat d={} layers={} N={} z={} e={} window={} {} {} {}-LN gate {} ({} parameters); {} threads",
+        c.d,
+        c.layers,
+        c.ndim,
+        c.z,
+        c.e,
+        c.window,
+        if c.causal { "causal" } else { "bidirectional" },
+        match c.attn {
+            SbAttn::Softmax => "softmax",
+            SbAttn::Relu2 => "relu2",
+        },
+        if c.prenorm { "pre" } else { "post" },
+        c.gate.name(),
+        model.params.len(),
+        par::threads()
+    );
+    let tc = train_config(a, seq);
+    let title = format!(
+        "seqboat d={} L={} w={} gate {}",
+        c.d,
+        c.layers,
+        c.window,
+        c.gate.name()
+    );
+    fit(
+        a,
+        &mut model,
+        &mut state,
+        data.as_ref(),
+        seq,
+        &tc,
+        c.classes == 0,
+        &title,
+    )
+}
+
 /// What `modula train` needs from a model beyond training.
 trait CliModel: Trainable {
     fn save_checkpoint(&self, p: &Path, st: &TrainState, seq: usize) -> Result<u64, String>;
@@ -686,6 +843,18 @@ impl CliModel for MfModel {
     }
     fn size_label(&self) -> &'static str {
         "attention x FFN experts"
+    }
+}
+
+impl CliModel for SbModel {
+    fn save_checkpoint(&self, p: &Path, st: &TrainState, seq: usize) -> Result<u64, String> {
+        save_sb(p, self, st, seq)
+    }
+    fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String> {
+        self.write_gguf(p, seq, "modula seqboat")
+    }
+    fn size_label(&self) -> &'static str {
+        "depth x width"
     }
 }
 
@@ -759,6 +928,12 @@ fn fit<M: CliModel>(
                     list(&|u| u.1)
                 )
             };
+            let routing = if s.activation.is_empty() {
+                routing
+            } else {
+                let list: Vec<String> = s.activation.iter().map(|v| format!("{v:.4}")).collect();
+                format!("{routing},\"activation\":[{}]", list.join(","))
+            };
             let line = format!(
                 "{{\"step\":{},\"loss\":{:.6},\"grad_norm\":{:.6},\"lr\":{:.6e},\"positions_per_s\":{:.1},\"elapsed_s\":{:.3}{routing}}}",
                 s.step, s.loss, s.grad_norm, s.lr, tps, el
@@ -771,7 +946,11 @@ fn fit<M: CliModel>(
             if (pb.is_hidden() && (s.step % every == 0 || s.step == a.steps))
                 || (s.step - first) == 1
             {
-                let usage = if s.usage.is_empty() {
+                let usage = if !s.activation.is_empty() {
+                    let list: Vec<String> =
+                        s.activation.iter().map(|v| format!("{v:.2}")).collect();
+                    format!("  activation {}", list.join(","))
+                } else if s.usage.is_empty() {
                     String::new()
                 } else {
                     let k = s.usage.len() as f32;

@@ -6,6 +6,7 @@
 
 use crate::model::dense::DenseModel;
 use crate::model::moduleformer::MfModel;
+use crate::model::seqboat::SbModel;
 use crate::params::ParamStore;
 use crate::trainer::TrainState;
 use modula_core::gguf::GgufWriter;
@@ -44,6 +45,25 @@ pub fn save_mf(
 pub fn load_mf(path: &Path) -> Result<(MfModel, TrainState, usize), String> {
     let file = Model::open(path).map_err(|e| e.to_string())?;
     let (mut model, ctx) = MfModel::read_gguf(&file)?;
+    let state = load_state(path, &file, &mut model.params)?;
+    Ok((model, state, ctx))
+}
+
+/// Save a SeqBoat model, its Adam moments and `state` to `path` atomically.
+pub fn save_sb(
+    path: &Path,
+    model: &SbModel,
+    state: &TrainState,
+    context_length: usize,
+) -> Result<u64, String> {
+    let w = model.writer(context_length, "modula seqboat checkpoint")?;
+    save_with(path, w, &model.params, state)
+}
+
+/// Load a checkpoint written by [`save_sb`].
+pub fn load_sb(path: &Path) -> Result<(SbModel, TrainState, usize), String> {
+    let file = Model::open(path).map_err(|e| e.to_string())?;
+    let (mut model, ctx) = SbModel::read_gguf(&file)?;
     let state = load_state(path, &file, &mut model.params)?;
     Ok((model, state, ctx))
 }

@@ -7,6 +7,7 @@ use crate::data::Split;
 use crate::layers::loss::IGNORE;
 use crate::model::dense::{DenseModel, Input};
 use crate::model::moduleformer::{MfActivations, MfModel};
+use crate::model::seqboat::{sb_tokens, SbActivations, SbModel};
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::params::ParamStore;
 use crate::tasks::{Batch, Dataset};
@@ -52,6 +53,11 @@ pub trait Trainable {
     /// Per router: the expert-usage entropy `H(e)/ln E` (balance) and the mean per-token
     /// routing entropy `H(e|x)/ln E` (sharpness) — empty for dense models.
     fn usage(&self, _acts: &Self::Acts) -> Vec<(f32, f32)> {
+        Vec::new()
+    }
+    /// Per layer: the fraction of (non-pad) tokens that ran the sparsely activated module
+    /// (SeqBoat) — empty for models without one.
+    fn activation(&self, _acts: &Self::Acts) -> Vec<f32> {
         Vec::new()
     }
 }
@@ -166,6 +172,34 @@ impl Trainable for MfModel {
                 }
             })
             .collect()
+    }
+}
+
+impl Trainable for SbModel {
+    type Acts = SbActivations;
+    fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+    fn outputs(&self) -> usize {
+        self.cfg.outputs()
+    }
+    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String> {
+        self.forward(sb_tokens(batch.input())?, &batch.targets, batch.b, batch.t)
+    }
+    fn logits(acts: &Self::Acts) -> &[f32] {
+        acts.logits()
+    }
+    fn backward_batch(
+        &mut self,
+        batch: &Batch,
+        acts: &Self::Acts,
+        dlogits: &[f32],
+        _scale: f32,
+    ) -> Result<(), String> {
+        self.backward(sb_tokens(batch.input())?, acts, dlogits)
+    }
+    fn activation(&self, acts: &Self::Acts) -> Vec<f32> {
+        acts.activation_ratio()
     }
 }
 
@@ -300,6 +334,9 @@ pub struct StepInfo {
     /// load) and per-token routing entropy `H(e|x)/ln E` (0 = every token certain) — empty
     /// for dense models.
     pub usage: Vec<(f32, f32)>,
+    /// Per SeqBoat layer, mean over micro-batches: the activation ratio (tokens that ran
+    /// the attention unit / non-pad tokens) — empty for other models.
+    pub activation: Vec<f32>,
 }
 
 /// Where a run is: the last completed step and the batch sampler's state. Together with
@@ -372,6 +409,7 @@ pub fn train_from<M: Trainable>(
         let step = state.step + 1;
         model.params_mut().zero_grads();
         let (mut loss, mut aux, mut usage) = (0.0, 0.0, Vec::<(f32, f32)>::new());
+        let mut activation = Vec::<f32>::new();
         for micro in 0..cfg.accum as u64 {
             let batch = data
                 .batch(Split::Train, cfg.batch, cfg.seq, &mut state.rng)
@@ -413,6 +451,12 @@ pub fn train_from<M: Trainable>(
             model.backward_batch(&batch, &acts, &dlogits, share)?;
             loss += l;
             aux += M::aux_loss(&acts);
+            let ar = model.activation(&acts);
+            if activation.is_empty() {
+                activation = ar;
+            } else {
+                activation.iter_mut().zip(&ar).for_each(|(a, b)| *a += b);
+            }
             let u = model.usage(&acts);
             if usage.is_empty() {
                 usage = u;
@@ -427,6 +471,7 @@ pub fn train_from<M: Trainable>(
             u.0 *= inv;
             u.1 *= inv;
         });
+        activation.iter_mut().for_each(|a| *a *= inv);
         model.params_mut().mask_frozen_grads();
         let norm = clip_grad_norm(model.params_mut(), cfg.clip);
         if !norm.is_finite() {
@@ -445,6 +490,7 @@ pub fn train_from<M: Trainable>(
             positions: cfg.batch * cfg.seq * cfg.accum,
             aux: aux / cfg.accum as f64,
             usage,
+            activation,
         });
     }
     Ok(())

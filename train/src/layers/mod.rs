@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod ema;
 pub mod linear;
 pub mod loss;
 pub mod norm;

@@ -5,3 +5,5 @@ mod io;
 pub mod mf_edit;
 pub mod mf_io;
 pub mod moduleformer;
+pub mod sb_io;
+pub mod seqboat;

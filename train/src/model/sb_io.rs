@@ -1,0 +1,219 @@
+//! SeqBoat models in GGUF: `modula.model = "seqboat"`, the architecture under
+//! `modula.seqboat.*`, every tensor under the trainer's name (f32; `modula quantize` may
+//! convert the matrices later). Per layer `blk.N.`: `norm.{weight,bias}` (`[d]`; before the
+//! layer when `prenorm`, after it otherwise), `ema.{delta,alpha,beta,gamma}` (`[d, N]`
+//! causal, `[2d, N]` bidirectional: forward set first), `ema.omega` `[d]`, `gate.weight`
+//! `[2 + d, d]` (rows 0, 1: the skip/run logits; the rest: the SSM path) + `.bias`,
+//! `gate.log_temp` `[1]`, `gau_in.weight` `[z + 2e, d]` (Z, R, V rows) + `.bias`,
+//! `gau_qk.scale`, `gau_qk.offset` `[2, z]` (Q row, K row), `gau_rel_bias` `[2M − 1]`,
+//! `gau_out.weight` `[d, e]` + `.bias`. Model: `token_embd.weight`, `output_norm` (pre-norm
+//! only), classifier `cls.0.{weight,bias}`, `cls.1.weight`.
+
+use super::seqboat::{SbAttn, SbConfig, SbGate, SbModel};
+use modula_core::gguf::GgufWriter;
+use modula_core::{MetaValue, Model};
+use std::path::Path;
+
+fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaValue)>, String> {
+    let u = |v: usize| {
+        u32::try_from(v)
+            .map(MetaValue::U32)
+            .map_err(|_| format!("{v} does not fit in u32"))
+    };
+    let s = |v: &str| MetaValue::String(v.into());
+    let mut m = vec![
+        ("general.name", s(name)),
+        ("modula.model", s("seqboat")),
+        (
+            "modula.task",
+            s(if c.classes > 0 { "classify" } else { "lm" }),
+        ),
+        ("modula.vocab_size", u(c.vocab)?),
+        ("modula.class_count", u(c.classes)?),
+        ("modula.context_length", u(ctx)?),
+        ("modula.embedding_length", u(c.d)?),
+        ("modula.block_count", u(c.layers)?),
+        ("modula.norm", s("layernorm")),
+        (
+            "modula.norm_epsilon",
+            MetaValue::F32(super::seqboat::LN_EPS),
+        ),
+        ("modula.seqboat.ema_ndim", u(c.ndim)?),
+        ("modula.seqboat.zdim", u(c.z)?),
+        ("modula.seqboat.hdim", u(c.e)?),
+        ("modula.seqboat.window", u(c.window)?),
+        ("modula.seqboat.causal", MetaValue::Bool(c.causal)),
+        (
+            "modula.seqboat.attention",
+            s(match c.attn {
+                SbAttn::Softmax => "softmax",
+                SbAttn::Relu2 => "relu2",
+            }),
+        ),
+        ("modula.seqboat.prenorm", MetaValue::Bool(c.prenorm)),
+        ("modula.seqboat.temp_scale", MetaValue::F32(c.temp_scale)),
+        ("modula.seqboat.max_positions", u(c.max_pos)?),
+        ("modula.seqboat.gate", s(c.gate.name())),
+    ];
+    if let Some(p) = c.pad {
+        m.push(("modula.seqboat.pad_token", MetaValue::U32(p)));
+    }
+    Ok(m)
+}
+
+/// The architecture of a SeqBoat file and its context length.
+pub fn sb_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbConfig, usize), String> {
+    if m.get_str("modula.model") != Some("seqboat") {
+        return Err(format!(
+            "not a SeqBoat model (modula.model = {:?})",
+            m.get_str("modula.model")
+        ));
+    }
+    let need = |k: &str| -> Result<usize, String> {
+        m.get(k)
+            .and_then(|v| v.as_u32())
+            .map(|v| v as usize)
+            .ok_or_else(|| format!("missing or non-integer {k}"))
+    };
+    let flag = |k: &str| -> Result<bool, String> {
+        m.get(k)
+            .and_then(|v| v.as_bool())
+            .ok_or_else(|| format!("missing or non-bool {k}"))
+    };
+    let attn = match m.get_str("modula.seqboat.attention") {
+        Some("softmax") => SbAttn::Softmax,
+        Some("relu2") => SbAttn::Relu2,
+        other => return Err(format!("modula.seqboat.attention = {other:?}")),
+    };
+    let gate = SbGate::parse(
+        m.get_str("modula.seqboat.gate")
+            .ok_or("missing modula.seqboat.gate")?,
+    )?;
+    let temp_scale = match m.get("modula.seqboat.temp_scale") {
+        Some(modula_core::Value::F32(v)) => v,
+        _ => return Err("missing or non-f32 modula.seqboat.temp_scale".into()),
+    };
+    let pad = match m.get("modula.seqboat.pad_token") {
+        None => None,
+        Some(v) => Some(v.as_u32().ok_or("non-integer modula.seqboat.pad_token")?),
+    };
+    let cfg = SbConfig {
+        vocab: need("modula.vocab_size")?,
+        classes: need("modula.class_count")?,
+        d: need("modula.embedding_length")?,
+        layers: need("modula.block_count")?,
+        ndim: need("modula.seqboat.ema_ndim")?,
+        z: need("modula.seqboat.zdim")?,
+        e: need("modula.seqboat.hdim")?,
+        window: need("modula.seqboat.window")?,
+        causal: flag("modula.seqboat.causal")?,
+        attn,
+        prenorm: flag("modula.seqboat.prenorm")?,
+        temp_scale,
+        max_pos: need("modula.seqboat.max_positions")?,
+        gate,
+        pad,
+    };
+    cfg.validate()?;
+    // refuse absurd sizes before allocating
+    let c = &cfg;
+    let per_layer = (c.d.saturating_mul(c.d + 2))
+        .saturating_add(c.d.saturating_mul(c.z + 3 * c.e))
+        .saturating_add(c.ema_rows().saturating_mul(4 * c.ndim))
+        .saturating_add(2 * c.max_pos);
+    let total = per_layer
+        .saturating_mul(c.layers)
+        .saturating_add(c.vocab.saturating_mul(c.d))
+        .saturating_add(c.classes.saturating_mul(2 * c.d));
+    let room = m.bytes().len().saturating_mul(2).saturating_add(1 << 20);
+    if total > room {
+        return Err(format!(
+            "the header describes {total} parameters but the file holds only {} bytes",
+            m.bytes().len()
+        ));
+    }
+    Ok((
+        cfg,
+        m.get_u32("modula.context_length")
+            .map_err(|e| e.to_string())? as usize,
+    ))
+}
+
+impl SbModel {
+    /// A GGUF writer with the architecture and every tensor (borrowed).
+    pub fn writer(&self, ctx: usize, name: &str) -> Result<GgufWriter<'_>, String> {
+        let e2s = |e: modula_core::GgufError| e.to_string();
+        let mut w = GgufWriter::new();
+        for (k, v) in meta(&self.cfg, ctx, name)? {
+            w.set(k, v).map_err(e2s)?;
+        }
+        for (i, s) in self.params.specs().iter().enumerate() {
+            w.add_f32(&s.name, &s.shape, self.params.value(i))
+                .map_err(e2s)?;
+        }
+        Ok(w)
+    }
+
+    /// Write the model atomically; returns the bytes written.
+    pub fn write_gguf(&self, path: &Path, ctx: usize, name: &str) -> Result<u64, String> {
+        self.writer(ctx, name)?
+            .write_to(path)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Read a model written by [`SbModel::write_gguf`] (quantised tensors are
+    /// dequantised); names, shapes and finiteness are checked.
+    pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbModel, usize), String> {
+        let (cfg, ctx) = sb_config_from(m)?;
+        let mut model = SbModel::new(cfg, 0)?;
+        for i in 0..model.params.specs().len() {
+            let spec = model.params.specs()[i].clone();
+            let t = m.tensor(&spec.name).map_err(|e| e.to_string())?;
+            if t.shape() != spec.shape.as_slice() {
+                return Err(format!(
+                    "tensor '{}' has shape {:?}, expected {:?}",
+                    spec.name,
+                    t.shape(),
+                    spec.shape
+                ));
+            }
+            let v = t.to_f32_vec().map_err(|e| e.to_string())?;
+            if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+                return Err(format!(
+                    "tensor '{}' holds a non-finite value at {j}",
+                    spec.name
+                ));
+            }
+            model.params.value_mut(i).copy_from_slice(&v);
+        }
+        Ok((model, ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn round_trip_and_truncation() {
+        let mut c = SbConfig::listops_mini(16, 10, 2);
+        c.d = 8;
+        c.z = 4;
+        c.e = 6;
+        c.max_pos = 40;
+        let m = SbModel::new(c, 3).unwrap();
+        let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
+        let f = Model::from_bytes(bytes.clone()).unwrap();
+        let (back, ctx) = SbModel::read_gguf(&f).unwrap();
+        assert_eq!(ctx, 64);
+        assert_eq!(back.cfg, c);
+        assert_eq!(back.params.values, m.params.values);
+        for cut in [bytes.len() / 2, bytes.len() - 3] {
+            let r = Model::from_bytes(bytes[..cut].to_vec())
+                .map_err(|e| e.to_string())
+                .and_then(|f| SbModel::read_gguf(&f).map(|_| ()));
+            assert!(r.is_err(), "truncated at {cut}");
+        }
+    }
+}

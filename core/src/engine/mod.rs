@@ -11,8 +11,10 @@
 //! in `modula-train`).
 
 pub mod moduleformer;
+pub mod seqboat;
 
 pub use moduleformer::{MfEngine, MfSpec};
+pub use seqboat::{SbEngine, SbSpec};
 
 use crate::gguf::GgufError;
 use crate::kernels::attention::{causal_attention, KvCache};

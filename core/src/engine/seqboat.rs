@@ -1,0 +1,572 @@
+//! Streaming inference for causal SeqBoat models straight from a mapped file, with state
+//! that does not grow with the sequence: per layer the EMA state (`N·d` floats) and a ring
+//! of the last `w` activated tokens' keys, values and positions (`w·(z + e + 1)`), spec
+//! A3. One token in, one state update out; after [`SbEngine::new`] a step allocates
+//! nothing.
+//!
+//! One step, per layer: LayerNorm (pre-norm models); the EMA update (the core SIMD scan
+//! with `L = 1`) plus the skip `ω⊙x̃`; `m = silu(·)`; `[u, c] = W_u m + b_u`; if
+//! `u₁ > u₀ + b_act` the token is activated: `Z, R, V = silu(W_m m + b_m)`, attention over
+//! the ring plus itself (softmax or relu², relative bias on original positions), the
+//! output `W_h(O⊙R) + b_h` times `π₁`, and the token's key/value/position replace the
+//! oldest in the ring; otherwise the attention unit is skipped entirely (its weights are
+//! not read). Output `silu(c + G + x)`, LayerNorm after it (post-norm models). The
+//! trainer's parallel forward over the same sequence agrees to float rounding (tests in
+//! `modula-train`).
+//!
+//! Language models end with the final norm and the tied head; causal classifiers keep a
+//! running mean of their final features over non-pad tokens and classify it on demand.
+//! Bidirectional models and models without a band (`w = 0`) cannot stream in constant
+//! memory and are refused.
+
+use super::{matrix, meta_u32, vector, EPS};
+use crate::kernels::elementwise::{gelu1, layer_norm, silu1};
+use crate::kernels::ema::{ema_scan, EmaCoefs};
+use crate::kernels::linear::{linear, MatRef};
+use crate::model::Model;
+use crate::Value;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Shape of a SeqBoat model read from the file's `modula.*` metadata.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SbSpec {
+    /// Vocabulary.
+    pub vocab: usize,
+    /// Classes (0: language model).
+    pub classes: usize,
+    /// Width d.
+    pub d: usize,
+    /// Layers.
+    pub layers: usize,
+    /// EMA expansion N.
+    pub ndim: usize,
+    /// Shared Q/K width z.
+    pub z: usize,
+    /// Value/gate width e.
+    pub e: usize,
+    /// Window w in activated tokens.
+    pub window: usize,
+    /// Causal.
+    pub causal: bool,
+    /// relu² attention (softmax otherwise).
+    pub relu2: bool,
+    /// Pre-norm (post-norm otherwise).
+    pub prenorm: bool,
+    /// Relative-bias range M.
+    pub max_pos: usize,
+    /// Gate mode: 0 learned, 1 always on, 2 off.
+    pub gate: u8,
+    /// Padding token.
+    pub pad: Option<u32>,
+}
+
+impl SbSpec {
+    /// Read and check the architecture metadata.
+    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, String> {
+        if m.get_str("modula.model") != Some("seqboat") {
+            return Err(format!(
+                "not a SeqBoat model (modula.model = {:?})",
+                m.get_str("modula.model")
+            ));
+        }
+        let flag = |k: &str| match m.get(k) {
+            Some(Value::Bool(b)) => Ok(b),
+            _ => Err(format!("missing or non-bool {k}")),
+        };
+        let relu2 = match m.get_str("modula.seqboat.attention") {
+            Some("softmax") => false,
+            Some("relu2") => true,
+            o => return Err(format!("modula.seqboat.attention = {o:?}")),
+        };
+        let gate = match m.get_str("modula.seqboat.gate") {
+            Some("learned") => 0,
+            Some("always") => 1,
+            Some("off") => 2,
+            o => return Err(format!("modula.seqboat.gate = {o:?}")),
+        };
+        let pad = match m.get("modula.seqboat.pad_token") {
+            None => None,
+            Some(Value::U32(p)) => Some(p),
+            Some(o) => return Err(format!("modula.seqboat.pad_token = {o:?}")),
+        };
+        let s = SbSpec {
+            vocab: meta_u32(m, "modula.vocab_size")?,
+            classes: meta_u32(m, "modula.class_count")?,
+            d: meta_u32(m, "modula.embedding_length")?,
+            layers: meta_u32(m, "modula.block_count")?,
+            ndim: meta_u32(m, "modula.seqboat.ema_ndim")?,
+            z: meta_u32(m, "modula.seqboat.zdim")?,
+            e: meta_u32(m, "modula.seqboat.hdim")?,
+            window: meta_u32(m, "modula.seqboat.window")?,
+            causal: flag("modula.seqboat.causal")?,
+            relu2,
+            prenorm: flag("modula.seqboat.prenorm")?,
+            max_pos: meta_u32(m, "modula.seqboat.max_positions")?,
+            gate,
+            pad,
+        };
+        let bad = s.vocab == 0
+            || s.d == 0
+            || s.layers == 0
+            || s.ndim == 0
+            || s.z == 0
+            || s.e == 0
+            || s.max_pos == 0
+            || s.max_pos > 1 << 20
+            || [s.d, s.z, s.e, s.ndim, s.window, s.layers]
+                .iter()
+                .any(|&v| v > 1 << 24)
+            || s.pad.is_some_and(|p| p as usize >= s.vocab);
+        if bad {
+            return Err(format!("inconsistent SeqBoat shape: {s:?}"));
+        }
+        Ok(s)
+    }
+
+    /// Floats of streaming state per sequence: `layers · (N·d + w·(z + e + 1))`.
+    pub fn state_floats(&self) -> usize {
+        self.layers * (self.ndim * self.d + self.window * (self.z + self.e + 1))
+    }
+}
+
+#[derive(Debug)]
+struct SbLayerW<'a> {
+    norm: (&'a [f32], &'a [f32]),
+    ema: EmaCoefs,
+    omega: &'a [f32],
+    gate_w: MatRef<'a>,
+    gate_b: &'a [f32],
+    log_temp: f32,
+    in_w: MatRef<'a>,
+    in_b: &'a [f32],
+    qk_scale: &'a [f32],
+    qk_offset: &'a [f32],
+    rel: &'a [f32],
+    out_w: MatRef<'a>,
+    out_b: &'a [f32],
+}
+
+/// One layer's streaming state.
+#[derive(Debug, Clone)]
+struct LayerState {
+    ema: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    pos: Vec<usize>,
+    /// Tokens in the ring (≤ w).
+    filled: usize,
+    /// Slot the next token goes to.
+    next: usize,
+    activated: u64,
+}
+
+/// A causal SeqBoat model ready to stream, borrowing its weights from a [`Model`].
+#[derive(Debug)]
+pub struct SbEngine<'a> {
+    spec: SbSpec,
+    emb: MatRef<'a>,
+    layers: Vec<SbLayerW<'a>>,
+    final_norm: Option<(&'a [f32], &'a [f32])>,
+    cls: Option<(MatRef<'a>, &'a [f32], MatRef<'a>)>,
+    state: Vec<LayerState>,
+    act_bias: f32,
+    len: usize,
+    real: u64,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    y: Vec<f32>,
+    uc: Vec<f32>,
+    zrv: Vec<f32>,
+    qv: Vec<f32>,
+    kv: Vec<f32>,
+    scores: Vec<f32>,
+    o: Vec<f32>,
+    gh: Vec<f32>,
+    feats: Vec<f32>,
+    pooled: Vec<f32>,
+    cls_h: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl<'a> SbEngine<'a> {
+    /// Bind the weights of `m` (matrices in place, any supported type) and allocate the
+    /// constant-size state.
+    pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>) -> Result<Self, String> {
+        let s = SbSpec::from_model(m)?;
+        if !s.causal {
+            return Err(
+                "a bidirectional SeqBoat model cannot stream (its reverse EMA needs the future)"
+                    .into(),
+            );
+        }
+        if s.window == 0 {
+            return Err(
+                "a SeqBoat model without a band (window 0) attends to every activated token: \
+                 its state grows with the sequence, so it cannot stream in constant memory"
+                    .into(),
+            );
+        }
+        let (d, n, z, e) = (s.d, s.ndim, s.z, s.e);
+        let zw = z + 2 * e;
+        let mut layers = Vec::with_capacity(s.layers);
+        for l in 0..s.layers {
+            let nm = |t: &str| format!("blk.{l}.{t}");
+            let raw = |t: &str| vector(m, &nm(t), d * n);
+            let ema = EmaCoefs::from_raw(
+                d,
+                n,
+                raw("ema.delta")?,
+                raw("ema.alpha")?,
+                raw("ema.beta")?,
+                raw("ema.gamma")?,
+            )
+            .map_err(|e| e.to_string())?;
+            let lt = vector(m, &nm("gate.log_temp"), 1)?[0];
+            if !lt.is_finite() {
+                return Err(format!("blk.{l}.gate.log_temp is not finite"));
+            }
+            layers.push(SbLayerW {
+                norm: (
+                    vector(m, &nm("norm.weight"), d)?,
+                    vector(m, &nm("norm.bias"), d)?,
+                ),
+                ema,
+                omega: vector(m, &nm("ema.omega"), d)?,
+                gate_w: matrix(m, &nm("gate.weight"), 2 + d, d)?,
+                gate_b: vector(m, &nm("gate.bias"), 2 + d)?,
+                log_temp: lt,
+                in_w: matrix(m, &nm("gau_in.weight"), zw, d)?,
+                in_b: vector(m, &nm("gau_in.bias"), zw)?,
+                qk_scale: vector(m, &nm("gau_qk.scale"), 2 * z)?,
+                qk_offset: vector(m, &nm("gau_qk.offset"), 2 * z)?,
+                rel: vector(m, &nm("gau_rel_bias"), 2 * s.max_pos - 1)?,
+                out_w: matrix(m, &nm("gau_out.weight"), d, e)?,
+                out_b: vector(m, &nm("gau_out.bias"), d)?,
+            });
+        }
+        let final_norm = if s.prenorm {
+            Some((
+                vector(m, "output_norm.weight", d)?,
+                vector(m, "output_norm.bias", d)?,
+            ))
+        } else {
+            None
+        };
+        let cls = if s.classes > 0 {
+            Some((
+                matrix(m, "cls.0.weight", 2 * d, d)?,
+                vector(m, "cls.0.bias", 2 * d)?,
+                matrix(m, "cls.1.weight", s.classes, 2 * d)?,
+            ))
+        } else {
+            None
+        };
+        let w = s.window;
+        let state = (0..s.layers)
+            .map(|_| LayerState {
+                ema: vec![0.0; d * n],
+                keys: vec![0.0; w * z],
+                values: vec![0.0; w * e],
+                pos: vec![0; w],
+                filled: 0,
+                next: 0,
+                activated: 0,
+            })
+            .collect();
+        Ok(SbEngine {
+            spec: s,
+            emb: matrix(m, "token_embd.weight", s.vocab, d)?,
+            layers,
+            final_norm,
+            cls,
+            state,
+            act_bias: 0.0,
+            len: 0,
+            real: 0,
+            x: vec![0.0; d],
+            h: vec![0.0; d],
+            y: vec![0.0; d],
+            uc: vec![0.0; 2 + d],
+            zrv: vec![0.0; zw],
+            qv: vec![0.0; z],
+            kv: vec![0.0; z],
+            scores: vec![0.0; w + 1],
+            o: vec![0.0; e],
+            gh: vec![0.0; d],
+            feats: vec![0.0; d],
+            pooled: vec![0.0; d],
+            cls_h: vec![0.0; 2 * d],
+            logits: vec![0.0; s.classes.max(s.vocab * usize::from(s.classes == 0))],
+        })
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> SbSpec {
+        self.spec
+    }
+
+    /// Tokens consumed since the last reset.
+    pub fn position(&self) -> usize {
+        self.len
+    }
+
+    /// Bias towards "skip" (`b_act`): a token runs the attention unit only if
+    /// `u₁ > u₀ + b_act`. 0 is the trained behaviour.
+    pub fn set_act_bias(&mut self, b: f32) -> Result<(), String> {
+        if !b.is_finite() {
+            return Err(format!("activation bias {b} is not finite"));
+        }
+        self.act_bias = b;
+        Ok(())
+    }
+
+    /// Start a new sequence.
+    pub fn reset(&mut self) {
+        for st in &mut self.state {
+            st.ema.fill(0.0);
+            st.filled = 0;
+            st.next = 0;
+            st.activated = 0;
+        }
+        self.len = 0;
+        self.real = 0;
+        self.pooled.fill(0.0);
+    }
+
+    /// Per layer: tokens that ran the attention unit, and the non-pad tokens seen.
+    pub fn activations(&self) -> (Vec<u64>, u64) {
+        (self.state.iter().map(|s| s.activated).collect(), self.real)
+    }
+
+    /// Bytes of streaming state per sequence (constant in the sequence length).
+    pub fn state_bytes(&self) -> usize {
+        self.spec.state_floats() * 4
+    }
+
+    /// Consume one token. For a language model returns the next-token logits; for a
+    /// classifier returns an empty slice (see [`SbEngine::classify`]).
+    pub fn step(&mut self, token: u32) -> Result<&[f32], String> {
+        let s = self.spec;
+        if token as usize >= s.vocab {
+            return Err(format!(
+                "token {token} is outside the vocabulary of {}",
+                s.vocab
+            ));
+        }
+        let ke = |e: crate::kernels::KernelError| e.to_string();
+        let (d, z, e) = (s.d, s.z, s.e);
+        let pad = Some(token) == s.pad;
+        crate::kernels::linear::widen_row(&self.emb, token as usize, &mut self.x);
+        if s.classes == 0 {
+            let sc = libm::sqrtf(d as f32);
+            self.x.iter_mut().for_each(|v| *v *= sc);
+        }
+        let pos = self.len;
+        let alpha = if s.relu2 {
+            1.0 / s.window as f32
+        } else {
+            1.0 / libm::sqrtf(z as f32)
+        };
+        for l in 0..s.layers {
+            let lw = &self.layers[l];
+            // input norm, pad masking
+            if s.prenorm {
+                layer_norm(&self.x, Some(lw.norm.0), Some(lw.norm.1), EPS, &mut self.h)
+                    .map_err(ke)?;
+            } else {
+                self.h.copy_from_slice(&self.x);
+            }
+            if pad {
+                self.h.fill(0.0);
+            }
+            let st = &mut self.state[l];
+            ema_scan(&lw.ema, &self.h, 1, &mut st.ema, &mut self.y).map_err(ke)?;
+            for j in 0..d {
+                self.y[j] = silu1(self.y[j] + lw.omega[j] * self.h[j]);
+            }
+            linear(
+                &self.y,
+                d,
+                1,
+                &lw.gate_w,
+                Some(lw.gate_b),
+                &mut self.uc,
+                2 + d,
+            )
+            .map_err(ke)?;
+            let diff = self.uc[1] - (self.uc[0] + self.act_bias);
+            let act = !pad
+                && match s.gate {
+                    0 => diff > 0.0,
+                    1 => true,
+                    _ => false,
+                };
+            // SSM path + residual
+            for j in 0..d {
+                self.gh[j] = self.uc[2 + j] + self.x[j];
+            }
+            if act {
+                st.activated += 1;
+                let tau = libm::expf(lw.log_temp);
+                let g = if s.gate == 1 {
+                    1.0
+                } else {
+                    1.0 / (1.0 + libm::expf(-diff / tau))
+                };
+                linear(
+                    &self.y,
+                    d,
+                    1,
+                    &lw.in_w,
+                    Some(lw.in_b),
+                    &mut self.zrv,
+                    z + 2 * e,
+                )
+                .map_err(ke)?;
+                self.zrv.iter_mut().for_each(|v| *v = silu1(*v));
+                for i in 0..z {
+                    let zv = self.zrv[i];
+                    self.qv[i] = zv * lw.qk_scale[i] + lw.qk_offset[i];
+                    self.kv[i] = zv * lw.qk_scale[z + i] + lw.qk_offset[z + i];
+                }
+                // keys: the ring, oldest first, then this token
+                let w = s.window;
+                let cnt = st.filled;
+                let oldest = (st.next + w - cnt) % w;
+                let mut mx = f32::NEG_INFINITY;
+                let m1 = s.max_pos as i64 - 1;
+                let bias = |pj: usize| {
+                    let off = (pj as i64 - pos as i64).clamp(-m1, m1);
+                    lw.rel[(m1 + off) as usize]
+                };
+                for i in 0..=cnt {
+                    let (k, pj) = if i < cnt {
+                        let slot = (oldest + i) % w;
+                        (&st.keys[slot * z..(slot + 1) * z], st.pos[slot])
+                    } else {
+                        (&self.kv[..], pos)
+                    };
+                    let sc = alpha * dot(&self.qv, k) + bias(pj);
+                    self.scores[i] = sc;
+                    mx = mx.max(sc);
+                }
+                let sc = &mut self.scores[..=cnt];
+                if s.relu2 {
+                    sc.iter_mut().for_each(|v| *v = v.max(0.0) * v.max(0.0));
+                } else {
+                    let mut sum = 0f32;
+                    sc.iter_mut().for_each(|v| {
+                        *v = libm::expf(*v - mx);
+                        sum += *v;
+                    });
+                    sc.iter_mut().for_each(|v| *v /= sum);
+                }
+                self.o.fill(0.0);
+                for i in 0..=cnt {
+                    let v = if i < cnt {
+                        let slot = (oldest + i) % w;
+                        &st.values[slot * e..(slot + 1) * e]
+                    } else {
+                        &self.zrv[z + e..z + 2 * e]
+                    };
+                    let a = self.scores[i];
+                    for (o, vv) in self.o.iter_mut().zip(v) {
+                        *o += a * vv;
+                    }
+                }
+                for i in 0..e {
+                    self.o[i] *= self.zrv[z + i];
+                }
+                linear(&self.o, e, 1, &lw.out_w, Some(lw.out_b), &mut self.y, d).map_err(ke)?;
+                for j in 0..d {
+                    self.gh[j] += g * self.y[j];
+                }
+                // this token into the ring
+                let slot = st.next;
+                st.keys[slot * z..(slot + 1) * z].copy_from_slice(&self.kv);
+                st.values[slot * e..(slot + 1) * e].copy_from_slice(&self.zrv[z + e..z + 2 * e]);
+                st.pos[slot] = pos;
+                st.next = (slot + 1) % w;
+                st.filled = (cnt + 1).min(w);
+            }
+            for j in 0..d {
+                self.h[j] = silu1(self.gh[j]);
+            }
+            if s.prenorm {
+                self.x.copy_from_slice(&self.h);
+            } else {
+                layer_norm(&self.h, Some(lw.norm.0), Some(lw.norm.1), EPS, &mut self.x)
+                    .map_err(ke)?;
+            }
+        }
+        self.len += 1;
+        if let Some((g, b)) = self.final_norm {
+            layer_norm(&self.x, Some(g), Some(b), EPS, &mut self.feats).map_err(ke)?;
+        } else {
+            self.feats.copy_from_slice(&self.x);
+        }
+        if s.classes > 0 {
+            if !pad {
+                self.real += 1;
+                for (p, f) in self.pooled.iter_mut().zip(&self.feats) {
+                    *p += f;
+                }
+            }
+            return Ok(&[]);
+        }
+        self.real += 1;
+        linear(
+            &self.feats,
+            d,
+            1,
+            &self.emb,
+            None,
+            &mut self.logits,
+            s.vocab,
+        )
+        .map_err(ke)?;
+        Ok(&self.logits)
+    }
+
+    /// The final features of the last token (after the final norm of pre-norm models).
+    pub fn features(&self) -> &[f32] {
+        &self.feats
+    }
+
+    /// A classifier's logits for the sequence so far (mean of the final features over its
+    /// non-pad tokens through the head).
+    pub fn classify(&mut self) -> Result<&[f32], String> {
+        let s = self.spec;
+        let Some((w1, b1, w2)) = self.cls else {
+            return Err("this SeqBoat model is a language model, not a classifier".into());
+        };
+        if self.real == 0 {
+            return Err("no (non-pad) token has been seen".into());
+        }
+        let ke = |e: crate::kernels::KernelError| e.to_string();
+        let inv = 1.0 / self.real as f32;
+        for (h, p) in self.h.iter_mut().zip(&self.pooled) {
+            *h = p * inv;
+        }
+        linear(&self.h, s.d, 1, &w1, Some(b1), &mut self.cls_h, 2 * s.d).map_err(ke)?;
+        self.cls_h.iter_mut().for_each(|v| *v = gelu1(*v));
+        linear(
+            &self.cls_h,
+            2 * s.d,
+            1,
+            &w2,
+            None,
+            &mut self.logits,
+            s.classes,
+        )
+        .map_err(ke)?;
+        Ok(&self.logits)
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,8 +1,9 @@
-//! `modula run`: generate text with a byte LM — dense, EMoE or ModuleFormer — straight from
-//! its (possibly quantised) model file, streaming each byte as it is produced.
+//! `modula run`: generate text with a byte LM — dense, EMoE, ModuleFormer or SeqBoat —
+//! straight from its (possibly quantised) model file, streaming each byte as it is produced.
+//! A SeqBoat model streams with constant state (no context limit).
 
 use clap::Args;
-use modula_core::engine::{DenseEngine, MfEngine};
+use modula_core::engine::{DenseEngine, MfEngine, SbEngine};
 use modula_core::kernels::par;
 use modula_core::rng::SplitMix64;
 use modula_core::Model;
@@ -53,6 +54,9 @@ pub struct RunArgs {
     /// sub-model touches become resident.
     #[arg(long)]
     no_readahead: bool,
+    /// SeqBoat: bias towards skipping the attention unit (b_act; 0 = as trained).
+    #[arg(long, default_value_t = 0.0)]
+    act_bias: f32,
     /// Print only the timing line (for benchmarks).
     #[arg(long)]
     quiet: bool,
@@ -90,6 +94,7 @@ fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut SplitMix64) 
 enum Engine<'a> {
     Dense(DenseEngine<'a>),
     Mf(MfEngine<'a>),
+    Sb(SbEngine<'a>),
 }
 
 impl Engine<'_> {
@@ -97,12 +102,15 @@ impl Engine<'_> {
         match self {
             Engine::Dense(e) => e.step(token),
             Engine::Mf(e) => e.step(token),
+            Engine::Sb(e) => e.step(token),
         }
     }
 
-    /// The prompt: one batched pass for ModuleFormer, token by token for dense models.
+    /// The prompt: one batched pass for ModuleFormer and SeqBoat, token by token for dense
+    /// models.
     fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
         match self {
+            Engine::Sb(e) => e.prefill(tokens).map(<[f32]>::to_vec),
             Engine::Dense(e) => {
                 let mut last = Vec::new();
                 for &t in tokens {
@@ -119,6 +127,7 @@ impl Engine<'_> {
         match self {
             Engine::Dense(e) => e.max_context(),
             Engine::Mf(e) => e.max_context(),
+            Engine::Sb(_) => usize::MAX,
         }
     }
 }
@@ -137,6 +146,22 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         m.advise_no_readahead().map_err(|e| at(e.to_string()))?;
     }
     let mut e = match m.get_str("modula.model") {
+        Some("seqboat") => {
+            if a.size.is_some() || a.budget_mb.is_some() || a.context.is_some() {
+                return Err(
+                    "--size, --budget-mb and --context do not apply to SeqBoat files (constant state)"
+                        .into(),
+                );
+            }
+            let mut e = SbEngine::new(&m).map_err(at)?;
+            if e.spec().classes > 0 {
+                return Err(at(
+                    "a SeqBoat classifier, not a language model: use modula eval".into(),
+                ));
+            }
+            e.set_act_bias(a.act_bias).map_err(at)?;
+            Engine::Sb(e)
+        }
         Some("moduleformer") => {
             if a.sb_stop.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
                 return Err("--sb-stop must be a positive number".into());
@@ -235,5 +260,17 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         1e3 * decode / a.tokens.max(1) as f64,
         par::threads()
     );
+    if let Engine::Sb(e) = &e {
+        let (counts, seen) = e.activations();
+        let ratios: Vec<String> = counts
+            .iter()
+            .map(|&c| format!("{:.3}", c as f64 / seen.max(1) as f64))
+            .collect();
+        eprintln!(
+            "seqboat: activation ratio per layer {} over {seen} tokens; state {} bytes per stream (constant in the length)",
+            ratios.join(","),
+            e.state_bytes()
+        );
+    }
     Ok(())
 }

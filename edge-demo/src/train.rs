@@ -13,7 +13,7 @@ use modula_train::model::dense::{DenseConfig, DenseModel, Pool};
 use modula_train::model::moduleformer::{MfConfig, MfModel};
 use modula_train::model::seqboat::{SbAttn, SbConfig, SbGate, SbModel};
 use modula_train::plot::{line_chart, Series};
-use modula_train::tasks::{Copy, Dataset, FashionMnist, ListOps, Recall};
+use modula_train::tasks::{Copy, Dataset, FashionMnist, ListOps, Recall, SparseRecall};
 use modula_train::trainer::{
     eval_dense, eval_model, train_from, EvalResult, TrainConfig, TrainState, Trainable,
 };
@@ -25,7 +25,8 @@ use std::time::Instant;
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Data: a text file (bytes; the last 10% is validation), `kjv`, `fashion-mnist`,
-    /// `listops`, `recall` or `copy` (the last three are generated, no download).
+    /// `listops`, `recall`, `sparse-recall` or `copy` (the last four are generated, no
+    /// download).
     #[arg(long)]
     data: String,
     /// Positions per sequence (bytes for text; fixed by the task for fashion-mnist).
@@ -46,6 +47,9 @@ pub struct DataArgs {
     /// Distinct keys of the recall task / symbols of the copy task.
     #[arg(long, default_value_t = 16)]
     symbols: usize,
+    /// Key-value pairs per sequence of the sparse-recall task.
+    #[arg(long, default_value_t = 4)]
+    pairs: usize,
     /// Seed of generated validation sets.
     #[arg(long, default_value_t = 1)]
     data_seed: u64,
@@ -66,6 +70,7 @@ impl DataArgs {
             listops_depth: 6,
             listops_args: 5,
             symbols: 16,
+            pairs: 4,
             data_seed: 1,
             data_slice,
         }
@@ -102,7 +107,14 @@ impl DataArgs {
         let e = |e: modula_train::data::DataError| e.to_string();
         let hint = "; run scripts/get-data.sh (or pass --data-dir)";
         if self.data_slice.is_some()
-            && ["fashion-mnist", "listops", "recall", "copy"].contains(&self.data.as_str())
+            && [
+                "fashion-mnist",
+                "listops",
+                "recall",
+                "sparse-recall",
+                "copy",
+            ]
+            .contains(&self.data.as_str())
         {
             return Err("--data-slice applies to text data only".into());
         }
@@ -127,6 +139,7 @@ impl DataArgs {
                 .map_err(e)?,
             ),
             "recall" => Box::new(Recall::new(self.symbols, self.seq).map_err(e)?),
+            "sparse-recall" => Box::new(SparseRecall::new(self.seq, self.pairs).map_err(e)?),
             "copy" => Box::new(Copy::new(self.symbols, self.seq).map_err(e)?),
             path => Box::new(self.text(Path::new(path), "")?),
         };
@@ -1122,6 +1135,79 @@ pub struct EvalArgs {
     /// declares.
     #[arg(long)]
     size: Option<String>,
+    /// SeqBoat: bias(es) towards skipping the attention unit at test time (b_act,
+    /// comma-separated to trace accuracy against the activation ratio; default 0).
+    #[arg(long)]
+    act_bias: Option<String>,
+}
+
+/// `modula eval` of a SeqBoat file: loss, accuracy, per-layer activation ratio and mean
+/// attention span (original positions) for each `--act-bias`.
+fn eval_sb<B: AsRef<[u8]>>(a: &EvalArgs, f: &Model<B>) -> Result<(), String> {
+    let (mut m, ctx) = SbModel::read_gguf(f).map_err(|e| format!("{}: {e}", a.model.display()))?;
+    let (data, seq) = a.data.load()?;
+    let sh = data.shape();
+    if sh.vocab != m.cfg.vocab || sh.classes != m.cfg.classes {
+        return Err("the model does not fit this data (vocabulary or task)".into());
+    }
+    if a.size.is_some() {
+        return Err("--size: SeqBoat files declare no nested sizes".into());
+    }
+    let biases: Vec<f32> = match &a.act_bias {
+        None => vec![0.0],
+        Some(list) => list
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| format!("--act-bias: '{v}' is not a number"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    println!(
+        "model: {} (seqboat, trained with context {ctx})",
+        a.model.display()
+    );
+    println!("data: {} at {seq} positions", data.describe());
+    let lm = m.cfg.classes == 0;
+    for b in biases {
+        m.act_bias = b;
+        let cfg = m.cfg;
+        let (mut act, mut span, mut n) = (Vec::<f32>::new(), Vec::<f32>::new(), 0f32);
+        let r = modula_train::trainer::eval_model_with(
+            &m,
+            data.as_ref(),
+            a.batches,
+            a.batch,
+            seq,
+            a.seed,
+            |acts| {
+                let (ra, rs) = (acts.activation_ratio(), acts.mean_span(&cfg));
+                if act.is_empty() {
+                    act = vec![0.0; ra.len()];
+                    span = vec![0.0; rs.len()];
+                }
+                act.iter_mut().zip(&ra).for_each(|(x, y)| *x += y);
+                span.iter_mut().zip(&rs).for_each(|(x, y)| *x += y);
+                n += 1.0;
+            },
+        )?;
+        let fmt = |v: &[f32], p: usize| {
+            v.iter()
+                .map(|x| format!("{:.p$}", x / n.max(1.0)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        println!(
+            "act-bias {b}: {}  activation {}  span {}",
+            describe(&r, lm),
+            fmt(&act, 3),
+            fmt(&span, 1)
+        );
+    }
+    Ok(())
 }
 
 /// Load a dense model from a .gguf or .safetensors file.
@@ -1143,6 +1229,12 @@ pub fn eval(a: &EvalArgs) -> Result<(), String> {
     }
     if a.model.extension().is_none_or(|e| e != "safetensors") {
         let f = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
+        if f.get_str("modula.model") == Some("seqboat") {
+            return eval_sb(a, &f);
+        }
+        if a.act_bias.is_some() {
+            return Err("--act-bias applies to SeqBoat models".into());
+        }
         if f.get_str("modula.model") == Some("moduleformer") {
             let (mut m, ctx) =
                 MfModel::read_gguf(&f).map_err(|e| format!("{}: {e}", a.model.display()))?;

@@ -1,7 +1,7 @@
 //! Every data set the trainer can use, behind one [`Dataset`] trait: byte-level text (any
 //! file, or the KJV text), Fashion-MNIST images cut into patches, and three generated tasks
-//! that need no download — ListOps (the Long Range Arena grammar), associative recall and
-//! copy. Each batch is deterministic in the RNG state.
+//! that need no download — ListOps (the Long Range Arena grammar), associative recall (dense,
+//! and sparse with distant keys) and copy. Each batch is deterministic in the RNG state.
 //!
 //! | name | kind | inputs | targets |
 //! |---|---|---|---|
@@ -9,6 +9,7 @@
 //! | `fashion-mnist` | classify (10) | patches `[b, t, p²]`, `t = (28/p)²` | class |
 //! | `listops` | classify (10) | 16 tokens, left-padded to `t` | value of the expression |
 //! | `recall` | LM, last position only | `k₁ v₁ … k_P v_P ? k` | the value stored under `k` |
+//! | `sparse-recall` | LM, last position only | noise with `P` pairs far back, `? k` | the value stored under `k` |
 //! | `copy` | LM, second half only | `x₁ … x_m SEP x₁ … x_{m−1}` | `x₁ … x_m` |
 
 use crate::data::{ByteText, DataError, Split};
@@ -496,6 +497,101 @@ impl Dataset for Recall {
     }
 }
 
+/// Sparse associative recall with distant keys (spec C1b): `t` positions of noise digits
+/// `0..10`; `pairs` (key, value) pairs — distinct keys from their own 8 symbols `10..18`,
+/// values digits — placed at random non-overlapping positions in the first `span`
+/// positions; the sequence ends with the marker `18` and one of the keys; the target at
+/// the last position is that key's value (no loss elsewhere). The pairs are far from the
+/// query, so a local window of `w ≪ t − span` positions cannot see them.
+#[derive(Clone, Copy, Debug)]
+pub struct SparseRecall {
+    /// Sequence length.
+    pub seq: usize,
+    /// Pairs per sequence (≤ 8).
+    pub pairs: usize,
+    /// The pairs lie in positions `0..span`.
+    pub span: usize,
+}
+
+impl SparseRecall {
+    /// Noise digits and values.
+    pub const DIGITS: u32 = 10;
+    /// Distinct keys.
+    pub const KEYS: u32 = 8;
+    /// The query marker.
+    pub const QUERY: u32 = 18;
+
+    /// Checked constructor; `span` defaults to `t·200/256` (the spec's 200 of 256).
+    pub fn new(seq: usize, pairs: usize) -> Result<Self, DataError> {
+        let span = seq * 200 / 256;
+        if pairs == 0 || pairs > Self::KEYS as usize || seq < 8 || 4 * pairs + 1 > span {
+            return Err(DataError::Invalid(format!(
+                "sparse recall needs 1..=8 pairs with 4·pairs < {span} (the first 200/256 of \
+                 seq {seq}; got {pairs} pairs)"
+            )));
+        }
+        Ok(SparseRecall { seq, pairs, span })
+    }
+}
+
+impl Dataset for SparseRecall {
+    fn describe(&self) -> String {
+        format!(
+            "sparse recall: {} pairs in the first {} of {} noise positions, query at the end",
+            self.pairs, self.span, self.seq
+        )
+    }
+
+    fn shape(&self) -> TaskShape {
+        generated_lm(Self::QUERY as usize + 1, self.seq)
+    }
+
+    fn batch(
+        &self,
+        split: Split,
+        b: usize,
+        t: usize,
+        rng: &mut SplitMix64,
+    ) -> Result<Batch, DataError> {
+        fixed_len("sparse recall", self.seq, t)?;
+        let mut vrng = SplitMix64(0);
+        let rng = draws(split, rng, 0x5ba7_5e11, &mut vrng);
+        let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
+        for _ in 0..b {
+            let mut seq: Vec<u32> = (0..t)
+                .map(|_| rng.below(u64::from(Self::DIGITS)) as u32)
+                .collect();
+            let mut keys: Vec<u32> = (0..Self::KEYS).collect();
+            for i in 0..self.pairs {
+                let j = i + rng.below((keys.len() - i) as u64) as usize;
+                keys.swap(i, j);
+            }
+            // pair slots: distinct, non-overlapping starts in 0..span-1
+            let mut starts: Vec<usize> = Vec::with_capacity(self.pairs);
+            while starts.len() < self.pairs {
+                let p = rng.below((self.span - 1) as u64) as usize;
+                if starts.iter().all(|&q| p.abs_diff(q) >= 2) {
+                    starts.push(p);
+                }
+            }
+            let mut vals = Vec::with_capacity(self.pairs);
+            for (i, &p) in starts.iter().enumerate() {
+                let v = rng.below(u64::from(Self::DIGITS)) as u32;
+                seq[p] = keys[i] + Self::DIGITS;
+                seq[p + 1] = v;
+                vals.push(v);
+            }
+            let q = rng.below(self.pairs as u64) as usize;
+            seq[t - 2] = Self::QUERY;
+            seq[t - 1] = keys[q] + Self::DIGITS;
+            x.extend_from_slice(&seq);
+            y.extend(std::iter::repeat_n(IGNORE, t - 1));
+            y.push(vals[q]);
+        }
+        Ok(Batch::of_tokens(x, y, b, t))
+    }
+}
+
 /// Copy: `m` random symbols, a separator, then the same symbols; the loss is on the copy.
 /// Tokens: symbols `0..V`, separator `V`. `t = 2m`.
 #[derive(Clone, Copy, Debug)]
@@ -800,6 +896,30 @@ impl Dataset for FashionMnist {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn sparse_recall_targets_the_queried_value_far_from_the_query() {
+        let task = SparseRecall::new(256, 4).unwrap();
+        let mut rng = SplitMix64(3);
+        let b = task.batch(Split::Train, 64, 256, &mut rng).unwrap();
+        for s in 0..64 {
+            let x = &b.tokens[s * 256..(s + 1) * 256];
+            let y = &b.targets[s * 256..(s + 1) * 256];
+            assert!(y[..255].iter().all(|&v| v == IGNORE));
+            assert_eq!(x[254], SparseRecall::QUERY);
+            let key = x[255];
+            assert!((10..18).contains(&key));
+            let keys: Vec<usize> = (0..254).filter(|&i| (10..18).contains(&x[i])).collect();
+            assert_eq!(keys.len(), 4, "four keys, distinct positions");
+            let at = keys.iter().copied().find(|&i| x[i] == key).unwrap();
+            assert!(at + 1 < task.span, "pairs lie in the first span");
+            assert_eq!(y[255], x[at + 1], "target = the value after the key");
+            assert!(254 - at > 50, "far from the query");
+        }
+        assert!(SparseRecall::new(256, 9).is_err());
+        assert!(SparseRecall::new(16, 4).is_err());
+        assert!(task.batch(Split::Train, 1, 128, &mut rng).is_err());
+    }
 
     #[test]
     fn listops_labels_are_the_value_of_the_expression() {

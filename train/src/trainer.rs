@@ -538,6 +538,20 @@ pub fn eval_model<M: Trainable>(
     seq: usize,
     seed: u64,
 ) -> Result<EvalResult, String> {
+    eval_model_with(model, data, batches, batch, seq, seed, |_| {})
+}
+
+/// [`eval_model`], showing every batch's activations to `on_batch` (e.g. to measure
+/// SeqBoat's activation ratio on the same examples).
+pub fn eval_model_with<M: Trainable>(
+    model: &M,
+    data: &dyn Dataset,
+    batches: usize,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+    mut on_batch: impl FnMut(&M::Acts),
+) -> Result<EvalResult, String> {
     let outs = model.outputs();
     let (mut total, mut correct, mut count) = (0.0f64, 0usize, 0usize);
     for b in data
@@ -561,6 +575,7 @@ pub fn eval_model<M: Trainable>(
         }
         total += loss * n as f64;
         count += n;
+        on_batch(&acts);
     }
     if count == 0 {
         return Err("the validation data has no targets".into());

@@ -205,3 +205,65 @@ fn engine_refuses_what_cannot_stream_and_bad_tokens() {
     assert_eq!(eng.state_bytes(), before);
     assert_eq!(eng.position(), 500);
 }
+
+#[test]
+fn batched_prefill_equals_token_by_token_steps() {
+    let mut rng = SplitMix64(8);
+    let tokens: Vec<u32> = (0..90).map(|_| rng.below(11) as u32).collect();
+    for (attn, prenorm, w) in [(SbAttn::Softmax, true, 3), (SbAttn::Relu2, false, 5)] {
+        let m = perturbed(lm(attn, prenorm, w), 21);
+        let bytes = m.writer(128, "t").unwrap().to_bytes().unwrap();
+        let model = Model::from_bytes(bytes).unwrap();
+        let mut a = SbEngine::new(&model).unwrap();
+        let mut b = SbEngine::new(&model).unwrap();
+        // a: steps only; b: prefill 40, step 7, prefill the rest (the ring carries over)
+        let mut want = Vec::new();
+        for &t in &tokens {
+            want = a.step(t).unwrap().to_vec();
+        }
+        b.prefill(&tokens[..40]).unwrap();
+        for &t in &tokens[40..47] {
+            b.step(t).unwrap();
+        }
+        let got = b.prefill(&tokens[47..]).unwrap().to_vec();
+        for (x, y) in got.iter().zip(&want) {
+            assert!(
+                (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                "{attn:?}: {x} vs {y}"
+            );
+        }
+        assert_eq!(a.activations(), b.activations());
+        assert_eq!(b.position(), tokens.len());
+        // and the next step agrees too
+        let (x, y) = (a.step(3).unwrap().to_vec(), b.step(3).unwrap().to_vec());
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()));
+        }
+    }
+    // a classifier's prefill pools like its steps
+    let mut c = lm(SbAttn::Softmax, false, 3);
+    c.classes = 4;
+    c.pad = Some(0);
+    let m = perturbed(c, 4);
+    let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
+    let model = Model::from_bytes(bytes).unwrap();
+    let mut a = SbEngine::new(&model).unwrap();
+    let mut b = SbEngine::new(&model).unwrap();
+    let toks: Vec<u32> = [0, 0, 0]
+        .into_iter()
+        .chain((0..30).map(|i| 1 + i % 10))
+        .collect();
+    for &t in &toks {
+        a.step(t).unwrap();
+    }
+    assert!(b.prefill(&toks).unwrap().is_empty());
+    let (x, y) = (
+        a.classify().unwrap().to_vec(),
+        b.classify().unwrap().to_vec(),
+    );
+    for (p, q) in x.iter().zip(&y) {
+        assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+    }
+    assert!(b.prefill(&[]).is_err());
+    assert!(b.prefill(&[1, 99]).is_err());
+}

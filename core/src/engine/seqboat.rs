@@ -20,6 +20,7 @@
 //! memory and are refused.
 
 use super::{matrix, meta_u32, vector, EPS};
+use crate::kernels::attention::{gau_local, GauFn};
 use crate::kernels::elementwise::{gelu1, layer_norm, silu1};
 use crate::kernels::ema::{ema_scan, EmaCoefs};
 use crate::kernels::linear::{linear, MatRef};
@@ -503,11 +504,10 @@ impl<'a> SbEngine<'a> {
             }
         }
         self.len += 1;
-        if let Some((g, b)) = self.final_norm {
-            layer_norm(&self.x, Some(g), Some(b), EPS, &mut self.feats).map_err(ke)?;
-        } else {
-            self.feats.copy_from_slice(&self.x);
-        }
+        let x = core::mem::take(&mut self.x);
+        let r = self.final_features(&x);
+        self.x = x;
+        r?;
         if s.classes > 0 {
             if !pad {
                 self.real += 1;
@@ -529,6 +529,233 @@ impl<'a> SbEngine<'a> {
         )
         .map_err(ke)?;
         Ok(&self.logits)
+    }
+
+    /// Consume a whole prompt at once — the same result as [`SbEngine::step`] on each
+    /// token (to float rounding), but layer by layer with batched kernels: the SIMD EMA
+    /// scan over all tokens, one matrix product for the gates, one for the activated
+    /// tokens' projections, the band-attention kernel over the ring plus the activated
+    /// tokens (parallel over queries), one for the outputs. The streaming state is left
+    /// exactly as after the steps. Returns the last token's logits (language models) or an
+    /// empty slice (classifiers). Allocates working buffers proportional to the prompt.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], String> {
+        let s = self.spec;
+        if tokens.is_empty() {
+            return Err("prefill needs at least one token".into());
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= s.vocab) {
+            return Err(format!(
+                "token {bad} is outside the vocabulary of {}",
+                s.vocab
+            ));
+        }
+        let t = tokens.len();
+        if self
+            .len
+            .checked_add(t)
+            .is_none_or(|end| end > u32::MAX as usize)
+        {
+            return Err("positions beyond 2^32 are not supported".into());
+        }
+        let ke = |e: crate::kernels::KernelError| e.to_string();
+        let (d, z, e, w) = (s.d, s.z, s.e, s.window);
+        let zw = z + 2 * e;
+        let pads: Vec<bool> = tokens.iter().map(|&tk| Some(tk) == s.pad).collect();
+        let mut x = vec![0f32; t * d];
+        let sc = if s.classes == 0 {
+            libm::sqrtf(d as f32)
+        } else {
+            1.0
+        };
+        for (r, &tk) in tokens.iter().enumerate() {
+            let row = &mut x[r * d..(r + 1) * d];
+            crate::kernels::linear::widen_row(&self.emb, tk as usize, row);
+            row.iter_mut().for_each(|v| *v *= sc);
+        }
+        let f = if s.relu2 {
+            GauFn::Relu2 { ell: w as f32 }
+        } else {
+            GauFn::Softmax {
+                scale: 1.0 / libm::sqrtf(z as f32),
+            }
+        };
+        let mut xs = vec![0f32; t * d];
+        let mut y = vec![0f32; t * d];
+        let mut uc = vec![0f32; t * (2 + d)];
+        let mut out = vec![0f32; t * d];
+        for l in 0..s.layers {
+            let lw = &self.layers[l];
+            for r in 0..t {
+                let (src, dst) = (&x[r * d..(r + 1) * d], &mut xs[r * d..(r + 1) * d]);
+                if pads[r] {
+                    dst.fill(0.0);
+                } else if s.prenorm {
+                    layer_norm(src, Some(lw.norm.0), Some(lw.norm.1), EPS, dst).map_err(ke)?;
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            }
+            let st = &mut self.state[l];
+            ema_scan(&lw.ema, &xs, t, &mut st.ema, &mut y).map_err(ke)?;
+            for (r, yr) in y.chunks_exact_mut(d).enumerate() {
+                for j in 0..d {
+                    yr[j] = silu1(yr[j] + lw.omega[j] * xs[r * d + j]);
+                }
+            }
+            linear(&y, d, t, &lw.gate_w, Some(lw.gate_b), &mut uc, 2 + d).map_err(ke)?;
+            let tau = libm::expf(lw.log_temp);
+            let mut rows = Vec::new();
+            let mut gates = Vec::new();
+            for r in 0..t {
+                let u = &uc[r * (2 + d)..];
+                let diff = u[1] - (u[0] + self.act_bias);
+                let act = !pads[r]
+                    && match s.gate {
+                        0 => diff > 0.0,
+                        1 => true,
+                        _ => false,
+                    };
+                if act {
+                    rows.push(r);
+                    gates.push(if s.gate == 1 {
+                        1.0
+                    } else {
+                        1.0 / (1.0 + libm::expf(-diff / tau))
+                    });
+                }
+            }
+            let lc = rows.len();
+            st.activated += lc as u64;
+            // residual + SSM path
+            for r in 0..t {
+                for j in 0..d {
+                    out[r * d + j] = uc[r * (2 + d) + 2 + j] + x[r * d + j];
+                }
+            }
+            if lc > 0 {
+                let mut mh = vec![0f32; lc * d];
+                for (k, &r) in rows.iter().enumerate() {
+                    mh[k * d..(k + 1) * d].copy_from_slice(&y[r * d..(r + 1) * d]);
+                }
+                let mut zrv = vec![0f32; lc * zw];
+                linear(&mh, d, lc, &lw.in_w, Some(lw.in_b), &mut zrv, zw).map_err(ke)?;
+                zrv.iter_mut().for_each(|v| *v = silu1(*v));
+                // the ring (oldest first, no queries) followed by the new activated tokens
+                let cnt = st.filled;
+                let all = cnt + lc;
+                let mut q = vec![0f32; all * z];
+                let mut k = vec![0f32; all * z];
+                let mut v = vec![0f32; all * e];
+                let mut pos = vec![0u32; all];
+                let oldest = (st.next + w - cnt) % w;
+                for i in 0..cnt {
+                    let slot = (oldest + i) % w;
+                    k[i * z..(i + 1) * z].copy_from_slice(&st.keys[slot * z..(slot + 1) * z]);
+                    v[i * e..(i + 1) * e].copy_from_slice(&st.values[slot * e..(slot + 1) * e]);
+                    pos[i] = st.pos[slot] as u32;
+                }
+                for (kk, &r) in rows.iter().enumerate() {
+                    let i = cnt + kk;
+                    let zr = &zrv[kk * zw..(kk + 1) * zw];
+                    for c in 0..z {
+                        q[i * z + c] = zr[c] * lw.qk_scale[c] + lw.qk_offset[c];
+                        k[i * z + c] = zr[c] * lw.qk_scale[z + c] + lw.qk_offset[z + c];
+                    }
+                    v[i * e..(i + 1) * e].copy_from_slice(&zr[z + e..]);
+                    pos[i] = (self.len + r) as u32;
+                }
+                let mut o = vec![0f32; all * e];
+                let mut scratch = vec![0f32; (w + 1).min(all)];
+                gau_local(
+                    &q,
+                    &k,
+                    &v,
+                    &pos,
+                    z,
+                    e,
+                    w,
+                    true,
+                    f,
+                    Some(lw.rel),
+                    &mut o,
+                    &mut scratch,
+                )
+                .map_err(ke)?;
+                let mut or = vec![0f32; lc * e];
+                for kk in 0..lc {
+                    for c in 0..e {
+                        or[kk * e + c] = o[(cnt + kk) * e + c] * zrv[kk * zw + z + c];
+                    }
+                }
+                let mut h = vec![0f32; lc * d];
+                linear(&or, e, lc, &lw.out_w, Some(lw.out_b), &mut h, d).map_err(ke)?;
+                for (kk, &r) in rows.iter().enumerate() {
+                    for j in 0..d {
+                        out[r * d + j] += gates[kk] * h[kk * d + j];
+                    }
+                }
+                // the ring keeps the last w activated tokens
+                let keep = all.min(w);
+                for i in all - keep..all {
+                    let slot = st.next;
+                    st.keys[slot * z..(slot + 1) * z].copy_from_slice(&k[i * z..(i + 1) * z]);
+                    st.values[slot * e..(slot + 1) * e].copy_from_slice(&v[i * e..(i + 1) * e]);
+                    st.pos[slot] = pos[i] as usize;
+                    st.next = (slot + 1) % w;
+                }
+                st.filled = (cnt + lc).min(w);
+            }
+            for r in 0..t {
+                let o = &mut out[r * d..(r + 1) * d];
+                o.iter_mut().for_each(|v| *v = silu1(*v));
+                let xr = &mut x[r * d..(r + 1) * d];
+                if s.prenorm {
+                    xr.copy_from_slice(o);
+                } else {
+                    layer_norm(o, Some(lw.norm.0), Some(lw.norm.1), EPS, xr).map_err(ke)?;
+                }
+            }
+        }
+        self.len += t;
+        if s.classes > 0 {
+            for r in 0..t {
+                if !pads[r] {
+                    self.final_features(&x[r * d..(r + 1) * d])?;
+                    self.real += 1;
+                    for (p, f) in self.pooled.iter_mut().zip(&self.feats) {
+                        *p += f;
+                    }
+                }
+            }
+            self.final_features(&x[(t - 1) * d..])?;
+            return Ok(&[]);
+        }
+        self.real += t as u64;
+        self.final_features(&x[(t - 1) * d..])?;
+        linear(
+            &self.feats,
+            d,
+            1,
+            &self.emb,
+            None,
+            &mut self.logits,
+            s.vocab,
+        )
+        .map_err(ke)?;
+        Ok(&self.logits)
+    }
+
+    /// `feats` = the final norm of `row` (pre-norm models) or `row`.
+    fn final_features(&mut self, row: &[f32]) -> Result<(), String> {
+        match self.final_norm {
+            Some((g, b)) => layer_norm(row, Some(g), Some(b), EPS, &mut self.feats)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => {
+                self.feats.copy_from_slice(row);
+                Ok(())
+            }
+        }
     }
 
     /// The final features of the last token (after the final norm of pre-norm models).

@@ -701,3 +701,176 @@ fn moduleformer_commands_work_end_to_end() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn seqboat_trains_evaluates_resumes_and_streams() {
+    let d = tmpdir("seqboat");
+    let run = |args: &[&str]| {
+        let out = modula().args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // ListOps classifier (bidirectional, post-LN), then the act-bias sweep
+    let lo = d.join("lo.gguf");
+    let lo_s = lo.to_str().unwrap();
+    let small = [
+        "--d",
+        "16",
+        "--layers",
+        "1",
+        "--ndim",
+        "4",
+        "--zdim",
+        "8",
+        "--hdim",
+        "16",
+        "--batch",
+        "4",
+        "--steps",
+        "6",
+        "--quiet",
+        "--threads",
+        "1",
+    ];
+    let mut args = vec![
+        "train", "--arch", "seqboat", "--data", "listops", "--seq", "32",
+    ];
+    args.extend(small);
+    args.extend(["--window", "4", "--out", lo_s]);
+    let (ok, out, err) = run(&args);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("bidirectional") && out.contains("activation"),
+        "{out}"
+    );
+    let metrics = std::fs::read_to_string(d.join("lo.gguf.metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"activation\":["), "{metrics}");
+    let (ok, out, err) = run(&[
+        "eval",
+        "--model",
+        lo_s,
+        "--data",
+        "listops",
+        "--seq",
+        "32",
+        "--batch",
+        "8",
+        "--batches",
+        "2",
+        "--act-bias=-1,0,3",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("act-bias").count(), 3, "{out}");
+    assert!(
+        out.contains("act-bias -1:") && out.contains("span"),
+        "{out}"
+    );
+    // a bidirectional classifier cannot stream
+    let (ok, _, err) = run(&["run", "--model", lo_s]);
+    assert!(!ok && err.contains("bidirectional"), "{err}");
+
+    // causal byte LM on text with a checkpoint, resumed, then streamed by modula run
+    let text = d.join("t.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(60),
+    )
+    .unwrap();
+    let lm = d.join("lm.gguf");
+    let ck = d.join("lm.ckpt");
+    let mut args = vec![
+        "train",
+        "--arch",
+        "seqboat",
+        "--data",
+        text.to_str().unwrap(),
+    ];
+    args.extend([
+        "--seq",
+        "24",
+        "--window",
+        "4",
+        "--steps",
+        "6",
+        "--stop-after",
+        "3",
+    ]);
+    args.extend(small.iter().filter(|a| **a != "--steps" && **a != "6"));
+    args.extend([
+        "--out",
+        lm.to_str().unwrap(),
+        "--checkpoint",
+        ck.to_str().unwrap(),
+    ]);
+    let (ok, out, err) = run(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("causal"), "{out}");
+    let mut resume = args.clone();
+    resume.retain(|a| *a != "--stop-after" && *a != "3");
+    resume.extend(["--resume", ck.to_str().unwrap()]);
+    let (ok, out, err) = run(&resume);
+    assert!(ok && out.contains("resuming"), "{out}{err}");
+    let (ok, out, err) = run(&[
+        "run",
+        "--model",
+        lm.to_str().unwrap(),
+        "--prompt",
+        "the quick",
+        "--tokens",
+        "30",
+        "--act-bias",
+        "0.5",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("the quick"), "{out}");
+    assert!(
+        err.contains("activation ratio per layer") && err.contains("bytes per stream"),
+        "{err}"
+    );
+    // bad options are errors, not panics
+    let (ok, _, err) = run(&["run", "--model", lm.to_str().unwrap(), "--size", "2"]);
+    assert!(!ok && err.contains("constant state"), "{err}");
+    let mut bad = vec![
+        "train",
+        "--arch",
+        "seqboat",
+        "--data",
+        "listops",
+        "--gate",
+        "sometimes",
+    ];
+    let x = d.join("x.gguf");
+    bad.extend(["--steps", "1", "--out", x.to_str().unwrap()]);
+    let (ok, _, err) = run(&bad);
+    assert!(!ok && err.contains("--gate"), "{err}");
+    // sparse recall, local-window arm
+    let sr = d.join("sr.gguf");
+    let mut args = vec![
+        "train",
+        "--arch",
+        "seqboat",
+        "--data",
+        "sparse-recall",
+        "--seq",
+        "64",
+    ];
+    args.extend(small);
+    args.extend([
+        "--gate",
+        "always",
+        "--window",
+        "4",
+        "--out",
+        sr.to_str().unwrap(),
+    ]);
+    let (ok, out, err) = run(&args);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("sparse recall") && out.contains("gate always"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -4,11 +4,12 @@
 //! (K = V cache and projected K/V), each on f32 and Q8_0 files.
 #![allow(clippy::unwrap_used)]
 
-use modula_core::engine::{DenseEngine, MfEngine};
+use modula_core::engine::{DenseEngine, MfEngine, SbEngine};
 use modula_core::quantize::quantize_model;
 use modula_core::{DType, Model};
 use modula_train::model::dense::{DenseConfig, DenseModel};
 use modula_train::model::moduleformer::{MfConfig, MfModel};
+use modula_train::model::seqboat::{SbConfig, SbModel};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -139,6 +140,37 @@ fn decode_steps_do_not_allocate() {
             );
             // and the counter does count: building an engine allocates
             assert!(allocations(|| drop(MfEngine::new(&m, 8).unwrap())) > 0);
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    // SeqBoat: streaming steps (skipped and activated tokens, the ring wrapping) and a
+    // causal classifier's steps and classify()
+    let mut lm = SbConfig::lm(64, 32, 2, 4);
+    lm.ndim = 4;
+    let mut cls = lm;
+    cls.classes = 5;
+    cls.pad = Some(0);
+    for (tag, cfg) in [("sb", lm), ("sbcls", cls)] {
+        let sb = SbModel::new(cfg, 3).unwrap();
+        for p in files(tag, |p| {
+            sb.write_gguf(p, 64, "t").unwrap();
+        }) {
+            let m = Model::open(&p).unwrap();
+            let mut e = SbEngine::new(&m).unwrap();
+            // lean towards activation so the ring fills and wraps within the test
+            e.set_act_bias(-1.0).unwrap();
+            e.step(1).unwrap();
+            let n = allocations(|| {
+                for i in 0..40 {
+                    e.step(i % 64).unwrap();
+                }
+                if cfg.classes > 0 {
+                    e.classify().unwrap();
+                }
+            });
+            let (act, _) = e.activations();
+            assert!(act.iter().all(|&a| a > 4), "the ring wrapped: {act:?}");
+            assert_eq!(n, 0, "{tag} engine allocated {n} times ({})", p.display());
             std::fs::remove_file(p).unwrap();
         }
     }

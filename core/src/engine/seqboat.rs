@@ -77,10 +77,10 @@ impl SbSpec {
             Some(Value::Bool(b)) => Ok(b),
             _ => Err(format!("missing or non-bool {k}")),
         };
-        let relu2 = match m.get_str("modula.seqboat.attention") {
+        let relu2 = match m.get_str("modula.gau.attention_fn") {
             Some("softmax") => false,
             Some("relu2") => true,
-            o => return Err(format!("modula.seqboat.attention = {o:?}")),
+            o => return Err(format!("modula.gau.attention_fn = {o:?}")),
         };
         let gate = match m.get_str("modula.seqboat.gate") {
             Some("learned") => 0,
@@ -95,17 +95,20 @@ impl SbSpec {
         };
         let s = SbSpec {
             vocab: meta_u32(m, "modula.vocab_size")?,
-            classes: meta_u32(m, "modula.class_count")?,
+            classes: match m.get("modula.num_classes") {
+                None => 0,
+                Some(_) => meta_u32(m, "modula.num_classes")?,
+            },
             d: meta_u32(m, "modula.embedding_length")?,
             layers: meta_u32(m, "modula.block_count")?,
-            ndim: meta_u32(m, "modula.seqboat.ema_ndim")?,
-            z: meta_u32(m, "modula.seqboat.zdim")?,
-            e: meta_u32(m, "modula.seqboat.hdim")?,
-            window: meta_u32(m, "modula.seqboat.window")?,
-            causal: flag("modula.seqboat.causal")?,
+            ndim: meta_u32(m, "modula.ssm.ema_dim")?,
+            z: meta_u32(m, "modula.gau.zdim")?,
+            e: meta_u32(m, "modula.gau.hdim")?,
+            window: meta_u32(m, "modula.gau.window")?,
+            causal: !flag("modula.ssm.bidirectional")?,
             relu2,
             prenorm: flag("modula.seqboat.prenorm")?,
-            max_pos: meta_u32(m, "modula.seqboat.max_positions")?,
+            max_pos: meta_u32(m, "modula.gau.max_positions")?,
             gate,
             pad,
         };

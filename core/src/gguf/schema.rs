@@ -202,6 +202,31 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
     s("modula.gau.hdim", U32, "GAU value/gate width"),
     s("modula.gau.window", U32, "GAU local attention band width w"),
     s("modula.gau.attention_fn", Str, "softmax | relu2"),
+    s(
+        "modula.gau.max_positions",
+        U32,
+        "GAU relative-position bias range M (offsets clamped to ±(M−1))",
+    ),
+    s(
+        "modula.seqboat.gate",
+        Str,
+        "SeqBoat gate: learned | always (every token) | off (EMA only)",
+    ),
+    s(
+        "modula.seqboat.prenorm",
+        Bool,
+        "SeqBoat LayerNorm before the layer (and a final norm) or after it",
+    ),
+    s(
+        "modula.seqboat.temp_scale",
+        F32,
+        "SeqBoat initial temperature scale s (τ = s·√d at initialisation)",
+    ),
+    s(
+        "modula.seqboat.pad_token",
+        U32,
+        "padding token: zeroed before the EMA, never activated, not pooled",
+    ),
     a(
         "modula.nested.depths",
         U32,

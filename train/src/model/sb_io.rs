@@ -1,5 +1,5 @@
 //! SeqBoat models in GGUF: `modula.model = "seqboat"`, the architecture under
-//! `modula.seqboat.*`, every tensor under the trainer's name (f32; `modula quantize` may
+//! `modula.ssm.*`, `modula.gau.*` and `modula.seqboat.*` (`docs/format.md`), every tensor under the trainer's name (f32; `modula quantize` may
 //! convert the matrices later). Per layer `blk.N.`: `norm.{weight,bias}` (`[d]`; before the
 //! layer when `prenorm`, after it otherwise), `ema.{delta,alpha,beta,gamma}` (`[d, N]`
 //! causal, `[2d, N]` bidirectional: forward set first), `ema.omega` `[d]`, `gate.weight`
@@ -29,7 +29,6 @@ fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaV
             s(if c.classes > 0 { "classify" } else { "lm" }),
         ),
         ("modula.vocab_size", u(c.vocab)?),
-        ("modula.class_count", u(c.classes)?),
         ("modula.context_length", u(ctx)?),
         ("modula.embedding_length", u(c.d)?),
         ("modula.block_count", u(c.layers)?),
@@ -38,13 +37,15 @@ fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaV
             "modula.norm_epsilon",
             MetaValue::F32(super::seqboat::LN_EPS),
         ),
-        ("modula.seqboat.ema_ndim", u(c.ndim)?),
-        ("modula.seqboat.zdim", u(c.z)?),
-        ("modula.seqboat.hdim", u(c.e)?),
-        ("modula.seqboat.window", u(c.window)?),
-        ("modula.seqboat.causal", MetaValue::Bool(c.causal)),
+        ("modula.ssm.ema_dim", u(c.ndim)?),
+        ("modula.gau.zdim", u(c.z)?),
+        ("modula.gau.hdim", u(c.e)?),
+        ("modula.gau.window", u(c.window)?),
+        ("modula.ssm.bidirectional", MetaValue::Bool(!c.causal)),
+        ("modula.attention.kind", s("gau")),
+        ("modula.attention.causal", MetaValue::Bool(c.causal)),
         (
-            "modula.seqboat.attention",
+            "modula.gau.attention_fn",
             s(match c.attn {
                 SbAttn::Softmax => "softmax",
                 SbAttn::Relu2 => "relu2",
@@ -52,9 +53,12 @@ fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaV
         ),
         ("modula.seqboat.prenorm", MetaValue::Bool(c.prenorm)),
         ("modula.seqboat.temp_scale", MetaValue::F32(c.temp_scale)),
-        ("modula.seqboat.max_positions", u(c.max_pos)?),
+        ("modula.gau.max_positions", u(c.max_pos)?),
         ("modula.seqboat.gate", s(c.gate.name())),
     ];
+    if c.classes > 0 {
+        m.push(("modula.num_classes", u(c.classes)?));
+    }
     if let Some(p) = c.pad {
         m.push(("modula.seqboat.pad_token", MetaValue::U32(p)));
     }
@@ -80,10 +84,10 @@ pub fn sb_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbConfig, usize),
             .and_then(|v| v.as_bool())
             .ok_or_else(|| format!("missing or non-bool {k}"))
     };
-    let attn = match m.get_str("modula.seqboat.attention") {
+    let attn = match m.get_str("modula.gau.attention_fn") {
         Some("softmax") => SbAttn::Softmax,
         Some("relu2") => SbAttn::Relu2,
-        other => return Err(format!("modula.seqboat.attention = {other:?}")),
+        other => return Err(format!("modula.gau.attention_fn = {other:?}")),
     };
     let gate = SbGate::parse(
         m.get_str("modula.seqboat.gate")
@@ -99,18 +103,21 @@ pub fn sb_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbConfig, usize),
     };
     let cfg = SbConfig {
         vocab: need("modula.vocab_size")?,
-        classes: need("modula.class_count")?,
+        classes: match m.get("modula.num_classes") {
+            None => 0,
+            Some(_) => need("modula.num_classes")?,
+        },
         d: need("modula.embedding_length")?,
         layers: need("modula.block_count")?,
-        ndim: need("modula.seqboat.ema_ndim")?,
-        z: need("modula.seqboat.zdim")?,
-        e: need("modula.seqboat.hdim")?,
-        window: need("modula.seqboat.window")?,
-        causal: flag("modula.seqboat.causal")?,
+        ndim: need("modula.ssm.ema_dim")?,
+        z: need("modula.gau.zdim")?,
+        e: need("modula.gau.hdim")?,
+        window: need("modula.gau.window")?,
+        causal: !flag("modula.ssm.bidirectional")?,
         attn,
         prenorm: flag("modula.seqboat.prenorm")?,
         temp_scale,
-        max_pos: need("modula.seqboat.max_positions")?,
+        max_pos: need("modula.gau.max_positions")?,
         gate,
         pad,
     };

@@ -5,11 +5,16 @@
 //!   token activated and a window covering the whole sequence — exact full causal softmax
 //!   attention of the same width (T ≤ 16k: it is quadratic);
 //! * streaming decode: the time of one token step after 1k vs after 64k tokens of context
-//!   (constant state, so it should not grow).
+//!   (constant state, so it should not grow);
+//! * the EMA scan (d = 256, N = 16, 16k tokens) against a memory copy moving the bytes a
+//!   memory-bound scan would move per token — the state read and written once, the input
+//!   read, the output written: `(2·N·d + 2·d)·4` bytes. Copy time / scan time is the
+//!   fraction of the memory-bandwidth bound the scan reaches.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use modula_core::engine::SbEngine;
+use modula_core::kernels::ema::{ema_scan, EmaCoefs};
 use modula_core::Model;
 use modula_train::model::seqboat::{SbAttn, SbConfig, SbGate, SbModel};
 use std::hint::black_box;
@@ -98,5 +103,30 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, prefill, decode);
+fn ema_vs_bandwidth(c: &mut Criterion) {
+    let (d, n, t) = (256usize, 16usize, 16384usize);
+    let raw = |seed: u32| modula_benches::data(d * n, seed);
+    let co = EmaCoefs::from_raw(d, n, &raw(1), &raw(2), &raw(3), &raw(4)).unwrap();
+    let x = modula_benches::data(t * d, 5);
+    let mut y = vec![0f32; t * d];
+    let mut state = vec![0f32; n * d];
+    let bytes = t * (2 * n * d + 2 * d) * 4;
+    let src = vec![1f32; bytes / 8];
+    let mut dst = vec![0f32; bytes / 8];
+    let mut g = c.benchmark_group("ema_scan_vs_memory_bound_d256_n16_t16k");
+    g.sample_size(10).measurement_time(Duration::from_secs(4));
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("ema_scan", |b| {
+        b.iter(|| {
+            state.fill(0.0);
+            ema_scan(&co, black_box(&x), t, &mut state, &mut y).unwrap();
+        })
+    });
+    g.bench_function("memcpy_same_bytes", |b| {
+        b.iter(|| dst.copy_from_slice(black_box(&src)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, prefill, decode, ema_vs_bandwidth);
 criterion_main!(benches);

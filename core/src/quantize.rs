@@ -149,10 +149,18 @@ pub fn bytes_as(t: DType, n: u64, cols: usize) -> Option<u64> {
     t.bytes_for(n)
 }
 
+/// Weight matrices are the tensors named `*.weight`; other 2-D tensors are per-channel
+/// parameter tables (SeqBoat's EMA coefficients `[d, N]`, Q/K scales `[2, z]`) that the
+/// engines read as f32 and that are too small to be worth quantising.
+fn is_matrix(name: &str) -> bool {
+    name.ends_with(".weight")
+}
+
 /// Quantise each weight matrix of `model` to the type `choose(name)` gives (`F32` keeps
 /// it), e.g. hot experts at Q8_0 and cold ones at Q4_0. `file_type` is recorded as
-/// `general.file_type` (informative: the type of the bulk of the weights). Vectors, matrices
-/// whose rows are not whole blocks of their target, and optimiser state stay as they are.
+/// `general.file_type` (informative: the type of the bulk of the weights). Vectors, 2-D
+/// tensors not named `*.weight`, matrices whose rows are not whole blocks of their target,
+/// and optimiser state stay as they are.
 pub fn quantize_model_with<B: AsRef<[u8]>>(
     model: &Model<B>,
     choose: &dyn Fn(&str) -> DType,
@@ -160,7 +168,7 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
 ) -> Result<(GgufWriter<'static>, Vec<TensorReport>), String> {
     let block = model
         .tensors()
-        .filter(|t| t.shape().len() >= 2 && t.dtype() == DType::F32)
+        .filter(|t| t.shape().len() >= 2 && t.dtype() == DType::F32 && is_matrix(t.name()))
         .map(|t| choose(t.name()).block_len())
         .max()
         .unwrap_or(1);
@@ -237,6 +245,8 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
             Some("vector (norm, bias) stays f32".to_string())
         } else if t.name().starts_with("optimizer.") {
             Some("optimiser state stays f32".to_string())
+        } else if !is_matrix(t.name()) {
+            Some("parameter table (not a `.weight` matrix) stays f32".to_string())
         } else if target == DType::F32 {
             Some("kept f32 by the plan".to_string())
         } else if cols % block != 0 {

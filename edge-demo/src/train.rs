@@ -710,6 +710,21 @@ fn run_sb(a: &TrainArgs) -> Result<(), String> {
     if a.steps == 0 || a.batch == 0 || a.data.seq == 0 || a.accum == 0 {
         return Err("--steps, --batch, --accum and --seq must be positive".into());
     }
+    let foreign = [
+        ("--nested-depths", a.nested_depths.is_some()),
+        ("--nested-ffn", a.nested_ffn.is_some()),
+        ("--nested-experts", a.nested_experts.is_some()),
+        ("--sorted", a.sorted.is_some()),
+        ("--freeze-experts", a.freeze_experts.is_some()),
+        ("--pool", a.pool.is_some()),
+        ("--emoe-aux", a.emoe_aux != 0.0),
+    ];
+    if let Some((flag, _)) = foreign.iter().find(|(_, set)| *set) {
+        return Err(format!(
+            "{flag} does not apply to --arch seqboat (SeqBoat models have no nested sizes, \
+             experts or pooling choice yet)"
+        ));
+    }
     if let Some(t) = a.threads {
         par::set_threads(t);
     }

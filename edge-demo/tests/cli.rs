@@ -846,6 +846,18 @@ fn seqboat_trains_evaluates_resumes_and_streams() {
     bad.extend(["--steps", "1", "--out", x.to_str().unwrap()]);
     let (ok, _, err) = run(&bad);
     assert!(!ok && err.contains("--gate"), "{err}");
+    let (ok, _, err) = run(&[
+        "train",
+        "--arch",
+        "seqboat",
+        "--data",
+        "listops",
+        "--nested-depths",
+        "1",
+        "--out",
+        x.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("does not apply"), "{err}");
     // sparse recall, local-window arm
     let sr = d.join("sr.gguf");
     let mut args = vec![

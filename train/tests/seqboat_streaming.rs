@@ -146,36 +146,41 @@ fn quantised_matrices_stream_close_to_f32() {
     let m = perturbed(c, 12);
     let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
     let f32_model = Model::from_bytes(bytes.clone()).unwrap();
-    let (w, _) = quantize_model(&f32_model, DType::Q8_0).unwrap();
-    let qm = Model::from_bytes(w.to_bytes().unwrap()).unwrap();
-    for t in [
-        "blk.0.gau_in.weight",
-        "blk.1.gate.weight",
-        "blk.0.gau_out.weight",
-    ] {
-        assert_eq!(
-            qm.tensor(t).unwrap().dtype(),
-            DType::Q8_0,
-            "{t} is quantised"
+    for (dt, tol) in [(DType::Q8_0, 0.05f32), (DType::Q4_0, 0.25)] {
+        let (w, _) = quantize_model(&f32_model, dt).unwrap();
+        let qm = Model::from_bytes(w.to_bytes().unwrap()).unwrap();
+        for t in [
+            "blk.0.gau_in.weight",
+            "blk.1.gate.weight",
+            "blk.0.gau_out.weight",
+        ] {
+            assert_eq!(qm.tensor(t).unwrap().dtype(), dt, "{t} is quantised");
+        }
+        for t in [
+            "blk.0.ema.delta",
+            "blk.0.gau_qk.scale",
+            "blk.1.gau_qk.offset",
+        ] {
+            assert_eq!(qm.tensor(t).unwrap().dtype(), DType::F32, "{t} stays f32");
+        }
+        let mut a = SbEngine::new(&f32_model).unwrap();
+        let mut b = SbEngine::new(&qm).unwrap();
+        let tokens: Vec<u32> = (0..40).map(|i| (i * 5 % 11) as u32).collect();
+        let mut worst = 0f32;
+        let mut scale = 0f32;
+        for &t in &tokens {
+            let x = a.step(t).unwrap().to_vec();
+            let y = b.step(t).unwrap();
+            for (p, q) in x.iter().zip(y) {
+                worst = worst.max((p - q).abs());
+                scale = scale.max(p.abs());
+            }
+        }
+        assert!(
+            worst.is_finite() && worst < tol * scale,
+            "{dt}: {worst} of {scale}"
         );
     }
-    let mut a = SbEngine::new(&f32_model).unwrap();
-    let mut b = SbEngine::new(&qm).unwrap();
-    let tokens: Vec<u32> = (0..40).map(|i| (i * 5 % 11) as u32).collect();
-    let mut worst = 0f32;
-    let mut scale = 0f32;
-    for &t in &tokens {
-        let x = a.step(t).unwrap().to_vec();
-        let y = b.step(t).unwrap();
-        for (p, q) in x.iter().zip(y) {
-            worst = worst.max((p - q).abs());
-            scale = scale.max(p.abs());
-        }
-    }
-    assert!(
-        worst.is_finite() && worst < 0.05 * scale,
-        "{worst} of {scale}"
-    );
 }
 
 #[test]

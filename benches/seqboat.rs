@@ -39,6 +39,7 @@ fn file(gate: SbGate, window: usize) -> Vec<u8> {
         max_pos: 2048,
         gate,
         pad: None,
+        nested_depths: 0,
     };
     let m = SbModel::new(cfg, 7).unwrap();
     m.writer(1 << 17, "bench").unwrap().to_bytes().unwrap()

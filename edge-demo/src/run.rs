@@ -43,7 +43,8 @@ pub struct RunArgs {
     #[arg(long)]
     sb_stop: Option<f32>,
     /// Run a nested sub-model: `DEPTHxFFN` for dense models (e.g. 2x128), `N` or `ATTxFFN`
-    /// experts for ModuleFormer (zero-copy prefixes of the mapped weights).
+    /// experts for ModuleFormer, a depth `N` for SeqBoat (zero-copy prefixes of the mapped
+    /// weights).
     #[arg(long)]
     size: Option<String>,
     /// Dense models: pick the largest declared nested sub-model whose weights plus arena
@@ -147,13 +148,19 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     }
     let mut e = match m.get_str("modula.model") {
         Some("seqboat") => {
-            if a.size.is_some() || a.budget_mb.is_some() || a.context.is_some() {
+            if a.budget_mb.is_some() || a.context.is_some() {
                 return Err(
-                    "--size, --budget-mb and --context do not apply to SeqBoat files (constant state)"
+                    "--budget-mb and --context do not apply to SeqBoat files (constant state)"
                         .into(),
                 );
             }
             let mut e = SbEngine::new(&m).map_err(at)?;
+            if let Some(sz) = &a.size {
+                let depth = sz
+                    .parse()
+                    .map_err(|_| format!("--size {sz}: for a SeqBoat file use a depth N"))?;
+                e.set_depth(Some(depth)).map_err(at)?;
+            }
             if e.spec().classes > 0 {
                 return Err(at(
                     "a SeqBoat classifier, not a language model: use modula eval".into(),

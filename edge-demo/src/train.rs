@@ -711,18 +711,16 @@ fn run_sb(a: &TrainArgs) -> Result<(), String> {
         return Err("--steps, --batch, --accum and --seq must be positive".into());
     }
     let foreign = [
-        ("--nested-depths", a.nested_depths.is_some()),
         ("--nested-ffn", a.nested_ffn.is_some()),
         ("--nested-experts", a.nested_experts.is_some()),
-        ("--sorted", a.sorted.is_some()),
         ("--freeze-experts", a.freeze_experts.is_some()),
         ("--pool", a.pool.is_some()),
         ("--emoe-aux", a.emoe_aux != 0.0),
     ];
     if let Some((flag, _)) = foreign.iter().find(|(_, set)| *set) {
         return Err(format!(
-            "{flag} does not apply to --arch seqboat (SeqBoat models have no nested sizes, \
-             experts or pooling choice yet)"
+            "{flag} does not apply to --arch seqboat (SeqBoat models nest depths only; no \
+             experts or pooling choice)"
         ));
     }
     if let Some(t) = a.threads {
@@ -792,10 +790,23 @@ fn run_sb(a: &TrainArgs) -> Result<(), String> {
                 max_pos: a.max_pos,
                 gate: SbGate::parse(&a.gate).map_err(|e| format!("--gate: {e}"))?,
                 pad: (a.data.data == "listops").then_some(0),
+                nested_depths: 0,
             };
             (SbModel::new(cfg, a.seed)?, TrainState::new(a.seed))
         }
     };
+    if let Some(list) = &a.nested_depths {
+        let depths = list
+            .split(',')
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("--nested-depths: '{v}' is not a depth"))
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        model.cfg = model.cfg.with_nested_depths(&depths)?;
+    }
     let c = model.cfg;
     if c.vocab != shape.vocab || c.classes != shape.classes {
         return Err(format!(
@@ -822,7 +833,22 @@ fn run_sb(a: &TrainArgs) -> Result<(), String> {
         model.params.len(),
         par::threads()
     );
-    let tc = train_config(a, seq);
+    let nested = c.nested_depth_list().len() > 1;
+    let sorted = match &a.sorted {
+        Some(s) => modula_train::trainer::Sorted::parse(s).map_err(|e| format!("--sorted {e}"))?,
+        None if nested => modula_train::trainer::Sorted::Uniform(1),
+        None => modula_train::trainer::Sorted::Off,
+    };
+    if nested {
+        println!(
+            "SortedNet: nested depths {:?}, training {sorted:?}",
+            c.nested_depth_list()
+        );
+    }
+    let tc = TrainConfig {
+        sorted,
+        ..train_config(a, seq)
+    };
     let title = format!(
         "seqboat d={} L={} w={} gate {}",
         c.d,
@@ -1165,9 +1191,13 @@ fn eval_sb<B: AsRef<[u8]>>(a: &EvalArgs, f: &Model<B>) -> Result<(), String> {
     if sh.vocab != m.cfg.vocab || sh.classes != m.cfg.classes {
         return Err("the model does not fit this data (vocabulary or task)".into());
     }
-    if a.size.is_some() {
-        return Err("--size: SeqBoat files declare no nested sizes".into());
-    }
+    let depths: Vec<Option<usize>> = match a.size.as_deref() {
+        None => vec![None],
+        Some("all") => m.cfg.nested_depth_list().into_iter().map(Some).collect(),
+        Some(sz) => vec![Some(sz.parse().map_err(|_| {
+            format!("--size {sz}: for a SeqBoat file use a depth N or all")
+        })?)],
+    };
     let biases: Vec<f32> = match &a.act_bias {
         None => vec![0.0],
         Some(list) => list
@@ -1187,7 +1217,14 @@ fn eval_sb<B: AsRef<[u8]>>(a: &EvalArgs, f: &Model<B>) -> Result<(), String> {
     );
     println!("data: {} at {seq} positions", data.describe());
     let lm = m.cfg.classes == 0;
-    for b in biases {
+    for (depth, b) in depths
+        .iter()
+        .flat_map(|&d| biases.iter().map(move |&b| (d, b)))
+    {
+        if depth.is_some_and(|d| d == 0 || d > m.cfg.layers) {
+            return Err(format!("--size: depth outside 1..={}", m.cfg.layers));
+        }
+        m.depth = depth;
         m.act_bias = b;
         let cfg = m.cfg;
         let (mut act, mut span, mut n) = (Vec::<f32>::new(), Vec::<f32>::new(), 0f32);
@@ -1215,8 +1252,9 @@ fn eval_sb<B: AsRef<[u8]>>(a: &EvalArgs, f: &Model<B>) -> Result<(), String> {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let size = depth.map(|d| format!("depth {d}, ")).unwrap_or_default();
         println!(
-            "act-bias {b}: {}  activation {}  span {}",
+            "{size}act-bias {b}: {}  activation {}  span {}",
             describe(&r, lm),
             fmt(&act, 3),
             fmt(&span, 1)

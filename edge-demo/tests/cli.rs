@@ -831,8 +831,10 @@ fn seqboat_trains_evaluates_resumes_and_streams() {
         "{err}"
     );
     // bad options are errors, not panics
-    let (ok, _, err) = run(&["run", "--model", lm.to_str().unwrap(), "--size", "2"]);
+    let (ok, _, err) = run(&["run", "--model", lm.to_str().unwrap(), "--context", "2"]);
     assert!(!ok && err.contains("constant state"), "{err}");
+    let (ok, _, err) = run(&["run", "--model", lm.to_str().unwrap(), "--size", "2"]);
+    assert!(!ok && err.contains("outside"), "{err}");
     let mut bad = vec![
         "train",
         "--arch",
@@ -852,12 +854,59 @@ fn seqboat_trains_evaluates_resumes_and_streams() {
         "seqboat",
         "--data",
         "listops",
-        "--nested-depths",
+        "--nested-experts",
+        "1",
+        "--steps",
         "1",
         "--out",
         x.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("does not apply"), "{err}");
+    // SortedNet depths: trained together, evaluated and streamed per depth
+    let nd = d.join("nd.gguf");
+    let mut args = vec![
+        "train",
+        "--arch",
+        "seqboat",
+        "--data",
+        text.to_str().unwrap(),
+    ];
+    args.extend(["--seq", "24", "--window", "4", "--nested-depths", "1"]);
+    args.extend(small.iter().map(|a| if *a == "1" { "2" } else { a }));
+    args.extend(["--out", nd.to_str().unwrap()]);
+    let (ok, out, err) = run(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("nested depths [1, 2]"), "{out}");
+    let (ok, out, err) = run(&[
+        "eval",
+        "--model",
+        nd.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--seq",
+        "24",
+        "--batches",
+        "2",
+        "--size",
+        "all",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("depth 1,") && out.contains("depth 2,"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&[
+        "run",
+        "--model",
+        nd.to_str().unwrap(),
+        "--size",
+        "1",
+        "--prompt",
+        "the",
+        "--tokens",
+        "5",
+    ]);
+    assert!(ok, "{err}");
     // sparse recall, local-window arm
     let sr = d.join("sr.gguf");
     let mut args = vec![

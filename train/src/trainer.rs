@@ -201,6 +201,17 @@ impl Trainable for SbModel {
     fn activation(&self, acts: &Self::Acts) -> Vec<f32> {
         acts.activation_ratio()
     }
+    fn nested_grid(&self) -> Vec<(usize, usize)> {
+        let l = self.cfg.nested_depth_list();
+        if l.len() > 1 {
+            l.into_iter().map(|d| (d, self.cfg.e)).collect()
+        } else {
+            Vec::new()
+        }
+    }
+    fn set_nested(&mut self, size: Option<(usize, usize)>) {
+        self.depth = size.map(|(d, _)| d);
+    }
 }
 
 /// Training settings.

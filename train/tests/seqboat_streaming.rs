@@ -36,12 +36,23 @@ fn lm(attn: SbAttn, prenorm: bool, window: usize) -> SbConfig {
         max_pos: 8,
         gate: SbGate::Learned,
         pad: None,
+        nested_depths: 0,
     }
 }
 
 /// Stream `tokens` through the engine; returns the largest logit difference against the
 /// trainer and the per-layer activation counts of both.
 fn stream_vs_parallel(m: &SbModel, bytes: Vec<u8>, tokens: &[u32]) -> (f32, Vec<u64>, Vec<u64>) {
+    stream_vs_parallel_at(m, bytes, tokens, m.cfg.layers)
+}
+
+/// [`stream_vs_parallel`] with the engine running the first `depth` layers.
+fn stream_vs_parallel_at(
+    m: &SbModel,
+    bytes: Vec<u8>,
+    tokens: &[u32],
+    depth: usize,
+) -> (f32, Vec<u64>, Vec<u64>) {
     let t = tokens.len();
     let v = m.cfg.vocab;
     let targets = vec![0u32; t];
@@ -50,6 +61,7 @@ fn stream_vs_parallel(m: &SbModel, bytes: Vec<u8>, tokens: &[u32]) -> (f32, Vec<
     let ratio = acts.activation_ratio();
     let model = Model::from_bytes(bytes).unwrap();
     let mut eng = SbEngine::new(&model).unwrap();
+    eng.set_depth(Some(depth)).unwrap();
     let mut worst = 0f32;
     for (i, &tok) in tokens.iter().enumerate() {
         let got = eng.step(tok).unwrap();
@@ -275,4 +287,32 @@ fn batched_prefill_equals_token_by_token_steps() {
     }
     assert!(b.prefill(&[]).is_err());
     assert!(b.prefill(&[1, 99]).is_err());
+}
+
+#[test]
+fn nested_depths_stream_like_the_trainer_sub_model() {
+    let c = SbConfig {
+        layers: 3,
+        ..lm(SbAttn::Softmax, true, 3)
+    }
+    .with_nested_depths(&[1, 2])
+    .unwrap();
+    let mut m = perturbed(c, 31);
+    let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
+    let model = Model::from_bytes(bytes.clone()).unwrap();
+    let (back, _) = SbModel::read_gguf(&model).unwrap();
+    assert_eq!(back.cfg.nested_depth_list(), vec![1, 2, 3]);
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 3 % 11) as u32).collect();
+    for depth in [1, 2, 3] {
+        m.depth = Some(depth);
+        let (err, got, want) = stream_vs_parallel_at(&m, bytes.clone(), &tokens, depth);
+        assert_eq!(got[..depth], want[..], "depth {depth}");
+        assert!(got[depth..].iter().all(|&c| c == 0), "deeper layers idle");
+        assert!(err < 1e-4, "depth {depth}: {err}");
+    }
+    let mut e = SbEngine::new(&model).unwrap();
+    assert!(e.set_depth(Some(0)).is_err());
+    assert!(e.set_depth(Some(4)).is_err());
+    e.set_depth(Some(2)).unwrap();
+    assert_eq!(e.depth(), 2);
 }

@@ -177,6 +177,8 @@ pub struct SbEngine<'a> {
     cls: Option<(MatRef<'a>, &'a [f32], MatRef<'a>)>,
     state: Vec<LayerState>,
     act_bias: f32,
+    /// Layers in use (SortedNet: a nested depth).
+    depth: usize,
     len: usize,
     real: u64,
     x: Vec<f32>,
@@ -288,6 +290,7 @@ impl<'a> SbEngine<'a> {
             cls,
             state,
             act_bias: 0.0,
+            depth: s.layers,
             len: 0,
             real: 0,
             x: vec![0.0; d],
@@ -325,6 +328,25 @@ impl<'a> SbEngine<'a> {
         }
         self.act_bias = b;
         Ok(())
+    }
+
+    /// Run the nested sub-model of the first `depth` layers (then the final norm and the
+    /// head) from the next token on; `None`: all layers. Nothing is copied or allocated;
+    /// the other layers' weights are never read. Starts a new sequence. The depths the file
+    /// declares (`modula.nested.depths`) are the ones trained for it.
+    pub fn set_depth(&mut self, depth: Option<usize>) -> Result<(), String> {
+        let d = depth.unwrap_or(self.spec.layers);
+        if d == 0 || d > self.spec.layers {
+            return Err(format!("depth {d} is outside 1..={}", self.spec.layers));
+        }
+        self.depth = d;
+        self.reset();
+        Ok(())
+    }
+
+    /// Layers in use.
+    pub fn depth(&self) -> usize {
+        self.depth
     }
 
     /// Start a new sequence.
@@ -374,7 +396,7 @@ impl<'a> SbEngine<'a> {
         } else {
             1.0 / libm::sqrtf(z as f32)
         };
-        for l in 0..s.layers {
+        for l in 0..self.depth {
             let lw = &self.layers[l];
             // input norm, pad masking
             if s.prenorm {
@@ -586,7 +608,7 @@ impl<'a> SbEngine<'a> {
         let mut y = vec![0f32; t * d];
         let mut uc = vec![0f32; t * (2 + d)];
         let mut out = vec![0f32; t * d];
-        for l in 0..s.layers {
+        for l in 0..self.depth {
             let lw = &self.layers[l];
             for r in 0..t {
                 let (src, dst) = (&x[r * d..(r + 1) * d], &mut xs[r * d..(r + 1) * d]);

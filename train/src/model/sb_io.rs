@@ -62,6 +62,17 @@ fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaV
     if let Some(p) = c.pad {
         m.push(("modula.seqboat.pad_token", MetaValue::U32(p)));
     }
+    if c.nested_depths != 0 {
+        let list = c
+            .nested_depth_list()
+            .into_iter()
+            .map(u)
+            .collect::<Result<Vec<_>, _>>()?;
+        m.push((
+            "modula.nested.depths",
+            MetaValue::Array(modula_core::ValueType::U32, list),
+        ));
+    }
     Ok(m)
 }
 
@@ -120,8 +131,23 @@ pub fn sb_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbConfig, usize),
         max_pos: need("modula.gau.max_positions")?,
         gate,
         pad,
+        nested_depths: 0,
     };
     cfg.validate()?;
+    let cfg = match m.get("modula.nested.depths") {
+        None => cfg,
+        Some(modula_core::Value::Array(a)) => {
+            let mut depths = Vec::new();
+            for v in a.iter() {
+                match v {
+                    modula_core::Value::U32(x) => depths.push(x as usize),
+                    other => return Err(format!("modula.nested.depths: bad entry {other:?}")),
+                }
+            }
+            cfg.with_nested_depths(&depths)?
+        }
+        Some(other) => return Err(format!("modula.nested.depths: not an array: {other:?}")),
+    };
     // refuse absurd sizes before allocating
     let c = &cfg;
     let per_layer = (c.d.saturating_mul(c.d + 2))
@@ -204,7 +230,9 @@ mod tests {
 
     #[test]
     fn round_trip_and_truncation() {
-        let mut c = SbConfig::listops_mini(16, 10, 2);
+        let mut c = SbConfig::listops_mini(16, 10, 2)
+            .with_nested_depths(&[1])
+            .unwrap();
         c.d = 8;
         c.z = 4;
         c.e = 6;

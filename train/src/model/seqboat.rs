@@ -113,6 +113,9 @@ pub struct SbConfig {
     pub gate: SbGate,
     /// Padding token: zeroed before the EMA, never activated, not pooled.
     pub pad: Option<u32>,
+    /// SortedNet: nested depths (bit `l − 1` = the first `l` layers, then the head; 0 =
+    /// none). The full depth is always a size.
+    pub nested_depths: u64,
 }
 
 impl SbConfig {
@@ -135,6 +138,7 @@ impl SbConfig {
             max_pos: 2002,
             gate: SbGate::Learned,
             pad: Some(0),
+            nested_depths: 0,
         }
     }
 
@@ -156,6 +160,7 @@ impl SbConfig {
             max_pos: 2048,
             gate: SbGate::Learned,
             pad: None,
+            nested_depths: 0,
         }
     }
 
@@ -174,6 +179,9 @@ impl SbConfig {
         if c.classes == 0 && !c.causal {
             return Err("a language model (classes = 0) must be causal".into());
         }
+        if c.layers < 64 && c.nested_depths >> (c.layers - 1) != 0 {
+            return Err(format!("nested depths beyond the {} layers", c.layers));
+        }
         if let Some(p) = c.pad {
             if p as usize >= c.vocab {
                 return Err(format!("pad token {p} is outside the vocabulary"));
@@ -184,6 +192,29 @@ impl SbConfig {
             return Err("a dimension is implausibly large".into());
         }
         Ok(())
+    }
+
+    /// The nested depths, ascending, ending with the full depth.
+    pub fn nested_depth_list(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (1..self.layers.min(65))
+            .filter(|&l| self.nested_depths >> (l - 1) & 1 == 1)
+            .collect();
+        v.push(self.layers);
+        v
+    }
+
+    /// Set the nested depths (the full depth is implied), checking them.
+    pub fn with_nested_depths(mut self, depths: &[usize]) -> Result<Self, String> {
+        self.nested_depths = 0;
+        for &l in depths {
+            if l == 0 || l > self.layers || l > 64 {
+                return Err(format!("nested depth {l} is outside 1..={}", self.layers));
+            }
+            if l < self.layers {
+                self.nested_depths |= 1 << (l - 1);
+            }
+        }
+        Ok(self)
     }
 
     /// Logits per row (classes, or the vocabulary of an LM).
@@ -282,6 +313,9 @@ pub struct SbModel {
     /// Test hook: per layer, the activation decision of every row (overrides the gate's
     /// decision; the gate value is still the computed π₁).
     pub forced: Option<Vec<Vec<bool>>>,
+    /// SortedNet: run only the first this many layers (then the final norm and the head);
+    /// `None`: all.
+    pub depth: Option<usize>,
 }
 
 /// What one layer's forward keeps.
@@ -467,6 +501,7 @@ impl SbModel {
             cls,
             act_bias: 0.0,
             forced: None,
+            depth: None,
         };
         let mut rng = SplitMix64(seed ^ 0x005e_b0a7);
         let p = &mut m.params;
@@ -562,8 +597,12 @@ impl SbModel {
                 c.vocab
             ));
         }
+        let depth = self.depth.unwrap_or(c.layers);
+        if depth == 0 || depth > c.layers {
+            return Err(format!("depth {depth} is outside 1..={}", c.layers));
+        }
         if let Some(f) = &self.forced {
-            if f.len() != c.layers || f.iter().any(|v| v.len() != rows) {
+            if f.len() < depth || f.iter().any(|v| v.len() != rows) {
                 return Err("forced decisions must be [layers][b·t]".into());
             }
         }
@@ -588,7 +627,7 @@ impl SbModel {
                 *o = s * scale;
             }
         }
-        for li in 0..c.layers {
+        for li in 0..depth {
             let (la, next) = self.layer_forward(li, x, &a.keep, b, t)?;
             a.layers.push(la);
             x = next;
@@ -1147,7 +1186,7 @@ impl SbModel {
         } else {
             dfeat
         };
-        for li in (0..c.layers).rev() {
+        for li in (0..a.layers.len()).rev() {
             dx = self.layer_backward(li, &a.layers[li], dx, b, t, &a.keep)?;
         }
         let scale = if c.classes == 0 {
@@ -1501,6 +1540,7 @@ mod tests {
             max_pos: 4,
             gate: SbGate::Learned,
             pad: if classes > 0 { Some(0) } else { None },
+            nested_depths: 0,
         }
     }
 
@@ -1508,8 +1548,13 @@ mod tests {
     /// the unperturbed model held fixed (a decision is a step function; the gate value
     /// π₁ still moves with the parameters).
     fn check_model(name: &str, cfg: SbConfig) {
+        check_model_at(name, cfg, None);
+    }
+
+    fn check_model_at(name: &str, cfg: SbConfig, depth: Option<usize>) {
         let (b, t) = (2, 9);
         let mut m = SbModel::new(cfg, 3).unwrap();
+        m.depth = depth;
         // larger random values than the init so every path matters
         let mut rng = SplitMix64(11);
         for v in m.params.values.iter_mut() {
@@ -1576,6 +1621,45 @@ mod tests {
         let mut c = tiny(true, SbAttn::Relu2, false, 0);
         c.window = 0;
         check_model("causal relu2 full", c);
+    }
+
+    #[test]
+    fn nested_depth_gradients_match_and_touch_only_the_prefix() {
+        let c = tiny(false, SbAttn::Softmax, false, 3)
+            .with_nested_depths(&[1])
+            .unwrap();
+        assert_eq!(c.nested_depth_list(), vec![1, 2]);
+        let (b, t) = (2, 9);
+        let mut m = SbModel::new(c, 4).unwrap();
+        m.depth = Some(1);
+        let tok: Vec<u32> = (0..b * t).map(|i| 1 + (i * 5 % 6) as u32).collect();
+        let (_, a, dl) = m.forward(&tok, &[0, 2], b, t).unwrap();
+        assert_eq!(a.activation_ratio().len(), 1);
+        m.params.zero_grads();
+        m.backward(&tok, &a, &dl).unwrap();
+        for s in m.params.specs() {
+            let g = &m.params.grads[s.range.clone()];
+            let touched = g.iter().any(|&v| v != 0.0);
+            assert_eq!(
+                touched,
+                !s.name.starts_with("blk.1."),
+                "{}: only the first layer and the head train at depth 1",
+                s.name
+            );
+        }
+        let mut tc = c;
+        tc.nested_depths = 0;
+        let mut m2 = SbModel::from_params(tc, m.params.clone()).unwrap();
+        m2.depth = Some(1);
+        let (l2, _, _) = m2.forward(&tok, &[0, 2], b, t).unwrap();
+        let (l1, _, _) = m.forward(&tok, &[0, 2], b, t).unwrap();
+        assert_eq!(l1, l2);
+        m.depth = Some(3);
+        assert!(m.forward(&tok, &[0, 2], b, t).is_err());
+        assert!(c.with_nested_depths(&[0]).is_err());
+        assert!(c.with_nested_depths(&[3]).is_err());
+        // the sub-model's gradients against finite differences
+        check_model_at("depth-1 sub-model", c, Some(1));
     }
 
     #[test]

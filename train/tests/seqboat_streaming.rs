@@ -211,6 +211,14 @@ fn engine_refuses_what_cannot_stream_and_bad_tokens() {
     let model = Model::from_bytes(bytes).unwrap();
     let e = SbEngine::new(&model).unwrap_err();
     assert!(e.contains("bidirectional"), "{e}");
+    // a hostile window: the ring would need more than 1 GiB
+    let mut huge = lm(SbAttn::Softmax, true, 1 << 24);
+    huge.max_pos = 4;
+    let m = SbModel::new(huge, 1).unwrap();
+    let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
+    let model = Model::from_bytes(bytes).unwrap();
+    let e = SbEngine::new(&model).unwrap_err();
+    assert!(e.contains("1 GiB"), "{e}");
     let m = SbModel::new(lm(SbAttn::Softmax, true, 2), 1).unwrap();
     let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
     let model = Model::from_bytes(bytes).unwrap();

@@ -217,6 +217,17 @@ impl<'a> SbEngine<'a> {
         }
         let (d, n, z, e) = (s.d, s.ndim, s.z, s.e);
         let zw = z + 2 * e;
+        // the ring is the one allocation the weights do not bound: refuse absurd windows
+        if s.window
+            .checked_mul(z + e + 1)
+            .and_then(|r| r.checked_mul(s.layers))
+            .is_none_or(|r| r > 1 << 28)
+        {
+            return Err(format!(
+                "window {} needs more than 1 GiB of streaming state per sequence",
+                s.window
+            ));
+        }
         let mut layers = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
             let nm = |t: &str| format!("blk.{l}.{t}");

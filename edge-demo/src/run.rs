@@ -51,6 +51,15 @@ pub struct RunArgs {
     /// fit this many MiB (instead of --size).
     #[arg(long, conflicts_with = "size")]
     budget_mb: Option<f64>,
+    /// Pick the largest declared nested sub-model whose decode step takes at most this many
+    /// milliseconds on this device: each size is measured once (median of up to 32 steps
+    /// after a short prompt) and the measurements are cached in MODEL.latency.json (reused while
+    /// the file, thread count and SIMD level are the same).
+    #[arg(long, conflicts_with_all = ["size", "budget_mb"])]
+    latency_ms: Option<f64>,
+    /// With --latency-ms: measure again even if a cached calibration matches.
+    #[arg(long)]
+    recalibrate: bool,
     /// Map the model without read-ahead (MADV_RANDOM): only the pages the chosen
     /// sub-model touches become resident.
     #[arg(long)]
@@ -124,6 +133,58 @@ impl Engine<'_> {
         }
     }
 
+    /// The nested sub-models the file declares, smallest first, the full model last.
+    fn sizes(&self) -> Vec<Size> {
+        match self {
+            Engine::Dense(e) => e
+                .spec()
+                .nested_grid()
+                .into_iter()
+                .map(Size::Dense)
+                .collect(),
+            Engine::Mf(e) => e
+                .spec()
+                .nested_expert_list()
+                .into_iter()
+                .map(|c| Size::Mf((c, c)))
+                .collect(),
+            Engine::Sb(e) => e
+                .spec()
+                .nested_depth_list()
+                .into_iter()
+                .map(Size::Sb)
+                .collect(),
+        }
+    }
+
+    /// Switch to a nested sub-model (a new sequence starts).
+    fn set_size(&mut self, size: Size) -> Result<(), String> {
+        match (self, size) {
+            (Engine::Dense(e), Size::Dense(s)) => e.set_submodel(Some(s)),
+            (Engine::Mf(e), Size::Mf(s)) => e.set_submodel(Some(s)),
+            (Engine::Sb(e), Size::Sb(s)) => e.set_depth(Some(s)),
+            _ => Err("internal: a size of another architecture".into()),
+        }
+    }
+
+    /// Vocabulary.
+    fn vocab(&self) -> usize {
+        match self {
+            Engine::Dense(e) => e.spec().vocab,
+            Engine::Mf(e) => e.spec().vocab,
+            Engine::Sb(e) => e.spec().vocab,
+        }
+    }
+
+    /// Start a new sequence.
+    fn reset(&mut self) {
+        match self {
+            Engine::Dense(e) => e.reset(),
+            Engine::Mf(e) => e.reset(),
+            Engine::Sb(e) => e.reset(),
+        }
+    }
+
     fn max_context(&self) -> usize {
         match self {
             Engine::Dense(e) => e.max_context(),
@@ -131,6 +192,138 @@ impl Engine<'_> {
             Engine::Sb(_) => usize::MAX,
         }
     }
+}
+
+/// A nested sub-model of one of the architectures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Size {
+    /// Dense: (depth, FFN width).
+    Dense((usize, usize)),
+    /// ModuleFormer: (attention, FFN) experts.
+    Mf((usize, usize)),
+    /// SeqBoat: depth.
+    Sb(usize),
+}
+
+impl Size {
+    fn label(self) -> String {
+        match self {
+            Size::Dense((d, f)) => format!("{d}x{f}"),
+            Size::Mf((a, f)) => format!("{a}x{f} experts"),
+            Size::Sb(d) => format!("depth {d}"),
+        }
+    }
+}
+
+/// What a cached calibration must match to be reused.
+fn calibration_key(model: &std::path::Path) -> Result<String, String> {
+    let meta = std::fs::metadata(model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!(
+        "{}:{}:{}:{}",
+        meta.len(),
+        mtime,
+        par::threads(),
+        modula_core::kernels::isa::active().name()
+    ))
+}
+
+/// Per-token decode time (ms, median of 32 steps after a 16-token prompt) of every size,
+/// from the cache file when it matches, else measured and cached (atomically).
+fn calibrate(
+    e: &mut Engine<'_>,
+    model: &std::path::Path,
+    recalibrate: bool,
+) -> Result<Vec<(Size, f64)>, String> {
+    let sizes = e.sizes();
+    let cache = {
+        let mut p = model.as_os_str().to_owned();
+        p.push(".latency.json");
+        PathBuf::from(p)
+    };
+    let key = calibration_key(model)?;
+    if !recalibrate {
+        if let Ok(text) = std::fs::read_to_string(&cache) {
+            let cached = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    if v.get("key")?.as_str()? != key {
+                        return None;
+                    }
+                    let ms = v.get("ms")?.as_array()?;
+                    (ms.len() == sizes.len())
+                        .then(|| ms.iter().map(|x| x.as_f64()).collect::<Option<Vec<f64>>>())?
+                });
+            if let Some(ms) = cached {
+                eprintln!("latency calibration: cached in {}", cache.display());
+                return Ok(sizes.into_iter().zip(ms).collect());
+            }
+        }
+    }
+    let vocab = e.vocab();
+    let ctx = e.max_context();
+    let (np, ns) = (16.min(ctx / 3).max(1), 32.min(ctx.saturating_sub(17)));
+    if ns < 3 {
+        return Err(format!(
+            "the context of {ctx} positions is too short to calibrate"
+        ));
+    }
+    let prompt: Vec<u32> = (0..np).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+    let mut out = Vec::with_capacity(sizes.len());
+    for &size in &sizes {
+        e.set_size(size)?;
+        e.reset();
+        let mut last = e.prefill(&prompt)?;
+        let mut times = Vec::with_capacity(ns);
+        for i in 0..ns {
+            let next =
+                last.iter()
+                    .enumerate()
+                    .fold(0, |b, (j, &v)| if v > last[b] { j } else { b }) as u32;
+            let t = Instant::now();
+            let l = e.step(if i % 2 == 0 { next } else { prompt[i % np] })?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            last.copy_from_slice(l);
+        }
+        times.sort_by(f64::total_cmp);
+        out.push((size, times[times.len() / 2]));
+    }
+    let json = serde_json::json!({
+        "key": key,
+        "sizes": sizes.iter().map(|s| s.label()).collect::<Vec<_>>(),
+        "ms": out.iter().map(|(_, m)| m).collect::<Vec<_>>(),
+    });
+    modula_core::io::atomic_write(&cache, |w| w.write_all(json.to_string().as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", cache.display()))?;
+    eprintln!(
+        "latency calibration: measured, cached in {}",
+        cache.display()
+    );
+    Ok(out)
+}
+
+/// The slowest measured size within `budget_ms` per token (the most compute that fits;
+/// sizes are not totally ordered by capacity, but by decode time they are), or a clear
+/// error naming the fastest size's need.
+fn pick_by_latency(measured: &[(Size, f64)], budget_ms: f64) -> Result<(Size, f64), String> {
+    measured
+        .iter()
+        .copied()
+        .filter(|&(_, ms)| ms <= budget_ms)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .ok_or_else(|| {
+            let fastest = measured
+                .iter()
+                .map(|m| m.1)
+                .fold(f64::INFINITY, f64::min);
+            format!(
+                "impossible latency budget: {budget_ms} ms per token, but the fastest sub-model needs {fastest:.4} ms on this device"
+            )
+        })
 }
 
 /// Run `modula run`.
@@ -223,6 +416,23 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     };
     if a.budget_mb.is_some() && matches!(e, Engine::Mf(_)) {
         return Err("--budget-mb: not yet for ModuleFormer files (use --size N experts)".into());
+    }
+    if let Some(ms) = a.latency_ms {
+        if !(ms.is_finite() && ms > 0.0) {
+            return Err("--latency-ms must be a positive number".into());
+        }
+        let measured = calibrate(&mut e, &a.model, a.recalibrate)?;
+        let list: Vec<String> = measured
+            .iter()
+            .map(|(s, m)| format!("{}: {m:.4} ms", s.label()))
+            .collect();
+        eprintln!("per-token decode time: {}", list.join(", "));
+        let (size, t) = pick_by_latency(&measured, ms)?;
+        e.set_size(size)?;
+        eprintln!(
+            "latency budget {ms} ms: sub-model {} ({t:.4} ms per token)",
+            size.label()
+        );
     }
     let ctx = e.max_context();
     let prompt = a.prompt.as_bytes();

@@ -907,6 +907,29 @@ fn seqboat_trains_evaluates_resumes_and_streams() {
         "5",
     ]);
     assert!(ok, "{err}");
+    // a latency budget picks a size from a calibration, cached next to the model
+    let nds = nd.to_str().unwrap();
+    let lat = |ms: &str, extra: &[&str]| {
+        let mut v = vec!["run", "--model", nds, "--prompt", "the", "--tokens", "3"];
+        v.extend(["--latency-ms", ms]);
+        v.extend(extra);
+        run(&v)
+    };
+    let (ok, _, err) = lat("1000", &[]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("measured") && err.contains("sub-model depth 2"),
+        "{err}"
+    );
+    assert!(d.join("nd.gguf.latency.json").exists());
+    let (ok, _, err) = lat("1000", &[]);
+    assert!(ok && err.contains("cached"), "{err}");
+    let (ok, _, err) = lat("1000", &["--recalibrate"]);
+    assert!(ok && err.contains("measured"), "{err}");
+    let (ok, _, err) = lat("0.0000001", &[]);
+    assert!(!ok && err.contains("impossible latency budget"), "{err}");
+    let (ok, _, err) = lat("0", &[]);
+    assert!(!ok && err.contains("positive"), "{err}");
     // sparse recall, local-window arm
     let sr = d.join("sr.gguf");
     let mut args = vec![

@@ -62,6 +62,8 @@ pub struct SbSpec {
     pub gate: u8,
     /// Padding token.
     pub pad: Option<u32>,
+    /// SortedNet: nested depths the file declares (bit `l − 1` = the first `l` layers).
+    pub nested_depths: u64,
 }
 
 impl SbSpec {
@@ -111,7 +113,24 @@ impl SbSpec {
             max_pos: meta_u32(m, "modula.gau.max_positions")?,
             gate,
             pad,
+            nested_depths: 0,
         };
+        let mut s = s;
+        if let Some(v) = m.get("modula.nested.depths") {
+            let Value::Array(a) = v else {
+                return Err("modula.nested.depths is not an array".into());
+            };
+            for v in a.iter() {
+                match v {
+                    Value::U32(l) if l >= 1 && (l as usize) <= s.layers => {
+                        if (l as usize) < s.layers && l <= 64 {
+                            s.nested_depths |= 1 << (l - 1);
+                        }
+                    }
+                    other => return Err(format!("modula.nested.depths: bad entry {other:?}")),
+                }
+            }
+        }
         let bad = s.vocab == 0
             || s.d == 0
             || s.layers == 0
@@ -128,6 +147,15 @@ impl SbSpec {
             return Err(format!("inconsistent SeqBoat shape: {s:?}"));
         }
         Ok(s)
+    }
+
+    /// The nested depths the file declares, ascending, ending with all layers.
+    pub fn nested_depth_list(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (1..self.layers.min(65))
+            .filter(|&l| self.nested_depths >> (l - 1) & 1 == 1)
+            .collect();
+        v.push(self.layers);
+        v
     }
 
     /// Floats of streaming state per sequence: `layers · (N·d + w·(z + e + 1))`.

@@ -374,33 +374,12 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     }
     let (data, seq) = a.data.load()?;
     let shape = data.shape();
-    let (mut model, mut state) = match &a.resume {
-        Some(p) => {
-            let (m, st, ctx) = load_dense(p)?;
-            if ctx != seq {
-                return Err(format!(
-                    "{} was trained with --seq {ctx}, not {seq}",
-                    p.display()
-                ));
-            }
-            if st.step >= a.steps {
-                return Err(format!(
-                    "{} is already at step {} of --steps {}",
-                    p.display(),
-                    st.step,
-                    a.steps
-                ));
-            }
-            println!("resuming from {} at step {}", p.display(), st.step);
-            (m, st)
-        }
-        None if a.init.is_some() => {
-            let p = a.init.as_deref().unwrap_or(Path::new(""));
-            let (m, _) = load_model(p)?;
-            println!("fine-tuning from {}", p.display());
-            (m, TrainState::new(a.seed))
-        }
-        None => {
+    let (mut model, mut state) = start(
+        a,
+        seq,
+        load_dense,
+        |p| load_model(p).map(|(m, _)| m),
+        || {
             let causal = match a.attention.as_deref() {
                 None => shape.causal,
                 Some("causal") => true,
@@ -424,9 +403,9 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
                 pool,
                 ..DenseConfig::lm(0, 0, 0, 0, 0)
             };
-            (DenseModel::new(cfg, a.seed)?, TrainState::new(a.seed))
-        }
-    };
+            DenseModel::new(cfg, a.seed)
+        },
+    )?;
     model.emoe_mask = parse_mask(&a.emoe_mask)?;
     let ok = a.emoe_noise >= 0.0
         && a.emoe_capacity >= 0.0
@@ -544,6 +523,45 @@ pub fn run_extend(a: &TrainArgs, new: usize) -> Result<(), String> {
     run_mf_with(a, new)
 }
 
+/// The model to train: resumed from `--resume` (its context must be `seq` and its step
+/// below `--steps`), read from `--init` (fine-tuning: fresh optimiser and schedule; `init`
+/// names the file in its errors), or made by `fresh`.
+fn start<M>(
+    a: &TrainArgs,
+    seq: usize,
+    resume: impl FnOnce(&Path) -> Result<(M, TrainState, usize), String>,
+    init: impl FnOnce(&Path) -> Result<M, String>,
+    fresh: impl FnOnce() -> Result<M, String>,
+) -> Result<(M, TrainState), String> {
+    match (&a.resume, &a.init) {
+        (Some(p), _) => {
+            let (m, st, ctx) = resume(p)?;
+            if ctx != seq {
+                return Err(format!(
+                    "{} was trained with --seq {ctx}, not {seq}",
+                    p.display()
+                ));
+            }
+            if st.step >= a.steps {
+                return Err(format!(
+                    "{} is already at step {} of --steps {}",
+                    p.display(),
+                    st.step,
+                    a.steps
+                ));
+            }
+            println!("resuming from {} at step {}", p.display(), st.step);
+            Ok((m, st))
+        }
+        (None, Some(p)) => {
+            let m = init(p)?;
+            println!("fine-tuning from {}", p.display());
+            Ok((m, TrainState::new(a.seed)))
+        }
+        (None, None) => Ok((fresh()?, TrainState::new(a.seed))),
+    }
+}
+
 /// `modula train --arch moduleformer`.
 fn run_mf(a: &TrainArgs) -> Result<(), String> {
     run_mf_with(a, 0)
@@ -567,33 +585,16 @@ fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
             a.data.data
         ));
     }
-    let (mut model, mut state) = match (&a.resume, &a.init) {
-        (Some(p), _) => {
-            let (m, st, ctx) = load_mf(p)?;
-            if ctx != seq {
-                return Err(format!(
-                    "{} was trained with --seq {ctx}, not {seq}",
-                    p.display()
-                ));
-            }
-            if st.step >= a.steps {
-                return Err(format!(
-                    "{} is already at step {} of --steps {}",
-                    p.display(),
-                    st.step,
-                    a.steps
-                ));
-            }
-            println!("resuming from {} at step {}", p.display(), st.step);
-            (m, st)
-        }
-        (None, Some(p)) => {
-            let f = Model::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let (m, _) = MfModel::read_gguf(&f).map_err(|e| format!("{}: {e}", p.display()))?;
-            println!("fine-tuning from {}", p.display());
-            (m, TrainState::new(a.seed))
-        }
-        (None, None) => {
+    let (mut model, mut state) = start(
+        a,
+        seq,
+        load_mf,
+        |p| {
+            let at = |e: String| format!("{}: {e}", p.display());
+            let f = Model::open(p).map_err(|e| at(e.to_string()))?;
+            MfModel::read_gguf(&f).map(|(m, _)| m).map_err(at)
+        },
+        || {
             let cfg = MfConfig {
                 vocab: shape.vocab,
                 d: a.d,
@@ -612,9 +613,9 @@ fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
                 aux_lc: a.aux_lc,
                 nested_experts: [0; 8],
             };
-            (MfModel::new(cfg, a.seed)?, TrainState::new(a.seed))
-        }
-    };
+            MfModel::new(cfg, a.seed)
+        },
+    )?;
     model.cfg.aux_mi = a.aux_mi;
     model.cfg.aux_lc = a.aux_lc;
     if let Some(list) = &a.nested_experts {
@@ -731,33 +732,16 @@ fn run_sb(a: &TrainArgs) -> Result<(), String> {
     if shape.patch_dim > 0 {
         return Err("--arch seqboat takes token data (listops, recall, copy or text)".into());
     }
-    let (mut model, mut state) = match (&a.resume, &a.init) {
-        (Some(p), _) => {
-            let (m, st, ctx) = load_sb(p)?;
-            if ctx != seq {
-                return Err(format!(
-                    "{} was trained with --seq {ctx}, not {seq}",
-                    p.display()
-                ));
-            }
-            if st.step >= a.steps {
-                return Err(format!(
-                    "{} is already at step {} of --steps {}",
-                    p.display(),
-                    st.step,
-                    a.steps
-                ));
-            }
-            println!("resuming from {} at step {}", p.display(), st.step);
-            (m, st)
-        }
-        (None, Some(p)) => {
-            let f = Model::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let (m, _) = SbModel::read_gguf(&f).map_err(|e| format!("{}: {e}", p.display()))?;
-            println!("fine-tuning from {}", p.display());
-            (m, TrainState::new(a.seed))
-        }
-        (None, None) => {
+    let (mut model, mut state) = start(
+        a,
+        seq,
+        load_sb,
+        |p| {
+            let at = |e: String| format!("{}: {e}", p.display());
+            let f = Model::open(p).map_err(|e| at(e.to_string()))?;
+            SbModel::read_gguf(&f).map(|(m, _)| m).map_err(at)
+        },
+        || {
             let lm = shape.classes == 0;
             let causal = match a.attention.as_deref() {
                 None => lm,
@@ -792,9 +776,9 @@ fn run_sb(a: &TrainArgs) -> Result<(), String> {
                 pad: (a.data.data == "listops").then_some(0),
                 nested_depths: 0,
             };
-            (SbModel::new(cfg, a.seed)?, TrainState::new(a.seed))
-        }
-    };
+            SbModel::new(cfg, a.seed)
+        },
+    )?;
     if let Some(list) = &a.nested_depths {
         let depths = list
             .split(',')

@@ -214,10 +214,20 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
             "cannot read data file",
         ),
         (
-            vec!["--arch", "seqboat", "--data", "listops", "--sb-attn", "cubic"],
+            vec![
+                "--arch",
+                "seqboat",
+                "--data",
+                "listops",
+                "--sb-attn",
+                "cubic",
+            ],
             "--sb-attn cubic",
         ),
-        (vec!["--arch", "transformer-xl"], "use dense, moduleformer or seqboat"),
+        (
+            vec!["--arch", "transformer-xl"],
+            "use dense, moduleformer or seqboat",
+        ),
         (vec!["--seq", "5000"], "fewer than one window"),
         (vec!["--data", "recall", "--seq", "7"], "even seq"),
         (

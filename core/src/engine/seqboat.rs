@@ -64,6 +64,8 @@ pub struct SbSpec {
     pub pad: Option<u32>,
     /// SortedNet: nested depths the file declares (bit `l − 1` = the first `l` layers).
     pub nested_depths: u64,
+    /// Initial temperature scale (training only; kept so a file round-trips).
+    pub temp_scale: f32,
 }
 
 impl SbSpec {
@@ -114,6 +116,10 @@ impl SbSpec {
             gate,
             pad,
             nested_depths: 0,
+            temp_scale: match m.get("modula.seqboat.temp_scale") {
+                Some(Value::F32(v)) if v.is_finite() && v > 0.0 => v,
+                o => return Err(format!("modula.seqboat.temp_scale = {o:?}")),
+            },
         };
         let mut s = s;
         if let Some(v) = m.get("modula.nested.depths") {

@@ -10,6 +10,7 @@
 //! only), classifier `cls.0.{weight,bias}`, `cls.1.weight`.
 
 use super::seqboat::{SbAttn, SbConfig, SbGate, SbModel};
+use modula_core::engine::SbSpec;
 use modula_core::gguf::GgufWriter;
 use modula_core::{MetaValue, Model};
 use std::path::Path;
@@ -76,78 +77,37 @@ fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaV
     Ok(m)
 }
 
-/// The architecture of a SeqBoat file and its context length.
+/// The architecture of a SeqBoat file and its context length (the metadata is parsed by
+/// the engine's [`SbSpec`], one reader for both).
 pub fn sb_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbConfig, usize), String> {
-    if m.get_str("modula.model") != Some("seqboat") {
-        return Err(format!(
-            "not a SeqBoat model (modula.model = {:?})",
-            m.get_str("modula.model")
-        ));
-    }
-    let need = |k: &str| -> Result<usize, String> {
-        m.get(k)
-            .and_then(|v| v.as_u32())
-            .map(|v| v as usize)
-            .ok_or_else(|| format!("missing or non-integer {k}"))
-    };
-    let flag = |k: &str| -> Result<bool, String> {
-        m.get(k)
-            .and_then(|v| v.as_bool())
-            .ok_or_else(|| format!("missing or non-bool {k}"))
-    };
-    let attn = match m.get_str("modula.gau.attention_fn") {
-        Some("softmax") => SbAttn::Softmax,
-        Some("relu2") => SbAttn::Relu2,
-        other => return Err(format!("modula.gau.attention_fn = {other:?}")),
-    };
-    let gate = SbGate::parse(
-        m.get_str("modula.seqboat.gate")
-            .ok_or("missing modula.seqboat.gate")?,
-    )?;
-    let temp_scale = match m.get("modula.seqboat.temp_scale") {
-        Some(modula_core::Value::F32(v)) => v,
-        _ => return Err("missing or non-f32 modula.seqboat.temp_scale".into()),
-    };
-    let pad = match m.get("modula.seqboat.pad_token") {
-        None => None,
-        Some(v) => Some(v.as_u32().ok_or("non-integer modula.seqboat.pad_token")?),
-    };
+    let s = SbSpec::from_model(m)?;
     let cfg = SbConfig {
-        vocab: need("modula.vocab_size")?,
-        classes: match m.get("modula.num_classes") {
-            None => 0,
-            Some(_) => need("modula.num_classes")?,
+        vocab: s.vocab,
+        classes: s.classes,
+        d: s.d,
+        layers: s.layers,
+        ndim: s.ndim,
+        z: s.z,
+        e: s.e,
+        window: s.window,
+        causal: s.causal,
+        attn: if s.relu2 {
+            SbAttn::Relu2
+        } else {
+            SbAttn::Softmax
         },
-        d: need("modula.embedding_length")?,
-        layers: need("modula.block_count")?,
-        ndim: need("modula.ssm.ema_dim")?,
-        z: need("modula.gau.zdim")?,
-        e: need("modula.gau.hdim")?,
-        window: need("modula.gau.window")?,
-        causal: !flag("modula.ssm.bidirectional")?,
-        attn,
-        prenorm: flag("modula.seqboat.prenorm")?,
-        temp_scale,
-        max_pos: need("modula.gau.max_positions")?,
-        gate,
-        pad,
-        nested_depths: 0,
+        prenorm: s.prenorm,
+        temp_scale: s.temp_scale,
+        max_pos: s.max_pos,
+        gate: match s.gate {
+            0 => SbGate::Learned,
+            1 => SbGate::AlwaysOn,
+            _ => SbGate::Off,
+        },
+        pad: s.pad,
+        nested_depths: s.nested_depths,
     };
     cfg.validate()?;
-    let cfg = match m.get("modula.nested.depths") {
-        None => cfg,
-        Some(modula_core::Value::Array(a)) => {
-            let mut depths = Vec::new();
-            for v in a.iter() {
-                match v {
-                    modula_core::Value::U32(x) => depths.push(x as usize),
-                    other => return Err(format!("modula.nested.depths: bad entry {other:?}")),
-                }
-            }
-            cfg.with_nested_depths(&depths)?
-        }
-        Some(other) => return Err(format!("modula.nested.depths: not an array: {other:?}")),
-    };
     // refuse absurd sizes before allocating
     let c = &cfg;
     let per_layer = (c.d.saturating_mul(c.d + 2))

@@ -411,6 +411,17 @@ fn ke(e: modula_core::kernels::KernelError) -> String {
     e.to_string()
 }
 
+/// A LayerNorm's output and its saved mean and 1/std per row.
+type Normed = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// LayerNorm of `rows` rows.
+fn ln_rows(x: &[f32], rows: usize, d: usize, g: &[f32], b: &[f32]) -> Result<Normed, String> {
+    let mut y = vec![0f32; rows * d];
+    let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+    layernorm_forward(x, rows, d, g, b, LN_EPS, &mut y, &mut mean, &mut rstd).map_err(ke)?;
+    Ok((y, mean, rstd))
+}
+
 fn silu_grad(u: f32) -> f32 {
     derivative(Activation::Silu, u)
 }
@@ -634,21 +645,8 @@ impl SbModel {
         }
         // final norm (pre-norm models)
         let feats = if let Some((g, bb)) = self.final_norm {
-            let mut y = vec![0f32; rows * d];
-            a.lnf_mean = vec![0.0; rows];
-            a.lnf_rstd = vec![0.0; rows];
-            layernorm_forward(
-                &x,
-                rows,
-                d,
-                p.value(g),
-                p.value(bb),
-                LN_EPS,
-                &mut y,
-                &mut a.lnf_mean,
-                &mut a.lnf_rstd,
-            )
-            .map_err(ke)?;
+            let (y, mean, rstd) = ln_rows(&x, rows, d, p.value(g), p.value(bb))?;
+            (a.lnf_mean, a.lnf_rstd) = (mean, rstd);
             y
         } else {
             x.clone()
@@ -738,21 +736,8 @@ impl SbModel {
         let mut la = LayerActs::default();
         // 1. input norm and pad masking
         let mut xs = if c.prenorm {
-            let mut y = vec![0f32; rows * d];
-            la.ln_mean = vec![0.0; rows];
-            la.ln_rstd = vec![0.0; rows];
-            layernorm_forward(
-                &x,
-                rows,
-                d,
-                p.value(l.norm_g),
-                p.value(l.norm_b),
-                LN_EPS,
-                &mut y,
-                &mut la.ln_mean,
-                &mut la.ln_rstd,
-            )
-            .map_err(ke)?;
+            let (y, mean, rstd) = ln_rows(&x, rows, d, p.value(l.norm_g), p.value(l.norm_b))?;
+            (la.ln_mean, la.ln_rstd) = (mean, rstd);
             y
         } else {
             x.clone()
@@ -927,21 +912,8 @@ impl SbModel {
         let next = if c.prenorm {
             out.clone()
         } else {
-            let mut y = vec![0f32; rows * d];
-            la.ln_mean = vec![0.0; rows];
-            la.ln_rstd = vec![0.0; rows];
-            layernorm_forward(
-                &out,
-                rows,
-                d,
-                p.value(l.norm_g),
-                p.value(l.norm_b),
-                LN_EPS,
-                &mut y,
-                &mut la.ln_mean,
-                &mut la.ln_rstd,
-            )
-            .map_err(ke)?;
+            let (y, mean, rstd) = ln_rows(&out, rows, d, p.value(l.norm_g), p.value(l.norm_b))?;
+            (la.ln_mean, la.ln_rstd) = (mean, rstd);
             y
         };
         la.x = x;

@@ -3,25 +3,29 @@
 # in the first 200 of 256 noise positions, query at the end (target: the value, 10-way).
 # Arms: SeqBoat (learned gate, window 8 in activated tokens), local window 8 in original
 # positions, dense causal attention, EMA only. Causal LM, pre-LN, d 64, 2 layers.
-# Usage: scripts/experiments/seqboat_recall.sh [OUTDIR]   (env: SEEDS, STEPS, THREADS, ARMS)
+# Usage: scripts/experiments/seqboat_recall.sh [OUTDIR]
+#   env: SEEDS, STEPS, THREADS, ARMS, SEQ (256), PAIRS (4), WINDOW (8)
 set -euo pipefail
 OUT=${1:-target/experiments/seqboat_recall}
 SEEDS=${SEEDS:-"1"}
 STEPS=${STEPS:-1500}
 THREADS=${THREADS:-2}
 ARMS=${ARMS:-"seqboat local dense ema"}
+SEQ=${SEQ:-256}
+PAIRS=${PAIRS:-4}
+WINDOW=${WINDOW:-8}
 BIN=${BIN:-target/release/modula}
 [ -x "$BIN" ] || cargo build --release --bin modula
 mkdir -p "$OUT"
-common=(--data sparse-recall --seq 256 --pairs 4 --d 64 --layers 2 --ndim 8 --zdim 32
+common=(--data sparse-recall --seq "$SEQ" --pairs "$PAIRS" --d 64 --layers 2 --ndim 8 --zdim 32
   --hdim 128 --batch 32 --steps "$STEPS" --lr 3e-3 --eval-batches 32 --quiet --threads "$THREADS")
 for seed in $SEEDS; do
   for arm in $ARMS; do
     case $arm in
-      seqboat) extra=(--gate learned --window 8) ;;
-      local) extra=(--gate always --window 8) ;;
+      seqboat) extra=(--gate learned --window "$WINDOW") ;;
+      local) extra=(--gate always --window "$WINDOW") ;;
       dense) extra=(--gate always --window 0) ;;
-      ema) extra=(--gate off --window 8) ;;
+      ema) extra=(--gate off --window "$WINDOW") ;;
       *) echo "unknown arm $arm" >&2; exit 2 ;;
     esac
     f="$OUT/$arm.s$seed"

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod ema;
 pub mod linear;
 pub mod loss;
+pub mod mha;
 pub mod norm;
 pub mod router;
 pub mod stickbreak;

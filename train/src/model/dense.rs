@@ -12,14 +12,13 @@
 //! fixed order, so training is bit-identical for any thread count (tested).
 
 use crate::layers::activation::{activation_backward, activation_forward};
-use crate::layers::attention::{attention_backward, attention_forward};
 use crate::layers::linear::{linear_backward, linear_forward};
 use crate::layers::loss::{cross_entropy, LossError};
+use crate::layers::mha::{mha_backward, mha_forward, MhaIdx, MhaSaved, MhaShape, LN_EPS};
 use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::params::{ParamStore, ParamTable};
 use modula_core::kernels::expert_ffn::Activation;
 use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
-use modula_core::kernels::par;
 use modula_core::rng::SplitMix64;
 
 /// How a classifier head pools the sequence.
@@ -219,12 +218,7 @@ pub enum Input<'a> {
 /// Parameter indices of one block.
 #[derive(Clone, Copy, Debug)]
 struct Block {
-    ln1_g: usize,
-    ln1_b: usize,
-    qkv_w: usize,
-    qkv_b: usize,
-    proj_w: usize,
-    proj_b: usize,
+    attn: MhaIdx,
     ln2_g: usize,
     ln2_b: usize,
     up_w: usize,
@@ -283,11 +277,8 @@ pub struct Activations {
     ffn_width: usize,
     /// Per block: input to the block `[n, d]`.
     x_in: Vec<Vec<f32>>,
-    ln1: Vec<Vec<f32>>,
-    ln1_stats: Vec<(Vec<f32>, Vec<f32>)>,
-    /// Per block, per (sequence, head): q, k, v `[t, dh]` and probs `[t, t]`.
-    heads: Vec<Vec<[Vec<f32>; 4]>>,
-    attn: Vec<Vec<f32>>,
+    /// Per block: the attention sub-layer's saved activations.
+    mha: Vec<MhaSaved>,
     x_mid: Vec<Vec<f32>>,
     ln2: Vec<Vec<f32>>,
     ln2_stats: Vec<(Vec<f32>, Vec<f32>)>,
@@ -322,8 +313,6 @@ impl Activations {
         self.emoe_sel.get(l).map_or(&[], |v| v.as_slice())
     }
 }
-
-const LN_EPS: f32 = 1e-5;
 
 impl DenseModel {
     /// A model with GPT-2-style initialisation (N(0, 0.02); residual projections scaled by
@@ -380,12 +369,14 @@ impl DenseModel {
         for l in 0..cfg.layers {
             let p = |s: &str| format!("blk.{l}.{s}");
             blocks.push(Block {
-                ln1_g: t.add(&p("attn_norm.weight"), &[d], false)?,
-                ln1_b: t.add(&p("attn_norm.bias"), &[d], false)?,
-                qkv_w: t.add(&p("attn_qkv.weight"), &[3 * d, d], true)?,
-                qkv_b: t.add(&p("attn_qkv.bias"), &[3 * d], false)?,
-                proj_w: t.add(&p("attn_output.weight"), &[d, d], true)?,
-                proj_b: t.add(&p("attn_output.bias"), &[d], false)?,
+                attn: MhaIdx {
+                    ln_g: t.add(&p("attn_norm.weight"), &[d], false)?,
+                    ln_b: t.add(&p("attn_norm.bias"), &[d], false)?,
+                    qkv_w: t.add(&p("attn_qkv.weight"), &[3 * d, d], true)?,
+                    qkv_b: t.add(&p("attn_qkv.bias"), &[3 * d], false)?,
+                    proj_w: t.add(&p("attn_output.weight"), &[d, d], true)?,
+                    proj_b: t.add(&p("attn_output.bias"), &[d], false)?,
+                },
                 ln2_g: t.add(&p("ffn_norm.weight"), &[d], false)?,
                 ln2_b: t.add(&p("ffn_norm.bias"), &[d], false)?,
                 up_w: t.add(&p("ffn_up.weight"), &[f, d], true)?,
@@ -657,7 +648,7 @@ impl DenseModel {
     ) -> Result<(f64, Activations, Vec<f32>), String> {
         self.check_input(input, targets, b, t)?;
         let c = self.cfg;
-        let (d, n, hd) = (c.d, b * t, c.d / c.heads);
+        let (d, n) = (c.d, b * t);
         let p = &self.params;
         let ke = |e: modula_core::kernels::KernelError| e.to_string();
         let (depth, f) = self.active()?;
@@ -688,81 +679,16 @@ impl DenseModel {
                 add(row, &table[(i % t) * d..(i % t + 1) * d]);
             }
         }
-        let scale = 1.0 / (hd as f32).sqrt();
+        let shape = MhaShape {
+            b,
+            t,
+            d,
+            heads: c.heads,
+            causal: c.causal,
+        };
         for blk in &self.blocks[..depth] {
             a.x_in.push(x.clone());
-            let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-            layernorm_forward(
-                &x,
-                n,
-                d,
-                p.value(blk.ln1_g),
-                p.value(blk.ln1_b),
-                LN_EPS,
-                &mut h,
-                &mut mu,
-                &mut rs,
-            )
-            .map_err(|e| e.to_string())?;
-            let mut qkv = vec![0f32; n * 3 * d];
-            linear_forward(
-                &h,
-                n,
-                p.value(blk.qkv_w),
-                Some(p.value(blk.qkv_b)),
-                3 * d,
-                d,
-                &mut qkv,
-            )
-            .map_err(ke)?;
-            // One task per (sequence, head): gather its q, k, v, attend, keep what the
-            // backward needs.
-            let heads = c.heads;
-            let results = par::map_indexed(b * heads, |task| {
-                let (s, hh) = (task / heads, task % heads);
-                let mut qkvh: [Vec<f32>; 3] =
-                    [vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]];
-                for i in 0..t {
-                    let row = &qkv[(s * t + i) * 3 * d..(s * t + i + 1) * 3 * d];
-                    for (part, dst) in qkvh.iter_mut().enumerate() {
-                        let o = part * d + hh * hd;
-                        dst[i * hd..(i + 1) * hd].copy_from_slice(&row[o..o + hd]);
-                    }
-                }
-                let [qh, kh, vh] = qkvh;
-                let (mut o, mut pr) = (vec![0f32; t * hd], vec![0f32; t * t]);
-                let r = attention_forward(&qh, &kh, &vh, t, hd, scale, c.causal, &mut o, &mut pr);
-                r.map(|()| ([qh, kh, vh, pr], o)).map_err(ke)
-            });
-            let mut attn = vec![0f32; n * d];
-            let mut saved = Vec::with_capacity(b * heads);
-            for (task, r) in results.into_iter().enumerate() {
-                let (sv, o) = r?;
-                let (s, hh) = (task / heads, task % heads);
-                for i in 0..t {
-                    let dst = (s * t + i) * d + hh * hd;
-                    attn[dst..dst + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
-                }
-                saved.push(sv);
-            }
-            let mut proj = vec![0f32; n * d];
-            linear_forward(
-                &attn,
-                n,
-                p.value(blk.proj_w),
-                Some(p.value(blk.proj_b)),
-                d,
-                d,
-                &mut proj,
-            )
-            .map_err(ke)?;
-            for (xv, pv) in x.iter_mut().zip(&proj) {
-                *xv += pv;
-            }
-            a.ln1.push(h);
-            a.ln1_stats.push((mu, rs));
-            a.heads.push(saved);
-            a.attn.push(attn);
+            a.mha.push(mha_forward(p, &blk.attn, shape, &mut x)?);
             a.x_mid.push(x.clone());
             let (mut h2, mut mu2, mut rs2) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
             layernorm_forward(
@@ -890,14 +816,20 @@ impl DenseModel {
     ) -> Result<(), String> {
         let c = self.cfg;
         let (b, t) = (a.b, a.t);
-        let (d, n, hd) = (c.d, b * t, c.d / c.heads);
+        let (d, n) = (c.d, b * t);
         let outs = c.outputs();
         let rows = if c.is_classifier() { b } else { n };
         let f = a.ffn_width;
         if dlogits.len() != rows * outs || a.x_in.len() > c.layers || f > c.ffn {
             return Err("backward: activations or dlogits do not match this model".into());
         }
-        let scale = 1.0 / (hd as f32).sqrt();
+        let shape = MhaShape {
+            b,
+            t,
+            d,
+            heads: c.heads,
+            causal: c.causal,
+        };
         let e = |e: modula_core::kernels::KernelError| e.to_string();
         let p = &mut self.params;
         // head
@@ -1015,79 +947,7 @@ impl DenseModel {
             add(p.grad_mut(blk.ln2_g), &dg);
             add(p.grad_mut(blk.ln2_b), &dbb);
             // attention: x_mid = x_in + proj(attn(ln1(x_in)))
-            let mut dattn = vec![0f32; n * d];
-            let (w, dw) = p.value_grad(blk.proj_w, blk.proj_w);
-            let mut dbp = vec![0f32; d];
-            linear_backward(
-                &dx,
-                &a.attn[l],
-                w,
-                n,
-                d,
-                d,
-                Some(&mut dattn),
-                dw,
-                Some(&mut dbp),
-            )
-            .map_err(e)?;
-            add(p.grad_mut(blk.proj_b), &dbp);
-            let heads = c.heads;
-            let grads = par::map_indexed(b * heads, |task| {
-                let (s, hh) = (task / heads, task % heads);
-                let [qh, kh, vh, pr] = &a.heads[l][task];
-                let mut dout = vec![0f32; t * hd];
-                for i in 0..t {
-                    let src = (s * t + i) * d + hh * hd;
-                    dout[i * hd..(i + 1) * hd].copy_from_slice(&dattn[src..src + hd]);
-                }
-                let mut g: [Vec<f32>; 3] =
-                    [vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]];
-                let [dq, dk, dv] = &mut g;
-                attention_backward(&dout, qh, kh, vh, pr, t, hd, scale, dq, dk, dv).map(|()| g)
-            });
-            let mut dqkv = vec![0f32; n * 3 * d];
-            for (task, g) in grads.into_iter().enumerate() {
-                let g = g.map_err(e)?;
-                let (s, hh) = (task / heads, task % heads);
-                for i in 0..t {
-                    let row = &mut dqkv[(s * t + i) * 3 * d..(s * t + i + 1) * 3 * d];
-                    for (part, src) in g.iter().enumerate() {
-                        let o = part * d + hh * hd;
-                        row[o..o + hd].copy_from_slice(&src[i * hd..(i + 1) * hd]);
-                    }
-                }
-            }
-            let mut dh1 = vec![0f32; n * d];
-            let (w, dw) = p.value_grad(blk.qkv_w, blk.qkv_w);
-            let mut dbq = vec![0f32; 3 * d];
-            linear_backward(
-                &dqkv,
-                &a.ln1[l],
-                w,
-                n,
-                3 * d,
-                d,
-                Some(&mut dh1),
-                dw,
-                Some(&mut dbq),
-            )
-            .map_err(e)?;
-            add(p.grad_mut(blk.qkv_b), &dbq);
-            let (mut dg, mut dbb) = (vec![0f32; d], vec![0f32; d]);
-            layernorm_backward(
-                &dh1,
-                &a.x_in[l],
-                n,
-                d,
-                p.value(blk.ln1_g),
-                &a.ln1_stats[l].0,
-                &a.ln1_stats[l].1,
-                &mut dx,
-                &mut dg,
-                &mut dbb,
-            );
-            add(p.grad_mut(blk.ln1_g), &dg);
-            add(p.grad_mut(blk.ln1_b), &dbb);
+            mha_backward(p, &blk.attn, shape, &a.mha[l], &a.x_in[l], &mut dx, true)?;
         }
         if let Some(pos) = self.pos {
             let gp = p.grad_mut(pos);

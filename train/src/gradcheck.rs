@@ -95,6 +95,69 @@ pub fn check_grad(
     }
 }
 
+/// [`check_grad`] over several step sizes: an element's error is its smallest over the
+/// `steps` (deep stacks of f32 layers have curved paths where a large ε has truncation
+/// error and tiny gradients where a small ε has rounding noise; a right gradient matches
+/// at one of them, a wrong one at none).
+pub fn check_grad_steps(
+    name: &str,
+    param: &mut [f32],
+    analytic: &[f32],
+    mut loss: impl FnMut(&[f32]) -> f64,
+    steps: &[f32],
+    tol: f64,
+    floor: f64,
+) -> Result<GradReport, String> {
+    if param.len() != analytic.len() || steps.is_empty() {
+        return Err(format!(
+            "{name}: {} parameters, {} gradients, {} step sizes",
+            param.len(),
+            analytic.len(),
+            steps.len()
+        ));
+    }
+    let mut worst = GradReport {
+        max_err: 0.0,
+        index: 0,
+        analytic: 0.0,
+        numeric: 0.0,
+    };
+    for i in 0..param.len() {
+        let orig = param[i];
+        let a = f64::from(analytic[i]);
+        let mut best = (f64::INFINITY, 0.0);
+        for &eps in steps {
+            param[i] = orig + eps;
+            let lp = loss(param);
+            param[i] = orig - eps;
+            let lm = loss(param);
+            let h = f64::from(orig + eps) - f64::from(orig - eps);
+            let numeric = (lp - lm) / h;
+            let err = (a - numeric).abs() / (floor + a.abs().max(numeric.abs()));
+            if err < best.0 {
+                best = (err, numeric);
+            }
+        }
+        param[i] = orig;
+        if best.0 > worst.max_err || !best.0.is_finite() {
+            worst = GradReport {
+                max_err: best.0,
+                index: i,
+                analytic: a,
+                numeric: best.1,
+            };
+        }
+    }
+    if worst.max_err <= tol {
+        Ok(worst)
+    } else {
+        Err(format!(
+            "{name}: element {} analytic {} vs numeric {} (error {:.2e} > {:.0e} at every step size)",
+            worst.index, worst.analytic, worst.numeric, worst.max_err, tol
+        ))
+    }
+}
+
 /// `Σ r_i y_i` in f64: the scalar a gradient check differentiates (random `r` makes every
 /// output's gradient matter).
 pub fn weighted_sum(r: &[f32], y: &[f32]) -> f64 {

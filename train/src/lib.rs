@@ -17,6 +17,7 @@ pub mod data;
 pub mod emoe;
 pub mod gradcheck;
 pub mod layers;
+pub mod m2mkd;
 pub mod model;
 pub mod optim;
 pub mod params;

@@ -68,6 +68,11 @@ impl ParamTable {
         Ok(self.specs.len() - 1)
     }
 
+    /// Elements declared so far (nothing is allocated before [`ParamTable::build`]).
+    pub fn elements(&self) -> usize {
+        self.len
+    }
+
     /// Allocate the four buffers (zeros).
     pub fn build(self) -> ParamStore {
         let n = self.len;

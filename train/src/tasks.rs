@@ -799,6 +799,78 @@ impl FashionMnist {
         })
     }
 
+    /// The first `train` training and `test` test images (0 = all of them): smaller
+    /// studies on the same data.
+    pub fn subset(&self, train: usize, test: usize) -> Result<Self, DataError> {
+        let px = self.rows * self.cols;
+        let take = |n: usize, have: usize, what: &str| -> Result<usize, DataError> {
+            match n {
+                0 => Ok(have),
+                n if n <= have => Ok(n),
+                n => Err(DataError::Invalid(format!(
+                    "fashion-mnist: {n} {what} images asked, the data has {have}"
+                ))),
+            }
+        };
+        let tr = take(train, self.train_y.len(), "training")?;
+        let te = take(test, self.val_y.len(), "test")?;
+        Ok(FashionMnist {
+            train_x: self.train_x[..tr * px].to_vec(),
+            train_y: self.train_y[..tr].to_vec(),
+            val_x: self.val_x[..te * px].to_vec(),
+            val_y: self.val_y[..te].to_vec(),
+            ..self.clone()
+        })
+    }
+
+    /// A shifted copy of the test set (the out-of-distribution set of the m2mKD study,
+    /// the analogue of ImageNet-R / the spec's digits-R): every test image rotated by
+    /// U(−30°, 30°), rescaled by U(0.8, 1.15) about the centre (bilinear, zero outside),
+    /// contrast multiplied by U(0.6, 1.0), Gaussian noise of σ = 0.12 added, clamped to
+    /// [0, 1]. Deterministic in `seed` and the image index; labels unchanged.
+    pub fn shifted(&self, seed: u64) -> Self {
+        let (h, w) = (self.rows, self.cols);
+        let px = h * w;
+        let mut out = Vec::with_capacity(self.val_x.len());
+        let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+        for (i, img) in self.val_x.chunks_exact(px).enumerate() {
+            let mut r = SplitMix64(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let th = (r.next_f32() * 60.0 - 30.0).to_radians();
+            let sc = 0.8 + 0.35 * r.next_f32();
+            let contrast = 0.6 + 0.4 * r.next_f32();
+            let (sn, cs) = th.sin_cos();
+            let at = |y: isize, x: isize| -> f32 {
+                if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
+                    0.0
+                } else {
+                    f32::from(img[y as usize * w + x as usize]) / 255.0
+                }
+            };
+            for y in 0..h {
+                for x in 0..w {
+                    // inverse map: output pixel -> source position
+                    let (dy, dx) = (y as f32 - cy, x as f32 - cx);
+                    let sx = (cs * dx + sn * dy) / sc + cx;
+                    let sy = (-sn * dx + cs * dy) / sc + cy;
+                    let (x0, y0) = (sx.floor(), sy.floor());
+                    let (fx, fy) = (sx - x0, sy - y0);
+                    let (x0, y0) = (x0 as isize, y0 as isize);
+                    let v = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x0 + 1))
+                        + fy * ((1.0 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1));
+                    let u1 = r.next_f32().max(1e-7);
+                    let u2 = r.next_f32();
+                    let noise = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos();
+                    let v = (v * contrast + 0.12 * noise).clamp(0.0, 1.0);
+                    out.push((v * 255.0).round() as u8);
+                }
+            }
+        }
+        FashionMnist {
+            val_x: out,
+            ..self.clone()
+        }
+    }
+
     /// Positions per image.
     pub fn seq(&self) -> usize {
         (self.rows / self.patch) * (self.cols / self.patch)

@@ -981,7 +981,7 @@ impl DenseModel {
 }
 
 /// Pool `h: [b·t, d]` to `[b, d]`.
-fn pool_forward(pool: Pool, h: &[f32], b: usize, t: usize, d: usize) -> Vec<f32> {
+pub(crate) fn pool_forward(pool: Pool, h: &[f32], b: usize, t: usize, d: usize) -> Vec<f32> {
     let mut out = vec![0f32; b * d];
     for (s, o) in out.chunks_exact_mut(d).enumerate() {
         let seq = &h[s * t * d..(s + 1) * t * d];
@@ -1001,7 +1001,14 @@ fn pool_forward(pool: Pool, h: &[f32], b: usize, t: usize, d: usize) -> Vec<f32>
 }
 
 /// Backward of [`pool_forward`]: `dh: [b·t, d]` (overwritten) from `dpooled: [b, d]`.
-fn pool_backward(pool: Pool, dpooled: &[f32], b: usize, t: usize, d: usize, dh: &mut [f32]) {
+pub(crate) fn pool_backward(
+    pool: Pool,
+    dpooled: &[f32],
+    b: usize,
+    t: usize,
+    d: usize,
+    dh: &mut [f32],
+) {
     dh.fill(0.0);
     for s in 0..b {
         let g = &dpooled[s * d..(s + 1) * d];

@@ -1,0 +1,1522 @@
+//! Modular networks for m2mKD: a network is a list of *modules* (stages); each module is a
+//! group of pre-LN transformer blocks — dense GELU FFN or a V-MoE-style top-k mixture of
+//! expert FFNs — and owns the input embedding when it is the first module, the final norm
+//! and head when it is the last, and linear "stitches" (LayerNorm + Linear) when its width
+//! differs from the width of the network it is plugged into.
+//!
+//! All modules of a [`Net`] share one [`ParamStore`] with names `mod.{i}.…`, so a network
+//! that holds only module `i` (a teacher or student module) has exactly the names of that
+//! module inside the whole network: splitting and assembling are copies by name, checked
+//! both ways (nothing silently dropped except the stitches, which are reported).
+//!
+//! Every forward keeps what its backward needs; the backward can skip parameter gradients
+//! (a frozen meta suffix only passes gradients through).
+
+use crate::layers::activation::{activation_backward, activation_forward};
+use crate::layers::linear::{linear_backward, linear_forward};
+use crate::layers::mha::{
+    linear_backward_maybe, mha_backward, mha_forward, MhaIdx, MhaSaved, MhaShape, LN_EPS,
+};
+use crate::layers::norm::{layernorm_backward, layernorm_forward};
+use crate::layers::router::gate_backward;
+use crate::model::dense::normal;
+use crate::params::{ParamStore, ParamTable};
+use crate::tasks::{Batch, TaskShape};
+use modula_core::kernels::expert_ffn::Activation;
+use modula_core::kernels::par;
+use modula_core::kernels::routing::top_k;
+use modula_core::rng::SplitMix64;
+
+/// Shape of one module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageCfg {
+    /// Position of the module in the whole network (0-based).
+    pub index: usize,
+    /// Modules in the whole network.
+    pub of: usize,
+    /// Width inside the module.
+    pub d: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// FFN hidden width (per expert in MoE blocks).
+    pub ffn: usize,
+    /// Blocks.
+    pub blocks: usize,
+    /// Bit `j` set: block `j` has a mixture-of-experts FFN.
+    pub moe: u64,
+    /// Experts per MoE block.
+    pub experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Width of the hidden stream entering the module (ignored for the first module, which
+    /// embeds the input); a pre-stitch maps it to `d` when it differs.
+    pub in_width: usize,
+    /// Width of the hidden stream leaving the module (ignored for the last module, which
+    /// emits logits); a post-stitch maps `d` to it when it differs.
+    pub out_width: usize,
+}
+
+impl StageCfg {
+    /// Whether this module embeds the input.
+    pub fn first(&self) -> bool {
+        self.index == 0
+    }
+    /// Whether this module emits the logits.
+    pub fn last(&self) -> bool {
+        self.index + 1 == self.of
+    }
+    /// Whether block `j` is a mixture of experts.
+    pub fn is_moe(&self, j: usize) -> bool {
+        j < 64 && self.moe >> j & 1 == 1
+    }
+    fn stitch_in(&self) -> bool {
+        !self.first() && self.in_width != self.d
+    }
+    fn stitch_out(&self) -> bool {
+        !self.last() && self.out_width != self.d
+    }
+    fn check(&self) -> Result<(), String> {
+        let i = self.index;
+        if self.of == 0 || i >= self.of {
+            return Err(format!("module {i} of {} does not exist", self.of));
+        }
+        if self.d == 0 || self.heads == 0 || self.d % self.heads != 0 {
+            return Err(format!(
+                "module {i}: width {} must be a positive multiple of the {} heads",
+                self.d, self.heads
+            ));
+        }
+        if self.blocks == 0 || self.blocks > 64 || self.ffn == 0 {
+            return Err(format!(
+                "module {i}: {} blocks (1..=64) with FFN width {} (> 0)",
+                self.blocks, self.ffn
+            ));
+        }
+        if self.blocks < 64 && self.moe >> self.blocks != 0 {
+            return Err(format!(
+                "module {i}: MoE mask names blocks it does not have"
+            ));
+        }
+        if self.moe != 0 && (self.experts < 2 || self.top_k == 0 || self.top_k > self.experts) {
+            return Err(format!(
+                "module {i}: {} experts with top-{} (need >= 2 experts, 1 <= k <= experts)",
+                self.experts, self.top_k
+            ));
+        }
+        if (!self.first() && self.in_width == 0) || (!self.last() && self.out_width == 0) {
+            return Err(format!("module {i}: interface widths must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Lin {
+    w: usize,
+    b: usize,
+}
+
+#[derive(Clone, Debug)]
+enum Ffn {
+    Dense {
+        up: Lin,
+        down: Lin,
+    },
+    Moe {
+        gate: Lin,
+        up: Vec<Lin>,
+        down: Vec<Lin>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct BlockIdx {
+    attn: MhaIdx,
+    ln2: Lin,
+    ffn: Ffn,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Embed {
+    /// Token table `[vocab, d]`.
+    Tokens(usize),
+    /// Patch projection.
+    Patches(Lin),
+}
+
+#[derive(Clone, Debug)]
+struct Stitch {
+    ln: Lin,
+    lin: Lin,
+}
+
+/// One module's parameter indices.
+#[derive(Clone, Debug)]
+pub struct Stage {
+    /// Shape.
+    pub cfg: StageCfg,
+    stitch_in: Option<Stitch>,
+    embed: Option<Embed>,
+    pos: Option<usize>,
+    blocks: Vec<BlockIdx>,
+    stitch_out: Option<Stitch>,
+    head_ln: Option<Lin>,
+    head: Option<Lin>,
+}
+
+/// A network made of consecutive modules `first..first + stages.len()` of a whole network,
+/// with one parameter store.
+#[derive(Clone, Debug)]
+pub struct Net {
+    /// The task (input kind, classes, sequence length, mask, pooling).
+    pub task: TaskShape,
+    /// The modules, in order.
+    pub stages: Vec<Stage>,
+    /// Parameters of all modules.
+    pub params: ParamStore,
+    /// Test hook: fixed expert choices per (module, block) (`[n·k]`) instead of the
+    /// router's top-k — a gradient check holds the piecewise-constant choices fixed.
+    pub forced: Vec<((usize, usize), Vec<u32>)>,
+}
+
+/// The input of a module: the task's input (first module) or a hidden stream `[b·t, w]`.
+#[derive(Clone, Copy, Debug)]
+pub enum StageInput<'a> {
+    /// The batch (tokens or patch features).
+    Batch(&'a Batch),
+    /// Hidden states.
+    Hidden(&'a [f32]),
+}
+
+#[derive(Clone, Debug, Default)]
+struct LnSaved {
+    y: Vec<f32>,
+    mu: Vec<f32>,
+    rs: Vec<f32>,
+}
+
+/// One expert's (token·k + slot) pairs, pre-activations, activations and outputs.
+type ExpertSaved = (Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+#[derive(Clone, Debug, Default)]
+struct MoeSaved {
+    probs: Vec<f32>,
+    sel: Vec<u32>,
+    gates: Vec<f32>,
+    /// Per expert: its (token·k + slot) pairs, pre-activations, activations and outputs.
+    experts: Vec<ExpertSaved>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct BlockSaved {
+    x_in: Vec<f32>,
+    mha: MhaSaved,
+    x_mid: Vec<f32>,
+    ln2: LnSaved,
+    up: Vec<f32>,
+    act: Vec<f32>,
+    moe: Option<MoeSaved>,
+}
+
+/// What one module's forward keeps for its backward, and its output.
+#[derive(Clone, Debug, Default)]
+pub struct StageActs {
+    b: usize,
+    t: usize,
+    stitch_in: Option<(Vec<f32>, LnSaved)>,
+    blocks: Vec<BlockSaved>,
+    x_out: Vec<f32>,
+    stitch_out: Option<LnSaved>,
+    head_ln: Option<LnSaved>,
+    pooled: Vec<f32>,
+    /// Hidden states `[b·t, out_width]` or logits (`[b, classes]` / `[b·t, vocab]`).
+    pub out: Vec<f32>,
+    /// Per MoE block: tokens per expert (first choices and later ones together).
+    pub expert_load: Vec<Vec<u32>>,
+}
+
+impl StageActs {
+    /// The expert choices `[n·k]` of every MoE block, keyed by block index.
+    pub fn selections(&self) -> Vec<(usize, Vec<u32>)> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .filter_map(|(j, b)| b.moe.as_ref().map(|m| (j, m.sel.clone())))
+            .collect()
+    }
+}
+
+fn ke(e: modula_core::kernels::KernelError) -> String {
+    e.to_string()
+}
+
+fn add(dst: &mut [f32], src: &[f32]) {
+    for (a, b) in dst.iter_mut().zip(src) {
+        *a += b;
+    }
+}
+
+fn ln_fwd(p: &ParamStore, ln: Lin, x: &[f32], n: usize, d: usize) -> Result<LnSaved, String> {
+    let mut s = LnSaved {
+        y: vec![0f32; n * d],
+        mu: vec![0f32; n],
+        rs: vec![0f32; n],
+    };
+    layernorm_forward(
+        x,
+        n,
+        d,
+        p.value(ln.w),
+        p.value(ln.b),
+        LN_EPS,
+        &mut s.y,
+        &mut s.mu,
+        &mut s.rs,
+    )
+    .map_err(ke)?;
+    Ok(s)
+}
+
+/// `dx += LN backward(dy)`; parameter gradients when `pg`.
+#[allow(clippy::too_many_arguments)]
+fn ln_bwd(
+    p: &mut ParamStore,
+    ln: Lin,
+    s: &LnSaved,
+    x: &[f32],
+    n: usize,
+    d: usize,
+    dy: &[f32],
+    dx: &mut [f32],
+    pg: bool,
+) {
+    let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
+    layernorm_backward(
+        dy,
+        x,
+        n,
+        d,
+        p.value(ln.w),
+        &s.mu,
+        &s.rs,
+        dx,
+        &mut dg,
+        &mut db,
+    );
+    if pg {
+        add(p.grad_mut(ln.w), &dg);
+        add(p.grad_mut(ln.b), &db);
+    }
+}
+
+fn lin_fwd(
+    p: &ParamStore,
+    l: Lin,
+    x: &[f32],
+    n: usize,
+    out: usize,
+    inp: usize,
+) -> Result<Vec<f32>, String> {
+    let mut y = vec![0f32; n * out];
+    linear_forward(x, n, p.value(l.w), Some(p.value(l.b)), out, inp, &mut y).map_err(ke)?;
+    Ok(y)
+}
+
+/// `dx += dy W`; `dW, db` when `pg`.
+#[allow(clippy::too_many_arguments)]
+fn lin_bwd(
+    p: &mut ParamStore,
+    l: Lin,
+    x: &[f32],
+    n: usize,
+    out: usize,
+    inp: usize,
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    pg: bool,
+) -> Result<(), String> {
+    let mut db = vec![0f32; out];
+    let (w, dw) = p.value_grad(l.w, l.w);
+    match (dx, pg) {
+        (Some(dx), pg) => {
+            let g = pg.then_some((dw, Some(&mut db[..])));
+            linear_backward_maybe(dy, x, w, n, out, inp, dx, g).map_err(ke)?;
+        }
+        (None, true) => {
+            linear_backward(dy, x, w, n, out, inp, None, dw, Some(&mut db)).map_err(ke)?;
+        }
+        (None, false) => return Ok(()),
+    }
+    if pg {
+        add(p.grad_mut(l.b), &db);
+    }
+    Ok(())
+}
+
+fn lin(t: &mut ParamTable, pre: &str, name: &str, out: usize, inp: usize) -> Result<Lin, String> {
+    Ok(Lin {
+        w: t.add(&format!("{pre}{name}.weight"), &[out, inp], true)?,
+        b: t.add(&format!("{pre}{name}.bias"), &[out], false)?,
+    })
+}
+
+fn norm(t: &mut ParamTable, pre: &str, name: &str, w: usize) -> Result<Lin, String> {
+    Ok(Lin {
+        w: t.add(&format!("{pre}{name}.weight"), &[w], false)?,
+        b: t.add(&format!("{pre}{name}.bias"), &[w], false)?,
+    })
+}
+
+impl Net {
+    /// A network of the modules `cfgs` (consecutive indices of one whole network) for
+    /// `task`, initialised deterministically from `seed` (N(0, 0.02); residual output
+    /// projections scaled by 1/√(2·blocks); norms γ = 1, β = 0; biases 0).
+    pub fn new(task: TaskShape, cfgs: &[StageCfg], seed: u64) -> Result<Net, String> {
+        let (t, stages) = Self::layout(task, cfgs)?;
+        let mut params = t.build();
+        let mut rng = SplitMix64(seed);
+        let total_blocks: usize =
+            cfgs.iter().map(|c| c.blocks).sum::<usize>() * cfgs[0].of / cfgs.len().max(1);
+        let resid = 0.02 / (2.0 * total_blocks.max(1) as f32).sqrt();
+        for (i, s) in params.specs().to_vec().iter().enumerate() {
+            let v = params.value_mut(i);
+            if s.name.ends_with("norm.weight") {
+                v.fill(1.0);
+            } else if s.name.ends_with(".bias") {
+                v.fill(0.0);
+            } else {
+                let std = if s.name.contains("attn_output") || s.name.contains("ffn_down") {
+                    resid
+                } else {
+                    0.02
+                };
+                v.iter_mut().for_each(|x| *x = std * normal(&mut rng));
+            }
+        }
+        Ok(Net {
+            task,
+            stages,
+            params,
+            forced: Vec::new(),
+        })
+    }
+
+    /// The parameter table and module indices of a network (nothing allocated).
+    fn layout(task: TaskShape, cfgs: &[StageCfg]) -> Result<(ParamTable, Vec<Stage>), String> {
+        if cfgs.is_empty() {
+            return Err("a network needs at least one module".into());
+        }
+        if task.seq.is_none() || task.seq == Some(0) {
+            return Err("m2mKD networks need a fixed sequence length".into());
+        }
+        for (a, b) in cfgs.iter().zip(cfgs.iter().skip(1)) {
+            if b.index != a.index + 1 || a.of != b.of {
+                return Err("modules of a network must be consecutive".into());
+            }
+            if a.out_width != b.in_width {
+                return Err(format!(
+                    "module {} emits width {} but module {} takes {}",
+                    a.index, a.out_width, b.index, b.in_width
+                ));
+            }
+        }
+        let mut t = ParamTable::new();
+        let mut stages = Vec::new();
+        let seq = task.seq.unwrap_or(0);
+        let outs = if task.classes > 0 {
+            task.classes
+        } else {
+            task.vocab
+        };
+        for c in cfgs {
+            c.check()?;
+            let pre = format!("mod.{}.", c.index);
+            let (d, f) = (c.d, c.ffn);
+            let t = &mut t;
+            let stitch_in = if c.stitch_in() {
+                Some(Stitch {
+                    ln: norm(t, &pre, "stitch_in_norm", c.in_width)?,
+                    lin: lin(t, &pre, "stitch_in", d, c.in_width)?,
+                })
+            } else {
+                None
+            };
+            let embed = match (c.first(), task.patch_dim) {
+                (false, _) => None,
+                (true, 0) => Some(Embed::Tokens(t.add(
+                    &format!("{pre}token_embd.weight"),
+                    &[task.vocab, d],
+                    true,
+                )?)),
+                (true, pd) => Some(Embed::Patches(lin(t, &pre, "patch_embd", d, pd)?)),
+            };
+            let pos = if c.first() {
+                Some(t.add(&format!("{pre}position_embd.weight"), &[seq, d], true)?)
+            } else {
+                None
+            };
+            let mut blocks = Vec::new();
+            for j in 0..c.blocks {
+                let b = |s: &str| format!("blk.{j}.{s}");
+                let ln1 = norm(t, &pre, &b("attn_norm"), d)?;
+                let qkv = lin(t, &pre, &b("attn_qkv"), 3 * d, d)?;
+                let proj = lin(t, &pre, &b("attn_output"), d, d)?;
+                let ln2 = norm(t, &pre, &b("ffn_norm"), d)?;
+                let ffn = if c.is_moe(j) {
+                    let gate = lin(t, &pre, &b("ffn_gate_inp"), c.experts, d)?;
+                    let mut up = Vec::new();
+                    let mut down = Vec::new();
+                    for e in 0..c.experts {
+                        up.push(lin(t, &pre, &b(&format!("ffn_up.{e}")), f, d)?);
+                        down.push(lin(t, &pre, &b(&format!("ffn_down.{e}")), d, f)?);
+                    }
+                    Ffn::Moe { gate, up, down }
+                } else {
+                    Ffn::Dense {
+                        up: lin(t, &pre, &b("ffn_up"), f, d)?,
+                        down: lin(t, &pre, &b("ffn_down"), d, f)?,
+                    }
+                };
+                blocks.push(BlockIdx {
+                    attn: MhaIdx {
+                        ln_g: ln1.w,
+                        ln_b: ln1.b,
+                        qkv_w: qkv.w,
+                        qkv_b: qkv.b,
+                        proj_w: proj.w,
+                        proj_b: proj.b,
+                    },
+                    ln2,
+                    ffn,
+                });
+            }
+            let stitch_out = if c.stitch_out() {
+                Some(Stitch {
+                    ln: norm(t, &pre, "stitch_out_norm", d)?,
+                    lin: lin(t, &pre, "stitch_out", c.out_width, d)?,
+                })
+            } else {
+                None
+            };
+            let (head_ln, head) = if c.last() {
+                (
+                    Some(norm(t, &pre, "output_norm", d)?),
+                    Some(lin(t, &pre, "output", outs, d)?),
+                )
+            } else {
+                (None, None)
+            };
+            stages.push(Stage {
+                cfg: c.clone(),
+                stitch_in,
+                embed,
+                pos,
+                blocks,
+                stitch_out,
+                head_ln,
+                head,
+            });
+        }
+        Ok((t, stages))
+    }
+
+    /// Index of the first module.
+    pub fn first_module(&self) -> usize {
+        self.stages[0].cfg.index
+    }
+
+    /// Logits per row of the last module (classes or vocabulary).
+    pub fn outputs(&self) -> usize {
+        if self.task.classes > 0 {
+            self.task.classes
+        } else {
+            self.task.vocab
+        }
+    }
+}
+
+/// Per expert's backward: (expert, pairs, dH rows, a = dy·y per pair, grads of up w/b, down w/b).
+type ExpertGrad = (usize, Vec<f32>, Vec<f32>, [Vec<f32>; 4]);
+
+impl Net {
+    fn stage_pos(&self, module: usize) -> Result<usize, String> {
+        let first = self.first_module();
+        module
+            .checked_sub(first)
+            .filter(|&s| s < self.stages.len())
+            .ok_or_else(|| {
+                format!(
+                    "module {module} is not in this network (modules {first}..{})",
+                    first + self.stages.len()
+                )
+            })
+    }
+
+    /// Forward of module `module` (its index in the whole network) over `b` sequences of
+    /// `t`.
+    pub fn forward_stage(
+        &self,
+        module: usize,
+        input: StageInput<'_>,
+        b: usize,
+        t: usize,
+    ) -> Result<StageActs, String> {
+        let st = &self.stages[self.stage_pos(module)?];
+        let c = &st.cfg;
+        let p = &self.params;
+        let (d, n) = (c.d, b * t);
+        if Some(t) != self.task.seq {
+            return Err(format!(
+                "sequences of {t} positions; this network takes {:?}",
+                self.task.seq
+            ));
+        }
+        let mut a = StageActs {
+            b,
+            t,
+            ..StageActs::default()
+        };
+        let mut x = match (input, st.embed) {
+            (StageInput::Batch(batch), Some(emb)) => {
+                if (batch.b, batch.t) != (b, t) {
+                    return Err("batch shape does not match".into());
+                }
+                let mut x = vec![0f32; n * d];
+                match emb {
+                    Embed::Tokens(table) => {
+                        if batch.tokens.len() != n {
+                            return Err(format!(
+                                "expected {n} tokens, got {} (is the input an image?)",
+                                batch.tokens.len()
+                            ));
+                        }
+                        let tab = p.value(table);
+                        for (i, &tok) in batch.tokens.iter().enumerate() {
+                            let r = tok as usize;
+                            if r >= self.task.vocab {
+                                return Err(format!("token {tok} is outside the vocabulary"));
+                            }
+                            x[i * d..(i + 1) * d].copy_from_slice(&tab[r * d..(r + 1) * d]);
+                        }
+                    }
+                    Embed::Patches(l) => {
+                        let pd = self.task.patch_dim;
+                        if batch.features.len() != n * pd {
+                            return Err(format!(
+                                "expected {n}x{pd} features, got {}",
+                                batch.features.len()
+                            ));
+                        }
+                        x = lin_fwd(p, l, &batch.features, n, d, pd)?;
+                    }
+                }
+                if let Some(pos) = st.pos {
+                    let tab = p.value(pos);
+                    for (i, row) in x.chunks_exact_mut(d).enumerate() {
+                        add(row, &tab[(i % t) * d..(i % t + 1) * d]);
+                    }
+                }
+                x
+            }
+            (StageInput::Hidden(h), None) => {
+                if h.len() != n * c.in_width {
+                    return Err(format!(
+                        "module {}: hidden input of {} values is not [{n}, {}]",
+                        c.index,
+                        h.len(),
+                        c.in_width
+                    ));
+                }
+                match &st.stitch_in {
+                    Some(s) => {
+                        let ln = ln_fwd(p, s.ln, h, n, c.in_width)?;
+                        let x = lin_fwd(p, s.lin, &ln.y, n, d, c.in_width)?;
+                        a.stitch_in = Some((h.to_vec(), ln));
+                        x
+                    }
+                    None => h.to_vec(),
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "module {} takes {}",
+                    c.index,
+                    if c.first() {
+                        "the task input"
+                    } else {
+                        "a hidden stream"
+                    }
+                ))
+            }
+        };
+        let shape = MhaShape {
+            b,
+            t,
+            d,
+            heads: c.heads,
+            causal: self.task.causal,
+        };
+        for (j, blk) in st.blocks.iter().enumerate() {
+            let mut s = BlockSaved {
+                x_in: x.clone(),
+                ..BlockSaved::default()
+            };
+            s.mha = mha_forward(p, &blk.attn, shape, &mut x)?;
+            s.x_mid = x.clone();
+            s.ln2 = ln_fwd(p, blk.ln2, &x, n, d)?;
+            match &blk.ffn {
+                Ffn::Dense { up, down } => {
+                    s.up = lin_fwd(p, *up, &s.ln2.y, n, c.ffn, d)?;
+                    s.act = s.up.clone();
+                    activation_forward(Activation::Gelu, &mut s.act);
+                    let y = lin_fwd(p, *down, &s.act, n, d, c.ffn)?;
+                    add(&mut x, &y);
+                }
+                Ffn::Moe { gate, up, down } => {
+                    let forced = self
+                        .forced
+                        .iter()
+                        .find(|(key, _)| *key == (c.index, j))
+                        .map(|(_, v)| v.as_slice());
+                    let (moe, load) =
+                        moe_forward(p, c, (*gate, up, down), forced, &s.ln2.y, n, &mut x)?;
+                    s.moe = Some(moe);
+                    a.expert_load.push(load);
+                }
+            }
+            a.blocks.push(s);
+        }
+        if let (Some(hl), Some(head)) = (st.head_ln, st.head) {
+            let ln = ln_fwd(p, hl, &x, n, d)?;
+            let outs = self.outputs();
+            a.out = if self.task.classes > 0 {
+                a.pooled = crate::model::dense::pool_forward(self.task.pool, &ln.y, b, t, d);
+                lin_fwd(p, head, &a.pooled, b, outs, d)?
+            } else {
+                lin_fwd(p, head, &ln.y, n, outs, d)?
+            };
+            a.head_ln = Some(ln);
+        } else if let Some(s) = &st.stitch_out {
+            let ln = ln_fwd(p, s.ln, &x, n, d)?;
+            a.out = lin_fwd(p, s.lin, &ln.y, n, c.out_width, d)?;
+            a.stitch_out = Some(ln);
+        } else {
+            a.out = x.clone();
+        }
+        a.x_out = x;
+        Ok(a)
+    }
+
+    /// Backward of [`Net::forward_stage`] from `dout` (the gradient of `acts.out`).
+    /// Parameter gradients accumulate only when `param_grads`; returns the gradient of a
+    /// hidden input when `want_input` (None for the first module).
+    pub fn backward_stage(
+        &mut self,
+        module: usize,
+        input: StageInput<'_>,
+        acts: &StageActs,
+        dout: &[f32],
+        param_grads: bool,
+        want_input: bool,
+    ) -> Result<Option<Vec<f32>>, String> {
+        let si = self.stage_pos(module)?;
+        let st = self.stages[si].clone();
+        let c = &st.cfg;
+        let task = self.task;
+        let outs = self.outputs();
+        let p = &mut self.params;
+        let pg = param_grads;
+        let (b, t, d) = (acts.b, acts.t, c.d);
+        let n = b * t;
+        if dout.len() != acts.out.len() || acts.blocks.len() != st.blocks.len() {
+            return Err(format!(
+                "module {}: backward does not match the forward",
+                c.index
+            ));
+        }
+        let mut dx = vec![0f32; n * d];
+        if let (Some(hl), Some(head), Some(ln)) = (st.head_ln, st.head, &acts.head_ln) {
+            let mut dln = vec![0f32; n * d];
+            if task.classes > 0 {
+                let mut dpool = vec![0f32; b * d];
+                lin_bwd(
+                    p,
+                    head,
+                    &acts.pooled,
+                    b,
+                    outs,
+                    d,
+                    dout,
+                    Some(&mut dpool),
+                    pg,
+                )?;
+                crate::model::dense::pool_backward(task.pool, &dpool, b, t, d, &mut dln);
+            } else {
+                lin_bwd(p, head, &ln.y, n, outs, d, dout, Some(&mut dln), pg)?;
+            }
+            ln_bwd(p, hl, ln, &acts.x_out, n, d, &dln, &mut dx, pg);
+        } else if let (Some(s), Some(ln)) = (&st.stitch_out, &acts.stitch_out) {
+            let mut dln = vec![0f32; n * d];
+            lin_bwd(p, s.lin, &ln.y, n, c.out_width, d, dout, Some(&mut dln), pg)?;
+            ln_bwd(p, s.ln, ln, &acts.x_out, n, d, &dln, &mut dx, pg);
+        } else {
+            dx.copy_from_slice(dout);
+        }
+        let shape = MhaShape {
+            b,
+            t,
+            d,
+            heads: c.heads,
+            causal: task.causal,
+        };
+        for (blk, s) in st.blocks.iter().zip(&acts.blocks).rev() {
+            let mut dh = vec![0f32; n * d];
+            match (&blk.ffn, &s.moe) {
+                (Ffn::Dense { up, down }, None) => {
+                    let mut dact = vec![0f32; n * c.ffn];
+                    lin_bwd(p, *down, &s.act, n, d, c.ffn, &dx, Some(&mut dact), pg)?;
+                    let mut dup = vec![0f32; n * c.ffn];
+                    activation_backward(Activation::Gelu, &dact, &s.up, &mut dup);
+                    lin_bwd(p, *up, &s.ln2.y, n, c.ffn, d, &dup, Some(&mut dh), pg)?;
+                }
+                (Ffn::Moe { gate, up, down }, Some(m)) => {
+                    moe_backward(p, c, *gate, up, down, m, &s.ln2.y, n, &dx, &mut dh, pg)?;
+                }
+                _ => return Err("block kind does not match its saved activations".into()),
+            }
+            ln_bwd(p, blk.ln2, &s.ln2, &s.x_mid, n, d, &dh, &mut dx, pg);
+            mha_backward(p, &blk.attn, shape, &s.mha, &s.x_in, &mut dx, pg)?;
+        }
+        match (input, st.embed) {
+            (StageInput::Batch(batch), Some(emb)) => {
+                if pg {
+                    if let Some(pos) = st.pos {
+                        let gp = p.grad_mut(pos);
+                        for (i, row) in dx.chunks_exact(d).enumerate() {
+                            add(&mut gp[(i % t) * d..(i % t + 1) * d], row);
+                        }
+                    }
+                    match emb {
+                        Embed::Tokens(table) => {
+                            let g = p.grad_mut(table);
+                            for (i, &tok) in batch.tokens.iter().enumerate() {
+                                let r = tok as usize;
+                                add(&mut g[r * d..(r + 1) * d], &dx[i * d..(i + 1) * d]);
+                            }
+                        }
+                        Embed::Patches(l) => {
+                            let pd = task.patch_dim;
+                            lin_bwd(p, l, &batch.features, n, d, pd, &dx, None, true)?;
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            (StageInput::Hidden(_), None) => match (&st.stitch_in, &acts.stitch_in) {
+                (Some(s), Some((h, ln))) => {
+                    let w = c.in_width;
+                    let mut dln = vec![0f32; n * w];
+                    lin_bwd(p, s.lin, &ln.y, n, d, w, &dx, Some(&mut dln), pg)?;
+                    if !want_input && !pg {
+                        return Ok(None);
+                    }
+                    let mut dh = vec![0f32; n * w];
+                    ln_bwd(p, s.ln, ln, h, n, w, &dln, &mut dh, pg);
+                    Ok(want_input.then_some(dh))
+                }
+                _ => Ok(want_input.then_some(dx)),
+            },
+            _ => Err("input kind does not match the module".into()),
+        }
+    }
+}
+
+/// Top-k mixture forward (FastMoE NaiveGate: linear router with bias, top-k of the
+/// logits, softmax over the chosen k; no noise, no capacity). Adds the mixture output to
+/// `x` and returns what the backward needs and the tokens per expert.
+#[allow(clippy::too_many_arguments)]
+fn moe_forward(
+    p: &ParamStore,
+    c: &StageCfg,
+    (gate, up, down): (Lin, &[Lin], &[Lin]),
+    forced: Option<&[u32]>,
+    h: &[f32],
+    n: usize,
+    x: &mut [f32],
+) -> Result<(MoeSaved, Vec<u32>), String> {
+    let (e_n, k, d, f) = (c.experts, c.top_k, c.d, c.ffn);
+    let logits = lin_fwd(p, gate, h, n, e_n, d)?;
+    let mut probs = logits.clone();
+    for row in probs.chunks_exact_mut(e_n) {
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        let mut s = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - m).exp();
+            s += *v;
+        }
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+    let mut sel = vec![0u32; n * k];
+    let mut gates = vec![0f32; n * k];
+    let mut val = vec![0f32; k];
+    for i in 0..n {
+        let s = &mut sel[i * k..(i + 1) * k];
+        match forced {
+            Some(f) if f.len() == n * k => s.copy_from_slice(&f[i * k..(i + 1) * k]),
+            Some(_) => return Err("forced expert choices of the wrong length".into()),
+            None => top_k(&logits[i * e_n..(i + 1) * e_n], k, s, &mut val).map_err(ke)?,
+        }
+        let pr = &probs[i * e_n..(i + 1) * e_n];
+        let sum: f32 = s.iter().map(|&e| pr[e as usize]).sum();
+        for (g, &e) in gates[i * k..(i + 1) * k].iter_mut().zip(s.iter()) {
+            *g = pr[e as usize] / sum;
+        }
+    }
+    let mut pairs: Vec<Vec<u32>> = vec![Vec::new(); e_n];
+    for (pr, &e) in sel.iter().enumerate() {
+        pairs[e as usize].push(pr as u32);
+    }
+    let load: Vec<u32> = pairs.iter().map(|v| v.len() as u32).collect();
+    let res = par::map_indexed(e_n, |e| -> Result<_, String> {
+        let rows = &pairs[e];
+        let mut he = Vec::with_capacity(rows.len() * d);
+        for &pr in rows {
+            let tok = pr as usize / k;
+            he.extend_from_slice(&h[tok * d..(tok + 1) * d]);
+        }
+        let u = lin_fwd(p, up[e], &he, rows.len(), f, d)?;
+        let mut a = u.clone();
+        activation_forward(Activation::Gelu, &mut a);
+        let y = lin_fwd(p, down[e], &a, rows.len(), d, f)?;
+        Ok((u, a, y))
+    });
+    let mut experts = Vec::with_capacity(e_n);
+    for (e, r) in res.into_iter().enumerate() {
+        let (u, a, y) = r?;
+        for (row, &pr) in pairs[e].iter().enumerate() {
+            let (pr, tok) = (pr as usize, pr as usize / k);
+            let g = gates[pr];
+            for (xv, yv) in x[tok * d..(tok + 1) * d]
+                .iter_mut()
+                .zip(&y[row * d..(row + 1) * d])
+            {
+                *xv += g * yv;
+            }
+        }
+        experts.push((std::mem::take(&mut pairs[e]), u, a, y));
+    }
+    Ok((
+        MoeSaved {
+            probs,
+            sel,
+            gates,
+            experts,
+        },
+        load,
+    ))
+}
+
+/// Backward of [`moe_forward`]: `dy: [n, d]` (gradient of the block output), accumulating
+/// `dh += ∂/∂h` (router and experts) and, when `pg`, the parameter gradients. The gate
+/// gradient (spec 4.7): `∂L/∂r_j = w_j ⟨dy, E_j(x) − y⟩` for chosen j, 0 otherwise —
+/// the renormalised-softmax gate backward.
+#[allow(clippy::too_many_arguments)]
+fn moe_backward(
+    p: &mut ParamStore,
+    c: &StageCfg,
+    gate: Lin,
+    up: &[Lin],
+    down: &[Lin],
+    m: &MoeSaved,
+    h: &[f32],
+    n: usize,
+    dy: &[f32],
+    dh: &mut [f32],
+    pg: bool,
+) -> Result<(), String> {
+    let (e_n, k, d, f) = (c.experts, c.top_k, c.d, c.ffn);
+    let pv: &ParamStore = p;
+    let res = par::map_indexed(e_n, |e| -> Result<Option<ExpertGrad>, String> {
+        let (rows, u, act, y) = &m.experts[e];
+        let r = rows.len();
+        if r == 0 {
+            return Ok(None);
+        }
+        let mut he = Vec::with_capacity(r * d);
+        let mut dye = Vec::with_capacity(r * d);
+        let mut a = Vec::with_capacity(r);
+        for (row, &pr) in rows.iter().enumerate() {
+            let (pr, tok) = (pr as usize, pr as usize / k);
+            he.extend_from_slice(&h[tok * d..(tok + 1) * d]);
+            let g = m.gates[pr];
+            let dyt = &dy[tok * d..(tok + 1) * d];
+            dye.extend(dyt.iter().map(|v| g * v));
+            a.push(
+                dyt.iter()
+                    .zip(&y[row * d..(row + 1) * d])
+                    .map(|(p, q)| p * q)
+                    .sum::<f32>(),
+            );
+        }
+        let mut gr = if pg {
+            [
+                vec![0f32; f * d],
+                vec![0f32; f],
+                vec![0f32; d * f],
+                vec![0f32; d],
+            ]
+        } else {
+            [vec![], vec![], vec![], vec![]]
+        };
+        let [guw, gub, gdw, gdb] = &mut gr;
+        let mut dact = vec![0f32; r * f];
+        let wd = pv.value(down[e].w);
+        let g = pg.then_some((&mut gdw[..], Some(&mut gdb[..])));
+        linear_backward_maybe(&dye, act, wd, r, d, f, &mut dact, g).map_err(ke)?;
+        let mut du = vec![0f32; r * f];
+        activation_backward(Activation::Gelu, &dact, u, &mut du);
+        let mut dhe = vec![0f32; r * d];
+        let wu = pv.value(up[e].w);
+        let g = pg.then_some((&mut guw[..], Some(&mut gub[..])));
+        linear_backward_maybe(&du, &he, wu, r, f, d, &mut dhe, g).map_err(ke)?;
+        Ok(Some((e, dhe, a, gr)))
+    });
+    let mut a_all = vec![0f32; n * k];
+    for r in res {
+        let Some((e, dhe, a, gr)) = r? else { continue };
+        let rows = &m.experts[e].0;
+        for (row, &pr) in rows.iter().enumerate() {
+            let tok = pr as usize / k;
+            add(
+                &mut dh[tok * d..(tok + 1) * d],
+                &dhe[row * d..(row + 1) * d],
+            );
+            a_all[pr as usize] = a[row];
+        }
+        if pg {
+            add(p.grad_mut(up[e].w), &gr[0]);
+            add(p.grad_mut(up[e].b), &gr[1]);
+            add(p.grad_mut(down[e].w), &gr[2]);
+            add(p.grad_mut(down[e].b), &gr[3]);
+        }
+    }
+    let mut dlogits = vec![0f32; n * e_n];
+    for i in 0..n {
+        gate_backward(
+            &m.probs[i * e_n..(i + 1) * e_n],
+            &m.sel[i * k..(i + 1) * k],
+            &a_all[i * k..(i + 1) * k],
+            true,
+            &mut dlogits[i * e_n..(i + 1) * e_n],
+        );
+    }
+    lin_bwd(p, gate, h, n, e_n, d, &dlogits, Some(dh), pg)
+}
+
+impl Net {
+    /// Forward through every module of this network in order; the first takes `input`,
+    /// each next one the previous one's output. The last entry's `out` is the output.
+    pub fn forward_all(
+        &self,
+        input: StageInput<'_>,
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<StageActs>, String> {
+        let mut acts: Vec<StageActs> = Vec::with_capacity(self.stages.len());
+        for s in 0..self.stages.len() {
+            let module = self.first_module() + s;
+            let a = match acts.last() {
+                None => self.forward_stage(module, input, b, t)?,
+                Some(prev) => self.forward_stage(module, StageInput::Hidden(&prev.out), b, t)?,
+            };
+            acts.push(a);
+        }
+        Ok(acts)
+    }
+
+    /// Backward of [`Net::forward_all`] from the gradient of the last output; returns the
+    /// gradient of a hidden input when `want_input`.
+    pub fn backward_all(
+        &mut self,
+        input: StageInput<'_>,
+        acts: &[StageActs],
+        dout: &[f32],
+        param_grads: bool,
+        want_input: bool,
+    ) -> Result<Option<Vec<f32>>, String> {
+        if acts.len() != self.stages.len() {
+            return Err("backward: activations of another network".into());
+        }
+        let mut g = dout.to_vec();
+        for s in (0..self.stages.len()).rev() {
+            let module = self.first_module() + s;
+            let inp = if s == 0 {
+                input
+            } else {
+                StageInput::Hidden(&acts[s - 1].out)
+            };
+            let want = s > 0 || want_input;
+            match self.backward_stage(module, inp, &acts[s], &g, param_grads, want)? {
+                Some(d) => g = d,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(g))
+    }
+
+    /// Copy every tensor of `src` whose name this network also has (same shape required).
+    /// Returns the names of `src` that were not copied (not in this network). Fails when a
+    /// tensor of this network is missing from `src` unless `allow_missing`.
+    pub fn load_from(&mut self, src: &Net, allow_missing: bool) -> Result<Vec<String>, String> {
+        let mut dropped = Vec::new();
+        let mut filled = vec![false; self.params.specs().len()];
+        for (i, s) in src.params.specs().iter().enumerate() {
+            match self.params.index_of(&s.name) {
+                Some(j) => {
+                    let want = &self.params.specs()[j].shape;
+                    if want != &s.shape {
+                        return Err(format!(
+                            "tensor '{}' is {:?} in the source and {:?} here",
+                            s.name, s.shape, want
+                        ));
+                    }
+                    self.params
+                        .value_mut(j)
+                        .copy_from_slice(src.params.value(i));
+                    filled[j] = true;
+                }
+                None => dropped.push(s.name.clone()),
+            }
+        }
+        if !allow_missing {
+            if let Some(j) = filled.iter().position(|f| !f) {
+                return Err(format!(
+                    "tensor '{}' is not in the source network ({} of {} missing)",
+                    self.params.specs()[j].name,
+                    filled.iter().filter(|f| !**f).count(),
+                    filled.len()
+                ));
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+/// Metadata key of the model kind.
+pub const KIND: &str = "m2mkd-net";
+
+impl Net {
+    /// Write the network (its task, modules and parameters) atomically to `path` as GGUF:
+    /// `modula.model = "m2mkd-net"`, `modula.m2m.task` and `modula.m2m.modules` (JSON),
+    /// one f32 tensor per parameter under its `mod.{i}.…` name.
+    pub fn write_gguf(&self, path: &std::path::Path) -> Result<u64, String> {
+        use modula_core::gguf::GgufWriter;
+        use modula_core::MetaValue;
+        let t = self.task;
+        let task = serde_json::json!({
+            "vocab": t.vocab, "patch_dim": t.patch_dim, "classes": t.classes,
+            "seq": t.seq.unwrap_or(0), "causal": t.causal, "pool": t.pool.name(),
+        });
+        let mods: Vec<serde_json::Value> = self
+            .stages
+            .iter()
+            .map(|s| {
+                let c = &s.cfg;
+                serde_json::json!({
+                    "index": c.index, "of": c.of, "d": c.d, "heads": c.heads, "ffn": c.ffn,
+                    "blocks": c.blocks, "moe": c.moe, "experts": c.experts, "top_k": c.top_k,
+                    "in_width": c.in_width, "out_width": c.out_width,
+                })
+            })
+            .collect();
+        let mut w = GgufWriter::new();
+        let e = |e: modula_core::gguf::GgufError| e.to_string();
+        w.set("general.architecture", MetaValue::String("modula".into()))
+            .map_err(e)?;
+        w.set("modula.model", MetaValue::String(KIND.into()))
+            .map_err(e)?;
+        w.set("modula.m2m.task", MetaValue::String(task.to_string()))
+            .map_err(e)?;
+        w.set(
+            "modula.m2m.modules",
+            MetaValue::String(serde_json::Value::Array(mods).to_string()),
+        )
+        .map_err(e)?;
+        for (i, s) in self.params.specs().iter().enumerate() {
+            w.add_f32(&s.name, &s.shape, self.params.value(i))
+                .map_err(e)?;
+        }
+        w.write_to(path).map_err(e)
+    }
+
+    /// Read a network written by [`Net::write_gguf`]; every tensor must be present with
+    /// its shape and finite, and nothing else may be in the file.
+    pub fn read_gguf(path: &std::path::Path) -> Result<Net, String> {
+        let file = modula_core::Model::open(path).map_err(|e| e.to_string())?;
+        let ctx = |m: String| format!("{}: {m}", path.display());
+        let s = |k: &str| -> Result<String, String> {
+            file.get(k)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .ok_or_else(|| ctx(format!("no '{k}' string (not an m2mKD network file)")))
+        };
+        if s("modula.model")? != KIND {
+            return Err(ctx(format!("not an m2mKD network ('{KIND}')")));
+        }
+        let parse = |k: &str| -> Result<serde_json::Value, String> {
+            serde_json::from_str(&s(k)?).map_err(|e| ctx(format!("'{k}': {e}")))
+        };
+        let (task, mods) = (parse("modula.m2m.task")?, parse("modula.m2m.modules")?);
+        let num = |v: &serde_json::Value, k: &str| -> Result<usize, String> {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|x| usize::try_from(x).ok())
+                .filter(|&x| x <= 1 << 24 || k == "moe")
+                .ok_or_else(|| ctx(format!("'{k}' missing or out of range")))
+        };
+        let seq = num(&task, "seq")?;
+        let shape = TaskShape {
+            vocab: num(&task, "vocab")?,
+            patch_dim: num(&task, "patch_dim")?,
+            classes: num(&task, "classes")?,
+            seq: (seq > 0).then_some(seq),
+            causal: task
+                .get("causal")
+                .and_then(serde_json::Value::as_bool)
+                .ok_or_else(|| ctx("'causal' missing".into()))?,
+            pool: crate::model::dense::Pool::parse(
+                task.get("pool")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or(""),
+            )
+            .map_err(ctx)?,
+        };
+        let list = mods
+            .as_array()
+            .ok_or_else(|| ctx("'modula.m2m.modules' is not a list".into()))?;
+        let mut cfgs = Vec::new();
+        for m in list {
+            cfgs.push(StageCfg {
+                index: num(m, "index")?,
+                of: num(m, "of")?,
+                d: num(m, "d")?,
+                heads: num(m, "heads")?,
+                ffn: num(m, "ffn")?,
+                blocks: num(m, "blocks")?,
+                moe: m
+                    .get("moe")
+                    .and_then(serde_json::Value::as_u64)
+                    .ok_or_else(|| ctx("'moe' missing".into()))?,
+                experts: num(m, "experts")?,
+                top_k: num(m, "top_k")?,
+                in_width: num(m, "in_width")?,
+                out_width: num(m, "out_width")?,
+            });
+        }
+        // the declared sizes must fit the file before anything is allocated
+        let declared = Net::layout(shape, &cfgs).map_err(ctx)?.0.elements() as u128;
+        let bytes = std::fs::metadata(path)
+            .map_err(|e| ctx(e.to_string()))?
+            .len();
+        if declared * 4 > u128::from(bytes) {
+            return Err(ctx(format!(
+                "the header declares {declared} parameters, more than the file's {bytes} bytes hold"
+            )));
+        }
+        let mut net = Net::new(shape, &cfgs, 0).map_err(ctx)?;
+        let specs = net.params.specs().to_vec();
+        for (i, sp) in specs.iter().enumerate() {
+            let t = file.tensor(&sp.name).map_err(|e| ctx(e.to_string()))?;
+            if t.shape() != sp.shape {
+                return Err(ctx(format!(
+                    "tensor '{}' has shape {:?}, expected {:?}",
+                    sp.name,
+                    t.shape(),
+                    sp.shape
+                )));
+            }
+            let data = t.to_f32_vec().map_err(|e| ctx(e.to_string()))?;
+            if let Some(j) = data.iter().position(|v| !v.is_finite()) {
+                return Err(ctx(format!(
+                    "tensor '{}' holds a non-finite value at {j}",
+                    sp.name
+                )));
+            }
+            net.params.value_mut(i).copy_from_slice(&data);
+        }
+        let extra = file.tensors().count();
+        if extra != specs.len() {
+            return Err(ctx(format!(
+                "the file has {extra} tensors, the network {}",
+                specs.len()
+            )));
+        }
+        Ok(net)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::gradcheck::{check_grad, check_grad_steps, GradCheck};
+    use crate::layers::loss::IGNORE;
+    use crate::model::dense::Pool;
+
+    pub(crate) fn image_task() -> TaskShape {
+        TaskShape {
+            vocab: 0,
+            patch_dim: 4,
+            classes: 3,
+            seq: Some(5),
+            causal: false,
+            pool: Pool::Mean,
+        }
+    }
+
+    pub(crate) fn lm_task() -> TaskShape {
+        TaskShape {
+            vocab: 7,
+            patch_dim: 0,
+            classes: 0,
+            seq: Some(5),
+            causal: true,
+            pool: Pool::Last,
+        }
+    }
+
+    /// Module `i` of `of`: width `d` inside, `io` outside, `blocks` blocks, MoE mask.
+    pub(crate) fn cfg(
+        i: usize,
+        of: usize,
+        d: usize,
+        io: usize,
+        blocks: usize,
+        moe: u64,
+    ) -> StageCfg {
+        StageCfg {
+            index: i,
+            of,
+            d,
+            heads: 2,
+            ffn: 6,
+            blocks,
+            moe,
+            experts: 3,
+            top_k: 2,
+            in_width: io,
+            out_width: io,
+        }
+    }
+
+    pub(crate) fn batch(task: TaskShape, b: usize, seed: u64) -> Batch {
+        let t = task.seq.unwrap();
+        let mut r = SplitMix64(seed);
+        if task.patch_dim > 0 {
+            Batch {
+                tokens: Vec::new(),
+                features: (0..b * t * task.patch_dim).map(|_| r.next_f32()).collect(),
+                targets: (0..b)
+                    .map(|_| r.below(task.classes as u64) as u32)
+                    .collect(),
+                b,
+                t,
+            }
+        } else {
+            let v = task.vocab as u64;
+            let mut y: Vec<u32> = (0..b * t).map(|_| r.below(v) as u32).collect();
+            y[1] = IGNORE;
+            Batch::of_tokens((0..b * t).map(|_| r.below(v) as u32).collect(), y, b, t)
+        }
+    }
+
+    fn perturb(net: &mut Net, seed: u64) {
+        let mut r = SplitMix64(seed);
+        for v in net.params.values.iter_mut() {
+            *v += 0.3 * (2.0 * r.next_f32() - 1.0);
+        }
+    }
+
+    /// Every parameter of `net` (and the hidden input when it has one) against finite
+    /// differences of `Σ r ⊙ out`, with the expert choices held fixed.
+    fn check_net(name: &str, mut net: Net, hidden_in: Option<usize>) {
+        perturb(&mut net, 5);
+        let bt = batch(net.task, 2, 7);
+        let (b, t) = (bt.b, bt.t);
+        let mut h: Vec<f32> = hidden_in
+            .map(|w| crate::layers::rand_vec(11, b * t * w))
+            .unwrap_or_default();
+        let input = |h: &[f32]| -> Vec<f32> { h.to_vec() };
+        let acts = {
+            let hh = input(&h);
+            let inp = if hidden_in.is_some() {
+                StageInput::Hidden(&hh)
+            } else {
+                StageInput::Batch(&bt)
+            };
+            net.forward_all(inp, b, t).unwrap()
+        };
+        let mut forced = Vec::new();
+        for (s, a) in acts.iter().enumerate() {
+            for (j, sel) in a.selections() {
+                forced.push(((net.first_module() + s, j), sel));
+            }
+        }
+        net.forced = forced;
+        let out_len = acts.last().unwrap().out.len();
+        let r = crate::layers::rand_vec(13, out_len);
+        net.params.zero_grads();
+        let dinput = {
+            let inp = if hidden_in.is_some() {
+                StageInput::Hidden(&h)
+            } else {
+                StageInput::Batch(&bt)
+            };
+            net.backward_all(inp, &acts, &r, true, hidden_in.is_some())
+                .unwrap()
+        };
+        // the frozen backward gives the same input gradient and touches no parameter
+        if let Some(g) = &dinput {
+            let mut frozen = net.clone();
+            frozen.params.zero_grads();
+            let g2 = frozen
+                .backward_all(StageInput::Hidden(&h), &acts, &r, false, true)
+                .unwrap()
+                .unwrap();
+            assert!(frozen.params.grads.iter().all(|&v| v == 0.0));
+            for (a, b) in g.iter().zip(&g2) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + a.abs()),
+                    "{name}: {a} vs {b}"
+                );
+            }
+        }
+        let grads = net.params.grads.clone();
+        let values = net.params.values.clone();
+        let f = |v: &[f32], h: &[f32]| {
+            let mut m = net.clone();
+            m.params.values.copy_from_slice(v);
+            let inp = if hidden_in.is_some() {
+                StageInput::Hidden(h)
+            } else {
+                StageInput::Batch(&bt)
+            };
+            let a = m.forward_all(inp, b, t).unwrap();
+            a.last()
+                .unwrap()
+                .out
+                .iter()
+                .zip(&r)
+                .map(|(x, y)| f64::from(x * y))
+                .sum::<f64>()
+        };
+        let h0 = h.clone();
+        let steps = [1e-2, 1e-3];
+        let mut vv = values.clone();
+        check_grad_steps(name, &mut vv, &grads, |v| f(v, &h0), &steps, 1e-2, 1e-2).unwrap();
+        if name == "middle" {
+            let mut bad = grads.clone();
+            let k = bad.len() / 2;
+            bad[k] += 0.05;
+            let r = check_grad_steps(name, &mut vv, &bad, |v| f(v, &h0), &steps, 1e-2, 1e-2);
+            assert!(r.is_err(), "{name}: a corrupted gradient passes");
+        }
+        if let Some(g) = dinput {
+            let v0 = net.params.values.clone();
+            let gc = GradCheck {
+                eps: 1e-2,
+                tol: 1e-2,
+                floor: 1e-2,
+            };
+            check_grad(name, &mut h, &g, |hh| f(&v0, hh), gc).unwrap();
+        }
+    }
+
+    #[test]
+    fn module_gradients_match_finite_differences() {
+        // an image module 0 (embedding, dense + MoE blocks, post-stitch 6 -> 4)
+        let t = image_task();
+        check_net(
+            "first",
+            Net::new(t, &[cfg(0, 3, 6, 4, 2, 0b10)], 1).unwrap(),
+            None,
+        );
+        // a middle module with both stitches (4 -> 6 -> 4), MoE in every block
+        check_net(
+            "middle",
+            Net::new(t, &[cfg(1, 3, 6, 4, 2, 0b11)], 2).unwrap(),
+            Some(4),
+        );
+        // the last module with a pre-stitch and the classifier head
+        check_net(
+            "last",
+            Net::new(t, &[cfg(2, 3, 6, 4, 1, 0b1)], 3).unwrap(),
+            Some(4),
+        );
+        // a whole three-module network without stitches
+        let whole = [
+            cfg(0, 3, 4, 4, 1, 0),
+            cfg(1, 3, 4, 4, 1, 1),
+            cfg(2, 3, 4, 4, 1, 0),
+        ];
+        check_net("whole", Net::new(t, &whole, 4).unwrap(), None);
+        // a causal byte-LM network of two modules
+        let lm = [cfg(0, 2, 4, 4, 1, 1), cfg(1, 2, 4, 4, 1, 0)];
+        check_net("lm", Net::new(lm_task(), &lm, 5).unwrap(), None);
+        check_net(
+            "lm middle",
+            Net::new(lm_task(), &[cfg(1, 3, 6, 4, 1, 1)], 2).unwrap(),
+            Some(4),
+        );
+        check_net(
+            "lm last",
+            Net::new(lm_task(), &[cfg(2, 3, 4, 4, 1, 0)], 2).unwrap(),
+            Some(4),
+        );
+    }
+
+    #[test]
+    fn names_split_and_assemble_by_copy() {
+        let t = image_task();
+        let whole = Net::new(t, &[cfg(0, 2, 4, 4, 1, 1), cfg(1, 2, 4, 4, 1, 0)], 1).unwrap();
+        // a stitched student module 1 (width 4 inside, 6 outside)
+        let mut m1 = Net::new(t, &[cfg(1, 2, 4, 6, 1, 0)], 2).unwrap();
+        assert!(m1.params.index_of("mod.1.stitch_in.weight").is_some());
+        // module 1 of the whole network fills the stitched module except its stitch
+        assert!(m1.load_from(&whole, false).is_err());
+        let dropped = m1.load_from(&whole, true).unwrap();
+        assert!(dropped.iter().all(|n| n.starts_with("mod.0.")));
+        // assembling: the whole network takes module 1's tensors, stitches dropped
+        let mut whole2 = Net::new(t, &[cfg(0, 2, 4, 4, 1, 1), cfg(1, 2, 4, 4, 1, 0)], 3).unwrap();
+        let dropped = whole2.load_from(&m1, true).unwrap();
+        assert_eq!(
+            dropped,
+            vec![
+                "mod.1.stitch_in_norm.weight".to_string(),
+                "mod.1.stitch_in_norm.bias".into(),
+                "mod.1.stitch_in.weight".into(),
+                "mod.1.stitch_in.bias".into(),
+            ]
+        );
+        let i = whole2.params.index_of("mod.1.blk.0.ffn_up.weight").unwrap();
+        let j = whole.params.index_of("mod.1.blk.0.ffn_up.weight").unwrap();
+        assert_eq!(whole2.params.value(i), whole.params.value(j));
+        // a shape mismatch is an error, not a partial copy
+        let wide = Net::new(t, &[cfg(0, 2, 6, 6, 1, 1), cfg(1, 2, 6, 6, 1, 0)], 1).unwrap();
+        assert!(whole2.load_from(&wide, true).is_err());
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let t = image_task();
+        assert!(Net::new(t, &[cfg(0, 2, 5, 4, 1, 0)], 1).is_err()); // 5 % 2 heads
+        assert!(Net::new(t, &[cfg(0, 2, 4, 4, 1, 0b10)], 1).is_err()); // MoE beyond blocks
+        assert!(Net::new(t, &[cfg(0, 2, 4, 4, 1, 0), cfg(1, 2, 4, 6, 1, 0)], 1).is_err());
+        let net = Net::new(t, &[cfg(0, 2, 4, 4, 1, 0)], 1).unwrap();
+        let bt = batch(t, 2, 1);
+        assert!(net.forward_stage(0, StageInput::Batch(&bt), 2, 4).is_err());
+        assert!(net.forward_stage(1, StageInput::Batch(&bt), 2, 5).is_err());
+        assert!(net
+            .forward_stage(0, StageInput::Hidden(&[0.0; 40]), 2, 5)
+            .is_err());
+    }
+}

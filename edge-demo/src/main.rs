@@ -1,10 +1,11 @@
 //! `modula`: the command-line program. With no subcommand it runs the demo; `inspect`
 //! prints a model file's metadata and tensor table; `train`, `eval`, `run` and `convert`;
-//! `emoe` and `moduleformer` hold each method's own steps. Each subcommand family lives in its own file.
+//! `emoe`, `moduleformer` and `m2mkd` hold each method's own steps. Each subcommand family lives in its own file.
 
 mod demo;
 mod emoe;
 mod inspect;
+mod m2mkd;
 mod moduleformer;
 mod quantize;
 mod run;
@@ -52,6 +53,11 @@ enum Command {
     /// EMoE: split a trained dense model's FFNs into emergent experts.
     #[command(subcommand)]
     Emoe(emoe::EmoeCommand),
+    /// m2mKD: distil a dense teacher into a modular (MoE) student module by module
+    /// through a shallow meta model (phases meta, incubate, teacher, distill, assemble;
+    /// `run` does the whole study).
+    #[command(subcommand)]
+    M2mkd(m2mkd::M2mCommand),
     /// Print a model file's architecture metadata and tensor table.
     Inspect {
         /// The GGUF file.
@@ -82,6 +88,7 @@ fn main() -> ExitCode {
         Some(Command::Quantize(a)) => quantize::run(&a),
         Some(Command::Emoe(c)) => emoe::run(&c),
         Some(Command::Moduleformer(c)) => moduleformer::run(&c),
+        Some(Command::M2mkd(c)) => m2mkd::run(&c),
         Some(Command::Run(a)) => run::run(&a),
     };
     match result {

@@ -969,3 +969,128 @@ fn seqboat_trains_evaluates_resumes_and_streams() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn m2mkd_phases_run_resume_and_refuse_bad_settings() {
+    let d = tmpdir("m2mkd");
+    let dir = d.join("run");
+    let small = [
+        "--data",
+        "generated",
+        "--patch",
+        "2",
+        "--train-images",
+        "200",
+        "--test-images",
+        "60",
+        "--modules",
+        "2",
+        "--teacher-width",
+        "8",
+        "--teacher-ffn",
+        "16",
+        "--student-width",
+        "4",
+        "--student-ffn",
+        "8",
+        "--experts",
+        "3",
+        "--heads",
+        "2",
+        "--steps-meta",
+        "20",
+        "--steps-incubate",
+        "10",
+        "--steps-teacher",
+        "10",
+        "--steps-distill",
+        "10",
+        "--steps-finetune",
+        "10",
+        "--batch",
+        "16",
+        "--eval-batches",
+        "4",
+    ];
+    let run = |args: &[&str]| {
+        // the small settings, less any the case sets itself
+        let mut rest: Vec<&str> = Vec::new();
+        for pair in small.chunks(2) {
+            if !args.contains(&pair[0]) {
+                rest.extend_from_slice(pair);
+            }
+        }
+        let out = modula()
+            .args(["m2mkd"])
+            .args(args)
+            .arg("--dir")
+            .arg(&dir)
+            .args(rest)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, text, err) = run(&["teacher"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("teacher_hybrids_mt"), "{text}");
+    let (ok, _, err) = run(&["distill", "--variant", "m2mkd", "--seed", "3"]);
+    assert!(ok, "{err}");
+    assert!(dir.join("m2mkd.s3.k1.gguf").exists());
+    let (ok, text, err) = run(&["assemble", "--variant", "m2mkd", "--seed", "3"]);
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("m2mkd seed 3: test") && text.contains("assembled before A"),
+        "{text}"
+    );
+    // the K files are reused: assembling again trains nothing new
+    assert!(!err.contains("K (m2mkd)"), "{err}");
+    let (ok, text, err) = run(&["run", "--variants", "scratch,m2mkd", "--seeds", "3"]);
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("| m2mkd | 1 |") && text.contains("| scratch | 1 |"),
+        "{text}"
+    );
+    assert!(dir.join("table.md").exists());
+    // a phase file written by inspect-able GGUF
+    let out = modula()
+        .arg("inspect")
+        .arg(dir.join("m2mkd.s3.gguf"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mod.1.blk.0.ffn_up.2.weight"));
+
+    // bad input: each a message and a non-zero exit, never a panic
+    for (args, needle) in [
+        (vec!["assemble", "--variant", "m2m"], "unknown variant"),
+        (vec!["distill", "--variant", "scratch"], "no K phase"),
+        (vec!["run", "--seeds", "6-1"], "--seeds"),
+        (vec!["teacher", "--alpha", "1.5"], "--alpha"),
+        (vec!["teacher", "--kl-norm", "sum"], "KL normalisation"),
+        (vec!["teacher", "--ood", "x.txt"], "--ood"),
+        (vec!["teacher", "--steps-meta", "0"], "at least 1 step"),
+        (vec!["teacher", "--lr", "5e-3"], "other settings"),
+    ] {
+        let (ok, _, err) = run(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = modula()
+        .args(["m2mkd", "teacher", "--dir"])
+        .arg(d.join("w"))
+        .args(["--teacher-width", "10", "--heads", "4"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of --heads"));
+    // a damaged phase file is reported, not silently retrained
+    std::fs::write(dir.join("meta.gguf"), b"GGUF\x03\x00").unwrap();
+    let (ok, _, err) = run(&["assemble", "--variant", "incubation", "--seed", "4"]);
+    assert!(!ok && err.contains("meta.gguf"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

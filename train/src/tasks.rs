@@ -670,6 +670,8 @@ pub struct FashionMnist {
     cols: usize,
     /// Patch side.
     pub patch: usize,
+    /// Name in descriptions (`fashion-mnist`, or `generated`).
+    pub name: &'static str,
 }
 
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
@@ -796,7 +798,43 @@ impl FashionMnist {
             rows,
             cols,
             patch,
+            name: "fashion-mnist",
         })
+    }
+
+    /// A generated image set (no download): 8×8 images of 4 classes, class `c` with
+    /// brightness level `c` and a brighter quadrant `c`, plus uniform noise; `train` and
+    /// `test` images, deterministic in `seed`.
+    pub fn generated(
+        train: usize,
+        test: usize,
+        seed: u64,
+        patch: usize,
+    ) -> Result<Self, DataError> {
+        let make = |n: usize, seed: u64| {
+            let mut r = SplitMix64(seed);
+            let (mut x, mut y) = (Vec::with_capacity(n * 64), Vec::with_capacity(n));
+            for _ in 0..n {
+                let c = r.below(4) as usize;
+                for row in 0..8 {
+                    for col in 0..8 {
+                        let on = (row / 4) * 2 + col / 4 == c;
+                        let v = 20.0
+                            + 50.0 * c as f32
+                            + if on { 40.0 } else { 0.0 }
+                            + 30.0 * r.next_f32();
+                        x.push(v as u8);
+                    }
+                }
+                y.push(c as u8);
+            }
+            ((vec![n, 8, 8], x), (vec![n], y))
+        };
+        let (tx, ty) = make(train, seed);
+        let (vx, vy) = make(test, seed ^ 0x7e57);
+        let mut d = Self::from_parts(tx, ty, vx, vy, patch)?;
+        d.name = "generated 8x8 images, 4 classes";
+        Ok(d)
     }
 
     /// The first `train` training and `test` test images (0 = all of them): smaller
@@ -912,7 +950,8 @@ impl FashionMnist {
 impl Dataset for FashionMnist {
     fn describe(&self) -> String {
         format!(
-            "fashion-mnist: {} training and {} test images, {}x{} patches ({} per image)",
+            "{}: {} training and {} test images, {}x{} patches ({} per image)",
+            self.name,
             self.train_y.len(),
             self.val_y.len(),
             self.patch,

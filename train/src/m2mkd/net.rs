@@ -1152,8 +1152,8 @@ impl Net {
     /// Read a network written by [`Net::write_gguf`]; every tensor must be present with
     /// its shape and finite, and nothing else may be in the file.
     pub fn read_gguf(path: &std::path::Path) -> Result<Net, String> {
-        let file = modula_core::Model::open(path).map_err(|e| e.to_string())?;
         let ctx = |m: String| format!("{}: {m}", path.display());
+        let file = modula_core::Model::open(path).map_err(|e| ctx(e.to_string()))?;
         let s = |k: &str| -> Result<String, String> {
             file.get(k)
                 .and_then(|v| v.as_str().map(str::to_string))

@@ -284,6 +284,51 @@ pub struct Pipeline<'a> {
     pub log: &'a (dyn Fn(&str) + Sync),
 }
 
+/// A data set cut to a fixed sequence length (text takes any length; an m2mKD network has
+/// a position table of one length).
+pub struct FixedSeq<'a> {
+    /// The data.
+    pub inner: &'a dyn Dataset,
+    /// Positions per sequence.
+    pub seq: usize,
+}
+
+impl std::fmt::Debug for FixedSeq<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FixedSeq({}, {})", self.inner.describe(), self.seq)
+    }
+}
+
+impl Dataset for FixedSeq<'_> {
+    fn describe(&self) -> String {
+        format!("{} in sequences of {}", self.inner.describe(), self.seq)
+    }
+    fn shape(&self) -> TaskShape {
+        TaskShape {
+            seq: Some(self.seq),
+            ..self.inner.shape()
+        }
+    }
+    fn batch(
+        &self,
+        split: crate::data::Split,
+        b: usize,
+        t: usize,
+        rng: &mut modula_core::rng::SplitMix64,
+    ) -> Result<crate::tasks::Batch, crate::data::DataError> {
+        self.inner.batch(split, b, t, rng)
+    }
+    fn eval_batches(
+        &self,
+        b: usize,
+        t: usize,
+        max_batches: usize,
+        seed: u64,
+    ) -> Result<Vec<crate::tasks::Batch>, crate::data::DataError> {
+        self.inner.eval_batches(b, t, max_batches, seed)
+    }
+}
+
 impl std::fmt::Debug for Pipeline<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
@@ -324,7 +369,24 @@ impl Pipeline<'_> {
             return Err("batch must be at least 1".into());
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| file_err(&self.dir, e))?;
-        Ok(())
+        // the phase files of a directory belong to one setting: refuse to mix
+        let want = format!(
+            "{:#?}\ndata: {}\nshifted: {}\n",
+            self.cfg,
+            self.data.describe(),
+            self.shifted.map_or("none".into(), |d| d.describe())
+        );
+        let p = self.dir.join("settings.txt");
+        match std::fs::read_to_string(&p) {
+            Ok(have) if have == want => Ok(()),
+            Ok(_) => Err(format!(
+                "{} holds a run with other settings (see {}); use another directory",
+                self.dir.display(),
+                p.display()
+            )),
+            Err(_) => modula_core::io::atomic_write(&p, |w| w.write_all(want.as_bytes()))
+                .map_err(|e| file_err(&p, e)),
+        }
     }
 
     /// Module `i`'s configuration for `arch` inside a network whose hidden stream between
@@ -570,6 +632,67 @@ impl Pipeline<'_> {
             .collect()
     }
 
+    /// The initial student of `seed` (every variant of the seed starts from it).
+    fn init(&self, seed: u64) -> Result<Net, String> {
+        self.whole(
+            self.cfg.student,
+            seed.wrapping_mul(0x9e37_79b9).wrapping_add(17),
+        )
+    }
+
+    /// K: every student module of a modular variant trained in its hybrid (in parallel),
+    /// or loaded from its file.
+    pub fn distill(&self, v: Variant, seed: u64) -> Result<Vec<Net>, String> {
+        self.check()?;
+        if !v.modular() {
+            return Err(format!("variant '{}' has no K phase", v.name()));
+        }
+        let c = self.cfg;
+        let meta = self.meta()?;
+        let teacher = if v == Variant::Incubation {
+            None
+        } else {
+            Some(self.teacher()?)
+        };
+        let loss = match v {
+            Variant::Incubation => self.loss(0.0),
+            Variant::M2m => self.loss(c.alpha),
+            Variant::M2mRow => LossCfg {
+                norm: KlNorm::PerRow,
+                ..self.loss(c.alpha)
+            },
+            // the MSE compares the stitched student module's output with the teacher
+            // module's: both have the meta width (logits for the last module)
+            _ => LossCfg {
+                hidden_mse: true,
+                ..self.loss(c.alpha)
+            },
+        };
+        let init = self.init(seed)?;
+        let tag = format!("{}.s{seed}", v.name());
+        par::map_indexed(c.modules, |i| {
+            self.load_or(&format!("{tag}.k{i}.gguf"), || {
+                (self.log)(&format!("K ({}): student module {i}", v.name()));
+                let mut m = Net::new(
+                    self.task()?,
+                    &[self.module_cfg(c.student, i, c.meta.d)],
+                    seed ^ 0x5717 ^ i as u64,
+                )?;
+                m.load_from(&init, true)?;
+                let tm = match &teacher {
+                    Some(t) => Teacher::Module(self.split(t, c.teacher, i)?),
+                    None => Teacher::None,
+                };
+                let mut job = self.hybrid(&meta, m, tm, loss);
+                let s = seed.wrapping_mul(31).wrapping_add(300 + i as u64);
+                self.run_job(&mut job, c.steps.distill, s, &format!("K {i}"))?;
+                Ok(job.student)
+            })
+        })
+        .into_iter()
+        .collect()
+    }
+
     /// Train (or load the result of) one student variant for one seed.
     pub fn student(&self, variant: Variant, seed: u64) -> Result<StudentResult, String> {
         self.check()?;
@@ -581,7 +704,7 @@ impl Pipeline<'_> {
             return Ok(r);
         }
         let c = self.cfg;
-        let init = self.whole(c.student, seed.wrapping_mul(0x9e37_79b9).wrapping_add(17))?;
+        let init = self.init(seed)?;
         let a_seed = seed.wrapping_add(1000);
         let tag = format!("{}.s{seed}", variant.name());
         let mut before = None;
@@ -597,46 +720,7 @@ impl Pipeline<'_> {
             }
             v => {
                 let meta = self.meta()?;
-                let teacher = if v == Variant::Incubation {
-                    None
-                } else {
-                    Some(self.teacher()?)
-                };
-                let loss = match v {
-                    Variant::Incubation => self.loss(0.0),
-                    Variant::M2m => self.loss(c.alpha),
-                    Variant::M2mRow => LossCfg {
-                        norm: KlNorm::PerRow,
-                        ..self.loss(c.alpha)
-                    },
-                    _ => LossCfg {
-                        hidden_mse: true,
-                        ..self.loss(c.alpha)
-                    },
-                };
-                // the MSE variant compares the stitched student module's output with
-                // the teacher module's: both have the meta width (logits for the last)
-                let mods: Vec<Net> = par::map_indexed(c.modules, |i| {
-                    self.load_or(&format!("{tag}.k{i}.gguf"), || {
-                        (self.log)(&format!("K ({}): student module {i}", v.name()));
-                        let mut m = Net::new(
-                            self.task()?,
-                            &[self.module_cfg(c.student, i, c.meta.d)],
-                            seed ^ 0x5717 ^ i as u64,
-                        )?;
-                        m.load_from(&init, true)?;
-                        let tm = match &teacher {
-                            Some(t) => Teacher::Module(self.split(t, c.teacher, i)?),
-                            None => Teacher::None,
-                        };
-                        let mut job = self.hybrid(&meta, m, tm, loss);
-                        let s = seed.wrapping_mul(31).wrapping_add(300 + i as u64);
-                        self.run_job(&mut job, c.steps.distill, s, &format!("K {i}"))?;
-                        Ok(job.student)
-                    })
-                })
-                .into_iter()
-                .collect::<Result<_, _>>()?;
+                let mods = self.distill(v, seed)?;
                 for m in &mods {
                     let j = self.hybrid(&meta, m.clone(), Teacher::None, self.loss(0.0));
                     hybrids.push(self.eval_on(&j, self.data)?.0);
@@ -811,32 +895,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::tasks::FashionMnist;
-    use modula_core::rng::SplitMix64;
-
-    /// 8×8 images of 4 classes: class c has brightness level c, plus noise, and a brighter
-    /// quadrant c.
-    pub(crate) fn quadrants(n: usize, seed: u64) -> (Vec<usize>, Vec<u8>, Vec<usize>, Vec<u8>) {
-        let mut r = SplitMix64(seed);
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        for _ in 0..n {
-            let c = r.below(4) as usize;
-            for row in 0..8 {
-                for col in 0..8 {
-                    let on = (row / 4) * 2 + col / 4 == c;
-                    let v =
-                        20.0 + 50.0 * c as f32 + if on { 40.0 } else { 0.0 } + 30.0 * r.next_f32();
-                    x.push(v as u8);
-                }
-            }
-            y.push(c as u8);
-        }
-        (vec![n, 8, 8], x, vec![n], y)
-    }
 
     fn data() -> FashionMnist {
-        let (a, b, c, d) = quadrants(300, 1);
-        let (e, f, g, h) = quadrants(100, 2);
-        FashionMnist::from_parts((a, b), (c, d), (e, f), (g, h), 2).unwrap()
+        FashionMnist::generated(300, 100, 1, 2).unwrap()
     }
 
     fn tiny() -> PipelineCfg {

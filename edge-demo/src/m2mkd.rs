@@ -136,6 +136,10 @@ pub struct M2mArgs {
     /// Seed of the teacher side.
     #[arg(long, default_value_t = 1)]
     teacher_seed: u64,
+    /// Teacher modules of the K phase: `ft` (split from the fine-tuned teacher, as the
+    /// released code does) or `mt` (the incubated modules, still fitted to the meta model).
+    #[arg(long, default_value = "ft")]
+    teacher_modules: String,
     /// Evaluation batches (of --batch examples).
     #[arg(long, default_value_t = 200)]
     eval_batches: usize,
@@ -332,6 +336,11 @@ impl M2mArgs {
             tau: self.tau,
             norm: KlNorm::parse(&self.kl_norm)?,
             teacher_seed: self.teacher_seed,
+            teacher_from_mt: match self.teacher_modules.as_str() {
+                "ft" => false,
+                "mt" => true,
+                o => return Err(format!("--teacher-modules {o}: use ft or mt")),
+            },
             eval_batches: self.eval_batches,
             ..PipelineCfg::small()
         })

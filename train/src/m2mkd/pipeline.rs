@@ -99,6 +99,10 @@ pub struct PipelineCfg {
     pub norm: KlNorm,
     /// Seed of the teacher side (meta, MT, FT).
     pub teacher_seed: u64,
+    /// The K phase's teacher modules: the incubated ones (MT, still fitted to the meta
+    /// model's interface) instead of those split from the fine-tuned teacher (FT, the
+    /// released code's choice; spec pitfall 1).
+    pub teacher_from_mt: bool,
     /// Validation batches per evaluation (the whole finite test set when large enough).
     pub eval_batches: usize,
 }
@@ -155,6 +159,7 @@ impl PipelineCfg {
             tau: 1.0,
             norm: KlNorm::PerLogit,
             teacher_seed: 1,
+            teacher_from_mt: false,
             eval_batches: 200,
         }
     }
@@ -649,10 +654,17 @@ impl Pipeline<'_> {
         }
         let c = self.cfg;
         let meta = self.meta()?;
-        let teacher = if v == Variant::Incubation {
-            None
-        } else {
-            Some(self.teacher()?)
+        let teacher: Option<Vec<Net>> = match v {
+            Variant::Incubation => None,
+            _ if c.teacher_from_mt => Some(self.incubated(&meta)?),
+            _ => {
+                let t = self.teacher()?;
+                Some(
+                    (0..c.modules)
+                        .map(|i| self.split(&t, c.teacher, i))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
         };
         let loss = match v {
             Variant::Incubation => self.loss(0.0),
@@ -680,7 +692,7 @@ impl Pipeline<'_> {
                 )?;
                 m.load_from(&init, true)?;
                 let tm = match &teacher {
-                    Some(t) => Teacher::Module(self.split(t, c.teacher, i)?),
+                    Some(t) => Teacher::Module(t[i].clone()),
                     None => Teacher::None,
                 };
                 let mut job = self.hybrid(&meta, m, tm, loss);

@@ -19,13 +19,11 @@ use crate::layers::mha::{
 };
 use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::layers::router::gate_backward;
-use crate::model::dense::normal;
 use crate::params::{ParamStore, ParamTable};
 use crate::tasks::{Batch, TaskShape};
 use modula_core::kernels::expert_ffn::Activation;
 use modula_core::kernels::par;
 use modula_core::kernels::routing::top_k;
-use modula_core::rng::SplitMix64;
 
 /// Shape of one module.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -374,25 +372,8 @@ impl Net {
     pub fn new(task: TaskShape, cfgs: &[StageCfg], seed: u64) -> Result<Net, String> {
         let (t, stages) = Self::layout(task, cfgs)?;
         let mut params = t.build();
-        let mut rng = SplitMix64(seed);
-        let total_blocks: usize =
-            cfgs.iter().map(|c| c.blocks).sum::<usize>() * cfgs[0].of / cfgs.len().max(1);
-        let resid = 0.02 / (2.0 * total_blocks.max(1) as f32).sqrt();
-        for (i, s) in params.specs().to_vec().iter().enumerate() {
-            let v = params.value_mut(i);
-            if s.name.ends_with("norm.weight") {
-                v.fill(1.0);
-            } else if s.name.ends_with(".bias") {
-                v.fill(0.0);
-            } else {
-                let std = if s.name.contains("attn_output") || s.name.contains("ffn_down") {
-                    resid
-                } else {
-                    0.02
-                };
-                v.iter_mut().for_each(|x| *x = std * normal(&mut rng));
-            }
-        }
+        let blocks: usize = cfgs.iter().map(|c| c.blocks).sum::<usize>() * cfgs[0].of / cfgs.len();
+        crate::model::dense::gpt2_init(&mut params, seed, blocks);
         Ok(Net {
             task,
             stages,
@@ -1261,6 +1242,7 @@ pub(crate) mod tests {
     use crate::gradcheck::{check_grad, check_grad_steps, GradCheck};
     use crate::layers::loss::IGNORE;
     use crate::model::dense::Pool;
+    use modula_core::rng::SplitMix64;
 
     pub(crate) fn image_task() -> TaskShape {
         TaskShape {

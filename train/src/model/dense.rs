@@ -394,25 +394,7 @@ impl DenseModel {
             None
         };
         let mut params = t.build();
-        let mut rng = SplitMix64(seed);
-        let resid = 0.02 / (2.0 * cfg.layers.max(1) as f32).sqrt();
-        for (i, s) in params.specs().to_vec().iter().enumerate() {
-            let v = params.value_mut(i);
-            if s.name.ends_with("norm.weight") {
-                v.fill(1.0);
-            } else if s.name.ends_with(".bias") {
-                v.fill(0.0);
-            } else {
-                let std = if s.name.contains("attn_output") || s.name.contains("ffn_down") {
-                    resid
-                } else {
-                    0.02
-                };
-                for x in v.iter_mut() {
-                    *x = std * normal(&mut rng);
-                }
-            }
-        }
+        gpt2_init(&mut params, seed, cfg.layers);
         Ok(DenseModel {
             cfg,
             params,
@@ -1031,6 +1013,29 @@ pub(crate) fn pool_backward(
 fn add(dst: &mut [f32], src: &[f32]) {
     for (a, b) in dst.iter_mut().zip(src) {
         *a += b;
+    }
+}
+
+/// GPT-2-style initialisation by tensor name, deterministic in `seed`: norms γ = 1,
+/// biases 0, weights N(0, 0.02) — residual output projections (`attn_output`,
+/// `ffn_down`) N(0, 0.02/√(2·blocks)).
+pub(crate) fn gpt2_init(params: &mut ParamStore, seed: u64, blocks: usize) {
+    let mut rng = SplitMix64(seed);
+    let resid = 0.02 / (2.0 * blocks.max(1) as f32).sqrt();
+    for (i, s) in params.specs().to_vec().iter().enumerate() {
+        let v = params.value_mut(i);
+        if s.name.ends_with("norm.weight") {
+            v.fill(1.0);
+        } else if s.name.ends_with(".bias") {
+            v.fill(0.0);
+        } else {
+            let std = if s.name.contains("attn_output") || s.name.contains("ffn_down") {
+                resid
+            } else {
+                0.02
+            };
+            v.iter_mut().for_each(|x| *x = std * normal(&mut rng));
+        }
     }
 }
 

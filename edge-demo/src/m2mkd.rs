@@ -35,6 +35,19 @@ pub enum M2mCommand {
     Assemble(StudentArgs),
     /// Everything: teacher side, every variant for every seed, the table.
     Run(RunArgs),
+    /// Test and shifted-test accuracy of a whole network file (a student or the teacher;
+    /// quantised copies too).
+    Eval(EvalArgs),
+}
+
+/// A network file and the data to measure it on.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The network (.gguf written by a phase, or a quantised copy).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    common: M2mArgs,
 }
 
 /// Settings shared by every phase (they must stay the same within a directory).
@@ -429,6 +442,21 @@ fn seeds(s: &str) -> Result<Vec<u64>, String> {
 pub fn run(cmd: &M2mCommand) -> Result<(), String> {
     let t0 = Instant::now();
     let r = match cmd {
+        M2mCommand::Eval(a) => {
+            let net = modula_train::m2mkd::net::Net::read_gguf(&a.model)?;
+            // evaluation reads the data only; nothing is written to --dir
+            let (iid, loss, ood) = a.common.with(|p| p.evaluate(&net))?;
+            println!(
+                "{}: test accuracy {:.2}% (loss {loss:.4}){}",
+                a.model.display(),
+                100.0 * iid,
+                ood.map_or(String::new(), |o| format!(
+                    ", shifted test {:.2}%",
+                    100.0 * o
+                ))
+            );
+            Ok(())
+        }
         M2mCommand::Meta(a) => a.with(|p| p.meta().map(|_| ())),
         M2mCommand::Incubate(a) => a.with(|p| {
             let meta = p.meta()?;

@@ -1063,6 +1063,18 @@ fn m2mkd_phases_run_resume_and_refuse_bad_settings() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("mod.1.blk.0.ffn_up.2.weight"));
+    let student = dir.join("m2mkd.s3.gguf");
+    let (ok, text, err) = run(&["eval", "--model", student.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("test accuracy") && text.contains("shifted test"),
+        "{text}"
+    );
+    let one = dir.join("m2mkd.s3.k0.gguf");
+    let (ok, _, err) = run(&["eval", "--model", one.to_str().unwrap()]);
+    assert!(!ok && err.contains("not a whole network"), "{err}");
+    let (ok, _, err) = run(&["eval", "--model", student.to_str().unwrap(), "--patch", "4"]);
+    assert!(!ok && err.contains("built for"), "{err}");
 
     // bad input: each a message and a non-zero exit, never a panic
     for (args, needle) in [

@@ -605,6 +605,28 @@ impl Pipeline<'_> {
         Ok(m)
     }
 
+    /// Test accuracy, test loss and shifted-test accuracy of a whole network (e.g. a
+    /// student or teacher file); checks that it fits the data.
+    pub fn evaluate(&self, net: &Net) -> Result<(f64, f64, Option<f64>), String> {
+        let t = self.task()?;
+        if net.task != t {
+            return Err(format!(
+                "the network was built for {:?}, the data is {:?}",
+                net.task, t
+            ));
+        }
+        if net.first_module() != 0 || net.stages.len() != net.stages[0].cfg.of {
+            return Err("not a whole network (a single module needs its meta model)".into());
+        }
+        let j = Job::end_to_end(net.clone(), self.loss(0.0));
+        let (iid, loss) = self.eval_on(&j, self.data)?;
+        let ood = match self.shifted {
+            Some(s) => Some(self.eval_on(&j, s)?.0),
+            None => None,
+        };
+        Ok((iid, loss, ood))
+    }
+
     /// (IID, OOD) accuracy of a job's network.
     fn accuracies(&self, job: &Job) -> Result<(f64, Option<f64>), String> {
         let iid = self.eval_on(job, self.data)?.0;

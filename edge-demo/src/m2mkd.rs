@@ -149,6 +149,12 @@ pub struct M2mArgs {
     /// Seed of the teacher side.
     #[arg(long, default_value_t = 1)]
     teacher_seed: u64,
+    /// A trained dense baseline (`modula train`, .gguf or .safetensors) to use as the
+    /// teacher: split into the modules, incubated (MT) and fine-tuned (FT) from its weights
+    /// instead of from scratch. Its width, heads, FFN and blocks (= modules x
+    /// --teacher-blocks) must match the teacher flags.
+    #[arg(long)]
+    teacher_init: Option<PathBuf>,
     /// Teacher modules of the K phase: `ft` (split from the fine-tuned teacher, as the
     /// released code does) or `mt` (the incubated modules, still fitted to the meta model).
     #[arg(long, default_value = "ft")]
@@ -381,12 +387,23 @@ impl M2mArgs {
             None => (data.train.as_ref(), data.shifted.as_deref()),
         };
         let log = |m: &str| eprintln!("{m}");
+        let teacher_init = match &self.teacher_init {
+            Some(path) => {
+                let (dense, _) = crate::train::load_model(path)?;
+                Some(
+                    modula_train::m2mkd::net::Net::from_dense(&dense, train.shape(), self.modules)
+                        .map_err(|e| format!("{}: {e}", path.display()))?,
+                )
+            }
+            None => None,
+        };
         let p = Pipeline {
             cfg,
             data: train,
             shifted,
             dir: self.dir.clone(),
             log: &log,
+            teacher_init: teacher_init.as_ref(),
         };
         eprintln!("m2mKD in {}: {}", self.dir.display(), train.describe());
         f(&p)

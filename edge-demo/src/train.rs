@@ -25,8 +25,8 @@ use std::time::Instant;
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Data: a text file (bytes; the last 10% is validation), `kjv`, `fashion-mnist`,
-    /// `listops`, `recall`, `sparse-recall` or `copy` (the last four are generated, no
-    /// download).
+    /// `generated` (8x8 images of 4 classes), `listops`, `recall`, `sparse-recall` or
+    /// `copy` (the last five are generated, no download).
     #[arg(long)]
     data: String,
     /// Positions per sequence (bytes for text; fixed by the task for fashion-mnist).
@@ -109,6 +109,7 @@ impl DataArgs {
         if self.data_slice.is_some()
             && [
                 "fashion-mnist",
+                "generated",
                 "listops",
                 "recall",
                 "sparse-recall",
@@ -120,6 +121,9 @@ impl DataArgs {
         }
         let ds: Box<dyn Dataset> = match self.data.as_str() {
             "kjv" => Box::new(self.text(&self.dir().join("kjv.txt"), hint)?),
+            "generated" => Box::new(
+                FashionMnist::generated(2000, 1000, self.data_seed, self.patch).map_err(e)?,
+            ),
             "fashion-mnist" => {
                 let p = self.dir().join("fashion-mnist");
                 Box::new(

@@ -1100,6 +1100,59 @@ fn m2mkd_phases_run_resume_and_refuse_bad_settings() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of --heads"));
+    // a trained dense baseline as the teacher: split, incubated, fine-tuned
+    let dense = d.join("dense.gguf");
+    let out = modula()
+        .args([
+            "train",
+            "--data",
+            "generated",
+            "--patch",
+            "2",
+            "--d",
+            "8",
+            "--layers",
+            "4",
+        ])
+        .args([
+            "--heads", "2", "--ffn", "16", "--steps", "5", "--batch", "8", "--quiet",
+        ])
+        .arg("--out")
+        .arg(&dense)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = modula()
+        .args(["m2mkd", "teacher", "--dir"])
+        .arg(d.join("from-dense"))
+        .args(small)
+        .arg("--teacher-init")
+        .arg(&dense)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = modula()
+        .args(["m2mkd", "teacher", "--dir"])
+        .arg(d.join("from-dense-bad"))
+        .args(small)
+        .args(["--teacher-blocks", "1"])
+        .arg("--teacher-init")
+        .arg(&dense)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("teacher's shape"),
+        "{err}"
+    );
     // a damaged phase file is reported, not silently retrained
     std::fs::write(dir.join("meta.gguf"), b"GGUF\x03\x00").unwrap();
     let (ok, _, err) = run(&["assemble", "--variant", "incubation", "--seed", "4"]);

@@ -1083,6 +1083,111 @@ impl Net {
     }
 }
 
+impl Net {
+    /// A trained dense baseline (`modula train --arch dense`) split into `modules`
+    /// modules of contiguous blocks — the embedding with the first, the final norm and
+    /// head with the last — as a whole network of this crate's modules (issue #11's "split
+    /// a trained dense teacher"). The tensors are the same numbers under module names (the
+    /// FFN down projection transposed back to `[d, ffn]`; a model without a position table
+    /// gets a zero one, an LM head without bias a zero bias), so the network computes what
+    /// the dense model computes.
+    pub fn from_dense(
+        dense: &crate::model::dense::DenseModel,
+        task: TaskShape,
+        modules: usize,
+    ) -> Result<Net, String> {
+        let c = dense.cfg;
+        if c.emoe_layers != 0 {
+            return Err("an EMoE model is not a dense teacher".into());
+        }
+        if modules == 0 || c.layers % modules != 0 {
+            return Err(format!(
+                "{} blocks do not split into {modules} modules of equal size",
+                c.layers
+            ));
+        }
+        let outs = if task.classes > 0 {
+            task.classes
+        } else {
+            task.vocab
+        };
+        let fits = c.patch_dim == task.patch_dim
+            && (task.patch_dim > 0 || c.vocab == task.vocab)
+            && c.classes == task.classes
+            && c.outputs() == outs
+            && c.causal == task.causal
+            && (c.classes == 0 || c.pool == task.pool)
+            && (c.max_seq == 0 || Some(c.max_seq) >= task.seq);
+        if !fits {
+            return Err(format!(
+                "the dense model (vocab {}, patches {}, classes {}, causal {}, pool {}, positions {}) does not fit the data {task:?}",
+                c.vocab, c.patch_dim, c.classes, c.causal, c.pool.name(), c.max_seq
+            ));
+        }
+        let k = c.layers / modules;
+        let cfgs: Vec<StageCfg> = (0..modules)
+            .map(|i| StageCfg {
+                index: i,
+                of: modules,
+                d: c.d,
+                heads: c.heads,
+                ffn: c.ffn,
+                blocks: k,
+                moe: 0,
+                experts: 0,
+                top_k: 0,
+                in_width: c.d,
+                out_width: c.d,
+            })
+            .collect();
+        let mut net = Net::new(task, &cfgs, 0)?;
+        let seq = task.seq.unwrap_or(0);
+        let specs = net.params.specs().to_vec();
+        for (i, sp) in specs.iter().enumerate() {
+            let (m, rest) = sp
+                .name
+                .strip_prefix("mod.")
+                .and_then(|r| r.split_once('.'))
+                .ok_or("unexpected tensor name")?;
+            let m: usize = m.parse().map_err(|_| "unexpected tensor name")?;
+            let src = match rest.strip_prefix("blk.") {
+                Some(b) => {
+                    let (j, t) = b.split_once('.').ok_or("unexpected tensor name")?;
+                    let l = m * k + j.parse::<usize>().map_err(|_| "unexpected tensor name")?;
+                    format!(
+                        "blk.{l}.{}",
+                        t.replace("ffn_down.weight", "ffn_down_t.weight")
+                    )
+                }
+                None => rest.to_string(),
+            };
+            let dst = net.params.value_mut(i);
+            match dense.params.index_of(&src) {
+                Some(j) => {
+                    let v = dense.params.value(j);
+                    if src.ends_with("ffn_down_t.weight") {
+                        // [f, d] -> [d, f]
+                        for r in 0..c.d {
+                            for f in 0..c.ffn {
+                                dst[r * c.ffn + f] = v[f * c.d + r];
+                            }
+                        }
+                    } else if src == "position_embd.weight" {
+                        dst.copy_from_slice(&v[..seq * c.d]);
+                    } else if v.len() == dst.len() {
+                        dst.copy_from_slice(v);
+                    } else {
+                        return Err(format!("tensor '{src}' has another size"));
+                    }
+                }
+                None if src == "position_embd.weight" || src == "output.bias" => dst.fill(0.0),
+                None => return Err(format!("the dense model has no '{src}'")),
+            }
+        }
+        Ok(net)
+    }
+}
+
 /// Metadata key of the model kind.
 pub const KIND: &str = "m2mkd-net";
 
@@ -1485,6 +1590,58 @@ pub(crate) mod tests {
         // a shape mismatch is an error, not a partial copy
         let wide = Net::new(t, &[cfg(0, 2, 6, 6, 1, 1), cfg(1, 2, 6, 6, 1, 0)], 1).unwrap();
         assert!(whole2.load_from(&wide, true).is_err());
+    }
+
+    #[test]
+    fn a_dense_model_splits_into_modules_that_compute_the_same() {
+        use crate::model::dense::{DenseConfig, DenseModel, Input};
+        for (task, lm) in [(image_task(), false), (lm_task(), true)] {
+            let cfg = DenseConfig {
+                vocab: task.vocab,
+                d: 8,
+                layers: 4,
+                heads: 2,
+                ffn: 12,
+                max_seq: if lm { 0 } else { 5 },
+                causal: task.causal,
+                patch_dim: task.patch_dim,
+                classes: task.classes,
+                pool: task.pool,
+                ..DenseConfig::lm(7, 8, 4, 2, 12)
+            };
+            let mut dense = DenseModel::new(cfg, 3).unwrap();
+            perturb_store(&mut dense.params, 4);
+            let net = Net::from_dense(&dense, task, 2).unwrap();
+            let bt = batch(task, 2, 5);
+            let input = if lm {
+                Input::Tokens(&bt.tokens)
+            } else {
+                Input::Features(&bt.features)
+            };
+            let (_, a, _) = dense.forward(input, &bt.targets, 2, 5).unwrap();
+            let acts = net.forward_all(StageInput::Batch(&bt), 2, 5).unwrap();
+            let ours = &acts.last().unwrap().out;
+            assert_eq!(ours.len(), a.logits().len());
+            for (x, y) in ours.iter().zip(a.logits()) {
+                assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+            assert!(Net::from_dense(&dense, task, 3).is_err());
+            assert!(Net::from_dense(&dense, lm_task_other(), 2).is_err());
+        }
+    }
+
+    fn lm_task_other() -> TaskShape {
+        TaskShape {
+            vocab: 9,
+            ..lm_task()
+        }
+    }
+
+    fn perturb_store(p: &mut ParamStore, seed: u64) {
+        let mut r = SplitMix64(seed);
+        for v in p.values.iter_mut() {
+            *v += 0.3 * (2.0 * r.next_f32() - 1.0);
+        }
     }
 
     #[test]

@@ -287,6 +287,10 @@ pub struct Pipeline<'a> {
     pub dir: PathBuf,
     /// Progress lines.
     pub log: &'a (dyn Fn(&str) + Sync),
+    /// A trained dense teacher to start from (split into modules by
+    /// [`Net::from_dense`]): MT incubates its modules instead of random ones. `None`: the
+    /// teacher is built by Deep Incubation from scratch (the released code's way).
+    pub teacher_init: Option<&'a Net>,
 }
 
 /// A data set cut to a fixed sequence length (text takes any length; an m2mKD network has
@@ -375,8 +379,12 @@ impl Pipeline<'_> {
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| file_err(&self.dir, e))?;
         // the phase files of a directory belong to one setting: refuse to mix
+        let init = self.teacher_init.map_or("none".into(), |n| {
+            let sum: f64 = n.params.values.iter().map(|&v| f64::from(v)).sum();
+            format!("{} parameters, sum {sum:.6e}", n.params.values.len())
+        });
         let want = format!(
-            "{:#?}\ndata: {}\nshifted: {}\n",
+            "{:#?}\ndata: {}\nshifted: {}\nteacher init: {init}\n",
             self.cfg,
             self.data.describe(),
             self.shifted.map_or("none".into(), |d| d.describe())
@@ -524,7 +532,19 @@ impl Pipeline<'_> {
     /// MT: the teacher modules incubated in the meta model (in parallel).
     pub fn incubated(&self, meta: &Net) -> Result<Vec<Net>, String> {
         let c = self.cfg;
-        let init = self.whole(c.teacher, c.teacher_seed ^ 0x7eac)?;
+        let init = match self.teacher_init {
+            Some(t) => {
+                let want = self.whole(c.teacher, 0)?;
+                if t.task != want.task || t.params.specs() != want.params.specs() {
+                    return Err(format!(
+                        "the dense teacher does not have the teacher's shape ({} modules x {} blocks, width {}, FFN {})",
+                        c.modules, c.teacher.blocks, c.teacher.d, c.teacher.ffn
+                    ));
+                }
+                t.clone()
+            }
+            None => self.whole(c.teacher, c.teacher_seed ^ 0x7eac)?,
+        };
         par::map_indexed(c.modules, |i| {
             self.load_or(&format!("teacher.mt.{i}.gguf"), || {
                 (self.log)(&format!("MT: teacher module {i}"));
@@ -978,6 +998,7 @@ mod tests {
             shifted: Some(&shifted),
             dir: dir.clone(),
             log: &log,
+            teacher_init: None,
         };
         let mut first = Vec::new();
         for v in Variant::ALL {
@@ -1035,6 +1056,7 @@ mod tests {
             shifted: None,
             dir: dir.clone(),
             log: &log,
+            teacher_init: None,
         };
         assert!(p.meta().is_err());
         assert!(Variant::parse("m2m").is_err());

@@ -473,6 +473,7 @@ impl Pipeline<'_> {
         let tc = self.train_cfg(steps, seed);
         let mut state = TrainState::new(seed);
         let every = (steps / 4).max(1);
+        let t0 = std::time::Instant::now();
         train_from(job, self.data, &tc, &mut state, steps, |s| {
             if s.step % every == 0 || s.step == steps {
                 (self.log)(&format!(
@@ -481,7 +482,13 @@ impl Pipeline<'_> {
                 ));
             }
         })
-        .map_err(|e| format!("{what}: {e}"))
+        .map_err(|e| format!("{what}: {e}"))?;
+        let secs = t0.elapsed().as_secs_f64();
+        (self.log)(&format!(
+            "  {what}: {steps} steps in {secs:.1} s ({:.1} ms/step)",
+            1e3 * secs / steps.max(1) as f64
+        ));
+        Ok(())
     }
 
     fn eval_on(&self, job: &Job, data: &dyn Dataset) -> Result<(f64, f64), String> {

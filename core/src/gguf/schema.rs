@@ -95,7 +95,7 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
     s(
         "modula.model",
         Str,
-        "model family: dense | moduleformer | seqboat | emoe | moe",
+        "model family: dense | moduleformer | seqboat | emoe | moe | m2mkd-net",
     ),
     s(
         "modula.task",
@@ -226,6 +226,16 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
         "modula.seqboat.pad_token",
         U32,
         "padding token: zeroed before the EMA, never activated, not pooled",
+    ),
+    s(
+        "modula.m2m.task",
+        Str,
+        "m2mKD network: its task as JSON (vocab, patch_dim, classes, seq, causal, pool)",
+    ),
+    s(
+        "modula.m2m.modules",
+        Str,
+        "m2mKD network: its modules as a JSON list (index, of, d, heads, ffn, blocks, moe, experts, top_k, in_width, out_width)",
     ),
     a(
         "modula.nested.depths",

@@ -1645,6 +1645,72 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn files_round_trip_and_hostile_headers_are_refused() {
+        use modula_core::gguf::GgufWriter;
+        use modula_core::MetaValue;
+        let dir = std::env::temp_dir().join(format!("modula-m2m-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = image_task();
+        let mut net = Net::new(t, &[cfg(0, 2, 4, 6, 1, 1), cfg(1, 2, 4, 6, 1, 0)], 1).unwrap();
+        perturb_store(&mut net.params, 2);
+        let p = dir.join("net.gguf");
+        net.write_gguf(&p).unwrap();
+        let back = Net::read_gguf(&p).unwrap();
+        assert_eq!(back.params.values, net.params.values);
+        assert_eq!(back.task, net.task);
+        assert_eq!(
+            back.stages
+                .iter()
+                .map(|s| s.cfg.clone())
+                .collect::<Vec<_>>(),
+            net.stages.iter().map(|s| s.cfg.clone()).collect::<Vec<_>>()
+        );
+        // the same tensors under a header that declares far more parameters
+        let m = modula_core::Model::open(&p).unwrap();
+        let modules = m
+            .get("modula.m2m.modules")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string();
+        let write = |modules: &str, name: &str| {
+            let mut w = GgufWriter::new();
+            w.set("modula.model", MetaValue::String(KIND.into()))
+                .unwrap();
+            let task = m
+                .get("modula.m2m.task")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            w.set("modula.m2m.task", MetaValue::String(task)).unwrap();
+            w.set("modula.m2m.modules", MetaValue::String(modules.into()))
+                .unwrap();
+            for (i, s) in net.params.specs().iter().enumerate() {
+                w.add_f32(&s.name, &s.shape, net.params.value(i)).unwrap();
+            }
+            let q = dir.join(name);
+            w.write_to(&q).unwrap();
+            Net::read_gguf(&q)
+        };
+        let huge = modules.replace("\"d\":4", "\"d\":65536");
+        let e = write(&huge, "huge.gguf").unwrap_err();
+        assert!(e.contains("declares"), "{e}");
+        let e = write("[{\"index\": 0}]", "partial.gguf").unwrap_err();
+        assert!(e.contains("missing"), "{e}");
+        let e = write("not json", "junk.gguf").unwrap_err();
+        assert!(e.contains("modula.m2m.modules"), "{e}");
+        let e = write(&modules.replace("\"of\":2", "\"of\":1"), "of.gguf").unwrap_err();
+        assert!(e.contains("module"), "{e}");
+        // a NaN weight is refused
+        let mut bad = net.clone();
+        bad.params.values[3] = f32::NAN;
+        bad.write_gguf(&p).unwrap();
+        assert!(Net::read_gguf(&p).unwrap_err().contains("non-finite"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn bad_shapes_are_errors() {
         let t = image_task();
         assert!(Net::new(t, &[cfg(0, 2, 5, 4, 1, 0)], 1).is_err()); // 5 % 2 heads

@@ -91,6 +91,8 @@ pub struct JobActs {
     pub teacher_loss: f64,
     /// Cross-entropy of this batch.
     pub ce: f64,
+    /// The teacher term's weight α of this forward (0 in evaluation).
+    alpha: f64,
 }
 
 impl JobActs {
@@ -252,6 +254,7 @@ impl Trainable for Job {
                 &mut dl,
             )?;
         }
+        a.alpha = f64::from(alpha);
         let loss = f64::from(1.0 - alpha) * a.ce + f64::from(alpha) * a.teacher_loss;
         let loss = if self.eval { a.ce } else { loss };
         Ok((loss, a, dl))
@@ -259,6 +262,15 @@ impl Trainable for Job {
 
     fn logits(acts: &JobActs) -> &[f32] {
         &acts.logits
+    }
+
+    /// The teacher term (KL or MSE), weighted by α — reported, already in the loss.
+    fn aux_loss(acts: &JobActs) -> f64 {
+        acts.teacher_loss * acts.alpha
+    }
+
+    fn usage(&self, acts: &JobActs) -> Vec<(f32, f32)> {
+        acts.student.iter().flat_map(|s| s.router_usage()).collect()
     }
 
     fn backward_batch(
@@ -347,6 +359,13 @@ mod tests {
         let (_, acts, dl) = job.forward_batch(&bt).unwrap();
         if loss.alpha > 0.0 {
             assert!(acts.teacher_loss > 0.0, "{name}: no teacher term");
+            assert!((Job::aux_loss(&acts) - 0.5 * acts.teacher_loss).abs() < 1e-12);
+        }
+        // one MoE block: its load balance and routing entropy, both in [0, 1]
+        let u = job.usage(&acts);
+        assert_eq!(u.len(), 1, "{name}");
+        for (b, s) in u {
+            assert!((0.0..=1.0 + 1e-6).contains(&b) && (0.0..=1.0 + 1e-6).contains(&s));
         }
         job.student.forced = acts.student[0]
             .selections()

@@ -234,6 +234,31 @@ pub struct StageActs {
 }
 
 impl StageActs {
+    /// Per MoE block: the expert-load balance `H(load)/ln E` of the top-k assignments
+    /// (1 = every expert got the same number of tokens) and the mean per-token router
+    /// entropy `H(p)/ln E` (0 = every token certain).
+    pub fn router_usage(&self) -> Vec<(f32, f32)> {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.moe.as_ref())
+            .map(|m| {
+                let e = m.experts.len();
+                let ln = (e.max(2) as f64).ln();
+                let total: usize = m.experts.iter().map(|x| x.0.len()).sum();
+                let balance = -m
+                    .experts
+                    .iter()
+                    .map(|x| x.0.len() as f64 / total.max(1) as f64)
+                    .filter(|&f| f > 0.0)
+                    .map(|f| f * f.ln())
+                    .sum::<f64>();
+                let n = m.probs.len() / e.max(1);
+                let (ent, _) = crate::layers::router::router_entropy(&m.probs, n, e);
+                ((balance / ln) as f32, (ent.conditional / ln) as f32)
+            })
+            .collect()
+    }
+
     /// The expert choices `[n·k]` of every MoE block, keyed by block index.
     pub fn selections(&self) -> Vec<(usize, Vec<u32>)> {
         self.blocks

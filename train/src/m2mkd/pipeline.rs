@@ -476,8 +476,19 @@ impl Pipeline<'_> {
         let t0 = std::time::Instant::now();
         train_from(job, self.data, &tc, &mut state, steps, |s| {
             if s.step % every == 0 || s.step == steps {
+                let teacher = if s.aux > 0.0 {
+                    format!(" (teacher term {:.4})", s.aux)
+                } else {
+                    String::new()
+                };
+                let usage = if s.usage.is_empty() {
+                    String::new()
+                } else {
+                    let b: Vec<String> = s.usage.iter().map(|u| format!("{:.2}", u.0)).collect();
+                    format!(" expert balance {}", b.join("/"))
+                };
                 (self.log)(&format!(
-                    "  {what}: step {}/{steps} loss {:.4} lr {:.2e}",
+                    "  {what}: step {}/{steps} loss {:.4}{teacher}{usage} lr {:.2e}",
                     s.step, s.loss, s.lr
                 ));
             }

@@ -95,6 +95,12 @@ impl StageCfg {
                 "module {i}: MoE mask names blocks it does not have"
             ));
         }
+        if self.of > 4096 || self.experts > 4096 {
+            return Err(format!(
+                "module {i}: {} modules and {} experts (at most 4096 each)",
+                self.of, self.experts
+            ));
+        }
         if self.moe != 0 && (self.experts < 2 || self.top_k == 0 || self.top_k > self.experts) {
             return Err(format!(
                 "module {i}: {} experts with top-{} (need >= 2 experts, 1 <= k <= experts)",
@@ -1304,6 +1310,9 @@ impl Net {
         let list = mods
             .as_array()
             .ok_or_else(|| ctx("'modula.m2m.modules' is not a list".into()))?;
+        if list.is_empty() || list.len() > 4096 {
+            return Err(ctx(format!("{} modules (1..=4096)", list.len())));
+        }
         let mut cfgs = Vec::new();
         for m in list {
             cfgs.push(StageCfg {
@@ -1725,6 +1734,14 @@ pub(crate) mod tests {
         assert!(e.contains("missing"), "{e}");
         let e = write("not json", "junk.gguf").unwrap_err();
         assert!(e.contains("modula.m2m.modules"), "{e}");
+        let e = write(
+            &modules.replace("\"experts\":3", "\"experts\":16000000"),
+            "e.gguf",
+        )
+        .unwrap_err();
+        assert!(e.contains("at most 4096"), "{e}");
+        let e = write("[]", "none.gguf").unwrap_err();
+        assert!(e.contains("modules"), "{e}");
         let e = write(&modules.replace("\"of\":2", "\"of\":1"), "of.gguf").unwrap_err();
         assert!(e.contains("module"), "{e}");
         // a NaN weight is refused

@@ -598,7 +598,7 @@ impl Pipeline<'_> {
         }
         let eval_net = |n: &Net| -> Result<(f64, Option<f64>), String> {
             let j = Job::end_to_end(n.clone(), self.loss(0.0));
-            self.accuracies(&j)
+            self.measure(&j).map(|(iid, _, ood)| (iid, ood))
         };
         let hybrids = |mods: &[Net]| -> Result<Vec<f64>, String> {
             mods.iter()
@@ -656,23 +656,17 @@ impl Pipeline<'_> {
         if net.first_module() != 0 || net.stages.len() != net.stages[0].cfg.of {
             return Err("not a whole network (a single module needs its meta model)".into());
         }
-        let j = Job::end_to_end(net.clone(), self.loss(0.0));
-        let (iid, loss) = self.eval_on(&j, self.data)?;
-        let ood = match self.shifted {
-            Some(s) => Some(self.eval_on(&j, s)?.0),
-            None => None,
-        };
-        Ok((iid, loss, ood))
+        self.measure(&Job::end_to_end(net.clone(), self.loss(0.0)))
     }
 
-    /// (IID, OOD) accuracy of a job's network.
-    fn accuracies(&self, job: &Job) -> Result<(f64, Option<f64>), String> {
-        let iid = self.eval_on(job, self.data)?.0;
+    /// Test accuracy, test loss and shifted-test accuracy of a job's network.
+    fn measure(&self, job: &Job) -> Result<(f64, f64, Option<f64>), String> {
+        let (iid, loss) = self.eval_on(job, self.data)?;
         let ood = match self.shifted {
             Some(s) => Some(self.eval_on(job, s)?.0),
             None => None,
         };
-        Ok((iid, ood))
+        Ok((iid, loss, ood))
     }
 
     fn results_path(&self) -> PathBuf {
@@ -709,14 +703,25 @@ impl Pipeline<'_> {
     /// or loaded from its file.
     pub fn distill(&self, v: Variant, seed: u64) -> Result<Vec<Net>, String> {
         self.check()?;
+        let meta = self.meta()?;
+        self.distill_with(v, seed, &meta, &self.init(seed)?)
+    }
+
+    /// [`Pipeline::distill`] with the meta model and the seed's initial student at hand.
+    fn distill_with(
+        &self,
+        v: Variant,
+        seed: u64,
+        meta: &Net,
+        init: &Net,
+    ) -> Result<Vec<Net>, String> {
         if !v.modular() {
             return Err(format!("variant '{}' has no K phase", v.name()));
         }
         let c = self.cfg;
-        let meta = self.meta()?;
         let teacher: Option<Vec<Net>> = match v {
             Variant::Incubation => None,
-            _ if c.teacher_from_mt => Some(self.incubated(&meta)?),
+            _ if c.teacher_from_mt => Some(self.incubated(meta)?),
             _ => {
                 let t = self.teacher()?;
                 Some(
@@ -740,7 +745,6 @@ impl Pipeline<'_> {
                 ..self.loss(c.alpha)
             },
         };
-        let init = self.init(seed)?;
         let tag = format!("{}.s{seed}", v.name());
         par::map_indexed(c.modules, |i| {
             self.load_or(&format!("{tag}.k{i}.gguf"), || {
@@ -750,12 +754,12 @@ impl Pipeline<'_> {
                     &[self.module_cfg(c.student, i, c.meta.d)],
                     seed ^ 0x5717 ^ i as u64,
                 )?;
-                m.load_from(&init, true)?;
+                m.load_from(init, true)?;
                 let tm = match &teacher {
                     Some(t) => Teacher::Module(t[i].clone()),
                     None => Teacher::None,
                 };
-                let mut job = self.hybrid(&meta, m, tm, loss);
+                let mut job = self.hybrid(meta, m, tm, loss);
                 let s = seed.wrapping_mul(31).wrapping_add(300 + i as u64);
                 self.run_job(&mut job, c.steps.distill, s, &format!("K {i}"))?;
                 Ok(job.student)
@@ -792,7 +796,7 @@ impl Pipeline<'_> {
             }
             v => {
                 let meta = self.meta()?;
-                let mods = self.distill(v, seed)?;
+                let mods = self.distill_with(v, seed, &meta, &init)?;
                 for m in &mods {
                     let j = self.hybrid(&meta, m.clone(), Teacher::None, self.loss(0.0));
                     hybrids.push(self.eval_on(&j, self.data)?.0);
@@ -824,8 +828,7 @@ impl Pipeline<'_> {
                 .write_gguf(&out)
                 .map_err(|e| file_err(&out, e))?;
         }
-        let (iid, ood) = self.accuracies(&job)?;
-        let loss = self.eval_on(&job, self.data)?.1;
+        let (iid, loss, ood) = self.measure(&job)?;
         let r = StudentResult {
             variant,
             seed,

@@ -157,6 +157,22 @@ impl Engine<'_> {
         }
     }
 
+    /// How much model a size is: multiply-adds per decoded token in its blocks (dense:
+    /// attention projections and the first `f` FFN units of the first `depth` blocks), the
+    /// expert count for ModuleFormer (top-k keeps the per-token compute; more experts to
+    /// choose from is the larger model), the depth for SeqBoat. Orders nested sizes.
+    fn capacity(&self, size: Size) -> f64 {
+        match (self, size) {
+            (Engine::Dense(e), Size::Dense((depth, f))) => {
+                let d = e.spec().d as f64;
+                depth as f64 * (4.0 * d * d + 2.0 * d * f as f64)
+            }
+            (_, Size::Mf((a, f))) => (a + f) as f64,
+            (_, Size::Sb(depth)) => depth as f64,
+            _ => 0.0,
+        }
+    }
+
     /// Switch to a nested sub-model (a new sequence starts).
     fn set_size(&mut self, size: Size) -> Result<(), String> {
         match (self, size) {
@@ -306,15 +322,22 @@ fn calibrate(
     Ok(out)
 }
 
-/// The slowest measured size within `budget_ms` per token (the most compute that fits;
-/// sizes are not totally ordered by capacity, but by decode time they are), or a clear
-/// error naming the fastest size's need.
-fn pick_by_latency(measured: &[(Size, f64)], budget_ms: f64) -> Result<(Size, f64), String> {
+/// The largest-capacity size (see [`Engine::capacity`]) whose measured per-token time is
+/// within `budget_ms`, or a clear error naming the fastest size's need.
+///
+/// Capacity, not the measured time, orders the sizes: two nested sizes that cost nearly the
+/// same can swap places in a noisy calibration, and choosing "the slowest that fits" would
+/// then pick the smaller model although the larger one fits too.
+fn pick_by_latency(
+    measured: &[(Size, f64)],
+    capacity: impl Fn(Size) -> f64,
+    budget_ms: f64,
+) -> Result<(Size, f64), String> {
     measured
         .iter()
         .copied()
         .filter(|&(_, ms)| ms <= budget_ms)
-        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .max_by(|a, b| capacity(a.0).total_cmp(&capacity(b.0)).then(a.1.total_cmp(&b.1)))
         .ok_or_else(|| {
             let fastest = measured
                 .iter()
@@ -427,7 +450,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             .map(|(s, m)| format!("{}: {m:.4} ms", s.label()))
             .collect();
         eprintln!("per-token decode time: {}", list.join(", "));
-        let (size, t) = pick_by_latency(&measured, ms)?;
+        let (size, t) = pick_by_latency(&measured, |s| e.capacity(s), ms)?;
         e.set_size(size)?;
         eprintln!(
             "latency budget {ms} ms: sub-model {} ({t:.4} ms per token)",
@@ -490,4 +513,34 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_budget_picks_by_capacity_not_by_noisy_time() {
+        // a noisy calibration measured the deeper model faster than the shallower one
+        let measured = [
+            (Size::Sb(1), 0.1258),
+            (Size::Sb(2), 0.0804),
+            (Size::Sb(3), 2.0),
+        ];
+        let cap = |s: Size| match s {
+            Size::Sb(d) => d as f64,
+            _ => 0.0,
+        };
+        assert_eq!(
+            pick_by_latency(&measured, cap, 1000.0).unwrap().0,
+            Size::Sb(3)
+        );
+        assert_eq!(pick_by_latency(&measured, cap, 1.0).unwrap().0, Size::Sb(2));
+        assert_eq!(pick_by_latency(&measured, cap, 0.1).unwrap().0, Size::Sb(2));
+        let err = pick_by_latency(&measured, cap, 0.01).unwrap_err();
+        assert!(
+            err.contains("impossible latency budget") && err.contains("0.0804"),
+            "{err}"
+        );
+    }
 }

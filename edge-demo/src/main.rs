@@ -30,12 +30,9 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the built-in demo (the default when no subcommand is given).
-    Demo {
-        /// Where to write the demo model file.
-        #[arg(long, default_value = "modula-demo.gguf")]
-        out: PathBuf,
-    },
+    /// Run the built-in demo (the default when no subcommand is given): train a nested
+    /// byte LM, quantise it, measure every nested size, pick one for a budget, generate.
+    Demo(demo::DemoArgs),
     /// Train a model (text, kjv, fashion-mnist, listops, recall, copy) and write it as GGUF.
     Train(train::TrainArgs),
     /// Loss and accuracy of a model file on the validation split of a data set.
@@ -79,8 +76,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     modula_train::tune_allocator();
     let result = match cli.command {
-        None => demo::run(&PathBuf::from("modula-demo.gguf")),
-        Some(Command::Demo { out }) => demo::run(&out),
+        None => demo::run(&demo::DemoArgs::default()),
+        Some(Command::Demo(a)) => demo::run(&a),
         Some(Command::Inspect { file, all }) => inspect::run(&file, all),
         Some(Command::Train(a)) => train::run(&a),
         Some(Command::Eval(a)) => train::eval(&a),

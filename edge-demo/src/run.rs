@@ -52,7 +52,7 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "size")]
     budget_mb: Option<f64>,
     /// Pick the largest declared nested sub-model whose decode step takes at most this many
-    /// milliseconds on this device: each size is measured once (median of up to 32 steps
+    /// milliseconds on this device: each size is measured once (median of 4 x 8 steps
     /// after a short prompt) and the measurements are cached in MODEL.latency.json (reused while
     /// the file, thread count and SIMD level are the same).
     #[arg(long, conflicts_with_all = ["size", "budget_mb"])]
@@ -70,10 +70,31 @@ pub struct RunArgs {
     /// Print only the timing line (for benchmarks).
     #[arg(long)]
     quiet: bool,
+    /// Also print this process's resident memory (Linux: VmRSS when the run starts, before
+    /// the model is opened, and the peak VmHWM at the end) as `rss_bytes START PEAK`.
+    #[arg(long)]
+    report_rss: bool,
+}
+
+/// (resident, peak resident) bytes of this process from `/proc/self/status` (Linux; each
+/// process's own address space, so a parent's memory never counts), else None.
+pub(crate) fn own_rss() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |k: &str| -> Option<u64> {
+        let l = s.lines().find(|l| l.starts_with(k))?;
+        let kib: u64 = l[k.len()..]
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// Pick the next token from `logits`.
-fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut SplitMix64) -> u32 {
+pub(crate) fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut SplitMix64) -> u32 {
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     if temperature <= 0.0 {
@@ -101,7 +122,7 @@ fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut SplitMix64) 
 }
 
 /// The decode engines `modula run` drives.
-enum Engine<'a> {
+pub(crate) enum Engine<'a> {
     Dense(DenseEngine<'a>),
     Mf(MfEngine<'a>),
     Sb(SbEngine<'a>),
@@ -161,7 +182,7 @@ impl Engine<'_> {
     /// attention projections and the first `f` FFN units of the first `depth` blocks), the
     /// expert count for ModuleFormer (top-k keeps the per-token compute; more experts to
     /// choose from is the larger model), the depth for SeqBoat. Orders nested sizes.
-    fn capacity(&self, size: Size) -> f64 {
+    pub(crate) fn capacity(&self, size: Size) -> f64 {
         match (self, size) {
             (Engine::Dense(e), Size::Dense((depth, f))) => {
                 let d = e.spec().d as f64;
@@ -212,7 +233,7 @@ impl Engine<'_> {
 
 /// A nested sub-model of one of the architectures.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Size {
+pub(crate) enum Size {
     /// Dense: (depth, FFN width).
     Dense((usize, usize)),
     /// ModuleFormer: (attention, FFN) experts.
@@ -248,9 +269,10 @@ fn calibration_key(model: &std::path::Path) -> Result<String, String> {
     ))
 }
 
-/// Per-token decode time (ms, median of 32 steps after a 16-token prompt) of every size,
+/// Per-token decode time (ms; the median of 4 rounds x 8 steps after a 16-token prompt,
+/// rounds interleaved over the sizes) of every size,
 /// from the cache file when it matches, else measured and cached (atomically).
-fn calibrate(
+pub(crate) fn calibrate(
     e: &mut Engine<'_>,
     model: &std::path::Path,
     recalibrate: bool,
@@ -289,25 +311,38 @@ fn calibrate(
         ));
     }
     let prompt: Vec<u32> = (0..np).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
-    let mut out = Vec::with_capacity(sizes.len());
-    for &size in &sizes {
-        e.set_size(size)?;
-        e.reset();
-        let mut last = e.prefill(&prompt)?;
-        let mut times = Vec::with_capacity(ns);
-        for i in 0..ns {
-            let next =
-                last.iter()
+    // Rounds over all sizes (each round: a fresh sequence, the same prompt and positions),
+    // so a change in the machine's load during calibration hits every size alike instead
+    // of the sizes measured last.
+    const ROUNDS: usize = 4;
+    let per = ns.div_ceil(ROUNDS).max(3);
+    let mut times = vec![Vec::with_capacity(per * ROUNDS); sizes.len()];
+    for _ in 0..ROUNDS {
+        for (k, &size) in sizes.iter().enumerate() {
+            e.set_size(size)?;
+            e.reset();
+            let mut last = e.prefill(&prompt)?;
+            for i in 0..per {
+                let next = last
+                    .iter()
                     .enumerate()
-                    .fold(0, |b, (j, &v)| if v > last[b] { j } else { b }) as u32;
-            let t = Instant::now();
-            let l = e.step(if i % 2 == 0 { next } else { prompt[i % np] })?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-            last.copy_from_slice(l);
+                    .fold(0, |b, (j, &v)| if v > last[b] { j } else { b })
+                    as u32;
+                let t = Instant::now();
+                let l = e.step(if i % 2 == 0 { next } else { prompt[i % np] })?;
+                times[k].push(t.elapsed().as_secs_f64() * 1e3);
+                last.copy_from_slice(l);
+            }
         }
-        times.sort_by(f64::total_cmp);
-        out.push((size, times[times.len() / 2]));
     }
+    let out: Vec<(Size, f64)> = sizes
+        .iter()
+        .zip(&mut times)
+        .map(|(&size, t)| {
+            t.sort_by(f64::total_cmp);
+            (size, t[t.len() / 2])
+        })
+        .collect();
     let json = serde_json::json!({
         "key": key,
         "sizes": sizes.iter().map(|s| s.label()).collect::<Vec<_>>(),
@@ -328,7 +363,7 @@ fn calibrate(
 /// Capacity, not the measured time, orders the sizes: two nested sizes that cost nearly the
 /// same can swap places in a noisy calibration, and choosing "the slowest that fits" would
 /// then pick the smaller model although the larger one fits too.
-fn pick_by_latency(
+pub(crate) fn pick_by_latency(
     measured: &[(Size, f64)],
     capacity: impl Fn(Size) -> f64,
     budget_ms: f64,
@@ -351,6 +386,7 @@ fn pick_by_latency(
 
 /// Run `modula run`.
 pub fn run(a: &RunArgs) -> Result<(), String> {
+    let start_rss = if a.report_rss { own_rss() } else { None };
     if let Some(t) = a.threads {
         par::set_threads(t);
     }
@@ -500,6 +536,12 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         1e3 * decode / a.tokens.max(1) as f64,
         par::threads()
     );
+    if a.report_rss {
+        match (start_rss, own_rss()) {
+            (Some((start, _)), Some((_, peak))) => eprintln!("rss_bytes {start} {peak}"),
+            _ => eprintln!("rss_bytes: not available on this system"),
+        }
+    }
     if let Engine::Sb(e) = &e {
         let (counts, seen) = e.activations();
         let ratios: Vec<String> = counts

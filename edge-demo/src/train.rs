@@ -21,12 +21,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Bytes of the built-in `tales` text (`modula_train::corpus`).
+pub const TALES_BYTES: usize = 2 << 20;
+
 /// Which data and how to shape it (shared by `train` and `eval`).
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Data: a text file (bytes; the last 10% is validation), `kjv`, `fashion-mnist`,
-    /// `generated` (8x8 images of 4 classes), `listops`, `recall`, `sparse-recall` or
-    /// `copy` (the last five are generated, no download).
+    /// `tales` (built-in English-like text, 2 MB), `generated` (8x8 images of 4 classes),
+    /// `listops`, `recall`, `sparse-recall` or `copy` (the last six are generated, no
+    /// download).
     #[arg(long)]
     data: String,
     /// Positions per sequence (bytes for text; fixed by the task for fashion-mnist).
@@ -109,6 +113,7 @@ impl DataArgs {
         if self.data_slice.is_some()
             && [
                 "fashion-mnist",
+                "tales",
                 "generated",
                 "listops",
                 "recall",
@@ -121,6 +126,13 @@ impl DataArgs {
         }
         let ds: Box<dyn Dataset> = match self.data.as_str() {
             "kjv" => Box::new(self.text(&self.dir().join("kjv.txt"), hint)?),
+            "tales" => Box::new(
+                ByteText::from_bytes(
+                    modula_train::corpus::generated_text(TALES_BYTES, self.data_seed),
+                    0.1,
+                )
+                .map_err(e)?,
+            ),
             "generated" => Box::new(
                 FashionMnist::generated(2000, 1000, self.data_seed, self.patch).map_err(e)?,
             ),

@@ -14,33 +14,104 @@ fn tmpdir(tag: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn demo_writes_a_file_that_inspect_reads() {
+fn demo_trains_quantises_measures_every_size_and_picks_one() {
     let d = tmpdir("demo");
-    let f = d.join("demo.gguf");
-    let out = modula().args(["demo", "--out"]).arg(&f).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("read all"), "{text}");
-    assert!(text.contains("Not yet"), "{text}");
-
-    let out = modula().arg("inspect").arg(&f).output().unwrap();
+    let tiny = |extra: &[&str]| {
+        let mut c = modula();
+        c.args(["demo", "--dir"]).arg(&d).args([
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--d",
+            "32",
+            "--layers",
+            "2",
+            "--heads",
+            "2",
+            "--ffn",
+            "128",
+            "--eval-windows",
+            "2",
+            "--tokens",
+            "70",
+            "--quiet",
+        ]);
+        c.args(extra);
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = tiny(&[]);
+    assert!(ok, "{out}\n{err}");
+    // 2 depths x 3 FFN widths, each measured
+    for size in ["1x32", "1x64", "1x128", "2x32", "2x64", "2x128"] {
+        assert!(out.contains(&format!(" {size} ")), "{size} missing:\n{out}");
+    }
+    assert!(out.contains("[6/6] picked sub-model"), "{out}");
+    assert!(out.contains("latency budget"), "{out}");
+    let csv = std::fs::read_to_string(d.join("sizes.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    for l in csv.lines().skip(1) {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f.len(), 14, "{l}");
+        let bpb: f64 = f[6].parse().unwrap();
+        let ms: f64 = f[9].parse().unwrap();
+        assert!(bpb.is_finite() && bpb > 0.0 && bpb < 9.0 && ms > 0.0, "{l}");
+        if cfg!(target_os = "linux") {
+            let (start, peak): (u64, u64) = (f[12].parse().unwrap(), f[13].parse().unwrap());
+            assert!(peak >= start && start > 0, "{l}");
+        }
+    }
+    // nested sizes grow: parameters ascend with the FFN width at each depth
+    let params: Vec<u64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert!(params[0] < params[1] && params[1] < params[2] && params[2] < params[5]);
+    assert!(std::fs::read_to_string(d.join("sizes.svg"))
+        .unwrap()
+        .starts_with("<svg"));
+    let out = modula()
+        .arg("inspect")
+        .arg(d.join("model-q8_0.gguf"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in [
-        "modula.expert.count",
-        "blk.1.ffn_up.3.weight",
-        "q8_0",
-        "[128, 64]",
-        "16384",
-        "blk.0.expert.2",
-        "page groups",
-    ] {
+    for needle in ["modula.nested.depths", "modula.nested.ffn_widths", "q8_0"] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    // a memory budget picks by weights + arena; impossible budgets and bad settings fail
+    let (ok, out, err) = tiny(&["--budget-mb", "100"]);
+    assert!(ok && out.contains("picked sub-model 2x128"), "{out}\n{err}");
+    let (ok, _, err) = tiny(&["--budget-mb", "0.001"]);
+    assert!(!ok && err.contains("impossible budget"), "{err}");
+    let (ok, _, err) = tiny(&["--budget-ms", "0.0000001"]);
+    assert!(!ok && err.contains("impossible latency budget"), "{err}");
+    for (flag, value, needle) in [
+        ("--budget-ms", "-1", "--budget-ms must be a positive"),
+        ("--quant", "q3_k", "q3_k"),
+        ("--prompt", "", "--prompt must have"),
+    ] {
+        let (ok, _, err) = tiny(&[&format!("{flag}={value}")]);
+        assert!(!ok && err.contains(needle), "{flag} {value}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = modula()
+        .args(["demo", "--ffn", "100", "--dir"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("multiple of 128"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod corpus;
 pub mod data;
 pub mod emoe;
 pub mod gradcheck;

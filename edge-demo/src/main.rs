@@ -2,6 +2,7 @@
 //! prints a model file's metadata and tensor table; `train`, `eval`, `run` and `convert`;
 //! `emoe`, `moduleformer` and `m2mkd` hold each method's own steps. Each subcommand family lives in its own file.
 
+mod bench;
 mod demo;
 mod emoe;
 mod inspect;
@@ -44,6 +45,8 @@ enum Command {
     /// Generate text with a dense, EMoE or ModuleFormer byte LM from its (possibly
     /// quantised) file.
     Run(run::RunArgs),
+    /// Prefill and decode speed of every nested size at each precision on this device.
+    Bench(bench::BenchArgs),
     /// ModuleFormer: extend with new experts, prune by usage, import MoLM checkpoints.
     #[command(subcommand)]
     Moduleformer(moduleformer::MfCommand),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Some(Command::Moduleformer(c)) => moduleformer::run(&c),
         Some(Command::M2mkd(c)) => m2mkd::run(&c),
         Some(Command::Run(a)) => run::run(&a),
+        Some(Command::Bench(a)) => bench::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

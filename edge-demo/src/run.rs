@@ -128,8 +128,68 @@ pub(crate) enum Engine<'a> {
     Sb(SbEngine<'a>),
 }
 
-impl Engine<'_> {
-    fn step(&mut self, token: u32) -> Result<&[f32], String> {
+impl<'a> Engine<'a> {
+    /// The decode engine for a byte LM file: dense (and EMoE), ModuleFormer or SeqBoat by
+    /// `modula.model`; `context` positions (default: the position table, else 1024; not
+    /// for SeqBoat, whose state is constant).
+    pub(crate) fn open<B: AsRef<[u8]>>(
+        m: &'a Model<B>,
+        context: Option<usize>,
+    ) -> Result<Engine<'a>, String> {
+        match m.get_str("modula.model") {
+            Some("seqboat") => {
+                if context.is_some() {
+                    return Err(
+                        "a context length does not apply to SeqBoat (constant state)".into(),
+                    );
+                }
+                let e = SbEngine::new(m)?;
+                if e.spec().classes > 0 {
+                    return Err(
+                        "a SeqBoat classifier, not a language model: use modula eval".into(),
+                    );
+                }
+                Ok(Engine::Sb(e))
+            }
+            Some("moduleformer") => Ok(Engine::Mf(MfEngine::new(m, context.unwrap_or(1024))?)),
+            _ => {
+                let spec = modula_core::engine::DenseSpec::from_model(m)?;
+                let ctx = context.unwrap_or(if spec.positions > 0 {
+                    spec.positions
+                } else {
+                    1024
+                });
+                Ok(Engine::Dense(DenseEngine::new(m, ctx)?))
+            }
+        }
+    }
+
+    /// A `--size` for this architecture: `DEPTHxFFN` (dense), `N` or `ATTxFFN` experts
+    /// (ModuleFormer), a depth `N` (SeqBoat).
+    pub(crate) fn parse_size(&self, sz: &str) -> Result<Size, String> {
+        match self {
+            Engine::Sb(_) => sz
+                .parse()
+                .map(Size::Sb)
+                .map_err(|_| format!("--size {sz}: for a SeqBoat file use a depth N")),
+            Engine::Mf(_) => {
+                let parsed = match sz.split_once('x') {
+                    Some((x, y)) => x.parse().ok().zip(y.parse().ok()),
+                    None => sz.parse().ok().map(|n: usize| (n, n)),
+                };
+                parsed.map(Size::Mf).ok_or_else(|| {
+                    format!("--size {sz}: for a ModuleFormer file use N (experts) or ATTxFFN")
+                })
+            }
+            Engine::Dense(_) => sz
+                .split_once('x')
+                .and_then(|(x, y)| Some((x.parse().ok()?, y.parse().ok()?)))
+                .map(Size::Dense)
+                .ok_or_else(|| format!("--size {sz}: use DEPTHxFFN, e.g. 2x128")),
+        }
+    }
+
+    pub(crate) fn step(&mut self, token: u32) -> Result<&[f32], String> {
         match self {
             Engine::Dense(e) => e.step(token),
             Engine::Mf(e) => e.step(token),
@@ -139,7 +199,7 @@ impl Engine<'_> {
 
     /// The prompt: one batched pass for ModuleFormer and SeqBoat, token by token for dense
     /// models.
-    fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
+    pub(crate) fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
         match self {
             Engine::Sb(e) => e.prefill(tokens).map(<[f32]>::to_vec),
             Engine::Dense(e) => {
@@ -155,7 +215,7 @@ impl Engine<'_> {
     }
 
     /// The nested sub-models the file declares, smallest first, the full model last.
-    fn sizes(&self) -> Vec<Size> {
+    pub(crate) fn sizes(&self) -> Vec<Size> {
         match self {
             Engine::Dense(e) => e
                 .spec()
@@ -195,7 +255,7 @@ impl Engine<'_> {
     }
 
     /// Switch to a nested sub-model (a new sequence starts).
-    fn set_size(&mut self, size: Size) -> Result<(), String> {
+    pub(crate) fn set_size(&mut self, size: Size) -> Result<(), String> {
         match (self, size) {
             (Engine::Dense(e), Size::Dense(s)) => e.set_submodel(Some(s)),
             (Engine::Mf(e), Size::Mf(s)) => e.set_submodel(Some(s)),
@@ -205,7 +265,7 @@ impl Engine<'_> {
     }
 
     /// Vocabulary.
-    fn vocab(&self) -> usize {
+    pub(crate) fn vocab(&self) -> usize {
         match self {
             Engine::Dense(e) => e.spec().vocab,
             Engine::Mf(e) => e.spec().vocab,
@@ -214,7 +274,7 @@ impl Engine<'_> {
     }
 
     /// Start a new sequence.
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         match self {
             Engine::Dense(e) => e.reset(),
             Engine::Mf(e) => e.reset(),
@@ -222,7 +282,7 @@ impl Engine<'_> {
         }
     }
 
-    fn max_context(&self) -> usize {
+    pub(crate) fn max_context(&self) -> usize {
         match self {
             Engine::Dense(e) => e.max_context(),
             Engine::Mf(e) => e.max_context(),
@@ -243,7 +303,7 @@ pub(crate) enum Size {
 }
 
 impl Size {
-    fn label(self) -> String {
+    pub(crate) fn label(self) -> String {
         match self {
             Size::Dense((d, f)) => format!("{d}x{f}"),
             Size::Mf((a, f)) => format!("{a}x{f} experts"),
@@ -398,64 +458,38 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     if a.no_readahead {
         m.advise_no_readahead().map_err(|e| at(e.to_string()))?;
     }
-    let mut e = match m.get_str("modula.model") {
-        Some("seqboat") => {
-            if a.budget_mb.is_some() || a.context.is_some() {
-                return Err(
-                    "--budget-mb and --context do not apply to SeqBoat files (constant state)"
-                        .into(),
-                );
-            }
-            let mut e = SbEngine::new(&m).map_err(at)?;
-            if let Some(sz) = &a.size {
-                let depth = sz
-                    .parse()
-                    .map_err(|_| format!("--size {sz}: for a SeqBoat file use a depth N"))?;
-                e.set_depth(Some(depth)).map_err(at)?;
-            }
-            if e.spec().classes > 0 {
-                return Err(at(
-                    "a SeqBoat classifier, not a language model: use modula eval".into(),
-                ));
-            }
-            e.set_act_bias(a.act_bias).map_err(at)?;
-            Engine::Sb(e)
-        }
-        Some("moduleformer") => {
+    if m.get_str("modula.model") == Some("seqboat")
+        && (a.budget_mb.is_some() || a.context.is_some())
+    {
+        return Err(
+            "--budget-mb and --context do not apply to SeqBoat files (constant state)".into(),
+        );
+    }
+    let mut e = Engine::open(&m, a.context).map_err(at)?;
+    match &mut e {
+        Engine::Sb(s) => s.set_act_bias(a.act_bias).map_err(at)?,
+        Engine::Mf(mf) => {
             if a.sb_stop.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
                 return Err("--sb-stop must be a positive number".into());
             }
-            let mut e = MfEngine::new(&m, a.context.unwrap_or(1024)).map_err(at)?;
-            e.set_stop(a.sb_stop);
-            if let Some(sz) = &a.size {
-                // nested experts: N (both mixtures) or ATTxFFN
-                let parsed = match sz.split_once('x') {
-                    Some((x, y)) => x.parse().ok().zip(y.parse().ok()),
-                    None => sz.parse().ok().map(|n: usize| (n, n)),
-                };
-                let size = parsed.ok_or_else(|| {
-                    format!("--size {sz}: for a ModuleFormer file use N (experts) or ATTxFFN")
-                })?;
-                e.set_submodel(Some(size)).map_err(at)?;
+            if a.budget_mb.is_some() {
+                return Err(
+                    "--budget-mb: not yet for ModuleFormer files (use --size N experts)".into(),
+                );
             }
-            Engine::Mf(e)
+            mf.set_stop(a.sb_stop);
         }
-        _ => {
-            let spec = modula_core::engine::DenseSpec::from_model(&m).map_err(at)?;
-            let ctx = a.context.unwrap_or(if spec.positions > 0 {
-                spec.positions
-            } else {
-                1024
-            });
-            let mut e = DenseEngine::new(&m, ctx).map_err(at)?;
+        Engine::Dense(d) => {
             if let Some(mb) = a.budget_mb {
                 if !(mb.is_finite() && mb > 0.0) {
                     return Err("--budget-mb must be a positive number".into());
                 }
+                let spec = d.spec();
+                let ctx = d.max_context();
                 let (size, bytes) = spec
                     .pick_by_memory(&m, (mb * 1048576.0) as u64, ctx)
                     .map_err(at)?;
-                e.set_submodel(Some(size)).map_err(at)?;
+                d.set_submodel(Some(size)).map_err(at)?;
                 eprintln!(
                     "budget {mb} MiB: sub-model depth {} x FFN {} ({:.2} MiB of weights + arena at {ctx} positions)",
                     size.0,
@@ -463,18 +497,11 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                     bytes as f64 / 1048576.0
                 );
             }
-            if let Some(sz) = &a.size {
-                let (dp, f) = sz
-                    .split_once('x')
-                    .and_then(|(x, y)| Some((x.parse().ok()?, y.parse().ok()?)))
-                    .ok_or_else(|| format!("--size {sz}: use DEPTHxFFN, e.g. 2x128"))?;
-                e.set_submodel(Some((dp, f))).map_err(at)?;
-            }
-            Engine::Dense(e)
         }
-    };
-    if a.budget_mb.is_some() && matches!(e, Engine::Mf(_)) {
-        return Err("--budget-mb: not yet for ModuleFormer files (use --size N experts)".into());
+    }
+    if let Some(sz) = &a.size {
+        let size = e.parse_size(sz)?;
+        e.set_size(size).map_err(at)?;
     }
     if let Some(ms) = a.latency_ms {
         if !(ms.is_finite() && ms > 0.0) {

@@ -86,6 +86,44 @@ fn demo_trains_quantises_measures_every_size_and_picks_one() {
     for needle in ["modula.nested.depths", "modula.nested.ffn_widths", "q8_0"] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    // modula bench: every size x precision, a CSV; bad settings are clear errors
+    let bench = |extra: &[&str]| {
+        let mut c = modula();
+        c.args(["bench", "--model"]).arg(d.join("model-f32.gguf"));
+        for (flag, v) in [("--rounds", "1"), ("--prompt", "3"), ("--tokens", "2")] {
+            if !extra.contains(&flag) {
+                c.args([flag, v]);
+            }
+        }
+        let out = c.args(extra).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let csv_path = d.join("bench.csv");
+    let (ok, out, err) = bench(&["--types", "file,q4_0", "--csv", csv_path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1 + 2 * 6, "{out}");
+    assert!(out.contains("q4_0") && out.contains("2x128"), "{out}");
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 6, "{csv}");
+    let (ok, out, err) = bench(&["--types", "q8_0", "--sizes", "1x32,2x128"]);
+    assert!(ok && out.lines().count() == 3, "{out}{err}");
+    for (args, needle) in [
+        (&["--types", "q3_k"][..], "q3_k"),
+        (&["--types", "file,file"][..], "twice"),
+        (&["--sizes", "9x9"][..], "not a nested size"),
+        (&["--sizes", "big"][..], "DEPTHxFFN"),
+        (&["--tokens", "100"][..], "exceed the context"),
+        (&["--context", "4"][..], "exceed the context"),
+        (&["--rounds", "0"][..], "must be positive"),
+    ] {
+        let (ok, _, err) = bench(args);
+        assert!(!ok && err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
     // a memory budget picks by weights + arena; impossible budgets and bad settings fail
     let (ok, out, err) = tiny(&["--budget-mb", "100"]);
     assert!(ok && out.contains("picked sub-model 2x128"), "{out}\n{err}");

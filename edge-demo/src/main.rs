@@ -8,6 +8,7 @@ mod emoe;
 mod inspect;
 mod m2mkd;
 mod moduleformer;
+mod plan;
 mod quantize;
 mod run;
 mod train;
@@ -45,6 +46,9 @@ enum Command {
     /// Generate text with a dense, EMoE or ModuleFormer byte LM from its (possibly
     /// quantised) file.
     Run(run::RunArgs),
+    /// The memory a run of a nested sub-model will use: weight prefixes + the engine's
+    /// exact arena (dense and EMoE files).
+    Plan(plan::PlanArgs),
     /// Prefill and decode speed of every nested size at each precision on this device.
     Bench(bench::BenchArgs),
     /// ModuleFormer: extend with new experts, prune by usage, import MoLM checkpoints.
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         Some(Command::M2mkd(c)) => m2mkd::run(&c),
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Bench(a)) => bench::run(&a),
+        Some(Command::Plan(a)) => plan::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

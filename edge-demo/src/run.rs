@@ -489,7 +489,8 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                 let (size, bytes) = spec
                     .pick_by_memory(&m, (mb * 1048576.0) as u64, ctx)
                     .map_err(at)?;
-                d.set_submodel(Some(size)).map_err(at)?;
+                // an engine planned for that size: its arena is what the budget counted
+                *d = DenseEngine::with_capacity(&m, ctx, size).map_err(at)?;
                 eprintln!(
                     "budget {mb} MiB: sub-model depth {} x FFN {} ({:.2} MiB of weights + arena at {ctx} positions)",
                     size.0,
@@ -501,7 +502,14 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     }
     if let Some(sz) = &a.size {
         let size = e.parse_size(sz)?;
-        e.set_size(size).map_err(at)?;
+        match (&mut e, size) {
+            // one size for the whole run: allocate only that sub-model's arena
+            (Engine::Dense(d), Size::Dense(s)) => {
+                let ctx = d.max_context();
+                *d = DenseEngine::with_capacity(&m, ctx, s).map_err(at)?;
+            }
+            (e, size) => e.set_size(size).map_err(at)?,
+        }
     }
     if let Some(ms) = a.latency_ms {
         if !(ms.is_finite() && ms > 0.0) {

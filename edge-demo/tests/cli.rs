@@ -124,6 +124,42 @@ fn demo_trains_quantises_measures_every_size_and_picks_one() {
         assert!(!ok && err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+    // modula plan: weights + the exact arena per size, checked against a built engine
+    let plan = |extra: &[&str]| {
+        let out = modula()
+            .args(["plan", "--model"])
+            .arg(d.join("model-q8_0.gguf"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = plan(&[]);
+    assert!(ok && out.lines().count() == 2 + 6 + 1, "{out}{err}");
+    assert!(out.contains("checked now"), "{out}");
+    let (ok, out, err) = plan(&["--size", "1x32", "--context", "8"]);
+    assert!(
+        ok && out.contains("read from the mapped file"),
+        "{out}{err}"
+    );
+    // KV cache of one block at 8 positions, d 32: 2 x 8 x 32 x 4 bytes
+    assert!(out.contains(" 2048 "), "{out}");
+    for (args, needle) in [
+        (&["--size", "9x9"][..], "outside the model"),
+        (&["--size", "big"][..], "DEPTHxFFN"),
+        (&["--context", "0"][..], "context 0"),
+        (&["--context", "65"][..], "position table"),
+    ] {
+        let (ok, out, err) = plan(args);
+        assert!(
+            !ok && err.contains(needle) && out.is_empty(),
+            "{args:?}: {err}"
+        );
+    }
     // a memory budget picks by weights + arena; impossible budgets and bad settings fail
     let (ok, out, err) = tiny(&["--budget-mb", "100"]);
     assert!(ok && out.contains("picked sub-model 2x128"), "{out}\n{err}");

@@ -18,6 +18,14 @@ struct Counting;
 thread_local! {
     static WATCH: Cell<bool> = const { Cell::new(false) };
     static COUNT: Cell<u64> = const { Cell::new(0) };
+    /// Net bytes allocated (allocations minus frees) while watching.
+    static NET: Cell<i64> = const { Cell::new(0) };
+}
+
+fn add_net(n: i64) {
+    if WATCH.with(Cell::get) {
+        NET.with(|c| c.set(c.get() + n));
+    }
 }
 
 // SAFETY: forwards every call to the system allocator; only counts on the side (the
@@ -27,10 +35,12 @@ unsafe impl GlobalAlloc for Counting {
         if WATCH.with(Cell::get) {
             COUNT.with(|c| c.set(c.get() + 1));
         }
+        add_net(l.size() as i64);
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        add_net(-(l.size() as i64));
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(p, l) }
     }
@@ -38,6 +48,7 @@ unsafe impl GlobalAlloc for Counting {
         if WATCH.with(Cell::get) {
             COUNT.with(|c| c.set(c.get() + 1));
         }
+        add_net(n as i64 - l.size() as i64);
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(p, l, n) }
     }
@@ -53,6 +64,15 @@ fn allocations(f: impl FnOnce()) -> u64 {
     f();
     WATCH.with(|w| w.set(false));
     COUNT.with(Cell::get)
+}
+
+/// Net heap bytes `f` leaves allocated on this thread, and its result.
+fn net_bytes<T>(f: impl FnOnce() -> T) -> (i64, T) {
+    NET.with(|c| c.set(0));
+    WATCH.with(|w| w.set(true));
+    let r = f();
+    WATCH.with(|w| w.set(false));
+    (NET.with(Cell::get), r)
 }
 
 fn files(tag: &str, write: impl Fn(&std::path::Path)) -> Vec<std::path::PathBuf> {
@@ -105,6 +125,35 @@ fn decode_steps_do_not_allocate() {
             }
         });
         assert_eq!(n, 0, "switching sub-models allocated {n} times");
+        // the planned arena is exactly what an engine built for a size holds on the heap
+        let spec = e.spec();
+        for (ctx, cap) in [(64, (1, 32)), (17, (1, 64)), (64, (2, 64)), (5, (2, 64))] {
+            let plan = spec.plan(ctx, cap).unwrap();
+            let (net, e2) = net_bytes(|| DenseEngine::with_capacity(&m, ctx, cap).unwrap());
+            let mut e2 = e2;
+            assert_eq!(net, plan.total() as i64, "{cap:?} at {ctx}: {plan:?}");
+            assert_eq!(e2.arena_bytes(), plan, "{cap:?} at {ctx}");
+            // it decodes a full context without allocating, and refuses bigger sizes
+            let n = allocations(|| {
+                for i in 0..ctx as u32 {
+                    e2.step(i % 64).unwrap();
+                }
+            });
+            assert_eq!(n, 0, "{cap:?}: {n} allocations");
+            assert!(e2.step(1).unwrap_err().contains("full"));
+            if cap != (2, 64) {
+                let err = e2.set_submodel(Some((2, 64))).unwrap_err();
+                assert!(err.contains("capacity"), "{err}");
+            }
+            assert_eq!(
+                spec.submodel_bytes(&m, cap, ctx).unwrap().1,
+                plan.total(),
+                "submodel_bytes uses the plan"
+            );
+        }
+        assert!(spec.plan(0, (1, 32)).unwrap_err().contains("context 0"));
+        assert!(spec.plan(64, (2, 32)).unwrap_err().contains("EMoE"));
+        assert!(spec.plan(64, (3, 64)).unwrap_err().contains("outside"));
         std::fs::remove_file(p).unwrap();
     }
     for (tag, cfg) in [

@@ -71,6 +71,26 @@ struct BlockW<'a> {
     gates: Vec<f32>,
 }
 
+/// The heap memory of a decode engine, by kind (bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaPlan {
+    /// Key/value caches: 2 x blocks x heads x head width x positions, f32.
+    pub kv_cache: u64,
+    /// Work buffers: activations, FFN hidden units, attention scores, logits.
+    pub work: u64,
+    /// EMoE avg-k gate tables (computed from the keys when the engine is built).
+    pub gates: u64,
+    /// The engine's per-block and per-cache tables.
+    pub tables: u64,
+}
+
+impl ArenaPlan {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.kv_cache + self.work + self.gates + self.tables
+    }
+}
+
 /// A dense (or EMoE) LM ready to decode, borrowing its weights from a [`Model`].
 #[derive(Debug)]
 pub struct DenseEngine<'a> {
@@ -85,6 +105,8 @@ pub struct DenseEngine<'a> {
     len: usize,
     /// The nested sub-model in use: (depth, FFN width).
     active: (usize, usize),
+    /// The largest sub-model this engine was built for.
+    cap: (usize, usize),
     x: Vec<f32>,
     h: Vec<f32>,
     qkv: Vec<f32>,
@@ -247,10 +269,53 @@ impl DenseSpec {
         Ok(spec)
     }
 
+    /// The heap memory (bytes) [`DenseEngine::with_capacity`]`(m, ctx, cap)` allocates —
+    /// exactly, buffer by buffer — or why that engine cannot be built.
+    pub fn plan(&self, ctx: usize, cap: (usize, usize)) -> Result<ArenaPlan, String> {
+        let (depth, f) = cap;
+        if depth == 0 || depth > self.layers || f == 0 || f > self.ffn {
+            return Err(format!(
+                "sub-model depth {depth} x FFN {f} is outside the model (depth {}, FFN {})",
+                self.layers, self.ffn
+            ));
+        }
+        if ctx == 0 || (self.positions > 0 && ctx > self.positions) {
+            return Err(format!(
+                "context {ctx} must be in 1..={} (the position table)",
+                if self.positions > 0 {
+                    self.positions
+                } else {
+                    usize::MAX
+                }
+            ));
+        }
+        let emoe_in = (0..depth)
+            .filter(|&l| l < 64 && self.emoe_layers >> l & 1 == 1)
+            .count();
+        if f < self.ffn && emoe_in > 0 {
+            return Err("narrower FFNs of EMoE blocks are not supported".into());
+        }
+        let u = if emoe_in > 0 {
+            f.max(self.ffn / self.emoe_experts)
+        } else {
+            f
+        };
+        let (d, hd) = (self.d, self.d / self.heads);
+        let top_k = self.emoe_top_k;
+        Ok(ArenaPlan {
+            kv_cache: (depth * self.heads * 2 * hd * ctx * 4) as u64,
+            work: 4 * (7 * d + u + ctx.max(self.emoe_experts) + 2 * top_k + self.vocab) as u64,
+            gates: (emoe_in * self.emoe_experts * d * 4) as u64,
+            tables: (depth * core::mem::size_of::<BlockW<'_>>()
+                + depth * self.heads * core::mem::size_of::<KvCache>()) as u64,
+        })
+    }
+
     /// Memory a process running sub-model `(depth, ffn)` for `ctx` positions needs: the
     /// bytes of the weights it reads from the mapped file (each tensor's prefix: the first
     /// `ffn` rows of the FFN tensors, the first `depth` blocks, the shared embedding, final
-    /// norm and head) plus the engine's arena (KV caches and work buffers, f32).
+    /// norm and head) plus the arena of an engine built for that size
+    /// ([`DenseSpec::plan`]).
     pub fn submodel_bytes<B: AsRef<[u8]>>(
         &self,
         m: &Model<B>,
@@ -288,14 +353,7 @@ impl DenseSpec {
                 }
             }
         }
-        let d = self.d as u64;
-        let arena = 4
-            * (2 * depth as u64 * ctx as u64 * d
-                + 7 * d
-                + f as u64
-                + ctx.max(self.emoe_experts) as u64
-                + self.vocab as u64);
-        Ok((weights, arena))
+        Ok((weights, self.plan(ctx, size)?.total()))
     }
 
     /// The largest declared nested sub-model (by the weight bytes it reads; the full model
@@ -349,22 +407,34 @@ impl DenseSpec {
 
 impl<'a> DenseEngine<'a> {
     /// Bind the weights of `m` (no copy) and allocate every buffer for up to
-    /// `max_context` positions (at most the position table, if the model has one).
+    /// `max_context` positions (at most the position table, if the model has one), able to
+    /// run every nested size.
     pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>, max_context: usize) -> Result<Self, String> {
         let s = DenseSpec::from_model(m)?;
-        let (d, f) = (s.d, s.ffn);
-        if max_context == 0 || (s.positions > 0 && max_context > s.positions) {
-            return Err(format!(
-                "context {max_context} must be in 1..={} (the position table)",
-                if s.positions > 0 {
-                    s.positions
-                } else {
-                    usize::MAX
-                }
-            ));
-        }
-        let mut blocks = Vec::with_capacity(s.layers);
-        for l in 0..s.layers {
+        Self::with_capacity(m, max_context, (s.layers, s.ffn))
+    }
+
+    /// [`DenseEngine::new`] for sub-models up to `cap` = (depth, FFN width) only: binds the
+    /// first `cap.0` blocks and allocates exactly [`DenseSpec::plan`]`(max_context, cap)`
+    /// (KV caches for `cap.0` blocks, an FFN buffer of `cap.1`), so a process that runs one
+    /// small sub-model pays for that sub-model's arena, not the full model's.
+    pub fn with_capacity<B: AsRef<[u8]>>(
+        m: &'a Model<B>,
+        max_context: usize,
+        cap: (usize, usize),
+    ) -> Result<Self, String> {
+        let s = DenseSpec::from_model(m)?;
+        let d = s.d;
+        s.plan(max_context, cap)?;
+        let emoe_in = (0..cap.0).any(|l| l < 64 && s.emoe_layers >> l & 1 == 1);
+        let u_len = if emoe_in {
+            cap.1.max(s.ffn / s.emoe_experts)
+        } else {
+            cap.1
+        };
+        let f = s.ffn;
+        let mut blocks = Vec::with_capacity(cap.0);
+        for l in 0..cap.0 {
             let n = |t: &str| format!("blk.{l}.{t}");
             let up = matrix(m, &n("ffn_up.weight"), f, d)?;
             let gates = if l < 64 && s.emoe_layers >> l & 1 == 1 {
@@ -418,17 +488,18 @@ impl<'a> DenseEngine<'a> {
                 vector(m, "output_norm.bias", d)?,
             ),
             head: matrix(m, "output.weight", s.vocab, d)?,
-            caches: (0..s.layers * s.heads)
+            caches: (0..cap.0 * s.heads)
                 .map(|_| KvCache::new(hd, max_context))
                 .collect(),
             len: 0,
-            active: (s.layers, s.ffn),
+            active: cap,
+            cap,
             x: vec![0.0; d],
             h: vec![0.0; d],
             qkv: vec![0.0; 3 * d],
             att: vec![0.0; d],
             tmp: vec![0.0; d],
-            u: vec![0.0; f],
+            u: vec![0.0; u_len],
             scores: vec![0.0; max_context.max(s.emoe_experts)],
             chosen: vec![0; s.emoe_top_k],
             chosen_val: vec![0.0; s.emoe_top_k],
@@ -464,7 +535,7 @@ impl<'a> DenseEngine<'a> {
     /// [`DenseSpec::nested_grid`]) are just truncations. Starts a new sequence.
     pub fn set_submodel(&mut self, size: Option<(usize, usize)>) -> Result<(), String> {
         let s = self.spec;
-        let (depth, f) = size.unwrap_or((s.layers, s.ffn));
+        let (depth, f) = size.unwrap_or(self.cap);
         if depth == 0 || depth > s.layers || f == 0 || f > s.ffn {
             return Err(format!(
                 "sub-model depth {depth} x FFN {f} is outside the model (depth {}, FFN {})",
@@ -474,6 +545,12 @@ impl<'a> DenseEngine<'a> {
         if f < s.ffn && (0..depth).any(|l| l < 64 && s.emoe_layers >> l & 1 == 1) {
             return Err("narrower FFNs of EMoE blocks are not supported".into());
         }
+        if depth > self.cap.0 || f > self.cap.1 {
+            return Err(format!(
+                "sub-model depth {depth} x FFN {f} is beyond this engine's capacity (depth {} x FFN {}; it was planned for that)",
+                self.cap.0, self.cap.1
+            ));
+        }
         self.active = (depth, f);
         self.reset();
         Ok(())
@@ -482,6 +559,35 @@ impl<'a> DenseEngine<'a> {
     /// The sub-model in use: (depth, FFN width).
     pub fn submodel(&self) -> (usize, usize) {
         self.active
+    }
+
+    /// The largest sub-model this engine can run: (depth, FFN width).
+    pub fn capacity(&self) -> (usize, usize) {
+        self.cap
+    }
+
+    /// Heap bytes this engine holds, from its buffers' actual capacities (equals
+    /// [`DenseSpec::plan`]`(max_context, capacity)`; the weights are not counted — they
+    /// are the mapped file).
+    pub fn arena_bytes(&self) -> ArenaPlan {
+        let f4 = |v: &Vec<f32>| 4 * v.capacity() as u64;
+        ArenaPlan {
+            kv_cache: self.caches.iter().map(KvCache::heap_bytes).sum(),
+            work: f4(&self.x)
+                + f4(&self.h)
+                + f4(&self.qkv)
+                + f4(&self.att)
+                + f4(&self.tmp)
+                + f4(&self.u)
+                + f4(&self.scores)
+                + 4 * self.chosen.capacity() as u64
+                + f4(&self.chosen_val)
+                + f4(&self.logits),
+            gates: self.blocks.iter().map(|b| f4(&b.gates)).sum(),
+            tables: (self.blocks.capacity() * core::mem::size_of::<BlockW<'_>>()
+                + self.caches.capacity() * core::mem::size_of::<KvCache>())
+                as u64,
+        }
     }
 
     /// Consume one token; returns the logits for the next one. Errors (never panics) on a

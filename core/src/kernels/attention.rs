@@ -35,6 +35,10 @@ impl KvCache {
             v: vec![0.0; dim * capacity],
         }
     }
+    /// Heap bytes held (the key and value buffers).
+    pub fn heap_bytes(&self) -> u64 {
+        4 * (self.k.capacity() + self.v.capacity()) as u64
+    }
     /// Positions stored.
     pub fn len(&self) -> usize {
         self.len

@@ -183,9 +183,10 @@ fn child_rss(model: &Path, size: (usize, usize), prompt: &str) -> Result<(u64, u
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         return Err(format!(
-            "the measuring process for {}x{} failed: {}",
+            "the measuring process for {}x{} failed ({}): {}",
             size.0,
             size.1,
+            out.status,
             err.trim()
         ));
     }

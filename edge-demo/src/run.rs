@@ -52,7 +52,7 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "size")]
     budget_mb: Option<f64>,
     /// Pick the largest declared nested sub-model whose decode step takes at most this many
-    /// milliseconds on this device: each size is measured once (median of 4 x 8 steps
+    /// milliseconds on this device: each size is measured once (median of 8 x 8 steps
     /// after a short prompt) and the measurements are cached in MODEL.latency.json (reused while
     /// the file, thread count and SIMD level are the same).
     #[arg(long, conflicts_with_all = ["size", "budget_mb"])]
@@ -329,7 +329,7 @@ fn calibration_key(model: &std::path::Path) -> Result<String, String> {
     ))
 }
 
-/// Per-token decode time (ms; the median of 4 rounds x 8 steps after a 16-token prompt,
+/// Per-token decode time (ms; the median of 8 rounds x 8 steps after a 16-token prompt,
 /// rounds interleaved over the sizes) of every size,
 /// from the cache file when it matches, else measured and cached (atomically).
 pub(crate) fn calibrate(
@@ -374,8 +374,8 @@ pub(crate) fn calibrate(
     // Rounds over all sizes (each round: a fresh sequence, the same prompt and positions),
     // so a change in the machine's load during calibration hits every size alike instead
     // of the sizes measured last.
-    const ROUNDS: usize = 4;
-    let per = ns.div_ceil(ROUNDS).max(3);
+    const ROUNDS: usize = 8;
+    let per = ns.div_ceil(4).max(3);
     let mut times = vec![Vec::with_capacity(per * ROUNDS); sizes.len()];
     for _ in 0..ROUNDS {
         for (k, &size) in sizes.iter().enumerate() {

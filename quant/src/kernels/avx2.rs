@@ -153,6 +153,65 @@ pub unsafe fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
     }
 }
 
+/// `y += Σ_r a[r]·dequant(w[r])` for four rows of equal length, bit-identical to four
+/// [`axpy_q8_0`]/[`axpy_q4_0`] calls in row order (each element sees the same FMAs in the
+/// same order) but loading and storing `y` once per block instead of four times.
+#[inline(always)]
+unsafe fn axpy4_with<B>(
+    a: [f32; 4],
+    w: [&[B]; 4],
+    y: &mut [f32],
+    widen: impl Fn(&B) -> [__m256; 4],
+    scale: impl Fn(&B) -> f16,
+) {
+    // SAFETY: the caller guarantees the features, equal row lengths and
+    // `y.len() >= 32 * w[0].len()`; block i touches y[32i..32i+32].
+    unsafe {
+        #[allow(clippy::needless_range_loop)] // block i of all four rows
+        for i in 0..w[0].len() {
+            let p = y.as_mut_ptr().add(32 * i);
+            let mut acc = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            for r in 0..4 {
+                let b = &w[r][i];
+                let s = _mm256_set1_ps(a[r] * h2f(scale(b)));
+                for (k, q) in widen(b).iter().enumerate() {
+                    acc[k] = _mm256_fmadd_ps(*q, s, acc[k]);
+                }
+            }
+            for (k, v) in acc.iter().enumerate() {
+                _mm256_storeu_ps(p.add(8 * k), *v);
+            }
+        }
+    }
+}
+
+/// [`axpy_q8_0`] of four rows (see `axpy4_with`).
+///
+/// # Safety
+/// AVX2, FMA and F16C available; equal row lengths; `y.len() >= w[0].len() * 32`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy4_q8_0(a: [f32; 4], w: [&[BlockQ8_0]; 4], y: &mut [f32]) {
+    debug_assert!(w.iter().all(|r| r.len() == w[0].len()) && y.len() >= w[0].len() * 32);
+    // SAFETY: the caller's contract; each block holds 32 bytes.
+    unsafe { axpy4_with(a, w, y, |b| widen_i8x32(b.qs.as_ptr()), |b| b.d) }
+}
+
+/// [`axpy_q4_0`] of four rows (see `axpy4_with`).
+///
+/// # Safety
+/// AVX2, FMA and F16C available; equal row lengths; `y.len() >= w[0].len() * 32`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy4_q4_0(a: [f32; 4], w: [&[BlockQ4_0]; 4], y: &mut [f32]) {
+    debug_assert!(w.iter().all(|r| r.len() == w[0].len()) && y.len() >= w[0].len() * 32);
+    // SAFETY: the caller's contract; each block holds 16 bytes.
+    unsafe { axpy4_with(a, w, y, |b| widen_q4(b), |b| b.d) }
+}
+
 /// Sum of the products of 32 signed bytes `a` and `b` as 8 i32 lanes, via
 /// `maddubs(|a|, sign(b, a))` (ggml's trick). The i16 pair sums cannot saturate as long as
 /// `b` (the activations, quantised by Modula) stays in [−127, 127]: a pair is then at most
@@ -186,6 +245,65 @@ pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
             acc[i & 1] = _mm256_fmadd_ps(d, s, acc[i & 1]);
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// Four weight rows against one quantised activation row: each row's result is
+/// bit-identical to [`dot_q8_0_q8_0`]/[`dot_q4_0_q8_0`] on it (same per-row accumulation
+/// order), but the activation block and its scale are loaded once for the four rows and
+/// the four dependency chains overlap. `load` gives a block's 32 signed weights and scale.
+#[inline(always)]
+unsafe fn dot4_with<B>(
+    w: [&[B]; 4],
+    x: &[BlockQ8_0],
+    load: impl Fn(&B) -> (__m256i, f16),
+) -> [f32; 4] {
+    // SAFETY: the caller guarantees the features and `x.len() >= w[r].len()` for all r,
+    // and the four rows have equal lengths.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for (i, xb) in x.iter().enumerate().take(w[0].len()) {
+            let c = _mm256_loadu_si256(xb.qs.as_ptr().cast());
+            let xd = h2f(xb.d);
+            for r in 0..4 {
+                let (a, wd) = load(&w[r][i]);
+                let s = _mm256_cvtepi32_ps(dot_i8x32(a, c));
+                let d = _mm256_set1_ps(h2f(wd) * xd);
+                acc[r][i & 1] = _mm256_fmadd_ps(d, s, acc[r][i & 1]);
+            }
+        }
+        acc.map(|a| hsum(_mm256_add_ps(a[0], a[1])))
+    }
+}
+
+/// [`dot_q8_0_q8_0`] of four rows of equal length (see `dot4_with`).
+///
+/// # Safety
+/// AVX2, FMA and F16C available; the rows have equal lengths and `x.len() >= w[0].len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q8_0_q8_0(w: [&[BlockQ8_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
+    debug_assert!(w.iter().all(|r| r.len() == w[0].len()) && x.len() >= w[0].len());
+    // SAFETY: the caller's contract; each block holds 32 bytes.
+    unsafe { dot4_with(w, x, |b| (_mm256_loadu_si256(b.qs.as_ptr().cast()), b.d)) }
+}
+
+/// [`dot_q4_0_q8_0`] of four rows of equal length (see `dot4_with`).
+///
+/// # Safety
+/// AVX2, FMA and F16C available; the rows have equal lengths and `x.len() >= w[0].len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q4_0_q8_0(w: [&[BlockQ4_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
+    debug_assert!(w.iter().all(|r| r.len() == w[0].len()) && x.len() >= w[0].len());
+    // SAFETY: the caller's contract; each block holds 16 bytes.
+    unsafe {
+        let mask = _mm_set1_epi8(0x0f);
+        let eight = _mm256_set1_epi8(8);
+        dot4_with(w, x, |b| {
+            let v = _mm_loadu_si128(b.qs.as_ptr().cast());
+            let lo = _mm_and_si128(v, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+            (_mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight), b.d)
+        })
     }
 }
 

@@ -242,6 +242,77 @@ pub(crate) mod tests {
         }
     }
 
+    /// The 4-row kernels give each row exactly the one-row kernel's result (so results do
+    /// not depend on how rows are grouped, e.g. by thread count), on random ragged shapes.
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[test]
+    fn four_row_kernels_equal_the_one_row_kernels_bit_for_bit() {
+        if !has_avx2() {
+            return;
+        }
+        for seed in 0..200u64 {
+            let blocks = (seed % 19) as usize;
+            let n = 32 * blocks;
+            let x = q8(&rand(seed ^ 0xa5a5, n));
+            let rows: Vec<Vec<f32>> = (0..4)
+                .map(|r| {
+                    rand(seed * 4 + r, n)
+                        .iter()
+                        .map(|v| v * (1.0 + r as f32))
+                        .collect()
+                })
+                .collect();
+            let r8: Vec<Vec<BlockQ8_0>> = rows.iter().map(|r| q8(r)).collect();
+            let r4: Vec<Vec<BlockQ4_0>> = rows.iter().map(|r| q4(r)).collect();
+            // SAFETY: the features were detected above; equal block counts.
+            let (g8, g4) = unsafe {
+                (
+                    avx2::dot4_q8_0_q8_0([&r8[0], &r8[1], &r8[2], &r8[3]], &x),
+                    avx2::dot4_q4_0_q8_0([&r4[0], &r4[1], &r4[2], &r4[3]], &x),
+                )
+            };
+            for r in 0..4 {
+                // SAFETY: as above.
+                let (o8, o4) = unsafe {
+                    (
+                        avx2::dot_q8_0_q8_0(&r8[r], &x),
+                        avx2::dot_q4_0_q8_0(&r4[r], &x),
+                    )
+                };
+                assert_eq!(g8[r].to_bits(), o8.to_bits(), "q8 seed {seed} row {r}");
+                assert_eq!(g4[r].to_bits(), o4.to_bits(), "q4 seed {seed} row {r}");
+                // and against the scalar reference up to f32 accumulation order
+                let s8 = dot_q8_0_q8_0(&r8[r], &x);
+                assert!((g8[r] - s8).abs() <= 1e-4 * (1.0 + s8.abs()), "seed {seed}");
+            }
+            // axpy over four rows = four one-row axpys in order, bit for bit
+            let a = [0.5f32, -1.25, 2.0, 0.0];
+            let y0 = rand(seed ^ 0x77, n);
+            let (mut y8, mut y4, mut o8, mut o4) = (y0.clone(), y0.clone(), y0.clone(), y0);
+            // SAFETY: as above; y holds 32 per block.
+            unsafe {
+                avx2::axpy4_q8_0(a, [&r8[0], &r8[1], &r8[2], &r8[3]], &mut y8);
+                avx2::axpy4_q4_0(a, [&r4[0], &r4[1], &r4[2], &r4[3]], &mut y4);
+                for r in 0..4 {
+                    avx2::axpy_q8_0(a[r], &r8[r], &mut o8);
+                    avx2::axpy_q4_0(a[r], &r4[r], &mut o4);
+                }
+            }
+            for k in 0..n {
+                assert_eq!(
+                    y8[k].to_bits(),
+                    o8[k].to_bits(),
+                    "axpy q8 seed {seed} at {k}"
+                );
+                assert_eq!(
+                    y4[k].to_bits(),
+                    o4[k].to_bits(),
+                    "axpy q4 seed {seed} at {k}"
+                );
+            }
+        }
+    }
+
     type Dots = (
         fn(&[BlockQ8_0], &[f32]) -> f32,
         fn(&[BlockQ4_0], &[f32]) -> f32,

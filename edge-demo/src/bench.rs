@@ -9,9 +9,8 @@ use modula_core::kernels::{isa, par};
 use modula_core::quantize::{parse_target, quantize_model};
 use modula_core::Model;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use crate::run::{Engine, Size};
+use crate::run::{timed_decode, Engine, Size};
 
 /// Arguments of `modula bench`.
 #[derive(Args, Debug)]
@@ -161,22 +160,9 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     for _ in 0..a.rounds {
         for (k, e) in engines.iter_mut().enumerate() {
             for (j, &size) in sizes.iter().enumerate() {
-                e.set_size(size)?;
-                e.reset();
-                let t = Instant::now();
-                let mut last = e.prefill(&prompt)?;
-                prefill[k * ns + j].push(t.elapsed().as_secs_f64());
-                for _ in 0..a.tokens {
-                    let next = last
-                        .iter()
-                        .enumerate()
-                        .fold(0, |b, (i, &v)| if v > last[b] { i } else { b })
-                        as u32;
-                    let t = Instant::now();
-                    let l = e.step(next)?;
-                    steps[k * ns + j].push(t.elapsed().as_secs_f64() * 1e3);
-                    last.copy_from_slice(l);
-                }
+                let (pf, steps_ms) = timed_decode(e, size, &prompt, a.tokens)?;
+                prefill[k * ns + j].push(pf);
+                steps[k * ns + j].extend(steps_ms);
             }
         }
     }

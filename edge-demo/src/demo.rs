@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::run::{calibrate, pick_by_latency, sample, Engine, Size};
+use crate::run::{calibrate, greedy, pick_by_latency, sample, Engine, Size};
 
 /// Arguments of `modula demo` (all defaulted: `modula` alone runs it).
 #[derive(Args, Debug, Clone)]
@@ -138,11 +138,7 @@ fn engine_quality(e: &mut DenseEngine<'_>, windows: &[&[u8]]) -> Result<(f64, f6
                     .ln();
             let t = usize::from(pair[1]);
             nats += lse - f64::from(l[t]);
-            let best = l
-                .iter()
-                .enumerate()
-                .fold(0, |b, (j, &v)| if v > l[b] { j } else { b });
-            right += usize::from(best == t);
+            right += usize::from(greedy(l) as usize == t);
             n += 1;
         }
     }

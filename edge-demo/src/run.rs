@@ -312,6 +312,38 @@ impl Size {
     }
 }
 
+/// The index of the largest logit (the first on ties): the greedy next token.
+pub(crate) fn greedy(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold(0, |b, (j, &v)| if v > logits[b] { j } else { b }) as u32
+}
+
+/// One timed sequence with `size`: a fresh sequence, `prompt` prefilled, then `steps`
+/// greedy decode steps. Returns the prefill time (s) and each step's time (ms).
+pub(crate) fn timed_decode(
+    e: &mut Engine<'_>,
+    size: Size,
+    prompt: &[u32],
+    steps: usize,
+) -> Result<(f64, Vec<f64>), String> {
+    e.set_size(size)?;
+    e.reset();
+    let t = Instant::now();
+    let mut last = e.prefill(prompt)?;
+    let prefill = t.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let next = greedy(&last);
+        let t = Instant::now();
+        let l = e.step(next)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        last.copy_from_slice(l);
+    }
+    Ok((prefill, times))
+}
+
 /// What a cached calibration must match to be reused.
 fn calibration_key(model: &std::path::Path) -> Result<String, String> {
     let meta = std::fs::metadata(model).map_err(|e| format!("{}: {e}", model.display()))?;
@@ -379,20 +411,7 @@ pub(crate) fn calibrate(
     let mut times = vec![Vec::with_capacity(per * ROUNDS); sizes.len()];
     for _ in 0..ROUNDS {
         for (k, &size) in sizes.iter().enumerate() {
-            e.set_size(size)?;
-            e.reset();
-            let mut last = e.prefill(&prompt)?;
-            for i in 0..per {
-                let next = last
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (j, &v)| if v > last[b] { j } else { b })
-                    as u32;
-                let t = Instant::now();
-                let l = e.step(if i % 2 == 0 { next } else { prompt[i % np] })?;
-                times[k].push(t.elapsed().as_secs_f64() * 1e3);
-                last.copy_from_slice(l);
-            }
+            times[k].extend(timed_decode(e, size, &prompt, per)?.1);
         }
     }
     let out: Vec<(Size, f64)> = sizes

@@ -479,6 +479,26 @@ fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0]) -> f32 {
 /// one-row kernels.
 const FOUR_ROW_MAX_BYTES: usize = 256 << 10;
 
+/// Rows `0..n`: four at a time through `four(out, j0)` while `pays` and it handles them,
+/// then the rest through `one(out, j)`. `four` returns false, having written nothing, when no 4-row
+/// kernel applies — that depends on the ISA and the weight type only, so it happens on its
+/// first call for the first activation row, before anything was accumulated.
+fn four_then_one<T: ?Sized>(
+    n: usize,
+    pays: bool,
+    out: &mut T,
+    mut four: impl FnMut(&mut T, usize) -> bool,
+    mut one: impl FnMut(&mut T, usize),
+) {
+    let mut j = 0;
+    while pays && j + 4 <= n && four(out, j) {
+        j += 4;
+    }
+    for j in j..n {
+        one(out, j);
+    }
+}
+
 fn four_rows_pay(w: &MatRef<'_>) -> bool {
     let per_block = match w.data {
         WeightData::Q8_0(_) => core::mem::size_of::<BlockQ8_0>(),
@@ -556,35 +576,32 @@ fn skinny_quant(
         if ok {
             // four weight rows at a time where a 4-row kernel exists (each row's result
             // is bit-identical to the one-row kernel's), the rest one by one
-            let mut j0 = 0;
-            while four_rows_pay(w) && j0 + 4 <= w.rows {
-                let rows = [
-                    qrow(w, j0),
-                    qrow(w, j0 + 1),
-                    qrow(w, j0 + 2),
-                    qrow(w, j0 + 3),
-                ];
-                let mut done = true;
-                for i in 0..m {
-                    match qdot4_q8(isa, &rows, &xq[i * nb..(i + 1) * nb]) {
-                        Some(r) => y[i * ldy + j0..i * ldy + j0 + 4].copy_from_slice(&r),
-                        None => {
-                            done = false;
-                            break;
+            four_then_one(
+                w.rows,
+                four_rows_pay(w),
+                y,
+                |y, j0| {
+                    let rows = [
+                        qrow(w, j0),
+                        qrow(w, j0 + 1),
+                        qrow(w, j0 + 2),
+                        qrow(w, j0 + 3),
+                    ];
+                    for i in 0..m {
+                        match qdot4_q8(isa, &rows, &xq[i * nb..(i + 1) * nb]) {
+                            Some(r) => y[i * ldy + j0..i * ldy + j0 + 4].copy_from_slice(&r),
+                            None => return false,
                         }
                     }
-                }
-                if !done {
-                    break;
-                }
-                j0 += 4;
-            }
-            for j in j0..w.rows {
-                let row = qrow(w, j);
-                for i in 0..m {
-                    y[i * ldy + j] = qdot_q8(isa, &row, &xq[i * nb..(i + 1) * nb]);
-                }
-            }
+                    true
+                },
+                |y, j| {
+                    let row = qrow(w, j);
+                    for i in 0..m {
+                        y[i * ldy + j] = qdot_q8(isa, &row, &xq[i * nb..(i + 1) * nb]);
+                    }
+                },
+            );
             return;
         }
     }
@@ -829,33 +846,32 @@ fn rows_kernel(
         let n = w.cols;
         // four rows at a time where a 4-row kernel exists (bit-identical to four one-row
         // calls in order), the rest one by one
-        let mut f0 = 0;
-        while four_rows_pay(w) && f0 + 4 <= w.rows {
-            let rows = [
-                qrow(w, f0),
-                qrow(w, f0 + 1),
-                qrow(w, f0 + 2),
-                qrow(w, f0 + 3),
-            ];
-            let mut done = true;
-            for i in 0..m {
-                let a = [0, 1, 2, 3].map(|r| x[i * ldx + f0 + r]);
-                if !qaxpy4(isa, a, &rows, &mut y[i * ldy..i * ldy + n]) {
-                    done = false;
-                    break;
+        four_then_one(
+            w.rows,
+            four_rows_pay(w),
+            y,
+            |y, f0| {
+                let rows = [
+                    qrow(w, f0),
+                    qrow(w, f0 + 1),
+                    qrow(w, f0 + 2),
+                    qrow(w, f0 + 3),
+                ];
+                for i in 0..m {
+                    let a = [0, 1, 2, 3].map(|r| x[i * ldx + f0 + r]);
+                    if !qaxpy4(isa, a, &rows, &mut y[i * ldy..i * ldy + n]) {
+                        return false;
+                    }
                 }
-            }
-            if !done {
-                break;
-            }
-            f0 += 4;
-        }
-        for f in f0..w.rows {
-            let row = qrow(w, f);
-            for i in 0..m {
-                qaxpy(isa, x[i * ldx + f], &row, &mut y[i * ldy..i * ldy + n]);
-            }
-        }
+                true
+            },
+            |y, f| {
+                let row = qrow(w, f);
+                for i in 0..m {
+                    qaxpy(isa, x[i * ldx + f], &row, &mut y[i * ldy..i * ldy + n]);
+                }
+            },
+        );
         return;
     }
     match isa {

@@ -178,6 +178,37 @@ impl Model<memmap2::Mmap> {
         Model::from_bytes(map)
     }
 
+    /// Advise the OS about bytes `off..off + len` of the map (`off` page-aligned, as page
+    /// groups are): `need` = `MADV_WILLNEED` (start reading them in now), else
+    /// `MADV_DONTNEED` (drop them from this process's resident set; the map is read-only,
+    /// so a later access reads the file again). A no-op where the platform has no advice.
+    pub fn advise_range(&self, off: usize, len: usize, need: bool) -> Result<(), GgufError> {
+        #[cfg(unix)]
+        {
+            let len = len.min(self.buf.len().saturating_sub(off));
+            if len == 0 {
+                return Ok(());
+            }
+            let r = if need {
+                self.buf.advise_range(memmap2::Advice::WillNeed, off, len)
+            } else {
+                // SAFETY: the map is read-only (private, never written), so dropping its
+                // pages loses nothing; later reads fault them in from the file again.
+                unsafe {
+                    self.buf
+                        .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len)
+                }
+            };
+            r.map_err(|e| GgufError::Io {
+                path: "(mapped model)".to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        #[cfg(not(unix))]
+        let _ = (off, len, need);
+        Ok(())
+    }
+
     /// Ask the OS not to read ahead around page faults in this map (`MADV_RANDOM`): only
     /// the pages a (sub-)model actually touches become resident — lower memory for a small
     /// nested sub-model or a few experts, at the cost of more, smaller reads on a cold

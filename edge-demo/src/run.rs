@@ -47,8 +47,10 @@ pub struct RunArgs {
     /// weights).
     #[arg(long)]
     size: Option<String>,
-    /// Dense models: pick the largest declared nested sub-model whose weights plus arena
-    /// fit this many MiB (instead of --size).
+    /// Memory budget in MiB. Dense models: pick the largest declared nested sub-model whose
+    /// weights plus arena fit (instead of --size). ModuleFormer: expert paging — keep at
+    /// most what fits of the experts resident (LRU, the routers' runners-up read ahead,
+    /// cold experts dropped) and report hits and misses.
     #[arg(long, conflicts_with = "size")]
     budget_mb: Option<f64>,
     /// Pick the largest declared nested sub-model whose decode step takes at most this many
@@ -491,11 +493,6 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             if a.sb_stop.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
                 return Err("--sb-stop must be a positive number".into());
             }
-            if a.budget_mb.is_some() {
-                return Err(
-                    "--budget-mb: not yet for ModuleFormer files (use --size N experts)".into(),
-                );
-            }
             mf.set_stop(a.sb_stop);
         }
         Engine::Dense(d) => {
@@ -530,6 +527,39 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             (e, size) => e.set_size(size).map_err(at)?,
         }
     }
+    // ModuleFormer under a memory budget: expert paging (the experts beyond what fits
+    // are dropped and re-read as the routers choose them)
+    let mut pager = match (&e, a.budget_mb) {
+        (Engine::Mf(mf), Some(mb)) => {
+            if !(mb.is_finite() && mb > 0.0) {
+                return Err("--budget-mb must be a positive number".into());
+            }
+            let s = mf.spec();
+            let kv = 4
+                * s.layers as u64
+                * mf.max_context() as u64
+                * s.att_hidden() as u64
+                * if s.shared_kv { 1 } else { 2 };
+            let p0 = modula_core::engine::paging::ExpertPager::new(&m, u64::MAX).map_err(at)?;
+            let rest = m.bytes().len() as u64 - p0.total_bytes() + kv;
+            let budget = (mb * 1048576.0) as u64;
+            if budget <= rest {
+                return Err(at(format!(
+                    "impossible budget: {mb} MiB, but the shared weights and KV caches alone need {:.2} MiB",
+                    rest as f64 / 1048576.0
+                )));
+            }
+            let p = modula_core::engine::paging::ExpertPager::new(&m, budget - rest).map_err(at)?;
+            eprintln!(
+                "budget {mb} MiB: {:.2} MiB shared weights + KV caches, up to {:.2} of {:.2} MiB of experts resident",
+                rest as f64 / 1048576.0,
+                p.budget() as f64 / 1048576.0,
+                p.total_bytes() as f64 / 1048576.0
+            );
+            Some(p)
+        }
+        _ => None,
+    };
     if let Some(ms) = a.latency_ms {
         if !(ms.is_finite() && ms > 0.0) {
             return Err("--latency-ms must be a positive number".into());
@@ -565,7 +595,22 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     }
     let t0 = Instant::now();
     let ids: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
-    let mut logits = e.prefill(&ids)?;
+    let mut logits = match (pager.as_mut(), &mut e) {
+        // under expert paging the prompt goes token by token, so the resident set stays
+        // within the budget from the first token (a batched prefill reads every expert
+        // its tokens choose at once)
+        (Some(p), Engine::Mf(mf)) => {
+            p.drop_all().map_err(at)?;
+            let mut last = Vec::new();
+            for &t in &ids {
+                last.clear();
+                last.extend_from_slice(mf.step(t)?);
+                p.after_step(mf).map_err(at)?;
+            }
+            last
+        }
+        _ => e.prefill(&ids)?,
+    };
     let prefill = t0.elapsed().as_secs_f64();
     let mut rng = SplitMix64(a.seed);
     let t1 = Instant::now();
@@ -576,8 +621,27 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             out.flush().map_err(|e| e.to_string())?;
         }
         logits.copy_from_slice(e.step(next)?);
+        if let (Some(p), Engine::Mf(mf)) = (pager.as_mut(), &e) {
+            p.after_step(mf).map_err(at)?;
+        }
     }
     let decode = t1.elapsed().as_secs_f64();
+    if let Some(p) = &pager {
+        let st = p.stats();
+        let mib = |b: u64| b as f64 / 1048576.0;
+        eprintln!(
+            "expert paging: {:.2} of {:.2} MiB of experts resident at most; hits {}, misses {} ({:.1} % hits), prefetched {} (used {}), evicted {}; {:.2} MiB resident at the end",
+            mib(p.budget()),
+            mib(p.total_bytes()),
+            st.hits,
+            st.misses,
+            100.0 * st.hits as f64 / (st.hits + st.misses).max(1) as f64,
+            st.prefetched,
+            st.prefetch_used,
+            st.evicted,
+            mib(p.resident_bytes())
+        );
+    }
     if !a.quiet {
         writeln!(out).map_err(|e| e.to_string())?;
     }

@@ -677,6 +677,57 @@ fn moduleformer_commands_work_end_to_end() {
         out.contains("moduleformer") && out.contains("validation"),
         "{out}"
     );
+    // expert paging under a memory budget: everything fits, about half fits, too little
+    let page = |mb: &str| {
+        modula()
+            .args(["run", "--model"])
+            .arg(&m)
+            .args([
+                "--prompt",
+                "in the",
+                "--tokens",
+                "40",
+                "--quiet",
+                "--budget-mb",
+                mb,
+            ])
+            .output()
+            .unwrap()
+    };
+    let r = page("100");
+    let err = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{err}");
+    assert!(
+        err.contains("expert paging:") && err.contains("evicted 0"),
+        "{err}"
+    );
+    // "budget B MiB: S MiB shared weights + KV caches, up to X of T MiB of experts"
+    let nums: Vec<f64> = err
+        .lines()
+        .find(|l| l.starts_with("budget "))
+        .unwrap()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let (shared, total) = (nums[1], nums[3]);
+    let half = format!("{:.4}", shared + total * 0.6);
+    let r = page(&half);
+    let err = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{half}: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("expert paging:"))
+        .unwrap();
+    assert!(
+        !line.contains("evicted 0;") && line.contains("misses"),
+        "{line}"
+    );
+    let r = page("0.01");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("impossible budget") && !err.contains("panicked"),
+        "{err}"
+    );
     // nested experts: a model trained with --nested-experts evaluates every declared size
     let nm = d.join("nested.gguf");
     ok(modula()

@@ -11,6 +11,8 @@
 //! in `modula-train`).
 
 pub mod moduleformer;
+#[cfg(feature = "std")]
+pub mod paging;
 pub mod seqboat;
 
 pub use moduleformer::{MfEngine, MfSpec};

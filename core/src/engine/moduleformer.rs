@@ -207,7 +207,17 @@ pub struct MfEngine<'a> {
     usage: Vec<Vec<u64>>,
     /// Experts in use per mixture (attention, FFN): all, or a nested prefix.
     active: (usize, usize),
+    /// Per router, for the last decoded token: the experts ranked by router probability,
+    /// the chosen `k` first, then up to [`LOOKAHEAD`] runners-up (`rank_w` per router).
+    ranked: Vec<u32>,
+    ranked_len: Vec<usize>,
+    rank_w: usize,
+    rank_val: Vec<f32>,
 }
+
+/// Runners-up kept per router after the chosen experts: the experts an expert pager
+/// prefetches (the likeliest next choices).
+pub const LOOKAHEAD: usize = 2;
 
 /// The router restricted to its first `e` experts (rows of its output layer).
 fn restrict<'a>(r: &Router<'a>, e: usize) -> Result<Router<'a>, crate::kernels::KernelError> {
@@ -340,7 +350,19 @@ impl<'a> MfEngine<'a> {
                 .flat_map(|_| [vec![0u64; s.att_experts], vec![0u64; s.ffn_experts]])
                 .collect(),
             active: (s.att_experts, s.ffn_experts),
+            ranked: vec![0; 2 * s.layers * (k_max + LOOKAHEAD).min(e_max)],
+            ranked_len: vec![0; 2 * s.layers],
+            rank_w: (k_max + LOOKAHEAD).min(e_max),
+            rank_val: vec![0.0; (k_max + LOOKAHEAD).min(e_max)],
         })
+    }
+
+    /// For the last decoded token ([`MfEngine::step`]), router `slot` (block-major,
+    /// attention then FFN): the chosen experts first, then up to [`LOOKAHEAD`] runners-up
+    /// by router probability. Empty before the first step and after a batched prefill.
+    pub fn ranked(&self, slot: usize) -> &[u32] {
+        let w = self.rank_w;
+        &self.ranked[slot * w..slot * w + self.ranked_len[slot]]
     }
 
     /// The architecture.
@@ -430,10 +452,22 @@ impl<'a> MfEngine<'a> {
                 self.chosen_val[..k].iter_mut().for_each(|g| *g /= sum);
             }
         }
-        let u = &mut self.usage[2 * l + usize::from(ffn)];
+        let slot = 2 * l + usize::from(ffn);
+        let u = &mut self.usage[slot];
         for &c in &self.chosen[..k] {
             u[c as usize] += 1;
         }
+        // the ranking for an expert pager: the chosen ones, then the likeliest others
+        let r = (k + LOOKAHEAD).min(e).min(self.rank_w);
+        let w = self.rank_w;
+        top_k(
+            probs,
+            r,
+            &mut self.ranked[slot * w..slot * w + r],
+            &mut self.rank_val[..r],
+        )
+        .map_err(ke)?;
+        self.ranked_len[slot] = r;
         Ok(())
     }
 

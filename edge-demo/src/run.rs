@@ -56,8 +56,8 @@ pub struct RunArgs {
     /// Pick the largest declared nested sub-model whose decode step takes at most this many
     /// milliseconds on this device: each size is measured once (median of 8 x 8 steps
     /// after a short prompt) and the measurements are cached in MODEL.latency.json (reused while
-    /// the file, thread count and SIMD level are the same).
-    #[arg(long, conflicts_with_all = ["size", "budget_mb"])]
+    /// the file, thread count and SIMD level are the same). Also spelt --budget-ms.
+    #[arg(long, alias = "budget-ms", conflicts_with_all = ["size", "budget_mb"])]
     latency_ms: Option<f64>,
     /// With --latency-ms: measure again even if a cached calibration matches.
     #[arg(long)]

@@ -1131,6 +1131,22 @@ fn seqboat_trains_evaluates_resumes_and_streams() {
     assert!(d.join("nd.gguf.latency.json").exists());
     let (ok, _, err) = lat("1000", &[]);
     assert!(ok && err.contains("cached"), "{err}");
+    // --budget-ms is the same option
+    let (ok, _, err) = run(&[
+        "run",
+        "--model",
+        nds,
+        "--prompt",
+        "the",
+        "--tokens",
+        "3",
+        "--budget-ms",
+        "1000",
+    ]);
+    assert!(
+        ok && err.contains("cached") && err.contains("sub-model depth 2"),
+        "{err}"
+    );
     let (ok, _, err) = lat("1000", &["--recalibrate"]);
     assert!(ok && err.contains("measured"), "{err}");
     let (ok, _, err) = lat("0.0000001", &[]);

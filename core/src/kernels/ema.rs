@@ -128,20 +128,19 @@ fn scan_dispatch(
     reverse: bool,
     accumulate: bool,
 ) {
-    let (d, n) = (co.d, co.n);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: supported level (guard); lengths checked by the callers.
         Isa::Avx2 if isa.is_supported() => unsafe {
             super::x86_64::avx2::ew::ema_scan(
-                x, l, d, n, &co.alpha, &co.q, &co.c, state, y, reverse, accumulate,
+                x, l, co.d, co.n, &co.alpha, &co.q, &co.c, state, y, reverse, accumulate,
             )
         },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: supported level (guard); lengths checked by the callers.
         Isa::Neon if isa.is_supported() => unsafe {
             super::aarch64::neon::ew::ema_scan(
-                x, l, d, n, &co.alpha, &co.q, &co.c, state, y, reverse, accumulate,
+                x, l, co.d, co.n, &co.alpha, &co.q, &co.c, state, y, reverse, accumulate,
             )
         },
         _ => ema_scan_scalar(co, x, l, state, y, reverse, accumulate),

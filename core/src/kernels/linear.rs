@@ -42,6 +42,10 @@ pub const PAR_MIN_FLOPS: usize = 1 << 20;
 /// `unsafe fn rows(x, ldx, m, w, ldw, n, k, y, ldy)`; callers guarantee the ISA and that
 /// `x` holds `m` rows of `k` (ldx apart), `w` `n` rows of `k` (ldw apart), `y` `m` rows of
 /// `n` (ldy apart).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unused_macros)
+)]
 macro_rules! tiled_rows {
     ($(#[$attr:meta])* fn $name:ident<T: $bound:path>, $tile:ident) => {
         $(#[$attr])*

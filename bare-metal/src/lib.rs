@@ -73,14 +73,24 @@ impl Error {
     }
 }
 
+/// The embedded model, opened in place, and its architecture.
+fn open() -> Result<(Model<&'static [u8]>, DenseSpec), Error> {
+    let m = Model::from_bytes(model_bytes()).map_err(|_| Error::Model)?;
+    let spec = DenseSpec::from_model(&m).map_err(|_| Error::Model)?;
+    Ok((m, spec))
+}
+
+/// The capacity for `size` (None: the full model) and the heap bytes it needs.
+fn plan(spec: &DenseSpec, size: Option<(usize, usize)>) -> Result<((usize, usize), usize), Error> {
+    let cap = size.unwrap_or((spec.layers, spec.ffn));
+    let plan = spec.plan(CONTEXT, cap).map_err(|_| Error::Size)?;
+    Ok((cap, plan.total() as usize + INDEX_RESERVE))
+}
+
 /// The heap bytes a generation with sub-model `size` (None: the full model) needs from
 /// the arena: the engine's exact plan plus [`INDEX_RESERVE`].
 pub fn arena_need(size: Option<(usize, usize)>) -> Result<usize, Error> {
-    let m = Model::from_bytes(model_bytes()).map_err(|_| Error::Model)?;
-    let spec = DenseSpec::from_model(&m).map_err(|_| Error::Model)?;
-    let cap = size.unwrap_or((spec.layers, spec.ffn));
-    let plan = spec.plan(CONTEXT, cap).map_err(|_| Error::Size)?;
-    Ok(plan.total() as usize + INDEX_RESERVE)
+    Ok(plan(&open()?.1, size)?.1)
 }
 
 /// Greedy generation: feed `prompt`, then write the most likely next byte `out.len()`
@@ -94,12 +104,11 @@ pub fn generate(
     if prompt.is_empty() || prompt.len() + out.len() > CONTEXT {
         return Err(Error::Context);
     }
-    if arena_need(size)? > ARENA_BYTES {
+    let (m, spec) = open()?;
+    let (cap, need) = plan(&spec, size)?;
+    if need > ARENA_BYTES {
         return Err(Error::Arena);
     }
-    let m = Model::from_bytes(model_bytes()).map_err(|_| Error::Model)?;
-    let spec = DenseSpec::from_model(&m).map_err(|_| Error::Model)?;
-    let cap = size.unwrap_or((spec.layers, spec.ffn));
     let mut e = DenseEngine::with_capacity(&m, CONTEXT, cap).map_err(|_| Error::Size)?;
     let mut next = 0u8;
     for (i, &b) in prompt.iter().enumerate() {

@@ -564,8 +564,7 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
         )
     } else {
         let ms = a.budget_ms.unwrap_or(full.ms_q / 2.0);
-        let e = Engine::Dense(DenseEngine::new(&mq, SEQ)?);
-        let (s, t) = pick_by_latency(&lat_q, |s| e.capacity(s), ms)?;
+        let (s, t) = pick_by_latency(&lat_q, |s| s.capacity(a.d), ms)?;
         let Size::Dense(s) = s else {
             unreachable!("dense sizes")
         };

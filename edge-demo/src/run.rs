@@ -240,20 +240,14 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// How much model a size is: multiply-adds per decoded token in its blocks (dense:
-    /// attention projections and the first `f` FFN units of the first `depth` blocks), the
-    /// expert count for ModuleFormer (top-k keeps the per-token compute; more experts to
-    /// choose from is the larger model), the depth for SeqBoat. Orders nested sizes.
+    /// [`Size::capacity`] of `size` in this engine's model.
     pub(crate) fn capacity(&self, size: Size) -> f64 {
-        match (self, size) {
-            (Engine::Dense(e), Size::Dense((depth, f))) => {
-                let d = e.spec().d as f64;
-                depth as f64 * (4.0 * d * d + 2.0 * d * f as f64)
-            }
-            (_, Size::Mf((a, f))) => (a + f) as f64,
-            (_, Size::Sb(depth)) => depth as f64,
-            _ => 0.0,
-        }
+        let width = match self {
+            Engine::Dense(e) => e.spec().d,
+            Engine::Mf(e) => e.spec().d,
+            Engine::Sb(e) => e.spec().d,
+        };
+        size.capacity(width)
     }
 
     /// Switch to a nested sub-model (a new sequence starts).
@@ -305,6 +299,22 @@ pub(crate) enum Size {
 }
 
 impl Size {
+    /// How much model a size is, for a model of width `d`: multiply-adds per decoded token
+    /// in its blocks (dense: attention projections and the first `f` FFN units of the
+    /// first `depth` blocks), the expert count for ModuleFormer (top-k keeps the per-token
+    /// compute; more experts to choose from is the larger model), the depth for SeqBoat.
+    /// Orders nested sizes.
+    pub(crate) fn capacity(self, d: usize) -> f64 {
+        match self {
+            Size::Dense((depth, f)) => {
+                let d = d as f64;
+                depth as f64 * (4.0 * d * d + 2.0 * d * f as f64)
+            }
+            Size::Mf((a, f)) => (a + f) as f64,
+            Size::Sb(depth) => depth as f64,
+        }
+    }
+
     pub(crate) fn label(self) -> String {
         match self {
             Size::Dense((d, f)) => format!("{d}x{f}"),
@@ -540,8 +550,8 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                 * mf.max_context() as u64
                 * s.att_hidden() as u64
                 * if s.shared_kv { 1 } else { 2 };
-            let p0 = modula_core::engine::paging::ExpertPager::new(&m, u64::MAX).map_err(at)?;
-            let rest = m.bytes().len() as u64 - p0.total_bytes() + kv;
+            let mut p = modula_core::engine::paging::ExpertPager::new(&m, u64::MAX).map_err(at)?;
+            let rest = m.bytes().len() as u64 - p.total_bytes() + kv;
             let budget = (mb * 1048576.0) as u64;
             if budget <= rest {
                 return Err(at(format!(
@@ -549,7 +559,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                     rest as f64 / 1048576.0
                 )));
             }
-            let p = modula_core::engine::paging::ExpertPager::new(&m, budget - rest).map_err(at)?;
+            p.set_budget(budget - rest).map_err(at)?;
             eprintln!(
                 "budget {mb} MiB: {:.2} MiB shared weights + KV caches, up to {:.2} of {:.2} MiB of experts resident",
                 rest as f64 / 1048576.0,

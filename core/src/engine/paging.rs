@@ -47,6 +47,8 @@ pub struct ExpertPager<'a> {
     fresh: Vec<bool>,
     resident: u64,
     budget: u64,
+    /// Bytes one token's experts can need (the `k` largest of every router).
+    need: u64,
     clock: u64,
     stats: PagerStats,
 }
@@ -85,15 +87,8 @@ impl<'a> ExpertPager<'a> {
                 need += sizes.iter().take(k).sum::<u64>();
             }
         }
-        if budget < need {
-            return Err(alloc::format!(
-                "impossible expert budget: {:.2} MiB, but one token's experts need {:.2} MiB",
-                budget as f64 / 1048576.0,
-                need as f64 / 1048576.0
-            ));
-        }
         let n = groups.len();
-        Ok(ExpertPager {
+        let mut p = ExpertPager {
             model,
             slot_base,
             groups,
@@ -101,10 +96,26 @@ impl<'a> ExpertPager<'a> {
             ahead: alloc::vec![false; n],
             fresh: alloc::vec![false; n],
             resident: 0,
-            budget,
+            budget: u64::MAX,
+            need,
             clock: 1,
             stats: PagerStats::default(),
-        })
+        };
+        p.set_budget(budget)?;
+        Ok(p)
+    }
+
+    /// Change the budget (from the next step on); refused below one token's experts.
+    pub fn set_budget(&mut self, budget: u64) -> Result<(), String> {
+        if budget < self.need {
+            return Err(alloc::format!(
+                "impossible expert budget: {:.2} MiB, but one token's experts need {:.2} MiB",
+                budget as f64 / 1048576.0,
+                self.need as f64 / 1048576.0
+            ));
+        }
+        self.budget = budget;
+        Ok(())
     }
 
     /// Bytes of all experts in the file.

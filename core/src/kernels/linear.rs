@@ -585,12 +585,7 @@ fn skinny_quant(
                 four_rows_pay(w),
                 y,
                 |y, j0| {
-                    let rows = [
-                        qrow(w, j0),
-                        qrow(w, j0 + 1),
-                        qrow(w, j0 + 2),
-                        qrow(w, j0 + 3),
-                    ];
+                    let rows = [0, 1, 2, 3].map(|r| qrow(w, j0 + r));
                     for i in 0..m {
                         match qdot4_q8(isa, &rows, &xq[i * nb..(i + 1) * nb]) {
                             Some(r) => y[i * ldy + j0..i * ldy + j0 + 4].copy_from_slice(&r),
@@ -855,12 +850,7 @@ fn rows_kernel(
             four_rows_pay(w),
             y,
             |y, f0| {
-                let rows = [
-                    qrow(w, f0),
-                    qrow(w, f0 + 1),
-                    qrow(w, f0 + 2),
-                    qrow(w, f0 + 3),
-                ];
+                let rows = [0, 1, 2, 3].map(|r| qrow(w, f0 + r));
                 for i in 0..m {
                     let a = [0, 1, 2, 3].map(|r| x[i * ldx + f0 + r]);
                     if !qaxpy4(isa, a, &rows, &mut y[i * ldy..i * ldy + n]) {

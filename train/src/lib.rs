@@ -13,9 +13,12 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod compute;
 pub mod corpus;
 pub mod data;
 pub mod emoe;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod gradcheck;
 pub mod layers;
 pub mod m2mkd;

@@ -3,6 +3,7 @@
 //! warm-up + cosine schedule; evaluation (loss and accuracy) on the validation split.
 //! Deterministic in the seed, bit-identical for any thread count.
 
+use crate::compute::ParamsOnDevice;
 use crate::data::Split;
 use crate::layers::loss::IGNORE;
 use crate::model::dense::{DenseModel, Input};
@@ -22,6 +23,13 @@ pub trait Trainable {
     type Acts;
     /// The parameter store.
     fn params_mut(&mut self) -> &mut ParamStore;
+    /// The parameter store, read-only.
+    fn params(&self) -> &ParamStore;
+    /// Other parameters the forward reads that never change while training (a frozen
+    /// teacher or meta model): kept on the GPU for the whole run when one is selected.
+    fn frozen_values(&self) -> Vec<&[f32]> {
+        Vec::new()
+    }
     /// Logits per row.
     fn outputs(&self) -> usize;
     /// Seed this micro-batch's training-only randomness (EMoE routing noise); `None` (as
@@ -66,6 +74,9 @@ impl Trainable for DenseModel {
     type Acts = crate::model::dense::Activations;
     fn params_mut(&mut self) -> &mut ParamStore {
         &mut self.params
+    }
+    fn params(&self) -> &ParamStore {
+        &self.params
     }
     fn outputs(&self) -> usize {
         self.cfg.outputs()
@@ -117,6 +128,9 @@ impl Trainable for MfModel {
     type Acts = MfActivations;
     fn params_mut(&mut self) -> &mut ParamStore {
         &mut self.params
+    }
+    fn params(&self) -> &ParamStore {
+        &self.params
     }
     fn outputs(&self) -> usize {
         self.cfg.vocab
@@ -179,6 +193,9 @@ impl Trainable for SbModel {
     type Acts = SbActivations;
     fn params_mut(&mut self) -> &mut ParamStore {
         &mut self.params
+    }
+    fn params(&self) -> &ParamStore {
+        &self.params
     }
     fn outputs(&self) -> usize {
         self.cfg.outputs()
@@ -416,9 +433,16 @@ pub fn train_from<M: Trainable>(
         return Err("batch, accumulation and sequence length must be at least 1".into());
     }
     let inv = 1.0 / cfg.accum as f32;
+    // On a GPU: frozen parameters cross once per run, trained ones once per step.
+    let _frozen: Vec<ParamsOnDevice> = model
+        .frozen_values()
+        .into_iter()
+        .map(ParamsOnDevice::bind)
+        .collect();
     while state.step < until {
         let step = state.step + 1;
         model.params_mut().zero_grads();
+        let on_device = ParamsOnDevice::bind(&model.params().values);
         let (mut loss, mut aux, mut usage) = (0.0, 0.0, Vec::<(f32, f32)>::new());
         let mut activation = Vec::<f32>::new();
         for micro in 0..cfg.accum as u64 {
@@ -483,6 +507,8 @@ pub fn train_from<M: Trainable>(
             u.1 *= inv;
         });
         activation.iter_mut().for_each(|a| *a *= inv);
+        // the values change below: the device copy is stale from here
+        drop(on_device);
         model.params_mut().mask_frozen_grads();
         let norm = clip_grad_norm(model.params_mut(), cfg.clip);
         if !norm.is_finite() {
@@ -564,6 +590,10 @@ pub fn eval_model_with<M: Trainable>(
     mut on_batch: impl FnMut(&M::Acts),
 ) -> Result<EvalResult, String> {
     let outs = model.outputs();
+    let _on_device: Vec<ParamsOnDevice> = std::iter::once(&model.params().values[..])
+        .chain(model.frozen_values())
+        .map(ParamsOnDevice::bind)
+        .collect();
     let (mut total, mut correct, mut count) = (0.0f64, 0usize, 0usize);
     for b in data
         .eval_batches(batch, seq, batches, seed)

@@ -243,6 +243,14 @@ impl<'a> MatRef<'a> {
     pub fn ld(&self) -> usize {
         self.ld
     }
+    /// The elements and row stride when the weights are f32 (what a training step
+    /// multiplies by), `None` for the other formats.
+    pub fn as_f32(&self) -> Option<(&'a [f32], usize)> {
+        match self.data {
+            WeightData::F32(w) => Some((w, self.ld)),
+            _ => None,
+        }
+    }
     /// The elements.
     pub fn data(&self) -> WeightData<'a> {
         self.data

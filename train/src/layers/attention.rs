@@ -7,9 +7,10 @@
 //! products: `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale`,
 //! `dQ = dS K`, `dK = dSᵀ Q` (masked entries have `P = 0`, so `dS = 0` there).
 
+use crate::compute::{linear, matmul_rows, matmul_tn_acc};
 use modula_core::kernels::attention::attend_rows;
 use modula_core::kernels::isa;
-use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
+use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::KernelError;
 
 /// Forward. `q, k, v, out: [t, dh]`, `probs: [t, t]` (row `i` written for the positions it

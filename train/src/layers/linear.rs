@@ -1,6 +1,7 @@
 //! Fully connected layer `y = x Wᵀ + b`, `W: [n, k]` (out, in).
 
-use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
+use crate::compute::{linear, matmul_rows, matmul_tn_acc};
+use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::KernelError;
 
 /// Forward. `x: [m, k]`, `w: [n, k]`, `b: [n]` or none, `y: [m, n]` (overwritten).

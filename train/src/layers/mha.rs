@@ -10,8 +10,9 @@
 use super::attention::{attention_backward, attention_forward};
 use super::linear::{linear_backward, linear_forward};
 use super::norm::{layernorm_backward, layernorm_forward};
+use crate::compute::matmul_rows;
 use crate::params::ParamStore;
-use modula_core::kernels::linear::{matmul_rows, MatRef};
+use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::{par, KernelError};
 
 /// LayerNorm ε of every block.

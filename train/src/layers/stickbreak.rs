@@ -12,8 +12,9 @@
 //! `G_ij = A_ij dA_ij`, `C_il = Σ_{j≤l} G_ij` (inclusive prefix from the oldest key),
 //! `dz_il = G_il − σ(z_il)·C_il`, `dq_i += scale Σ_l dz_il k_l`, `dk_l += scale dz_il q_i`.
 
+use crate::compute::{linear, matmul_rows, matmul_tn_acc};
 use modula_core::kernels::attention::{softplus, stick_breaking};
-use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
+use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::KernelError;
 
 /// Forward. `q, k, v, out: [t, dh]`.

@@ -178,6 +178,22 @@ impl Trainable for Job {
         &mut self.student.params
     }
 
+    fn params(&self) -> &ParamStore {
+        &self.student.params
+    }
+
+    fn frozen_values(&self) -> Vec<&[f32]> {
+        let teacher = match &self.teacher {
+            Teacher::None => None,
+            Teacher::Module(t) | Teacher::Full(t) => Some(&t.params.values[..]),
+        };
+        self.meta
+            .iter()
+            .map(|m| &m.params.values[..])
+            .chain(teacher)
+            .collect()
+    }
+
     fn outputs(&self) -> usize {
         self.student.outputs()
     }

@@ -11,6 +11,7 @@
 //! products split their output rows over it; every number is computed by one task in a
 //! fixed order, so training is bit-identical for any thread count (tested).
 
+use crate::compute::{linear, matmul_rows, matmul_tn_acc};
 use crate::layers::activation::{activation_backward, activation_forward};
 use crate::layers::linear::{linear_backward, linear_forward};
 use crate::layers::loss::{cross_entropy, LossError};
@@ -18,7 +19,7 @@ use crate::layers::mha::{mha_backward, mha_forward, MhaIdx, MhaSaved, MhaShape, 
 use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::params::{ParamStore, ParamTable};
 use modula_core::kernels::expert_ffn::Activation;
-use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
+use modula_core::kernels::linear::MatRef;
 use modula_core::rng::SplitMix64;
 
 /// How a classifier head pools the sequence.

@@ -21,6 +21,7 @@
 //! contiguous block (what the engine pages and the pruner slices).
 
 use super::dense::normal;
+use crate::compute::{linear, matmul_rows, matmul_tn_acc};
 use crate::layers::activation::{activation_backward, activation_forward};
 use crate::layers::linear::{linear_backward, linear_forward};
 use crate::layers::loss::{cross_entropy, LossError};
@@ -32,7 +33,7 @@ use crate::layers::router::{
 use crate::layers::stickbreak::{stickbreak_backward, stickbreak_forward};
 use crate::params::{ParamStore, ParamTable};
 use modula_core::kernels::expert_ffn::Activation;
-use modula_core::kernels::linear::{linear, matmul_rows, matmul_tn_acc, MatRef};
+use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::par;
 use modula_core::kernels::routing::{route, Dispatch};
 use modula_core::rng::SplitMix64;

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use modula_core::kernels::par;
 use modula_core::Model;
 use modula_train::checkpoint::{load_dense, load_mf, load_sb, save_dense, save_mf, save_sb};
+use modula_train::compute;
 use modula_train::data::ByteText;
 use modula_train::model::dense::{DenseConfig, DenseModel, Pool};
 use modula_train::model::moduleformer::{MfConfig, MfModel};
@@ -215,6 +216,10 @@ pub struct TrainArgs {
     /// Threads for the kernels (default: RAYON_NUM_THREADS or all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where the matrix products run: cpu, gpu (falls back to the CPU, saying why, when
+    /// no adapter is found) or auto. gpu/auto need a build with `--features gpu`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Evaluate on the validation split every N steps (default: 10 times per run).
     #[arg(long)]
     eval_every: Option<u64>,
@@ -372,6 +377,11 @@ pub fn describe(r: &EvalResult, lm: bool) -> String {
 
 /// Run `modula train`.
 pub fn run(a: &TrainArgs) -> Result<(), String> {
+    let device = compute::Device::parse(&a.device).map_err(|e| format!("--device: {e}"))?;
+    let line = compute::select(device)?;
+    if device != compute::Device::Cpu {
+        println!("{line}");
+    }
     match a.arch.as_str() {
         "dense" => {}
         "moduleformer" => return run_mf(a),
@@ -1084,6 +1094,9 @@ fn fit<M: CliModel>(
         }
     }
     pb.finish_and_clear();
+    if let Some(r) = compute::report() {
+        println!("{r}");
+    }
     metrics
         .flush()
         .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;

@@ -553,6 +553,67 @@ fn generated_tasks_train_from_the_command_line() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// `modula train --device`: a bad name, and what gpu/auto do in this build (without the
+/// `gpu` feature: gpu is refused with the rebuild command, auto trains on the CPU; with
+/// it: no adapter falls back to the CPU saying why, an adapter takes the products).
+#[test]
+fn train_device_flag_selects_falls_back_and_refuses_cleanly() {
+    let d = tmpdir("device");
+    let out = d.join("m.gguf");
+    let train = |device: &str, backend: Option<&str>| {
+        let mut c = modula();
+        // every product to the device, however small
+        c.env("MODULA_GPU_MIN_MACS", "0");
+        c.args(["train", "--data", "copy", "--seq", "12", "--steps", "2"])
+            .args(["--batch", "4", "--d", "16", "--layers", "1", "--heads", "2"])
+            .args(["--ffn", "32", "--quiet", "--device", device, "--out"])
+            .arg(&out);
+        if let Some(b) = backend {
+            c.env("WGPU_BACKEND", b);
+        }
+        let r = c.output().unwrap();
+        (
+            r.status.success(),
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = train("tpu", None);
+    assert!(!ok && err.contains("unknown device 'tpu'"), "{err}");
+    #[cfg(not(feature = "gpu"))]
+    {
+        let (ok, _, err) = train("gpu", None);
+        assert!(!ok && err.contains("--features gpu"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let (ok, so, err) = train("auto", None);
+        assert!(ok, "{err}");
+        assert!(
+            so.contains("device: CPU (this build has no `gpu` feature)"),
+            "{so}"
+        );
+    }
+    #[cfg(feature = "gpu")]
+    {
+        // no adapter of this backend here (Metal is not built on Linux)
+        let (ok, so, err) = train("gpu", Some("metal"));
+        assert!(ok, "{err}");
+        assert!(
+            so.contains("no GPU adapter found") && so.contains("runs on the CPU"),
+            "{so}"
+        );
+        if std::env::var("REQUIRE_GPU_ADAPTER").as_deref() == Ok("1") {
+            let (ok, so, err) = train("gpu", None);
+            assert!(ok, "{err}");
+            assert!(
+                so.contains("device: GPU") && so.contains(" products"),
+                "{so}"
+            );
+            assert!(!so.contains(": 0 products"), "{so}");
+        }
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn resumed_training_writes_the_same_model_as_a_straight_run() {
     let d = tmpdir("resume");

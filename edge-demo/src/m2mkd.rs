@@ -165,6 +165,10 @@ pub struct M2mArgs {
     /// Kernel threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Where training's matrix products run: cpu, gpu or auto (gpu/auto need a build with
+    /// `--features gpu`; no adapter: the CPU, saying why).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// One student.
@@ -368,6 +372,7 @@ impl M2mArgs {
     /// Run `f` on the pipeline these settings describe.
     fn with<R>(&self, f: impl FnOnce(&Pipeline<'_>) -> Result<R, String>) -> Result<R, String> {
         modula_core::kernels::par::set_threads(self.threads);
+        crate::train::select_device(&self.device)?;
         let cfg = self.cfg()?;
         let data = self.load()?;
         let fixed_train;
@@ -406,7 +411,11 @@ impl M2mArgs {
             teacher_init: teacher_init.as_ref(),
         };
         eprintln!("m2mKD in {}: {}", self.dir.display(), train.describe());
-        f(&p)
+        let r = f(&p);
+        if let Some(g) = modula_train::compute::report() {
+            eprintln!("{g}");
+        }
+        r
     }
 }
 

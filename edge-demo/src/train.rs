@@ -375,13 +375,20 @@ pub fn describe(r: &EvalResult, lm: bool) -> String {
     }
 }
 
-/// Run `modula train`.
-pub fn run(a: &TrainArgs) -> Result<(), String> {
-    let device = compute::Device::parse(&a.device).map_err(|e| format!("--device: {e}"))?;
+/// `--device cpu|gpu|auto`: select where training's products run; says where unless
+/// it is the CPU by request.
+pub fn select_device(name: &str) -> Result<(), String> {
+    let device = compute::Device::parse(name).map_err(|e| format!("--device: {e}"))?;
     let line = compute::select(device)?;
     if device != compute::Device::Cpu {
         println!("{line}");
     }
+    Ok(())
+}
+
+/// Run `modula train`.
+pub fn run(a: &TrainArgs) -> Result<(), String> {
+    select_device(&a.device)?;
     match a.arch.as_str() {
         "dense" => {}
         "moduleformer" => return run_mf(a),

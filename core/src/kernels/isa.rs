@@ -34,7 +34,7 @@ impl Isa {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" | "none" => Some(Isa::Scalar),
             "avx2" => Some(Isa::Avx2),
-            "neon" => Some(Isa::Neon),
+            "neon" | "neon-nodot" => Some(Isa::Neon),
             _ => None,
         }
     }
@@ -79,6 +79,29 @@ fn has_neon() -> bool {
     false
 }
 
+/// Whether the integer block dot products under [`Isa::Neon`] may use `SDOT` (the Armv8.2
+/// `dotprod` extension): detected once at run time under `std`, from
+/// `cfg(target_feature)` without. `MODULA_SIMD=neon-nodot` turns it off (to test or
+/// measure plain NEON on a CPU that has it).
+#[cfg(all(target_arch = "aarch64", feature = "std"))]
+pub fn dotprod() -> bool {
+    static DOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DOT.get_or_init(|| {
+        std::arch::is_aarch64_feature_detected!("dotprod")
+            && std::env::var("MODULA_SIMD").map_or(true, |v| v.trim() != "neon-nodot")
+    })
+}
+/// See the `std` version.
+#[cfg(all(target_arch = "aarch64", not(feature = "std")))]
+pub fn dotprod() -> bool {
+    cfg!(target_feature = "dotprod")
+}
+/// No `dotprod` off aarch64.
+#[cfg(not(target_arch = "aarch64"))]
+pub fn dotprod() -> bool {
+    false
+}
+
 /// Every level this CPU supports, lowest first.
 pub fn available() -> impl Iterator<Item = Isa> {
     [Isa::Scalar, Isa::Avx2, Isa::Neon]
@@ -108,7 +131,9 @@ pub fn active() -> Isa {
                 best()
             }
             None => {
-                std::eprintln!("modula: MODULA_SIMD={v} is not one of scalar, avx2, neon; ignored");
+                std::eprintln!(
+                    "modula: MODULA_SIMD={v} is not one of scalar, avx2, neon, neon-nodot; ignored"
+                );
                 best()
             }
         },

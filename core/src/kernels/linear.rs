@@ -20,6 +20,7 @@ use super::{exactly, need, KernelError};
 use half::{bf16, f16};
 use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
 use modula_quant::kernels as qk;
+use modula_quant::kernels::Q8Sums;
 
 /// Row counts up to this use the skinny kernels; more rows go to `matrixmultiply`
 /// (measured crossover on the reference machine: `docs/results.md`).
@@ -463,15 +464,35 @@ pub fn quantized_activations() -> bool {
     QUANTIZED_ACTIVATIONS.load(core::sync::atomic::Ordering::Relaxed)
 }
 
-/// `Σ dequant(row)·dequant(xq)` with the activations quantised to Q8_0.
-fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0]) -> f32 {
+/// `Σ dequant(row)·dequant(xq)` with the activations quantised to Q8_0; `sums` (the
+/// activation's [`Q8Sums`], given for Q4_0 weights on AVX2) selects the unsigned-nibble
+/// kernel, whose result is bit-identical.
+#[allow(unused_variables)]
+fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], sums: &[Q8Sums]) -> f32 {
     match (isa, row) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); equal block counts,
+        // one sums entry per activation block.
+        (Isa::Avx2, QRow::Q4(b)) if !sums.is_empty() => unsafe {
+            qk::avx2::dot_q4_0_q8_0_sums(b, xq, sums)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); equal block counts.
         (Isa::Avx2, QRow::Q8(b)) => unsafe { qk::avx2::dot_q8_0_q8_0(b, xq) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         (Isa::Avx2, QRow::Q4(b)) => unsafe { qk::avx2::dot_q4_0_q8_0(b, xq) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked by the caller) and dotprod detected; equal block
+        // counts.
+        (Isa::Neon, QRow::Q8(b)) if isa::dotprod() => unsafe {
+            qk::neon::dot_q8_0_q8_0_dotprod(b, xq)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        (Isa::Neon, QRow::Q4(b)) if isa::dotprod() => unsafe {
+            qk::neon::dot_q4_0_q8_0_dotprod(b, xq)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON supported (checked by the caller); equal block counts.
         (Isa::Neon, QRow::Q8(b)) => unsafe { qk::neon::dot_q8_0_q8_0(b, xq) },
@@ -522,8 +543,13 @@ fn four_rows_pay(w: &MatRef<'_>) -> bool {
 
 /// Four rows' [`qdot_q8`] with a 4-row kernel, where `isa` has one (AVX2); None otherwise.
 #[allow(unused_variables)]
-fn qdot4_q8(isa: Isa, rows: &[QRow<'_>; 4], xq: &[BlockQ8_0]) -> Option<[f32; 4]> {
+fn qdot4_q8(isa: Isa, rows: &[QRow<'_>; 4], xq: &[BlockQ8_0], sums: &[Q8Sums]) -> Option<[f32; 4]> {
     match (isa, rows) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)]) if !sums.is_empty() => {
+            // SAFETY: as below; one sums entry per activation block.
+            Some(unsafe { qk::avx2::dot4_q4_0_q8_0_sums([a, b, c, d], xq, sums) })
+        }
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)]) => {
             // SAFETY: AVX2+FMA+F16C supported (checked by the caller); rows of one matrix
@@ -583,6 +609,25 @@ fn skinny_quant(
             ok &=
                 modula_quant::quantize::quantize_row_q8_0(r, &mut xq[i * nb..(i + 1) * nb]).is_ok();
         }
+        // Q4_0 on AVX2: each activation block's sums once, for the unsigned-nibble kernels
+        // (measured faster; bit-identical results)
+        let want_sums = cfg!(target_arch = "x86_64")
+            && isa == Isa::Avx2
+            && matches!(w.data, WeightData::Q4_0(_));
+        let mut sums_small;
+        let mut sums_heap = alloc::vec::Vec::new();
+        let sums: &[Q8Sums] = if !want_sums {
+            &[]
+        } else if m * nb <= SMALL_BLOCKS {
+            sums_small = [Q8Sums::default(); SMALL_BLOCKS];
+            modula_quant::kernels::q8_sums(xq, &mut sums_small[..m * nb]);
+            &sums_small[..m * nb]
+        } else {
+            sums_heap.resize(m * nb, Q8Sums::default());
+            modula_quant::kernels::q8_sums(xq, &mut sums_heap);
+            &sums_heap
+        };
+        let sums_of = |i: usize| sums.get(i * nb..(i + 1) * nb).unwrap_or(&[]);
         // a non-finite activation cannot be quantised: fall through to the f32 path,
         // which propagates it as f32 arithmetic does
         if ok {
@@ -595,7 +640,7 @@ fn skinny_quant(
                 |y, j0| {
                     let rows = [0, 1, 2, 3].map(|r| qrow(w, j0 + r));
                     for i in 0..m {
-                        match qdot4_q8(isa, &rows, &xq[i * nb..(i + 1) * nb]) {
+                        match qdot4_q8(isa, &rows, &xq[i * nb..(i + 1) * nb], sums_of(i)) {
                             Some(r) => y[i * ldy + j0..i * ldy + j0 + 4].copy_from_slice(&r),
                             None => return false,
                         }
@@ -605,7 +650,7 @@ fn skinny_quant(
                 |y, j| {
                     let row = qrow(w, j);
                     for i in 0..m {
-                        y[i * ldy + j] = qdot_q8(isa, &row, &xq[i * nb..(i + 1) * nb]);
+                        y[i * ldy + j] = qdot_q8(isa, &row, &xq[i * nb..(i + 1) * nb], sums_of(i));
                     }
                 },
             );
@@ -1185,6 +1230,40 @@ mod tests {
                 let mut got = y0.clone();
                 matmul_rows_with(isa, &xr, n, m, &wt, &mut got, k, acc).unwrap();
                 assert_close(isa.name(), &got, &want, |_| 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
+            }
+        }
+    }
+
+    /// The skinny Q4_0 path (activation sums precomputed, unsigned-nibble kernels, four
+    /// rows at a time and the rest one by one, stack and heap buffers) gives exactly what
+    /// the signed one-row kernel gives for every output.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn q4_0_skinny_products_equal_the_signed_kernel_bit_for_bit() {
+        if !Isa::Avx2.is_supported() {
+            return;
+        }
+        for (case, (m, n, kb)) in [(1, 1, 1), (1, 37, 3), (2, 8, 9), (5, 5, 9), (16, 13, 4)]
+            .into_iter()
+            .enumerate()
+        {
+            let k = QB * kb;
+            let x = rand_vec(case as u64, m * k);
+            let (_, b4) = quantised(&rand_vec(case as u64 ^ 9, n * k), true);
+            let w = MatRef::new(WeightData::Q4_0(&b4), n, k, k).unwrap();
+            let mut got = vec![0f32; m * n];
+            linear_mode(Isa::Avx2, true, &x, k, m, &w, None, &mut got, n).unwrap();
+            for i in 0..m {
+                let (xq, _) = quantised(&x[i * k..(i + 1) * k], false);
+                for j in 0..n {
+                    // SAFETY: AVX2 checked above; kb blocks each.
+                    let want = unsafe { qk::avx2::dot_q4_0_q8_0(&b4[j * kb..(j + 1) * kb], &xq) };
+                    assert_eq!(
+                        got[i * n + j].to_bits(),
+                        want.to_bits(),
+                        "{m}x{n}x{k} at {i},{j}"
+                    );
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! requires those features (the caller checks them at run time) and the lengths its
 //! reference in the parent module documents: `x`/`y` hold `w.len() × 32` values.
 
+use super::Q8Sums;
 use crate::blocks::{BlockQ4_0, BlockQ8_0};
 use core::arch::x86_64::*;
 use half::f16;
@@ -332,5 +333,83 @@ pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
             acc[i & 1] = _mm256_fmadd_ps(d, s, acc[i & 1]);
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// A Q4_0 block's 32 nibbles, unsigned (0..16): weights 0..16 in the low lane, 16..32 in
+/// the high lane. Requires AVX2.
+#[inline(always)]
+unsafe fn nibbles(b: &BlockQ4_0, mask: __m128i) -> __m256i {
+    // SAFETY: the caller guarantees AVX2; the block holds 16 bytes of nibbles.
+    unsafe {
+        let v = _mm_loadu_si128(b.qs.as_ptr().cast());
+        let lo = _mm_and_si128(v, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+}
+
+/// Lanes of `Σ (u − 8)·c` for unsigned nibbles `u` and signed `c`, given the lanes of
+/// `8·Σ c` (`corr`): `maddubs` takes `u` as unsigned as it is, no sign trick. Each lane
+/// equals [`dot_i8x32`]'s on the signed weights exactly (same integer). Requires AVX2.
+#[inline(always)]
+unsafe fn dot_u4_sums(u: __m256i, c: __m256i, corr: &[i32; 8]) -> __m256i {
+    // SAFETY: the caller guarantees AVX2; `corr` is 32 readable bytes.
+    unsafe {
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, c), _mm256_set1_epi16(1));
+        _mm256_sub_epi32(p, _mm256_loadu_si256(corr.as_ptr().cast()))
+    }
+}
+
+/// [`dot_q4_0_q8_0`] with the activation's [`Q8Sums`] precomputed: bit-identical result,
+/// fewer instructions per block (no sign trick, one scale conversion instead of two).
+///
+/// # Safety
+/// AVX2, FMA and F16C available; `x.len() >= w.len()` and `sums.len() >= w.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_0_q8_0_sums(w: &[BlockQ4_0], x: &[BlockQ8_0], sums: &[Q8Sums]) -> f32 {
+    debug_assert!(x.len() >= w.len() && sums.len() >= w.len());
+    // SAFETY: features are the caller's; each block holds 16 (Q4_0) or 32 (Q8_0) bytes.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mask = _mm_set1_epi8(0x0f);
+        for (i, ((b, xb), xs)) in w.iter().zip(x).zip(sums).enumerate() {
+            let c = _mm256_loadu_si256(xb.qs.as_ptr().cast());
+            let s = _mm256_cvtepi32_ps(dot_u4_sums(nibbles(b, mask), c, &xs.corr));
+            let d = _mm256_set1_ps(h2f(b.d) * xs.scale);
+            acc[i & 1] = _mm256_fmadd_ps(d, s, acc[i & 1]);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// [`dot_q4_0_q8_0_sums`] of four rows of equal length, each bit-identical to it (and so
+/// to [`dot_q4_0_q8_0`]); the activation block, its sums and scale are loaded once.
+///
+/// # Safety
+/// AVX2, FMA and F16C available; the rows have equal lengths, and `x` and `sums` are at
+/// least as long.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q4_0_q8_0_sums(
+    w: [&[BlockQ4_0]; 4],
+    x: &[BlockQ8_0],
+    sums: &[Q8Sums],
+) -> [f32; 4] {
+    let n = w[0].len();
+    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && sums.len() >= n);
+    // SAFETY: the caller's contract; each block holds 16 (Q4_0) or 32 (Q8_0) bytes.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let mask = _mm_set1_epi8(0x0f);
+        for (i, (xb, xs)) in x.iter().zip(sums).enumerate().take(n) {
+            let c = _mm256_loadu_si256(xb.qs.as_ptr().cast());
+            for r in 0..4 {
+                let b = &w[r][i];
+                let s = _mm256_cvtepi32_ps(dot_u4_sums(nibbles(b, mask), c, &xs.corr));
+                let d = _mm256_set1_ps(h2f(b.d) * xs.scale);
+                acc[r][i & 1] = _mm256_fmadd_ps(d, s, acc[r][i & 1]);
+            }
+        }
+        acc.map(|a| hsum(_mm256_add_ps(a[0], a[1])))
     }
 }

@@ -92,6 +92,34 @@ pub fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     acc
 }
 
+/// What the Q4_0 × Q8_0 kernels reuse across the weight rows of one product, computed once
+/// per activation block: the block's scale as f32, and `8 ×` the sum of each group of 4
+/// consecutive values. With them a kernel multiplies the *unsigned* nibbles `u` directly,
+/// `Σ (u − 8)·x = Σ u·x − 8·Σ x`, instead of first making them signed; the groups of 4
+/// are the i32 lanes of the AVX2 integer dot (`maddubs` + `madd`), so each lane's integer
+/// is exactly the one the signed form gives, and so is the result.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct Q8Sums {
+    /// `8 × Σ x[4j..4j+4]` for lanes `j = 0..8`.
+    pub corr: [i32; 8],
+    /// The block's scale `d` as f32.
+    pub scale: f32,
+}
+
+/// [`Q8Sums`] of each block of `x` into `out` (`out.len() == x.len()`).
+pub fn q8_sums(x: &[BlockQ8_0], out: &mut [Q8Sums]) {
+    for (b, o) in x.iter().zip(out.iter_mut()) {
+        for (j, c) in o.corr.iter_mut().enumerate() {
+            *c = 8 * b.qs[4 * j..4 * j + 4]
+                .iter()
+                .map(|&v| i32::from(v))
+                .sum::<i32>();
+        }
+        o.scale = b.d.to_f32();
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -205,12 +233,29 @@ pub(crate) mod tests {
                 ),
             ));
         }
+        #[cfg(all(target_arch = "aarch64", feature = "std"))]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            v.push((
+                "neon+dotprod",
+                (
+                    // SAFETY: dotprod (and so NEON) was detected above; equal block counts.
+                    |w, x| unsafe { neon::dot_q8_0_q8_0_dotprod(w, x) },
+                    // SAFETY: as above.
+                    |w, x| unsafe { neon::dot_q4_0_q8_0_dotprod(w, x) },
+                ),
+            ));
+        }
         v
     }
 
     #[test]
     fn quantised_activation_dots_match_the_references() {
         let variants = simd_qdots();
+        #[cfg(feature = "std")]
+        std::eprintln!(
+            "SIMD variants checked: {:?}",
+            variants.iter().map(|v| v.0).collect::<Vec<_>>()
+        );
         for seed in 0..300u64 {
             let blocks = (seed % 23) as usize;
             let n = 32 * blocks;
@@ -308,6 +353,71 @@ pub(crate) mod tests {
                     y4[k].to_bits(),
                     o4[k].to_bits(),
                     "axpy q4 seed {seed} at {k}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn activation_sums_are_their_definition() {
+        for seed in 0..50u64 {
+            let x = q8(&rand(seed, 32 * (seed % 7) as usize));
+            let mut s = vec![Q8Sums::default(); x.len()];
+            q8_sums(&x, &mut s);
+            for (b, q) in x.iter().zip(&s) {
+                assert_eq!(q.scale, b.d.to_f32());
+                for j in 0..8 {
+                    let want: i32 = (4 * j..4 * j + 4).map(|i| 8 * i32::from(b.qs[i])).sum();
+                    assert_eq!(q.corr[j], want);
+                }
+            }
+        }
+    }
+
+    /// The unsigned-nibble Q4_0 kernels with precomputed activation sums give exactly the
+    /// signed kernels' results (one row and four rows), on ragged block counts and on
+    /// extreme values (nibbles 0 and 15, activations ±127).
+    #[test]
+    fn q4_kernels_with_activation_sums_equal_the_signed_kernels_bit_for_bit() {
+        if !has_avx2() {
+            return;
+        }
+        for seed in 0..300u64 {
+            let blocks = (seed % 23) as usize;
+            let n = 32 * blocks;
+            let mut xs = rand(seed ^ 0x5a5a, n);
+            let mut rows: Vec<Vec<f32>> = (0..4).map(|r| rand(seed * 4 + r, n)).collect();
+            if seed % 5 == 0 {
+                // saturate: every weight at ±max of its block, activations at ±127
+                xs.iter_mut().for_each(|v| *v = v.signum());
+                rows.iter_mut()
+                    .for_each(|r| r.iter_mut().for_each(|v| *v = -v.signum()));
+            }
+            let x = q8(&xs);
+            let mut sums = vec![Q8Sums::default(); x.len()];
+            q8_sums(&x, &mut sums);
+            let r4: Vec<Vec<BlockQ4_0>> = rows.iter().map(|r| q4(r)).collect();
+            // SAFETY: the features were detected above; equal block counts.
+            let g =
+                unsafe { avx2::dot4_q4_0_q8_0_sums([&r4[0], &r4[1], &r4[2], &r4[3]], &x, &sums) };
+            for r in 0..4 {
+                // SAFETY: as above.
+                let (one, signed) = unsafe {
+                    (
+                        avx2::dot_q4_0_q8_0_sums(&r4[r], &x, &sums),
+                        avx2::dot_q4_0_q8_0(&r4[r], &x),
+                    )
+                };
+                assert_eq!(one.to_bits(), signed.to_bits(), "seed {seed} row {r}");
+                assert_eq!(
+                    g[r].to_bits(),
+                    signed.to_bits(),
+                    "4-row seed {seed} row {r}"
+                );
+                let s = dot_q4_0_q8_0(&r4[r], &x);
+                assert!(
+                    (one - s).abs() <= 1e-4 * (1.0 + s.abs()),
+                    "seed {seed}: {one} vs {s}"
                 );
             }
         }

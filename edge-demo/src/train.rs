@@ -278,6 +278,11 @@ pub struct TrainArgs {
     /// for a nested model.
     #[arg(long)]
     sorted: Option<String>,
+    /// SortedNet in-place distillation: `α` or `α:τ` — each sampled sub-model's loss is
+    /// (1 − α)·CE + α·τ²·KL(full ‖ sub) against the full model's output on the same batch
+    /// (default: off, plain cross-entropy as in SortedNet).
+    #[arg(long)]
+    sorted_distill: Option<String>,
     /// ModuleFormer: experts per mixture (attention and FFN, unless set separately).
     #[arg(long, default_value_t = 8)]
     experts: usize,
@@ -486,7 +491,7 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     }
     let tc = TrainConfig {
         sorted,
-        ..train_config(a, seq)
+        ..train_config(a, seq)?
     };
     println!("data: {}", data.describe());
     if c.emoe_layers != 0 {
@@ -529,8 +534,16 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     )
 }
 
-fn train_config(a: &TrainArgs, seq: usize) -> TrainConfig {
-    TrainConfig {
+fn train_config(a: &TrainArgs, seq: usize) -> Result<TrainConfig, String> {
+    let sorted_distill = match &a.sorted_distill {
+        Some(s) => Some(
+            modula_train::trainer::Distill::parse(s)
+                .map_err(|e| format!("--sorted-distill {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(TrainConfig {
+        sorted_distill,
         steps: a.steps,
         batch: a.batch,
         accum: a.accum,
@@ -544,7 +557,7 @@ fn train_config(a: &TrainArgs, seq: usize) -> TrainConfig {
             ..modula_train::optim::AdamW::default()
         },
         ..TrainConfig::default()
-    }
+    })
 }
 
 /// `modula moduleformer extend`: `--init` model plus `new` experts per mixture, only they
@@ -721,7 +734,7 @@ fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
     }
     let tc = TrainConfig {
         sorted,
-        ..train_config(a, seq)
+        ..train_config(a, seq)?
     };
     let title = format!(
         "moduleformer d={} L={} E={}/{}",
@@ -864,7 +877,7 @@ fn run_sb(a: &TrainArgs) -> Result<(), String> {
     }
     let tc = TrainConfig {
         sorted,
-        ..train_config(a, seq)
+        ..train_config(a, seq)?
     };
     let title = format!(
         "seqboat d={} L={} w={} gate {}",
@@ -943,6 +956,16 @@ fn fit<M: CliModel>(
     title: &str,
 ) -> Result<(), String> {
     let tc = *tc;
+    if let Some(d) = tc.sorted_distill {
+        if model.nested_grid().is_empty() || tc.sorted == modula_train::trainer::Sorted::Off {
+            return Err("--sorted-distill needs a nested model trained with --sorted".into());
+        }
+        println!(
+            "SortedNet in-place distillation: sub-model loss (1 - {a}) CE + {a} tau^2 KL(full || sub), tau {t}",
+            a = d.alpha,
+            t = d.tau
+        );
+    }
     let metrics_path = with_suffix(&a.out, ".metrics.jsonl");
     let mut metrics = std::io::BufWriter::new(
         std::fs::File::create(&metrics_path)

@@ -614,6 +614,44 @@ fn train_device_flag_selects_falls_back_and_refuses_cleanly() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// `--sorted-distill`: trains a nested model with in-place distillation; bad values and a
+/// model without nested sizes are refused before training.
+#[test]
+fn sorted_distillation_trains_and_bad_settings_are_refused() {
+    let d = tmpdir("distill");
+    let out = d.join("m.gguf");
+    let train = |extra: &[&str]| {
+        let r = modula()
+            .args(["train", "--data", "copy", "--seq", "12", "--steps", "3"])
+            .args(["--batch", "4", "--d", "16", "--layers", "2", "--heads", "2"])
+            .args(["--ffn", "32", "--quiet", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            r.status.success(),
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    };
+    let nested = ["--nested-depths", "1", "--sorted", "all"];
+    let (ok, so, err) = train(&[&nested[..], &["--sorted-distill", "0.5:2"]].concat());
+    assert!(ok, "{err}");
+    assert!(
+        so.contains("in-place distillation") && so.contains("tau 2"),
+        "{so}"
+    );
+    for bad in ["0", "1.5", "0.5:0", "half"] {
+        let (ok, _, err) = train(&[&nested[..], &["--sorted-distill", bad]].concat());
+        assert!(!ok && err.contains("--sorted-distill"), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (ok, _, err) = train(&["--sorted-distill", "0.5"]);
+    assert!(!ok && err.contains("needs a nested model"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn resumed_training_writes_the_same_model_as_a_straight_run() {
     let d = tmpdir("resume");

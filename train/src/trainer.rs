@@ -6,6 +6,7 @@
 use crate::compute::ParamsOnDevice;
 use crate::data::Split;
 use crate::layers::loss::IGNORE;
+use crate::m2mkd::loss::{kd_kl, KlNorm};
 use crate::model::dense::{DenseModel, Input};
 use crate::model::moduleformer::{MfActivations, MfModel};
 use crate::model::seqboat::{sb_tokens, SbActivations, SbModel};
@@ -259,6 +260,44 @@ pub struct TrainConfig {
     /// full one (always trained) on each micro-batch; their gradients are averaged with
     /// the full model's.
     pub sorted: Sorted,
+    /// SortedNet with in-place distillation: each sampled sub-model also learns the full
+    /// model's output on the same micro-batch (`None`: plain cross-entropy, the base
+    /// method).
+    pub sorted_distill: Option<Distill>,
+}
+
+/// In-place distillation of the nested sub-models from the full model (slimmable
+/// networks' "inplace distillation", OFA's KD from the largest): a sub-model's loss is
+/// `(1 − α)·CE + α·τ²·KL(p_full^τ ‖ p_sub^τ)` averaged over the counted rows, the full
+/// model's logits a fixed target (no gradient through them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Distill {
+    /// Weight α of the distillation term, in (0, 1].
+    pub alpha: f32,
+    /// Temperature τ > 0.
+    pub tau: f32,
+}
+
+impl Distill {
+    /// `α` or `α:τ` (τ defaults to 1).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, t) = s.split_once(':').unwrap_or((s, "1"));
+        let alpha: f32 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}': use α or α:τ, e.g. 0.5 or 0.5:2"))?;
+        let tau: f32 = t
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}': use α or α:τ, e.g. 0.5 or 0.5:2"))?;
+        if !(alpha > 0.0 && alpha <= 1.0) {
+            return Err(format!("'{s}': α must be in (0, 1]"));
+        }
+        if !(tau > 0.0 && tau.is_finite()) {
+            return Err(format!("'{s}': τ must be positive"));
+        }
+        Ok(Distill { alpha, tau })
+    }
 }
 
 /// How nested sub-models are picked per micro-batch (spec B2).
@@ -339,6 +378,7 @@ impl Default for TrainConfig {
             opt: AdamW::default(),
             seed: 1,
             sorted: Sorted::Off,
+            sorted_distill: None,
         }
     }
 }
@@ -458,6 +498,19 @@ pub fn train_from<M: Trainable>(
             let mut srng = SplitMix64(noise ^ 0x50f7_ed5e_7000_0001);
             let subs = cfg.sorted.pick(&model.nested_grid(), &mut srng);
             let share = inv / (1 + subs.len()) as f32;
+            let full_forward = |model: &mut M| {
+                model.set_noise(Some(noise));
+                let fwd = model.forward_batch(&batch);
+                model.set_noise(None);
+                fwd
+            };
+            // with distillation the full model runs first: its logits are the sub-models'
+            // targets (its backward still comes last, as without)
+            let distill = cfg.sorted_distill.filter(|_| !subs.is_empty());
+            let full = match distill {
+                Some(_) => Some(full_forward(model)?),
+                None => None,
+            };
             for sub in &subs {
                 model.set_nested(Some(*sub));
                 let r = model.forward_batch(&batch);
@@ -467,16 +520,30 @@ pub fn train_from<M: Trainable>(
                             "step {step}: sub-model {sub:?} loss is {l}; lower the learning rate"
                         ));
                     }
+                    if let (Some(d), Some((_, full_acts, _))) = (distill, &full) {
+                        dl.iter_mut().for_each(|g| *g *= 1.0 - d.alpha);
+                        kd_kl(
+                            M::logits(&acts),
+                            M::logits(full_acts),
+                            &batch.targets,
+                            model.outputs(),
+                            d.tau,
+                            KlNorm::PerRow,
+                            d.alpha,
+                            &mut dl,
+                        )
+                        .map_err(|e| format!("step {step}: distilling {sub:?}: {e}"))?;
+                    }
                     dl.iter_mut().for_each(|g| *g *= share);
                     model.backward_batch(&batch, &acts, &dl, share)
                 });
                 model.set_nested(None);
                 r?;
             }
-            model.set_noise(Some(noise));
-            let fwd = model.forward_batch(&batch);
-            model.set_noise(None);
-            let (l, acts, mut dlogits) = fwd?;
+            let (l, acts, mut dlogits) = match full {
+                Some(f) => f,
+                None => full_forward(model)?,
+            };
             if !l.is_finite() {
                 return Err(format!("step {step}: loss is {l}; lower the learning rate"));
             }
@@ -790,6 +857,77 @@ mod tests {
             .pick(&grid, &mut r)
             .iter()
             .all(|s| *s != (2, 64)));
+    }
+
+    /// In-place distillation pulls each sub-model's output distribution towards the full
+    /// model's: after the same training, KL(full ‖ smallest sub-model) on held-out text is
+    /// smaller with α = 1 (the sub-models learn only from the full model) than without.
+    #[test]
+    fn sorted_distillation_pulls_submodels_towards_the_full_model() {
+        // a text with real uncertainty (the cat sentence is learnt perfectly by every size)
+        let data = ByteText::from_bytes(crate::corpus::generated_text(20_000, 5), 0.1).unwrap();
+        let cfg = DenseConfig::lm(256, 32, 2, 2, 64)
+            .with_nested(&[1], &[16])
+            .unwrap();
+        let tc = TrainConfig {
+            steps: 40,
+            batch: 4,
+            seq: 24,
+            lr: 1e-2,
+            min_lr: 1e-3,
+            warmup: 5,
+            sorted: Sorted::All,
+            ..TrainConfig::default()
+        };
+        let kl_small = |d: Option<Distill>| {
+            let mut m = DenseModel::new(cfg, 7).unwrap();
+            let tcd = TrainConfig {
+                sorted_distill: d,
+                ..tc
+            };
+            let mut losses = Vec::new();
+            train_dense(&mut m, &data, &tcd, |s| losses.push(s.loss)).unwrap();
+            let b = data.eval_batches(4, 24, 1, 3).unwrap().remove(0);
+            let (_, full, _) = m.forward_batch(&b).unwrap();
+            m.nested = Some((1, 16));
+            let (_, small, _) = m.forward_batch(&b).unwrap();
+            let mut g = vec![0f32; small.logits().len()];
+            let kl = kd_kl(
+                small.logits(),
+                full.logits(),
+                &b.targets,
+                256,
+                1.0,
+                KlNorm::PerRow,
+                1.0,
+                &mut g,
+            )
+            .unwrap();
+            (kl, losses)
+        };
+        let (plain, lp) = kl_small(None);
+        let (distilled, ld) = kl_small(Some(Distill {
+            alpha: 1.0,
+            tau: 1.0,
+        }));
+        assert!(
+            distilled < plain,
+            "KL(full ‖ smallest): distilled {distilled} vs plain {plain}"
+        );
+        // the full model still learns (its own loss is plain cross-entropy)
+        assert!(ld[ld.len() - 1] < 0.7 * ld[0] && lp[lp.len() - 1] < 0.7 * lp[0]);
+        // settings
+        assert_eq!(
+            Distill::parse("0.5:2").unwrap(),
+            Distill {
+                alpha: 0.5,
+                tau: 2.0
+            }
+        );
+        assert_eq!(Distill::parse("1").unwrap().tau, 1.0);
+        for bad in ["0", "1.5", "0.5:0", "x", "0.5:-1", "NaN"] {
+            assert!(Distill::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -456,6 +456,7 @@ impl Pipeline<'_> {
             },
             seed,
             sorted: crate::trainer::Sorted::Off,
+            sorted_distill: None,
         }
     }
 

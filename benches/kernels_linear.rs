@@ -120,6 +120,44 @@ fn gemv(c: &mut Criterion) {
         }
         g.finish();
     }
+    // The Q4_0 x Q8_0 row kernel: signed nibbles (sign trick) against unsigned nibbles with
+    // the activation's block sums precomputed (what the skinny path now runs), one
+    // activation row against all 4096 rows, one thread.
+    #[cfg(target_arch = "x86_64")]
+    if modula_core::kernels::isa::Isa::Avx2.is_supported() {
+        use modula_quant::kernels::{avx2, q8_sums, Q8Sums};
+        let nb = k / 32;
+        let mut xq = vec![
+            BlockQ8_0 {
+                d: f16::ZERO,
+                qs: [0; 32]
+            };
+            nb
+        ];
+        quantize_row_q8_0(&x[..k], &mut xq).unwrap();
+        let mut g = c.benchmark_group("q4_0_rows_4096x4096");
+        g.throughput(Throughput::Bytes((n * k / 32 * 18) as u64));
+        g.sample_size(15).measurement_time(Duration::from_secs(4));
+        g.bench_function("signed", |bch| {
+            bch.iter(|| {
+                for (j, row) in q4.chunks_exact(nb).enumerate() {
+                    // SAFETY: AVX2+FMA+F16C checked above; nb blocks each.
+                    y[j] = unsafe { avx2::dot_q4_0_q8_0(row, black_box(&xq)) };
+                }
+            })
+        });
+        g.bench_function("unsigned_with_sums", |bch| {
+            bch.iter(|| {
+                let mut sums = vec![Q8Sums::default(); nb];
+                q8_sums(black_box(&xq), &mut sums);
+                for (j, row) in q4.chunks_exact(nb).enumerate() {
+                    // SAFETY: as above.
+                    y[j] = unsafe { avx2::dot_q4_0_q8_0_sums(row, &xq, &sums) };
+                }
+            })
+        });
+        g.finish();
+    }
     // matrixmultiply alone at one row (what one gets without our skinny kernel).
     let mut g = c.benchmark_group("gemv_4096x4096_f32");
     g.throughput(Throughput::Bytes((n * k * 4) as u64));

@@ -377,6 +377,7 @@ pub(crate) mod tests {
     /// The unsigned-nibble Q4_0 kernels with precomputed activation sums give exactly the
     /// signed kernels' results (one row and four rows), on ragged block counts and on
     /// extreme values (nibbles 0 and 15, activations ±127).
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
     #[test]
     fn q4_kernels_with_activation_sums_equal_the_signed_kernels_bit_for_bit() {
         if !has_avx2() {

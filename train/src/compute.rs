@@ -123,37 +123,17 @@ pub fn linear(
     y: &mut [f32],
     ldy: usize,
 ) -> Result<(), KernelError> {
+    // W [n, k] read transposed: element (p, j) of the right operand is W[j·ld + p]
     #[cfg(feature = "gpu")]
-    {
-        let (n, k) = (w.rows(), w.cols());
-        if let (Some(g), Some((wd, ld))) = (imp::offload(m, n, k), w.as_f32()) {
-            let ok = ldx >= k
-                && ldy >= n
-                && x.len() >= (m - 1) * ldx + k
-                && y.len() >= (m - 1) * ldy + n
-                && bias.is_none_or(|b| b.len() == n);
-            if ok {
-                let a = crate::gpu::Operand {
-                    data: x,
-                    rs: ldx,
-                    cs: 1,
-                };
-                let b = crate::gpu::Operand {
-                    data: wd,
-                    rs: 1,
-                    cs: ld,
-                };
-                if let Some(out) = imp::run(&g, a, b, m, n, k) {
-                    for (yr, or) in y.chunks_mut(ldy).zip(out.chunks_exact(n)) {
-                        yr[..n].copy_from_slice(or);
-                        if let Some(b) = bias {
-                            yr[..n].iter_mut().zip(b).for_each(|(v, b)| *v += b);
-                        }
-                    }
-                    return Ok(());
-                }
+    if bias.is_none_or(|b| b.len() == w.rows())
+        && imp::rows_product(x, ldx, m, w, true, y, ldy, |yr, o| {
+            yr.copy_from_slice(o);
+            if let Some(b) = bias {
+                yr.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
-        }
+        })
+    {
+        return Ok(());
     }
     cpu::linear(x, ldx, m, w, bias, y, ldy)
 }
@@ -169,36 +149,14 @@ pub fn matmul_rows(
     accumulate: bool,
 ) -> Result<(), KernelError> {
     #[cfg(feature = "gpu")]
-    {
-        let (k, n) = (w.rows(), w.cols());
-        if let (Some(g), Some((wd, ld))) = (imp::offload(m, n, k), w.as_f32()) {
-            let ok = ldx >= k
-                && ldy >= n
-                && x.len() >= (m - 1) * ldx + k
-                && y.len() >= (m - 1) * ldy + n;
-            if ok {
-                let a = crate::gpu::Operand {
-                    data: x,
-                    rs: ldx,
-                    cs: 1,
-                };
-                let b = crate::gpu::Operand {
-                    data: wd,
-                    rs: ld,
-                    cs: 1,
-                };
-                if let Some(out) = imp::run(&g, a, b, m, n, k) {
-                    for (yr, or) in y.chunks_mut(ldy).zip(out.chunks_exact(n)) {
-                        if accumulate {
-                            yr[..n].iter_mut().zip(or).for_each(|(v, o)| *v += o);
-                        } else {
-                            yr[..n].copy_from_slice(or);
-                        }
-                    }
-                    return Ok(());
-                }
-            }
+    if imp::rows_product(x, ldx, m, w, false, y, ldy, |yr, o| {
+        if accumulate {
+            yr.iter_mut().zip(o).for_each(|(v, o)| *v += o);
+        } else {
+            yr.copy_from_slice(o);
         }
+    }) {
+        return Ok(());
     }
     cpu::matmul_rows(x, ldx, m, w, y, ldy, accumulate)
 }
@@ -238,6 +196,7 @@ pub fn matmul_tn_acc(
 mod imp {
     use super::{Device, DEFAULT_MIN_MACS};
     use crate::gpu::{Gpu, Operand};
+    use modula_core::kernels::linear::MatRef;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
@@ -326,6 +285,51 @@ mod imp {
             return None;
         }
         active().filter(|g| g.fits(m, n, k))
+    }
+
+    /// `x [m, ·] (ldx)` times an f32 `w`, read transposed (`x Wᵀ`, `W [n, k]`) or not
+    /// (`x W`, `W [k, n]`), on the device when one is active, the product is big enough and
+    /// the shapes are consistent; each output row goes to `put(y row, result row)`.
+    /// `false`: nothing was written (the caller runs the CPU kernel, which also reports
+    /// bad shapes).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rows_product(
+        x: &[f32],
+        ldx: usize,
+        m: usize,
+        w: &MatRef<'_>,
+        transposed: bool,
+        y: &mut [f32],
+        ldy: usize,
+        mut put: impl FnMut(&mut [f32], &[f32]),
+    ) -> bool {
+        let (n, k) = if transposed {
+            (w.rows(), w.cols())
+        } else {
+            (w.cols(), w.rows())
+        };
+        let (Some(g), Some((wd, ld))) = (offload(m, n, k), w.as_f32()) else {
+            return false;
+        };
+        let ok =
+            ldx >= k && ldy >= n && x.len() >= (m - 1) * ldx + k && y.len() >= (m - 1) * ldy + n;
+        if !ok {
+            return false;
+        }
+        let a = Operand {
+            data: x,
+            rs: ldx,
+            cs: 1,
+        };
+        let (rs, cs) = if transposed { (1, ld) } else { (ld, 1) };
+        let b = Operand { data: wd, rs, cs };
+        let Some(out) = run(&g, a, b, m, n, k) else {
+            return false;
+        };
+        for (yr, o) in y.chunks_mut(ldy).zip(out.chunks_exact(n)) {
+            put(&mut yr[..n], o);
+        }
+        true
     }
 
     /// The product on the device; on a failure, say so once, stop using the device and

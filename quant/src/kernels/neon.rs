@@ -133,14 +133,38 @@ pub unsafe fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
     }
 }
 
-/// Σ a·b over 16 signed bytes as 4 i32 lanes (widening multiplies; no `dotprod` needed).
+/// `Σ_blocks d_w·d_x·(Σ q_w·q_x)` over weight blocks `B` against Q8_0 activation blocks:
+/// `halves` gives a block's 32 signed weights and its scale, `dot` the i32 lanes of a
+/// 16-byte product (their sum over lanes is the exact integer).
 #[inline(always)]
-unsafe fn dot_i8x16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+unsafe fn qq_dot<B>(
+    w: &[B],
+    x: &[BlockQ8_0],
+    halves: impl Fn(&B) -> ([int8x16_t; 2], f32),
+    dot: impl Fn(int32x4_t, int8x16_t, int8x16_t) -> int32x4_t,
+) -> f32 {
+    // SAFETY: NEON (and whatever `dot` needs) is the caller's; each Q8_0 block holds 32
+    // bytes.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        for (b, xb) in w.iter().zip(x) {
+            let ([a0, a1], dw) = halves(b);
+            let [c0, c1] = halves_q8(xb);
+            let s = dot(dot(vdupq_n_s32(0), a0, c0), a1, c1);
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), dw * xb.d.to_f32());
+        }
+        vaddvq_f32(acc)
+    }
+}
+
+/// `acc + Σ a·b` over 16 signed bytes as 4 i32 lanes (widening multiplies; no `dotprod`).
+#[inline(always)]
+unsafe fn mul_acc_i8x16(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // SAFETY: NEON is the caller's.
     unsafe {
         let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
         let hi = vmull_high_s8(a, b);
-        vaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi))
+        vaddq_s32(acc, vaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)))
     }
 }
 
@@ -151,16 +175,14 @@ unsafe fn dot_i8x16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     debug_assert!(x.len() >= w.len());
-    // SAFETY: each block holds 32 bytes.
+    // SAFETY: NEON is the caller's; blocks hold 32 bytes.
     unsafe {
-        let mut acc = vdupq_n_f32(0.0);
-        for (b, xb) in w.iter().zip(x) {
-            let [a0, a1] = halves_q8(b);
-            let [c0, c1] = halves_q8(xb);
-            let s = vaddq_s32(dot_i8x16(a0, c0), dot_i8x16(a1, c1));
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), b.d.to_f32() * xb.d.to_f32());
-        }
-        vaddvq_f32(acc)
+        qq_dot(
+            w,
+            x,
+            |b| (halves_q8(b), b.d.to_f32()),
+            |acc, a, c| mul_acc_i8x16(acc, a, c),
+        )
     }
 }
 
@@ -171,16 +193,14 @@ pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     debug_assert!(x.len() >= w.len());
-    // SAFETY: each block holds 16 (Q4_0) or 32 (Q8_0) bytes.
+    // SAFETY: NEON is the caller's; blocks hold 16 (Q4_0) or 32 (Q8_0) bytes.
     unsafe {
-        let mut acc = vdupq_n_f32(0.0);
-        for (b, xb) in w.iter().zip(x) {
-            let [a0, a1] = halves_q4(b);
-            let [c0, c1] = halves_q8(xb);
-            let s = vaddq_s32(dot_i8x16(a0, c0), dot_i8x16(a1, c1));
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), b.d.to_f32() * xb.d.to_f32());
-        }
-        vaddvq_f32(acc)
+        qq_dot(
+            w,
+            x,
+            |b| (halves_q4(b), b.d.to_f32()),
+            |acc, a, c| mul_acc_i8x16(acc, a, c),
+        )
     }
 }
 
@@ -213,16 +233,14 @@ unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn dot_q8_0_q8_0_dotprod(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     debug_assert!(x.len() >= w.len());
-    // SAFETY: each block holds 32 bytes; features are the caller's.
+    // SAFETY: NEON and dotprod are the caller's; blocks hold 32 bytes.
     unsafe {
-        let mut acc = vdupq_n_f32(0.0);
-        for (b, xb) in w.iter().zip(x) {
-            let [a0, a1] = halves_q8(b);
-            let [c0, c1] = halves_q8(xb);
-            let s = sdot(sdot(vdupq_n_s32(0), a0, c0), a1, c1);
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), b.d.to_f32() * xb.d.to_f32());
-        }
-        vaddvq_f32(acc)
+        qq_dot(
+            w,
+            x,
+            |b| (halves_q8(b), b.d.to_f32()),
+            |acc, a, c| sdot(acc, a, c),
+        )
     }
 }
 
@@ -233,15 +251,13 @@ pub unsafe fn dot_q8_0_q8_0_dotprod(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn dot_q4_0_q8_0_dotprod(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     debug_assert!(x.len() >= w.len());
-    // SAFETY: each block holds 16 (Q4_0) or 32 (Q8_0) bytes; features are the caller's.
+    // SAFETY: NEON and dotprod are the caller's; blocks hold 16 (Q4_0) or 32 (Q8_0) bytes.
     unsafe {
-        let mut acc = vdupq_n_f32(0.0);
-        for (b, xb) in w.iter().zip(x) {
-            let [a0, a1] = halves_q4(b);
-            let [c0, c1] = halves_q8(xb);
-            let s = sdot(sdot(vdupq_n_s32(0), a0, c0), a1, c1);
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), b.d.to_f32() * xb.d.to_f32());
-        }
-        vaddvq_f32(acc)
+        qq_dot(
+            w,
+            x,
+            |b| (halves_q4(b), b.d.to_f32()),
+            |acc, a, c| sdot(acc, a, c),
+        )
     }
 }

@@ -29,5 +29,5 @@ pub mod quantize;
 pub mod rng;
 
 pub use gguf::{GgufError, MetaValue, Value, ValueType};
-pub use model::{Model, PageGroup, TensorView};
+pub use model::{Model, NestedSpec, PageGroup, SubModel, TensorView};
 pub use modula_quant::DType;

@@ -70,6 +70,7 @@ impl<B: AsRef<[u8]>> Model<B> {
             name: str_of(buf, info.name_range()),
             info,
             data: buf.get(info.byte_range()).unwrap_or_default(),
+            rows: None,
         }
     }
 
@@ -81,6 +82,89 @@ impl<B: AsRef<[u8]>> Model<B> {
             .ok_or_else(|| GgufError::TensorNotFound {
                 name: name.to_string(),
             })
+    }
+
+    /// The zero-copy view of a nested size ([`NestedSpec`]): which tensors, and which
+    /// leading slice of each, that sub-model reads — the same slices the engines run
+    /// (`DenseEngine::set_submodel`, `MfEngine::set_submodel`). A size beyond the model
+    /// (depth over `modula.block_count`, more FFN units or experts than a tensor has, a
+    /// zero anywhere) is an error.
+    pub fn submodel(&self, spec: NestedSpec) -> Result<SubModel<'_>, GgufError> {
+        let bad = |reason: alloc::string::String| GgufError::InvalidInput { reason };
+        let layers = self.get_u32("modula.block_count").ok().map(|v| v as usize);
+        if let Some(d) = spec.depth {
+            match layers {
+                Some(l) if d >= 1 && d <= l => {}
+                Some(l) => return Err(bad(alloc::format!("depth {d} is outside 1..={l}"))),
+                None => return Err(bad("the file declares no modula.block_count".into())),
+            }
+        }
+        for (what, v) in [
+            ("FFN width", spec.ffn),
+            ("attention experts", spec.att_experts),
+            ("FFN experts", spec.ffn_experts),
+        ] {
+            if v == Some(0) {
+                return Err(bad(alloc::format!("{what} 0")));
+            }
+        }
+        // expert page groups: tensor position -> (attention?, expert index)
+        let mut expert_of = alloc::vec![None; self.tensor_count()];
+        for g in self.page_groups() {
+            let mut parts = g.name().split('.');
+            let (_, _, kind, e) = (parts.next(), parts.next(), parts.next(), parts.next());
+            let att = match kind {
+                Some("attn_expert") => true,
+                Some("ffn_expert") => false,
+                _ => continue,
+            };
+            if let Some(e) = e.and_then(|e| e.parse::<usize>().ok()) {
+                for &i in g.tensor_indices() {
+                    if let Some(slot) = expert_of.get_mut(i) {
+                        *slot = Some((att, e));
+                    }
+                }
+            }
+        }
+        let mut tensors = Vec::new();
+        for (i, t) in self.tensors().enumerate() {
+            let name = t.name();
+            if name.starts_with("optimizer.") {
+                continue;
+            }
+            if let (Some(l), Some(d)) = (block_of(name), spec.depth) {
+                if l >= d {
+                    continue;
+                }
+            }
+            if let Some((att, e)) = expert_of[i] {
+                let count = if att {
+                    spec.att_experts
+                } else {
+                    spec.ffn_experts
+                };
+                if count.is_some_and(|c| e >= c) {
+                    continue;
+                }
+            }
+            let rows = if name.ends_with("ffn_up.weight")
+                || name.ends_with("ffn_up.bias")
+                || name.ends_with("ffn_down_t.weight")
+            {
+                spec.ffn
+            } else if name.ends_with("attn_router.weight") {
+                spec.att_experts
+            } else if name.ends_with("ffn_router.weight") {
+                spec.ffn_experts
+            } else {
+                None
+            };
+            tensors.push(match rows {
+                Some(r) => t.prefix(r)?,
+                None => t,
+            });
+        }
+        Ok(SubModel { spec, tensors })
     }
 
     /// Metadata entries in file order.
@@ -178,6 +262,15 @@ impl Model<memmap2::Mmap> {
         Model::from_bytes(map)
     }
 
+    /// `MADV_WILLNEED` (or `DONTNEED`) exactly the bytes a sub-model reads
+    /// ([`SubModel::ranges`]): a cold start reads those pages and no others.
+    pub fn advise_submodel(&self, sub: &SubModel<'_>, need: bool) -> Result<(), GgufError> {
+        for r in sub.ranges() {
+            self.advise_range(r.start, r.end - r.start, need)?;
+        }
+        Ok(())
+    }
+
     /// Advise the OS about bytes `off..off + len` of the map (`off` page-aligned, as page
     /// groups are): `need` = `MADV_WILLNEED` (start reading them in now), else
     /// `MADV_DONTNEED` (drop them from this process's resident set; the map is read-only,
@@ -264,12 +357,89 @@ impl<'a> PageGroup<'a> {
     }
 }
 
+/// A nested (SortedNet) size of a model file: the leading slices a sub-model reads.
+/// `None` in a field means "all".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NestedSpec {
+    /// The first `depth` blocks (`blk.{l}.*` with `l < depth`); the embedding, final norm
+    /// and head are shared.
+    pub depth: Option<usize>,
+    /// The first `ffn` hidden units of every dense FFN: rows of `ffn_up.weight`,
+    /// `ffn_up.bias` and of the transposed `ffn_down_t.weight`.
+    pub ffn: Option<usize>,
+    /// The first experts of every attention mixture (ModuleFormer): expert groups
+    /// `blk.{l}.attn_expert.{e}` with `e` below it, and those rows of `attn_router.weight`.
+    pub att_experts: Option<usize>,
+    /// The same for the FFN mixtures (`ffn_expert`, `ffn_router.weight`).
+    pub ffn_experts: Option<usize>,
+}
+
+/// A zero-copy view of one nested size of a model ([`Model::submodel`]): every tensor the
+/// sub-model reads, each as the leading slice it reads. Building one allocates only this
+/// list of views; switching sizes never touches or copies a weight.
+#[derive(Clone, Debug)]
+pub struct SubModel<'a> {
+    spec: NestedSpec,
+    tensors: Vec<TensorView<'a>>,
+}
+
+impl<'a> SubModel<'a> {
+    /// The size this view is of.
+    pub fn spec(&self) -> NestedSpec {
+        self.spec
+    }
+
+    /// The tensors it reads (file order), each cut to its prefix.
+    pub fn tensors(&self) -> &[TensorView<'a>] {
+        &self.tensors
+    }
+
+    /// The view of `name`, or `None` when the sub-model does not read it (a block past its
+    /// depth, an expert past its count, an optimiser state).
+    pub fn tensor(&self, name: &str) -> Option<TensorView<'a>> {
+        self.tensors.iter().find(|t| t.name == name).copied()
+    }
+
+    /// Bytes of weights it reads.
+    pub fn weight_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.data.len() as u64).sum()
+    }
+
+    /// The file byte ranges it reads, sorted and merged (for `madvise`, prefetch, or a
+    /// copy of just this size).
+    pub fn ranges(&self) -> Vec<Range<usize>> {
+        let mut r: Vec<Range<usize>> = self
+            .tensors
+            .iter()
+            .filter(|t| !t.data.is_empty())
+            .map(|t| t.file_offset()..t.file_offset() + t.data.len())
+            .collect();
+        r.sort_by_key(|x| x.start);
+        let mut out: Vec<Range<usize>> = Vec::with_capacity(r.len());
+        for x in r {
+            match out.last_mut() {
+                Some(l) if x.start <= l.end => l.end = l.end.max(x.end),
+                _ => out.push(x),
+            }
+        }
+        out
+    }
+}
+
+/// `blk.{l}.` → `l`.
+fn block_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
 /// A borrowed view of one tensor.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorView<'a> {
     name: &'a str,
     info: &'a TensorInfo,
     data: &'a [u8],
+    /// A nested sub-model's view: only the first `rows` entries of the outermost
+    /// dimension (`data` is then that prefix of the tensor's bytes).
+    rows: Option<usize>,
 }
 
 /// Rows of blocks of a quantised tensor: row `r` is `blocks[r*blocks_per_row..][..blocks_per_row]`.
@@ -311,14 +481,43 @@ impl<'a> TensorView<'a> {
         self.info.dtype()
     }
 
-    /// Row-major shape (outermost first).
+    /// Row-major shape (outermost first; a sub-model's prefix view has its outermost
+    /// dimension cut to the prefix).
     pub fn shape(&self) -> Vec<usize> {
-        self.info.shape()
+        let mut s = self.info.shape();
+        if let (Some(r), Some(first)) = (self.rows, s.first_mut()) {
+            *first = r;
+        }
+        s
     }
 
-    /// Element count.
+    /// Element count (of the view).
     pub fn n_elements(&self) -> u64 {
-        self.info.n_elements()
+        match self.rows {
+            Some(_) => self.shape().iter().map(|&d| d as u64).product(),
+            None => self.info.n_elements(),
+        }
+    }
+
+    /// The first `rows` entries of the outermost dimension as their own view (zero-copy:
+    /// a prefix of the same bytes). Quantised rows are whole blocks, so any prefix is.
+    pub fn prefix(&self, rows: usize) -> Result<TensorView<'a>, GgufError> {
+        let shape = self.shape();
+        let outer = shape.first().copied().unwrap_or(1);
+        if rows > outer {
+            return Err(GgufError::InvalidInput {
+                reason: alloc::format!(
+                    "tensor '{}': a prefix of {rows} rows of {outer}",
+                    self.name
+                ),
+            });
+        }
+        let per_row = self.data.len().checked_div(outer).unwrap_or(0);
+        Ok(TensorView {
+            data: &self.data[..rows * per_row],
+            rows: Some(rows),
+            ..*self
+        })
     }
 
     /// The raw bytes, borrowed from the file.

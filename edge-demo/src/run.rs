@@ -6,7 +6,7 @@ use clap::Args;
 use modula_core::engine::{DenseEngine, MfEngine, SbEngine};
 use modula_core::kernels::par;
 use modula_core::rng::SplitMix64;
-use modula_core::Model;
+use modula_core::{Model, NestedSpec};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -248,6 +248,32 @@ impl<'a> Engine<'a> {
             Engine::Sb(e) => e.spec().d,
         };
         size.capacity(width)
+    }
+
+    /// The nested size running now, as the file view's [`NestedSpec`].
+    pub(crate) fn nested_spec(&self) -> NestedSpec {
+        match self {
+            Engine::Dense(e) => {
+                let (depth, ffn) = e.submodel();
+                NestedSpec {
+                    depth: Some(depth),
+                    ffn: Some(ffn),
+                    ..Default::default()
+                }
+            }
+            Engine::Mf(e) => {
+                let (att, ffn) = e.submodel();
+                NestedSpec {
+                    att_experts: Some(att),
+                    ffn_experts: Some(ffn),
+                    ..Default::default()
+                }
+            }
+            Engine::Sb(e) => NestedSpec {
+                depth: Some(e.depth()),
+                ..Default::default()
+            },
+        }
     }
 
     /// Switch to a nested sub-model (a new sequence starts).
@@ -536,6 +562,21 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             }
             (e, size) => e.set_size(size).map_err(at)?,
         }
+    }
+    // without read-ahead, read exactly the chosen sub-model's bytes ahead (one
+    // MADV_WILLNEED per merged range of its tensor prefixes): a cold start then reads
+    // those pages and no others
+    if a.no_readahead && (a.size.is_some() || a.budget_mb.is_some()) {
+        let spec = e.nested_spec();
+        let sub = m.submodel(spec).map_err(|x| at(x.to_string()))?;
+        m.advise_submodel(&sub, true)
+            .map_err(|x| at(x.to_string()))?;
+        eprintln!(
+            "read ahead: the sub-model's {:.2} MiB in {} ranges (of {:.2} MiB mapped)",
+            sub.weight_bytes() as f64 / 1048576.0,
+            sub.ranges().len(),
+            m.bytes().len() as f64 / 1048576.0
+        );
     }
     // ModuleFormer under a memory budget: expert paging (the experts beyond what fits
     // are dropped and re-read as the routers choose them)

@@ -617,7 +617,7 @@ fn train_device_flag_selects_falls_back_and_refuses_cleanly() {
 /// `--sorted-distill`: trains a nested model with in-place distillation; bad values and a
 /// model without nested sizes are refused before training.
 #[test]
-fn sorted_distillation_trains_and_bad_settings_are_refused() {
+fn sorted_distillation_trains_bad_settings_are_refused_and_a_submodel_reads_ahead_only_its_bytes() {
     let d = tmpdir("distill");
     let out = d.join("m.gguf");
     let train = |extra: &[&str]| {
@@ -649,6 +649,44 @@ fn sorted_distillation_trains_and_bad_settings_are_refused() {
     }
     let (ok, _, err) = train(&["--sorted-distill", "0.5"]);
     assert!(!ok && err.contains("needs a nested model"), "{err}");
+    // a nested byte LM run at one size without read-ahead reads that sub-model's bytes
+    // ahead (Model::submodel's ranges) and nothing else
+    let lm = d.join("lm.gguf");
+    let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let r = modula()
+        .args([
+            "train", "--data", readme, "--seq", "16", "--steps", "2", "--batch", "2",
+        ])
+        .args(["--d", "16", "--layers", "2", "--heads", "2", "--ffn", "64"])
+        .args([
+            "--nested-depths",
+            "1",
+            "--nested-ffn",
+            "32",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&lm)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = modula()
+        .args(["run", "--model"])
+        .arg(&lm)
+        .args([
+            "--size",
+            "1x32",
+            "--no-readahead",
+            "--prompt",
+            "ab",
+            "--tokens",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("read ahead: the sub-model's"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

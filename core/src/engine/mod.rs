@@ -328,33 +328,14 @@ impl DenseSpec {
         if depth == 0 || depth > self.layers || f == 0 || f > self.ffn {
             return Err(format!("sub-model {depth}x{f} is outside the model"));
         }
-        let mut weights = 0u64;
-        for t in m.tensors() {
-            let name = t.name();
-            let bytes = t.bytes().len() as u64;
-            let block = name
-                .strip_prefix("blk.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|b| b.parse::<usize>().ok());
-            match block {
-                None => {
-                    if !name.starts_with("optimizer.") {
-                        weights += bytes;
-                    }
-                }
-                Some(l) if l >= depth => {}
-                Some(_) => {
-                    let ffn_rows = name.ends_with("ffn_up.weight")
-                        || name.ends_with("ffn_down_t.weight")
-                        || name.ends_with("ffn_up.bias");
-                    weights += if ffn_rows {
-                        bytes / self.ffn as u64 * f as u64
-                    } else {
-                        bytes
-                    };
-                }
-            }
-        }
+        let weights = m
+            .submodel(crate::model::NestedSpec {
+                depth: Some(depth),
+                ffn: Some(f),
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?
+            .weight_bytes();
         Ok((weights, self.plan(ctx, size)?.total()))
     }
 

@@ -1,20 +1,23 @@
 //! `modula plan`: the memory a run of a nested sub-model will use — the bytes of the weight
 //! prefixes it reads from the mapped file and the exact heap arena of the engine built
 //! for it (KV caches, work buffers, EMoE gate tables, the engine's own tables) — checked
-//! against an engine actually built for it.
+//! against an engine actually built for it. Dense/EMoE files per `DEPTHxFFN` size (the
+//! engine is built for that size); ModuleFormer files per nested expert count (one engine
+//! serves every count, so the arena is the same and only the weights read differ).
 
 use clap::Args;
-use modula_core::engine::{DenseEngine, DenseSpec};
-use modula_core::Model;
+use modula_core::engine::{ArenaPlan, DenseEngine, DenseSpec, MfEngine, MfSpec};
+use modula_core::{Model, NestedSpec};
 use std::path::PathBuf;
 
 /// Arguments of `modula plan`.
 #[derive(Args, Debug)]
 pub struct PlanArgs {
-    /// Model file (dense or EMoE byte LM / classifier).
+    /// Model file (dense or EMoE byte LM / classifier, ModuleFormer LM).
     #[arg(long)]
     model: PathBuf,
-    /// Sub-model `DEPTHxFFN`, or `all` (every declared nested size; the default).
+    /// Sub-model: `DEPTHxFFN` (dense), `N` or `ATTxFFN` experts (ModuleFormer), or `all`
+    /// (every declared nested size; the default).
     #[arg(long, default_value = "all")]
     size: String,
     /// Context in positions (default: the position table, else 1024).
@@ -30,10 +33,14 @@ fn kib(b: u64) -> String {
 pub fn run(a: &PlanArgs) -> Result<(), String> {
     let at = |e: String| format!("{}: {e}", a.model.display());
     let m = Model::open(&a.model).map_err(|e| at(e.to_string()))?;
-    if let Some(k @ ("moduleformer" | "seqboat" | "m2mkd-net")) = m.get_str("modula.model") {
-        return Err(at(format!(
-            "modula plan covers dense and EMoE files; not yet {k} files"
-        )));
+    match m.get_str("modula.model") {
+        Some("moduleformer") => return plan_mf(a, &m),
+        Some(k @ ("seqboat" | "m2mkd-net")) => {
+            return Err(at(format!(
+                "modula plan covers dense, EMoE and ModuleFormer files; not yet {k} files"
+            )))
+        }
+        _ => {}
     }
     let spec = DenseSpec::from_model(&m).map_err(at)?;
     let ctx = a.context.unwrap_or(if spec.positions > 0 {
@@ -65,20 +72,77 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
                 e.arena_bytes()
             ));
         }
-        rows.push((size, weights, plan));
+        rows.push((format!("{}x{}", size.0, size.1), weights, plan));
     }
+    print_rows(a, ctx, &rows, "an engine built for that size");
+    Ok(())
+}
+
+/// ModuleFormer: one engine (and arena) for every nested expert count.
+fn plan_mf<B: AsRef<[u8]>>(a: &PlanArgs, m: &Model<B>) -> Result<(), String> {
+    let at = |e: String| format!("{}: {e}", a.model.display());
+    let spec = MfSpec::from_model(m).map_err(at)?;
+    let ctx = a.context.unwrap_or(1024);
+    let plan = spec.plan(ctx).map_err(at)?;
+    let e = MfEngine::new(m, ctx).map_err(at)?;
+    if e.arena_bytes() != plan {
+        return Err(format!(
+            "internal: the ModuleFormer engine holds {:?}, the plan says {plan:?}",
+            e.arena_bytes()
+        ));
+    }
+    let sizes: Vec<(usize, usize)> = if a.size == "all" {
+        spec.nested_expert_list()
+            .into_iter()
+            .map(|c| (c, c))
+            .collect()
+    } else {
+        let parsed = match a.size.split_once('x') {
+            Some((x, y)) => x.parse().ok().zip(y.parse().ok()),
+            None => a.size.parse().ok().map(|n: usize| (n, n)),
+        };
+        vec![parsed.ok_or_else(|| {
+            format!(
+                "--size {}: for a ModuleFormer file use N (experts) or ATTxFFN",
+                a.size
+            )
+        })?]
+    };
+    let mut rows = Vec::with_capacity(sizes.len());
+    for (att, ffn) in sizes {
+        if !(1..=spec.att_experts).contains(&att) || !(1..=spec.ffn_experts).contains(&ffn) {
+            return Err(at(format!(
+                "--size {att}x{ffn}: the model has {} attention and {} FFN experts",
+                spec.att_experts, spec.ffn_experts
+            )));
+        }
+        let sub = m
+            .submodel(NestedSpec {
+                att_experts: Some(att),
+                ffn_experts: Some(ffn),
+                ..Default::default()
+            })
+            .map_err(|e| at(e.to_string()))?;
+        rows.push((format!("{att}x{ffn}"), sub.weight_bytes(), plan));
+    }
+    print_rows(a, ctx, &rows, "the engine (all expert counts share it)");
+    Ok(())
+}
+
+fn print_rows(a: &PlanArgs, ctx: usize, rows: &[(String, u64, ArenaPlan)], built: &str) {
     println!(
-        "{} at a context of {ctx} positions (bytes; arena = the heap of an engine built for that size):",
+        "{} at a context of {ctx} positions (bytes; arena = the heap of {built}):",
         a.model.display()
     );
     println!(
         "{:>9} {:>12} {:>12} {:>10} {:>9} {:>8} {:>12} {:>12}",
         "size", "weights", "KV cache", "work", "gates", "tables", "arena", "total"
     );
-    for &(size, weights, plan) in &rows {
+    for (label, weights, plan) in rows {
+        let weights = *weights;
         println!(
             "{:>9} {:>12} {:>12} {:>10} {:>9} {:>8} {:>12} {:>12}",
-            format!("{}x{}", size.0, size.1),
+            label,
             weights,
             plan.kv_cache,
             plan.work,
@@ -88,7 +152,8 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
             weights + plan.total()
         );
     }
-    if let [(_, weights, plan)] = rows[..] {
+    if let [(_, weights, plan)] = rows {
+        let weights = *weights;
         println!(
             "weights {} read from the mapped file + arena {} = {}",
             kib(weights),
@@ -97,7 +162,6 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
         );
     }
     println!(
-        "(checked now: an engine built for each size holds exactly this arena; its decode steps allocate nothing more — train/tests/engine_no_alloc.rs)"
+        "(checked now: {built} holds exactly this arena; its decode steps allocate nothing more — train/tests/engine_no_alloc.rs)"
     );
-    Ok(())
 }

@@ -903,6 +903,38 @@ fn moduleformer_commands_work_end_to_end() {
         ])
         .arg(&nm));
     assert!(out.contains("decode 3 tokens"), "{out}");
+    // modula plan: each declared expert count's weights + the one engine's exact arena
+    let out = ok(modula()
+        .args(["plan", "--context", "64", "--model"])
+        .arg(&nm));
+    let row = |label: &str| -> Vec<u64> {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(label))
+            .unwrap_or_else(|| panic!("no {label} row: {out}"))
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let (two, four) = (row("2x2"), row("4x4"));
+    assert!(two[0] < four[0], "fewer experts read fewer weights: {out}");
+    // KV cache, work, gates, tables, arena (the last column, total, adds the weights)
+    assert_eq!(
+        two[1..6],
+        four[1..6],
+        "one arena for every expert count: {out}"
+    );
+    assert!(out.contains("checked now"), "{out}");
+    let r = modula()
+        .args(["plan", "--size", "5", "--model"])
+        .arg(&nm)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("4 attention and 4 FFN experts"),
+        "{err}"
+    );
     let out = ok(modula().args(["run", "--model"]).arg(&m).args([
         "--prompt",
         "in the",

@@ -189,6 +189,15 @@ fn decode_steps_do_not_allocate() {
             );
             // and the counter does count: building an engine allocates
             assert!(allocations(|| drop(MfEngine::new(&m, 8).unwrap())) > 0);
+            // the planned arena is exactly what an engine holds on the heap, at any context
+            let spec = e.spec();
+            for ctx in [1, 17, 64] {
+                let (net, e2) = net_bytes(|| MfEngine::new(&m, ctx).unwrap());
+                let plan = spec.plan(ctx).unwrap();
+                assert_eq!(net, plan.total() as i64, "{tag} at {ctx}: {plan:?}");
+                assert_eq!(e2.arena_bytes(), plan, "{tag} at {ctx}");
+            }
+            assert!(spec.plan(0).is_err());
             std::fs::remove_file(p).unwrap();
         }
     }

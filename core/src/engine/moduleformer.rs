@@ -152,6 +152,50 @@ impl MfSpec {
     pub fn att_hidden(&self) -> usize {
         self.heads * self.head_dim
     }
+
+    /// The exact heap an engine for this model holds at `ctx` positions
+    /// ([`MfEngine::new`]; nested expert counts share it, so it does not depend on the
+    /// size): the key/value caches, the work buffers, and the per-block tables (expert
+    /// views, usage counters, the routers' rankings). Checked against a built engine by a
+    /// byte-counting allocator (`train/tests/engine_no_alloc.rs`).
+    pub fn plan(&self, ctx: usize) -> Result<super::ArenaPlan, String> {
+        use core::mem::size_of;
+        if ctx == 0 {
+            return Err("the context must hold at least 1 position".into());
+        }
+        let (l, d, da) = (self.layers, self.d, self.att_hidden());
+        let (ea, ef) = (self.att_experts, self.ffn_experts);
+        let e_max = ea.max(ef);
+        let k_max = self.att_k.max(self.ffn_k);
+        let rank_w = (k_max + LOOKAHEAD).min(e_max);
+        let caches = if self.shared_kv { 1 } else { 2 };
+        let f = size_of::<f32>();
+        let work = f
+            * (4 * d
+                + 2 * da
+                + 2 * da
+                + self.ffn_hidden
+                + self.router_hidden
+                + e_max
+                + 2 * k_max
+                + 128
+                + self.vocab
+                + rank_w);
+        let tables = l * size_of::<MfBlockW<'_>>()
+            + l * (2 * ef + 2 * ea) * size_of::<MatRef<'_>>()
+            + l * ef * size_of::<Expert<'_>>()
+            + 2 * l * size_of::<Vec<f32>>()
+            + 2 * l * size_of::<Vec<u64>>()
+            + l * (ea + ef) * size_of::<u64>()
+            + 2 * l * rank_w * size_of::<u32>()
+            + 2 * l * size_of::<usize>();
+        Ok(super::ArenaPlan {
+            kv_cache: (caches * l * ctx * da * f) as u64,
+            work: work as u64,
+            gates: 0,
+            tables: tables as u64,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -355,6 +399,60 @@ impl<'a> MfEngine<'a> {
             rank_w: (k_max + LOOKAHEAD).min(e_max),
             rank_val: vec![0.0; (k_max + LOOKAHEAD).min(e_max)],
         })
+    }
+
+    /// The heap this engine holds, from its buffers' capacities (equal to
+    /// [`MfSpec::plan`] at its context).
+    pub fn arena_bytes(&self) -> super::ArenaPlan {
+        use core::mem::size_of;
+        let f4 = |v: &Vec<f32>| (v.capacity() * size_of::<f32>()) as u64;
+        let kv: u64 = self.keys.iter().chain(&self.values).map(f4).sum();
+        let work = [
+            &self.x,
+            &self.h,
+            &self.kv_tmp,
+            &self.q,
+            &self.att,
+            &self.tmp,
+            &self.acc,
+            &self.u,
+            &self.router_scratch,
+            &self.probs,
+            &self.chosen_val,
+            &self.sb_scratch,
+            &self.logits,
+            &self.rank_val,
+        ]
+        .into_iter()
+        .map(f4)
+        .sum::<u64>()
+            + (self.chosen.capacity() * size_of::<u32>()) as u64;
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                (b.up.capacity() + b.down.capacity() + b.q.capacity() + b.o.capacity())
+                    * size_of::<MatRef<'_>>()
+                    + b.experts.capacity() * size_of::<Expert<'_>>()
+            })
+            .sum();
+        let tables = self.blocks.capacity() * size_of::<MfBlockW<'_>>()
+            + blocks
+            + (self.keys.capacity() + self.values.capacity()) * size_of::<Vec<f32>>()
+            + self.usage.capacity() * size_of::<Vec<u64>>()
+            + self
+                .usage
+                .iter()
+                .map(|u| u.capacity() * size_of::<u64>())
+                .sum::<usize>()
+            + self.ranked.capacity() * size_of::<u32>()
+            + self.ranked_len.capacity() * size_of::<usize>();
+        super::ArenaPlan {
+            kv_cache: kv,
+            work,
+            gates: 0,
+            tables: tables as u64,
+        }
     }
 
     /// For the last decoded token ([`MfEngine::step`]), router `slot` (block-major,

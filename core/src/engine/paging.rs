@@ -13,6 +13,7 @@
 
 use super::moduleformer::{MfEngine, MfSpec};
 use crate::Model;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -45,6 +46,12 @@ pub struct ExpertPager<'a> {
     ahead: Vec<bool>,
     /// Per expert: read in during the current step.
     fresh: Vec<bool>,
+    /// The experts read in during the current step (the `fresh` ones, in order).
+    fresh_list: Vec<usize>,
+    /// Experts by file offset (for the fault-around sweep: a binary search, not a scan).
+    by_offset: Vec<usize>,
+    /// The resident experts as (last use, index): the least recently used first.
+    lru: BTreeSet<(u64, usize)>,
     resident: u64,
     budget: u64,
     /// Bytes one token's experts can need (the `k` largest of every router).
@@ -59,6 +66,9 @@ impl<'a> ExpertPager<'a> {
     /// needs (the `k` largest experts of every router), naming it.
     pub fn new(model: &'a Model<memmap2::Mmap>, budget: u64) -> Result<Self, String> {
         let s = MfSpec::from_model(model)?;
+        // page groups by name, once (not a scan of every group per expert)
+        let by_name: BTreeMap<&str, core::ops::Range<usize>> =
+            model.page_groups().map(|g| (g.name(), g.range())).collect();
         let mut slot_base = Vec::with_capacity(2 * s.layers);
         let mut groups = Vec::new();
         let mut need = 0u64;
@@ -71,15 +81,11 @@ impl<'a> ExpertPager<'a> {
                 let mut sizes = Vec::with_capacity(count);
                 for e in 0..count {
                     let name = alloc::format!("blk.{l}.{kind}.{e}");
-                    let g = model
-                        .page_groups()
-                        .find(|g| g.name() == name)
-                        .ok_or_else(|| {
-                            alloc::format!(
-                                "no page group {name}: the experts are not paged in this file"
-                            )
-                        })?;
-                    let r = g.range();
+                    let r = by_name.get(name.as_str()).cloned().ok_or_else(|| {
+                        alloc::format!(
+                            "no page group {name}: the experts are not paged in this file"
+                        )
+                    })?;
                     groups.push((r.start, r.end - r.start));
                     sizes.push((r.end - r.start) as u64);
                 }
@@ -88,6 +94,8 @@ impl<'a> ExpertPager<'a> {
             }
         }
         let n = groups.len();
+        let mut by_offset: Vec<usize> = (0..n).collect();
+        by_offset.sort_by_key(|&i| groups[i].0);
         let mut p = ExpertPager {
             model,
             slot_base,
@@ -95,6 +103,9 @@ impl<'a> ExpertPager<'a> {
             last_use: alloc::vec![0; n],
             ahead: alloc::vec![false; n],
             fresh: alloc::vec![false; n],
+            fresh_list: Vec::new(),
+            by_offset,
+            lru: BTreeSet::new(),
             resident: 0,
             budget: u64::MAX,
             need,
@@ -145,8 +156,28 @@ impl<'a> ExpertPager<'a> {
             self.drop_expert(i)?;
             self.last_use[i] = 0;
         }
+        self.lru.clear();
         self.resident = 0;
         Ok(())
+    }
+
+    /// Set expert `i`'s last use (0: not resident), keeping the LRU order in step.
+    fn touch(&mut self, i: usize, t: u64) {
+        let old = self.last_use[i];
+        if old != 0 {
+            self.lru.remove(&(old, i));
+        }
+        if t != 0 {
+            self.lru.insert((t, i));
+        }
+        self.last_use[i] = t;
+    }
+
+    fn mark_fresh(&mut self, i: usize) {
+        if !self.fresh[i] {
+            self.fresh[i] = true;
+            self.fresh_list.push(i);
+        }
     }
 
     /// Whether expert `i` was read in during the current step (a miss or a prefetch).
@@ -160,11 +191,22 @@ impl<'a> ExpertPager<'a> {
         const WINDOW: usize = 64 << 10;
         let (off, len) = self.groups[i];
         let (lo, hi) = (off.saturating_sub(WINDOW), off + len + WINDOW);
-        for j in 0..self.groups.len() {
+        // groups do not overlap, so those ending after `lo` start at or after the first
+        // one starting at `lo` minus one
+        let first = self
+            .by_offset
+            .partition_point(|&j| self.groups[j].0 < lo)
+            .saturating_sub(1);
+        let mut k = first;
+        while let Some(&j) = self.by_offset.get(k) {
             let (o, l) = self.groups[j];
-            if j != i && self.last_use[j] == 0 && o < hi && o + l > lo {
+            if o >= hi {
+                break;
+            }
+            if j != i && self.last_use[j] == 0 && o + l > lo {
                 self.drop_expert(j)?;
             }
+            k += 1;
         }
         Ok(())
     }
@@ -182,16 +224,19 @@ impl<'a> ExpertPager<'a> {
         let s = engine.spec();
         self.clock += 1;
         let now = self.clock;
-        self.fresh.fill(false);
+        for i in core::mem::take(&mut self.fresh_list) {
+            self.fresh[i] = false;
+        }
         // the chosen experts: resident from now on
-        for (slot, &base) in self.slot_base.iter().enumerate() {
+        for slot in 0..self.slot_base.len() {
+            let base = self.slot_base[slot];
             let k = if slot % 2 == 0 { s.att_k } else { s.ffn_k };
             let ranked = engine.ranked(slot);
             for &e in ranked.iter().take(k) {
                 let i = base + e as usize;
                 if self.last_use[i] == 0 {
                     self.stats.misses += 1;
-                    self.fresh[i] = true;
+                    self.mark_fresh(i);
                     self.resident += self.groups[i].1 as u64;
                 } else {
                     self.stats.hits += 1;
@@ -200,11 +245,12 @@ impl<'a> ExpertPager<'a> {
                     }
                 }
                 self.ahead[i] = false;
-                self.last_use[i] = now;
+                self.touch(i, now);
             }
         }
         // the runners-up, while they fit without evicting anything used this step
-        for (slot, &base) in self.slot_base.iter().enumerate() {
+        for slot in 0..self.slot_base.len() {
+            let base = self.slot_base[slot];
             let k = if slot % 2 == 0 { s.att_k } else { s.ffn_k };
             for &e in engine.ranked(slot).iter().skip(k) {
                 let i = base + e as usize;
@@ -218,30 +264,32 @@ impl<'a> ExpertPager<'a> {
                     .map_err(|e| alloc::format!("{e}"))?;
                 self.stats.prefetched += 1;
                 self.ahead[i] = true;
-                self.fresh[i] = true;
+                self.mark_fresh(i);
                 self.resident += len;
                 // resident but not used: older than this step's choices (the clock starts
                 // at 1, so this is never 0, "not resident")
-                self.last_use[i] = now - 1;
+                self.touch(i, now - 1);
             }
         }
         // the kernel maps neighbouring cached pages on a fault ("fault-around", up to
         // 64 KiB either side), so a miss can make parts of experts outside the set
         // resident: drop those again
-        for i in 0..self.groups.len() {
-            if self.missed_now(i) {
-                self.sweep_around(i)?;
-            }
+        for n in 0..self.fresh_list.len() {
+            let i = self.fresh_list[n];
+            debug_assert!(self.missed_now(i));
+            self.sweep_around(i)?;
         }
         // over budget: drop the least recently used (never this step's choices)
         while self.resident > self.budget {
-            let victim = (0..self.groups.len())
-                .filter(|&i| self.last_use[i] != 0 && self.last_use[i] < now)
-                .min_by_key(|&i| self.last_use[i]);
-            let Some(i) = victim else { break };
+            let Some(&(t, i)) = self.lru.first() else {
+                break;
+            };
+            if t >= now {
+                break;
+            }
             self.drop_expert(i)?;
             self.resident -= self.groups[i].1 as u64;
-            self.last_use[i] = 0;
+            self.touch(i, 0);
             self.ahead[i] = false;
             self.stats.evicted += 1;
         }

@@ -6,17 +6,18 @@
 //! serves every count, so the arena is the same and only the weights read differ).
 
 use clap::Args;
-use modula_core::engine::{ArenaPlan, DenseEngine, DenseSpec, MfEngine, MfSpec};
+use modula_core::engine::{ArenaPlan, DenseEngine, DenseSpec, MfEngine, MfSpec, SbEngine, SbSpec};
 use modula_core::{Model, NestedSpec};
 use std::path::PathBuf;
 
 /// Arguments of `modula plan`.
 #[derive(Args, Debug)]
 pub struct PlanArgs {
-    /// Model file (dense or EMoE byte LM / classifier, ModuleFormer LM).
+    /// Model file (dense or EMoE byte LM / classifier, ModuleFormer LM, SeqBoat LM).
     #[arg(long)]
     model: PathBuf,
-    /// Sub-model: `DEPTHxFFN` (dense), `N` or `ATTxFFN` experts (ModuleFormer), or `all`
+    /// Sub-model: `DEPTHxFFN` (dense), `N` or `ATTxFFN` experts (ModuleFormer), a depth
+    /// `N` (SeqBoat), or `all`
     /// (every declared nested size; the default).
     #[arg(long, default_value = "all")]
     size: String,
@@ -35,9 +36,11 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
     let m = Model::open(&a.model).map_err(|e| at(e.to_string()))?;
     match m.get_str("modula.model") {
         Some("moduleformer") => return plan_mf(a, &m),
-        Some(k @ ("seqboat" | "m2mkd-net")) => {
+        Some("seqboat") => return plan_sb(a, &m),
+        Some(k @ "m2mkd-net") => {
             return Err(at(format!(
-                "modula plan covers dense, EMoE and ModuleFormer files; not yet {k} files"
+                "modula plan covers dense, EMoE, ModuleFormer and SeqBoat files; not {k} files \
+                 (assemble an m2mKD network's modules and evaluate it with modula m2mkd)"
             )))
         }
         _ => {}
@@ -129,10 +132,55 @@ fn plan_mf<B: AsRef<[u8]>>(a: &PlanArgs, m: &Model<B>) -> Result<(), String> {
     Ok(())
 }
 
+/// SeqBoat: constant streaming state, one engine (and arena) for every nested depth.
+fn plan_sb<B: AsRef<[u8]>>(a: &PlanArgs, m: &Model<B>) -> Result<(), String> {
+    let at = |e: String| format!("{}: {e}", a.model.display());
+    if a.context.is_some() {
+        return Err(at(
+            "--context does not apply to SeqBoat (its streaming state is constant)".into(),
+        ));
+    }
+    let spec = SbSpec::from_model(m).map_err(at)?;
+    let plan = spec.plan();
+    let e = SbEngine::new(m).map_err(at)?;
+    if e.arena_bytes() != plan {
+        return Err(format!(
+            "internal: the SeqBoat engine holds {:?}, the plan says {plan:?}",
+            e.arena_bytes()
+        ));
+    }
+    let depths = if a.size == "all" {
+        spec.nested_depth_list()
+    } else {
+        vec![a
+            .size
+            .parse()
+            .map_err(|_| format!("--size {}: for a SeqBoat file use a depth N", a.size))?]
+    };
+    let mut rows = Vec::with_capacity(depths.len());
+    for depth in depths {
+        let sub = m
+            .submodel(NestedSpec {
+                depth: Some(depth),
+                ..Default::default()
+            })
+            .map_err(|e| at(e.to_string()))?;
+        rows.push((format!("depth {depth}"), sub.weight_bytes(), plan));
+    }
+    println!("(SeqBoat: KV cache = the constant streaming state of every layer — EMA states and attention rings; gates = EMA coefficients)");
+    print_rows(a, 0, &rows, "the engine (all depths share it)");
+    Ok(())
+}
+
 fn print_rows(a: &PlanArgs, ctx: usize, rows: &[(String, u64, ArenaPlan)], built: &str) {
     println!(
-        "{} at a context of {ctx} positions (bytes; arena = the heap of {built}):",
-        a.model.display()
+        "{}{} (bytes; arena = the heap of {built}):",
+        a.model.display(),
+        if ctx > 0 {
+            format!(" at a context of {ctx} positions")
+        } else {
+            String::new()
+        }
     );
     println!(
         "{:>9} {:>12} {:>12} {:>10} {:>9} {:>8} {:>12} {:>12}",

@@ -1283,6 +1283,20 @@ fn seqboat_trains_evaluates_resumes_and_streams() {
         "5",
     ]);
     assert!(ok, "{err}");
+    // modula plan: each depth's weights + the one engine's exact (constant) arena
+    let (ok, out, err) = run(&["plan", "--model", nd.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let weights = |depth: &str| -> u64 {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("depth {depth} ")))
+            .unwrap_or_else(|| panic!("no depth {depth} row: {out}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    assert!(weights("1") < weights("2"), "{out}");
+    assert!(out.contains("checked now"), "{out}");
+    let (ok, _, err) = run(&["plan", "--model", nd.to_str().unwrap(), "--context", "8"]);
+    assert!(!ok && err.contains("does not apply"), "{err}");
     // a latency budget picks a size from a calibration, cached next to the model
     let nds = nd.to_str().unwrap();
     let lat = |ms: &str, extra: &[&str]| {

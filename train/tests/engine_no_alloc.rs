@@ -229,6 +229,11 @@ fn decode_steps_do_not_allocate() {
             let (act, _) = e.activations();
             assert!(act.iter().all(|&a| a > 4), "the ring wrapped: {act:?}");
             assert_eq!(n, 0, "{tag} engine allocated {n} times ({})", p.display());
+            // the planned arena is exactly what an engine holds on the heap
+            let plan = e.spec().plan();
+            let (net, e2) = net_bytes(|| SbEngine::new(&m).unwrap());
+            assert_eq!(net, plan.total() as i64, "{tag}: {plan:?}");
+            assert_eq!(e2.arena_bytes(), plan, "{tag}");
             std::fs::remove_file(p).unwrap();
         }
     }

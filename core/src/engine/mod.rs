@@ -80,7 +80,8 @@ pub struct ArenaPlan {
     pub kv_cache: u64,
     /// Work buffers: activations, FFN hidden units, attention scores, logits.
     pub work: u64,
-    /// EMoE avg-k gate tables (computed from the keys when the engine is built).
+    /// Tables derived from the weights when the engine is built: EMoE avg-k gates
+    /// (from the keys), SeqBoat's EMA coefficients.
     pub gates: u64,
     /// The engine's per-block and per-cache tables.
     pub tables: u64,

@@ -164,6 +164,27 @@ impl SbSpec {
         v
     }
 
+    /// The exact heap of an [`SbEngine`] for this model (no context: the state is
+    /// constant): the streaming state as `kv_cache` (EMA states, the attention rings of
+    /// keys, values and positions), the work buffers, the EMA coefficient tables derived
+    /// from the weights as `gates`, and the per-layer tables. Checked against a built
+    /// engine by a byte-counting allocator (`train/tests/engine_no_alloc.rs`).
+    pub fn plan(&self) -> super::ArenaPlan {
+        use core::mem::size_of;
+        let (l, d, n, z, e, w) = (self.layers, self.d, self.ndim, self.z, self.e, self.window);
+        let f = size_of::<f32>();
+        let logits = self
+            .classes
+            .max(self.vocab * usize::from(self.classes == 0));
+        super::ArenaPlan {
+            kv_cache: (l * ((d * n + w * z + w * e) * f + w * size_of::<usize>())) as u64,
+            work: (f * (6 * d + (2 + d) + (z + 2 * e) + 2 * z + (w + 1) + e + 2 * d + logits))
+                as u64,
+            gates: (l * 3 * d * n * f) as u64,
+            tables: (l * (size_of::<SbLayerW<'_>>() + size_of::<LayerState>())) as u64,
+        }
+    }
+
     /// Floats of streaming state per sequence: `layers · (N·d + w·(z + e + 1))`.
     pub fn state_floats(&self) -> usize {
         self.layers * (self.ndim * self.d + self.window * (self.z + self.e + 1))
@@ -410,6 +431,49 @@ impl<'a> SbEngine<'a> {
     /// Per layer: tokens that ran the attention unit, and the non-pad tokens seen.
     pub fn activations(&self) -> (Vec<u64>, u64) {
         (self.state.iter().map(|s| s.activated).collect(), self.real)
+    }
+
+    /// The heap this engine holds, from its buffers' capacities (equal to
+    /// [`SbSpec::plan`]).
+    pub fn arena_bytes(&self) -> super::ArenaPlan {
+        use core::mem::size_of;
+        let f4 = |v: &Vec<f32>| (v.capacity() * size_of::<f32>()) as u64;
+        let kv = self
+            .state
+            .iter()
+            .map(|st| {
+                f4(&st.ema)
+                    + f4(&st.keys)
+                    + f4(&st.values)
+                    + (st.pos.capacity() * size_of::<usize>()) as u64
+            })
+            .sum();
+        let work = [
+            &self.x,
+            &self.h,
+            &self.y,
+            &self.uc,
+            &self.zrv,
+            &self.qv,
+            &self.kv,
+            &self.scores,
+            &self.o,
+            &self.gh,
+            &self.feats,
+            &self.pooled,
+            &self.cls_h,
+            &self.logits,
+        ]
+        .into_iter()
+        .map(f4)
+        .sum();
+        super::ArenaPlan {
+            kv_cache: kv,
+            work,
+            gates: self.layers.iter().map(|l| l.ema.heap_bytes() as u64).sum(),
+            tables: (self.layers.capacity() * size_of::<SbLayerW<'_>>()
+                + self.state.capacity() * size_of::<LayerState>()) as u64,
+        }
     }
 
     /// Bytes of streaming state per sequence (constant in the sequence length).

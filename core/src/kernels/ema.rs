@@ -35,6 +35,12 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 impl EmaCoefs {
+    /// Heap bytes of the three coefficient tables.
+    pub fn heap_bytes(&self) -> usize {
+        (self.alpha.capacity() + self.q.capacity() + self.c.capacity())
+            * core::mem::size_of::<f32>()
+    }
+
     /// From the raw parameters as MEGA/SeqBoat store them, each `[d][N]` (channel-major):
     /// `Δ̂` (`delta`), `Â` (`alpha`), `β` (`beta`), `η` (`gamma` in their code).
     pub fn from_raw(

@@ -20,6 +20,12 @@ pub struct RunArgs {
     /// Prompt (bytes).
     #[arg(long, default_value = "And God said")]
     prompt: String,
+    /// Requests, one per line, from a file (`-`: standard input), answered one after the
+    /// other by the same mapped model: `@SIZE prompt` runs that nested size for this
+    /// request (switched in place, nothing reloaded or copied), a plain line the size the
+    /// other flags chose. Instead of --prompt.
+    #[arg(long, conflicts_with = "prompt")]
+    input: Option<PathBuf>,
     /// Bytes to generate.
     #[arg(long, default_value_t = 200)]
     tokens: usize,
@@ -248,6 +254,30 @@ impl<'a> Engine<'a> {
             Engine::Sb(e) => e.spec().d,
         };
         size.capacity(width)
+    }
+
+    /// The nested size running now.
+    pub(crate) fn current_size(&self) -> Size {
+        match self {
+            Engine::Dense(e) => Size::Dense(e.submodel()),
+            Engine::Mf(e) => Size::Mf(e.submodel()),
+            Engine::Sb(e) => Size::Sb(e.depth()),
+        }
+    }
+
+    /// The nested size running now, for messages.
+    pub(crate) fn nested_spec_label(&self) -> String {
+        match self {
+            Engine::Dense(e) => {
+                let (d, f) = e.submodel();
+                format!("sub-model {d}x{f}")
+            }
+            Engine::Mf(e) => {
+                let (a, f) = e.submodel();
+                format!("sub-model {a}x{f} experts")
+            }
+            Engine::Sb(e) => format!("sub-model depth {}", e.depth()),
+        }
     }
 
     /// The nested size running now, as the file view's [`NestedSpec`].
@@ -555,8 +585,9 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     if let Some(sz) = &a.size {
         let size = e.parse_size(sz)?;
         match (&mut e, size) {
-            // one size for the whole run: allocate only that sub-model's arena
-            (Engine::Dense(d), Size::Dense(s)) => {
+            // one size for the whole run: allocate only that sub-model's arena (not with
+            // --input, whose requests may switch to any size)
+            (Engine::Dense(d), Size::Dense(s)) if a.input.is_none() => {
                 let ctx = d.max_context();
                 *d = DenseEngine::with_capacity(&m, ctx, s).map_err(at)?;
             }
@@ -628,55 +659,57 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             size.label()
         );
     }
-    let ctx = e.max_context();
-    let prompt = a.prompt.as_bytes();
-    if prompt.is_empty() {
-        return Err("--prompt must not be empty".into());
-    }
-    if prompt.len() + a.tokens > ctx {
-        return Err(format!(
-            "prompt ({} bytes) + --tokens {} exceed the context of {ctx} positions",
-            prompt.len(),
-            a.tokens
-        ));
-    }
     let mut out = std::io::stdout().lock();
-    if !a.quiet {
-        out.write_all(prompt).map_err(|e| e.to_string())?;
-    }
-    let t0 = Instant::now();
-    let ids: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
-    let mut logits = match (pager.as_mut(), &mut e) {
-        // under expert paging the prompt goes token by token, so the resident set stays
-        // within the budget from the first token (a batched prefill reads every expert
-        // its tokens choose at once)
-        (Some(p), Engine::Mf(mf)) => {
-            p.drop_all().map_err(at)?;
-            let mut last = Vec::new();
-            for &t in &ids {
-                last.clear();
-                last.extend_from_slice(mf.step(t)?);
-                p.after_step(mf).map_err(at)?;
+    match &a.input {
+        None => serve(&mut e, pager.as_mut(), a.prompt.as_bytes(), a, &mut out)?,
+        Some(path) => {
+            let mut served = 0usize;
+            // a plain line runs the size the flags chose, whatever the line before ran
+            let default_size = e.current_size();
+            let text = if path.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                    .map_err(|x| format!("--input -: {x}"))?;
+                t
+            } else {
+                std::fs::read_to_string(path)
+                    .map_err(|x| format!("--input {}: {x}", path.display()))?
+            };
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim_end_matches('\r');
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let req = |x: String| format!("--input line {}: {x}", n + 1);
+                let (size, prompt) = match line.strip_prefix('@') {
+                    Some(rest) => {
+                        let (sz, p) = rest.split_once(' ').ok_or_else(|| {
+                            req("'@SIZE prompt': a size, a space, then the prompt".into())
+                        })?;
+                        (Some(e.parse_size(sz).map_err(req)?), p)
+                    }
+                    None => (None, line),
+                };
+                let t = Instant::now();
+                e.set_size(size.unwrap_or(default_size)).map_err(req)?;
+                let switch = t.elapsed().as_secs_f64();
+                eprintln!(
+                    "request {}: {} (switched in {:.1} µs)",
+                    n + 1,
+                    e.nested_spec_label(),
+                    1e6 * switch
+                );
+                serve(&mut e, pager.as_mut(), prompt.as_bytes(), a, &mut out).map_err(req)?;
+                served += 1;
             }
-            last
-        }
-        _ => e.prefill(&ids)?,
-    };
-    let prefill = t0.elapsed().as_secs_f64();
-    let mut rng = SplitMix64(a.seed);
-    let t1 = Instant::now();
-    for _ in 0..a.tokens {
-        let next = sample(&logits, a.temperature, a.top_k, &mut rng);
-        if !a.quiet {
-            out.write_all(&[next as u8]).map_err(|e| e.to_string())?;
-            out.flush().map_err(|e| e.to_string())?;
-        }
-        logits.copy_from_slice(e.step(next)?);
-        if let (Some(p), Engine::Mf(mf)) = (pager.as_mut(), &e) {
-            p.after_step(mf).map_err(at)?;
+            if served == 0 {
+                return Err(format!(
+                    "--input {}: no requests (every line is empty)",
+                    path.display()
+                ));
+            }
         }
     }
-    let decode = t1.elapsed().as_secs_f64();
     if let Some(p) = &pager {
         let st = p.stats();
         let mib = |b: u64| b as f64 / 1048576.0;
@@ -693,18 +726,6 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             mib(p.resident_bytes())
         );
     }
-    if !a.quiet {
-        writeln!(out).map_err(|e| e.to_string())?;
-    }
-    eprintln!(
-        "prefill {} tokens: {:.1} tokens/s; decode {} tokens: {:.1} tokens/s ({:.3} ms/token); {} threads",
-        prompt.len(),
-        prompt.len() as f64 / prefill.max(1e-9),
-        a.tokens,
-        a.tokens as f64 / decode.max(1e-9),
-        1e3 * decode / a.tokens.max(1) as f64,
-        par::threads()
-    );
     if a.report_rss {
         match (start_rss, own_rss()) {
             (Some((start, _)), Some((_, peak))) => eprintln!("rss_bytes {start} {peak}"),
@@ -723,6 +744,78 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             e.state_bytes()
         );
     }
+    Ok(())
+}
+
+/// One request: `prompt`, then `--tokens` sampled bytes, streamed to `out` (unless
+/// `--quiet`), and the timing line on stderr. The engine starts a new sequence.
+fn serve(
+    e: &mut Engine<'_>,
+    mut pager: Option<&mut modula_core::engine::paging::ExpertPager<'_>>,
+    prompt: &[u8],
+    a: &RunArgs,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let ctx = e.max_context();
+    if prompt.is_empty() {
+        return Err("the prompt must not be empty".into());
+    }
+    if prompt.len() + a.tokens > ctx {
+        return Err(format!(
+            "prompt ({} bytes) + --tokens {} exceed the context of {ctx} positions",
+            prompt.len(),
+            a.tokens
+        ));
+    }
+    e.reset();
+    if !a.quiet {
+        out.write_all(prompt).map_err(|x| x.to_string())?;
+    }
+    let t0 = Instant::now();
+    let ids: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
+    let mut logits = match (pager.as_deref_mut(), &mut *e) {
+        // under expert paging the prompt goes token by token, so the resident set stays
+        // within the budget from the first token (a batched prefill reads every expert
+        // its tokens choose at once)
+        (Some(p), Engine::Mf(mf)) => {
+            p.drop_all()?;
+            let mut last = Vec::new();
+            for &t in &ids {
+                last.clear();
+                last.extend_from_slice(mf.step(t)?);
+                p.after_step(mf)?;
+            }
+            last
+        }
+        _ => e.prefill(&ids)?,
+    };
+    let prefill = t0.elapsed().as_secs_f64();
+    let mut rng = SplitMix64(a.seed);
+    let t1 = Instant::now();
+    for _ in 0..a.tokens {
+        let next = sample(&logits, a.temperature, a.top_k, &mut rng);
+        if !a.quiet {
+            out.write_all(&[next as u8]).map_err(|x| x.to_string())?;
+            out.flush().map_err(|x| x.to_string())?;
+        }
+        logits.copy_from_slice(e.step(next)?);
+        if let (Some(p), Engine::Mf(mf)) = (pager.as_deref_mut(), &*e) {
+            p.after_step(mf)?;
+        }
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    if !a.quiet {
+        writeln!(out).map_err(|x| x.to_string())?;
+    }
+    eprintln!(
+        "prefill {} tokens: {:.1} tokens/s; decode {} tokens: {:.1} tokens/s ({:.3} ms/token); {} threads",
+        prompt.len(),
+        prompt.len() as f64 / prefill.max(1e-9),
+        a.tokens,
+        a.tokens as f64 / decode.max(1e-9),
+        1e3 * decode / a.tokens.max(1) as f64,
+        par::threads()
+    );
     Ok(())
 }
 

@@ -617,7 +617,7 @@ fn train_device_flag_selects_falls_back_and_refuses_cleanly() {
 /// `--sorted-distill`: trains a nested model with in-place distillation; bad values and a
 /// model without nested sizes are refused before training.
 #[test]
-fn sorted_distillation_trains_bad_settings_are_refused_and_a_submodel_reads_ahead_only_its_bytes() {
+fn nested_sizes_distillation_readahead_and_requests_from_a_file() {
     let d = tmpdir("distill");
     let out = d.join("m.gguf");
     let train = |extra: &[&str]| {
@@ -687,6 +687,52 @@ fn sorted_distillation_trains_bad_settings_are_refused_and_a_submodel_reads_ahea
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
     assert!(err.contains("read ahead: the sub-model's"), "{err}");
+    // requests from a file, each at its own size, switched in place in one process
+    let reqs = d.join("requests.txt");
+    std::fs::write(&reqs, "@1x32 the old\nthe miller\n\n@2x64 and so\n").unwrap();
+    let run_input = |extra: &[&str]| {
+        let r = modula()
+            .args(["run", "--model"])
+            .arg(&lm)
+            .arg("--input")
+            .arg(&reqs)
+            .args(["--tokens", "3", "--temperature", "0"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            r.status.success(),
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    };
+    let (ok, so, err) = run_input(&["--size", "1x64"]);
+    assert!(ok, "{err}");
+    for want in [
+        "request 1: sub-model 1x32 (switched in",
+        "request 2: sub-model 1x64",
+        "request 4: sub-model 2x64",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert_eq!(err.matches("prefill").count(), 3, "{err}");
+    let lines: Vec<&str> = so.lines().collect();
+    assert_eq!(lines.len(), 3, "{so}");
+    assert!(
+        lines[0].starts_with("the old") && lines[2].starts_with("and so"),
+        "{so}"
+    );
+    std::fs::write(&reqs, "the old\n@7x7 nope\n").unwrap();
+    let (ok, _, err) = run_input(&[]);
+    assert!(
+        !ok && err.contains("--input line 2") && !err.contains("panicked"),
+        "{err}"
+    );
+    std::fs::write(&reqs, "\n\n").unwrap();
+    let (ok, _, err) = run_input(&[]);
+    assert!(!ok && err.contains("no requests"), "{err}");
+    let (ok, _, err) = run_input(&["--prompt", "x"]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

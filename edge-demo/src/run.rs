@@ -597,7 +597,9 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     // without read-ahead, read exactly the chosen sub-model's bytes ahead (one
     // MADV_WILLNEED per merged range of its tensor prefixes): a cold start then reads
     // those pages and no others
-    if a.no_readahead && (a.size.is_some() || a.budget_mb.is_some()) {
+    // (not under expert paging: the pager decides which experts to read)
+    let paging = matches!(e, Engine::Mf(_)) && a.budget_mb.is_some();
+    if a.no_readahead && !paging && (a.size.is_some() || a.budget_mb.is_some()) {
         let spec = e.nested_spec();
         let sub = m.submodel(spec).map_err(|x| at(x.to_string()))?;
         m.advise_submodel(&sub, true)

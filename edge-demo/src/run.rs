@@ -265,47 +265,6 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The nested size running now, for messages.
-    pub(crate) fn nested_spec_label(&self) -> String {
-        match self {
-            Engine::Dense(e) => {
-                let (d, f) = e.submodel();
-                format!("sub-model {d}x{f}")
-            }
-            Engine::Mf(e) => {
-                let (a, f) = e.submodel();
-                format!("sub-model {a}x{f} experts")
-            }
-            Engine::Sb(e) => format!("sub-model depth {}", e.depth()),
-        }
-    }
-
-    /// The nested size running now, as the file view's [`NestedSpec`].
-    pub(crate) fn nested_spec(&self) -> NestedSpec {
-        match self {
-            Engine::Dense(e) => {
-                let (depth, ffn) = e.submodel();
-                NestedSpec {
-                    depth: Some(depth),
-                    ffn: Some(ffn),
-                    ..Default::default()
-                }
-            }
-            Engine::Mf(e) => {
-                let (att, ffn) = e.submodel();
-                NestedSpec {
-                    att_experts: Some(att),
-                    ffn_experts: Some(ffn),
-                    ..Default::default()
-                }
-            }
-            Engine::Sb(e) => NestedSpec {
-                depth: Some(e.depth()),
-                ..Default::default()
-            },
-        }
-    }
-
     /// Switch to a nested sub-model (a new sequence starts).
     pub(crate) fn set_size(&mut self, size: Size) -> Result<(), String> {
         match (self, size) {
@@ -368,6 +327,26 @@ impl Size {
             }
             Size::Mf((a, f)) => (a + f) as f64,
             Size::Sb(depth) => depth as f64,
+        }
+    }
+
+    /// The file view's [`NestedSpec`] of this size.
+    pub(crate) fn nested_spec(self) -> NestedSpec {
+        match self {
+            Size::Dense((depth, ffn)) => NestedSpec {
+                depth: Some(depth),
+                ffn: Some(ffn),
+                ..Default::default()
+            },
+            Size::Mf((att, ffn)) => NestedSpec {
+                att_experts: Some(att),
+                ffn_experts: Some(ffn),
+                ..Default::default()
+            },
+            Size::Sb(depth) => NestedSpec {
+                depth: Some(depth),
+                ..Default::default()
+            },
         }
     }
 
@@ -600,7 +579,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     // (not under expert paging: the pager decides which experts to read)
     let paging = matches!(e, Engine::Mf(_)) && a.budget_mb.is_some();
     if a.no_readahead && !paging && (a.size.is_some() || a.budget_mb.is_some()) {
-        let spec = e.nested_spec();
+        let spec = e.current_size().nested_spec();
         let sub = m.submodel(spec).map_err(|x| at(x.to_string()))?;
         m.advise_submodel(&sub, true)
             .map_err(|x| at(x.to_string()))?;
@@ -696,9 +675,9 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                 e.set_size(size.unwrap_or(default_size)).map_err(req)?;
                 let switch = t.elapsed().as_secs_f64();
                 eprintln!(
-                    "request {}: {} (switched in {:.1} µs)",
+                    "request {}: sub-model {} (switched in {:.1} µs)",
                     n + 1,
-                    e.nested_spec_label(),
+                    e.current_size().label(),
                     1e6 * switch
                 );
                 serve(&mut e, pager.as_mut(), prompt.as_bytes(), a, &mut out).map_err(req)?;

@@ -268,6 +268,10 @@ pub struct TrainArgs {
     /// SortedNet: nested FFN widths (comma-separated; the full width is implied).
     #[arg(long)]
     nested_ffn: Option<String>,
+    /// SortedNet: nested attention-head counts (the first H heads of every block;
+    /// comma-separated; all heads implied). The file then stores the attention head-major.
+    #[arg(long)]
+    nested_heads: Option<String>,
     /// SortedNet for ModuleFormer: nested expert counts (the first N experts of every
     /// mixture; comma-separated; all experts implied).
     #[arg(long)]
@@ -455,7 +459,7 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     model.emoe_noise = a.emoe_noise;
     model.emoe_capacity = a.emoe_capacity;
     model.emoe_aux = a.emoe_aux;
-    if a.nested_depths.is_some() || a.nested_ffn.is_some() {
+    if a.nested_depths.is_some() || a.nested_ffn.is_some() || a.nested_heads.is_some() {
         let list = |s: &Option<String>, what: &str| -> Result<Vec<usize>, String> {
             s.as_deref()
                 .unwrap_or("")
@@ -470,22 +474,25 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
         };
         let depths = list(&a.nested_depths, "depths")?;
         let ffn = list(&a.nested_ffn, "ffn")?;
+        let heads = list(&a.nested_heads, "heads")?;
         model.cfg = model.cfg.with_nested(&depths, &ffn)?;
+        model.cfg = model.cfg.with_nested_heads(&heads)?;
     }
     let sorted = match &a.sorted {
         Some(s) => modula_train::trainer::Sorted::parse(s).map_err(|e| format!("--sorted {e}"))?,
-        None if model.cfg.nested_grid().len() > 1 => modula_train::trainer::Sorted::Uniform(1),
+        None if model.cfg.nested_grid3().len() > 1 => modula_train::trainer::Sorted::Uniform(1),
         None => modula_train::trainer::Sorted::Off,
     };
     let c = model.cfg;
     check_fits(&model, data.as_ref())?;
     let lm = !c.is_classifier();
-    if c.nested_grid().len() > 1 {
+    if c.nested_grid3().len() > 1 {
         println!(
-            "SortedNet: depths {:?} x FFN widths {:?} ({} sub-models), training {:?}",
+            "SortedNet: depths {:?} x FFN widths {:?} x heads {:?} ({} sub-models), training {:?}",
             c.nested_depth_list(),
             c.nested_ffn_list(),
-            c.nested_grid().len(),
+            c.nested_head_list(),
+            c.nested_grid3().len(),
             sorted
         );
     }
@@ -614,6 +621,13 @@ fn run_mf(a: &TrainArgs) -> Result<(), String> {
 }
 
 fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
+    if a.nested_heads.is_some() || a.nested_ffn.is_some() || a.nested_depths.is_some() {
+        return Err(
+            "--nested-heads/--nested-ffn/--nested-depths do not apply to --arch moduleformer: \
+             its heads and FFN units are experts, nested with --nested-experts"
+                .into(),
+        );
+    }
     if a.steps == 0 || a.batch == 0 || a.data.seq == 0 || a.accum == 0 {
         return Err("--steps, --batch, --accum and --seq must be positive".into());
     }
@@ -759,6 +773,7 @@ fn run_sb(a: &TrainArgs) -> Result<(), String> {
     }
     let foreign = [
         ("--nested-ffn", a.nested_ffn.is_some()),
+        ("--nested-heads", a.nested_heads.is_some()),
         ("--nested-experts", a.nested_experts.is_some()),
         ("--freeze-experts", a.freeze_experts.is_some()),
         ("--pool", a.pool.is_some()),
@@ -1082,15 +1097,22 @@ fn fit<M: CliModel>(
             if !grid.is_empty() {
                 let mut cells = Vec::new();
                 let mut json = Vec::new();
-                for &(dp, f) in &grid {
-                    model.set_nested(Some((dp, f)));
+                // heads are shown only when they nest (dense models with --nested-heads)
+                let heads_vary = grid.iter().any(|s| s[2] != grid[grid.len() - 1][2]);
+                for &[dp, f, h] in &grid {
+                    model.set_nested(Some([dp, f, h]));
                     let r =
                         eval_model(&*model, data, a.eval_batches, a.batch, seq, a.seed ^ 0x5eed);
                     model.set_nested(None);
                     let r = r?;
-                    cells.push(format!("{dp}x{f}: {:.4}", r.loss));
+                    let (label, size) = if heads_vary {
+                        (format!("{dp}x{f}x{h}"), format!("{dp},{f},{h}"))
+                    } else {
+                        (format!("{dp}x{f}"), format!("{dp},{f}"))
+                    };
+                    cells.push(format!("{label}: {:.4}", r.loss));
                     json.push(format!(
-                        "{{\"size\":[{dp},{f}],\"val_loss\":{:.6},\"val_accuracy\":{:.6}}}",
+                        "{{\"size\":[{size}],\"val_loss\":{:.6},\"val_accuracy\":{:.6}}}",
                         r.loss, r.accuracy
                     ));
                 }
@@ -1383,26 +1405,30 @@ pub fn eval(a: &EvalArgs) -> Result<(), String> {
     let (data, seq) = a.data.load()?;
     let c = model.cfg;
     check_fits(&model, data.as_ref()).map_err(|e| format!("{}: {e}", a.model.display()))?;
-    let sizes: Vec<Option<(usize, usize)>> = match a.size.as_deref() {
+    let sizes: Vec<Option<[usize; 3]>> = match a.size.as_deref() {
         None => vec![None],
-        Some("all") => c.nested_grid().into_iter().map(Some).collect(),
+        Some("all") => c.nested_grid3().into_iter().map(Some).collect(),
         Some(sz) => {
-            let (dp, f) = sz
-                .split_once('x')
-                .and_then(|(x, y)| Some((x.parse().ok()?, y.parse().ok()?)))
-                .ok_or_else(|| format!("--size {sz}: use DEPTHxFFN, e.g. 2x128, or all"))?;
-            vec![Some((dp, f))]
+            let parts: Option<Vec<usize>> = sz.split('x').map(|v| v.parse().ok()).collect();
+            match parts.as_deref() {
+                Some(&[dp, f]) => vec![Some([dp, f, c.heads])],
+                Some(&[dp, f, h]) => vec![Some([dp, f, h])],
+                _ => return Err(format!(
+                    "--size {sz}: use DEPTHxFFN or DEPTHxFFNxHEADS, e.g. 2x128 or 2x128x2, or all"
+                )),
+            }
         }
     };
     println!("model: {} (trained with context {ctx})", a.model.display());
     println!("data: {} at {seq} positions", data.describe());
     for sz in sizes {
-        model.nested = sz;
+        model.nested = sz.map(|[dp, f, _]| (dp, f));
+        model.nested_heads = sz.map(|[_, _, h]| h);
         let r = eval_dense(&model, data.as_ref(), a.batches, a.batch, seq, a.seed)?;
         match sz {
             None => println!("validation {}", describe(&r, !c.is_classifier())),
-            Some((dp, f)) => println!(
-                "validation depth {dp} x FFN {f}: {}",
+            Some([dp, f, h]) => println!(
+                "validation depth {dp} x FFN {f} x {h} heads: {}",
                 describe(&r, !c.is_classifier())
             ),
         }

@@ -52,13 +52,14 @@ pub trait Trainable {
     fn aux_loss(_acts: &Self::Acts) -> f64 {
         0.0
     }
-    /// Nested sub-models `(depth, ffn)` of this model, smallest first, the full model last
-    /// (empty when not nested).
-    fn nested_grid(&self) -> Vec<(usize, usize)> {
+    /// Nested sub-models of this model, smallest first, the full model last (empty when
+    /// not nested): `[depth, FFN width, heads]` for dense models, `[attention experts, FFN
+    /// experts, 0]` for ModuleFormer, `[depth, GAU width, 0]` for SeqBoat.
+    fn nested_grid(&self) -> Vec<[usize; 3]> {
         Vec::new()
     }
     /// Run a nested sub-model (`None`: the full model).
-    fn set_nested(&mut self, _size: Option<(usize, usize)>) {}
+    fn set_nested(&mut self, _size: Option<[usize; 3]>) {}
     /// Per router: the expert-usage entropy `H(e)/ln E` (balance) and the mean per-token
     /// routing entropy `H(e|x)/ln E` (sharpness) — empty for dense models.
     fn usage(&self, _acts: &Self::Acts) -> Vec<(f32, f32)> {
@@ -85,16 +86,17 @@ impl Trainable for DenseModel {
     fn set_noise(&mut self, seed: Option<u64>) {
         self.emoe_noise_seed = seed;
     }
-    fn nested_grid(&self) -> Vec<(usize, usize)> {
-        let g = self.cfg.nested_grid();
+    fn nested_grid(&self) -> Vec<[usize; 3]> {
+        let g = self.cfg.nested_grid3();
         if g.len() > 1 {
             g
         } else {
             Vec::new()
         }
     }
-    fn set_nested(&mut self, size: Option<(usize, usize)>) {
-        self.nested = size;
+    fn set_nested(&mut self, size: Option<[usize; 3]>) {
+        self.nested = size.map(|[d, f, _]| (d, f));
+        self.nested_heads = size.map(|[_, _, h]| h);
     }
     fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String> {
         self.forward(batch.input(), &batch.targets, batch.b, batch.t)
@@ -157,16 +159,16 @@ impl Trainable for MfModel {
     fn aux_loss(acts: &Self::Acts) -> f64 {
         acts.aux
     }
-    fn nested_grid(&self) -> Vec<(usize, usize)> {
+    fn nested_grid(&self) -> Vec<[usize; 3]> {
         let l = self.cfg.nested_expert_list();
         if l.len() > 1 {
-            l.into_iter().map(|c| (c, c)).collect()
+            l.into_iter().map(|c| [c, c, 0]).collect()
         } else {
             Vec::new()
         }
     }
-    fn set_nested(&mut self, size: Option<(usize, usize)>) {
-        self.nested = size;
+    fn set_nested(&mut self, size: Option<[usize; 3]>) {
+        self.nested = size.map(|[a, f, _]| (a, f));
     }
     fn usage(&self, acts: &Self::Acts) -> Vec<(f32, f32)> {
         let c = self.cfg;
@@ -219,16 +221,16 @@ impl Trainable for SbModel {
     fn activation(&self, acts: &Self::Acts) -> Vec<f32> {
         acts.activation_ratio()
     }
-    fn nested_grid(&self) -> Vec<(usize, usize)> {
+    fn nested_grid(&self) -> Vec<[usize; 3]> {
         let l = self.cfg.nested_depth_list();
         if l.len() > 1 {
-            l.into_iter().map(|d| (d, self.cfg.e)).collect()
+            l.into_iter().map(|d| [d, self.cfg.e, 0]).collect()
         } else {
             Vec::new()
         }
     }
-    fn set_nested(&mut self, size: Option<(usize, usize)>) {
-        self.depth = size.map(|(d, _)| d);
+    fn set_nested(&mut self, size: Option<[usize; 3]>) {
+        self.depth = size.map(|[d, _, _]| d);
     }
 }
 
@@ -310,7 +312,8 @@ pub enum Sorted {
     /// Every nested size on every micro-batch (Sorted Fine-Tuning's "all depths every
     /// step", over the whole grid).
     All,
-    /// MatFormer: one FFN width per micro-batch, drawn uniformly, at full depth.
+    /// MatFormer: one width (FFN width and head count) per micro-batch, drawn uniformly
+    /// from the grid's full-depth sizes.
     OneWidth,
 }
 
@@ -335,7 +338,7 @@ impl Sorted {
     }
 
     /// The sub-models to train on one micro-batch besides the full one.
-    fn pick(self, grid: &[(usize, usize)], rng: &mut SplitMix64) -> Vec<(usize, usize)> {
+    fn pick(self, grid: &[[usize; 3]], rng: &mut SplitMix64) -> Vec<[usize; 3]> {
         let Some((&full, rest)) = grid.split_last() else {
             return Vec::new();
         };
@@ -349,10 +352,10 @@ impl Sorted {
             Sorted::All => rest.to_vec(),
             Sorted::Uniform(n) => (0..n).map(|_| rest[draw(rng, rest.len())]).collect(),
             Sorted::OneWidth => {
-                let widths: Vec<(usize, usize)> = rest
+                let widths: Vec<[usize; 3]> = rest
                     .iter()
                     .copied()
-                    .filter(|&(d, f)| d == full.0 && f != full.1)
+                    .filter(|s| s[0] == full[0] && s[1..] != full[1..])
                     .collect();
                 if widths.is_empty() {
                     Vec::new()
@@ -851,12 +854,19 @@ mod tests {
         }
         assert!(Sorted::parse("uniform:0").is_err() && Sorted::parse("x").is_err());
         let mut r = SplitMix64(1);
-        let grid = cfg.nested_grid();
-        assert_eq!(Sorted::OneWidth.pick(&grid, &mut r), vec![(2, 16)]);
+        let grid = cfg.nested_grid3();
+        assert_eq!(Sorted::OneWidth.pick(&grid, &mut r), vec![[2, 16, 2]]);
         assert!(Sorted::Uniform(5)
             .pick(&grid, &mut r)
             .iter()
-            .all(|s| *s != (2, 64)));
+            .all(|s| *s != [2, 64, 2]));
+        // with nested heads, MatFormer's widths are (FFN, heads) pairs at full depth
+        let grid = cfg.with_nested_heads(&[1]).unwrap().nested_grid3();
+        assert_eq!(grid.len(), 8);
+        for _ in 0..20 {
+            let p = Sorted::OneWidth.pick(&grid, &mut r);
+            assert!(p.len() == 1 && p[0][0] == 2 && p[0] != [2, 64, 2], "{p:?}");
+        }
     }
 
     /// In-place distillation pulls each sub-model's output distribution towards the full

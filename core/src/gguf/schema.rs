@@ -155,6 +155,11 @@ pub const KNOWN_KEYS: &[KeySpec] = &[
     ),
     s("modula.attention.head_dim", U32, "width of one head"),
     s(
+        "modula.attention.layout",
+        Str,
+        "qkv (default: attn_qkv rows q|k|v as nn.Linear(d, 3d), attn_output [d, d]) | head_major (attn_qkv rows per head: q, k, v of head 0, then head 1, …; attn_output_t = the output projection transposed, so a head prefix is a row prefix of both)",
+    ),
+    s(
         "modula.attention.expert_count",
         U32,
         "attention experts (ModuleFormer MoA)",

@@ -46,6 +46,11 @@ pub struct MhaShape {
     pub d: usize,
     /// Heads (divides d).
     pub heads: usize,
+    /// Heads that run (SortedNet nested heads: the first `active` heads; the others'
+    /// outputs are zero, so the output projection sees only the matching input columns and
+    /// only those heads' q/k/v rows and projection columns receive gradient). `heads` for
+    /// the full sub-layer.
+    pub active: usize,
     /// Causal mask.
     pub causal: bool,
 }
@@ -96,12 +101,18 @@ pub fn mha_forward(
         t,
         d,
         heads,
+        active,
         causal,
     } = s;
     if heads == 0 || d % heads != 0 || x.len() != b * t * d {
         return Err(format!(
             "attention: input of {} values is not [{b}·{t}, {d}] with {heads} heads dividing d",
             x.len()
+        ));
+    }
+    if active == 0 || active > heads {
+        return Err(format!(
+            "attention: {active} active heads is outside 1..={heads}"
         ));
     }
     let (n, hd) = (b * t, d / heads);
@@ -130,8 +141,8 @@ pub fn mha_forward(
     )
     .map_err(ke)?;
     let scale = 1.0 / (hd as f32).sqrt();
-    let results = par::map_indexed(b * heads, |task| {
-        let (sq, hh) = (task / heads, task % heads);
+    let results = par::map_indexed(b * active, |task| {
+        let (sq, hh) = (task / active, task % active);
         let mut qkvh: [Vec<f32>; 3] = [vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]];
         for i in 0..t {
             let row = &qkv[(sq * t + i) * 3 * d..(sq * t + i + 1) * 3 * d];
@@ -146,10 +157,10 @@ pub fn mha_forward(
         r.map(|()| ([qh, kh, vh, pr], o)).map_err(ke)
     });
     let mut attn = vec![0f32; n * d];
-    let mut saved = Vec::with_capacity(b * heads);
+    let mut saved = Vec::with_capacity(b * active);
     for (task, r) in results.into_iter().enumerate() {
         let (sv, o) = r?;
-        let (sq, hh) = (task / heads, task % heads);
+        let (sq, hh) = (task / active, task % active);
         for i in 0..t {
             let dst = (sq * t + i) * d + hh * hd;
             attn[dst..dst + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
@@ -197,10 +208,16 @@ pub fn mha_backward(
         t,
         d,
         heads,
+        active,
         causal: _,
     } = s;
     let (n, hd) = (b * t, d / heads);
-    if saved.heads.len() != b * heads || dx.len() != n * d || x_in.len() != n * d {
+    if active == 0
+        || active > heads
+        || saved.heads.len() != b * active
+        || dx.len() != n * d
+        || x_in.len() != n * d
+    {
         return Err("attention backward: saved activations do not match the shape".into());
     }
     let scale = 1.0 / (hd as f32).sqrt();
@@ -214,8 +231,8 @@ pub fn mha_backward(
             add(p.grad_mut(ix.proj_b), &dbp);
         }
     }
-    let grads = par::map_indexed(b * heads, |task| {
-        let (sq, hh) = (task / heads, task % heads);
+    let grads = par::map_indexed(b * active, |task| {
+        let (sq, hh) = (task / active, task % active);
         let [qh, kh, vh, pr] = &saved.heads[task];
         let mut dout = vec![0f32; t * hd];
         for i in 0..t {
@@ -229,7 +246,7 @@ pub fn mha_backward(
     let mut dqkv = vec![0f32; n * 3 * d];
     for (task, g) in grads.into_iter().enumerate() {
         let g = g.map_err(ke)?;
-        let (sq, hh) = (task / heads, task % heads);
+        let (sq, hh) = (task / active, task % active);
         for i in 0..t {
             let row = &mut dqkv[(sq * t + i) * 3 * d..(sq * t + i + 1) * 3 * d];
             for (part, src) in g.iter().enumerate() {

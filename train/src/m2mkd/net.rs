@@ -666,6 +666,7 @@ impl Net {
             t,
             d,
             heads: c.heads,
+            active: c.heads,
             causal: self.task.causal,
         };
         for (j, blk) in st.blocks.iter().enumerate() {
@@ -779,6 +780,7 @@ impl Net {
             t,
             d,
             heads: c.heads,
+            active: c.heads,
             causal: task.causal,
         };
         for (blk, s) in st.blocks.iter().zip(&acts.blocks).rev() {

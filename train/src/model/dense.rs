@@ -94,6 +94,11 @@ pub struct DenseConfig {
     /// SortedNet nested FFN widths, ascending, 0-padded (all 0 = no nesting along width;
     /// the full width is always a member).
     pub nested_ffn: [u32; 8],
+    /// SortedNet nested attention-head counts: bit `h − 1` set = the first `h` heads of
+    /// every block form a sub-model (0 = no nesting along heads; all heads always a
+    /// member). Files of head-nested models store `attn_qkv` head-major and the output
+    /// projection transposed, so a head prefix is a row prefix of both (`model::io`).
+    pub nested_heads: u64,
 }
 
 impl DenseConfig {
@@ -115,6 +120,7 @@ impl DenseConfig {
             emoe_top_k: 0,
             nested_depths: 0,
             nested_ffn: [0; 8],
+            nested_heads: 0,
         }
     }
 
@@ -139,6 +145,53 @@ impl DenseConfig {
         v.dedup();
         v.push(self.ffn);
         v
+    }
+
+    /// The nested head counts, ascending, ending with all heads.
+    pub fn nested_head_list(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (1..self.heads.min(65))
+            .filter(|&h| self.nested_heads >> (h - 1) & 1 == 1)
+            .collect();
+        v.push(self.heads);
+        v
+    }
+
+    /// Whether the heads are nested (files then store the attention head-major).
+    pub fn heads_nested(&self) -> bool {
+        self.nested_head_list().len() > 1
+    }
+
+    /// Every nested sub-model `[depth, ffn, heads]`, smallest first (depth, then FFN
+    /// width, then heads), the full model last.
+    pub fn nested_grid3(&self) -> Vec<[usize; 3]> {
+        let hs = self.nested_head_list();
+        self.nested_grid()
+            .into_iter()
+            .flat_map(|(d, f)| hs.iter().map(move |&h| [d, f, h]))
+            .collect()
+    }
+
+    /// Set the nested head counts (all heads implied), checking them against the shape.
+    pub fn with_nested_heads(mut self, heads: &[usize]) -> Result<Self, String> {
+        self.nested_heads = 0;
+        for &h in heads {
+            if h == 0 || h > self.heads {
+                return Err(format!(
+                    "nested head count {h} is outside 1..={}",
+                    self.heads
+                ));
+            }
+            if h < self.heads {
+                if h > 64 {
+                    return Err(format!("nested head count {h}: at most 64 heads nest"));
+                }
+                self.nested_heads |= 1 << (h - 1);
+            }
+        }
+        if self.nested_heads != 0 && self.emoe_layers != 0 {
+            return Err("nested sub-models of EMoE models are not supported".into());
+        }
+        Ok(self)
     }
 
     /// Every nested sub-model `(depth, ffn)`, smallest first, the full model last.
@@ -267,6 +320,9 @@ pub struct DenseModel {
     /// norm and head shared) with the first `ffn` hidden units of every FFN — prefixes of
     /// every tensor. `None`: the full model. Not combinable with EMoE blocks.
     pub nested: Option<(usize, usize)>,
+    /// Run only the first `h` attention heads of every block (SortedNet nested heads;
+    /// `None`: all heads). Combines with [`DenseModel::nested`].
+    pub nested_heads: Option<usize>,
 }
 
 /// Everything the forward saves for the backward, for one batch of `b` sequences of `t`.
@@ -276,6 +332,8 @@ pub struct Activations {
     t: usize,
     /// FFN width the forward ran with (the full width, or a nested prefix).
     ffn_width: usize,
+    /// Attention heads the forward ran (all, or a nested prefix).
+    heads: usize,
     /// Per block: input to the block `[n, d]`.
     x_in: Vec<Vec<f32>>,
     /// Per block: the attention sub-layer's saved activations.
@@ -413,6 +471,7 @@ impl DenseModel {
             emoe_capacity: 0.0,
             emoe_aux: 0.0,
             nested: None,
+            nested_heads: None,
         })
     }
 
@@ -534,6 +593,23 @@ impl DenseModel {
         }
     }
 
+    /// The attention heads the forward runs: [`DenseModel::nested_heads`] checked against
+    /// the shape, or all heads.
+    pub fn active_heads(&self) -> Result<usize, String> {
+        let c = self.cfg;
+        match self.nested_heads {
+            None => Ok(c.heads),
+            Some(h) if h == 0 || h > c.heads => Err(format!(
+                "nested sub-model with {h} heads is outside the model ({} heads)",
+                c.heads
+            )),
+            Some(h) if h < c.heads && c.emoe_layers != 0 => {
+                Err("nested sub-models of EMoE models are not supported".into())
+            }
+            Some(h) => Ok(h),
+        }
+    }
+
     /// Parameter index of block `layer`'s tensor `name` (e.g. `"ffn_up.weight"`).
     pub fn ffn_index(&self, layer: usize, name: &str) -> Result<usize, String> {
         let full = format!("blk.{layer}.{name}");
@@ -635,10 +711,12 @@ impl DenseModel {
         let p = &self.params;
         let ke = |e: modula_core::kernels::KernelError| e.to_string();
         let (depth, f) = self.active()?;
+        let heads = self.active_heads()?;
         let mut a = Activations {
             b,
             t,
             ffn_width: f,
+            heads,
             ..Activations::default()
         };
         let mut x = vec![0f32; n * d];
@@ -667,6 +745,7 @@ impl DenseModel {
             t,
             d,
             heads: c.heads,
+            active: heads,
             causal: c.causal,
         };
         for blk in &self.blocks[..depth] {
@@ -803,7 +882,12 @@ impl DenseModel {
         let outs = c.outputs();
         let rows = if c.is_classifier() { b } else { n };
         let f = a.ffn_width;
-        if dlogits.len() != rows * outs || a.x_in.len() > c.layers || f > c.ffn {
+        if dlogits.len() != rows * outs
+            || a.x_in.len() > c.layers
+            || f > c.ffn
+            || a.heads == 0
+            || a.heads > c.heads
+        {
             return Err("backward: activations or dlogits do not match this model".into());
         }
         let shape = MhaShape {
@@ -811,6 +895,7 @@ impl DenseModel {
             t,
             d,
             heads: c.heads,
+            active: a.heads,
             causal: c.causal,
         };
         let e = |e: modula_core::kernels::KernelError| e.to_string();
@@ -1228,6 +1313,85 @@ mod tests {
         assert!(m.forward(Input::Tokens(&tokens), &targets, b, t).is_err());
         m.nested = Some((1, 13));
         assert!(m.forward(Input::Tokens(&tokens), &targets, b, t).is_err());
+    }
+
+    #[test]
+    fn nested_heads_match_zeroed_heads_and_gradients_stay_in_their_rows() {
+        // 4 heads of width 2; the sub-model runs the first 1 or 3 of them in every block
+        let cfg = DenseConfig {
+            max_seq: 6,
+            ..DenseConfig::lm(11, 8, 2, 4, 12)
+        }
+        .with_nested_heads(&[1, 3])
+        .unwrap();
+        assert_eq!(cfg.nested_head_list(), vec![1, 3, 4]);
+        assert_eq!(cfg.nested_grid3(), vec![[2, 12, 1], [2, 12, 3], [2, 12, 4]]);
+        let mut m = DenseModel::new(cfg, 5).unwrap();
+        let mut r = SplitMix64(11);
+        for v in m.params.values.iter_mut() {
+            *v += 0.3 * (2.0 * r.next_f32() - 1.0);
+        }
+        let (b, t) = (2, 5);
+        let tokens: Vec<u32> = (0..b * t).map(|i| (i * 5 % 11) as u32).collect();
+        let targets: Vec<u32> = (0..b * t).map(|i| ((i * 3 + 2) % 11) as u32).collect();
+        let (d, hd) = (8, 2);
+        for h in [1usize, 3] {
+            // semantics: h heads = all heads with the others' projection columns zeroed
+            let mut zeroed = m.clone();
+            zeroed.nested_heads = None;
+            for l in 0..2 {
+                let i = zeroed.ffn_index(l, "attn_output.weight").unwrap();
+                for row in zeroed.params.value_mut(i).chunks_exact_mut(d) {
+                    row[h * hd..].iter_mut().for_each(|v| *v = 0.0);
+                }
+            }
+            let want = zeroed
+                .forward(Input::Tokens(&tokens), &targets, b, t)
+                .unwrap()
+                .0;
+            m.nested_heads = Some(h);
+            let (loss, acts, dl) = m.forward(Input::Tokens(&tokens), &targets, b, t).unwrap();
+            assert!((loss - want).abs() < 1e-6, "{h} heads: {loss} vs {want}");
+            m.params.zero_grads();
+            m.backward(Input::Tokens(&tokens), &acts, &dl).unwrap();
+            // the other heads' q/k/v rows and projection columns get no gradient
+            for (i, s) in m.params.specs().iter().enumerate() {
+                let g = m.params.grad(i);
+                let cols = if s.name.ends_with("attn_qkv.weight") {
+                    d
+                } else {
+                    1
+                };
+                if s.name.contains("attn_qkv.") {
+                    for part in 0..3 {
+                        let dead = (part * d + h * hd) * cols..(part + 1) * d * cols;
+                        assert!(g[dead].iter().all(|&v| v == 0.0), "{} ({h})", s.name);
+                    }
+                    assert!(g[..hd * cols].iter().any(|&v| v != 0.0), "{}", s.name);
+                } else if s.name.ends_with("attn_output.weight") {
+                    for row in g.chunks_exact(d) {
+                        assert!(row[h * hd..].iter().all(|&v| v == 0.0), "{} ({h})", s.name);
+                    }
+                }
+            }
+            let grads = m.params.grads.clone();
+            let mut values = m.params.values.clone();
+            let probe = m.clone();
+            let f = |v: &[f32]| {
+                let mut mm = probe.clone();
+                mm.params.values.copy_from_slice(v);
+                mm.forward(Input::Tokens(&tokens), &targets, b, t)
+                    .unwrap()
+                    .0
+            };
+            let what = format!("nested heads ({h} of 4)");
+            check_grad(&what, &mut values, &grads, f, GradCheck::default()).unwrap();
+        }
+        m.nested_heads = Some(5);
+        assert!(m.forward(Input::Tokens(&tokens), &targets, b, t).is_err());
+        m.nested_heads = Some(0);
+        assert!(m.forward(Input::Tokens(&tokens), &targets, b, t).is_err());
+        assert!(cfg.with_nested_heads(&[5]).is_err() && cfg.with_nested_heads(&[0]).is_err());
     }
 
     #[test]

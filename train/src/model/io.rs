@@ -13,6 +13,15 @@
 //! | `blk.N.attn_norm.weight`, `.bias` | `[d]` | `nn.LayerNorm(d)` |
 //! | `blk.N.attn_qkv.weight`, `.bias` | `[3d, d]`, `[3d]` | `nn.Linear(d, 3d)`: rows q, k, v; head `h` is rows `h·dh..(h+1)·dh` of each |
 //! | `blk.N.attn_output.weight`, `.bias` | `[d, d]`, `[d]` | `nn.Linear(d, d)` |
+//!
+//! Models with nested attention heads (`modula.nested.head_counts`) are written to GGUF
+//! with `modula.attention.layout = "head_major"`: `attn_qkv.weight`/`.bias` rows reordered
+//! per head (q, k, v of head 0, then head 1, …) and the output projection stored transposed
+//! as `blk.N.attn_output_t.weight` `[d_in, d_out]`, so the first `h` heads are a row prefix
+//! of both tensors (SortedNet spec B5) and a head sub-model reads a prefix of each. The
+//! trainer keeps the PyTorch layout in memory; reading converts back. Safetensors files
+//! always hold the PyTorch layout.
+//!
 //! | `blk.N.ffn_norm.weight`, `.bias` | `[d]` | `nn.LayerNorm(d)` |
 //! | `blk.N.ffn_up.weight`, `.bias` | `[ffn, d]`, `[ffn]` | `nn.Linear(d, ffn)` |
 //! | `blk.N.ffn_down_t.weight` | `[ffn, d]` | `nn.Linear(ffn, d).weight` **transposed** |
@@ -85,6 +94,17 @@ fn config_meta(
         meta.push(("modula.nested.depths", list(c.nested_depth_list())?));
         meta.push(("modula.nested.ffn_widths", list(c.nested_ffn_list())?));
     }
+    if c.heads_nested() {
+        let list = c
+            .nested_head_list()
+            .into_iter()
+            .map(u)
+            .collect::<Result<Vec<_>, _>>()?;
+        meta.push((
+            "modula.nested.head_counts",
+            MetaValue::Array(modula_core::ValueType::U32, list),
+        ));
+    }
     if c.is_classifier() {
         meta.push(("modula.num_classes", u(c.classes)?));
         meta.push((
@@ -147,6 +167,7 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
         emoe_top_k: 0,
         nested_depths: 0,
         nested_ffn: [0; 8],
+        nested_heads: 0,
     };
     let mut cfg = cfg;
     if let Some(list) = get("modula.emoe.layers") {
@@ -184,7 +205,80 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
     if !depths.is_empty() || !widths.is_empty() {
         cfg = cfg.with_nested(&depths, &widths)?;
     }
+    let heads = parse_list("modula.nested.head_counts")?;
+    if !heads.is_empty() {
+        if cfg.heads == 0 || cfg.d % cfg.heads != 0 {
+            return Err(format!(
+                "d = {} is not a multiple of {} heads",
+                cfg.d, cfg.heads
+            ));
+        }
+        cfg = cfg.with_nested_heads(&heads)?;
+    }
     Ok((cfg, opt("modula.context_length")?))
+}
+
+/// Tensors stored in another layout in head-major files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relaid {
+    /// `attn_qkv.weight` / `.bias`: rows reordered per head.
+    Qkv,
+    /// `attn_output.weight`: stored transposed as `attn_output_t.weight`.
+    Proj,
+}
+
+fn file_form(name: &str) -> Option<Relaid> {
+    if !name.starts_with("blk.") {
+        None
+    } else if name.ends_with(".attn_qkv.weight") || name.ends_with(".attn_qkv.bias") {
+        Some(Relaid::Qkv)
+    } else if name.ends_with(".attn_output.weight") {
+        Some(Relaid::Proj)
+    } else {
+        None
+    }
+}
+
+fn proj_t_name(name: &str) -> String {
+    name.replace(".attn_output.weight", ".attn_output_t.weight")
+}
+
+/// Rows `q | k | v` (each `heads` groups of `d/heads` rows of `cols` values) reordered to
+/// head-major: head 0's q, k, v rows, then head 1's, …
+pub fn qkv_head_major(w: &[f32], d: usize, heads: usize, cols: usize) -> Vec<f32> {
+    let hd = d / heads;
+    let mut out = Vec::with_capacity(w.len());
+    for h in 0..heads {
+        for part in 0..3 {
+            let r = part * d + h * hd;
+            out.extend_from_slice(&w[r * cols..(r + hd) * cols]);
+        }
+    }
+    out
+}
+
+/// The inverse of [`qkv_head_major`].
+pub fn qkv_from_head_major(w: &[f32], d: usize, heads: usize, cols: usize) -> Vec<f32> {
+    let hd = d / heads;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..heads {
+        for part in 0..3 {
+            let (src, dst) = ((h * 3 + part) * hd, part * d + h * hd);
+            out[dst * cols..(dst + hd) * cols].copy_from_slice(&w[src * cols..(src + hd) * cols]);
+        }
+    }
+    out
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = w[r * cols + c];
+        }
+    }
+    out
 }
 
 /// A named tensor's shape and values, widened to f32.
@@ -236,9 +330,37 @@ impl DenseModel {
         for (k, v) in config_meta(&self.cfg, context_length, name)? {
             w.set(k, v).map_err(|e| e.to_string())?;
         }
+        let head_major = self.cfg.heads_nested();
+        if head_major {
+            w.set(
+                "modula.attention.layout",
+                MetaValue::String("head_major".into()),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        let (d, heads) = (self.cfg.d, self.cfg.heads);
         for (i, s) in self.params.specs().iter().enumerate() {
-            w.add_f32(&s.name, &s.shape, self.params.value(i))
-                .map_err(|e| e.to_string())?;
+            let v = self.params.value(i);
+            let owned = |name: &str, data: Vec<f32>| -> (String, Vec<u8>) {
+                let bytes = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                (name.to_string(), bytes)
+            };
+            let relaid = match file_form(&s.name) {
+                Some(Relaid::Qkv) if head_major => Some(owned(
+                    &s.name,
+                    qkv_head_major(v, d, heads, v.len() / (3 * d)),
+                )),
+                Some(Relaid::Proj) if head_major => {
+                    Some(owned(&proj_t_name(&s.name), transpose(v, d, d)))
+                }
+                _ => None,
+            };
+            match relaid {
+                Some((name, bytes)) => w
+                    .add_tensor(&name, modula_core::DType::F32, &s.shape, bytes)
+                    .map_err(|e| e.to_string())?,
+                None => w.add_f32(&s.name, &s.shape, v).map_err(|e| e.to_string())?,
+            }
         }
         Ok(w)
     }
@@ -265,11 +387,34 @@ impl DenseModel {
             })
         };
         let (cfg, ctx) = config_from(&get)?;
+        let head_major = match get("modula.attention.layout").as_deref() {
+            None | Some("qkv") => false,
+            Some("head_major") => true,
+            Some(other) => {
+                return Err(format!(
+                    "modula.attention.layout = '{other}' is not 'qkv' or 'head_major'"
+                ))
+            }
+        };
+        let (d, heads) = (cfg.d, cfg.heads);
         let model = fill(cfg, &|name| {
-            let t = m.tensor(name).map_err(|e| e.to_string())?;
+            let form = if head_major { file_form(name) } else { None };
+            let stored = match form {
+                Some(Relaid::Proj) => proj_t_name(name),
+                _ => name.to_string(),
+            };
+            let t = m.tensor(&stored).map_err(|e| e.to_string())?;
             // quantised / half-precision files are dequantised (the trainer computes in f32)
             let data = t.to_f32_vec().map_err(|e| e.to_string())?;
-            Ok((t.shape().to_vec(), data))
+            let shape = t.shape().to_vec();
+            let data = match form {
+                Some(Relaid::Qkv) if data.len() % (3 * d) == 0 && d % heads == 0 => {
+                    qkv_from_head_major(&data, d, heads, data.len() / (3 * d))
+                }
+                Some(Relaid::Proj) if shape == [d, d] => transpose(&data, d, d),
+                _ => data,
+            };
+            Ok((shape, data))
         })?;
         Ok((model, ctx))
     }
@@ -417,6 +562,51 @@ mod tests {
             assert_eq!((st.cfg, ctx), (cfg, 64));
             assert!(st.params.values == m.params.values);
         }
+        // head-nested: GGUF holds the attention head-major (a head prefix is a row prefix
+        // of attn_qkv and of the transposed output projection); safetensors the PyTorch one
+        let hn = DenseConfig::lm(256, 16, 2, 4, 32)
+            .with_nested_heads(&[1, 2])
+            .unwrap();
+        let m = DenseModel::new(hn, 6).unwrap();
+        let p = dir.join("heads.gguf");
+        m.write_gguf(&p, 64, "heads").unwrap();
+        let file = Model::open(&p).unwrap();
+        assert!(matches!(
+            file.get("modula.attention.layout"),
+            Some(Value::Str("head_major"))
+        ));
+        let (back, _) = DenseModel::read_gguf(&file).unwrap();
+        assert_eq!(back.cfg.nested_head_list(), vec![1, 2, 4]);
+        assert!(back.params.values == m.params.values);
+        assert!(file.tensor("blk.0.attn_output.weight").is_err());
+        let (d, hd) = (16, 4);
+        let qkv = m.params.value(m.ffn_index(1, "attn_qkv.weight").unwrap());
+        let stored = file
+            .tensor("blk.1.attn_qkv.weight")
+            .unwrap()
+            .to_f32_vec()
+            .unwrap();
+        // file row 3·hd·h + part·hd + i = memory row part·d + h·hd + i
+        for (h, part, i) in [(0, 0, 0), (0, 2, 3), (1, 1, 2), (3, 2, 3)] {
+            let (f, mrow) = ((3 * h + part) * hd + i, part * d + h * hd + i);
+            assert_eq!(stored[f * d..(f + 1) * d], qkv[mrow * d..(mrow + 1) * d]);
+        }
+        let proj = m
+            .params
+            .value(m.ffn_index(0, "attn_output.weight").unwrap());
+        let pt = file
+            .tensor("blk.0.attn_output_t.weight")
+            .unwrap()
+            .to_f32_vec()
+            .unwrap();
+        assert_eq!(
+            (pt[3 * d + 5], pt[5 * d + 3]),
+            (proj[5 * d + 3], proj[3 * d + 5])
+        );
+        let sp = dir.join("heads.safetensors");
+        m.write_safetensors(&sp, 64).unwrap();
+        let (st, _) = DenseModel::read_safetensors(&std::fs::read(&sp).unwrap()).unwrap();
+        assert!(st.cfg == hn && st.params.values == m.params.values);
         // bad safetensors input is an error, not a panic
         assert!(DenseModel::read_safetensors(b"not a file").is_err());
         let m = DenseModel::new(lm, 1).unwrap();

@@ -99,6 +99,30 @@ impl<B: AsRef<[u8]>> Model<B> {
                 None => return Err(bad("the file declares no modula.block_count".into())),
             }
         }
+        let head_rows = match spec.heads {
+            None => None,
+            Some(h) => {
+                if !matches!(
+                    self.get("modula.attention.layout"),
+                    Some(Value::Str("head_major"))
+                ) {
+                    return Err(bad(
+                        "nested heads need a head-major file (modula.attention.layout = head_major)"
+                            .into(),
+                    ));
+                }
+                let (d, n) = (
+                    self.get_u32("modula.embedding_length").unwrap_or(0) as usize,
+                    self.get_u32("modula.attention.head_count").unwrap_or(0) as usize,
+                );
+                if n == 0 || d % n != 0 || h == 0 || h > n {
+                    return Err(bad(alloc::format!(
+                        "{h} heads is outside 1..={n} (width {d})"
+                    )));
+                }
+                Some(h * (d / n))
+            }
+        };
         for (what, v) in [
             ("FFN width", spec.ffn),
             ("attention experts", spec.att_experts),
@@ -156,6 +180,10 @@ impl<B: AsRef<[u8]>> Model<B> {
                 spec.att_experts
             } else if name.ends_with("ffn_router.weight") {
                 spec.ffn_experts
+            } else if name.ends_with("attn_qkv.weight") || name.ends_with("attn_qkv.bias") {
+                head_rows.map(|r| 3 * r)
+            } else if name.ends_with("attn_output_t.weight") {
+                head_rows
             } else {
                 None
             };
@@ -372,6 +400,11 @@ pub struct NestedSpec {
     pub att_experts: Option<usize>,
     /// The same for the FFN mixtures (`ffn_expert`, `ffn_router.weight`).
     pub ffn_experts: Option<usize>,
+    /// The first `heads` attention heads of every block, for files that store attention
+    /// head-major (`modula.attention.layout = "head_major"`): the first `3·heads·head_dim`
+    /// rows of `attn_qkv.weight`/`.bias` and the first `heads·head_dim` rows of the
+    /// transposed output projection `attn_output_t.weight`. Refused for other files.
+    pub heads: Option<usize>,
 }
 
 /// A zero-copy view of one nested size of a model ([`Model::submodel`]): every tensor the

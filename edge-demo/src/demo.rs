@@ -557,17 +557,19 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
 
     // 6. pick a size for a budget and show what it writes
     let (size, why) = if let Some(mb) = a.budget_mb {
-        let (size, bytes) = spec.pick_by_memory(&mq, (mb * 1048576.0) as u64, SEQ)?;
+        let ((dp, f, _), bytes) = spec.pick_by_memory(&mq, (mb * 1048576.0) as u64, SEQ)?;
+        let size = (dp, f); // the demo's model does not nest heads
         (
             size,
             format!("memory budget {mb} MiB: needs {:.2} MiB", mib(bytes)),
         )
     } else {
         let ms = a.budget_ms.unwrap_or(full.ms_q / 2.0);
-        let (s, t) = pick_by_latency(&lat_q, |s| s.capacity(a.d), ms)?;
-        let Size::Dense(s) = s else {
+        let (s, t) = pick_by_latency(&lat_q, |s| s.capacity(a.d, a.heads), ms)?;
+        let Size::Dense((dp, f, _)) = s else {
             unreachable!("dense sizes")
         };
+        let s = (dp, f);
         let how = if a.budget_ms.is_some() {
             ""
         } else {

@@ -51,22 +51,39 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
     } else {
         1024
     });
-    let sizes = if a.size == "all" {
+    let sizes: Vec<((usize, usize), Option<usize>)> = if a.size == "all" {
+        let heads = spec.nested_head_list();
         spec.nested_grid()
+            .into_iter()
+            .flat_map(|s| {
+                heads
+                    .iter()
+                    .map(move |&h| (s, (h < spec.heads).then_some(h)))
+            })
+            .collect()
     } else {
-        vec![a
-            .size
-            .split_once('x')
-            .and_then(|(x, y)| Some((x.parse().ok()?, y.parse().ok()?)))
-            .ok_or_else(|| format!("--size {}: use DEPTHxFFN, e.g. 2x128, or all", a.size))?]
+        let parts: Option<Vec<usize>> = a.size.split('x').map(|v| v.parse().ok()).collect();
+        match parts.as_deref() {
+            Some(&[dp, f]) => vec![((dp, f), None)],
+            Some(&[dp, f, h]) => vec![((dp, f), Some(h))],
+            _ => {
+                return Err(format!(
+                    "--size {}: use DEPTHxFFN or DEPTHxFFNxHEADS, e.g. 2x128 or 2x128x2, or all",
+                    a.size
+                ))
+            }
+        }
     };
     // every size is planned and checked before anything is printed
     let mut rows = Vec::with_capacity(sizes.len());
-    for size in sizes {
+    for (size, heads) in sizes {
         let plan = spec.plan(ctx, size).map_err(at)?;
-        let (weights, arena) = spec.submodel_bytes(&m, size, ctx).map_err(at)?;
+        let (weights, arena) = spec
+            .submodel_bytes_heads(&m, size, heads, ctx)
+            .map_err(at)?;
         // the engine honours the plan: build it and compare its buffers
-        let e = DenseEngine::with_capacity(&m, ctx, size).map_err(at)?;
+        let mut e = DenseEngine::with_capacity(&m, ctx, size).map_err(at)?;
+        e.set_heads(heads).map_err(at)?;
         if e.arena_bytes() != plan || arena != plan.total() {
             return Err(format!(
                 "internal: the engine for {}x{} holds {:?}, the plan says {plan:?}",
@@ -75,7 +92,11 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
                 e.arena_bytes()
             ));
         }
-        rows.push((format!("{}x{}", size.0, size.1), weights, plan));
+        let label = match heads {
+            Some(h) => format!("{}x{}x{h}", size.0, size.1),
+            None => format!("{}x{}", size.0, size.1),
+        };
+        rows.push((label, weights, plan));
     }
     print_rows(a, ctx, &rows, "an engine built for that size");
     Ok(())

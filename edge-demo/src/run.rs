@@ -189,11 +189,17 @@ impl<'a> Engine<'a> {
                     format!("--size {sz}: for a ModuleFormer file use N (experts) or ATTxFFN")
                 })
             }
-            Engine::Dense(_) => sz
-                .split_once('x')
-                .and_then(|(x, y)| Some((x.parse().ok()?, y.parse().ok()?)))
-                .map(Size::Dense)
-                .ok_or_else(|| format!("--size {sz}: use DEPTHxFFN, e.g. 2x128")),
+            Engine::Dense(e) => {
+                let parts: Option<Vec<usize>> = sz.split('x').map(|v| v.parse().ok()).collect();
+                let all = e.spec().heads;
+                match parts.as_deref() {
+                    Some(&[dp, f]) => Ok(Size::Dense((dp, f, None))),
+                    Some(&[dp, f, h]) => Ok(Size::Dense((dp, f, (h != all).then_some(h)))),
+                    _ => Err(format!(
+                        "--size {sz}: use DEPTHxFFN or DEPTHxFFNxHEADS, e.g. 2x128 or 2x128x2"
+                    )),
+                }
+            }
         }
     }
 
@@ -225,12 +231,18 @@ impl<'a> Engine<'a> {
     /// The nested sub-models the file declares, smallest first, the full model last.
     pub(crate) fn sizes(&self) -> Vec<Size> {
         match self {
-            Engine::Dense(e) => e
-                .spec()
-                .nested_grid()
-                .into_iter()
-                .map(Size::Dense)
-                .collect(),
+            Engine::Dense(e) => {
+                let spec = e.spec();
+                let heads: Vec<Option<usize>> = spec
+                    .nested_head_list()
+                    .into_iter()
+                    .map(|h| (h != spec.heads).then_some(h))
+                    .collect();
+                spec.nested_grid()
+                    .into_iter()
+                    .flat_map(|(dp, f)| heads.iter().map(move |&h| Size::Dense((dp, f, h))))
+                    .collect()
+            }
             Engine::Mf(e) => e
                 .spec()
                 .nested_expert_list()
@@ -248,18 +260,22 @@ impl<'a> Engine<'a> {
 
     /// [`Size::capacity`] of `size` in this engine's model.
     pub(crate) fn capacity(&self, size: Size) -> f64 {
-        let width = match self {
-            Engine::Dense(e) => e.spec().d,
-            Engine::Mf(e) => e.spec().d,
-            Engine::Sb(e) => e.spec().d,
+        let (width, heads) = match self {
+            Engine::Dense(e) => (e.spec().d, e.spec().heads),
+            Engine::Mf(e) => (e.spec().d, 1),
+            Engine::Sb(e) => (e.spec().d, 1),
         };
-        size.capacity(width)
+        size.capacity(width, heads)
     }
 
     /// The nested size running now.
     pub(crate) fn current_size(&self) -> Size {
         match self {
-            Engine::Dense(e) => Size::Dense(e.submodel()),
+            Engine::Dense(e) => {
+                let (dp, f) = e.submodel();
+                let h = e.heads();
+                Size::Dense((dp, f, (h != e.spec().heads).then_some(h)))
+            }
             Engine::Mf(e) => Size::Mf(e.submodel()),
             Engine::Sb(e) => Size::Sb(e.depth()),
         }
@@ -268,7 +284,10 @@ impl<'a> Engine<'a> {
     /// Switch to a nested sub-model (a new sequence starts).
     pub(crate) fn set_size(&mut self, size: Size) -> Result<(), String> {
         match (self, size) {
-            (Engine::Dense(e), Size::Dense(s)) => e.set_submodel(Some(s)),
+            (Engine::Dense(e), Size::Dense((dp, f, h))) => {
+                e.set_submodel(Some((dp, f)))?;
+                e.set_heads(h)
+            }
             (Engine::Mf(e), Size::Mf(s)) => e.set_submodel(Some(s)),
             (Engine::Sb(e), Size::Sb(s)) => e.set_depth(Some(s)),
             _ => Err("internal: a size of another architecture".into()),
@@ -305,8 +324,8 @@ impl<'a> Engine<'a> {
 /// A nested sub-model of one of the architectures.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Size {
-    /// Dense: (depth, FFN width).
-    Dense((usize, usize)),
+    /// Dense: (depth, FFN width, attention heads — `None`: all).
+    Dense((usize, usize, Option<usize>)),
     /// ModuleFormer: (attention, FFN) experts.
     Mf((usize, usize)),
     /// SeqBoat: depth.
@@ -314,16 +333,17 @@ pub(crate) enum Size {
 }
 
 impl Size {
-    /// How much model a size is, for a model of width `d`: multiply-adds per decoded token
-    /// in its blocks (dense: attention projections and the first `f` FFN units of the
-    /// first `depth` blocks), the expert count for ModuleFormer (top-k keeps the per-token
-    /// compute; more experts to choose from is the larger model), the depth for SeqBoat.
-    /// Orders nested sizes.
-    pub(crate) fn capacity(self, d: usize) -> f64 {
+    /// How much model a size is, for a model of width `d` with `heads` heads: multiply-adds
+    /// per decoded token in its blocks (dense: the attention projections of the first `h`
+    /// heads and the first `f` FFN units of the first `depth` blocks), the expert count for
+    /// ModuleFormer (top-k keeps the per-token compute; more experts to choose from is the
+    /// larger model), the depth for SeqBoat. Orders nested sizes.
+    pub(crate) fn capacity(self, d: usize, heads: usize) -> f64 {
         match self {
-            Size::Dense((depth, f)) => {
-                let d = d as f64;
-                depth as f64 * (4.0 * d * d + 2.0 * d * f as f64)
+            Size::Dense((depth, f, h)) => {
+                let h = h.unwrap_or(heads);
+                let (d, att) = (d as f64, (d * h / heads.max(1)) as f64);
+                depth as f64 * (4.0 * d * att + 2.0 * d * f as f64)
             }
             Size::Mf((a, f)) => (a + f) as f64,
             Size::Sb(depth) => depth as f64,
@@ -333,9 +353,10 @@ impl Size {
     /// The file view's [`NestedSpec`] of this size.
     pub(crate) fn nested_spec(self) -> NestedSpec {
         match self {
-            Size::Dense((depth, ffn)) => NestedSpec {
+            Size::Dense((depth, ffn, heads)) => NestedSpec {
                 depth: Some(depth),
                 ffn: Some(ffn),
+                heads,
                 ..Default::default()
             },
             Size::Mf((att, ffn)) => NestedSpec {
@@ -352,7 +373,8 @@ impl Size {
 
     pub(crate) fn label(self) -> String {
         match self {
-            Size::Dense((d, f)) => format!("{d}x{f}"),
+            Size::Dense((d, f, None)) => format!("{d}x{f}"),
+            Size::Dense((d, f, Some(h))) => format!("{d}x{f}x{h}"),
             Size::Mf((a, f)) => format!("{a}x{f} experts"),
             Size::Sb(d) => format!("depth {d}"),
         }
@@ -547,15 +569,19 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                 }
                 let spec = d.spec();
                 let ctx = d.max_context();
-                let (size, bytes) = spec
+                let ((dp, f, h), bytes) = spec
                     .pick_by_memory(&m, (mb * 1048576.0) as u64, ctx)
                     .map_err(at)?;
                 // an engine planned for that size: its arena is what the budget counted
-                *d = DenseEngine::with_capacity(&m, ctx, size).map_err(at)?;
+                *d = DenseEngine::with_capacity(&m, ctx, (dp, f)).map_err(at)?;
+                d.set_heads(Some(h)).map_err(at)?;
+                let heads = if h < spec.heads {
+                    format!(" x {h} heads")
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "budget {mb} MiB: sub-model depth {} x FFN {} ({:.2} MiB of weights + arena at {ctx} positions)",
-                    size.0,
-                    size.1,
+                    "budget {mb} MiB: sub-model depth {dp} x FFN {f}{heads} ({:.2} MiB of weights + arena at {ctx} positions)",
                     bytes as f64 / 1048576.0
                 );
             }
@@ -566,9 +592,10 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         match (&mut e, size) {
             // one size for the whole run: allocate only that sub-model's arena (not with
             // --input, whose requests may switch to any size)
-            (Engine::Dense(d), Size::Dense(s)) if a.input.is_none() => {
+            (Engine::Dense(d), Size::Dense((dp, f, h))) if a.input.is_none() => {
                 let ctx = d.max_context();
-                *d = DenseEngine::with_capacity(&m, ctx, s).map_err(at)?;
+                *d = DenseEngine::with_capacity(&m, ctx, (dp, f)).map_err(at)?;
+                d.set_heads(h).map_err(at)?;
             }
             (e, size) => e.set_size(size).map_err(at)?,
         }

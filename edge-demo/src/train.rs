@@ -929,7 +929,11 @@ impl CliModel for DenseModel {
         self.write_gguf(p, seq, "modula dense baseline")
     }
     fn size_label(&self) -> &'static str {
-        "depth x FFN width"
+        if self.cfg.heads_nested() {
+            "depth x FFN width x heads"
+        } else {
+            "depth x FFN width"
+        }
     }
 }
 
@@ -1413,9 +1417,11 @@ pub fn eval(a: &EvalArgs) -> Result<(), String> {
             match parts.as_deref() {
                 Some(&[dp, f]) => vec![Some([dp, f, c.heads])],
                 Some(&[dp, f, h]) => vec![Some([dp, f, h])],
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "--size {sz}: use DEPTHxFFN or DEPTHxFFNxHEADS, e.g. 2x128 or 2x128x2, or all"
-                )),
+                ))
+                }
             }
         }
     };

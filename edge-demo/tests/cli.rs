@@ -1600,3 +1600,96 @@ fn m2mkd_phases_run_resume_and_refuse_bad_settings() {
     assert!(!ok && err.contains("meta.gguf"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `--nested-heads`: a dense model trained with nested head counts is written head-major;
+/// `modula eval`, `run`, `plan` and `--budget-mb` take `DEPTHxFFNxHEADS` sizes; files that
+/// do not nest heads and architectures without heads refuse them with a clear message.
+#[test]
+fn nested_heads_train_eval_run_plan_and_budget() {
+    let d = tmpdir("heads");
+    let lm = d.join("h.gguf");
+    let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let out = |r: std::process::Output| {
+        (
+            r.status.success(),
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    };
+    let train = |extra: &[&str], file: &std::path::Path| {
+        out(modula()
+            .args(["train", "--data", readme, "--seq", "16", "--steps", "3"])
+            .args(["--batch", "2", "--d", "32", "--layers", "2", "--heads", "4"])
+            .args(["--ffn", "64", "--eval-every", "3", "--out"])
+            .arg(file)
+            .args(extra)
+            .output()
+            .unwrap())
+    };
+    let (ok, so, err) = train(&["--nested-heads", "1,2", "--nested-ffn", "32"], &lm);
+    assert!(ok, "{err}");
+    assert!(
+        so.contains("heads [1, 2, 4] (6 sub-models)") && so.contains("2x32x1:"),
+        "{so}"
+    );
+    let (ok, so, err) = out(modula()
+        .args([
+            "eval",
+            "--data",
+            readme,
+            "--seq",
+            "16",
+            "--batches",
+            "2",
+            "--model",
+        ])
+        .arg(&lm)
+        .args(["--size", "all"])
+        .output()
+        .unwrap());
+    assert!(ok, "{err}");
+    assert_eq!(so.matches("validation depth").count(), 6, "{so}");
+    assert!(so.contains("FFN 32 x 1 heads"), "{so}");
+    let (ok, so, err) = out(modula()
+        .args(["plan", "--size", "all", "--context", "8", "--model"])
+        .arg(&lm)
+        .output()
+        .unwrap());
+    assert!(ok, "{err}");
+    assert!(so.contains("2x32x1") && so.contains("2x64x2"), "{so}");
+    let run = |extra: &[&str]| {
+        out(modula()
+            .args(["run", "--prompt", "ab", "--tokens", "3", "--model"])
+            .arg(&lm)
+            .args(extra)
+            .output()
+            .unwrap())
+    };
+    let (ok, _, err) = run(&["--size", "2x64x1"]);
+    assert!(ok, "{err}");
+    // the smallest budget that fits some sub-model picks one with fewer heads
+    let (ok, _, err) = run(&["--budget-mb", "0.0001"]);
+    assert!(!ok && err.contains("impossible budget"), "{err}");
+    let (ok, _, err) = run(&["--size", "2x64x5"]);
+    assert!(
+        !ok && err.contains("outside") && !err.contains("panicked"),
+        "{err}"
+    );
+    // a plain file runs all heads only; bad counts and architectures are refused
+    let plain = d.join("p.gguf");
+    let (ok, _, err) = train(&["--quiet"], &plain);
+    assert!(ok, "{err}");
+    let (ok, _, err) = out(modula()
+        .args([
+            "run", "--prompt", "ab", "--tokens", "2", "--size", "2x64x2", "--model",
+        ])
+        .arg(&plain)
+        .output()
+        .unwrap());
+    assert!(!ok && err.contains("does not nest heads"), "{err}");
+    let (ok, _, err) = train(&["--nested-heads", "5"], &plain);
+    assert!(!ok && err.contains("nested head count 5"), "{err}");
+    let (ok, _, err) = train(&["--arch", "moduleformer", "--nested-heads", "1"], &plain);
+    assert!(!ok && err.contains("--nested-experts"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

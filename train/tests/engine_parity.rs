@@ -97,10 +97,10 @@ fn engine_matches_the_trainer_forward() {
     };
     assert!(need((1, 32)) < need((1, 64)) && need((2, 32)) < need((2, 64)));
     let (got, bytes) = spec.pick_by_memory(&nfile, need((2, 32)), 16).unwrap();
-    assert_eq!((got, bytes), ((2, 32), need((2, 32))));
+    assert_eq!((got, bytes), ((2, 32, 4), need((2, 32))));
     assert_eq!(
         spec.pick_by_memory(&nfile, u64::MAX, 16).unwrap().0,
-        (2, 64)
+        (2, 64, 4)
     );
     let err = spec
         .pick_by_memory(&nfile, need((1, 32)) - 1, 16)
@@ -322,5 +322,112 @@ fn moduleformer_engine_matches_the_trainer_forward() {
         for f in [p, pq] {
             std::fs::remove_file(f).unwrap();
         }
+    }
+}
+
+/// Nested attention heads (SortedNet): a head-nested model's file stores the attention
+/// head-major; the engine runs the first `h` heads from prefixes of `attn_qkv` and of the
+/// transposed output projection, matching the trainer's `nested_heads` forward (f32 and
+/// Q8_0, combined with depth and FFN nesting, switched on one engine); the sub-model view
+/// reads exactly those prefixes; plain files refuse fewer heads.
+#[test]
+fn nested_heads_run_from_head_major_prefixes() {
+    let cfg = DenseConfig::lm(40, 64, 2, 4, 64)
+        .with_nested(&[1], &[32])
+        .unwrap()
+        .with_nested_heads(&[1, 2])
+        .unwrap();
+    let m = perturbed(cfg, 4);
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 11 % 40) as u32).collect();
+    let p = file(&m, "heads");
+    let f32_file = Model::open(&p).unwrap();
+    let spec = modula_core::engine::DenseSpec::from_model(&f32_file).unwrap();
+    assert!(spec.head_major && spec.nested_head_list() == vec![1, 2, 4]);
+    let q8 = {
+        let (w, _) = quantize_model(&f32_file, DType::Q8_0).unwrap();
+        let q = p.with_extension("q8.gguf");
+        w.write_to(&q).unwrap();
+        q
+    };
+    let q8_file = Model::open(&q8).unwrap();
+    for (model, tol) in [(&f32_file, 1e-5f32), (&q8_file, 2e-2)] {
+        let mut e = DenseEngine::new(model, 16).unwrap();
+        for (size, h) in [
+            ((2, 64), 1),
+            ((2, 64), 2),
+            ((1, 32), 2),
+            ((2, 32), 4),
+            ((2, 64), 4),
+        ] {
+            let mut mm = m.clone();
+            mm.nested = Some(size);
+            mm.nested_heads = Some(h);
+            let (_, acts, _) = mm
+                .forward(Input::Tokens(&tokens), &tokens, 1, tokens.len())
+                .unwrap();
+            let want = acts.logits();
+            let scale = want.iter().fold(0f32, |a, b| a.max(b.abs()));
+            e.set_submodel(Some(size)).unwrap();
+            e.set_heads(Some(h)).unwrap();
+            assert_eq!((e.submodel(), e.heads()), (size, h));
+            let mut worst = 0f32;
+            for (i, &tok) in tokens.iter().enumerate() {
+                let got = e.step(tok).unwrap();
+                for (g, w) in got.iter().zip(&want[i * 40..(i + 1) * 40]) {
+                    worst = worst.max((g - w).abs() / scale);
+                }
+            }
+            assert!(worst <= tol, "{size:?} x {h} heads: {worst}");
+        }
+        assert!(e.set_heads(Some(0)).is_err() && e.set_heads(Some(5)).is_err());
+    }
+    // the view of 1 head reads 3·16 rows of attn_qkv and 16 rows of attn_output_t
+    let view = f32_file
+        .submodel(modula_core::NestedSpec {
+            heads: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+    let rows = |name: &str| view.tensor(name).unwrap().shape()[0];
+    assert_eq!(rows("blk.0.attn_qkv.weight"), 48);
+    assert_eq!(rows("blk.1.attn_output_t.weight"), 16);
+    assert_eq!(view.tensor("blk.1.attn_qkv.bias").unwrap().shape(), &[48]);
+    let full = f32_file.submodel(Default::default()).unwrap();
+    let saved = full.weight_bytes() - view.weight_bytes();
+    assert_eq!(saved, 2 * 4 * (3 * 48 * 64 + 3 * 48 + 48 * 64));
+    // a memory budget chooses among head counts too
+    let need = |s, h| {
+        let (w, a) = spec
+            .submodel_bytes_heads(&f32_file, s, Some(h), 16)
+            .unwrap();
+        w + a
+    };
+    assert!(need((2, 64), 1) < need((2, 64), 2) && need((2, 64), 2) < need((2, 64), 4));
+    let (got, bytes) = spec
+        .pick_by_memory(&f32_file, need((2, 64), 2), 16)
+        .unwrap();
+    assert_eq!((got, bytes), ((2, 64, 2), need((2, 64), 2)));
+    let (got, _) = spec
+        .pick_by_memory(&f32_file, need((1, 32), 1), 16)
+        .unwrap();
+    assert_eq!(got, (1, 32, 1));
+    // a plain file: all heads only
+    let plain = DenseModel::new(DenseConfig::lm(40, 64, 2, 4, 64), 4).unwrap();
+    let pp = file(&plain, "plainheads");
+    let pf = Model::open(&pp).unwrap();
+    let mut e = DenseEngine::new(&pf, 16).unwrap();
+    let err = e.set_heads(Some(2)).unwrap_err();
+    assert!(err.contains("does not nest heads"), "{err}");
+    assert!(e.set_heads(None).is_ok());
+    let err = pf
+        .submodel(modula_core::NestedSpec {
+            heads: Some(2),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head-major"), "{err}");
+    for f in [p, q8, pp] {
+        std::fs::remove_file(f).unwrap();
     }
 }

@@ -55,6 +55,12 @@ pub struct DenseSpec {
     pub nested_depths: u64,
     /// SortedNet: nested FFN widths declared by the file, ascending (0-padded).
     pub nested_ffn: [u32; 8],
+    /// SortedNet: nested head counts (bit `h − 1` = the first `h` heads; 0 = none declared).
+    pub nested_heads: u64,
+    /// The file stores attention head-major (`modula.attention.layout = "head_major"`):
+    /// `attn_qkv` rows per head (q, k, v), the output projection transposed
+    /// (`attn_output_t`), so a head prefix is a row prefix. Needed to run fewer heads.
+    pub head_major: bool,
 }
 
 #[derive(Debug)]
@@ -108,6 +114,8 @@ pub struct DenseEngine<'a> {
     len: usize,
     /// The nested sub-model in use: (depth, FFN width).
     active: (usize, usize),
+    /// Attention heads in use (all, or a prefix in head-major files).
+    heads: usize,
     /// The largest sub-model this engine was built for.
     cap: (usize, usize),
     x: Vec<f32>,
@@ -213,6 +221,16 @@ impl DenseSpec {
             emoe_top_k: 0,
             nested_depths: 0,
             nested_ffn: [0; 8],
+            nested_heads: 0,
+            head_major: match m.get("modula.attention.layout") {
+                None | Some(Value::Str("qkv")) => false,
+                Some(Value::Str("head_major")) => true,
+                Some(other) => {
+                    return Err(format!(
+                        "modula.attention.layout = {other:?} is not \"qkv\" or \"head_major\""
+                    ))
+                }
+            },
         };
         if spec.heads == 0 || spec.d % spec.heads != 0 || spec.vocab == 0 || spec.layers > 64 {
             return Err(format!(
@@ -267,6 +285,23 @@ impl DenseSpec {
                     }
                     other => return Err(format!("modula.nested.ffn_widths: bad entry {other:?}")),
                 }
+            }
+        }
+        if let Some(Value::Array(a)) = m.get("modula.nested.head_counts") {
+            for v in a.iter() {
+                match v {
+                    Value::U32(h) if h >= 1 && (h as usize) <= spec.heads && h <= 64 => {
+                        if (h as usize) < spec.heads {
+                            spec.nested_heads |= 1 << (h - 1);
+                        }
+                    }
+                    other => return Err(format!("modula.nested.head_counts: bad entry {other:?}")),
+                }
+            }
+            if spec.nested_heads != 0 && !spec.head_major {
+                return Err(
+                    "modula.nested.head_counts needs modula.attention.layout = head_major".into(),
+                );
             }
         }
         Ok(spec)
@@ -325,14 +360,29 @@ impl DenseSpec {
         size: (usize, usize),
         ctx: usize,
     ) -> Result<(u64, u64), String> {
+        self.submodel_bytes_heads(m, size, None, ctx)
+    }
+
+    /// [`DenseSpec::submodel_bytes`] running only the first `heads` attention heads
+    /// (`None`: all; fewer need a head-major file): their rows of `attn_qkv` and of the
+    /// transposed output projection. The arena does not depend on the head count.
+    pub fn submodel_bytes_heads<B: AsRef<[u8]>>(
+        &self,
+        m: &Model<B>,
+        size: (usize, usize),
+        heads: Option<usize>,
+        ctx: usize,
+    ) -> Result<(u64, u64), String> {
         let (depth, f) = size;
         if depth == 0 || depth > self.layers || f == 0 || f > self.ffn {
             return Err(format!("sub-model {depth}x{f} is outside the model"));
         }
+        let heads = heads.filter(|&h| h != self.heads);
         let weights = m
             .submodel(crate::model::NestedSpec {
                 depth: Some(depth),
                 ffn: Some(f),
+                heads,
                 ..Default::default()
             })
             .map_err(|e| e.to_string())?
@@ -342,20 +392,24 @@ impl DenseSpec {
 
     /// The largest declared nested sub-model (by the weight bytes it reads; the full model
     /// when none are declared) whose weights plus arena fit `budget` bytes at `ctx`
-    /// positions; an impossible budget (below the smallest) is an error naming the sizes.
+    /// positions, as `((depth, FFN width, heads), bytes)`; an impossible budget (below the
+    /// smallest) is an error naming the sizes.
     pub fn pick_by_memory<B: AsRef<[u8]>>(
         &self,
         m: &Model<B>,
         budget: u64,
         ctx: usize,
-    ) -> Result<((usize, usize), u64), String> {
-        let mut best: Option<((usize, usize), u64)> = None;
+    ) -> Result<((usize, usize, usize), u64), String> {
+        let mut best: Option<((usize, usize, usize), u64)> = None;
         let mut smallest = u64::MAX;
+        let heads = self.nested_head_list();
         for size in self.nested_grid() {
-            let (w, a) = self.submodel_bytes(m, size, ctx)?;
-            smallest = smallest.min(w + a);
-            if w + a <= budget && best.is_none_or(|(_, b)| w + a > b) {
-                best = Some((size, w + a));
+            for &h in &heads {
+                let (w, a) = self.submodel_bytes_heads(m, size, Some(h), ctx)?;
+                smallest = smallest.min(w + a);
+                if w + a <= budget && best.is_none_or(|(_, b)| w + a > b) {
+                    best = Some(((size.0, size.1, h), w + a));
+                }
             }
         }
         best.ok_or_else(|| {
@@ -365,6 +419,15 @@ impl DenseSpec {
                 smallest as f64 / 1048576.0
             )
         })
+    }
+
+    /// The head counts the file declares, ascending, ending with all heads.
+    pub fn nested_head_list(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (1..self.heads.min(65))
+            .filter(|&h| self.nested_heads >> (h - 1) & 1 == 1)
+            .collect();
+        v.push(self.heads);
+        v
     }
 
     /// Every nested sub-model `(depth, ffn)` the file declares, smallest first, the full
@@ -443,7 +506,12 @@ impl<'a> DenseEngine<'a> {
                 ),
                 qkv: matrix(m, &n("attn_qkv.weight"), 3 * d, d)?,
                 qkv_b: vector(m, &n("attn_qkv.bias"), 3 * d)?,
-                proj: matrix(m, &n("attn_output.weight"), d, d)?,
+                // head-major files: [d_in, d_out], so the first h heads are a row prefix
+                proj: if s.head_major {
+                    matrix(m, &n("attn_output_t.weight"), d, d)?
+                } else {
+                    matrix(m, &n("attn_output.weight"), d, d)?
+                },
                 proj_b: vector(m, &n("attn_output.bias"), d)?,
                 ln2: (
                     vector(m, &n("ffn_norm.weight"), d)?,
@@ -477,6 +545,7 @@ impl<'a> DenseEngine<'a> {
                 .collect(),
             len: 0,
             active: cap,
+            heads: s.heads,
             cap,
             x: vec![0.0; d],
             h: vec![0.0; d],
@@ -540,6 +609,32 @@ impl<'a> DenseEngine<'a> {
         Ok(())
     }
 
+    /// Run the first `heads` attention heads of every block from the next request on
+    /// (`None`: all heads) — prefixes of `attn_qkv` and of the transposed output projection
+    /// in a head-major file, so nothing is loaded, copied or allocated. Combines with
+    /// [`DenseEngine::set_submodel`]. Starts a new sequence.
+    pub fn set_heads(&mut self, heads: Option<usize>) -> Result<(), String> {
+        let s = self.spec;
+        let h = heads.unwrap_or(s.heads);
+        if h == 0 || h > s.heads {
+            return Err(format!("{h} heads is outside 1..={}", s.heads));
+        }
+        if h < s.heads && !s.head_major {
+            return Err(format!(
+                "this file does not nest heads (its attention is not stored head-major); it runs all {} heads",
+                s.heads
+            ));
+        }
+        self.heads = h;
+        self.reset();
+        Ok(())
+    }
+
+    /// Attention heads in use.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
     /// The sub-model in use: (depth, FFN width).
     pub fn submodel(&self) -> (usize, usize) {
         self.active
@@ -592,10 +687,27 @@ impl<'a> DenseEngine<'a> {
         let (depth, f) = self.active;
         for (l, b) in self.blocks[..depth].iter().enumerate() {
             layer_norm(&self.x, Some(b.ln1.0), Some(b.ln1.1), EPS, &mut self.h).map_err(ke)?;
-            linear(&self.h, d, 1, &b.qkv, Some(b.qkv_b), &mut self.qkv, 3 * d).map_err(ke)?;
-            for hh in 0..s.heads {
+            let nh = self.heads;
+            if s.head_major {
+                // head-major: the first nh heads' q, k, v are the first 3·nh·hd rows
+                let rows = 3 * nh * hd;
+                let w = if nh < s.heads {
+                    b.qkv.prefix(rows, d).map_err(ke)?
+                } else {
+                    b.qkv
+                };
+                let out = &mut self.qkv[..rows];
+                linear(&self.h, d, 1, &w, Some(&b.qkv_b[..rows]), out, rows).map_err(ke)?;
+            } else {
+                linear(&self.h, d, 1, &b.qkv, Some(b.qkv_b), &mut self.qkv, 3 * d).map_err(ke)?;
+            }
+            for hh in 0..nh {
                 let c = &mut self.caches[l * s.heads + hh];
-                let (q0, k0, v0) = (hh * hd, d + hh * hd, 2 * d + hh * hd);
+                let (q0, k0, v0) = if s.head_major {
+                    (3 * hh * hd, (3 * hh + 1) * hd, (3 * hh + 2) * hd)
+                } else {
+                    (hh * hd, d + hh * hd, 2 * d + hh * hd)
+                };
                 c.append(&self.qkv[k0..k0 + hd], &self.qkv[v0..v0 + hd])
                     .map_err(ke)?;
                 let n = c.len();
@@ -612,9 +724,23 @@ impl<'a> DenseEngine<'a> {
                 )
                 .map_err(ke)?;
             }
-            linear(&self.att, d, 1, &b.proj, Some(b.proj_b), &mut self.tmp, d).map_err(ke)?;
-            for (a, v) in self.x.iter_mut().zip(&self.tmp) {
-                *a += v;
+            if s.head_major {
+                // transposed projection: the first nh·hd rows meet the heads that ran
+                let k = nh * hd;
+                let w = if nh < s.heads {
+                    b.proj.prefix(k, d).map_err(ke)?
+                } else {
+                    b.proj
+                };
+                matmul_rows(&self.att[..k], k, 1, &w, &mut self.tmp, d, false).map_err(ke)?;
+                for ((a, v), bb) in self.x.iter_mut().zip(&self.tmp).zip(b.proj_b) {
+                    *a += v + bb;
+                }
+            } else {
+                linear(&self.att, d, 1, &b.proj, Some(b.proj_b), &mut self.tmp, d).map_err(ke)?;
+                for (a, v) in self.x.iter_mut().zip(&self.tmp) {
+                    *a += v;
+                }
             }
             layer_norm(&self.x, Some(b.ln2.0), Some(b.ln2.1), EPS, &mut self.h).map_err(ke)?;
             if b.gates.is_empty() {

@@ -5,7 +5,8 @@
 # micro-batch), (2) a plain model whose head sub-models are naive truncations (the first H
 # heads of every block of a normally trained model). 400 steps of 16 x 64 bytes each.
 # Prints validation loss (nats/byte, KJV held-out tail, 32 batches) per arm and size, and
-# the decode speed of each head count of the sorted file (median of 3, 1 thread).
+# the decode speed of each head count of the sorted file (5 runs, 1 thread) and the bytes
+# of weights each reads (`modula plan`).
 # Usage: bash scripts/experiments/sortednet_heads.sh   (needs data/kjv.txt)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,10 +26,12 @@ for s in $sizes; do
   echo "sorted $s $(ev "$w/sorted.gguf" "$s")"
   echo "plain $s $(ev "$w/plain.gguf" "$s")"
 done
-for s in $sizes; do
-  tps=$(for r in 1 2 3; do $m run --model "$w/sorted.gguf" --size "$s" --prompt "In the beginning" \
-    --tokens 256 --temperature 0 --threads 1 --quiet 2>&1 >/dev/null \
-    | sed -E 's/.*decode 256 tokens: ([0-9.]+) tokens.*/\1/'; done | sort -n | sed -n 2p)
-  echo "decode $s $tps tokens/s"
-done
+# decode speed: 5 rounds interleaved over the sizes (a change in load hits all alike)
+for r in 1 2 3 4 5; do
+  for s in $sizes; do
+    echo "$s $($m run --model "$w/sorted.gguf" --size "$s" --prompt "In the beginning" --tokens 256 \
+      --temperature 0 --threads 1 --quiet 2>&1 >/dev/null | sed -E 's/.*decode 256 tokens: ([0-9.]+) tokens.*/\1/')"
+  done
+done | sort | awk '{a[$1]=a[$1]" "$2} END {for (k in a) print "decode tokens/s", k, a[k]}'
+$m plan --model "$w/sorted.gguf" --size all --context 256
 echo "work dir: $w"

@@ -156,19 +156,28 @@ pub fn mf_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfConfig, usize),
     };
     // refuse absurd sizes before allocating: the parameters the header describes cannot
     // outnumber what the file can hold (at most ~1.8 weights per byte, Q4_0)
+    // (a lower bound of the parameter count: the expert matrices and the two routers'
+    // weights — an MLP router `[g, d]` + `[E, g]`, a linear one `[E, d]`)
     let c = &cfg;
-    let router = c
-        .att_experts
-        .checked_add(c.ffn_experts)
-        .and_then(|e| e.checked_add(2 * c.d + 2))
-        .and_then(|e| e.checked_mul(c.router_hidden.max(1)));
+    let experts = c.att_experts.checked_add(c.ffn_experts);
+    let router = if c.router_hidden > 0 {
+        experts
+            .and_then(|e| e.checked_add(c.d.checked_mul(2)?))
+            .and_then(|e| e.checked_mul(c.router_hidden))
+    } else {
+        experts.and_then(|e| e.checked_mul(c.d))
+    };
     let per_layer = [
-        c.att_experts.checked_mul(c.att_hidden.saturating_mul(2)),
-        c.ffn_experts.checked_mul(c.ffn_hidden.saturating_mul(2)),
+        c.att_experts
+            .checked_mul(c.att_hidden.saturating_mul(2))
+            .and_then(|x| x.checked_mul(c.d)),
+        c.ffn_experts
+            .checked_mul(c.ffn_hidden.saturating_mul(2))
+            .and_then(|x| x.checked_mul(c.d)),
         router,
     ]
     .into_iter()
-    .try_fold(0usize, |a, x| a.checked_add(x?.checked_mul(c.d)?));
+    .try_fold(0usize, |a, x| a.checked_add(x?));
     let total = per_layer
         .and_then(|p| p.checked_mul(c.layers))
         .and_then(|p| p.checked_add(c.vocab.checked_mul(c.d)?.checked_mul(2)?))
@@ -505,6 +514,9 @@ mod tests {
                 renormalize: true,
                 ..MfConfig::lm(11, 8, 1, 4, 6)
             },
+            // few experts, a wide MLP router: the size check once over-counted the
+            // router by a factor of d and refused this file
+            MfConfig::lm(256, 128, 4, 2, 128),
         ] {
             let m = MfModel::new(cfg, 5).unwrap();
             let bytes = m.writer(32, "t").unwrap().to_bytes().unwrap();
@@ -514,10 +526,10 @@ mod tests {
             assert_eq!(back.cfg, MfConfig { aux_mi: 0.0, ..cfg });
             assert_eq!(back.cfg.nested_expert_list(), cfg.nested_expert_list());
             assert_eq!(back.params.values, m.params.values);
-            let g = f.group_of("blk.1.ffn_up.2.weight");
+            let g = f.group_of("blk.1.ffn_up.1.weight");
             if cfg.layers > 1 {
                 let g = g.unwrap();
-                assert_eq!(g.name(), "blk.1.ffn_expert.2");
+                assert_eq!(g.name(), "blk.1.ffn_expert.1");
                 assert_eq!(g.range().start % f.page_size(), 0);
             }
         }

@@ -120,12 +120,13 @@ fn gemv(c: &mut Criterion) {
         }
         g.finish();
     }
-    // The Q4_0 x Q8_0 row kernel: signed nibbles (sign trick) against unsigned nibbles with
-    // the activation's block sums precomputed (what the skinny path now runs), one
-    // activation row against all 4096 rows, one thread.
+    // The Q4_0 x Q8_0 row kernel: one block at a time (signed nibbles, sign trick) against
+    // groups of 4 blocks reduced with hadd (unsigned nibbles, the activation's sums and
+    // scales per group precomputed: what the skinny path runs), one activation row against
+    // all 4096 rows, one thread.
     #[cfg(target_arch = "x86_64")]
     if modula_core::kernels::isa::Isa::Avx2.is_supported() {
-        use modula_quant::kernels::{avx2, q8_sums, Q8Sums};
+        use modula_quant::kernels::{avx2, q8_quads, Q8Quad};
         let nb = k / 32;
         let mut xq = vec![
             BlockQ8_0 {
@@ -146,13 +147,13 @@ fn gemv(c: &mut Criterion) {
                 }
             })
         });
-        g.bench_function("unsigned_with_sums", |bch| {
+        g.bench_function("grouped_by_4", |bch| {
             bch.iter(|| {
-                let mut sums = vec![Q8Sums::default(); nb];
-                q8_sums(black_box(&xq), &mut sums);
+                let mut quads = vec![Q8Quad::default(); nb / 4];
+                q8_quads(black_box(&xq), &mut quads);
                 for (j, row) in q4.chunks_exact(nb).enumerate() {
                     // SAFETY: as above.
-                    y[j] = unsafe { avx2::dot_q4_0_q8_0_sums(row, &xq, &sums) };
+                    y[j] = unsafe { avx2::dot_q4_0_q8_0_quads(row, &xq, &quads) };
                 }
             })
         });

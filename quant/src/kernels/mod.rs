@@ -92,31 +92,31 @@ pub fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     acc
 }
 
-/// What the Q4_0 × Q8_0 kernels reuse across the weight rows of one product, computed once
-/// per activation block: the block's scale as f32, and `8 ×` the sum of each group of 4
-/// consecutive values. With them a kernel multiplies the *unsigned* nibbles `u` directly,
-/// `Σ (u − 8)·x = Σ u·x − 8·Σ x`, instead of first making them signed; the groups of 4
-/// are the i32 lanes of the AVX2 integer dot (`maddubs` + `madd`), so each lane's integer
-/// is exactly the one the signed form gives, and so is the result.
+/// What the grouped Q4_0 × Q8_0 kernel ([`avx2::dot_q4_0_q8_0_quads`]) reuses across the
+/// weight rows of one product, per group of 4 consecutive activation blocks `a, b, c, d`:
+/// `8 ×` the sum of each block's first and second 16 values, laid out as the kernel's
+/// reduced lanes `[a₀, b₀, c₀, d₀, a₁, b₁, c₁, d₁]`, and the 4 block scales as f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-#[repr(C)]
-pub struct Q8Sums {
-    /// `8 × Σ x[4j..4j+4]` for lanes `j = 0..8`.
+#[repr(C, align(32))]
+pub struct Q8Quad {
+    /// `8 × Σ x[0..16]` of blocks a..d, then `8 × Σ x[16..32]` of blocks a..d.
     pub corr: [i32; 8],
-    /// The block's scale `d` as f32.
-    pub scale: f32,
+    /// The 4 blocks' scales `d` as f32.
+    pub scale: [f32; 4],
 }
 
-/// [`Q8Sums`] of each block of `x` into `out` (`out.len() == x.len()`).
-pub fn q8_sums(x: &[BlockQ8_0], out: &mut [Q8Sums]) {
-    for (b, o) in x.iter().zip(out.iter_mut()) {
-        for (j, c) in o.corr.iter_mut().enumerate() {
-            *c = 8 * b.qs[4 * j..4 * j + 4]
-                .iter()
-                .map(|&v| i32::from(v))
-                .sum::<i32>();
+/// [`Q8Quad`]s of `x`, one per whole group of 4 blocks (`out.len() == x.len() / 4`; the
+/// last `x.len() % 4` blocks have none).
+pub fn q8_quads(x: &[BlockQ8_0], out: &mut [Q8Quad]) {
+    for (g, o) in x.chunks_exact(4).zip(out.iter_mut()) {
+        for (k, b) in g.iter().enumerate() {
+            let half = |r: core::ops::Range<usize>| -> i32 {
+                8 * b.qs[r].iter().map(|&v| i32::from(v)).sum::<i32>()
+            };
+            o.corr[k] = half(0..16);
+            o.corr[4 + k] = half(16..32);
+            o.scale[k] = b.d.to_f32();
         }
-        o.scale = b.d.to_f32();
     }
 }
 
@@ -358,69 +358,68 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn activation_sums_are_their_definition() {
-        for seed in 0..50u64 {
-            let x = q8(&rand(seed, 32 * (seed % 7) as usize));
-            let mut s = vec![Q8Sums::default(); x.len()];
-            q8_sums(&x, &mut s);
-            for (b, q) in x.iter().zip(&s) {
-                assert_eq!(q.scale, b.d.to_f32());
-                for j in 0..8 {
-                    let want: i32 = (4 * j..4 * j + 4).map(|i| 8 * i32::from(b.qs[i])).sum();
-                    assert_eq!(q.corr[j], want);
-                }
-            }
-        }
-    }
-
-    /// The unsigned-nibble Q4_0 kernels with precomputed activation sums give exactly the
-    /// signed kernels' results (one row and four rows), on ragged block counts and on
-    /// extreme values (nibbles 0 and 15, activations ±127).
+    /// The grouped Q4_0 kernel ([`avx2::dot_q4_0_q8_0_quads`]) against the scalar
+    /// reference on ragged block counts (tails of 0–3 blocks) and saturated values; its
+    /// 4-row form gives every row the same bits; its activation quads are their definition.
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     #[test]
-    fn q4_kernels_with_activation_sums_equal_the_signed_kernels_bit_for_bit() {
+    fn grouped_q4_kernel_matches_the_scalar_reference() {
         if !has_avx2() {
             return;
         }
-        for seed in 0..300u64 {
-            let blocks = (seed % 23) as usize;
+        for seed in 0..400u64 {
+            let blocks = (seed % 27) as usize;
             let n = 32 * blocks;
-            let mut xs = rand(seed ^ 0x5a5a, n);
-            let mut rows: Vec<Vec<f32>> = (0..4).map(|r| rand(seed * 4 + r, n)).collect();
+            let mut xs = rand(seed ^ 0x3c3c, n);
+            let mut ws = rand(seed * 7 + 1, n);
             if seed % 5 == 0 {
-                // saturate: every weight at ±max of its block, activations at ±127
                 xs.iter_mut().for_each(|v| *v = v.signum());
-                rows.iter_mut()
-                    .for_each(|r| r.iter_mut().for_each(|v| *v = -v.signum()));
+                ws.iter_mut().for_each(|v| *v = -v.signum());
             }
-            let x = q8(&xs);
-            let mut sums = vec![Q8Sums::default(); x.len()];
-            q8_sums(&x, &mut sums);
-            let r4: Vec<Vec<BlockQ4_0>> = rows.iter().map(|r| q4(r)).collect();
+            let (x, w) = (q8(&xs), q4(&ws));
+            let mut quads = vec![Q8Quad::default(); x.len() / 4];
+            q8_quads(&x, &mut quads);
+            for (g, q) in quads.iter().enumerate() {
+                for k in 0..4 {
+                    let b = &x[4 * g + k];
+                    let sum = |r: core::ops::Range<usize>| -> i32 {
+                        r.map(|i| 8 * i32::from(b.qs[i])).sum()
+                    };
+                    assert_eq!((q.corr[k], q.corr[4 + k]), (sum(0..16), sum(16..32)));
+                    assert_eq!(q.scale[k], b.d.to_f32());
+                }
+            }
             // SAFETY: the features were detected above; equal block counts.
-            let g =
-                unsafe { avx2::dot4_q4_0_q8_0_sums([&r4[0], &r4[1], &r4[2], &r4[3]], &x, &sums) };
-            for r in 0..4 {
+            let got = unsafe { avx2::dot_q4_0_q8_0_quads(&w, &x, &quads) };
+            let want = dot_q4_0_q8_0(&w, &x);
+            // the 4-row kernel gives each row the 1-row kernel's bits
+            let rows: Vec<Vec<BlockQ4_0>> = (0..4u64)
+                .map(|r| {
+                    if r == 2 {
+                        w.clone()
+                    } else {
+                        q4(&rand(seed * 11 + r, n))
+                    }
+                })
+                .collect();
+            // SAFETY: as above.
+            let four = unsafe {
+                avx2::dot4_q4_0_q8_0_quads([&rows[0], &rows[1], &rows[2], &rows[3]], &x, &quads)
+            };
+            for (r, row) in rows.iter().enumerate() {
                 // SAFETY: as above.
-                let (one, signed) = unsafe {
-                    (
-                        avx2::dot_q4_0_q8_0_sums(&r4[r], &x, &sums),
-                        avx2::dot_q4_0_q8_0(&r4[r], &x),
-                    )
-                };
-                assert_eq!(one.to_bits(), signed.to_bits(), "seed {seed} row {r}");
-                assert_eq!(
-                    g[r].to_bits(),
-                    signed.to_bits(),
-                    "4-row seed {seed} row {r}"
-                );
-                let s = dot_q4_0_q8_0(&r4[r], &x);
-                assert!(
-                    (one - s).abs() <= 1e-4 * (1.0 + s.abs()),
-                    "seed {seed}: {one} vs {s}"
-                );
+                let one = unsafe { avx2::dot_q4_0_q8_0_quads(row, &x, &quads) };
+                assert_eq!(four[r].to_bits(), one.to_bits(), "seed {seed} row {r}");
             }
+            let scale: f32 = w
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| (a.d.to_f32() * b.d.to_f32()).abs() * 32.0 * 8.0 * 127.0)
+                .sum();
+            assert!(
+                (got - want).abs() <= 1e-6 * (1.0 + scale),
+                "seed {seed} ({blocks} blocks): {got} vs {want}"
+            );
         }
     }
 

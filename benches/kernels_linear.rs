@@ -120,6 +120,35 @@ fn gemv(c: &mut Criterion) {
         }
         g.finish();
     }
+    // Q4_0 decode over a matrix larger than the L3 (16384 x 4096: 36 MiB of blocks against
+    // a 32 MiB L3), so it streams from memory: its bytes per second against the
+    // `membw_64MiB` read baselines give the fraction of the bandwidth bound.
+    {
+        let (nb_rows, k) = (16384, 4096);
+        let mut big = vec![
+            BlockQ4_0 {
+                d: f16::ZERO,
+                qs: [0; 16]
+            };
+            nb_rows * k / 32
+        ];
+        for (r, rows) in big.chunks_mut(k / 32 * 1024).enumerate() {
+            quantize_row_q4_0(&data(1024 * k, 40 + r as u32), rows).unwrap();
+        }
+        let w = MatRef::new(WeightData::Q4_0(&big), nb_rows, k, k).unwrap();
+        let mut yb = vec![0f32; nb_rows];
+        let mut g = c.benchmark_group("gemv_16384x4096_q4_0");
+        g.throughput(Throughput::Bytes((nb_rows * k / 32 * 18) as u64));
+        g.sample_size(15).measurement_time(Duration::from_secs(4));
+        for isa in available() {
+            g.bench_function(BenchmarkId::new("m1", isa.name()), |bch| {
+                bch.iter(|| {
+                    linear_with(isa, black_box(&x), k, 1, &w, None, &mut yb, nb_rows).unwrap()
+                })
+            });
+        }
+        g.finish();
+    }
     // The Q4_0 x Q8_0 row kernel: one block at a time (signed nibbles, sign trick) against
     // groups of 4 blocks reduced with hadd (unsigned nibbles, the activation's sums and
     // scales per group precomputed: what the skinny path runs), one activation row against

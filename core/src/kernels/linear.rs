@@ -476,6 +476,11 @@ fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], quads: Option<&[Q8Quad]>)
             qk::avx2::dot_q4_0_q8_0_quads(b, xq, quads.unwrap_or(&[]))
         },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, QRow::Q8(b)) if quads.is_some() => unsafe {
+            qk::avx2::dot_q8_0_q8_0_quads(b, xq, quads.unwrap_or(&[]))
+        },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); equal block counts.
         (Isa::Avx2, QRow::Q8(b)) => unsafe { qk::avx2::dot_q8_0_q8_0(b, xq) },
         #[cfg(target_arch = "x86_64")]
@@ -555,6 +560,11 @@ fn qdot4_q8(
             Some(unsafe { qk::avx2::dot4_q4_0_q8_0_quads([a, b, c, d], xq, quads.unwrap_or(&[])) })
         }
         #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)]) if quads.is_some() => {
+            // SAFETY: as below; one quad per whole group of 4 activation blocks.
+            Some(unsafe { qk::avx2::dot4_q8_0_q8_0_quads([a, b, c, d], xq, quads.unwrap_or(&[])) })
+        }
+        #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)]) => {
             // SAFETY: AVX2+FMA+F16C supported (checked by the caller); rows of one matrix
             // have equal block counts, equal to the activation row's.
@@ -613,11 +623,9 @@ fn skinny_quant(
             ok &=
                 modula_quant::quantize::quantize_row_q8_0(r, &mut xq[i * nb..(i + 1) * nb]).is_ok();
         }
-        // Q4_0 on AVX2: each activation row's quads (sums and scales of 4 blocks) once,
-        // for the grouped kernels (measured 1.4-1.8x faster than one block at a time)
-        let want_quads = cfg!(target_arch = "x86_64")
-            && isa == Isa::Avx2
-            && matches!(w.data, WeightData::Q4_0(_));
+        // AVX2: each activation row's quads (sums and scales of 4 blocks) once, for the
+        // grouped kernels (measured 1.4-1.8x faster than one block at a time for Q4_0)
+        let want_quads = cfg!(target_arch = "x86_64") && isa == Isa::Avx2;
         let nq = nb / 4;
         let mut quads_small;
         let mut quads_stack;
@@ -1251,13 +1259,13 @@ mod tests {
         }
     }
 
-    /// The skinny Q4_0 path (activation quads precomputed, grouped kernels, four rows at a
-    /// time and the rest one by one, the small, stack and heap buffers) gives exactly what
-    /// the grouped one-row kernel gives for every output, and that is within rounding of
-    /// the one-block-at-a-time kernel.
+    /// The skinny Q4_0 and Q8_0 paths (activation quads precomputed, grouped kernels, four
+    /// rows at a time and the rest one by one, the small, stack and heap buffers) give
+    /// exactly what the grouped one-row kernels give for every output, and that is within
+    /// rounding of the one-block-at-a-time kernels.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn q4_0_skinny_products_equal_the_grouped_kernel_bit_for_bit() {
+    fn quantised_skinny_products_equal_the_grouped_kernels_bit_for_bit() {
         if !Isa::Avx2.is_supported() {
             return;
         }
@@ -1275,32 +1283,49 @@ mod tests {
         {
             let k = QB * kb;
             let x = rand_vec(case as u64, m * k);
-            let (_, b4) = quantised(&rand_vec(case as u64 ^ 9, n * k), true);
-            let w = MatRef::new(WeightData::Q4_0(&b4), n, k, k).unwrap();
-            let mut got = vec![0f32; m * n];
-            linear_mode(Isa::Avx2, true, &x, k, m, &w, None, &mut got, n).unwrap();
-            for i in 0..m {
-                let (xq, _) = quantised(&x[i * k..(i + 1) * k], false);
-                let mut quads = vec![Q8Quad::default(); kb / 4];
-                modula_quant::kernels::q8_quads(&xq, &mut quads);
-                for j in 0..n {
-                    let row = &b4[j * kb..(j + 1) * kb];
-                    // SAFETY: AVX2 checked above; kb blocks each, kb / 4 quads.
-                    let (want, blockwise) = unsafe {
-                        (
-                            qk::avx2::dot_q4_0_q8_0_quads(row, &xq, &quads),
-                            qk::avx2::dot_q4_0_q8_0(row, &xq),
-                        )
-                    };
-                    assert_eq!(
-                        got[i * n + j].to_bits(),
-                        want.to_bits(),
-                        "{m}x{n}x{k} at {i},{j}"
-                    );
-                    assert!(
-                        (want - blockwise).abs() <= 1e-5 * (1.0 + blockwise.abs()),
-                        "{want} vs {blockwise}"
-                    );
+            let wv = rand_vec(case as u64 ^ 9, n * k);
+            let ((_, b4), (b8, _)) = (quantised(&wv, true), quantised(&wv, false));
+            for q4 in [true, false] {
+                let data = if q4 {
+                    WeightData::Q4_0(&b4)
+                } else {
+                    WeightData::Q8_0(&b8)
+                };
+                let w = MatRef::new(data, n, k, k).unwrap();
+                let mut got = vec![0f32; m * n];
+                linear_mode(Isa::Avx2, true, &x, k, m, &w, None, &mut got, n).unwrap();
+                for i in 0..m {
+                    let (xq, _) = quantised(&x[i * k..(i + 1) * k], false);
+                    let mut quads = vec![Q8Quad::default(); kb / 4];
+                    modula_quant::kernels::q8_quads(&xq, &mut quads);
+                    for j in 0..n {
+                        let rows = j * kb..(j + 1) * kb;
+                        // SAFETY: AVX2 checked above; kb blocks each, kb / 4 quads.
+                        let (want, blockwise) = unsafe {
+                            if q4 {
+                                let row = &b4[rows];
+                                (
+                                    qk::avx2::dot_q4_0_q8_0_quads(row, &xq, &quads),
+                                    qk::avx2::dot_q4_0_q8_0(row, &xq),
+                                )
+                            } else {
+                                let row = &b8[rows];
+                                (
+                                    qk::avx2::dot_q8_0_q8_0_quads(row, &xq, &quads),
+                                    qk::avx2::dot_q8_0_q8_0(row, &xq),
+                                )
+                            }
+                        };
+                        assert_eq!(
+                            got[i * n + j].to_bits(),
+                            want.to_bits(),
+                            "q4 {q4}: {m}x{n}x{k} at {i},{j}"
+                        );
+                        assert!(
+                            (want - blockwise).abs() <= 1e-5 * (1.0 + blockwise.abs()),
+                            "{want} vs {blockwise}"
+                        );
+                    }
                 }
             }
         }

@@ -349,32 +349,35 @@ unsafe fn q4_lanes(b: &BlockQ4_0, c: __m256i, mask: __m256i, ones: __m256i) -> _
     }
 }
 
-/// One group of 4 blocks of one row: `acc += scales · float(reduced lanes − corr)`.
-/// `c` are the group's 4 activation vectors. Requires AVX2, FMA and F16C.
+/// One group of 4 blocks of one row: `acc += scales · float(reduced lanes − corr)`, where
+/// `lanes(block k, c[k])` gives block k's 8 i32 lanes, `d` its F16 scale, and the
+/// correction (Q4_0's `8·Σx`) is subtracted when `corr`. `c` are the group's 4 activation
+/// vectors. Requires AVX2, FMA and F16C.
 #[inline(always)]
-unsafe fn q4_group(wb: &[BlockQ4_0], c: &[__m256i; 4], q: &Q8Quad, acc: __m256) -> __m256 {
+unsafe fn group4<B>(
+    wb: &[B],
+    c: &[__m256i; 4],
+    q: &Q8Quad,
+    acc: __m256,
+    corr: bool,
+    lanes: impl Fn(&B, __m256i) -> __m256i,
+    d: impl Fn(&B) -> f16,
+) -> __m256 {
     // SAFETY: the caller guarantees the features and 4 blocks in `wb`; a quad holds 8 i32
     // (32-byte aligned) and 4 f32.
     unsafe {
-        let (mask, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
-        let ab = _mm256_hadd_epi32(
-            q4_lanes(&wb[0], c[0], mask, ones),
-            q4_lanes(&wb[1], c[1], mask, ones),
-        );
-        let cd = _mm256_hadd_epi32(
-            q4_lanes(&wb[2], c[2], mask, ones),
-            q4_lanes(&wb[3], c[3], mask, ones),
-        );
+        let ab = _mm256_hadd_epi32(lanes(&wb[0], c[0]), lanes(&wb[1], c[1]));
+        let cd = _mm256_hadd_epi32(lanes(&wb[2], c[2]), lanes(&wb[3], c[3]));
         // lanes [a, b, c, d] of values 0..16, then the same of values 16..32
-        let z = _mm256_sub_epi32(
-            _mm256_hadd_epi32(ab, cd),
-            _mm256_load_si256(q.corr.as_ptr().cast()),
-        );
+        let mut z = _mm256_hadd_epi32(ab, cd);
+        if corr {
+            z = _mm256_sub_epi32(z, _mm256_load_si256(q.corr.as_ptr().cast()));
+        }
         let dw = _mm_cvtph_ps(_mm_setr_epi16(
-            wb[0].d.to_bits() as i16,
-            wb[1].d.to_bits() as i16,
-            wb[2].d.to_bits() as i16,
-            wb[3].d.to_bits() as i16,
+            d(&wb[0]).to_bits() as i16,
+            d(&wb[1]).to_bits() as i16,
+            d(&wb[2]).to_bits() as i16,
+            d(&wb[3]).to_bits() as i16,
             0,
             0,
             0,
@@ -382,6 +385,94 @@ unsafe fn q4_group(wb: &[BlockQ4_0], c: &[__m256i; 4], q: &Q8Quad, acc: __m256) 
         ));
         let s4 = _mm_mul_ps(dw, _mm_loadu_ps(q.scale.as_ptr()));
         _mm256_fmadd_ps(_mm256_set_m128(s4, s4), _mm256_cvtepi32_ps(z), acc)
+    }
+}
+
+/// [`group4`] for Q4_0 weights (unsigned nibbles, corrected).
+#[inline(always)]
+unsafe fn q4_group(wb: &[BlockQ4_0], c: &[__m256i; 4], q: &Q8Quad, acc: __m256) -> __m256 {
+    // SAFETY: the caller's contract (see group4).
+    unsafe {
+        let (mask, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
+        group4(
+            wb,
+            c,
+            q,
+            acc,
+            true,
+            |b, c| q4_lanes(b, c, mask, ones),
+            |b| b.d,
+        )
+    }
+}
+
+/// [`group4`] for Q8_0 weights (signed bytes, sign trick).
+#[inline(always)]
+unsafe fn q8_group(wb: &[BlockQ8_0], c: &[__m256i; 4], q: &Q8Quad, acc: __m256) -> __m256 {
+    // SAFETY: the caller's contract (see group4); a Q8_0 block holds 32 bytes.
+    unsafe {
+        group4(
+            wb,
+            c,
+            q,
+            acc,
+            false,
+            |b, c| dot_i8x32(_mm256_loadu_si256(b.qs.as_ptr().cast()), c),
+            |b| b.d,
+        )
+    }
+}
+
+/// Q8_0 × Q8_0 over groups of 4 blocks, as [`dot_q4_0_q8_0_quads`] does for Q4_0 (only the
+/// quads' scales are used); the `len % 4` tail blocks go through [`dot_q8_0_q8_0`].
+/// Deterministic; [`dot4_q8_0_q8_0_quads`] gives the same bits.
+///
+/// # Safety
+/// AVX2, FMA and F16C available; `x.len() >= w.len()` and `quads.len() >= w.len() / 4`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0_q8_0_quads(w: &[BlockQ8_0], x: &[BlockQ8_0], quads: &[Q8Quad]) -> f32 {
+    let groups = w.len() / 4;
+    debug_assert!(x.len() >= w.len() && quads.len() >= groups);
+    // SAFETY: features are the caller's; the index ranges are within the slices.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for g in 0..groups {
+            let xb = &x[4 * g..4 * g + 4];
+            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
+            acc[g & 1] = q8_group(&w[4 * g..4 * g + 4], &c, &quads[g], acc[g & 1]);
+        }
+        let tail = dot_q8_0_q8_0(&w[4 * groups..], &x[4 * groups..w.len()]);
+        hsum(_mm256_add_ps(acc[0], acc[1])) + tail
+    }
+}
+
+/// [`dot_q8_0_q8_0_quads`] of four rows of equal length, each bit-identical to it.
+///
+/// # Safety
+/// As [`dot4_q4_0_q8_0_quads`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q8_0_q8_0_quads(
+    w: [&[BlockQ8_0]; 4],
+    x: &[BlockQ8_0],
+    quads: &[Q8Quad],
+) -> [f32; 4] {
+    let n = w[0].len();
+    let groups = n / 4;
+    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && quads.len() >= groups);
+    // SAFETY: the caller's contract; the index ranges are within the slices.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for g in 0..groups {
+            let xb = &x[4 * g..4 * g + 4];
+            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
+            for r in 0..4 {
+                acc[r][g & 1] = q8_group(&w[r][4 * g..4 * g + 4], &c, &quads[g], acc[r][g & 1]);
+            }
+        }
+        [0, 1, 2, 3].map(|r| {
+            let tail = dot_q8_0_q8_0(&w[r][4 * groups..], &x[4 * groups..n]);
+            hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + tail
+        })
     }
 }
 

@@ -358,12 +358,12 @@ pub(crate) mod tests {
         }
     }
 
-    /// The grouped Q4_0 kernel ([`avx2::dot_q4_0_q8_0_quads`]) against the scalar
-    /// reference on ragged block counts (tails of 0–3 blocks) and saturated values; its
+    /// The grouped Q4_0 and Q8_0 kernels ([`avx2::dot_q4_0_q8_0_quads`],
+    /// [`avx2::dot_q8_0_q8_0_quads`]) against the scalar reference on ragged block counts (tails of 0–3 blocks) and saturated values; its
     /// 4-row form gives every row the same bits; its activation quads are their definition.
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     #[test]
-    fn grouped_q4_kernel_matches_the_scalar_reference() {
+    fn grouped_kernels_match_the_scalar_reference() {
         if !has_avx2() {
             return;
         }
@@ -410,6 +410,38 @@ pub(crate) mod tests {
                 // SAFETY: as above.
                 let one = unsafe { avx2::dot_q4_0_q8_0_quads(row, &x, &quads) };
                 assert_eq!(four[r].to_bits(), one.to_bits(), "seed {seed} row {r}");
+            }
+            // the same for Q8_0 weights
+            let w8 = q8(&ws);
+            // SAFETY: as above.
+            let got8 = unsafe { avx2::dot_q8_0_q8_0_quads(&w8, &x, &quads) };
+            let want8 = dot_q8_0_q8_0(&w8, &x);
+            let scale8: f32 = w8
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| (a.d.to_f32() * b.d.to_f32()).abs() * 32.0 * 127.0 * 127.0)
+                .sum();
+            assert!(
+                (got8 - want8).abs() <= 1e-6 * (1.0 + scale8),
+                "q8 seed {seed} ({blocks} blocks): {got8} vs {want8}"
+            );
+            let rows8: Vec<Vec<BlockQ8_0>> = (0..4u64)
+                .map(|r| {
+                    if r == 1 {
+                        w8.clone()
+                    } else {
+                        q8(&rand(seed * 13 + r, n))
+                    }
+                })
+                .collect();
+            // SAFETY: as above.
+            let four8 = unsafe {
+                avx2::dot4_q8_0_q8_0_quads([&rows8[0], &rows8[1], &rows8[2], &rows8[3]], &x, &quads)
+            };
+            for (r, row) in rows8.iter().enumerate() {
+                // SAFETY: as above.
+                let one = unsafe { avx2::dot_q8_0_q8_0_quads(row, &x, &quads) };
+                assert_eq!(four8[r].to_bits(), one.to_bits(), "q8 seed {seed} row {r}");
             }
             let scale: f32 = w
                 .iter()

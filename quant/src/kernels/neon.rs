@@ -133,27 +133,73 @@ pub unsafe fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
     }
 }
 
+/// Four F16 values (raw bits) as f32 with one `FCVTL` — base Armv8.0 Advanced SIMD, so
+/// cores without the `fp16` arithmetic extension (Cortex-A53/A72) convert in hardware
+/// instead of `half`'s software path. Written out: `vcvt_f32_f16` needs Rust's unstable
+/// `float16x4_t`.
+#[inline(always)]
+unsafe fn f16x4_to_f32(bits: [u16; 4]) -> float32x4_t {
+    // SAFETY: NEON is the caller's; the instruction only reads and writes two vector
+    // registers.
+    unsafe {
+        let h = vld1_u16(bits.as_ptr());
+        let out: float32x4_t;
+        core::arch::asm!(
+            "fcvtl {o:v}.4s, {h:v}.4h",
+            h = in(vreg) h,
+            o = lateout(vreg) out,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        out
+    }
+}
+
 /// `Σ_blocks d_w·d_x·(Σ q_w·q_x)` over weight blocks `B` against Q8_0 activation blocks:
 /// `halves` gives a block's 32 signed weights and its scale, `dot` the i32 lanes of a
-/// 16-byte product (their sum over lanes is the exact integer).
+/// 16-byte product (their sum over lanes is the exact integer). Blocks go in groups of 4
+/// (as the AVX2 kernels do): pairwise adds reduce each block's lanes to its exact
+/// integer, and the 4 blocks share one int→float conversion, one conversion of the 4
+/// weight and 4 activation scales (`FCVTL`) and one FMA; the `len % 4` tail blocks go one
+/// at a time.
 #[inline(always)]
 unsafe fn qq_dot<B>(
     w: &[B],
     x: &[BlockQ8_0],
-    halves: impl Fn(&B) -> ([int8x16_t; 2], f32),
+    halves: impl Fn(&B) -> ([int8x16_t; 2], half::f16),
     dot: impl Fn(int32x4_t, int8x16_t, int8x16_t) -> int32x4_t,
 ) -> f32 {
     // SAFETY: NEON (and whatever `dot` needs) is the caller's; each Q8_0 block holds 32
-    // bytes.
+    // bytes; the index ranges are within the slices (x.len() >= w.len()).
     unsafe {
-        let mut acc = vdupq_n_f32(0.0);
-        for (b, xb) in w.iter().zip(x) {
+        let block = |b: &B, xb: &BlockQ8_0| -> (int32x4_t, u16, u16) {
             let ([a0, a1], dw) = halves(b);
             let [c0, c1] = halves_q8(xb);
             let s = dot(dot(vdupq_n_s32(0), a0, c0), a1, c1);
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), dw * xb.d.to_f32());
+            (s, dw.to_bits(), xb.d.to_bits())
+        };
+        let groups = w.len() / 4;
+        let mut acc = [vdupq_n_f32(0.0); 2];
+        for g in 0..groups {
+            let (s0, w0, x0) = block(&w[4 * g], &x[4 * g]);
+            let (s1, w1, x1) = block(&w[4 * g + 1], &x[4 * g + 1]);
+            let (s2, w2, x2) = block(&w[4 * g + 2], &x[4 * g + 2]);
+            let (s3, w3, x3) = block(&w[4 * g + 3], &x[4 * g + 3]);
+            // [Σ s0, Σ s1, Σ s2, Σ s3]: each block's exact integer
+            let t = vpaddq_s32(vpaddq_s32(s0, s1), vpaddq_s32(s2, s3));
+            let sc = vmulq_f32(
+                f16x4_to_f32([w0, w1, w2, w3]),
+                f16x4_to_f32([x0, x1, x2, x3]),
+            );
+            acc[g & 1] = vfmaq_f32(acc[g & 1], vcvtq_f32_s32(t), sc);
         }
-        vaddvq_f32(acc)
+        let mut tail = vdupq_n_f32(0.0);
+        for (b, xb) in w[4 * groups..].iter().zip(&x[4 * groups..]) {
+            let (s, dw, dx) = block(b, xb);
+            let d = f16x4_to_f32([dw, dx, 0, 0]);
+            let sc = vgetq_lane_f32::<0>(d) * vgetq_lane_f32::<1>(d);
+            tail = vfmaq_n_f32(tail, vcvtq_f32_s32(s), sc);
+        }
+        vaddvq_f32(vaddq_f32(acc[0], acc[1])) + vaddvq_f32(tail)
     }
 }
 
@@ -180,7 +226,7 @@ pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
         qq_dot(
             w,
             x,
-            |b| (halves_q8(b), b.d.to_f32()),
+            |b| (halves_q8(b), b.d),
             |acc, a, c| mul_acc_i8x16(acc, a, c),
         )
     }
@@ -198,7 +244,7 @@ pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
         qq_dot(
             w,
             x,
-            |b| (halves_q4(b), b.d.to_f32()),
+            |b| (halves_q4(b), b.d),
             |acc, a, c| mul_acc_i8x16(acc, a, c),
         )
     }
@@ -234,14 +280,7 @@ unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 pub unsafe fn dot_q8_0_q8_0_dotprod(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     debug_assert!(x.len() >= w.len());
     // SAFETY: NEON and dotprod are the caller's; blocks hold 32 bytes.
-    unsafe {
-        qq_dot(
-            w,
-            x,
-            |b| (halves_q8(b), b.d.to_f32()),
-            |acc, a, c| sdot(acc, a, c),
-        )
-    }
+    unsafe { qq_dot(w, x, |b| (halves_q8(b), b.d), |acc, a, c| sdot(acc, a, c)) }
 }
 
 /// [`super::dot_q4_0_q8_0`] with `SDOT` (see [`dot_q8_0_q8_0_dotprod`]).
@@ -252,12 +291,5 @@ pub unsafe fn dot_q8_0_q8_0_dotprod(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
 pub unsafe fn dot_q4_0_q8_0_dotprod(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     debug_assert!(x.len() >= w.len());
     // SAFETY: NEON and dotprod are the caller's; blocks hold 16 (Q4_0) or 32 (Q8_0) bytes.
-    unsafe {
-        qq_dot(
-            w,
-            x,
-            |b| (halves_q4(b), b.d.to_f32()),
-            |acc, a, c| sdot(acc, a, c),
-        )
-    }
+    unsafe { qq_dot(w, x, |b| (halves_q4(b), b.d), |acc, a, c| sdot(acc, a, c)) }
 }

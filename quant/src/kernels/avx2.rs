@@ -423,6 +423,61 @@ unsafe fn q8_group(wb: &[BlockQ8_0], c: &[__m256i; 4], q: &Q8Quad, acc: __m256) 
     }
 }
 
+/// The grouped one-row driver: groups of 4 blocks through `group` (two accumulators,
+/// even and odd groups), the `len % 4` tail blocks through the per-block kernel `tail`.
+#[inline(always)]
+unsafe fn quads_dot<B>(
+    w: &[B],
+    x: &[BlockQ8_0],
+    quads: &[Q8Quad],
+    group: impl Fn(&[B], &[__m256i; 4], &Q8Quad, __m256) -> __m256,
+    tail: impl Fn(&[B], &[BlockQ8_0]) -> f32,
+) -> f32 {
+    let groups = w.len() / 4;
+    debug_assert!(x.len() >= w.len() && quads.len() >= groups);
+    // SAFETY: the features are the caller's; the index ranges are within the slices.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for g in 0..groups {
+            let xb = &x[4 * g..4 * g + 4];
+            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
+            acc[g & 1] = group(&w[4 * g..4 * g + 4], &c, &quads[g], acc[g & 1]);
+        }
+        let t = tail(&w[4 * groups..], &x[4 * groups..w.len()]);
+        hsum(_mm256_add_ps(acc[0], acc[1])) + t
+    }
+}
+
+/// [`quads_dot`] of four rows of equal length, each row's operations (and so its bits)
+/// those of the one-row driver; the activation vectors and quads are loaded once.
+#[inline(always)]
+unsafe fn quads_dot4<B>(
+    w: [&[B]; 4],
+    x: &[BlockQ8_0],
+    quads: &[Q8Quad],
+    group: impl Fn(&[B], &[__m256i; 4], &Q8Quad, __m256) -> __m256,
+    tail: impl Fn(&[B], &[BlockQ8_0]) -> f32,
+) -> [f32; 4] {
+    let n = w[0].len();
+    let groups = n / 4;
+    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && quads.len() >= groups);
+    // SAFETY: the features are the caller's; the index ranges are within the slices.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for g in 0..groups {
+            let xb = &x[4 * g..4 * g + 4];
+            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
+            for r in 0..4 {
+                acc[r][g & 1] = group(&w[r][4 * g..4 * g + 4], &c, &quads[g], acc[r][g & 1]);
+            }
+        }
+        [0, 1, 2, 3].map(|r| {
+            let t = tail(&w[r][4 * groups..], &x[4 * groups..n]);
+            hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + t
+        })
+    }
+}
+
 /// Q8_0 × Q8_0 over groups of 4 blocks, as [`dot_q4_0_q8_0_quads`] does for Q4_0 (only the
 /// quads' scales are used); the `len % 4` tail blocks go through [`dot_q8_0_q8_0`].
 /// Deterministic; [`dot4_q8_0_q8_0_quads`] gives the same bits.
@@ -431,18 +486,15 @@ unsafe fn q8_group(wb: &[BlockQ8_0], c: &[__m256i; 4], q: &Q8Quad, acc: __m256) 
 /// AVX2, FMA and F16C available; `x.len() >= w.len()` and `quads.len() >= w.len() / 4`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_q8_0_quads(w: &[BlockQ8_0], x: &[BlockQ8_0], quads: &[Q8Quad]) -> f32 {
-    let groups = w.len() / 4;
-    debug_assert!(x.len() >= w.len() && quads.len() >= groups);
-    // SAFETY: features are the caller's; the index ranges are within the slices.
+    // SAFETY: the caller's contract.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for g in 0..groups {
-            let xb = &x[4 * g..4 * g + 4];
-            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
-            acc[g & 1] = q8_group(&w[4 * g..4 * g + 4], &c, &quads[g], acc[g & 1]);
-        }
-        let tail = dot_q8_0_q8_0(&w[4 * groups..], &x[4 * groups..w.len()]);
-        hsum(_mm256_add_ps(acc[0], acc[1])) + tail
+        quads_dot(
+            w,
+            x,
+            quads,
+            |b, c, q, a| q8_group(b, c, q, a),
+            |b, x| dot_q8_0_q8_0(b, x),
+        )
     }
 }
 
@@ -456,23 +508,15 @@ pub unsafe fn dot4_q8_0_q8_0_quads(
     x: &[BlockQ8_0],
     quads: &[Q8Quad],
 ) -> [f32; 4] {
-    let n = w[0].len();
-    let groups = n / 4;
-    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && quads.len() >= groups);
-    // SAFETY: the caller's contract; the index ranges are within the slices.
+    // SAFETY: the caller's contract.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for g in 0..groups {
-            let xb = &x[4 * g..4 * g + 4];
-            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
-            for r in 0..4 {
-                acc[r][g & 1] = q8_group(&w[r][4 * g..4 * g + 4], &c, &quads[g], acc[r][g & 1]);
-            }
-        }
-        [0, 1, 2, 3].map(|r| {
-            let tail = dot_q8_0_q8_0(&w[r][4 * groups..], &x[4 * groups..n]);
-            hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + tail
-        })
+        quads_dot4(
+            w,
+            x,
+            quads,
+            |b, c, q, a| q8_group(b, c, q, a),
+            |b, x| dot_q8_0_q8_0(b, x),
+        )
     }
 }
 
@@ -488,18 +532,15 @@ pub unsafe fn dot4_q8_0_q8_0_quads(
 /// AVX2, FMA and F16C available; `x.len() >= w.len()` and `quads.len() >= w.len() / 4`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_0_q8_0_quads(w: &[BlockQ4_0], x: &[BlockQ8_0], quads: &[Q8Quad]) -> f32 {
-    let groups = w.len() / 4;
-    debug_assert!(x.len() >= w.len() && quads.len() >= groups);
-    // SAFETY: features are the caller's; the index ranges are within the slices.
+    // SAFETY: the caller's contract.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for g in 0..groups {
-            let xb = &x[4 * g..4 * g + 4];
-            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
-            acc[g & 1] = q4_group(&w[4 * g..4 * g + 4], &c, &quads[g], acc[g & 1]);
-        }
-        let tail = dot_q4_0_q8_0(&w[4 * groups..], &x[4 * groups..w.len()]);
-        hsum(_mm256_add_ps(acc[0], acc[1])) + tail
+        quads_dot(
+            w,
+            x,
+            quads,
+            |b, c, q, a| q4_group(b, c, q, a),
+            |b, x| dot_q4_0_q8_0(b, x),
+        )
     }
 }
 
@@ -515,22 +556,14 @@ pub unsafe fn dot4_q4_0_q8_0_quads(
     x: &[BlockQ8_0],
     quads: &[Q8Quad],
 ) -> [f32; 4] {
-    let n = w[0].len();
-    let groups = n / 4;
-    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && quads.len() >= groups);
-    // SAFETY: the caller's contract; the index ranges are within the slices.
+    // SAFETY: the caller's contract.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for g in 0..groups {
-            let xb = &x[4 * g..4 * g + 4];
-            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
-            for r in 0..4 {
-                acc[r][g & 1] = q4_group(&w[r][4 * g..4 * g + 4], &c, &quads[g], acc[r][g & 1]);
-            }
-        }
-        [0, 1, 2, 3].map(|r| {
-            let tail = dot_q4_0_q8_0(&w[r][4 * groups..], &x[4 * groups..n]);
-            hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + tail
-        })
+        quads_dot4(
+            w,
+            x,
+            quads,
+            |b, c, q, a| q4_group(b, c, q, a),
+            |b, x| dot_q4_0_q8_0(b, x),
+        )
     }
 }

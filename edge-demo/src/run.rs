@@ -3,7 +3,7 @@
 //! A SeqBoat model streams with constant state (no context limit).
 
 use clap::Args;
-use modula_core::engine::{DenseEngine, MfEngine, SbEngine};
+use modula_core::engine::{DenseEngine, DenseSpec, MfEngine, SbEngine};
 use modula_core::kernels::par;
 use modula_core::rng::SplitMix64;
 use modula_core::{Model, NestedSpec};
@@ -87,18 +87,25 @@ pub struct RunArgs {
 /// (resident, peak resident) bytes of this process from `/proc/self/status` (Linux; each
 /// process's own address space, so a parent's memory never counts), else None.
 pub(crate) fn own_rss() -> Option<(u64, u64)> {
+    let f = status_fields(&["VmRSS:", "VmHWM:"])?;
+    Some((f[0], f[1]))
+}
+
+/// Fields of `/proc/self/status` in bytes (Linux), else None.
+fn status_fields(keys: &[&str]) -> Option<Vec<u64>> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |k: &str| -> Option<u64> {
-        let l = s.lines().find(|l| l.starts_with(k))?;
-        let kib: u64 = l[k.len()..]
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    keys.iter()
+        .map(|k| {
+            let l = s.lines().find(|l| l.starts_with(k))?;
+            let kib: u64 = l[k.len()..]
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kib * 1024)
+        })
+        .collect()
 }
 
 /// Pick the next token from `logits`.
@@ -189,17 +196,7 @@ impl<'a> Engine<'a> {
                     format!("--size {sz}: for a ModuleFormer file use N (experts) or ATTxFFN")
                 })
             }
-            Engine::Dense(e) => {
-                let parts: Option<Vec<usize>> = sz.split('x').map(|v| v.parse().ok()).collect();
-                let all = e.spec().heads;
-                match parts.as_deref() {
-                    Some(&[dp, f]) => Ok(Size::Dense((dp, f, None))),
-                    Some(&[dp, f, h]) => Ok(Size::Dense((dp, f, (h != all).then_some(h)))),
-                    _ => Err(format!(
-                        "--size {sz}: use DEPTHxFFN or DEPTHxFFNxHEADS, e.g. 2x128 or 2x128x2"
-                    )),
-                }
-            }
+            Engine::Dense(e) => Size::parse_dense(sz, e.spec().heads),
         }
     }
 
@@ -333,6 +330,18 @@ pub(crate) enum Size {
 }
 
 impl Size {
+    /// A dense `--size`: `DEPTHxFFN` or `DEPTHxFFNxHEADS` of a model with `heads` heads.
+    pub(crate) fn parse_dense(sz: &str, heads: usize) -> Result<Size, String> {
+        let parts: Option<Vec<usize>> = sz.split('x').map(|v| v.parse().ok()).collect();
+        match parts.as_deref() {
+            Some(&[dp, f]) => Ok(Size::Dense((dp, f, None))),
+            Some(&[dp, f, h]) => Ok(Size::Dense((dp, f, (h != heads).then_some(h)))),
+            _ => Err(format!(
+                "--size {sz}: use DEPTHxFFN or DEPTHxFFNxHEADS, e.g. 2x128 or 2x128x2"
+            )),
+        }
+    }
+
     /// How much model a size is, for a model of width `d` with `heads` heads: multiply-adds
     /// per decoded token in its blocks (dense: the attention projections of the first `h`
     /// heads and the first `f` FFN units of the first `depth` blocks), the expert count for
@@ -553,28 +562,32 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             "--budget-mb and --context do not apply to SeqBoat files (constant state)".into(),
         );
     }
-    let mut e = Engine::open(&m, a.context).map_err(at)?;
-    match &mut e {
-        Engine::Sb(s) => s.set_act_bias(a.act_bias).map_err(at)?,
-        Engine::Mf(mf) => {
-            if a.sb_stop.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
-                return Err("--sb-stop must be a positive number".into());
-            }
-            mf.set_stop(a.sb_stop);
-        }
-        Engine::Dense(d) => {
-            if let Some(mb) = a.budget_mb {
+    let dense = !matches!(
+        m.get_str("modula.model"),
+        Some("seqboat") | Some("moduleformer")
+    );
+    // A dense run at one size (--size without --input, or --budget-mb) builds only that
+    // sub-model's engine: its arena is what was planned, and no full-size engine (whose
+    // KV caches would count in the peak) is built first.
+    let mut e = if dense && ((a.size.is_some() && a.input.is_none()) || a.budget_mb.is_some()) {
+        let spec = DenseSpec::from_model(&m).map_err(at)?;
+        let ctx = a.context.unwrap_or(if spec.positions > 0 {
+            spec.positions
+        } else {
+            1024
+        });
+        let (dp, f, h) = match (&a.size, a.budget_mb) {
+            (Some(sz), _) => match Size::parse_dense(sz, spec.heads)? {
+                Size::Dense((dp, f, h)) => (dp, f, h),
+                _ => return Err("internal: a dense size expected".into()),
+            },
+            (None, Some(mb)) => {
                 if !(mb.is_finite() && mb > 0.0) {
                     return Err("--budget-mb must be a positive number".into());
                 }
-                let spec = d.spec();
-                let ctx = d.max_context();
                 let ((dp, f, h), bytes) = spec
                     .pick_by_memory(&m, (mb * 1048576.0) as u64, ctx)
                     .map_err(at)?;
-                // an engine planned for that size: its arena is what the budget counted
-                *d = DenseEngine::with_capacity(&m, ctx, (dp, f)).map_err(at)?;
-                d.set_heads(Some(h)).map_err(at)?;
                 let heads = if h < spec.heads {
                     format!(" x {h} heads")
                 } else {
@@ -584,21 +597,29 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                     "budget {mb} MiB: sub-model depth {dp} x FFN {f}{heads} ({:.2} MiB of weights + arena at {ctx} positions)",
                     bytes as f64 / 1048576.0
                 );
+                (dp, f, (h < spec.heads).then_some(h))
             }
+            (None, None) => return Err("internal: no size".into()),
+        };
+        let mut d = DenseEngine::with_capacity(&m, ctx, (dp, f)).map_err(at)?;
+        d.set_heads(h).map_err(at)?;
+        Engine::Dense(d)
+    } else {
+        Engine::open(&m, a.context).map_err(at)?
+    };
+    match &mut e {
+        Engine::Sb(s) => s.set_act_bias(a.act_bias).map_err(at)?,
+        Engine::Mf(mf) => {
+            if a.sb_stop.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+                return Err("--sb-stop must be a positive number".into());
+            }
+            mf.set_stop(a.sb_stop);
         }
+        Engine::Dense(_) => {}
     }
-    if let Some(sz) = &a.size {
+    if let (Some(sz), false) = (&a.size, dense && a.input.is_none()) {
         let size = e.parse_size(sz)?;
-        match (&mut e, size) {
-            // one size for the whole run: allocate only that sub-model's arena (not with
-            // --input, whose requests may switch to any size)
-            (Engine::Dense(d), Size::Dense((dp, f, h))) if a.input.is_none() => {
-                let ctx = d.max_context();
-                *d = DenseEngine::with_capacity(&m, ctx, (dp, f)).map_err(at)?;
-                d.set_heads(h).map_err(at)?;
-            }
-            (e, size) => e.set_size(size).map_err(at)?,
-        }
+        e.set_size(size).map_err(at)?;
     }
     // without read-ahead, read exactly the chosen sub-model's bytes ahead (one
     // MADV_WILLNEED per merged range of its tensor prefixes): a cold start then reads
@@ -736,7 +757,13 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     }
     if a.report_rss {
         match (start_rss, own_rss()) {
-            (Some((start, _)), Some((_, peak))) => eprintln!("rss_bytes {start} {peak}"),
+            (Some((start, _)), Some((_, peak))) => {
+                eprintln!("rss_bytes {start} {peak}");
+                // where the resident memory is now: heap and stacks vs pages of mapped files
+                if let Some(f) = status_fields(&["RssAnon:", "RssFile:"]) {
+                    eprintln!("rss_now anon {} file {}", f[0], f[1]);
+                }
+            }
             _ => eprintln!("rss_bytes: not available on this system"),
         }
     }

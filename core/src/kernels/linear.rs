@@ -465,46 +465,36 @@ pub fn quantized_activations() -> bool {
 }
 
 /// `Σ dequant(row)·dequant(xq)` with the activations quantised to Q8_0; `quads` (the
-/// activation's [`Q8Quad`]s, given for Q4_0 weights on AVX2) selects the grouped kernel.
+/// activation's [`Q8Quad`]s, computed on AVX2) select the grouped kernels.
 #[allow(unused_variables)]
 fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], quads: Option<&[Q8Quad]>) -> f32 {
-    match (isa, row) {
+    match (isa, row, quads) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); equal block counts,
         // one quad per whole group of 4 activation blocks.
-        (Isa::Avx2, QRow::Q4(b)) if quads.is_some() => unsafe {
-            qk::avx2::dot_q4_0_q8_0_quads(b, xq, quads.unwrap_or(&[]))
-        },
+        (Isa::Avx2, QRow::Q4(b), Some(q)) => unsafe { qk::avx2::dot_q4_0_q8_0_quads(b, xq, q) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Isa::Avx2, QRow::Q8(b)) if quads.is_some() => unsafe {
-            qk::avx2::dot_q8_0_q8_0_quads(b, xq, quads.unwrap_or(&[]))
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); equal block counts.
-        (Isa::Avx2, QRow::Q8(b)) => unsafe { qk::avx2::dot_q8_0_q8_0(b, xq) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (Isa::Avx2, QRow::Q4(b)) => unsafe { qk::avx2::dot_q4_0_q8_0(b, xq) },
+        (Isa::Avx2, QRow::Q8(b), Some(q)) => unsafe { qk::avx2::dot_q8_0_q8_0_quads(b, xq, q) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON supported (checked by the caller) and dotprod detected; equal block
         // counts.
-        (Isa::Neon, QRow::Q8(b)) if isa::dotprod() => unsafe {
+        (Isa::Neon, QRow::Q8(b), _) if isa::dotprod() => unsafe {
             qk::neon::dot_q8_0_q8_0_dotprod(b, xq)
         },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
-        (Isa::Neon, QRow::Q4(b)) if isa::dotprod() => unsafe {
+        (Isa::Neon, QRow::Q4(b), _) if isa::dotprod() => unsafe {
             qk::neon::dot_q4_0_q8_0_dotprod(b, xq)
         },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON supported (checked by the caller); equal block counts.
-        (Isa::Neon, QRow::Q8(b)) => unsafe { qk::neon::dot_q8_0_q8_0(b, xq) },
+        (Isa::Neon, QRow::Q8(b), _) => unsafe { qk::neon::dot_q8_0_q8_0(b, xq) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
-        (Isa::Neon, QRow::Q4(b)) => unsafe { qk::neon::dot_q4_0_q8_0(b, xq) },
-        (_, QRow::Q8(b)) => qk::dot_q8_0_q8_0(b, xq),
-        (_, QRow::Q4(b)) => qk::dot_q4_0_q8_0(b, xq),
+        (Isa::Neon, QRow::Q4(b), _) => unsafe { qk::neon::dot_q4_0_q8_0(b, xq) },
+        (_, QRow::Q8(b), _) => qk::dot_q8_0_q8_0(b, xq),
+        (_, QRow::Q4(b), _) => qk::dot_q4_0_q8_0(b, xq),
     }
 }
 
@@ -545,7 +535,8 @@ fn four_rows_pay(w: &MatRef<'_>) -> bool {
     w.rows * (w.cols / QB) * per_block <= FOUR_ROW_MAX_BYTES
 }
 
-/// Four rows' [`qdot_q8`] with a 4-row kernel, where `isa` has one (AVX2); None otherwise.
+/// Four rows' [`qdot_q8`] with a 4-row kernel, where `isa` has one (AVX2, with the
+/// activation's quads); None otherwise.
 #[allow(unused_variables)]
 fn qdot4_q8(
     isa: Isa,
@@ -553,27 +544,18 @@ fn qdot4_q8(
     xq: &[BlockQ8_0],
     quads: Option<&[Q8Quad]>,
 ) -> Option<[f32; 4]> {
-    match (isa, rows) {
+    match (isa, rows, quads) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)]) if quads.is_some() => {
-            // SAFETY: as below; one quad per whole group of 4 activation blocks.
-            Some(unsafe { qk::avx2::dot4_q4_0_q8_0_quads([a, b, c, d], xq, quads.unwrap_or(&[])) })
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)]) if quads.is_some() => {
-            // SAFETY: as below; one quad per whole group of 4 activation blocks.
-            Some(unsafe { qk::avx2::dot4_q8_0_q8_0_quads([a, b, c, d], xq, quads.unwrap_or(&[])) })
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)]) => {
+        (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)], Some(q)) => {
             // SAFETY: AVX2+FMA+F16C supported (checked by the caller); rows of one matrix
-            // have equal block counts, equal to the activation row's.
-            Some(unsafe { qk::avx2::dot4_q8_0_q8_0([a, b, c, d], xq) })
+            // have equal block counts, equal to the activation row's; one quad per whole
+            // group of 4 activation blocks.
+            Some(unsafe { qk::avx2::dot4_q4_0_q8_0_quads([a, b, c, d], xq, q) })
         }
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)]) => {
+        (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)], Some(q)) => {
             // SAFETY: as above.
-            Some(unsafe { qk::avx2::dot4_q4_0_q8_0([a, b, c, d], xq) })
+            Some(unsafe { qk::avx2::dot4_q8_0_q8_0_quads([a, b, c, d], xq, q) })
         }
         _ => None,
     }

@@ -249,65 +249,6 @@ pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     }
 }
 
-/// Four weight rows against one quantised activation row: each row's result is
-/// bit-identical to [`dot_q8_0_q8_0`]/[`dot_q4_0_q8_0`] on it (same per-row accumulation
-/// order), but the activation block and its scale are loaded once for the four rows and
-/// the four dependency chains overlap. `load` gives a block's 32 signed weights and scale.
-#[inline(always)]
-unsafe fn dot4_with<B>(
-    w: [&[B]; 4],
-    x: &[BlockQ8_0],
-    load: impl Fn(&B) -> (__m256i, f16),
-) -> [f32; 4] {
-    // SAFETY: the caller guarantees the features and `x.len() >= w[r].len()` for all r,
-    // and the four rows have equal lengths.
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for (i, xb) in x.iter().enumerate().take(w[0].len()) {
-            let c = _mm256_loadu_si256(xb.qs.as_ptr().cast());
-            let xd = h2f(xb.d);
-            for r in 0..4 {
-                let (a, wd) = load(&w[r][i]);
-                let s = _mm256_cvtepi32_ps(dot_i8x32(a, c));
-                let d = _mm256_set1_ps(h2f(wd) * xd);
-                acc[r][i & 1] = _mm256_fmadd_ps(d, s, acc[r][i & 1]);
-            }
-        }
-        acc.map(|a| hsum(_mm256_add_ps(a[0], a[1])))
-    }
-}
-
-/// [`dot_q8_0_q8_0`] of four rows of equal length (see `dot4_with`).
-///
-/// # Safety
-/// AVX2, FMA and F16C available; the rows have equal lengths and `x.len() >= w[0].len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot4_q8_0_q8_0(w: [&[BlockQ8_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
-    debug_assert!(w.iter().all(|r| r.len() == w[0].len()) && x.len() >= w[0].len());
-    // SAFETY: the caller's contract; each block holds 32 bytes.
-    unsafe { dot4_with(w, x, |b| (_mm256_loadu_si256(b.qs.as_ptr().cast()), b.d)) }
-}
-
-/// [`dot_q4_0_q8_0`] of four rows of equal length (see `dot4_with`).
-///
-/// # Safety
-/// AVX2, FMA and F16C available; the rows have equal lengths and `x.len() >= w[0].len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot4_q4_0_q8_0(w: [&[BlockQ4_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
-    debug_assert!(w.iter().all(|r| r.len() == w[0].len()) && x.len() >= w[0].len());
-    // SAFETY: the caller's contract; each block holds 16 bytes.
-    unsafe {
-        let mask = _mm_set1_epi8(0x0f);
-        let eight = _mm256_set1_epi8(8);
-        dot4_with(w, x, |b| {
-            let v = _mm_loadu_si128(b.qs.as_ptr().cast());
-            let lo = _mm_and_si128(v, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
-            (_mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight), b.d)
-        })
-    }
-}
-
 /// [`super::dot_q4_0_q8_0`].
 ///
 /// # Safety

@@ -9,7 +9,9 @@ use half::{bf16, f16};
 use modula_benches::data;
 use modula_benches::matrixmultiply_xwt;
 use modula_core::kernels::isa::available;
-use modula_core::kernels::linear::{linear_with, MatRef, WeightData, SKINNY_MAX_ROWS};
+use modula_core::kernels::linear::{
+    linear_with, matmul_rows_with, MatRef, WeightData, SKINNY_MAX_ROWS,
+};
 use modula_core::kernels::Isa;
 use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
 use modula_quant::quantize::{quantize_row_q4_0, quantize_row_q8_0};
@@ -76,6 +78,78 @@ fn bandwidth(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The FFN down product of one decode step (4096 hidden units -> 1024 outputs, one
+/// activation row) in both orientations of the same weights: `linear` over the PyTorch
+/// layout (1024 rows of 4096, a dot product per output) and `matmul_rows` over the
+/// transposed layout that nested FFN widths are stored in (4096 rows of 1024,
+/// `y += x[f]·W[f,:]`, what the engine runs for `ffn_down_t`).
+fn decode_down(c: &mut Criterion) {
+    let (d, h) = (1024, 4096);
+    let wf = data(d * h, 7);
+    let x = data(h, 8);
+    let mut y = vec![0f32; d];
+    let q = |wf: &[f32]| {
+        let mut q8 = vec![
+            BlockQ8_0 {
+                d: f16::ZERO,
+                qs: [0; 32]
+            };
+            wf.len() / 32
+        ];
+        let mut q4 = vec![
+            BlockQ4_0 {
+                d: f16::ZERO,
+                qs: [0; 16]
+            };
+            wf.len() / 32
+        ];
+        quantize_row_q8_0(wf, &mut q8).unwrap();
+        quantize_row_q4_0(wf, &mut q4).unwrap();
+        (q8, q4)
+    };
+    // the transposed copy: wt[f][j] = w[j][f]
+    let mut wt = vec![0f32; d * h];
+    for j in 0..d {
+        for f in 0..h {
+            wt[f * d + j] = wf[j * h + f];
+        }
+    }
+    let (q8, q4) = q(&wf);
+    let (q8t, q4t) = q(&wt);
+    for (name, wd, wdt, bytes) in [
+        ("f32", WeightData::F32(&wf), WeightData::F32(&wt), d * h * 4),
+        (
+            "q8_0",
+            WeightData::Q8_0(&q8),
+            WeightData::Q8_0(&q8t),
+            d * h / 32 * 34,
+        ),
+        (
+            "q4_0",
+            WeightData::Q4_0(&q4),
+            WeightData::Q4_0(&q4t),
+            d * h / 32 * 18,
+        ),
+    ] {
+        let w = MatRef::new(wd, d, h, h).unwrap();
+        let wt = MatRef::new(wdt, h, d, d).unwrap();
+        let mut g = c.benchmark_group(format!("decode_down_1024x4096_{name}"));
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.sample_size(15).measurement_time(Duration::from_secs(3));
+        for isa in available() {
+            g.bench_function(BenchmarkId::new("linear", isa.name()), |bch| {
+                bch.iter(|| linear_with(isa, black_box(&x), h, 1, &w, None, &mut y, d).unwrap())
+            });
+            g.bench_function(BenchmarkId::new("rows_t", isa.name()), |bch| {
+                bch.iter(|| {
+                    matmul_rows_with(isa, black_box(&x), h, 1, &wt, &mut y, d, false).unwrap()
+                })
+            });
+        }
+        g.finish();
+    }
 }
 
 fn gemv(c: &mut Criterion) {
@@ -274,5 +348,12 @@ fn training_products(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bandwidth, gemv, multirow, training_products);
+criterion_group!(
+    benches,
+    bandwidth,
+    gemv,
+    decode_down,
+    multirow,
+    training_products
+);
 criterion_main!(benches);

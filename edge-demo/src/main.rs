@@ -43,11 +43,11 @@ enum Command {
     Convert(train::ConvertArgs),
     /// Quantise a model file's weight matrices (q8_0, q4_0, f16, bf16), reporting errors.
     Quantize(quantize::QuantizeArgs),
-    /// Generate text with a dense, EMoE or ModuleFormer byte LM from its (possibly
+    /// Generate text with a dense, EMoE, ModuleFormer or SeqBoat byte LM from its (possibly
     /// quantised) file.
     Run(run::RunArgs),
     /// The memory a run of a nested sub-model will use: weight prefixes + the engine's
-    /// exact arena (dense and EMoE files).
+    /// exact arena (dense, EMoE, ModuleFormer and SeqBoat files).
     Plan(plan::PlanArgs),
     /// Prefill and decode speed of every nested size at each precision on this device.
     Bench(bench::BenchArgs),

@@ -168,8 +168,8 @@ impl DataArgs {
 /// Arguments of `modula train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Architecture: dense or moduleformer (seqboat: not yet; EMoE models come from
-    /// `modula emoe convert` and train with --arch dense --init).
+    /// Architecture: dense, moduleformer or seqboat (EMoE models come from `modula emoe
+    /// convert` and train with --arch dense --init).
     #[arg(long, default_value = "dense")]
     arch: String,
     #[command(flatten)]

@@ -33,6 +33,15 @@ pub const SKINNY_MAX_ROWS: usize = 16;
 /// 512 → 2048 → 512 FFN), while 16 M weights go from 3.3 ms to 2.3 ms; hence 4 M.
 pub const PAR_MIN_WEIGHTS: usize = 1 << 22;
 
+/// A one-row [`matmul_rows`] over at least [`PAR_MIN_WEIGHTS`] weights sums this many
+/// groups of the matrix's rows separately (in parallel when threads allow) and then adds
+/// the partial outputs in order — the same grouping for every thread count.
+pub const ROWS_GROUPS: usize = 4;
+
+/// Partial outputs of [`ROWS_GROUPS`] up to this many values live on the stack (outputs
+/// up to 4,096 wide: decode steps allocate nothing); wider ones use the heap.
+const ROWS_GROUPS_STACK: usize = ROWS_GROUPS * 4096;
+
 /// A many-row product (`m > SKINNY_MAX_ROWS`) with at least this many multiply-adds
 /// (`m·n·k`) is split across threads by blocks of output rows.
 pub const PAR_MIN_FLOPS: usize = 1 << 20;
@@ -219,15 +228,6 @@ impl<'a> MatRef<'a> {
         MatRef {
             data: self.data.offset(off),
             rows,
-            ..*self
-        }
-    }
-
-    /// Columns `c0..c0 + cols` as their own matrix (caller guarantees the range).
-    fn col_block(&self, c0: usize, cols: usize) -> MatRef<'a> {
-        MatRef {
-            data: self.data.offset(c0),
-            cols,
             ..*self
         }
     }
@@ -876,15 +876,35 @@ pub fn matmul_rows_with(
         }
         return Ok(());
     }
-    if m == 1 && n * k >= PAR_MIN_WEIGHTS && par::threads() > 1 {
-        // Decode: split the output columns; each thread reads its own column block of W.
-        // (multiples of 32 columns: whole blocks of quantised rows)
-        let chunk = par::chunk_for(n, 32, 64);
-        par::for_each_chunk_mut(&mut y[..n], chunk, |ci, ys| {
-            let sub = w.col_block(ci * chunk, ys.len());
-            let cols = ys.len();
-            rows_kernel(isa, x, ldx, 1, &sub, ys, cols);
+    if m == 1 && n * k >= PAR_MIN_WEIGHTS {
+        // Decode over a large transposed matrix: split its rows — contiguous memory — into
+        // a fixed number of groups, each summed into its own partial output, then add the
+        // partials in group order. Splitting the columns instead left each thread reading
+        // every other piece of every row, and the hardware prefetchers fetched the other
+        // thread's pieces as well: on two threads the Q8_0 `ffn_down_t` product was no
+        // faster than on one (`docs/results.md`, decode_down). The grouping depends on the
+        // shape only, never on the thread count, so results stay bit-identical for any
+        // number of threads (one thread runs the same groups in turn).
+        let per = k.div_ceil(ROWS_GROUPS);
+        let groups = k.div_ceil(per);
+        let mut stack = [0f32; ROWS_GROUPS_STACK];
+        let mut heap = alloc::vec::Vec::new();
+        let part: &mut [f32] = if groups * n <= ROWS_GROUPS_STACK {
+            &mut stack[..groups * n]
+        } else {
+            heap.resize(groups * n, 0f32);
+            &mut heap
+        };
+        par::for_each_chunk_mut(part, n, |g, p| {
+            let r0 = g * per;
+            let sub = w.row_block(r0, per.min(k - r0));
+            rows_kernel(isa, &x[r0..], ldx, 1, &sub, p, n);
         });
+        for p in part.chunks_exact(n) {
+            for (yv, pv) in y[..n].iter_mut().zip(p) {
+                *yv += pv;
+            }
+        }
     } else {
         rows_kernel(isa, x, ldx, m, w, y, ldy);
     }
@@ -1384,6 +1404,40 @@ mod tests {
                 outs.windows(2).all(|p| p[0] == p[1]),
                 "thread count changed the result"
             );
+        }
+    }
+
+    /// The grouped one-row `matmul_rows` (≥ PAR_MIN_WEIGHTS: rows summed in groups, the
+    /// partials added in order) against the scalar reference, for every weight type, a
+    /// row count that does not divide into the groups, a padded row stride, and both
+    /// accumulate modes.
+    #[test]
+    fn grouped_decode_rows_match_scalar() {
+        let (k, n, ld) = (4099, 1056, 1088);
+        assert!(n * k >= PAR_MIN_WEIGHTS && k % ROWS_GROUPS != 0);
+        let wv = rand_vec(21, k * ld);
+        let wh: Vec<f16> = wv.iter().map(|&v| f16::from_f32(v)).collect();
+        let (b8, _) = quantised(&wv, false);
+        let (_, b4) = quantised(&wv, true);
+        let x = rand_vec(22, k);
+        let y0 = rand_vec(23, n);
+        for data in [
+            WeightData::F32(&wv),
+            WeightData::F16(&wh),
+            WeightData::Q8_0(&b8),
+            WeightData::Q4_0(&b4),
+        ] {
+            let w = MatRef::new(data, k, n, ld).unwrap();
+            for acc in [false, true] {
+                let mut want = if acc { y0.clone() } else { vec![0f32; n] };
+                matmul_rows_scalar(&x, k, 1, &w, &mut want, n);
+                for isa in available() {
+                    let mut got = y0.clone();
+                    matmul_rows_with(isa, &x, k, 1, &w, &mut got, n, acc).unwrap();
+                    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                    assert_close(isa.name(), &got, &want, |_| 1e-5 * scale * 8.0);
+                }
+            }
         }
     }
 

@@ -80,6 +80,22 @@ fn bandwidth(c: &mut Criterion) {
     g.finish();
 }
 
+/// `wf` quantised to Q8_0 and to Q4_0 blocks (its length a multiple of 32).
+fn quantised(wf: &[f32]) -> (Vec<BlockQ8_0>, Vec<BlockQ4_0>) {
+    let zero8 = BlockQ8_0 {
+        d: f16::ZERO,
+        qs: [0; 32],
+    };
+    let zero4 = BlockQ4_0 {
+        d: f16::ZERO,
+        qs: [0; 16],
+    };
+    let (mut q8, mut q4) = (vec![zero8; wf.len() / 32], vec![zero4; wf.len() / 32]);
+    quantize_row_q8_0(wf, &mut q8).unwrap();
+    quantize_row_q4_0(wf, &mut q4).unwrap();
+    (q8, q4)
+}
+
 /// The FFN down product of one decode step (4096 hidden units -> 1024 outputs, one
 /// activation row) in both orientations of the same weights: `linear` over the PyTorch
 /// layout (1024 rows of 4096, a dot product per output) and `matmul_rows` over the
@@ -90,25 +106,6 @@ fn decode_down(c: &mut Criterion) {
     let wf = data(d * h, 7);
     let x = data(h, 8);
     let mut y = vec![0f32; d];
-    let q = |wf: &[f32]| {
-        let mut q8 = vec![
-            BlockQ8_0 {
-                d: f16::ZERO,
-                qs: [0; 32]
-            };
-            wf.len() / 32
-        ];
-        let mut q4 = vec![
-            BlockQ4_0 {
-                d: f16::ZERO,
-                qs: [0; 16]
-            };
-            wf.len() / 32
-        ];
-        quantize_row_q8_0(wf, &mut q8).unwrap();
-        quantize_row_q4_0(wf, &mut q4).unwrap();
-        (q8, q4)
-    };
     // the transposed copy: wt[f][j] = w[j][f]
     let mut wt = vec![0f32; d * h];
     for j in 0..d {
@@ -116,8 +113,8 @@ fn decode_down(c: &mut Criterion) {
             wt[f * d + j] = wf[j * h + f];
         }
     }
-    let (q8, q4) = q(&wf);
-    let (q8t, q4t) = q(&wt);
+    let (q8, q4) = quantised(&wf);
+    let (q8t, q4t) = quantised(&wt);
     for (name, wd, wdt, bytes) in [
         ("f32", WeightData::F32(&wf), WeightData::F32(&wt), d * h * 4),
         (
@@ -159,22 +156,7 @@ fn gemv(c: &mut Criterion) {
     let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
     let x = data(SKINNY_MAX_ROWS * k, 4);
     let mut y = vec![0f32; 256 * n];
-    let mut q8 = vec![
-        BlockQ8_0 {
-            d: f16::ZERO,
-            qs: [0; 32]
-        };
-        n * k / 32
-    ];
-    let mut q4 = vec![
-        BlockQ4_0 {
-            d: f16::ZERO,
-            qs: [0; 16]
-        };
-        n * k / 32
-    ];
-    quantize_row_q8_0(&wf, &mut q8).unwrap();
-    quantize_row_q4_0(&wf, &mut q4).unwrap();
+    let (q8, q4) = quantised(&wf);
     // bytes of weight data streamed per product (blocks: 34 and 18 bytes per 32 weights)
     for (name, wd, bytes) in [
         ("f32", WeightData::F32(&wf), n * k * 4),

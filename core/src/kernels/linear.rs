@@ -26,12 +26,13 @@ use modula_quant::kernels::Q8Quad;
 /// (measured crossover on the reference machine: `docs/results.md`).
 pub const SKINNY_MAX_ROWS: usize = 16;
 
-/// A one-row product over at least this many weights is split across threads (by output
-/// columns; see [`super::par`]). Measured on the 2-core reference machine: a 1 M-weight
-/// product (≈ 80 µs) gains nothing from a second thread and its latency tail grows
-/// (median 290–370 µs, 90th percentile up to 1.2 ms, against 255 µs on one thread, for a
-/// 512 → 2048 → 512 FFN), while 16 M weights go from 3.3 ms to 2.3 ms; hence 4 M.
-pub const PAR_MIN_WEIGHTS: usize = 1 << 22;
+/// A one-row product over at least this many weights is split across threads (see
+/// [`super::par`]). With rayon's sleeping workers a 1 M-weight product (≈ 80 µs) gained
+/// nothing from a second thread on the 2-core reference machine and 4 M was the
+/// threshold; with the kernels' own team (helpers poll between products) 1 M-weight
+/// products gain: 2-thread decode of d-1024 models +19–50 % over a 4 M threshold
+/// (`docs/results.md`, "Two threads in decode"); hence 1 M.
+pub const PAR_MIN_WEIGHTS: usize = 1 << 20;
 
 /// A one-row [`matmul_rows`] over at least [`PAR_MIN_WEIGHTS`] weights sums this many
 /// groups of the matrix's rows separately (in parallel when threads allow) and then adds
@@ -887,9 +888,16 @@ pub fn matmul_rows_with(
         // number of threads (one thread runs the same groups in turn).
         let per = k.div_ceil(ROWS_GROUPS);
         let groups = k.div_ceil(per);
-        let mut stack = [0f32; ROWS_GROUPS_STACK];
+        let four = four_rows_pay(w);
+        // zeroing a stack buffer is a memset on every call: a small one for outputs up to
+        // 1,024 wide, the large one only when needed
+        let mut small = [0f32; ROWS_GROUPS * 1024];
+        let mut stack;
         let mut heap = alloc::vec::Vec::new();
-        let part: &mut [f32] = if groups * n <= ROWS_GROUPS_STACK {
+        let part: &mut [f32] = if groups * n <= small.len() {
+            &mut small[..groups * n]
+        } else if groups * n <= ROWS_GROUPS_STACK {
+            stack = [0f32; ROWS_GROUPS_STACK];
             &mut stack[..groups * n]
         } else {
             heap.resize(groups * n, 0f32);
@@ -898,7 +906,7 @@ pub fn matmul_rows_with(
         par::for_each_chunk_mut(part, n, |g, p| {
             let r0 = g * per;
             let sub = w.row_block(r0, per.min(k - r0));
-            rows_kernel(isa, &x[r0..], ldx, 1, &sub, p, n);
+            rows_kernel(isa, &x[r0..], ldx, 1, &sub, p, n, four);
         });
         for p in part.chunks_exact(n) {
             for (yv, pv) in y[..n].iter_mut().zip(p) {
@@ -906,12 +914,15 @@ pub fn matmul_rows_with(
             }
         }
     } else {
-        rows_kernel(isa, x, ldx, m, w, y, ldy);
+        rows_kernel(isa, x, ldx, m, w, y, ldy, four_rows_pay(w));
     }
     Ok(())
 }
 
 /// Dispatch a checked `matmul_rows` (accumulating) to the variant for `isa`.
+/// `four`: use the 4-row kernels (decided on the whole matrix — [`four_rows_pay`] — even
+/// when `w` is one group of its rows).
+#[allow(clippy::too_many_arguments)]
 fn rows_kernel(
     isa: Isa,
     x: &[f32],
@@ -920,6 +931,7 @@ fn rows_kernel(
     w: &MatRef<'_>,
     y: &mut [f32],
     ldy: usize,
+    four: bool,
 ) {
     if w.data.is_quantized() {
         let n = w.cols;
@@ -927,7 +939,7 @@ fn rows_kernel(
         // calls in order), the rest one by one
         four_then_one(
             w.rows,
-            four_rows_pay(w),
+            four,
             y,
             |y, f0| {
                 let rows = [0, 1, 2, 3].map(|r| qrow(w, f0 + r));

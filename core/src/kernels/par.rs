@@ -274,8 +274,9 @@ mod imp {
     static REQUESTED: AtomicUsize = AtomicUsize::new(0);
     static TEAM: Mutex<Option<(usize, Arc<Team>)>> = Mutex::new(None);
 
-    /// Set the number of threads kernels may use (0 = default). Takes effect at the next
-    /// parallel kernel call.
+    /// Set the number of threads kernels may use (0 = default: `RAYON_NUM_THREADS` as it
+    /// was at the first call, else all cores). Takes effect at the next parallel kernel
+    /// call.
     pub fn set_threads(n: usize) {
         REQUESTED.store(n, Ordering::Relaxed);
     }
@@ -286,12 +287,17 @@ mod imp {
         if in_team() {
             return 1;
         }
+        // the default is read once: `std::env::var` allocates, and this runs on every
+        // product of a decode step
+        static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         match REQUESTED.load(Ordering::Relaxed) {
-            0 => std::env::var("RAYON_NUM_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|&n: &usize| n > 0)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            0 => *DEFAULT.get_or_init(|| {
+                std::env::var("RAYON_NUM_THREADS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n: &usize| n > 0)
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            }),
             n => n,
         }
     }

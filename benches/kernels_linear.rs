@@ -10,7 +10,7 @@ use modula_benches::data;
 use modula_benches::matrixmultiply_xwt;
 use modula_core::kernels::isa::available;
 use modula_core::kernels::linear::{
-    linear_with, matmul_rows_with, MatRef, WeightData, SKINNY_MAX_ROWS,
+    linear_with, matmul_rows_mode, MatRef, WeightData, SKINNY_MAX_ROWS,
 };
 use modula_core::kernels::Isa;
 use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
@@ -139,11 +139,18 @@ fn decode_down(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("linear", isa.name()), |bch| {
                 bch.iter(|| linear_with(isa, black_box(&x), h, 1, &w, None, &mut y, d).unwrap())
             });
-            g.bench_function(BenchmarkId::new("rows_t", isa.name()), |bch| {
-                bch.iter(|| {
-                    matmul_rows_with(isa, black_box(&x), h, 1, &wt, &mut y, d, false).unwrap()
-                })
-            });
+            // the default (integer tiles for Q4_0) and f32 activations
+            for (id, qact) in [("rows_t", true), ("rows_t_f32act", false)] {
+                if !qact && name == "f32" {
+                    continue;
+                }
+                g.bench_function(BenchmarkId::new(id, isa.name()), |bch| {
+                    bch.iter(|| {
+                        matmul_rows_mode(isa, qact, black_box(&x), h, 1, &wt, &mut y, d, false)
+                            .unwrap()
+                    })
+                });
+            }
         }
         g.finish();
     }

@@ -41,6 +41,11 @@ pub struct RunArgs {
     /// Threads for the kernels.
     #[arg(long)]
     threads: Option<usize>,
+    /// Keep activations in f32 in the products over Q8_0/Q4_0 weights (by default they
+    /// are rounded to 8 bits for integer arithmetic, as llama.cpp does: faster, with a
+    /// small rounding of its own — `modula eval --engine` measures it).
+    #[arg(long)]
+    f32_activations: bool,
     /// Context capacity (default: the model's position table, else 1024).
     #[arg(long)]
     context: Option<usize>,
@@ -547,6 +552,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     if let Some(t) = a.threads {
         par::set_threads(t);
     }
+    modula_core::kernels::linear::set_quantized_activations(!a.f32_activations);
     if !(a.temperature.is_finite() && a.temperature >= 0.0) {
         return Err(format!("--temperature {} must be >= 0", a.temperature));
     }

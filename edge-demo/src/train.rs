@@ -1249,6 +1249,85 @@ pub struct EvalArgs {
     /// comma-separated to trace accuracy against the activation ratio; default 0).
     #[arg(long)]
     act_bias: Option<String>,
+    /// Score through the inference engine (`modula run`'s arithmetic: the file's weight
+    /// types with the quantised kernels, one token at a time from a fresh state per
+    /// window) instead of the training forward pass (which dequantises to f32): the
+    /// quality a device actually gets. Language models; same windows.
+    #[arg(long)]
+    engine: bool,
+    /// With --engine: keep activations in f32 in the products over Q8_0/Q4_0 weights
+    /// (as `modula run --f32-activations`).
+    #[arg(long, requires = "engine")]
+    f32_activations: bool,
+}
+
+/// `modula eval --engine`: the validation windows of a plain `modula eval` scored by the
+/// decode engine, token by token, each window from a fresh state.
+fn eval_engine<B: AsRef<[u8]>>(a: &EvalArgs, f: &Model<B>) -> Result<(), String> {
+    if a.act_bias.is_some() || a.emoe_mask != "on" {
+        return Err("--engine runs the model as deployed: no --act-bias, --emoe-mask on".into());
+    }
+    modula_core::kernels::linear::set_quantized_activations(!a.f32_activations);
+    let (data, seq) = a.data.load()?;
+    let sh = data.shape();
+    if sh.vocab == 0 || sh.classes > 0 {
+        return Err("--engine scores language models (next-token targets)".into());
+    }
+    let seqboat = f.get_str("modula.model") == Some("seqboat");
+    let mut e = crate::run::Engine::open(f, (!seqboat).then_some(seq))
+        .map_err(|e| format!("{}: {e}", a.model.display()))?;
+    if e.vocab() != sh.vocab {
+        return Err("the model does not fit this data (vocabulary)".into());
+    }
+    if let Some(sz) = a.size.as_deref() {
+        let size = e.parse_size(sz)?;
+        e.set_size(size)?;
+    }
+    println!(
+        "model: {} (scored by the decode engine, size {})",
+        a.model.display(),
+        e.current_size().label()
+    );
+    println!("data: {} at {seq} positions", data.describe());
+    let (mut nats, mut right, mut n) = (0.0f64, 0usize, 0usize);
+    for b in data
+        .eval_batches(a.batch, seq, a.batches, a.seed)
+        .map_err(|e| e.to_string())?
+    {
+        for i in 0..b.b {
+            e.reset();
+            for t in 0..b.t {
+                let l = e.step(b.tokens[i * b.t + t])?;
+                let target = b.targets[i * b.t + t];
+                if target == modula_train::layers::loss::IGNORE {
+                    continue;
+                }
+                let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let lse = f64::from(max)
+                    + l.iter()
+                        .map(|&v| f64::from(v - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                let target = target as usize;
+                let Some(&lt) = l.get(target) else {
+                    return Err(format!("target {target} outside the vocabulary"));
+                };
+                nats += lse - f64::from(lt);
+                right += usize::from(crate::run::greedy(l) as usize == target);
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
+        return Err("the validation data has no targets".into());
+    }
+    let r = EvalResult {
+        loss: nats / n as f64,
+        accuracy: right as f64 / n as f64,
+        targets: n,
+    };
+    println!("validation {}", describe(&r, true));
+    Ok(())
 }
 
 /// `modula eval` of a SeqBoat file: loss, accuracy, per-layer activation ratio and mean
@@ -1351,6 +1430,9 @@ pub fn eval(a: &EvalArgs) -> Result<(), String> {
     }
     if a.model.extension().is_none_or(|e| e != "safetensors") {
         let f = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
+        if a.engine {
+            return eval_engine(a, &f);
+        }
         if f.get_str("modula.model") == Some("seqboat") {
             return eval_sb(a, &f);
         }
@@ -1403,6 +1485,9 @@ pub fn eval(a: &EvalArgs) -> Result<(), String> {
             }
             return Ok(());
         }
+    }
+    if a.engine {
+        return Err("--engine needs a GGUF file (the engine maps GGUF)".into());
     }
     let (mut model, ctx) = load_model(&a.model)?;
     model.emoe_mask = parse_mask(&a.emoe_mask)?;

@@ -277,6 +277,44 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(eval(&out), eval(&st));
+    // the same windows scored by the decode engine: the same loss up to summation order
+    let loss_of = |line: &str| -> f64 { line.split_whitespace().nth(2).unwrap().parse().unwrap() };
+    let engine_eval = |model: &std::path::Path, extra: &[&str]| {
+        let r = modula()
+            .arg("eval")
+            .arg("--model")
+            .arg(model)
+            .args(["--seq", "16", "--batches", "2", "--engine"])
+            .args(extra)
+            .arg("--data")
+            .arg(&text)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let so = String::from_utf8_lossy(&r.stdout).to_string();
+        assert!(so.contains("scored by the decode engine"), "{so}");
+        so.lines()
+            .find(|l| l.starts_with("validation"))
+            .unwrap()
+            .to_string()
+    };
+    let (plain, by_engine) = (eval(&out), engine_eval(&out, &[]));
+    assert!(
+        (loss_of(&plain) - loss_of(&by_engine)).abs() < 1e-3,
+        "{plain} / {by_engine}"
+    );
+    let r = modula()
+        .args(["eval", "--engine", "--seq", "16", "--model"])
+        .arg(&st)
+        .arg("--data")
+        .arg(&text)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("--engine needs a GGUF"),
+        "{err}"
+    );
     // generate from the model file (and from a quantised copy below)
     let gen = |model: &std::path::Path| {
         let r = modula()
@@ -326,6 +364,16 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
         assert!(so.contains("rel RMSE") && so.contains("smaller"), "{so}");
         assert!(eval(&q).starts_with("validation loss"));
         assert!(gen(&q).starts_with(b"hello"));
+        // the engine's quantised arithmetic, with and without 8-bit activations, stays
+        // close to the dequantised f32 evaluation
+        let (plain, by_engine) = (eval(&q), engine_eval(&q, &[]));
+        let exact_act = engine_eval(&q, &["--f32-activations"]);
+        for l in [&by_engine, &exact_act] {
+            assert!(
+                (loss_of(&plain) - loss_of(l)).abs() < 0.02 * loss_of(&plain),
+                "{t}: {plain} / {l}"
+            );
+        }
     }
     for (args, needle) in [
         (vec!["--type", "q5_k"], "unknown type"),

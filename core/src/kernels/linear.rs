@@ -820,6 +820,27 @@ pub fn matmul_rows_with(
     ldy: usize,
     accumulate: bool,
 ) -> Result<(), KernelError> {
+    let qact = quantized_activations();
+    matmul_rows_mode(isa, qact, x, ldx, m, w, y, ldy, accumulate)
+}
+
+/// [`matmul_rows_with`] with an explicit activation mode: with `qact`, products over
+/// Q4_0 weights run the integer tile kernel ([`modula_quant::kernels::axpy_rows_q4_0`]:
+/// the activations times the weight scales rounded to 8 bits per 32 rows and 32
+/// columns, the analogue of [`set_quantized_activations`]' Q8_0 activations), tiles it
+/// cannot quantise (non-finite or tiny values) in f32; without, every product is f32.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_mode(
+    isa: Isa,
+    qact: bool,
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+    accumulate: bool,
+) -> Result<(), KernelError> {
     let (k, n) = (w.rows, w.cols);
     need("matmul_rows", "ldx (>= k)", k, ldx)?;
     need("matmul_rows", "ldy (>= n)", n, ldy)?;
@@ -906,7 +927,7 @@ pub fn matmul_rows_with(
         par::for_each_chunk_mut(part, n, |g, p| {
             let r0 = g * per;
             let sub = w.row_block(r0, per.min(k - r0));
-            rows_kernel(isa, &x[r0..], ldx, 1, &sub, p, n, four);
+            rows_kernel(isa, qact, &x[r0..], ldx, 1, &sub, p, n, four);
         });
         for p in part.chunks_exact(n) {
             for (yv, pv) in y[..n].iter_mut().zip(p) {
@@ -914,7 +935,7 @@ pub fn matmul_rows_with(
             }
         }
     } else {
-        rows_kernel(isa, x, ldx, m, w, y, ldy, four_rows_pay(w));
+        rows_kernel(isa, qact, x, ldx, m, w, y, ldy, four_rows_pay(w));
     }
     Ok(())
 }
@@ -925,6 +946,7 @@ pub fn matmul_rows_with(
 #[allow(clippy::too_many_arguments)]
 fn rows_kernel(
     isa: Isa,
+    qact: bool,
     x: &[f32],
     ldx: usize,
     m: usize,
@@ -933,6 +955,9 @@ fn rows_kernel(
     ldy: usize,
     four: bool,
 ) {
+    if let (true, WeightData::Q4_0(blocks)) = (qact, w.data) {
+        return rows_tiles_q4_0(isa, x, ldx, m, w, blocks, y, ldy);
+    }
     if w.data.is_quantized() {
         let n = w.cols;
         // four rows at a time where a 4-row kernel exists (bit-identical to four one-row
@@ -968,6 +993,52 @@ fn rows_kernel(
         // SAFETY: NEON supported (checked by the caller); extents checked.
         Isa::Neon => unsafe { super::aarch64::neon::matmul_rows(x, ldx, m, w, y, ldy) },
         _ => matmul_rows_scalar(x, ldx, m, w, y, ldy),
+    }
+}
+
+/// `y[i, :] += Σ_f x[i, f] · w[f, :]` over Q4_0 weights (`blocks` = `w`'s data) in integer
+/// tiles of [`qk::TILE_ROWS`] rows × [`qk::TILE_BLOCKS`] column blocks, each tile for every
+/// activation row while its weights are in L1; a tile the integer kernel refuses (see
+/// [`qk::axpy_rows_q4_0`]) runs through the f32 kernels instead.
+#[allow(clippy::too_many_arguments)]
+fn rows_tiles_q4_0(
+    isa: Isa,
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    blocks: &[BlockQ4_0],
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let (k, nb, ldb) = (w.rows, w.cols / QB, w.ld / QB);
+    let tile = |xs: &[f32], wt: &[BlockQ4_0], nbc: usize, ys: &mut [f32]| match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); the tile is within
+        // the kernel's bounds (rows ≤ TILE_ROWS, nbc ≤ TILE_BLOCKS, `wt` holds its rows
+        // `ldb` blocks apart, `ys` 32 values per block).
+        Isa::Avx2 => unsafe { qk::avx2::axpy_rows_q4_0(xs, wt, ldb, nbc, ys) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked by the caller); tile within bounds as above.
+        Isa::Neon => unsafe { qk::neon::axpy_rows_q4_0(xs, wt, ldb, nbc, ys) },
+        _ => qk::axpy_rows_q4_0(xs, wt, ldb, nbc, ys),
+    };
+    for r0 in (0..k).step_by(qk::TILE_ROWS) {
+        let rows = qk::TILE_ROWS.min(k - r0);
+        for c0 in (0..nb).step_by(qk::TILE_BLOCKS) {
+            let nbc = qk::TILE_BLOCKS.min(nb - c0);
+            let wt = &blocks[r0 * ldb + c0..];
+            for i in 0..m {
+                let xs = &x[i * ldx + r0..i * ldx + r0 + rows];
+                let ys = &mut y[i * ldy + 32 * c0..i * ldy + 32 * (c0 + nbc)];
+                if !tile(xs, wt, nbc, ys) {
+                    for (r, &a) in xs.iter().enumerate() {
+                        let b0 = (r0 + r) * ldb + c0;
+                        qaxpy(isa, a, &QRow::Q4(&blocks[b0..b0 + nbc]), ys);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1267,10 +1338,71 @@ mod tests {
             matmul_rows_scalar(&xr, n, m, &MatRef::f32(&deq, n, k).unwrap(), &mut want, k);
             for isa in available() {
                 let mut got = y0.clone();
-                matmul_rows_with(isa, &xr, n, m, &wt, &mut got, k, acc).unwrap();
+                matmul_rows_mode(isa, false, &xr, n, m, &wt, &mut got, k, acc).unwrap();
                 assert_close(isa.name(), &got, &want, |_| 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
             }
+            // quantised activations: Q4_0 runs the integer tiles (tiles from row 0 here),
+            // every ISA bit-identical to the scalar one; Q8_0 stays f32
+            let mut qref = y0.clone();
+            matmul_rows_mode(Isa::Scalar, true, &xr, n, m, &wt, &mut qref, k, acc).unwrap();
+            if q4 {
+                let bound = q4_tile_bound(&xr, n, m, &b4, n, k, ldw, |f| f / qk::TILE_ROWS * qk::TILE_ROWS);
+                assert_close("scalar tiles", &qref, &want, |i| bound[i] + 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
+            } else {
+                assert_close("scalar q8 rows", &qref, &want, |_| 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
+            }
+            for isa in available() {
+                let mut got = y0.clone();
+                matmul_rows_mode(isa, true, &xr, n, m, &wt, &mut got, k, acc).unwrap();
+                if q4 {
+                    prop_assert!(got.iter().zip(&qref).all(|(a, b)| a.to_bits() == b.to_bits()), "{} tiles differ from scalar", isa.name());
+                } else {
+                    assert_close(isa.name(), &got, &qref, |_| 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
+                }
+            }
         }
+    }
+
+    /// Bound on the integer tiles' rounding of `Σ_f x[i, f]·w[f, :]` (Q4_0 `w`, `k` rows of
+    /// `n` columns, `ld` apart; `x` `m` rows of `k`, `ldx` apart): per tile of rows
+    /// (`tile_of(f)` = its first row) and column block, each term errs by at most
+    /// `|q − 8| · amax / 254` (amax = the tile's largest `|x·d|` in that block).
+    #[allow(clippy::too_many_arguments)]
+    fn q4_tile_bound(
+        x: &[f32],
+        ldx: usize,
+        m: usize,
+        w: &[BlockQ4_0],
+        k: usize,
+        n: usize,
+        ld: usize,
+        tile_of: impl Fn(usize) -> usize,
+    ) -> Vec<f32> {
+        let (nb, ldb) = (n / QB, ld / QB);
+        let mut out = vec![0f32; m * n];
+        let mut deq = [0f32; 32];
+        for i in 0..m {
+            for b in 0..nb {
+                let c = |f: usize| (x[i * ldx + f] * w[f * ldb + b].d.to_f32()).abs();
+                for f in 0..k {
+                    let t0 = tile_of(f);
+                    let amax = (t0..k)
+                        .take_while(|&g| tile_of(g) == t0)
+                        .map(c)
+                        .fold(0f32, f32::max);
+                    modula_quant::quantize::dequantize_row_q4_0(
+                        &w[f * ldb + b..f * ldb + b + 1],
+                        &mut deq,
+                    );
+                    let d = w[f * ldb + b].d.to_f32();
+                    for j in 0..QB {
+                        let q = if d == 0.0 { 8.0 } else { (deq[j] / d).abs() };
+                        out[i * n + b * QB + j] += q * amax / 254.0 * 1.001;
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The skinny Q4_0 and Q8_0 paths (activation quads precomputed, grouped kernels, four
@@ -1440,15 +1572,45 @@ mod tests {
             WeightData::Q4_0(&b4),
         ] {
             let w = MatRef::new(data, k, n, ld).unwrap();
+            let q4 = matches!(data, WeightData::Q4_0(_));
             for acc in [false, true] {
                 let mut want = if acc { y0.clone() } else { vec![0f32; n] };
                 matmul_rows_scalar(&x, k, 1, &w, &mut want, n);
+                let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
                 for isa in available() {
                     let mut got = y0.clone();
-                    matmul_rows_with(isa, &x, k, 1, &w, &mut got, n, acc).unwrap();
-                    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                    matmul_rows_mode(isa, false, &x, k, 1, &w, &mut got, n, acc).unwrap();
                     assert_close(isa.name(), &got, &want, |_| 1e-5 * scale * 8.0);
                 }
+                if !q4 {
+                    continue;
+                }
+                // integer tiles: 32-row tiles from each group's first row, every ISA and
+                // thread count bit-identical to the scalar ISA, within the rounding bound
+                let mut qref = y0.clone();
+                matmul_rows_mode(Isa::Scalar, true, &x, k, 1, &w, &mut qref, n, acc).unwrap();
+                let per = k.div_ceil(ROWS_GROUPS);
+                let bound = q4_tile_bound(&x, k, 1, &b4, k, n, ld, |f| {
+                    f / per * per + (f % per) / qk::TILE_ROWS * qk::TILE_ROWS
+                });
+                assert_close("scalar tiles", &qref, &want, |i| {
+                    bound[i] + 1e-5 * scale * 8.0
+                });
+                for threads in [1, 2, 3] {
+                    crate::kernels::par::set_threads(threads);
+                    for isa in available() {
+                        let mut got = y0.clone();
+                        matmul_rows_mode(isa, true, &x, k, 1, &w, &mut got, n, acc).unwrap();
+                        assert!(
+                            got.iter()
+                                .zip(&qref)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{} at {threads} threads differs from scalar",
+                            isa.name()
+                        );
+                    }
+                }
+                crate::kernels::par::set_threads(0);
             }
         }
     }

@@ -508,3 +508,159 @@ pub unsafe fn dot4_q4_0_q8_0_quads(
         )
     }
 }
+
+/// [`super::axpy_rows_q4_0`], bit-identical to it: the tile's activation scales are
+/// computed 8 column blocks at a time, then each block's 32 outputs are summed over the
+/// rows two at a time — the two rows' bytes interleaved, then split into nibbles, and
+/// multiplied with the pair `(c'_f, c'_g)` by `vpmaddubsw` (unsigned weights `0..15` times
+/// signed `c'`, pairs summed in 16 bits), 8 pairs per 16-bit sum (exact: at most
+/// 8 × 2 × 15 × 127 = 30,480), widened to 32 bits; the `− 8` of the weights is subtracted
+/// once per block as `8 · Σ_r c'_r`.
+///
+/// # Safety
+/// AVX2, FMA and F16C available; `x.len() <= TILE_ROWS`, `nb <= TILE_BLOCKS`,
+/// `w.len() >= (x.len() − 1)·ld + nb` (when `x` is not empty) and `y.len() >= 32·nb`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_rows_q4_0(
+    x: &[f32],
+    w: &[BlockQ4_0],
+    ld: usize,
+    nb: usize,
+    y: &mut [f32],
+) -> bool {
+    use super::{TILE_BLOCKS, TILE_ROWS, TILE_TINY};
+    let rows = x.len();
+    // checked (once per tile) so the compiler can drop the index checks below
+    assert!(rows <= TILE_ROWS && nb <= TILE_BLOCKS, "tile too large");
+    if rows == 0 || nb == 0 {
+        return true;
+    }
+    debug_assert!(w.len() >= (rows - 1) * ld + nb && y.len() >= 32 * nb);
+    let pairs = rows.div_ceil(2);
+    // the weight scales as f16 bits, [row][block], zero past nb (those blocks give c = 0)
+    let mut dsc = [[0u16; TILE_BLOCKS]; TILE_ROWS];
+    for (r, dr) in dsc[..rows].iter_mut().enumerate() {
+        let row = &w[r * ld..r * ld + nb];
+        for (v, blk) in dr[..nb].iter_mut().zip(row) {
+            *v = blk.d.to_bits();
+        }
+    }
+    // per block: s_b, 8·Σ_r c'_r, and for each row pair (f, g) the two bytes c'_f, c'_g
+    // in the low 16 bits of an i32 (broadcast as one 16-bit lane pattern below)
+    let mut s = [0f32; TILE_BLOCKS];
+    let mut corr = [0i32; TILE_BLOCKS];
+    let mut pair = [[0i32; TILE_BLOCKS]; TILE_ROWS / 2];
+    // SAFETY: the features are the caller's; every pointer below stays inside the arrays
+    // above (8-lane groups of blocks g·8 .. g·8+8 ≤ TILE_BLOCKS), inside `w` (row r < rows,
+    // block b < nb) and inside `y` (block b < nb writes y[32b .. 32b+32]); prefetches
+    // never fault and use wrapping pointer arithmetic.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let zero = _mm256_setzero_ps();
+        let c127 = _mm256_set1_ps(127.0);
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let tiny = _mm256_set1_ps(TILE_TINY);
+        let low8 = _mm256_set1_epi32(0xff);
+        for g in 0..nb.div_ceil(8) {
+            let mut c = [zero; TILE_ROWS];
+            let mut amax = zero;
+            // a non-finite c makes the sum non-finite (so may an overflowing sum of finite
+            // ones: such a tile is refused too, and runs in f32)
+            let mut sum = zero;
+            for r in 0..rows {
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(dsc[r].as_ptr().add(8 * g).cast()));
+                c[r] = _mm256_mul_ps(d, _mm256_set1_ps(x[r]));
+                sum = _mm256_add_ps(sum, c[r]);
+                amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[r]));
+            }
+            let finite = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_andnot_ps(sign, sum), inf);
+            let nonzero = _mm256_cmp_ps::<_CMP_GT_OQ>(amax, zero);
+            let small = _mm256_and_ps(nonzero, _mm256_cmp_ps::<_CMP_LT_OQ>(amax, tiny));
+            if _mm256_movemask_ps(finite) != 0xff || _mm256_movemask_ps(small) != 0 {
+                return false;
+            }
+            // 127 / 0 = inf is masked to 0 (c = 0 there)
+            let inv = _mm256_and_ps(_mm256_div_ps(c127, amax), nonzero);
+            _mm256_storeu_ps(s.as_mut_ptr().add(8 * g), _mm256_div_ps(amax, c127));
+            let mut csum = _mm256_setzero_si256();
+            let mut q = [_mm256_setzero_si256(); TILE_ROWS];
+            for r in 0..rows {
+                // default rounding (to nearest, ties to even) = rintf
+                q[r] = _mm256_cvtps_epi32(_mm256_mul_ps(c[r], inv));
+                csum = _mm256_add_epi32(csum, q[r]);
+            }
+            _mm256_storeu_si256(
+                corr.as_mut_ptr().add(8 * g).cast(),
+                _mm256_slli_epi32::<3>(csum),
+            );
+            for (p, pr) in pair[..pairs].iter_mut().enumerate() {
+                // q[2p + 1] is zero past the last row
+                let v = _mm256_or_si256(
+                    _mm256_and_si256(q[2 * p], low8),
+                    _mm256_slli_epi32::<8>(_mm256_and_si256(q[2 * p + 1], low8)),
+                );
+                _mm256_storeu_si256(pr.as_mut_ptr().add(8 * g).cast(), v);
+            }
+        }
+        let nib = _mm256_set1_epi8(0x0f);
+        // row pointers; an odd last row is paired with itself (its partner's c' is zero)
+        let mut rp = [w.as_ptr(); TILE_ROWS];
+        for (r, p) in rp[..2 * pairs].iter_mut().enumerate() {
+            *p = w.as_ptr().add(r.min(rows - 1) * ld);
+        }
+        // pair p of block b into the 16-bit sums lo (outputs 0..15) and hi (16..31)
+        let step = |p: usize, b: usize, lo: &mut __m256i, hi: &mut __m256i| {
+            let qf = _mm_loadu_si128((*rp[2 * p].add(b)).qs.as_ptr().cast());
+            let qg = _mm_loadu_si128((*rp[2 * p + 1].add(b)).qs.as_ptr().cast());
+            // bytes f_j g_j interleaved: j = 0..7 in the low lane, 8..15 in the high; their
+            // low nibbles are outputs j, their high nibbles outputs 16 + j
+            let t = _mm256_set_m128i(_mm_unpackhi_epi8(qf, qg), _mm_unpacklo_epi8(qf, qg));
+            let cp = _mm256_set1_epi16(pair[p][b] as i16);
+            let l = _mm256_and_si256(t, nib);
+            let h = _mm256_and_si256(_mm256_srli_epi16::<4>(t), nib);
+            *lo = _mm256_add_epi16(*lo, _mm256_maddubs_epi16(l, cp));
+            *hi = _mm256_add_epi16(*hi, _mm256_maddubs_epi16(h, cp));
+        };
+        // the next tile of a transposed matrix usually follows this one in memory: fetch
+        // it into cache while this one is summed
+        let tile_bytes = rows * ld * core::mem::size_of::<BlockQ4_0>();
+        let next = w.as_ptr().cast::<i8>().wrapping_add(tile_bytes);
+        let lines_per_b = (tile_bytes / 64).div_ceil(nb);
+        for b in 0..nb {
+            for l in 0..lines_per_b {
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * (b * lines_per_b + l)));
+            }
+            // 32-bit sums of outputs 0..8, 8..16, 16..24, 24..32
+            let mut acc = [_mm256_setzero_si256(); 4];
+            for p0 in (0..pairs).step_by(8) {
+                let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                if p0 + 8 <= pairs {
+                    for p in p0..p0 + 8 {
+                        step(p, b, &mut lo, &mut hi);
+                    }
+                } else {
+                    for p in p0..pairs {
+                        step(p, b, &mut lo, &mut hi);
+                    }
+                }
+                for (a, v) in acc.iter_mut().zip([
+                    _mm256_castsi256_si128(lo),
+                    _mm256_extracti128_si256::<1>(lo),
+                    _mm256_castsi256_si128(hi),
+                    _mm256_extracti128_si256::<1>(hi),
+                ]) {
+                    *a = _mm256_add_epi32(*a, _mm256_cvtepi16_epi32(v));
+                }
+            }
+            let cv = _mm256_set1_epi32(corr[b]);
+            let sv = _mm256_set1_ps(s[b]);
+            let yp = y.as_mut_ptr().add(32 * b);
+            for (k, a) in acc.iter().enumerate() {
+                let t = _mm256_mul_ps(sv, _mm256_cvtepi32_ps(_mm256_sub_epi32(*a, cv)));
+                let o = yp.add(8 * k);
+                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), t));
+            }
+        }
+    }
+    true
+}

@@ -9,6 +9,7 @@
 //! different order), so they agree with the references to rounding, not bit for bit.
 
 use crate::blocks::{BlockQ4_0, BlockQ8_0, QK4_0, QK8_0};
+use half::f16;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -118,6 +119,88 @@ pub fn q8_quads(x: &[BlockQ8_0], out: &mut [Q8Quad]) {
             o.scale[k] = b.d.to_f32();
         }
     }
+}
+
+/// Rows per tile of the integer transposed product ([`axpy_rows_q4_0`]): the rows that
+/// share one 8-bit scale of the activation side per column block.
+pub const TILE_ROWS: usize = 32;
+/// Column blocks (of 32 outputs) per tile: a tile's weights (16 × 32 × 18 bytes = 9 KiB
+/// for Q4_0) and its per-block activation scales stay in L1 while they are used.
+pub const TILE_BLOCKS: usize = 32;
+/// Tiles whose largest `|x·d|` in some column block lies in `(0, TILE_TINY)` are not
+/// quantised (`127 / amax` would overflow); the caller runs them in f32.
+pub const TILE_TINY: f32 = 1e-30;
+
+/// The activation side of one tile of the integer transposed product, column block `b`:
+/// `c_r = x_r · d_{r,b}` (`d` the weight block's scale), `amax = max_r |c_r|`,
+/// the scale `s_b = amax / 127` and `c'_r = rint(c_r · (127 / amax))` (ties to even),
+/// so `Σ_r c_r·w_r ≈ s_b · Σ_r c'_r·q_r` over the block's integer weights `q`.
+/// `None` when a `c_r` is not finite or `0 < amax < TILE_TINY`; an all-zero block gives
+/// `s_b = 0` and `c' = 0`. Writes `cq[..x.len()]`.
+#[inline]
+fn tile_block_scale(x: &[f32], d: impl Fn(usize) -> f16, cq: &mut [i32]) -> Option<f32> {
+    let mut c = [0f32; TILE_ROWS];
+    let mut amax = 0f32;
+    for (r, (cr, &xr)) in c.iter_mut().zip(x).enumerate() {
+        *cr = xr * d(r).to_f32();
+        if !cr.is_finite() {
+            return None;
+        }
+        amax = amax.max(cr.abs());
+    }
+    if amax == 0.0 {
+        cq[..x.len()].fill(0);
+        return Some(0.0);
+    }
+    if amax < TILE_TINY {
+        return None;
+    }
+    let inv = 127.0 / amax;
+    for (q, cr) in cq.iter_mut().zip(&c[..x.len()]) {
+        *q = libm::rintf(cr * inv) as i32;
+    }
+    Some(amax / 127.0)
+}
+
+/// One tile of `y += Σ_r x[r] · dequant(w_r)` — the product with a transposed Q4_0 matrix
+/// (rows `w_r = w[r·ld .. r·ld + nb]`, `r < x.len() ≤ TILE_ROWS`, `nb ≤ TILE_BLOCKS`,
+/// `y.len() ≥ 32·nb`) in integer arithmetic: per column block `b` the activations times
+/// the weight scales are quantised to 8 bits ([`tile_block_scale`]: `s_b`, `c'_r`), the
+/// 32 outputs summed exactly as `Σ_r c'_r·(q_{r,i} − 8)` in integers and added as
+/// `y_i += s_b · sum` (one f32 multiply, one add). Like the Q8_0 activations of the
+/// PyTorch-layout products this rounds the activation side (relative error up to
+/// 1/254 of the block's largest `|x·d|` per term). Returns false, having written nothing,
+/// when the tile cannot be quantised (a non-finite or tiny `|x·d|`, see [`TILE_TINY`]):
+/// the caller then uses the f32 kernels. The SIMD versions give bit-identical results.
+pub fn axpy_rows_q4_0(x: &[f32], w: &[BlockQ4_0], ld: usize, nb: usize, y: &mut [f32]) -> bool {
+    let rows = x.len();
+    assert!(rows <= TILE_ROWS && nb <= TILE_BLOCKS, "tile too large");
+    if rows == 0 || nb == 0 {
+        return true;
+    }
+    assert!(w.len() >= (rows - 1) * ld + nb && y.len() >= 32 * nb);
+    let mut cq = [[0i32; TILE_ROWS]; TILE_BLOCKS];
+    let mut s = [0f32; TILE_BLOCKS];
+    for b in 0..nb {
+        match tile_block_scale(x, |r| w[r * ld + b].d, &mut cq[b]) {
+            Some(v) => s[b] = v,
+            None => return false,
+        }
+    }
+    for b in 0..nb {
+        let mut acc = [0i32; QK4_0];
+        for (r, &c) in cq[b][..rows].iter().enumerate() {
+            let (lo, hi) = acc.split_at_mut(QK4_0 / 2);
+            for (j, &byte) in w[r * ld + b].qs.iter().enumerate() {
+                lo[j] += c * (i32::from(byte & 0x0f) - 8);
+                hi[j] += c * (i32::from(byte >> 4) - 8);
+            }
+        }
+        for (yv, &a) in y[32 * b..32 * b + 32].iter_mut().zip(&acc) {
+            *yv += s[b] * a as f32;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -519,6 +602,140 @@ pub(crate) mod tests {
                     assert!((y1[i] - y2[i]).abs() <= t, "{name} axpy q4 {seed} {i}");
                 }
             }
+        }
+    }
+
+    type RowsKernel = fn(&[f32], &[BlockQ4_0], usize, usize, &mut [f32]) -> bool;
+
+    #[allow(unused_mut)]
+    fn simd_rows_kernels() -> Vec<(&'static str, RowsKernel)> {
+        let mut v: Vec<(&'static str, RowsKernel)> = Vec::new();
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if has_avx2() {
+            // SAFETY: the features were detected above; the tests pass tiles within the
+            // documented bounds.
+            v.push(("avx2", |x, w, ld, nb, y| unsafe {
+                avx2::axpy_rows_q4_0(x, w, ld, nb, y)
+            }));
+        }
+        #[cfg(all(target_arch = "aarch64", feature = "std"))]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            // SAFETY: NEON was detected above; tiles within the documented bounds.
+            v.push(("neon", |x, w, ld, nb, y| unsafe {
+                neon::axpy_rows_q4_0(x, w, ld, nb, y)
+            }));
+        }
+        v
+    }
+
+    /// The integer transposed tile: the reference is within its rounding bound of the f32
+    /// product with the dequantised weights, and every SIMD version equals the reference
+    /// bit for bit, on random ragged tiles (rows 0..=32, blocks 0..=32, padded strides,
+    /// rows of very different magnitudes, zero rows).
+    #[test]
+    fn integer_rows_tiles_match_the_reference() {
+        let variants = simd_rows_kernels();
+        #[cfg(feature = "std")]
+        std::eprintln!(
+            "rows-tile variants checked: {:?}",
+            variants.iter().map(|v| v.0).collect::<Vec<_>>()
+        );
+        for seed in 0..400u64 {
+            let rows = (seed % 33) as usize;
+            let nb = ((seed * 7) % 33) as usize;
+            let ld = nb + (seed % 3) as usize;
+            let wf: Vec<f32> = rand(seed, 32 * ld * rows.max(1))
+                .iter()
+                .map(|v| v * 2.0)
+                .collect();
+            let w = q4(&wf);
+            let mut x = rand(seed ^ 0x1234, rows);
+            for (r, v) in x.iter_mut().enumerate() {
+                // magnitudes spread over 1e-3..1e2, some rows exactly zero
+                *v *= [1e-3, 1.0, 1e2, 0.0, 0.3][(r + seed as usize) % 5];
+            }
+            let y0 = rand(seed ^ 0x99, 32 * nb);
+            let mut want = y0.clone();
+            assert!(axpy_rows_q4_0(&x, &w, ld, nb, &mut want), "seed {seed}");
+            // against f32 arithmetic on the dequantised weights
+            let mut deq = vec![0f32; 32];
+            for b in 0..nb {
+                let amax = (0..rows)
+                    .map(|r| (x[r] * w[r * ld + b].d.to_f32()).abs())
+                    .fold(0f32, f32::max);
+                for i in 0..32 {
+                    let mut exact = y0[32 * b + i] as f64;
+                    let mut bound = 0f64;
+                    for r in 0..rows {
+                        crate::quantize::dequantize_row_q4_0(
+                            &w[r * ld + b..r * ld + b + 1],
+                            &mut deq,
+                        );
+                        exact += x[r] as f64 * deq[i] as f64;
+                        let q = (deq[i] / w[r * ld + b].d.to_f32()).abs() as f64;
+                        bound += q * amax as f64 / 254.0 * 1.001;
+                    }
+                    let got = want[32 * b + i] as f64;
+                    let t = bound + 1e-6 * (exact.abs() + 1.0);
+                    assert!(
+                        (got - exact).abs() <= t,
+                        "seed {seed} b {b} i {i}: {got} vs {exact}"
+                    );
+                }
+            }
+            for (name, k) in &variants {
+                let mut got = y0.clone();
+                assert!(k(&x, &w, ld, nb, &mut got), "{name} seed {seed}");
+                for i in 0..32 * nb {
+                    assert_eq!(
+                        got[i].to_bits(),
+                        want[i].to_bits(),
+                        "{name} seed {seed} at {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A non-finite or tiny `x·d` refuses the tile (nothing written) in every version.
+    #[test]
+    fn integer_rows_tiles_refuse_what_they_cannot_quantise() {
+        let w = q4(&rand(5, 32 * 4 * 3));
+        let y0 = rand(6, 32 * 4);
+        let mut all: Vec<(&str, RowsKernel)> = vec![("scalar", axpy_rows_q4_0)];
+        all.extend(simd_rows_kernels());
+        for (name, k) in &all {
+            for x in [
+                [0.5, f32::NAN, -0.25],
+                [0.5, f32::INFINITY, -0.25],
+                [1e-33, 0.0, -2e-33],
+            ] {
+                let mut y = y0.clone();
+                assert!(!k(&x, &w, 4, 4, &mut y), "{name} {x:?}");
+                assert_eq!(y, y0, "{name} wrote on refusal");
+            }
+            // all-zero activations are fine and add nothing
+            let mut y = y0.clone();
+            assert!(k(&[0.0; 3], &w, 4, 4, &mut y), "{name} zeros");
+            assert_eq!(y, y0);
+        }
+    }
+
+    /// Ties round to even (as the SIMD conversions do): with `d = 1` and amax = 127 the
+    /// activations are their own `c'`, so 2.5 → 2 and 4.5 → 4.
+    #[test]
+    fn integer_rows_tiles_round_ties_to_even() {
+        let blk = BlockQ4_0 {
+            d: f16::from_f32(1.0),
+            qs: [0x99; 16], // every weight 9 − 8 = 1
+        };
+        let w = vec![blk; 4];
+        let mut all: Vec<(&str, RowsKernel)> = vec![("scalar", axpy_rows_q4_0)];
+        all.extend(simd_rows_kernels());
+        for (name, k) in &all {
+            let mut y = vec![0f32; 32];
+            assert!(k(&[127.0, 2.5, 4.5, 0.0], &w, 1, 1, &mut y));
+            assert!(y.iter().all(|&v| v == 133.0), "{name}: {y:?}");
         }
     }
 }

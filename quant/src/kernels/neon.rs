@@ -293,3 +293,102 @@ pub unsafe fn dot_q4_0_q8_0_dotprod(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     // SAFETY: NEON and dotprod are the caller's; blocks hold 16 (Q4_0) or 32 (Q8_0) bytes.
     unsafe { qq_dot(w, x, |b| (halves_q4(b), b.d), |acc, a, c| sdot(acc, a, c)) }
 }
+
+/// [`super::axpy_rows_q4_0`], bit-identical to it: the tile's activation scales 4 column
+/// blocks at a time (scales widened by `FCVTL`, `FCVTNS` rounding to nearest, ties to
+/// even, as `rintf`), then per block and row the 32 signed weights `q − 8` times `c'_r`
+/// accumulated in 16 bits by `SMLAL` (exact: at most 32 rows × 8 × 127 = 32,512), widened
+/// to 32 bits, converted and added as `y += s_b · sum`.
+///
+/// # Safety
+/// NEON available; `x.len() <= TILE_ROWS`, `nb <= TILE_BLOCKS`,
+/// `w.len() >= (x.len() − 1)·ld + nb` (when `x` is not empty) and `y.len() >= 32·nb`.
+#[target_feature(enable = "neon")]
+pub unsafe fn axpy_rows_q4_0(
+    x: &[f32],
+    w: &[BlockQ4_0],
+    ld: usize,
+    nb: usize,
+    y: &mut [f32],
+) -> bool {
+    use super::{TILE_BLOCKS, TILE_ROWS, TILE_TINY};
+    let rows = x.len();
+    assert!(rows <= TILE_ROWS && nb <= TILE_BLOCKS, "tile too large");
+    if rows == 0 || nb == 0 {
+        return true;
+    }
+    debug_assert!(w.len() >= (rows - 1) * ld + nb && y.len() >= 32 * nb);
+    // the weight scales as f16 bits, [row][block], zero past nb (those blocks give c = 0)
+    let mut dsc = [[0u16; TILE_BLOCKS]; TILE_ROWS];
+    for (r, dr) in dsc[..rows].iter_mut().enumerate() {
+        let row = &w[r * ld..r * ld + nb];
+        for (v, blk) in dr[..nb].iter_mut().zip(row) {
+            *v = blk.d.to_bits();
+        }
+    }
+    let mut s = [0f32; TILE_BLOCKS];
+    // c'_{r,b} as bytes, [block][row]
+    let mut cq = [[0i8; TILE_ROWS]; TILE_BLOCKS];
+    // SAFETY: NEON is the caller's; every pointer stays inside the arrays above (4-lane
+    // groups of blocks g·4 .. g·4+4 ≤ TILE_BLOCKS), inside `w` (row r < rows, block
+    // b < nb) and inside `y` (block b < nb writes y[32b .. 32b+32]).
+    unsafe {
+        let c127 = vdupq_n_f32(127.0);
+        for g in 0..nb.div_ceil(4) {
+            let mut c = [vdupq_n_f32(0.0); TILE_ROWS];
+            let mut amax = vdupq_n_f32(0.0);
+            // a non-finite c makes the sum non-finite (so may an overflowing sum of finite
+            // ones: such a tile is refused too)
+            let mut sum = vdupq_n_f32(0.0);
+            for r in 0..rows {
+                let mut bits = [0u16; 4];
+                bits.copy_from_slice(&dsc[r][4 * g..4 * g + 4]);
+                c[r] = vmulq_n_f32(f16x4_to_f32(bits), x[r]);
+                sum = vaddq_f32(sum, c[r]);
+                amax = vmaxq_f32(amax, vabsq_f32(c[r]));
+            }
+            let finite = vcltq_f32(vabsq_f32(sum), vdupq_n_f32(f32::INFINITY));
+            let nonzero = vcgtq_f32(amax, vdupq_n_f32(0.0));
+            let small = vandq_u32(nonzero, vcltq_f32(amax, vdupq_n_f32(TILE_TINY)));
+            if vminvq_u32(finite) == 0 || vmaxvq_u32(small) != 0 {
+                return false;
+            }
+            // 127 / 0 = inf is masked to 0 (c = 0 there)
+            let inv = vreinterpretq_f32_u32(vandq_u32(
+                vreinterpretq_u32_f32(vdivq_f32(c127, amax)),
+                nonzero,
+            ));
+            vst1q_f32(s.as_mut_ptr().add(4 * g), vdivq_f32(amax, c127));
+            for r in 0..rows {
+                let q = vcvtnq_s32_f32(vmulq_f32(c[r], inv));
+                let mut lanes = [0i32; 4];
+                vst1q_s32(lanes.as_mut_ptr(), q);
+                for (k, v) in lanes.iter().enumerate() {
+                    cq[4 * g + k][r] = *v as i8;
+                }
+            }
+        }
+        for b in 0..nb {
+            // 16-bit sums of outputs 0..8, 8..16, 16..24, 24..32
+            let mut acc = [vdupq_n_s16(0); 4];
+            for r in 0..rows {
+                let [lo, hi] = halves_q4(&*w.as_ptr().add(r * ld + b));
+                let cv = vdup_n_s8(cq[b][r]);
+                acc[0] = vmlal_s8(acc[0], vget_low_s8(lo), cv);
+                acc[1] = vmlal_s8(acc[1], vget_high_s8(lo), cv);
+                acc[2] = vmlal_s8(acc[2], vget_low_s8(hi), cv);
+                acc[3] = vmlal_s8(acc[3], vget_high_s8(hi), cv);
+            }
+            let sv = vdupq_n_f32(s[b]);
+            let yp = y.as_mut_ptr().add(32 * b);
+            for (k, a) in acc.iter().enumerate() {
+                for (j, h) in [vget_low_s16(*a), vget_high_s16(*a)].iter().enumerate() {
+                    let t = vmulq_f32(sv, vcvtq_f32_s32(vmovl_s16(*h)));
+                    let o = yp.add(8 * k + 4 * j);
+                    vst1q_f32(o, vaddq_f32(vld1q_f32(o), t));
+                }
+            }
+        }
+    }
+    true
+}

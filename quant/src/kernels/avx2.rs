@@ -537,19 +537,28 @@ pub unsafe fn axpy_rows_q4_0(
     }
     debug_assert!(w.len() >= (rows - 1) * ld + nb && y.len() >= 32 * nb);
     let pairs = rows.div_ceil(2);
-    // the weight scales as f16 bits, [row][block], zero past nb (those blocks give c = 0)
-    let mut dsc = [[0u16; TILE_BLOCKS]; TILE_ROWS];
-    for (r, dr) in dsc[..rows].iter_mut().enumerate() {
-        let row = &w[r * ld..r * ld + nb];
-        for (v, blk) in dr[..nb].iter_mut().zip(row) {
-            *v = blk.d.to_bits();
+    // 8 weight scales of row r from block 8g as f16 bits, zero past nb (c = 0 there)
+    let scales8 = |r: usize, g: usize| -> [u16; 8] {
+        let b0 = 8 * g;
+        let row = &w[r * ld + b0..r * ld + nb];
+        if let Some(full) = row.first_chunk::<8>() {
+            full.map(|blk| blk.d.to_bits())
+        } else {
+            let mut v = [0u16; 8];
+            for (o, blk) in v.iter_mut().zip(row) {
+                *o = blk.d.to_bits();
+            }
+            v
         }
-    }
+    };
     // per block: s_b, 8·Σ_r c'_r, and for each row pair (f, g) the two bytes c'_f, c'_g
     // in the low 16 bits of an i32 (broadcast as one 16-bit lane pattern below)
     let mut s = [0f32; TILE_BLOCKS];
     let mut corr = [0i32; TILE_BLOCKS];
-    let mut pair = [[0i32; TILE_BLOCKS]; TILE_ROWS / 2];
+    // (not zeroed: every element read, [p < pairs][b < nb], is written first — the
+    // groups of 8 blocks cover 0..nb — and the memset cost ~2 % of a decode)
+    let mut pair = core::mem::MaybeUninit::<[[i32; TILE_BLOCKS]; TILE_ROWS / 2]>::uninit();
+    let pair_ptr = pair.as_mut_ptr().cast::<i32>();
     // SAFETY: the features are the caller's; every pointer below stays inside the arrays
     // above (8-lane groups of blocks g·8 .. g·8+8 ≤ TILE_BLOCKS), inside `w` (row r < rows,
     // block b < nb) and inside `y` (block b < nb writes y[32b .. 32b+32]); prefetches
@@ -568,7 +577,7 @@ pub unsafe fn axpy_rows_q4_0(
             // ones: such a tile is refused too, and runs in f32)
             let mut sum = zero;
             for r in 0..rows {
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(dsc[r].as_ptr().add(8 * g).cast()));
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(scales8(r, g).as_ptr().cast()));
                 c[r] = _mm256_mul_ps(d, _mm256_set1_ps(x[r]));
                 sum = _mm256_add_ps(sum, c[r]);
                 amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[r]));
@@ -593,13 +602,13 @@ pub unsafe fn axpy_rows_q4_0(
                 corr.as_mut_ptr().add(8 * g).cast(),
                 _mm256_slli_epi32::<3>(csum),
             );
-            for (p, pr) in pair[..pairs].iter_mut().enumerate() {
+            for p in 0..pairs {
                 // q[2p + 1] is zero past the last row
                 let v = _mm256_or_si256(
                     _mm256_and_si256(q[2 * p], low8),
                     _mm256_slli_epi32::<8>(_mm256_and_si256(q[2 * p + 1], low8)),
                 );
-                _mm256_storeu_si256(pr.as_mut_ptr().add(8 * g).cast(), v);
+                _mm256_storeu_si256(pair_ptr.add(p * TILE_BLOCKS + 8 * g).cast(), v);
             }
         }
         let nib = _mm256_set1_epi8(0x0f);
@@ -615,7 +624,8 @@ pub unsafe fn axpy_rows_q4_0(
             // bytes f_j g_j interleaved: j = 0..7 in the low lane, 8..15 in the high; their
             // low nibbles are outputs j, their high nibbles outputs 16 + j
             let t = _mm256_set_m128i(_mm_unpackhi_epi8(qf, qg), _mm_unpacklo_epi8(qf, qg));
-            let cp = _mm256_set1_epi16(pair[p][b] as i16);
+            // written above (p < pairs, b < nb)
+            let cp = _mm256_set1_epi16(*pair_ptr.add(p * TILE_BLOCKS + b) as i16);
             let l = _mm256_and_si256(t, nib);
             let h = _mm256_and_si256(_mm256_srli_epi16::<4>(t), nib);
             *lo = _mm256_add_epi16(*lo, _mm256_maddubs_epi16(l, cp));

@@ -955,8 +955,11 @@ fn rows_kernel(
     ldy: usize,
     four: bool,
 ) {
-    if let (true, WeightData::Q4_0(blocks)) = (qact, w.data) {
-        return rows_tiles_q4_0(isa, x, ldx, m, w, blocks, y, ldy);
+    // Q4_0 only: the same tiles over Q8_0 (`vpmaddwd` on widened weights) were 1.25x
+    // faster than the f32 axpy in the cache-resident bench but slower in a memory-bound
+    // decode (docs/results.md), so Q8_0 keeps the f32 axpy
+    if let (true, WeightData::Q4_0(_)) = (qact, w.data) {
+        return rows_tiles(isa, x, ldx, m, w, y, ldy);
     }
     if w.data.is_quantized() {
         let n = w.cols;
@@ -996,45 +999,52 @@ fn rows_kernel(
     }
 }
 
-/// `y[i, :] += Σ_f x[i, f] · w[f, :]` over Q4_0 weights (`blocks` = `w`'s data) in integer
-/// tiles of [`qk::TILE_ROWS`] rows × [`qk::TILE_BLOCKS`] column blocks, each tile for every
+/// `y[i, :] += Σ_f x[i, f] · w[f, :]` over Q4_0 weights in integer tiles of
+/// [`qk::TILE_ROWS`] rows × [`qk::TILE_BLOCKS`] column blocks, each tile for every
 /// activation row while its weights are in L1; a tile the integer kernel refuses (see
 /// [`qk::axpy_rows_q4_0`]) runs through the f32 kernels instead.
 #[allow(clippy::too_many_arguments)]
-fn rows_tiles_q4_0(
+fn rows_tiles(
     isa: Isa,
     x: &[f32],
     ldx: usize,
     m: usize,
     w: &MatRef<'_>,
-    blocks: &[BlockQ4_0],
     y: &mut [f32],
     ldy: usize,
 ) {
     let (k, nb, ldb) = (w.rows, w.cols / QB, w.ld / QB);
-    let tile = |xs: &[f32], wt: &[BlockQ4_0], nbc: usize, ys: &mut [f32]| match isa {
+    // one tile from block offset b0 (row r0, column block c0); false if refused
+    let tile = |xs: &[f32], b0: usize, nbc: usize, ys: &mut [f32]| match (isa, w.data) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); the tile is within
-        // the kernel's bounds (rows ≤ TILE_ROWS, nbc ≤ TILE_BLOCKS, `wt` holds its rows
-        // `ldb` blocks apart, `ys` 32 values per block).
-        Isa::Avx2 => unsafe { qk::avx2::axpy_rows_q4_0(xs, wt, ldb, nbc, ys) },
+        // the kernel's bounds (rows ≤ TILE_ROWS, nbc ≤ TILE_BLOCKS, the blocks hold its
+        // rows `ldb` blocks apart, `ys` 32 values per block).
+        (Isa::Avx2, WeightData::Q4_0(d)) => unsafe {
+            qk::avx2::axpy_rows_q4_0(xs, &d[b0..], ldb, nbc, ys)
+        },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON supported (checked by the caller); tile within bounds as above.
-        Isa::Neon => unsafe { qk::neon::axpy_rows_q4_0(xs, wt, ldb, nbc, ys) },
-        _ => qk::axpy_rows_q4_0(xs, wt, ldb, nbc, ys),
+        (Isa::Neon, WeightData::Q4_0(d)) => unsafe {
+            qk::neon::axpy_rows_q4_0(xs, &d[b0..], ldb, nbc, ys)
+        },
+        (_, WeightData::Q4_0(d)) => qk::axpy_rows_q4_0(xs, &d[b0..], ldb, nbc, ys),
+        _ => false,
     };
     for r0 in (0..k).step_by(qk::TILE_ROWS) {
         let rows = qk::TILE_ROWS.min(k - r0);
         for c0 in (0..nb).step_by(qk::TILE_BLOCKS) {
             let nbc = qk::TILE_BLOCKS.min(nb - c0);
-            let wt = &blocks[r0 * ldb + c0..];
             for i in 0..m {
                 let xs = &x[i * ldx + r0..i * ldx + r0 + rows];
                 let ys = &mut y[i * ldy + 32 * c0..i * ldy + 32 * (c0 + nbc)];
-                if !tile(xs, wt, nbc, ys) {
+                if !tile(xs, r0 * ldb + c0, nbc, ys) {
                     for (r, &a) in xs.iter().enumerate() {
-                        let b0 = (r0 + r) * ldb + c0;
-                        qaxpy(isa, a, &QRow::Q4(&blocks[b0..b0 + nbc]), ys);
+                        let row = match qrow(w, r0 + r) {
+                            QRow::Q8(b) => QRow::Q8(&b[c0..c0 + nbc]),
+                            QRow::Q4(b) => QRow::Q4(&b[c0..c0 + nbc]),
+                        };
+                        qaxpy(isa, a, &row, ys);
                     }
                 }
             }
@@ -1341,16 +1351,13 @@ mod tests {
                 matmul_rows_mode(isa, false, &xr, n, m, &wt, &mut got, k, acc).unwrap();
                 assert_close(isa.name(), &got, &want, |_| 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
             }
-            // quantised activations: Q4_0 runs the integer tiles (tiles from row 0 here),
-            // every ISA bit-identical to the scalar one; Q8_0 stays f32
+            // quantised activations: Q4_0 runs the integer tiles (from row 0 here), every ISA
+            // bit-identical to the scalar one, within the rounding bound of the f32 product
             let mut qref = y0.clone();
             matmul_rows_mode(Isa::Scalar, true, &xr, n, m, &wt, &mut qref, k, acc).unwrap();
-            if q4 {
-                let bound = q4_tile_bound(&xr, n, m, &b4, n, k, ldw, |f| f / qk::TILE_ROWS * qk::TILE_ROWS);
-                assert_close("scalar tiles", &qref, &want, |i| bound[i] + 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
-            } else {
-                assert_close("scalar q8 rows", &qref, &want, |_| 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
-            }
+            // (Q8_0 stays f32: no rounding bound there)
+            let bound = if q4 { tile_bound(&xr, n, m, &wt, |f| f / qk::TILE_ROWS * qk::TILE_ROWS) } else { vec![0f32; m * k] };
+            assert_close("scalar tiles", &qref, &want, |i| bound[i] + 2e-6 * (n as f32 + 2.0) * 2.0 + 1e-6);
             for isa in available() {
                 let mut got = y0.clone();
                 matmul_rows_mode(isa, true, &xr, n, m, &wt, &mut got, k, acc).unwrap();
@@ -1363,40 +1370,45 @@ mod tests {
         }
     }
 
-    /// Bound on the integer tiles' rounding of `Σ_f x[i, f]·w[f, :]` (Q4_0 `w`, `k` rows of
-    /// `n` columns, `ld` apart; `x` `m` rows of `k`, `ldx` apart): per tile of rows
-    /// (`tile_of(f)` = its first row) and column block, each term errs by at most
-    /// `|q − 8| · amax / 254` (amax = the tile's largest `|x·d|` in that block).
-    #[allow(clippy::too_many_arguments)]
-    fn q4_tile_bound(
+    /// Bound on the integer tiles' rounding of `Σ_f x[i, f]·w[f, :]` (quantised `w`; `x`
+    /// `m` rows of `w.rows()`, `ldx` apart): per tile of rows (`tile_of(f)` = its first
+    /// row) and column block, each term errs by at most `|q| · amax / 254` (q the integer
+    /// weight as the kernel sees it, amax = the tile's largest `|x·d|` in that block).
+    fn tile_bound(
         x: &[f32],
         ldx: usize,
         m: usize,
-        w: &[BlockQ4_0],
-        k: usize,
-        n: usize,
-        ld: usize,
+        w: &MatRef<'_>,
         tile_of: impl Fn(usize) -> usize,
     ) -> Vec<f32> {
-        let (nb, ldb) = (n / QB, ld / QB);
+        let (k, n) = (w.rows, w.cols);
+        let scale = |f: usize, b: usize| -> f32 {
+            let i = f * w.ld / QB + b;
+            match w.data {
+                WeightData::Q8_0(d) => d[i].d.to_f32(),
+                WeightData::Q4_0(d) => d[i].d.to_f32(),
+                _ => 0.0,
+            }
+        };
         let mut out = vec![0f32; m * n];
-        let mut deq = [0f32; 32];
-        for i in 0..m {
-            for b in 0..nb {
-                let c = |f: usize| (x[i * ldx + f] * w[f * ldb + b].d.to_f32()).abs();
-                for f in 0..k {
-                    let t0 = tile_of(f);
+        let mut row = vec![0f32; n];
+        for f in 0..k {
+            widen_row(w, f, &mut row);
+            let t0 = tile_of(f);
+            for i in 0..m {
+                for b in 0..n / QB {
+                    let c = |g: usize| (x[i * ldx + g] * scale(g, b)).abs();
                     let amax = (t0..k)
                         .take_while(|&g| tile_of(g) == t0)
                         .map(c)
                         .fold(0f32, f32::max);
-                    modula_quant::quantize::dequantize_row_q4_0(
-                        &w[f * ldb + b..f * ldb + b + 1],
-                        &mut deq,
-                    );
-                    let d = w[f * ldb + b].d.to_f32();
+                    let d = scale(f, b);
                     for j in 0..QB {
-                        let q = if d == 0.0 { 8.0 } else { (deq[j] / d).abs() };
+                        let q = if d == 0.0 {
+                            128.0
+                        } else {
+                            (row[b * QB + j] / d).abs()
+                        };
                         out[i * n + b * QB + j] += q * amax / 254.0 * 1.001;
                     }
                 }
@@ -1590,7 +1602,7 @@ mod tests {
                 let mut qref = y0.clone();
                 matmul_rows_mode(Isa::Scalar, true, &x, k, 1, &w, &mut qref, n, acc).unwrap();
                 let per = k.div_ceil(ROWS_GROUPS);
-                let bound = q4_tile_bound(&x, k, 1, &b4, k, n, ld, |f| {
+                let bound = tile_bound(&x, k, 1, &w, |f| {
                     f / per * per + (f % per) / qk::TILE_ROWS * qk::TILE_ROWS
                 });
                 assert_close("scalar tiles", &qref, &want, |i| {

@@ -509,67 +509,54 @@ pub unsafe fn dot4_q4_0_q8_0_quads(
     }
 }
 
-/// [`super::axpy_rows_q4_0`], bit-identical to it: the tile's activation scales are
-/// computed 8 column blocks at a time, then each block's 32 outputs are summed over the
-/// rows two at a time — the two rows' bytes interleaved, then split into nibbles, and
-/// multiplied with the pair `(c'_f, c'_g)` by `vpmaddubsw` (unsigned weights `0..15` times
-/// signed `c'`, pairs summed in 16 bits), 8 pairs per 16-bit sum (exact: at most
-/// 8 × 2 × 15 × 127 = 30,480), widened to 32 bits; the `− 8` of the weights is subtracted
-/// once per block as `8 · Σ_r c'_r`.
+/// The activation side of an integer tile ([`super::axpy_rows_q4_0`]), 8 column blocks at
+/// a time: per block `b < nb` the scale `s[b]`, `csum8[b] = 8·Σ_r c'_{r,b}`, and per row
+/// pair `p` the pair `pack(c'_{2p}, c'_{2p+1})` (i32 lanes; the partner of an odd last
+/// row is zero) at `pair[p·TILE_BLOCKS + b]`. `scale` gives a weight block's scale as f16
+/// bits. False when the tile cannot be quantised (nothing useful written).
 ///
 /// # Safety
-/// AVX2, FMA and F16C available; `x.len() <= TILE_ROWS`, `nb <= TILE_BLOCKS`,
-/// `w.len() >= (x.len() − 1)·ld + nb` (when `x` is not empty) and `y.len() >= 32·nb`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn axpy_rows_q4_0(
+/// AVX2, FMA and F16C available; `1 <= x.len() <= TILE_ROWS`, `1 <= nb <= TILE_BLOCKS`,
+/// `w.len() >= (x.len() − 1)·ld + nb`; `pair` valid for `TILE_ROWS / 2 · TILE_BLOCKS`
+/// writes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_scales<B>(
     x: &[f32],
-    w: &[BlockQ4_0],
+    w: &[B],
     ld: usize,
     nb: usize,
-    y: &mut [f32],
+    scale: impl Fn(&B) -> u16,
+    pack: impl Fn(__m256i, __m256i) -> __m256i,
+    s: &mut [f32; super::TILE_BLOCKS],
+    csum8: &mut [i32; super::TILE_BLOCKS],
+    pair: *mut i32,
 ) -> bool {
     use super::{TILE_BLOCKS, TILE_ROWS, TILE_TINY};
     let rows = x.len();
-    // checked (once per tile) so the compiler can drop the index checks below
-    assert!(rows <= TILE_ROWS && nb <= TILE_BLOCKS, "tile too large");
-    if rows == 0 || nb == 0 {
-        return true;
-    }
-    debug_assert!(w.len() >= (rows - 1) * ld + nb && y.len() >= 32 * nb);
     let pairs = rows.div_ceil(2);
     // 8 weight scales of row r from block 8g as f16 bits, zero past nb (c = 0 there)
     let scales8 = |r: usize, g: usize| -> [u16; 8] {
         let b0 = 8 * g;
         let row = &w[r * ld + b0..r * ld + nb];
         if let Some(full) = row.first_chunk::<8>() {
-            full.map(|blk| blk.d.to_bits())
+            full.each_ref().map(&scale)
         } else {
             let mut v = [0u16; 8];
             for (o, blk) in v.iter_mut().zip(row) {
-                *o = blk.d.to_bits();
+                *o = scale(blk);
             }
             v
         }
     };
-    // per block: s_b, 8·Σ_r c'_r, and for each row pair (f, g) the two bytes c'_f, c'_g
-    // in the low 16 bits of an i32 (broadcast as one 16-bit lane pattern below)
-    let mut s = [0f32; TILE_BLOCKS];
-    let mut corr = [0i32; TILE_BLOCKS];
-    // (not zeroed: every element read, [p < pairs][b < nb], is written first — the
-    // groups of 8 blocks cover 0..nb — and the memset cost ~2 % of a decode)
-    let mut pair = core::mem::MaybeUninit::<[[i32; TILE_BLOCKS]; TILE_ROWS / 2]>::uninit();
-    let pair_ptr = pair.as_mut_ptr().cast::<i32>();
-    // SAFETY: the features are the caller's; every pointer below stays inside the arrays
-    // above (8-lane groups of blocks g·8 .. g·8+8 ≤ TILE_BLOCKS), inside `w` (row r < rows,
-    // block b < nb) and inside `y` (block b < nb writes y[32b .. 32b+32]); prefetches
-    // never fault and use wrapping pointer arithmetic.
+    // SAFETY: the features are the caller's; stores go to s/csum8 lanes 8g .. 8g+8 ≤
+    // TILE_BLOCKS and to pair[p·TILE_BLOCKS + 8g ..][..8], p < pairs ≤ TILE_ROWS / 2.
     unsafe {
         let sign = _mm256_set1_ps(-0.0);
         let zero = _mm256_setzero_ps();
         let c127 = _mm256_set1_ps(127.0);
         let inf = _mm256_set1_ps(f32::INFINITY);
         let tiny = _mm256_set1_ps(TILE_TINY);
-        let low8 = _mm256_set1_epi32(0xff);
         for g in 0..nb.div_ceil(8) {
             let mut c = [zero; TILE_ROWS];
             let mut amax = zero;
@@ -599,24 +586,95 @@ pub unsafe fn axpy_rows_q4_0(
                 csum = _mm256_add_epi32(csum, q[r]);
             }
             _mm256_storeu_si256(
-                corr.as_mut_ptr().add(8 * g).cast(),
+                csum8.as_mut_ptr().add(8 * g).cast(),
                 _mm256_slli_epi32::<3>(csum),
             );
             for p in 0..pairs {
                 // q[2p + 1] is zero past the last row
-                let v = _mm256_or_si256(
-                    _mm256_and_si256(q[2 * p], low8),
-                    _mm256_slli_epi32::<8>(_mm256_and_si256(q[2 * p + 1], low8)),
-                );
-                _mm256_storeu_si256(pair_ptr.add(p * TILE_BLOCKS + 8 * g).cast(), v);
+                let v = pack(q[2 * p], q[2 * p + 1]);
+                _mm256_storeu_si256(pair.add(p * TILE_BLOCKS + 8 * g).cast(), v);
             }
         }
-        let nib = _mm256_set1_epi8(0x0f);
-        // row pointers; an odd last row is paired with itself (its partner's c' is zero)
-        let mut rp = [w.as_ptr(); TILE_ROWS];
-        for (r, p) in rp[..2 * pairs].iter_mut().enumerate() {
-            *p = w.as_ptr().add(r.min(rows - 1) * ld);
+    }
+    true
+}
+
+/// Row pointers of a tile: row r at `w + r·ld`; rows past the last (an odd last row's
+/// partner) repeat the last row (its `c'` partner is zero).
+#[inline(always)]
+fn tile_rows<B>(w: &[B], ld: usize, rows: usize) -> [*const B; super::TILE_ROWS] {
+    let mut rp = [w.as_ptr(); super::TILE_ROWS];
+    for (r, p) in rp.iter_mut().enumerate() {
+        *p = w.as_ptr().wrapping_add(r.min(rows - 1) * ld);
+    }
+    rp
+}
+
+/// Prefetch (into L1) line `b` of `nb` of the memory right after a tile of `bytes`
+/// bytes at `w` — the next tile of a transposed matrix usually follows this one.
+#[inline(always)]
+unsafe fn prefetch_next<B>(w: &[B], bytes: usize, nb: usize, b: usize) {
+    let next = w.as_ptr().cast::<i8>().wrapping_add(bytes);
+    let per_b = (bytes / 64).div_ceil(nb);
+    for l in 0..per_b {
+        // SAFETY: SSE is baseline on x86-64; prefetches never fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * (b * per_b + l))) };
+    }
+}
+
+/// [`super::axpy_rows_q4_0`], bit-identical to it: the tile's activation scales
+/// (`tile_scales`), then each block's 32 outputs summed over the rows two at a time —
+/// the two rows' bytes interleaved, then split into nibbles, and multiplied with the pair
+/// `(c'_f, c'_g)` by `vpmaddubsw` (unsigned weights `0..15` times signed `c'`, pairs
+/// summed in 16 bits), 8 pairs per 16-bit sum (exact: at most 8 × 2 × 15 × 127 = 30,480),
+/// widened to 32 bits; the `− 8` of the weights is subtracted once per block as
+/// `8 · Σ_r c'_r`.
+///
+/// # Safety
+/// AVX2, FMA and F16C available; `x.len() <= TILE_ROWS`, `nb <= TILE_BLOCKS`,
+/// `w.len() >= (x.len() − 1)·ld + nb` (when `x` is not empty) and `y.len() >= 32·nb`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_rows_q4_0(
+    x: &[f32],
+    w: &[BlockQ4_0],
+    ld: usize,
+    nb: usize,
+    y: &mut [f32],
+) -> bool {
+    use super::{TILE_BLOCKS, TILE_ROWS};
+    let rows = x.len();
+    // checked (once per tile) so the compiler can drop the index checks below
+    assert!(rows <= TILE_ROWS && nb <= TILE_BLOCKS, "tile too large");
+    if rows == 0 || nb == 0 {
+        return true;
+    }
+    debug_assert!(w.len() >= (rows - 1) * ld + nb && y.len() >= 32 * nb);
+    let pairs = rows.div_ceil(2);
+    let mut s = [0f32; TILE_BLOCKS];
+    let mut corr = [0i32; TILE_BLOCKS];
+    // per row pair (f, g) and block: the bytes c'_f, c'_g in the low 16 bits of an i32
+    // (broadcast as one 16-bit lane pattern below). Not zeroed: every element read,
+    // [p < pairs][b < nb], is written first (the memset cost ~2 % of a decode).
+    let mut pair = core::mem::MaybeUninit::<[[i32; TILE_BLOCKS]; TILE_ROWS / 2]>::uninit();
+    let pair_ptr = pair.as_mut_ptr().cast::<i32>();
+    // SAFETY: the features are the caller's; the tile is within tile_scales' bounds; every
+    // pointer below stays inside `pair` (p < pairs, b < nb, written by tile_scales),
+    // inside `w` (row r < rows, block b < nb) and inside `y` (block b < nb writes
+    // y[32b .. 32b+32]).
+    unsafe {
+        let low8 = _mm256_set1_epi32(0xff);
+        let pack = |f: __m256i, g: __m256i| {
+            _mm256_or_si256(
+                _mm256_and_si256(f, low8),
+                _mm256_slli_epi32::<8>(_mm256_and_si256(g, low8)),
+            )
+        };
+        let scale = |b: &BlockQ4_0| b.d.to_bits();
+        if !tile_scales(x, w, ld, nb, scale, pack, &mut s, &mut corr, pair_ptr) {
+            return false;
         }
+        let nib = _mm256_set1_epi8(0x0f);
+        let rp = tile_rows(w, ld, rows);
         // pair p of block b into the 16-bit sums lo (outputs 0..15) and hi (16..31)
         let step = |p: usize, b: usize, lo: &mut __m256i, hi: &mut __m256i| {
             let qf = _mm_loadu_si128((*rp[2 * p].add(b)).qs.as_ptr().cast());
@@ -624,22 +682,15 @@ pub unsafe fn axpy_rows_q4_0(
             // bytes f_j g_j interleaved: j = 0..7 in the low lane, 8..15 in the high; their
             // low nibbles are outputs j, their high nibbles outputs 16 + j
             let t = _mm256_set_m128i(_mm_unpackhi_epi8(qf, qg), _mm_unpacklo_epi8(qf, qg));
-            // written above (p < pairs, b < nb)
             let cp = _mm256_set1_epi16(*pair_ptr.add(p * TILE_BLOCKS + b) as i16);
             let l = _mm256_and_si256(t, nib);
             let h = _mm256_and_si256(_mm256_srli_epi16::<4>(t), nib);
             *lo = _mm256_add_epi16(*lo, _mm256_maddubs_epi16(l, cp));
             *hi = _mm256_add_epi16(*hi, _mm256_maddubs_epi16(h, cp));
         };
-        // the next tile of a transposed matrix usually follows this one in memory: fetch
-        // it into cache while this one is summed
         let tile_bytes = rows * ld * core::mem::size_of::<BlockQ4_0>();
-        let next = w.as_ptr().cast::<i8>().wrapping_add(tile_bytes);
-        let lines_per_b = (tile_bytes / 64).div_ceil(nb);
         for b in 0..nb {
-            for l in 0..lines_per_b {
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * (b * lines_per_b + l)));
-            }
+            prefetch_next(w, tile_bytes, nb, b);
             // 32-bit sums of outputs 0..8, 8..16, 16..24, 24..32
             let mut acc = [_mm256_setzero_si256(); 4];
             for p0 in (0..pairs).step_by(8) {
@@ -663,14 +714,25 @@ pub unsafe fn axpy_rows_q4_0(
                 }
             }
             let cv = _mm256_set1_epi32(corr[b]);
-            let sv = _mm256_set1_ps(s[b]);
-            let yp = y.as_mut_ptr().add(32 * b);
-            for (k, a) in acc.iter().enumerate() {
-                let t = _mm256_mul_ps(sv, _mm256_cvtepi32_ps(_mm256_sub_epi32(*a, cv)));
-                let o = yp.add(8 * k);
-                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), t));
+            for a in acc.iter_mut() {
+                *a = _mm256_sub_epi32(*a, cv);
             }
+            tile_store(acc, s[b], y.as_mut_ptr().add(32 * b));
         }
     }
     true
+}
+
+/// `y[8k .. 8k+8] += s · acc[k]` (one multiply, one add per value, as the reference).
+#[inline(always)]
+unsafe fn tile_store(acc: [__m256i; 4], s: f32, y: *mut f32) {
+    // SAFETY: the caller guarantees AVX and 32 writable f32 at y.
+    unsafe {
+        let sv = _mm256_set1_ps(s);
+        for (k, a) in acc.iter().enumerate() {
+            let t = _mm256_mul_ps(sv, _mm256_cvtepi32_ps(*a));
+            let o = y.add(8 * k);
+            _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), t));
+        }
+    }
 }

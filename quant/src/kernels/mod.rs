@@ -173,6 +173,35 @@ fn tile_block_scale(x: &[f32], d: impl Fn(usize) -> f16, cq: &mut [i32]) -> Opti
 /// when the tile cannot be quantised (a non-finite or tiny `|x·d|`, see [`TILE_TINY`]):
 /// the caller then uses the f32 kernels. The SIMD versions give bit-identical results.
 pub fn axpy_rows_q4_0(x: &[f32], w: &[BlockQ4_0], ld: usize, nb: usize, y: &mut [f32]) -> bool {
+    axpy_rows_with(
+        x,
+        w,
+        ld,
+        nb,
+        y,
+        |b| b.d,
+        |b| {
+            let mut q = [0i32; QK4_0];
+            for (j, &byte) in b.qs.iter().enumerate() {
+                q[j] = i32::from(byte & 0x0f) - 8;
+                q[j + QK4_0 / 2] = i32::from(byte >> 4) - 8;
+            }
+            q
+        },
+    )
+}
+
+/// The integer tile product over blocks `B` with scale `scale` and 32 integer weights
+/// `ints` (see [`axpy_rows_q4_0`]).
+fn axpy_rows_with<B>(
+    x: &[f32],
+    w: &[B],
+    ld: usize,
+    nb: usize,
+    y: &mut [f32],
+    scale: impl Fn(&B) -> f16,
+    ints: impl Fn(&B) -> [i32; 32],
+) -> bool {
     let rows = x.len();
     assert!(rows <= TILE_ROWS && nb <= TILE_BLOCKS, "tile too large");
     if rows == 0 || nb == 0 {
@@ -182,18 +211,16 @@ pub fn axpy_rows_q4_0(x: &[f32], w: &[BlockQ4_0], ld: usize, nb: usize, y: &mut 
     let mut cq = [[0i32; TILE_ROWS]; TILE_BLOCKS];
     let mut s = [0f32; TILE_BLOCKS];
     for b in 0..nb {
-        match tile_block_scale(x, |r| w[r * ld + b].d, &mut cq[b]) {
+        match tile_block_scale(x, |r| scale(&w[r * ld + b]), &mut cq[b]) {
             Some(v) => s[b] = v,
             None => return false,
         }
     }
     for b in 0..nb {
-        let mut acc = [0i32; QK4_0];
+        let mut acc = [0i32; 32];
         for (r, &c) in cq[b][..rows].iter().enumerate() {
-            let (lo, hi) = acc.split_at_mut(QK4_0 / 2);
-            for (j, &byte) in w[r * ld + b].qs.iter().enumerate() {
-                lo[j] += c * (i32::from(byte & 0x0f) - 8);
-                hi[j] += c * (i32::from(byte >> 4) - 8);
+            for (a, q) in acc.iter_mut().zip(ints(&w[r * ld + b])) {
+                *a += c * q;
             }
         }
         for (yv, &a) in y[32 * b..32 * b + 32].iter_mut().zip(&acc) {

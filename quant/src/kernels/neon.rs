@@ -294,44 +294,27 @@ pub unsafe fn dot_q4_0_q8_0_dotprod(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     unsafe { qq_dot(w, x, |b| (halves_q4(b), b.d), |acc, a, c| sdot(acc, a, c)) }
 }
 
-/// [`super::axpy_rows_q4_0`], bit-identical to it: the tile's activation scales 4 column
-/// blocks at a time (scales widened by `FCVTL`, `FCVTNS` rounding to nearest, ties to
-/// even, as `rintf`), then per block and row the 32 signed weights `q − 8` times `c'_r`
-/// accumulated in 16 bits by `SMLAL` (exact: at most 32 rows × 8 × 127 = 32,512), widened
-/// to 32 bits, converted and added as `y += s_b · sum`.
+/// The activation side of an integer tile ([`super::axpy_rows_q4_0`]), 4 column blocks at
+/// a time (scales widened by `FCVTL`, `FCVTNS` rounding to nearest, ties to even, as
+/// `rintf`): per block `b < nb` the scale `s[b]` and `c'_{r,b}` at `cq[b][r]`. `scale`
+/// gives a weight block's scale as f16 bits. False when the tile cannot be quantised.
 ///
 /// # Safety
-/// NEON available; `x.len() <= TILE_ROWS`, `nb <= TILE_BLOCKS`,
-/// `w.len() >= (x.len() − 1)·ld + nb` (when `x` is not empty) and `y.len() >= 32·nb`.
-#[target_feature(enable = "neon")]
-pub unsafe fn axpy_rows_q4_0(
+/// NEON available; `1 <= x.len() <= TILE_ROWS`, `1 <= nb <= TILE_BLOCKS`,
+/// `w.len() >= (x.len() − 1)·ld + nb`.
+#[inline(always)]
+unsafe fn tile_scales<B>(
     x: &[f32],
-    w: &[BlockQ4_0],
+    w: &[B],
     ld: usize,
     nb: usize,
-    y: &mut [f32],
+    scale: impl Fn(&B) -> u16,
+    s: &mut [f32; super::TILE_BLOCKS],
+    cq: &mut [[i8; super::TILE_ROWS]; super::TILE_BLOCKS],
 ) -> bool {
-    use super::{TILE_BLOCKS, TILE_ROWS, TILE_TINY};
+    use super::{TILE_ROWS, TILE_TINY};
     let rows = x.len();
-    assert!(rows <= TILE_ROWS && nb <= TILE_BLOCKS, "tile too large");
-    if rows == 0 || nb == 0 {
-        return true;
-    }
-    debug_assert!(w.len() >= (rows - 1) * ld + nb && y.len() >= 32 * nb);
-    // the weight scales as f16 bits, [row][block], zero past nb (those blocks give c = 0)
-    let mut dsc = [[0u16; TILE_BLOCKS]; TILE_ROWS];
-    for (r, dr) in dsc[..rows].iter_mut().enumerate() {
-        let row = &w[r * ld..r * ld + nb];
-        for (v, blk) in dr[..nb].iter_mut().zip(row) {
-            *v = blk.d.to_bits();
-        }
-    }
-    let mut s = [0f32; TILE_BLOCKS];
-    // c'_{r,b} as bytes, [block][row]
-    let mut cq = [[0i8; TILE_ROWS]; TILE_BLOCKS];
-    // SAFETY: NEON is the caller's; every pointer stays inside the arrays above (4-lane
-    // groups of blocks g·4 .. g·4+4 ≤ TILE_BLOCKS), inside `w` (row r < rows, block
-    // b < nb) and inside `y` (block b < nb writes y[32b .. 32b+32]).
+    // SAFETY: NEON is the caller's; stores go to s lanes 4g .. 4g+4 ≤ TILE_BLOCKS.
     unsafe {
         let c127 = vdupq_n_f32(127.0);
         for g in 0..nb.div_ceil(4) {
@@ -341,8 +324,11 @@ pub unsafe fn axpy_rows_q4_0(
             // ones: such a tile is refused too)
             let mut sum = vdupq_n_f32(0.0);
             for r in 0..rows {
+                // 4 scales from block 4g, zero past nb (c = 0 there)
                 let mut bits = [0u16; 4];
-                bits.copy_from_slice(&dsc[r][4 * g..4 * g + 4]);
+                for (k, v) in bits.iter_mut().enumerate().take(nb - 4 * g) {
+                    *v = scale(&w[r * ld + 4 * g + k]);
+                }
                 c[r] = vmulq_n_f32(f16x4_to_f32(bits), x[r]);
                 sum = vaddq_f32(sum, c[r]);
                 amax = vmaxq_f32(amax, vabsq_f32(c[r]));
@@ -363,10 +349,58 @@ pub unsafe fn axpy_rows_q4_0(
                 let q = vcvtnq_s32_f32(vmulq_f32(c[r], inv));
                 let mut lanes = [0i32; 4];
                 vst1q_s32(lanes.as_mut_ptr(), q);
-                for (k, v) in lanes.iter().enumerate() {
+                for (k, v) in lanes.iter().enumerate().take(nb - 4 * g) {
                     cq[4 * g + k][r] = *v as i8;
                 }
             }
+        }
+    }
+    true
+}
+
+/// `y[4k .. 4k+4] += s · acc` for the 8 lanes-of-4 of a block's 32-bit sums.
+#[inline(always)]
+unsafe fn tile_store(acc: [int32x4_t; 8], s: f32, y: *mut f32) {
+    // SAFETY: NEON is the caller's; 32 writable f32 at y.
+    unsafe {
+        let sv = vdupq_n_f32(s);
+        for (k, a) in acc.iter().enumerate() {
+            let o = y.add(4 * k);
+            vst1q_f32(o, vaddq_f32(vld1q_f32(o), vmulq_f32(sv, vcvtq_f32_s32(*a))));
+        }
+    }
+}
+
+/// [`super::axpy_rows_q4_0`], bit-identical to it: the tile's activation scales
+/// (`tile_scales`), then per block and row the 32 signed weights `q − 8` times `c'_r`
+/// accumulated in 16 bits by `SMLAL` (exact: at most 32 rows × 8 × 127 = 32,512), widened
+/// to 32 bits, converted and added as `y += s_b · sum`.
+///
+/// # Safety
+/// NEON available; `x.len() <= TILE_ROWS`, `nb <= TILE_BLOCKS`,
+/// `w.len() >= (x.len() − 1)·ld + nb` (when `x` is not empty) and `y.len() >= 32·nb`.
+#[target_feature(enable = "neon")]
+pub unsafe fn axpy_rows_q4_0(
+    x: &[f32],
+    w: &[BlockQ4_0],
+    ld: usize,
+    nb: usize,
+    y: &mut [f32],
+) -> bool {
+    use super::{TILE_BLOCKS, TILE_ROWS};
+    let rows = x.len();
+    assert!(rows <= TILE_ROWS && nb <= TILE_BLOCKS, "tile too large");
+    if rows == 0 || nb == 0 {
+        return true;
+    }
+    debug_assert!(w.len() >= (rows - 1) * ld + nb && y.len() >= 32 * nb);
+    let mut s = [0f32; TILE_BLOCKS];
+    let mut cq = [[0i8; TILE_ROWS]; TILE_BLOCKS];
+    // SAFETY: NEON is the caller's; the tile is within tile_scales' bounds; reads stay
+    // inside `w` (row r < rows, block b < nb), writes inside `y` (y[32b .. 32b+32]).
+    unsafe {
+        if !tile_scales(x, w, ld, nb, |b| b.d.to_bits(), &mut s, &mut cq) {
+            return false;
         }
         for b in 0..nb {
             // 16-bit sums of outputs 0..8, 8..16, 16..24, 24..32
@@ -379,15 +413,12 @@ pub unsafe fn axpy_rows_q4_0(
                 acc[2] = vmlal_s8(acc[2], vget_low_s8(hi), cv);
                 acc[3] = vmlal_s8(acc[3], vget_high_s8(hi), cv);
             }
-            let sv = vdupq_n_f32(s[b]);
-            let yp = y.as_mut_ptr().add(32 * b);
+            let mut wide = [vdupq_n_s32(0); 8];
             for (k, a) in acc.iter().enumerate() {
-                for (j, h) in [vget_low_s16(*a), vget_high_s16(*a)].iter().enumerate() {
-                    let t = vmulq_f32(sv, vcvtq_f32_s32(vmovl_s16(*h)));
-                    let o = yp.add(8 * k + 4 * j);
-                    vst1q_f32(o, vaddq_f32(vld1q_f32(o), t));
-                }
+                wide[2 * k] = vmovl_s16(vget_low_s16(*a));
+                wide[2 * k + 1] = vmovl_s16(vget_high_s16(*a));
             }
+            tile_store(wide, s[b], y.as_mut_ptr().add(32 * b));
         }
     }
     true

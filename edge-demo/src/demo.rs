@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::run::{calibrate, greedy, pick_by_latency, sample, Engine, Size};
+use crate::run::{calibrate, greedy, log_sum_exp, pick_by_latency, sample, Engine, Size};
 
 /// Arguments of `modula demo` (all defaulted: `modula` alone runs it).
 #[derive(Args, Debug, Clone)]
@@ -130,12 +130,7 @@ fn engine_quality(e: &mut DenseEngine<'_>, windows: &[&[u8]]) -> Result<(f64, f6
         e.reset();
         for pair in w.windows(2) {
             let l = e.step(u32::from(pair[0]))?;
-            let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let lse = f64::from(max)
-                + l.iter()
-                    .map(|&v| f64::from(v - max).exp())
-                    .sum::<f64>()
-                    .ln();
+            let lse = log_sum_exp(l);
             let t = usize::from(pair[1]);
             nats += lse - f64::from(l[t]);
             right += usize::from(greedy(l) as usize == t);

@@ -395,6 +395,18 @@ impl Size {
     }
 }
 
+/// `ln Σ exp(logits)`, computed in f64 after subtracting the maximum: with a target's
+/// logit, its cross-entropy is `log_sum_exp(l) − l[t]`.
+pub(crate) fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    f64::from(max)
+        + logits
+            .iter()
+            .map(|&v| f64::from(v - max).exp())
+            .sum::<f64>()
+            .ln()
+}
+
 /// The index of the largest logit (the first on ties): the greedy next token.
 pub(crate) fn greedy(logits: &[f32]) -> u32 {
     logits

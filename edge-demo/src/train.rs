@@ -1302,12 +1302,7 @@ fn eval_engine<B: AsRef<[u8]>>(a: &EvalArgs, f: &Model<B>) -> Result<(), String>
                 if target == modula_train::layers::loss::IGNORE {
                     continue;
                 }
-                let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let lse = f64::from(max)
-                    + l.iter()
-                        .map(|&v| f64::from(v - max).exp())
-                        .sum::<f64>()
-                        .ln();
+                let lse = crate::run::log_sum_exp(l);
                 let target = target as usize;
                 let Some(&lt) = l.get(target) else {
                     return Err(format!("target {target} outside the vocabulary"));

@@ -50,7 +50,7 @@ pub struct DemoArgs {
     /// Weight type of the deployed file: q8_0, q4_0, f16 or bf16.
     #[arg(long, default_value = "q8_0")]
     pub quant: String,
-    /// Latency budget per token (ms); default: half the full model's measured time.
+    /// Latency budget per token (ms); default: half the full model's measured time, or the fastest size's if every size is slower than that.
     #[arg(long, conflicts_with = "budget_mb")]
     pub budget_ms: Option<f64>,
     /// Memory budget (MiB of weights read + the engine's arena) instead of a latency budget.
@@ -559,16 +559,24 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
             format!("memory budget {mb} MiB: needs {:.2} MiB", mib(bytes)),
         )
     } else {
-        let ms = a.budget_ms.unwrap_or(full.ms_q / 2.0);
+        // the default budget is half the full model's time — or, where per-token
+        // overheads make every size slower than that (tiny models, a busy machine), the
+        // fastest size's time: a default must not make the demo fail
+        let fastest = lat_q.iter().map(|&(_, t)| t).fold(f64::INFINITY, f64::min);
+        let half = full.ms_q / 2.0;
+        let ms = a.budget_ms.unwrap_or(half.max(fastest));
         let (s, t) = pick_by_latency(&lat_q, |s| s.capacity(a.d, a.heads), ms)?;
         let Size::Dense((dp, f, _)) = s else {
             unreachable!("dense sizes")
         };
         let s = (dp, f);
-        let how = if a.budget_ms.is_some() {
-            ""
-        } else {
-            " (default: half the full model's time)"
+        let how = match a.budget_ms {
+            Some(_) => String::new(),
+            None if fastest > half => format!(
+                " (default: the fastest size's time; half the full model's, {half:.4} ms, is \
+                 faster than every size here)"
+            ),
+            None => " (default: half the full model's time)".to_string(),
         };
         (
             s,

@@ -1,12 +1,14 @@
 //! `modula quantize`: convert a model file's weight matrices to Q8_0, Q4_0, F16 or BF16 and
-//! print each tensor's error against the original; `--type mixed` keeps the experts a
-//! calibration set uses most at a higher precision than the rest, under a size budget.
+//! print each tensor's error against the original; `--type mixed` keeps the weights a
+//! device reads most — the experts a calibration set routes to, the slices its nested
+//! sub-models read — at a higher precision than the rest, under a size budget.
 
 use clap::Args;
+use modula_core::engine::{DenseSpec, SbSpec};
 use modula_core::quantize::{parse_target, quantize_model, quantize_model_with};
 use modula_core::DType;
 use modula_core::Model;
-use modula_train::model::mf_edit::plan_mixed;
+use modula_train::model::mixed::{self, plan_mixed_units, MixedPlan, Unit};
 use modula_train::model::moduleformer::MfModel;
 use std::path::PathBuf;
 
@@ -19,14 +21,22 @@ pub struct QuantizeArgs {
     /// Output model.
     #[arg(long)]
     out: PathBuf,
-    /// Target type: q8_0, q4_0, f16, bf16, or mixed (ModuleFormer files: per-expert
-    /// precision by usage on --calib data under --budget-mb).
+    /// Target type: q8_0, q4_0, f16, bf16, or mixed (precision by usage under
+    /// --budget-mb: ModuleFormer experts by their routed traffic on --calib data, dense and
+    /// SeqBoat blocks by how much of them the nested sub-models in --sizes read).
     #[arg(long = "type")]
     ty: String,
+    /// mixed: how often the device runs each nested sub-model, `SIZE[:WEIGHT],…` (weight
+    /// 1 when omitted) — dense `DEPTHxFFN` or `DEPTHxFFNxHEADS`, ModuleFormer `N` or
+    /// `ATTxFFN` experts, SeqBoat a depth — or `all` (the default): every nested size the
+    /// file declares, equally often.
+    #[arg(long, default_value = "all")]
+    sizes: String,
     /// mixed: size budget of the tensor data in MiB.
     #[arg(long)]
     budget_mb: Option<f64>,
-    /// mixed: calibration data (text file or kjv; its validation split is used).
+    /// mixed, ModuleFormer: calibration data (text file or kjv; its validation split is
+    /// used).
     #[arg(long)]
     calib: Option<String>,
     /// mixed: part of the calibration text, A:B fractions of its bytes.
@@ -38,13 +48,13 @@ pub struct QuantizeArgs {
     /// mixed: calibration batches of 16 sequences.
     #[arg(long, default_value_t = 16)]
     calib_batches: usize,
-    /// mixed: type of the hot experts.
+    /// mixed: type of the hot units (experts, or blocks' attention / FFN matrices).
     #[arg(long, default_value = "q8_0")]
     hot: String,
-    /// mixed: type of the cold experts.
+    /// mixed: type of the cold units.
     #[arg(long, default_value = "q4_0")]
     cold: String,
-    /// mixed: which experts get the hot type first — `used` (most used; the method) or
+    /// mixed: which units get the hot type first — `used` (most used; the method) or
     /// `least-used` (the control experiment).
     #[arg(long, default_value = "used")]
     hot_pick: String,
@@ -110,45 +120,43 @@ type Quantized = (
     Vec<modula_core::quantize::TensorReport>,
 );
 
-/// `--type mixed`: measure expert usage on the calibration data, plan, quantise.
+/// The share of each unit, and how to find a tensor's unit.
+type Usage = (Box<dyn Fn(Unit) -> f64>, fn(&str) -> Option<Unit>);
+
+/// `--type mixed`: measure usage (routed traffic and/or sub-model reads), plan, quantise.
 fn mixed<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Quantized, String> {
-    if m.get_str("modula.model") != Some("moduleformer") {
-        return Err(
-            "--type mixed needs a ModuleFormer file (one tensor per expert); for other models use a single type"
-                .into(),
-        );
-    }
     let budget = a
         .budget_mb
         .filter(|b| b.is_finite() && *b > 0.0)
         .ok_or("--type mixed needs --budget-mb (a positive size in MiB)")?;
-    let calib = a
-        .calib
-        .clone()
-        .ok_or("--type mixed needs calibration data (--calib PATH|kjv)")?;
     let (hot, cold, base) = (
         parse_target(&a.hot)?,
         parse_target(&a.cold)?,
         parse_target(&a.base)?,
     );
-    let (model, _) = MfModel::read_gguf(m).map_err(|e| format!("{}: {e}", a.input.display()))?;
-    let data = crate::train::DataArgs::for_text(calib, a.calib_slice.clone(), a.calib_seq);
-    let (ds, seq) = data.load()?;
-    if ds.shape().vocab != model.cfg.vocab || ds.shape().classes > 0 {
-        return Err("the calibration data does not fit the model (vocabulary or task)".into());
-    }
-    let mut usage = model.expert_usage(ds.as_ref(), a.calib_batches, 16, seq, 1)?;
-    let measured = usage.clone();
-    match a.hot_pick.as_str() {
-        "used" => {}
-        "least-used" => {
-            for u in usage.iter_mut() {
-                let mx = u.iter().copied().max().unwrap_or(0);
-                u.iter_mut().for_each(|v| *v = mx - *v);
-            }
-        }
+    let least = match a.hot_pick.as_str() {
+        "used" => false,
+        "least-used" => true,
         other => return Err(format!("--hot-pick {other}: use used or least-used")),
+    };
+    let kind = m.get_str("modula.model").unwrap_or("").to_string();
+    let mf = kind == "moduleformer";
+    if !mf && a.calib.is_some() {
+        return Err(format!(
+            "--calib: a {kind} file's usage is its sub-models' (--sizes), which read fixed \
+             slices of the weights; calibration data is for ModuleFormer expert routing"
+        ));
     }
+    let (share, unit_of): Usage = match kind.as_str() {
+        "moduleformer" => mf_usage(a, m)?,
+        "dense" => dense_usage(a, m)?,
+        "seqboat" => seqboat_usage(a, m)?,
+        other => {
+            return Err(format!(
+                "--type mixed needs a ModuleFormer, dense or SeqBoat file, not '{other}'; use a single type"
+            ))
+        }
+    };
     let tensors: Vec<(String, u64, usize, u64)> = m
         .tensors()
         .map(|t| {
@@ -166,34 +174,219 @@ fn mixed<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Quantized, St
             )
         })
         .collect();
-    let plan = plan_mixed(
+    // the control experiment ranks the least read first (ties still to the smaller unit)
+    let ranked = |u: Unit| if least { 1.0 - share(u) } else { share(u) };
+    let plan: MixedPlan = plan_mixed_units(
         &tensors,
-        &usage,
+        &unit_of,
+        &ranked,
         (budget * 1048576.0) as u64,
         hot,
         cold,
         base,
     )?;
-    let share_hot: f64 = {
-        let mut s = 0.0;
-        for &(r, e) in &plan.hot {
-            let sum: u64 = measured[r].iter().sum();
-            s += measured[r][e] as f64 / sum.max(1) as f64;
+    // the read share by the measured usage, whichever order picked the units
+    let read = {
+        let mut elems: std::collections::BTreeMap<Unit, u64> = Default::default();
+        for (name, n, _, _) in &tensors {
+            if let Some(u) = plan
+                .types
+                .contains_key(name)
+                .then(|| unit_of(name))
+                .flatten()
+            {
+                *elems.entry(u).or_default() += n;
+            }
         }
-        s / usage.len().max(1) as f64
+        let w = |u: &Unit| share(*u) * elems.get(u).copied().unwrap_or(0) as f64;
+        let all: f64 = elems.keys().map(w).sum();
+        let h: f64 = plan.hot.iter().map(w).sum();
+        if all > 0.0 {
+            h / all
+        } else {
+            0.0
+        }
     };
+    let what = if mf { "experts" } else { "block units" };
     println!(
-        "mixed plan: {} of {} experts at {hot} (they carry {:.1}% of the routed traffic on {}), the rest at {cold}, other matrices at {base}; tensor data {:.2} MiB of a {budget:.2} MiB budget",
+        "mixed plan: {} of {} {what} at {hot} (they hold {:.1}% of the unit weights a token reads{}), the rest at {cold}, other matrices at {base}; tensor data {:.2} MiB of a {budget:.2} MiB budget",
         plan.hot.len(),
-        plan.experts,
-        100.0 * share_hot,
-        ds.describe(),
+        plan.units,
+        100.0 * read,
+        if mf {
+            format!(
+                "; {:.1}% of the routed traffic",
+                100.0 * plan.hot.iter().map(|&u| share(u)).sum::<f64>()
+                    / (2 * m.get_u32("modula.block_count").unwrap_or(1).max(1)) as f64
+            )
+        } else {
+            String::new()
+        },
         plan.bytes as f64 / 1048576.0
     );
+    if !mf && !plan.hot.is_empty() {
+        let names: Vec<String> = plan
+            .hot
+            .iter()
+            .map(|&(l, k)| {
+                let part = match (kind.as_str(), k) {
+                    ("dense", 0) => " attention",
+                    ("dense", _) => " FFN",
+                    _ => "",
+                };
+                format!("blk.{l}{part} ({:.2})", share((l, k)))
+            })
+            .collect();
+        println!(
+            "hot units in the order picked (share of the unit a token reads): {}",
+            names.join(", ")
+        );
+    }
     let types = plan.types;
     quantize_model_with(
         m,
         &|name| types.get(name).copied().unwrap_or(DType::F32),
         cold,
     )
+}
+
+/// ModuleFormer: each expert's share of its router's traffic on the calibration data,
+/// measured at every size of `--sizes` (a nested size routes among its first experts
+/// only) and averaged with the sizes' weights.
+fn mf_usage<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Usage, String> {
+    let calib = a
+        .calib
+        .clone()
+        .ok_or("--type mixed needs calibration data (--calib PATH|kjv) for a ModuleFormer file")?;
+    let (mut model, _) =
+        MfModel::read_gguf(m).map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let mix: Vec<((usize, usize), f64)> = if a.sizes == "all" {
+        let list = model.cfg.nested_expert_list();
+        list.into_iter().map(|c| ((c, c), 1.0)).collect()
+    } else {
+        mixed::parse_mix(&a.sizes, &|sz: &str| {
+            let parsed = match sz.split_once('x') {
+                Some((x, y)) => x.parse().ok().zip(y.parse().ok()),
+                None => sz.parse().ok().map(|n: usize| (n, n)),
+            };
+            parsed.ok_or_else(|| {
+                format!("--sizes {sz}: for a ModuleFormer file use N (experts) or ATTxFFN")
+            })
+        })?
+    };
+    let data = crate::train::DataArgs::for_text(calib, a.calib_slice.clone(), a.calib_seq);
+    let (ds, seq) = data.load()?;
+    if ds.shape().vocab != model.cfg.vocab || ds.shape().classes > 0 {
+        return Err("the calibration data does not fit the model (vocabulary or task)".into());
+    }
+    let mut measured = Vec::new();
+    for &(size, w) in &mix {
+        model.nested = Some(size);
+        model
+            .active_experts()
+            .map_err(|e| format!("--sizes: {e}"))?;
+        let usage = model.expert_usage(ds.as_ref(), a.calib_batches, 16, seq, 1)?;
+        measured.push((usage, w));
+    }
+    let shares = mixed::expert_shares(&measured);
+    println!(
+        "usage: routed traffic on {} at {}",
+        ds.describe(),
+        describe_mix(&mix, |&(x, y)| format!("{x}x{y} experts"))
+    );
+    Ok((
+        Box::new(move |u| mixed::share_of(&shares, u)),
+        modula_train::model::mf_edit::expert_of_tensor,
+    ))
+}
+
+/// Dense: how much of each block's attention and FFN matrices the sizes of `--sizes` read.
+fn dense_usage<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Usage, String> {
+    let s = DenseSpec::from_model(m).map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let mix: Vec<((usize, usize, usize), f64)> = if a.sizes == "all" {
+        let heads = s.nested_head_list();
+        s.nested_grid()
+            .into_iter()
+            .flat_map(|(dp, f)| heads.iter().map(move |&h| ((dp, f, h), 1.0)))
+            .collect()
+    } else {
+        mixed::parse_mix(&a.sizes, &|sz: &str| {
+            let parts: Option<Vec<usize>> = sz.split('x').map(|v| v.parse().ok()).collect();
+            let (dp, f, h) = match parts.as_deref() {
+                Some(&[dp, f]) => (dp, f, s.heads),
+                Some(&[dp, f, h]) => (dp, f, h),
+                _ => {
+                    return Err(format!(
+                        "--sizes {sz}: for a dense file use DEPTHxFFN or DEPTHxFFNxHEADS"
+                    ))
+                }
+            };
+            if !(1..=s.layers).contains(&dp) || !(1..=s.ffn).contains(&f) {
+                return Err(format!(
+                    "--sizes {sz}: the model has {} blocks and {} FFN units",
+                    s.layers, s.ffn
+                ));
+            }
+            if !(1..=s.heads).contains(&h) || (h < s.heads && !s.head_major) {
+                return Err(format!(
+                    "--sizes {sz}: the model has {} heads{}",
+                    s.heads,
+                    if s.head_major {
+                        ""
+                    } else {
+                        " and does not nest them"
+                    }
+                ));
+            }
+            Ok((dp, f, h))
+        })?
+    };
+    println!(
+        "usage: sub-model reads at {}",
+        describe_mix(&mix, |&(dp, f, h)| format!("{dp}x{f}x{h}"))
+    );
+    let (ffn, heads) = (s.ffn, s.heads);
+    Ok((
+        Box::new(move |u| mixed::dense_share(u, &mix, ffn, heads)),
+        mixed::dense_unit,
+    ))
+}
+
+/// SeqBoat: which blocks the depths of `--sizes` run.
+fn seqboat_usage<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Usage, String> {
+    let s = SbSpec::from_model(m).map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let mix: Vec<(usize, f64)> = if a.sizes == "all" {
+        s.nested_depth_list()
+            .into_iter()
+            .map(|d| (d, 1.0))
+            .collect()
+    } else {
+        mixed::parse_mix(&a.sizes, &|sz: &str| {
+            sz.parse::<usize>()
+                .ok()
+                .filter(|d| (1..=s.layers).contains(d))
+                .ok_or_else(|| {
+                    format!(
+                        "--sizes {sz}: for a SeqBoat file use a depth in 1..={}",
+                        s.layers
+                    )
+                })
+        })?
+    };
+    println!(
+        "usage: sub-model reads at {}",
+        describe_mix(&mix, |d| format!("depth {d}"))
+    );
+    Ok((
+        Box::new(move |u| mixed::depth_share(u, &mix)),
+        mixed::block_unit,
+    ))
+}
+
+/// `2x512x4 (weight 3), 4x1024x4 (weight 1)`.
+fn describe_mix<S>(mix: &[(S, f64)], f: impl Fn(&S) -> String) -> String {
+    mix.iter()
+        .map(|(s, w)| format!("{} (weight {w})", f(s)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

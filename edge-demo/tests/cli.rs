@@ -1083,6 +1083,40 @@ fn moduleformer_commands_work_end_to_end() {
         .arg("--out")
         .arg(&q));
     assert!(out.contains("mixed plan"), "{out}");
+    // sub-model usage: the nested file's expert counts, each routed on the calibration data
+    let mix = |sizes: &str| {
+        modula()
+            .args(["quantize", "--type", "mixed", "--budget-mb", "1", "--calib"])
+            .arg(&text)
+            .args([
+                "--calib-seq",
+                "16",
+                "--calib-batches",
+                "2",
+                "--sizes",
+                sizes,
+                "--in",
+            ])
+            .arg(&nm)
+            .arg("--out")
+            .arg(&q)
+            .output()
+            .unwrap()
+    };
+    let r = mix("2:3,4");
+    let so = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        so.contains("at 2x2 experts (weight 3), 4x4 experts (weight 1)")
+            && so.contains("mixed plan"),
+        "{so}"
+    );
+    let r = mix("9");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("--sizes") && !err.contains("panicked"),
+        "{err}"
+    );
     let hf =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/molm_parity/molm");
     let out = ok(modula()
@@ -1718,6 +1752,92 @@ fn nested_heads_train_eval_run_plan_and_budget() {
     };
     let (ok, _, err) = run(&["--size", "2x64x1"]);
     assert!(ok, "{err}");
+    // mixed precision by sub-model usage: every declared size equally often reads 3/4 of
+    // the FFN matrices on average and 7/12 of the attention ones, so the FFNs go first
+    let q = d.join("q.gguf");
+    let quant = |extra: &[&str]| {
+        out(modula()
+            .args(["quantize", "--type", "mixed", "--in"])
+            .arg(&lm)
+            .arg("--out")
+            .arg(&q)
+            .args(extra)
+            .output()
+            .unwrap())
+    };
+    let (ok, _, err) = quant(&["--budget-mb", "0.0001"]);
+    assert!(!ok && err.contains("impossible budget"), "{err}");
+    let cold: u64 = err
+        .split(" MiB (")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    // room for one unit (Q8_0 costs 2,048 bytes more than Q4_0 for either unit here)
+    let one = format!("{:.9}", (cold + 3000) as f64 / 1048576.0);
+    let (ok, so, err) = quant(&["--budget-mb", &one]);
+    assert!(ok, "{err}");
+    assert!(
+        so.contains("1 of 4 block units at q8_0")
+            && so.contains(
+                "in the order picked (share of the unit a token reads): blk.0 FFN (0.75)\n"
+            ),
+        "{so}"
+    );
+    let (ok, so, err) = out(modula().arg("inspect").arg(&q).output().unwrap());
+    assert!(ok, "{err}");
+    let ty = |t: &str| {
+        so.lines()
+            .find(|l| l.split_whitespace().next() == Some(t))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+    };
+    assert_eq!(ty("blk.0.ffn_up.weight").as_deref(), Some("q8_0"), "{so}");
+    assert_eq!(
+        ty("blk.0.ffn_down_t.weight").as_deref(),
+        Some("q8_0"),
+        "{so}"
+    );
+    assert_eq!(ty("blk.1.ffn_up.weight").as_deref(), Some("q4_0"), "{so}");
+    assert_eq!(ty("blk.0.attn_qkv.weight").as_deref(), Some("q4_0"), "{so}");
+    assert_eq!(ty("token_embd.weight").as_deref(), Some("q8_0"), "{so}");
+    let (ok, _, err) = out(modula()
+        .args([
+            "run", "--prompt", "ab", "--tokens", "3", "--size", "2x32x1", "--model",
+        ])
+        .arg(&q)
+        .output()
+        .unwrap());
+    assert!(ok, "{err}");
+    // the control picks the least read first; a stated mix changes the ranking
+    let (ok, so, err) = quant(&["--budget-mb", &one, "--hot-pick", "least-used"]);
+    assert!(ok, "{err}");
+    assert!(
+        so.contains("picked (share of the unit a token reads): blk.0 attention (0.58)\n"),
+        "{so}"
+    );
+    let (ok, so, err) = quant(&["--budget-mb", "1", "--sizes", "1x64x1:3,2x32x4"]);
+    assert!(ok, "{err}");
+    assert!(
+        so.contains("4 of 4 block units")
+            && so.contains("blk.0 FFN (0.88), blk.0 attention (0.44), blk.1 attention (0.25), blk.1 FFN (0.12)"),
+        "{so}"
+    );
+    for (extra, needle) in [
+        (&["--sizes", "3x64"][..], "2 blocks"),
+        (&["--sizes", "2x64x3:0"][..], "not a positive number"),
+        (&["--sizes", "2x64x5"][..], "4 heads"),
+        (
+            &["--calib", "kjv"][..],
+            "calibration data is for ModuleFormer",
+        ),
+    ] {
+        let (ok, _, err) = quant(&[&["--budget-mb", "1"][..], extra].concat());
+        assert!(
+            !ok && err.contains(needle) && !err.contains("panicked"),
+            "{needle}: {err}"
+        );
+    }
     // the smallest budget that fits some sub-model picks one with fewer heads
     let (ok, _, err) = run(&["--budget-mb", "0.0001"]);
     assert!(!ok && err.contains("impossible budget"), "{err}");
@@ -1738,6 +1858,23 @@ fn nested_heads_train_eval_run_plan_and_budget() {
         .output()
         .unwrap());
     assert!(!ok && err.contains("does not nest heads"), "{err}");
+    let (ok, _, err) = out(modula()
+        .args([
+            "quantize",
+            "--type",
+            "mixed",
+            "--budget-mb",
+            "1",
+            "--sizes",
+            "2x64x2",
+            "--in",
+        ])
+        .arg(&plain)
+        .arg("--out")
+        .arg(d.join("q2.gguf"))
+        .output()
+        .unwrap());
+    assert!(!ok && err.contains("does not nest them"), "{err}");
     let (ok, _, err) = train(&["--nested-heads", "5"], &plain);
     assert!(!ok && err.contains("nested head count 5"), "{err}");
     let (ok, _, err) = train(&["--arch", "moduleformer", "--nested-heads", "1"], &plain);

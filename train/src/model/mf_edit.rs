@@ -18,6 +18,8 @@ use crate::trainer::Trainable;
 use modula_core::rng::SplitMix64;
 use std::ops::Range;
 
+pub use super::mixed::{plan_mixed_units, MixedPlan};
+
 /// `(stacked expert tensor suffix, mixture)`: mixture 0 = attention, 1 = FFN.
 const EXPERT_STACKS: [(&str, usize); 4] = [
     ("attn_q_exps.weight", 0),
@@ -274,25 +276,13 @@ pub fn expert_of_tensor(name: &str) -> Option<(usize, usize)> {
     }
 }
 
-/// A mixed-precision plan: the type of every weight matrix.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MixedPlan {
-    /// Tensor name → type.
-    pub types: std::collections::HashMap<String, modula_core::DType>,
-    /// Tensor data bytes of the planned file.
-    pub bytes: u64,
-    /// Experts kept at the hot type, as (router, expert), hottest first.
-    pub hot: Vec<(usize, usize)>,
-    /// Experts in all.
-    pub experts: usize,
-}
-
 /// Plan per-expert precision by usage under a size budget: every non-expert matrix at
 /// `base`, every expert at `cold`, then experts upgraded to `hot` in order of their share of
 /// their router's traffic (most used first) while the tensor data stays within
 /// `budget_bytes`. `tensors`: (name, element count, row length, current bytes) of every
 /// tensor of the file; `usage`: per router, per expert counts. A budget below the
-/// all-cold size is refused.
+/// all-cold size is refused. (The general planner, with sub-model usage:
+/// [`super::mixed::plan_mixed_units`].)
 pub fn plan_mixed(
     tensors: &[(String, u64, usize, u64)],
     usage: &[Vec<u64>],
@@ -301,78 +291,16 @@ pub fn plan_mixed(
     cold: modula_core::DType,
     base: modula_core::DType,
 ) -> Result<MixedPlan, String> {
-    use modula_core::quantize::bytes_as;
-    use modula_core::DType;
-    let mut types = std::collections::HashMap::new();
-    let mut total = 0u64;
-    // (router, expert) -> extra bytes when upgraded
-    let mut upgrade: std::collections::BTreeMap<(usize, usize), u64> = Default::default();
-    for (name, n, cols, cur) in tensors {
-        let matrix = *cols > 0 && *n > *cols as u64 && !name.starts_with("optimizer.");
-        if !matrix {
-            total += cur;
-            continue;
-        }
-        let expert = expert_of_tensor(name);
-        let t = if expert.is_some() { cold } else { base };
-        let b = bytes_as(t, *n, *cols);
-        match b {
-            Some(b) => {
-                types.insert(name.clone(), t);
-                total += b;
-                if let Some(k) = expert {
-                    let h = bytes_as(hot, *n, *cols).unwrap_or(*cur);
-                    *upgrade.entry(k).or_default() += h.saturating_sub(b);
-                }
-            }
-            None => {
-                types.insert(name.clone(), DType::F32);
-                total += cur;
-            }
-        }
-    }
-    if total > budget_bytes {
-        return Err(format!(
-            "impossible budget: {:.2} MiB, but even with every expert at {cold} the tensors need {:.2} MiB",
-            budget_bytes as f64 / 1048576.0,
-            total as f64 / 1048576.0
-        ));
-    }
-    let share = |(r, e): (usize, usize)| -> f64 {
-        let u = match usage.get(r) {
-            Some(u) => u,
-            None => return 0.0,
-        };
-        let sum: u64 = u.iter().sum();
-        if sum == 0 {
-            0.0
-        } else {
-            u.get(e).copied().unwrap_or(0) as f64 / sum as f64
-        }
-    };
-    let mut order: Vec<(usize, usize)> = upgrade.keys().copied().collect();
-    order.sort_by(|&a, &b| share(b).total_cmp(&share(a)).then(a.cmp(&b)));
-    let mut chosen = Vec::new();
-    for k in order {
-        let extra = upgrade[&k];
-        if total + extra <= budget_bytes {
-            total += extra;
-            chosen.push(k);
-        }
-    }
-    for (name, t) in types.iter_mut() {
-        if let Some(k) = expert_of_tensor(name) {
-            if chosen.contains(&k) && *t != DType::F32 {
-                *t = hot;
-            }
-        }
-    }
-    Ok(MixedPlan {
-        types,
-        bytes: total,
-        hot: chosen,
-        experts: upgrade.len(),
-    })
+    let share = super::mixed::expert_shares(&[(usage.to_vec(), 1.0)]);
+    plan_mixed_units(
+        tensors,
+        &expert_of_tensor,
+        &|k| super::mixed::share_of(&share, k),
+        budget_bytes,
+        hot,
+        cold,
+        base,
+    )
 }
 
 #[cfg(test)]
@@ -468,6 +396,7 @@ mod tests {
         let e =
             plan_mixed(&t, &usage, base - 1, DType::Q8_0, DType::Q4_0, DType::Q8_0).unwrap_err();
         assert!(e.contains("impossible budget"), "{e}");
+        assert_eq!(p.units, 4);
         assert_eq!(
             expert_of_tensor("blk.3.attn_output_t.7.weight"),
             Some((6, 7))

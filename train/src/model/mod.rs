@@ -4,6 +4,7 @@ pub mod dense;
 mod io;
 pub mod mf_edit;
 pub mod mf_io;
+pub mod mixed;
 pub mod moduleformer;
 pub mod sb_io;
 pub mod seqboat;

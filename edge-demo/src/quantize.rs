@@ -174,39 +174,17 @@ fn mixed<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Quantized, St
             )
         })
         .collect();
-    // the control experiment ranks the least read first (ties still to the smaller unit)
-    let ranked = |u: Unit| if least { 1.0 - share(u) } else { share(u) };
     let plan: MixedPlan = plan_mixed_units(
         &tensors,
         &unit_of,
-        &ranked,
+        &share,
+        least,
         (budget * 1048576.0) as u64,
         hot,
         cold,
         base,
     )?;
-    // the read share by the measured usage, whichever order picked the units
-    let read = {
-        let mut elems: std::collections::BTreeMap<Unit, u64> = Default::default();
-        for (name, n, _, _) in &tensors {
-            if let Some(u) = plan
-                .types
-                .contains_key(name)
-                .then(|| unit_of(name))
-                .flatten()
-            {
-                *elems.entry(u).or_default() += n;
-            }
-        }
-        let w = |u: &Unit| share(*u) * elems.get(u).copied().unwrap_or(0) as f64;
-        let all: f64 = elems.keys().map(w).sum();
-        let h: f64 = plan.hot.iter().map(w).sum();
-        if all > 0.0 {
-            h / all
-        } else {
-            0.0
-        }
-    };
+    let read = plan.hot_read_share;
     let what = if mf { "experts" } else { "block units" };
     println!(
         "mixed plan: {} of {} {what} at {hot} (they hold {:.1}% of the unit weights a token reads{}), the rest at {cold}, other matrices at {base}; tensor data {:.2} MiB of a {budget:.2} MiB budget",

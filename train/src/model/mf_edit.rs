@@ -296,6 +296,7 @@ pub fn plan_mixed(
         tensors,
         &expert_of_tensor,
         &|k| super::mixed::share_of(&share, k),
+        false,
         budget_bytes,
         hot,
         cold,

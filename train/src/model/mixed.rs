@@ -40,15 +40,21 @@ pub struct MixedPlan {
 
 /// Plan precision by usage under a size budget: every matrix that is not part of a unit
 /// (`unit_of` gives `None`: embeddings, heads, routers …) at `base`, every unit at `cold`,
-/// then units upgraded to `hot` in order of `share` (largest first; ties to the smaller
-/// unit) while the tensor data stays within `budget_bytes`. `tensors`: (name, element
-/// count, row length, current bytes) of every tensor of the file. Only `*.weight` tensors
-/// of two or more dimensions are matrices (the quantiser's rule); matrices whose rows are
-/// not whole blocks of a type stay F32. A budget below the all-cold size is refused.
+/// then units upgraded to `hot` in order of `share` — largest first, or smallest first
+/// with `least_first` (the control experiment); ties to the smaller unit — while the
+/// tensor data stays within `budget_bytes`. Units no token reads (share 0: blocks past
+/// every depth of the mix, experts the calibration never routed to) stay cold: precision
+/// there buys nothing, and the file stays smaller than the budget. `tensors`: (name,
+/// element count, row length, current bytes) of every tensor of the file. Only `*.weight`
+/// tensors of two or more dimensions are matrices (the quantiser's rule); matrices whose
+/// rows are not whole blocks of a type stay F32. A budget below the all-cold size is
+/// refused.
+#[allow(clippy::too_many_arguments)]
 pub fn plan_mixed_units(
     tensors: &[(String, u64, usize, u64)],
     unit_of: &dyn Fn(&str) -> Option<Unit>,
     share: &dyn Fn(Unit) -> f64,
+    least_first: bool,
     budget_bytes: u64,
     hot: DType,
     cold: DType,
@@ -93,8 +99,16 @@ pub fn plan_mixed_units(
             total as f64 / 1048576.0
         ));
     }
-    let mut order: Vec<Unit> = upgrade.keys().copied().collect();
-    order.sort_by(|&a, &b| share(b).total_cmp(&share(a)).then(a.cmp(&b)));
+    let mut order: Vec<Unit> = upgrade
+        .keys()
+        .copied()
+        .filter(|&k| share(k) > 0.0)
+        .collect();
+    if least_first {
+        order.sort_by(|&a, &b| share(a).total_cmp(&share(b)).then(a.cmp(&b)));
+    } else {
+        order.sort_by(|&a, &b| share(b).total_cmp(&share(a)).then(a.cmp(&b)));
+    }
     let mut chosen = Vec::new();
     for k in order {
         let extra = upgrade[&k].0;
@@ -305,6 +319,7 @@ mod tests {
             &t,
             &dense_unit,
             &share,
+            false,
             cold + ffn_extra,
             DType::Q8_0,
             DType::Q4_0,
@@ -312,9 +327,9 @@ mod tests {
         )
         .unwrap();
         // attention of block 0 (share 1) first, then its FFN (0.5) — which no longer
-        // fits after the attention upgrade; what is left of the budget goes to block 1's
-        // attention (share 0, the smaller unit of the tie)
-        assert_eq!(p.hot, vec![(0, 0), (1, 0)]);
+        // fits after the attention upgrade; block 1 (share 0) stays cold although the
+        // budget has room for its attention
+        assert_eq!(p.hot, vec![(0, 0)]);
         assert_eq!(p.types["blk.0.attn_qkv.weight"], DType::Q8_0);
         assert_eq!(p.types["blk.0.ffn_up.weight"], DType::Q4_0);
         assert_eq!(p.types["blk.1.ffn_up.weight"], DType::Q4_0);
@@ -324,11 +339,25 @@ mod tests {
         // read-weighted: attention 4096 elements × 1 of (4096 + 16384 × 0.5)
         assert!((p.hot_read_share - 4096.0 / (4096.0 + 8192.0)).abs() < 1e-12);
         let attn_extra = q8(64 * 64) - q4(64 * 64);
-        assert_eq!(p.bytes, cold + 2 * attn_extra);
+        assert_eq!(p.bytes, cold + attn_extra);
+        // the control: least read first (among the read ones)
+        let p = plan_mixed_units(
+            &t,
+            &dense_unit,
+            &share,
+            true,
+            cold + ffn_extra,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q8_0,
+        )
+        .unwrap();
+        assert_eq!(p.hot, vec![(0, 1)]);
         let e = plan_mixed_units(
             &t,
             &dense_unit,
             &share,
+            false,
             cold - 1,
             DType::Q8_0,
             DType::Q4_0,

@@ -20,7 +20,7 @@ use super::{check_step, matrix, meta_u32, vector, EPS};
 use crate::kernels::attention::stick_breaking;
 use crate::kernels::elementwise::{gelu_tanh, layer_norm, softmax};
 use crate::kernels::expert_ffn::{moe_ffn, Activation, Expert, FfnScratch};
-use crate::kernels::linear::{linear, matmul_rows, MatRef};
+use crate::kernels::linear::{linear, linear_row, matmul_rows, MatRef, QuantizedRow};
 use crate::kernels::routing::{top_k, Dispatch, Router};
 use crate::model::Model;
 use crate::Value;
@@ -180,7 +180,8 @@ impl MfSpec {
                 + 2 * k_max
                 + 128
                 + self.vocab
-                + rank_w);
+                + rank_w)
+            + QuantizedRow::heap_bytes(d);
         let tables = l * size_of::<MfBlockW<'_>>()
             + l * (2 * ef + 2 * ea) * size_of::<MatRef<'_>>()
             + l * ef * size_of::<Expert<'_>>()
@@ -235,6 +236,8 @@ pub struct MfEngine<'a> {
     stop: Option<f32>,
     x: Vec<f32>,
     h: Vec<f32>,
+    /// `h` quantised to Q8_0 once per sub-layer, for the router and the chosen experts.
+    hq: QuantizedRow,
     kv_tmp: Vec<f32>,
     q: Vec<f32>,
     att: Vec<f32>,
@@ -378,6 +381,7 @@ impl<'a> MfEngine<'a> {
             stop: None,
             x: vec![0.0; d],
             h: vec![0.0; d],
+            hq: QuantizedRow::with_len(d),
             kv_tmp: vec![0.0; 2 * da],
             q: vec![0.0; da],
             att: vec![0.0; da],
@@ -426,7 +430,8 @@ impl<'a> MfEngine<'a> {
         .into_iter()
         .map(f4)
         .sum::<u64>()
-            + (self.chosen.capacity() * size_of::<u32>()) as u64;
+            + (self.chosen.capacity() * size_of::<u32>()) as u64
+            + self.hq.capacity_bytes() as u64;
         let blocks: usize = self
             .blocks
             .iter()
@@ -537,7 +542,7 @@ impl<'a> MfEngine<'a> {
         let router = restrict(&r.router, e).map_err(ke)?;
         let probs = &mut self.probs[..e];
         router
-            .logits(&self.h, 1, &mut self.router_scratch, probs)
+            .logits_row(&self.h, &self.hq, &mut self.router_scratch, probs)
             .map_err(ke)?;
         if probs.iter().any(|v| !v.is_finite()) {
             return Err(format!("block {l}: router logits are not finite"));
@@ -808,6 +813,8 @@ impl<'a> MfEngine<'a> {
             // ---- attention mixture
             let b = &self.blocks[l];
             layer_norm(&self.x, Some(b.ln1.0), Some(b.ln1.1), EPS, &mut self.h).map_err(ke)?;
+            // quantised once for the router and the chosen experts (as each product would)
+            self.hq.set(&self.h);
             // this token's key/value into the per-head caches
             let (k_src, v_src): (&[f32], Option<&[f32]>) = match &b.kv {
                 None => (&self.h, None),
@@ -830,7 +837,7 @@ impl<'a> MfEngine<'a> {
             let b = &self.blocks[l];
             for slot in 0..s.att_k {
                 let (e, g) = (self.chosen[slot] as usize, self.chosen_val[slot]);
-                linear(&self.h, d, 1, &b.q[e], None, &mut self.q, da).map_err(ke)?;
+                linear_row(&self.h, &self.hq, &b.q[e], None, &mut self.q[..da]).map_err(ke)?;
                 for hh in 0..s.heads {
                     let base = hh * cap * dh;
                     let keys = &self.keys[l][base..base + tc * dh];
@@ -864,12 +871,13 @@ impl<'a> MfEngine<'a> {
             }
             // ---- FFN mixture
             layer_norm(&self.x, Some(b.ln2.0), Some(b.ln2.1), EPS, &mut self.h).map_err(ke)?;
+            self.hq.set(&self.h);
             self.route(l, true)?;
             self.acc.fill(0.0);
             let b = &self.blocks[l];
             for slot in 0..s.ffn_k {
                 let (e, g) = (self.chosen[slot] as usize, self.chosen_val[slot]);
-                linear(&self.h, d, 1, &b.up[e], None, &mut self.u, df).map_err(ke)?;
+                linear_row(&self.h, &self.hq, &b.up[e], None, &mut self.u[..df]).map_err(ke)?;
                 gelu_tanh(&mut self.u);
                 matmul_rows(&self.u, df, 1, &b.down[e], &mut self.tmp, d, false).map_err(ke)?;
                 for (a, v) in self.acc.iter_mut().zip(&self.tmp) {

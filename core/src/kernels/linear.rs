@@ -634,35 +634,11 @@ fn skinny_quant(
                 );
             }
         }
-        let quads: &[Q8Quad] = quads;
-        let quads_of = |i: usize| want_quads.then(|| &quads[i * nq..(i + 1) * nq]);
         // a non-finite activation cannot be quantised: fall through to the f32 path,
         // which propagates it as f32 arithmetic does
         if ok {
-            // four weight rows at a time where a 4-row kernel exists (each row's result
-            // is bit-identical to the one-row kernel's), the rest one by one
-            four_then_one(
-                w.rows,
-                four_rows_pay(w),
-                y,
-                |y, j0| {
-                    let rows = [0, 1, 2, 3].map(|r| qrow(w, j0 + r));
-                    for i in 0..m {
-                        match qdot4_q8(isa, &rows, &xq[i * nb..(i + 1) * nb], quads_of(i)) {
-                            Some(r) => y[i * ldy + j0..i * ldy + j0 + 4].copy_from_slice(&r),
-                            None => return false,
-                        }
-                    }
-                    true
-                },
-                |y, j| {
-                    let row = qrow(w, j);
-                    for i in 0..m {
-                        y[i * ldy + j] = qdot_q8(isa, &row, &xq[i * nb..(i + 1) * nb], quads_of(i));
-                    }
-                },
-            );
-            return;
+            let quads = want_quads.then_some(&*quads);
+            return skinny_prequant(isa, xq, quads, m, w, y, ldy);
         }
     }
     for j in 0..w.rows {
@@ -671,6 +647,176 @@ fn skinny_quant(
             y[i * ldy + j] = qdot(isa, &row, &x[i * ldx..i * ldx + k]);
         }
     }
+}
+
+/// The integer part of [`skinny_quant`]: `m` activation rows already quantised (`xq`,
+/// `w.cols / 32` blocks per row; `quads` per row on AVX2, `None` elsewhere).
+fn skinny_prequant(
+    isa: Isa,
+    xq: &[BlockQ8_0],
+    quads: Option<&[Q8Quad]>,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    let nb = w.cols / QB;
+    let nq = nb / 4;
+    let quads_of = |i: usize| quads.map(|q| &q[i * nq..(i + 1) * nq]);
+    // four weight rows at a time where a 4-row kernel exists (each row's result is
+    // bit-identical to the one-row kernel's), the rest one by one
+    four_then_one(
+        w.rows,
+        four_rows_pay(w),
+        y,
+        |y, j0| {
+            let rows = [0, 1, 2, 3].map(|r| qrow(w, j0 + r));
+            for i in 0..m {
+                match qdot4_q8(isa, &rows, &xq[i * nb..(i + 1) * nb], quads_of(i)) {
+                    Some(r) => y[i * ldy + j0..i * ldy + j0 + 4].copy_from_slice(&r),
+                    None => return false,
+                }
+            }
+            true
+        },
+        |y, j| {
+            let row = qrow(w, j);
+            for i in 0..m {
+                y[i * ldy + j] = qdot_q8(isa, &row, &xq[i * nb..(i + 1) * nb], quads_of(i));
+            }
+        },
+    );
+}
+
+/// One activation row quantised to Q8_0 once, for several products over Q8_0/Q4_0
+/// weights that read the same row — a ModuleFormer layer's router and its chosen experts
+/// all read the normalised hidden state. [`linear_row`] with it gives exactly what
+/// [`linear`] gives (which would quantise the row on every call).
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedRow {
+    /// Length of the row quantised (0: none).
+    k: usize,
+    /// The SIMD level it was prepared for.
+    isa: Option<Isa>,
+    blocks: alloc::vec::Vec<BlockQ8_0>,
+    quads: alloc::vec::Vec<Q8Quad>,
+    /// The row was finite and whole blocks long (else products fall back to [`linear`]).
+    ok: bool,
+}
+
+impl QuantizedRow {
+    /// An empty row (allocates on the first [`QuantizedRow::set`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A row with its buffers allocated for rows of `k` values (exactly
+    /// [`QuantizedRow::heap_bytes`]`(k)`), so that [`QuantizedRow::set`] of such rows
+    /// never allocates.
+    pub fn with_len(k: usize) -> Self {
+        let nb = k / QB;
+        let zero = BlockQ8_0 {
+            d: f16::ZERO,
+            qs: [0; QB],
+        };
+        Self {
+            blocks: alloc::vec![zero; nb],
+            quads: alloc::vec![Q8Quad::default(); nb / 4],
+            ..Self::default()
+        }
+    }
+
+    /// The heap of [`QuantizedRow::with_len`]`(k)`.
+    pub fn heap_bytes(k: usize) -> usize {
+        let nb = k / QB;
+        nb * core::mem::size_of::<BlockQ8_0>() + nb / 4 * core::mem::size_of::<Q8Quad>()
+    }
+
+    /// The heap it holds now.
+    pub fn capacity_bytes(&self) -> usize {
+        self.blocks.capacity() * core::mem::size_of::<BlockQ8_0>()
+            + self.quads.capacity() * core::mem::size_of::<Q8Quad>()
+    }
+
+    /// Quantise `x` (as [`linear`] would at [`isa::active`], when quantised activations
+    /// are on); reuses the buffers.
+    pub fn set(&mut self, x: &[f32]) {
+        let isa = isa::active();
+        let isa = if isa.is_supported() { isa } else { Isa::Scalar };
+        let nb = x.len() / QB;
+        self.k = x.len();
+        self.isa = Some(isa);
+        self.ok = quantized_activations() && nb > 0 && x.len() % QB == 0;
+        if !self.ok {
+            return;
+        }
+        let zero = BlockQ8_0 {
+            d: f16::ZERO,
+            qs: [0; QB],
+        };
+        self.blocks.resize(nb, zero);
+        self.ok = modula_quant::quantize::quantize_row_q8_0(x, &mut self.blocks).is_ok();
+        let want_quads = cfg!(target_arch = "x86_64") && isa == Isa::Avx2;
+        self.quads.clear();
+        if self.ok && want_quads {
+            self.quads.resize(nb / 4, Q8Quad::default());
+            modula_quant::kernels::q8_quads(&self.blocks, &mut self.quads);
+        }
+    }
+}
+
+/// `y = x·Wᵀ (+ bias)` for one activation row `x` that `xq` holds quantised
+/// ([`QuantizedRow::set`]`(x)`): the same result as [`linear`]`(x, k, 1, w, bias, y, n)`,
+/// without quantising `x` again. Weights that are not Q8_0/Q4_0, a row that could not be
+/// quantised, or an `xq` of another length or SIMD level take [`linear`]'s path.
+pub fn linear_row(
+    x: &[f32],
+    xq: &QuantizedRow,
+    w: &MatRef<'_>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let (n, k) = (w.rows, w.cols);
+    let active = isa::active();
+    let active = if active.is_supported() {
+        active
+    } else {
+        Isa::Scalar
+    };
+    let usable = xq.ok
+        && w.data.is_quantized()
+        && xq.k == k
+        && x.len() == k
+        && xq.isa == Some(active)
+        && quantized_activations();
+    if !usable {
+        return linear(x, k, 1, w, bias, y, n);
+    }
+    need("linear_row", "y length", n, y.len())?;
+    if let Some(b) = bias {
+        exactly("linear_row", "bias length", n, b.len())?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    // set() computed the quads exactly when the grouped AVX2 kernels want them
+    let quads = (cfg!(target_arch = "x86_64") && active == Isa::Avx2).then_some(&xq.quads[..]);
+    if n * k >= PAR_MIN_WEIGHTS && par::threads() > 1 {
+        let chunk = par::chunk_for(n, 4, 64);
+        par::for_each_chunk_mut(&mut y[..n], chunk, |ci, ys| {
+            let sub = w.row_block(ci * chunk, ys.len());
+            let len = ys.len();
+            skinny_prequant(active, &xq.blocks, quads, 1, &sub, ys, len);
+        });
+    } else {
+        skinny_prequant(active, &xq.blocks, quads, 1, w, &mut y[..n], n);
+    }
+    if let Some(b) = bias {
+        for (yv, bv) in y[..n].iter_mut().zip(b) {
+            *yv += bv;
+        }
+    }
+    Ok(())
 }
 
 /// Many rows: `matrixmultiply::sgemm` on f32 weights; F16/BF16 weights are widened one
@@ -1527,6 +1673,80 @@ mod tests {
             // d = 1 in f16, q = 1: 32 ones (x = 1 quantises exactly to 127 · (1/127))
             assert!((y[0] - 32.0).abs() < 1e-2 && y[0] == y[1], "{y:?}");
         }
+    }
+
+    /// A row quantised once ([`QuantizedRow`]) gives exactly [`linear`]'s products, for
+    /// Q8_0/Q4_0 weights at 1–3 threads (the parallel path included), ragged block counts,
+    /// padded strides and a bias; other weights, rows that are not whole blocks, rows with
+    /// a NaN and a row of another length fall back to `linear` (same results again).
+    #[test]
+    fn a_row_quantised_once_gives_linear_products() {
+        let mut xq = QuantizedRow::new();
+        for &(n, k, ld) in &[
+            (5, 32, 32),
+            (37, 96, 100),
+            (9, 160, 160),
+            (1030, 1024, 1024),
+        ] {
+            let wv = rand_vec(31 + n as u64, n * ld);
+            let wq = rand_vec(3 + k as u64, n * k);
+            let x = rand_vec(5 + n as u64, k);
+            let b = rand_vec(7, n);
+            for q4 in [false, true] {
+                let (b8, b4) = quantised(&wq, q4);
+                let data = if q4 {
+                    WeightData::Q4_0(&b4)
+                } else {
+                    WeightData::Q8_0(&b8)
+                };
+                for w in [
+                    MatRef::new(data, n, k, k).unwrap(),
+                    MatRef::new(WeightData::F32(&wv), n, k, ld).unwrap(),
+                ] {
+                    for t in [1, 2, 3] {
+                        crate::kernels::par::set_threads(t);
+                        xq.set(&x);
+                        for bias in [None, Some(&b[..])] {
+                            let (mut want, mut got) = (vec![0f32; n], vec![1f32; n]);
+                            linear(&x, k, 1, &w, bias, &mut want, n).unwrap();
+                            linear_row(&x, &xq, &w, bias, &mut got).unwrap();
+                            assert_eq!(got, want, "n {n} k {k} q4 {q4} threads {t}");
+                        }
+                    }
+                    crate::kernels::par::set_threads(0);
+                }
+            }
+        }
+        // fallbacks: a NaN in the row, a row that is not whole blocks, another row length
+        let (b8, _) = quantised(&rand_vec(1, 4 * 64), false);
+        let w = MatRef::new(WeightData::Q8_0(&b8), 4, 64, 64).unwrap();
+        let mut x = rand_vec(2, 64);
+        x[3] = f32::NAN;
+        xq.set(&x);
+        let (mut want, mut got) = (vec![0f32; 4], vec![0f32; 4]);
+        linear(&x, 64, 1, &w, None, &mut want, 4).unwrap();
+        linear_row(&x, &xq, &w, None, &mut got).unwrap();
+        assert!(got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let other = rand_vec(4, 64);
+        linear(&other, 64, 1, &w, None, &mut want, 4).unwrap();
+        xq.set(&rand_vec(5, 32));
+        linear_row(&other, &xq, &w, None, &mut got).unwrap();
+        assert_eq!(got, want);
+        xq.set(&rand_vec(6, 33));
+        let w33v = rand_vec(9, 66);
+        let w33 = MatRef::new(WeightData::F32(&w33v), 2, 33, 33).unwrap();
+        let x33 = rand_vec(6, 33);
+        let (mut want, mut got) = (vec![0f32; 2], vec![0f32; 2]);
+        linear(&x33, 33, 1, &w33, None, &mut want, 2).unwrap();
+        linear_row(&x33, &xq, &w33, None, &mut got).unwrap();
+        assert_eq!(got, want);
+        // a wrong output length is an error, not a panic
+        let mut q = QuantizedRow::new();
+        q.set(&other);
+        assert!(linear_row(&other, &q, &w, None, &mut [0f32; 3]).is_err());
     }
 
     #[test]

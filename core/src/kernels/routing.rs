@@ -9,7 +9,7 @@
 
 use super::elementwise::{gelu_with, softmax_with};
 use super::isa::{self, Isa};
-use super::linear::{linear_with, MatRef};
+use super::linear::{linear, linear_row, linear_with, MatRef, QuantizedRow};
 use super::{exactly, need, KernelError};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -69,6 +69,33 @@ impl Router<'_> {
         out: &mut [f32],
     ) -> Result<(), KernelError> {
         self.logits_with(isa::active(), x, n, scratch, out)
+    }
+
+    /// [`Router::logits`] of one row `x` that `xq` holds quantised
+    /// ([`QuantizedRow::set`]`(x)`): the same logits, without quantising `x` again for the
+    /// first layer (see [`linear_row`]).
+    pub fn logits_row(
+        &self,
+        x: &[f32],
+        xq: &QuantizedRow,
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (d, e) = (self.input_dim(), self.experts());
+        exactly("router", "input length (d)", d, x.len())?;
+        need("router", "output length", e, out.len())?;
+        match *self {
+            Router::Linear { w } => linear_row(x, xq, &w, None, &mut out[..e]),
+            Router::Mlp { w1, b1, w2 } => {
+                exactly("router", "MLP second layer input (G)", w1.rows(), w2.cols())?;
+                let g = w1.rows();
+                need("router", "scratch length", g, scratch.len())?;
+                let h = &mut scratch[..g];
+                linear_row(x, xq, &w1, Some(b1), h)?;
+                gelu_with(isa::active(), h);
+                linear(h, g, 1, &w2, None, out, e)
+            }
+        }
     }
 
     /// [`Router::logits`] with an explicit SIMD level.

@@ -23,7 +23,7 @@ use super::{matrix, meta_u32, vector, EPS};
 use crate::kernels::attention::{gau_local, GauFn};
 use crate::kernels::elementwise::{gelu1, layer_norm, silu, softmax};
 use crate::kernels::ema::{ema_scan, EmaCoefs};
-use crate::kernels::linear::{linear, MatRef};
+use crate::kernels::linear::{linear, linear_row, MatRef, QuantizedRow};
 use crate::model::Model;
 use crate::Value;
 use alloc::format;
@@ -178,8 +178,8 @@ impl SbSpec {
             .max(self.vocab * usize::from(self.classes == 0));
         super::ArenaPlan {
             kv_cache: (l * ((d * n + w * z + w * e) * f + w * size_of::<usize>())) as u64,
-            work: (f * (6 * d + (2 + d) + (z + 2 * e) + 2 * z + (w + 1) + e + 2 * d + logits))
-                as u64,
+            work: (f * (6 * d + (2 + d) + (z + 2 * e) + 2 * z + (w + 1) + e + 2 * d + logits)
+                + QuantizedRow::heap_bytes(d)) as u64,
             gates: (l * 3 * d * n * f) as u64,
             tables: (l * (size_of::<SbLayerW<'_>>() + size_of::<LayerState>())) as u64,
         }
@@ -239,6 +239,8 @@ pub struct SbEngine<'a> {
     x: Vec<f32>,
     h: Vec<f32>,
     y: Vec<f32>,
+    /// `y` quantised once for the gate and the GAU's input projection.
+    yq: QuantizedRow,
     uc: Vec<f32>,
     zrv: Vec<f32>,
     qv: Vec<f32>,
@@ -362,6 +364,7 @@ impl<'a> SbEngine<'a> {
             x: vec![0.0; d],
             h: vec![0.0; d],
             y: vec![0.0; d],
+            yq: QuantizedRow::with_len(d),
             uc: vec![0.0; 2 + d],
             zrv: vec![0.0; zw],
             qv: vec![0.0; z],
@@ -466,7 +469,8 @@ impl<'a> SbEngine<'a> {
         ]
         .into_iter()
         .map(f4)
-        .sum();
+        .sum::<u64>()
+            + self.yq.capacity_bytes() as u64;
         super::ArenaPlan {
             kv_cache: kv,
             work,
@@ -523,14 +527,14 @@ impl<'a> SbEngine<'a> {
                 self.y[j] += lw.omega[j] * self.h[j];
             }
             silu(&mut self.y);
-            linear(
+            // quantised once for the gate and (when the token is activated) the GAU input
+            self.yq.set(&self.y);
+            linear_row(
                 &self.y,
-                d,
-                1,
+                &self.yq,
                 &lw.gate_w,
                 Some(lw.gate_b),
-                &mut self.uc,
-                2 + d,
+                &mut self.uc[..2 + d],
             )
             .map_err(ke)?;
             let diff = self.uc[1] - (self.uc[0] + self.act_bias);
@@ -552,14 +556,12 @@ impl<'a> SbEngine<'a> {
                 } else {
                     1.0 / (1.0 + libm::expf(-diff / tau))
                 };
-                linear(
+                linear_row(
                     &self.y,
-                    d,
-                    1,
+                    &self.yq,
                     &lw.in_w,
                     Some(lw.in_b),
-                    &mut self.zrv,
-                    z + 2 * e,
+                    &mut self.zrv[..z + 2 * e],
                 )
                 .map_err(ke)?;
                 silu(&mut self.zrv);

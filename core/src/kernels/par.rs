@@ -36,6 +36,19 @@ mod team {
         IN_TEAM.with(|c| c.get())
     }
 
+    /// Run `f` marked as inside a parallel loop (nested loops run in place and
+    /// `threads()` is 1), restoring the previous mark afterwards, also on a panic.
+    pub(super) fn as_in_team(f: impl FnOnce()) {
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                IN_TEAM.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(IN_TEAM.with(|c| c.replace(true)));
+        f();
+    }
+
     /// The job of one generation: `f(i)` for every `i < count`. The closure's lifetime is
     /// erased; [`Team::run`] does not return before every helper is done with it.
     type JobFn = *const (dyn Fn(usize) + Sync + 'static);
@@ -320,13 +333,18 @@ mod imp {
     }
 
     /// Run `f(i)` for `i < count`, spread over the team when there is one and it is free
-    /// (another thread using it, or a single chunk: on the current thread).
+    /// (another thread using it, or a single chunk: on the current thread). A loop of
+    /// several chunks that runs on the current thread because the team is busy still
+    /// counts as a parallel loop for what it calls: `threads()` is 1 inside it, as on
+    /// the team (a CI run under qemu caught `threads()` = 2 there while another test
+    /// held the team).
     fn run(count: usize, f: &(dyn Fn(usize) + Sync)) {
         if count > 1 {
             if let Some(t) = team() {
                 if t.run(count, f) {
                     return;
                 }
+                return super::team::as_in_team(|| (0..count).for_each(f));
             }
         }
         (0..count).for_each(f);
@@ -569,6 +587,39 @@ mod tests {
             o[0] = i + inner.iter().sum::<usize>();
         });
         assert_eq!(outer, (0..8).map(|i| i + 10).collect::<Vec<_>>());
+        set_threads(0);
+    }
+
+    /// A loop that finds the team busy (another thread's loop holds it) runs on its own
+    /// thread and still reports 1 thread inside, so its nested loops run in place.
+    #[test]
+    fn a_loop_that_finds_the_team_busy_runs_in_place_as_one_thread() {
+        use std::sync::mpsc;
+        set_threads(2);
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let started_tx = std::sync::Mutex::new(started_tx);
+        let holder = std::thread::spawn(move || {
+            let mut v = std::vec![0u8; 2];
+            // chunk 0 (on whichever thread) waits until the main thread has run its loop
+            for_each_chunk_mut(&mut v, 1, |i, _| {
+                if i == 0 {
+                    let _ = started_tx.lock().unwrap().send(());
+                    let _ = release_rx.lock().unwrap().recv();
+                }
+            });
+        });
+        started_rx.recv().unwrap();
+        let mut outer = std::vec![0usize; 4];
+        for_each_chunk_mut(&mut outer, 1, |i, o| {
+            o[0] = i + 10 * threads();
+        });
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(outer, [10, 11, 12, 13]);
+        // the mark is gone afterwards
+        assert!(!team::in_team());
         set_threads(0);
     }
 

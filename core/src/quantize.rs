@@ -143,7 +143,7 @@ pub fn quantize_model<B: AsRef<[u8]>>(
 /// Bytes a `[.., cols]` tensor of `n` values takes in `t`, or None when its rows are not
 /// whole blocks of `t` (such a matrix stays f32 when quantised).
 pub fn bytes_as(t: DType, n: u64, cols: usize) -> Option<u64> {
-    if cols % t.block_len() != 0 {
+    if !cols.is_multiple_of(t.block_len()) {
         return None;
     }
     t.bytes_for(n)

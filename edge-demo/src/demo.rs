@@ -246,7 +246,7 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
     if a.steps == 0 || a.batch == 0 || a.eval_windows == 0 {
         return Err("--steps, --batch and --eval-windows must be positive".into());
     }
-    if a.ffn % 128 != 0 || a.layers == 0 {
+    if !a.ffn.is_multiple_of(128) || a.layers == 0 {
         return Err(format!(
             "--ffn {} must be a multiple of 128 (its quarter and half are nested widths on \
              32-value quantisation blocks) and --layers positive",

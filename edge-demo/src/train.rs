@@ -1056,7 +1056,7 @@ fn fit<M: CliModel>(
             }
             pb.set_position(s.step);
             pb.set_message(format!("loss {:.4}  {:.0} pos/s", s.loss, tps));
-            if (pb.is_hidden() && (s.step % every == 0 || s.step == a.steps))
+            if (pb.is_hidden() && (s.step.is_multiple_of(every) || s.step == a.steps))
                 || (s.step - first) == 1
             {
                 let usage = if !s.activation.is_empty() {
@@ -1087,7 +1087,7 @@ fn fit<M: CliModel>(
         if let Some(e) = io_err.take() {
             return Err(format!("cannot write metrics {e}"));
         }
-        if state.step % eval_every == 0 || state.step == stop {
+        if state.step.is_multiple_of(eval_every) || state.step == stop {
             let r = eval_model(&*model, data, a.eval_batches, a.batch, seq, a.seed ^ 0x5eed)?;
             val_curve.push((state.step as f64, r.loss));
             writeln!(

@@ -27,7 +27,7 @@ use modula_core::rng::SplitMix64;
 /// minimising `Σ cost[i][label_i]` (`cost` is `[n][k]`, row-major). `n` must be a multiple
 /// of `k`.
 pub fn balanced_assign(cost: &[i64], n: usize, k: usize) -> Result<Vec<usize>, String> {
-    if k == 0 || n % k != 0 || cost.len() != n * k {
+    if k == 0 || !n.is_multiple_of(k) || cost.len() != n * k {
         return Err(format!(
             "balanced assignment needs n ({n}) to be a multiple of k ({k}) and an n x k cost"
         ));
@@ -129,7 +129,7 @@ pub fn balanced_kmeans(
     max_iter: usize,
     seed: u64,
 ) -> Result<(Vec<usize>, f64), String> {
-    if points.len() != n * d || k == 0 || n % k != 0 {
+    if points.len() != n * d || k == 0 || !n.is_multiple_of(k) {
         return Err(format!(
             "balanced k-means: {n} points of {d} must split into {k} equal clusters"
         ));
@@ -252,7 +252,7 @@ pub fn convert_layer(
             c.layers
         ));
     }
-    if experts < 2 || c.ffn % experts != 0 {
+    if experts < 2 || !c.ffn.is_multiple_of(experts) {
         return Err(format!(
             "{experts} experts must divide the FFN width {} (and be at least 2)",
             c.ffn

@@ -439,7 +439,7 @@ pub struct Recall {
 impl Recall {
     /// Checked constructor.
     pub fn new(keys: usize, seq: usize) -> Result<Self, DataError> {
-        if seq < 4 || seq % 2 != 0 || seq / 2 - 1 > keys || keys < 2 {
+        if seq < 4 || !seq.is_multiple_of(2) || seq / 2 - 1 > keys || keys < 2 {
             return Err(DataError::Invalid(format!(
                 "recall needs an even seq >= 4 with seq/2 - 1 <= keys (got seq {seq}, keys {keys})"
             )));
@@ -605,7 +605,7 @@ pub struct Copy {
 impl Copy {
     /// Checked constructor.
     pub fn new(symbols: usize, seq: usize) -> Result<Self, DataError> {
-        if seq < 4 || seq % 2 != 0 || symbols < 2 {
+        if seq < 4 || !seq.is_multiple_of(2) || symbols < 2 {
             return Err(DataError::Invalid(format!(
                 "copy needs an even seq >= 4 and >= 2 symbols (got seq {seq}, symbols {symbols})"
             )));

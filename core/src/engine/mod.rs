@@ -232,7 +232,11 @@ impl DenseSpec {
                 }
             },
         };
-        if spec.heads == 0 || spec.d % spec.heads != 0 || spec.vocab == 0 || spec.layers > 64 {
+        if spec.heads == 0
+            || !spec.d.is_multiple_of(spec.heads)
+            || spec.vocab == 0
+            || spec.layers > 64
+        {
             return Err(format!(
                 "inconsistent shape: d {} heads {} vocab {} layers {}",
                 spec.d, spec.heads, spec.vocab, spec.layers
@@ -248,7 +252,7 @@ impl DenseSpec {
             spec.emoe_experts = meta_u32(m, "modula.expert.count")?;
             spec.emoe_top_k = meta_u32(m, "modula.expert.used_count")?;
             if spec.emoe_experts == 0
-                || spec.ffn % spec.emoe_experts != 0
+                || !spec.ffn.is_multiple_of(spec.emoe_experts)
                 || spec.emoe_top_k == 0
                 || spec.emoe_top_k > spec.emoe_experts
             {

@@ -356,7 +356,7 @@ impl GgufIndex {
         };
         // Types were checked against the schema when the entries were read.
         let page = size.as_u32().unwrap_or(0) as usize;
-        if page == 0 || !page.is_power_of_two() || page % self.alignment != 0 {
+        if page == 0 || !page.is_power_of_two() || !page.is_multiple_of(self.alignment) {
             return Err(bad(format!(
                 "page_size {page} must be a power of two and a multiple of the alignment {}",
                 self.alignment

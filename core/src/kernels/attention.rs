@@ -59,7 +59,7 @@ impl KvCache {
     /// overflow the capacity.
     pub fn append(&mut self, k: &[f32], v: &[f32]) -> Result<(), KernelError> {
         exactly("KvCache::append", "k/v lengths equal", k.len(), v.len())?;
-        if k.len() % self.dim.max(1) != 0 {
+        if !k.len().is_multiple_of(self.dim.max(1)) {
             return Err(KernelError {
                 kernel: "KvCache::append",
                 what: "k length (multiple of dim)",

@@ -101,7 +101,7 @@ pub fn contiguous_experts<'a>(
     n: usize,
 ) -> Result<Vec<Expert<'a>>, KernelError> {
     let h = up.rows();
-    if n == 0 || h % n != 0 {
+    if n == 0 || !h.is_multiple_of(n) {
         return Err(KernelError {
             kernel: "contiguous_experts",
             what: "experts dividing the hidden width",

@@ -746,7 +746,7 @@ impl QuantizedRow {
         let nb = x.len() / QB;
         self.k = x.len();
         self.isa = Some(isa);
-        self.ok = quantized_activations() && nb > 0 && x.len() % QB == 0;
+        self.ok = quantized_activations() && nb > 0 && x.len().is_multiple_of(QB);
         if !self.ok {
             return;
         }

@@ -246,7 +246,7 @@ mod team {
                     break;
                 }
                 polls += 1;
-                if polls % 64 == 0 {
+                if polls.is_multiple_of(64) {
                     if start.elapsed() >= s.spin {
                         let mut l = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                         s.sleepers.fetch_add(1, Ordering::SeqCst);

@@ -78,7 +78,7 @@ impl StageCfg {
         if self.of == 0 || i >= self.of {
             return Err(format!("module {i} of {} does not exist", self.of));
         }
-        if self.d == 0 || self.heads == 0 || self.d % self.heads != 0 {
+        if self.d == 0 || self.heads == 0 || !self.d.is_multiple_of(self.heads) {
             return Err(format!(
                 "module {i}: width {} must be a positive multiple of the {} heads",
                 self.d, self.heads
@@ -1133,7 +1133,7 @@ impl Net {
         if c.emoe_layers != 0 {
             return Err("an EMoE model is not a dense teacher".into());
         }
-        if modules == 0 || c.layers % modules != 0 {
+        if modules == 0 || !c.layers.is_multiple_of(modules) {
             return Err(format!(
                 "{} blocks do not split into {modules} modules of equal size",
                 c.layers

@@ -410,7 +410,7 @@ impl Pipeline<'_> {
         if arch.moe_every > 0 {
             for j in 0..arch.blocks.min(64) {
                 let global = i * arch.blocks + j + 1;
-                if global % arch.moe_every == 0 {
+                if global.is_multiple_of(arch.moe_every) {
                     moe |= 1 << j;
                 }
             }

@@ -377,7 +377,7 @@ impl DenseModel {
     /// A model with GPT-2-style initialisation (N(0, 0.02); residual projections scaled by
     /// 1/√(2L); norms at γ = 1, β = 0), deterministic in `seed`.
     pub fn new(cfg: DenseConfig, seed: u64) -> Result<Self, String> {
-        if cfg.heads == 0 || cfg.d % cfg.heads != 0 || cfg.d == 0 {
+        if cfg.heads == 0 || !cfg.d.is_multiple_of(cfg.heads) || cfg.d == 0 {
             return Err(format!(
                 "d = {} must be a positive multiple of heads = {}",
                 cfg.d, cfg.heads
@@ -393,7 +393,7 @@ impl DenseModel {
                     cfg.emoe_layers, cfg.layers
                 ));
             }
-            if cfg.emoe_experts < 2 || cfg.ffn % cfg.emoe_experts != 0 {
+            if cfg.emoe_experts < 2 || !cfg.ffn.is_multiple_of(cfg.emoe_experts) {
                 return Err(format!(
                     "EMoE: {} experts must be at least 2 and divide the FFN width {}",
                     cfg.emoe_experts, cfg.ffn

@@ -207,7 +207,7 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
     }
     let heads = parse_list("modula.nested.head_counts")?;
     if !heads.is_empty() {
-        if cfg.heads == 0 || cfg.d % cfg.heads != 0 {
+        if cfg.heads == 0 || !cfg.d.is_multiple_of(cfg.heads) {
             return Err(format!(
                 "d = {} is not a multiple of {} heads",
                 cfg.d, cfg.heads

@@ -112,7 +112,7 @@ impl MfConfig {
         if self.vocab == 0 || self.d == 0 || self.layers == 0 {
             return Err("vocabulary, width and depth must be at least 1".into());
         }
-        if self.heads == 0 || self.att_hidden == 0 || self.att_hidden % self.heads != 0 {
+        if self.heads == 0 || self.att_hidden == 0 || !self.att_hidden.is_multiple_of(self.heads) {
             return Err(format!(
                 "attention width {} must be a positive multiple of heads {}",
                 self.att_hidden, self.heads

@@ -5,6 +5,10 @@
 //! request for a level the CPU lacks is refused (the best available level is used) — a build
 //! never executes an instruction the CPU does not have.
 //!
+//! Two refinements apply to the quantised products only, as sub-levels of a level rather
+//! than levels of their own (every other kernel is the same under them): [`avx512`] under
+//! [`Isa::Avx2`] (AVX-512BW, or AVX-512 VNNI) and [`dotprod`] under [`Isa::Neon`].
+//!
 //! Every kernel also takes an explicit [`Isa`] in its `*_with` form, which tests use to run
 //! all [`available`] variants in one process.
 
@@ -33,7 +37,8 @@ impl Isa {
     pub fn from_name(s: &str) -> Option<Isa> {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" | "none" => Some(Isa::Scalar),
-            "avx2" => Some(Isa::Avx2),
+            // the AVX-512 names select the AVX2 level plus a sub-level, see `avx512`
+            "avx2" | "avx512" | "avx512-vnni" => Some(Isa::Avx2),
             "neon" | "neon-nodot" => Some(Isa::Neon),
             _ => None,
         }
@@ -102,6 +107,88 @@ pub fn dotprod() -> bool {
     false
 }
 
+/// Which AVX-512 kernels the quantised products use under [`Isa::Avx2`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Avx512 {
+    /// None: the AVX2 kernels.
+    Off,
+    /// AVX-512F/BW/VL (`vpmaddubsw` + `vpmaddwd` over 512 bits).
+    Bw,
+    /// AVX-512BW plus AVX512-VNNI (`vpdpbusd`).
+    Vnni,
+}
+
+/// What this CPU has of [`Avx512`] (nothing without the AVX2 level's features).
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn detect_avx512() -> Avx512 {
+    use std::is_x86_feature_detected as has;
+    if !(has_avx2() && has!("avx512f") && has!("avx512bw") && has!("avx512vl")) {
+        Avx512::Off
+    } else if has!("avx512vnni") {
+        Avx512::Vnni
+    } else {
+        Avx512::Bw
+    }
+}
+
+/// The most of [`Avx512`] a `MODULA_SIMD` value allows: `avx512` at most BW, `avx512-vnni`
+/// or unset everything, any other level (`avx2`, `scalar`, …) none.
+pub fn avx512_allowed(simd: Option<&str>) -> Avx512 {
+    match simd.map(|v| v.trim().to_ascii_lowercase()) {
+        None => Avx512::Vnni,
+        Some(v) if v == "avx512-vnni" => Avx512::Vnni,
+        Some(v) if v == "avx512" => Avx512::Bw,
+        Some(v) if Isa::from_name(&v).is_none() => Avx512::Vnni, // ignored, as in `active`
+        Some(_) => Avx512::Off,
+    }
+}
+
+/// Which AVX-512 kernels the quantised products use under [`Isa::Avx2`]: the most this CPU
+/// has that `MODULA_SIMD` allows ([`avx512_allowed`]), detected once under `std`, from
+/// `cfg(target_feature)` without. A request for more than the CPU has is refused with a
+/// message (the CPU's best is used).
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+pub fn avx512() -> Avx512 {
+    static LEVEL: std::sync::OnceLock<Avx512> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let simd = std::env::var("MODULA_SIMD").ok();
+        let (cpu, allowed) = (detect_avx512(), avx512_allowed(simd.as_deref()));
+        if let Some(v) = simd.as_deref() {
+            if allowed > cpu && v.trim().to_ascii_lowercase().starts_with("avx512") {
+                std::eprintln!(
+                    "modula: MODULA_SIMD={v}: this CPU has AVX-512 {:?} only; using that",
+                    cpu
+                );
+            }
+        }
+        cpu.min(allowed)
+    })
+}
+/// See the `std` version.
+#[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+pub fn avx512() -> Avx512 {
+    let bw = cfg!(all(
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vl"
+    ));
+    if !bw {
+        Avx512::Off
+    } else if cfg!(target_feature = "avx512vnni") {
+        Avx512::Vnni
+    } else {
+        Avx512::Bw
+    }
+}
+/// No AVX-512 off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn avx512() -> Avx512 {
+    Avx512::Off
+}
+
 /// Every level this CPU supports, lowest first.
 pub fn available() -> impl Iterator<Item = Isa> {
     [Isa::Scalar, Isa::Avx2, Isa::Neon]
@@ -132,7 +219,7 @@ pub fn active() -> Isa {
             }
             None => {
                 std::eprintln!(
-                    "modula: MODULA_SIMD={v} is not one of scalar, avx2, neon, neon-nodot; ignored"
+                    "modula: MODULA_SIMD={v} is not one of scalar, avx2, avx512, avx512-vnni, neon, neon-nodot; ignored"
                 );
                 best()
             }
@@ -152,6 +239,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn modula_simd_caps_the_avx512_sub_level() {
+        assert_eq!(avx512_allowed(None), Avx512::Vnni);
+        assert_eq!(avx512_allowed(Some("avx512-vnni")), Avx512::Vnni);
+        assert_eq!(avx512_allowed(Some(" AVX512 ")), Avx512::Bw);
+        assert_eq!(avx512_allowed(Some("avx2")), Avx512::Off);
+        assert_eq!(avx512_allowed(Some("scalar")), Avx512::Off);
+        assert_eq!(avx512_allowed(Some("neon")), Avx512::Off);
+        // an unknown value is ignored (best level), as `active` ignores it
+        assert_eq!(avx512_allowed(Some("sse9")), Avx512::Vnni);
+    }
+
+    #[test]
     fn scalar_is_always_available_and_best_is_supported() {
         assert!(available().any(|i| i == Isa::Scalar));
         assert!(best().is_supported());
@@ -160,6 +259,18 @@ mod tests {
             assert_eq!(Isa::from_name(i.name()), Some(i));
         }
         assert_eq!(Isa::from_name("sse9"), None);
+        assert_eq!(Isa::from_name("avx512"), Some(Isa::Avx2));
+        assert_eq!(Isa::from_name("AVX512-VNNI"), Some(Isa::Avx2));
+        // the AVX-512 sub-level is never more than the CPU has, and none without AVX2
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        {
+            assert!(avx512() <= detect_avx512());
+            if !std::is_x86_feature_detected!("avx512bw") {
+                assert_eq!(avx512(), Avx512::Off);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        assert_eq!(avx512(), Avx512::Off);
         // The SIMD tests must really run the SIMD variant on the platforms CI covers.
         #[cfg(target_arch = "aarch64")]
         assert!(available().any(|i| i == Isa::Neon));

@@ -14,7 +14,7 @@
 //! skinny path, dequantised panels for many rows). Quantised matrices need whole blocks:
 //! `cols`, `ld` and every nested width a multiple of 32.
 
-use super::isa::{self, Isa};
+use super::isa::{self, Avx512, Isa};
 use super::par;
 use super::{exactly, need, KernelError};
 use half::{bf16, f16};
@@ -390,6 +390,16 @@ fn qrow<'a>(w: &MatRef<'a>, j: usize) -> QRow<'a> {
 fn qdot(isa: Isa, row: &QRow<'_>, x: &[f32]) -> f32 {
     match (isa, row) {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F (+ the AVX2 level's FMA, F16C) detected; x holds 32 per block.
+        (Isa::Avx2, QRow::Q8(b)) if isa::avx512() != Avx512::Off => unsafe {
+            qk::avx512::dot_q8_0(b, x)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, QRow::Q4(b)) if isa::avx512() != Avx512::Off => unsafe {
+            qk::avx512::dot_q4_0(b, x)
+        },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); x holds 32 per block.
         (Isa::Avx2, QRow::Q8(b)) => unsafe { qk::avx2::dot_q8_0(b, x) },
         #[cfg(target_arch = "x86_64")]
@@ -408,7 +418,19 @@ fn qdot(isa: Isa, row: &QRow<'_>, x: &[f32]) -> f32 {
 
 /// `y += a·dequant(row)` with the variant for `isa` (supported; `y` holds the row).
 fn qaxpy(isa: Isa, a: f32, row: &QRow<'_>, y: &mut [f32]) {
+    // (the AVX-512 versions do per value what the AVX2 ones do — one FMA of the same
+    // operands — so the 4-row AVX2 kernel stays bit-identical to four of these)
     match (isa, row) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F (+ the AVX2 level's FMA, F16C) detected; y holds 32 per block.
+        (Isa::Avx2, QRow::Q8(b)) if isa::avx512() != Avx512::Off => unsafe {
+            qk::avx512::axpy_q8_0(a, b, y)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, QRow::Q4(b)) if isa::avx512() != Avx512::Off => unsafe {
+            qk::avx512::axpy_q4_0(a, b, y)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); y holds 32 per block.
         (Isa::Avx2, QRow::Q8(b)) => unsafe { qk::avx2::axpy_q8_0(a, b, y) },
@@ -465,11 +487,38 @@ pub fn quantized_activations() -> bool {
     QUANTIZED_ACTIVATIONS.load(core::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether the skinny products want the activations' [`Q8Quad`]s: on AVX2 without
+/// AVX-512 (the grouped AVX2 kernels use them; the AVX-512 ones do not).
+fn want_quads(isa: Isa) -> bool {
+    cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && isa::avx512() == Avx512::Off
+}
+
 /// `Σ dequant(row)·dequant(xq)` with the activations quantised to Q8_0; `quads` (the
 /// activation's [`Q8Quad`]s, computed on AVX2) select the grouped kernels.
 #[allow(unused_variables)]
 fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], quads: Option<&[Q8Quad]>) -> f32 {
     match (isa, row, quads) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F/BW/VL + VNNI (+ the AVX2 level's FMA, F16C) detected; equal
+        // block counts.
+        (Isa::Avx2, QRow::Q4(b), _) if isa::avx512() == Avx512::Vnni => unsafe {
+            qk::avx512::dot_q4_0_q8_0_vnni(b, xq)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, QRow::Q8(b), _) if isa::avx512() == Avx512::Vnni => unsafe {
+            qk::avx512::dot_q8_0_q8_0_vnni(b, xq)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F/BW/VL (+ FMA, F16C) detected; equal block counts.
+        (Isa::Avx2, QRow::Q4(b), _) if isa::avx512() == Avx512::Bw => unsafe {
+            qk::avx512::dot_q4_0_q8_0(b, xq)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, QRow::Q8(b), _) if isa::avx512() == Avx512::Bw => unsafe {
+            qk::avx512::dot_q8_0_q8_0(b, xq)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); equal block counts,
         // one quad per whole group of 4 activation blocks.
@@ -547,6 +596,33 @@ fn qdot4_q8(
 ) -> Option<[f32; 4]> {
     match (isa, rows, quads) {
         #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)], _)
+            if isa::avx512() != Avx512::Off =>
+        {
+            // SAFETY: AVX-512F/BW/VL (+ VNNI for the _vnni kernel, + FMA, F16C) detected;
+            // rows of one matrix have equal block counts, equal to the activation row's.
+            Some(unsafe {
+                if isa::avx512() == Avx512::Vnni {
+                    qk::avx512::dot4_q4_0_q8_0_vnni([a, b, c, d], xq)
+                } else {
+                    qk::avx512::dot4_q4_0_q8_0([a, b, c, d], xq)
+                }
+            })
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)], _)
+            if isa::avx512() != Avx512::Off =>
+        {
+            // SAFETY: as above.
+            Some(unsafe {
+                if isa::avx512() == Avx512::Vnni {
+                    qk::avx512::dot4_q8_0_q8_0_vnni([a, b, c, d], xq)
+                } else {
+                    qk::avx512::dot4_q8_0_q8_0([a, b, c, d], xq)
+                }
+            })
+        }
+        #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)], Some(q)) => {
             // SAFETY: AVX2+FMA+F16C supported (checked by the caller); rows of one matrix
             // have equal block counts, equal to the activation row's; one quad per whole
@@ -608,7 +684,7 @@ fn skinny_quant(
         }
         // AVX2: each activation row's quads (sums and scales of 4 blocks) once, for the
         // grouped kernels (measured 1.4-1.8x faster than one block at a time for Q4_0)
-        let want_quads = cfg!(target_arch = "x86_64") && isa == Isa::Avx2;
+        let want_quads = want_quads(isa);
         let nq = nb / 4;
         let mut quads_small;
         let mut quads_stack;
@@ -756,7 +832,7 @@ impl QuantizedRow {
         };
         self.blocks.resize(nb, zero);
         self.ok = modula_quant::quantize::quantize_row_q8_0(x, &mut self.blocks).is_ok();
-        let want_quads = cfg!(target_arch = "x86_64") && isa == Isa::Avx2;
+        let want_quads = want_quads(isa);
         self.quads.clear();
         if self.ok && want_quads {
             self.quads.resize(nb / 4, Q8Quad::default());
@@ -800,7 +876,7 @@ pub fn linear_row(
         return Ok(());
     }
     // set() computed the quads exactly when the grouped AVX2 kernels want them
-    let quads = (cfg!(target_arch = "x86_64") && active == Isa::Avx2).then_some(&xq.quads[..]);
+    let quads = want_quads(active).then_some(&xq.quads[..]);
     if n * k >= PAR_MIN_WEIGHTS && par::threads() > 1 {
         let chunk = par::chunk_for(n, 4, 64);
         par::for_each_chunk_mut(&mut y[..n], chunk, |ci, ys| {

@@ -1,0 +1,332 @@
+//! AVX-512 versions of the quantised dot products (16 f32 / 64 byte lanes), in two
+//! flavours: **AVX-512BW** (`vpmaddubsw` + `vpmaddwd`, as the AVX2 kernels but twice as
+//! wide) and **AVX-512 VNNI** (`vpdpbusd`: four byte products summed into an i32 lane in one
+//! instruction). Every function requires AVX-512F, BW and VL plus FMA and F16C (the
+//! `_vnni` ones also AVX512-VNNI); the caller checks them at run time.
+//!
+//! No machine of this project executes AVX-512, so these kernels are tested by running them
+//! in an instruction-set emulator (Bochs's CPU, models Cannon Lake — AVX-512 without VNNI —
+//! and Tiger Lake — with VNNI) against the scalar references: `tools/avx512-emu` and
+//! `scripts/test-avx512.sh`, run by CI.
+//!
+//! Layout: one 512-bit step covers **two blocks** — their 32-byte halves side by side —
+//! giving 16 i32 lanes (8 per block), converted to f32 and multiplied by the two blocks'
+//! scale products `d_w·d_x` (lanes 0..8 and 8..16) into one of two accumulators (even and
+//! odd steps). An odd last block runs as a step whose second block has scale zero. The
+//! order of operations depends only on the length, so a result is deterministic and the
+//! four-row kernels give each row exactly the one-row kernel's bits.
+
+use crate::blocks::{BlockQ4_0, BlockQ8_0};
+use core::arch::x86_64::*;
+use half::f16;
+
+/// A block scale to f32 with the F16C instruction. Requires F16C.
+#[inline(always)]
+unsafe fn h2f(h: f16) -> f32 {
+    // SAFETY: the caller guarantees F16C.
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits())))) }
+}
+
+/// Two 256-bit halves as one 512-bit vector (`lo` in lanes 0..8 of i32).
+#[inline(always)]
+unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    // SAFETY: the caller guarantees AVX-512F.
+    unsafe { _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi) }
+}
+
+/// The 32 activation bytes of two Q8_0 blocks.
+#[inline(always)]
+unsafe fn act2(x0: &BlockQ8_0, x1: &BlockQ8_0) -> __m512i {
+    // SAFETY: the caller guarantees AVX-512F; a Q8_0 block holds 32 bytes.
+    unsafe {
+        join(
+            _mm256_loadu_si256(x0.qs.as_ptr().cast()),
+            _mm256_loadu_si256(x1.qs.as_ptr().cast()),
+        )
+    }
+}
+
+/// The scale vector of a step: `s0` in lanes 0..8, `s1` in lanes 8..16.
+#[inline(always)]
+unsafe fn scales2(s0: f32, s1: f32) -> __m512 {
+    // SAFETY: the caller guarantees AVX-512F.
+    unsafe { _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(s0), _mm512_set1_ps(s1)) }
+}
+
+/// Sum of 4 byte products per i32 lane, `u` unsigned and `c` signed: `vpdpbusd` with
+/// VNNI, `vpmaddubsw` + `vpmaddwd` without (the i16 pair sums are exact for the operands
+/// used here: `|u| ≤ 128`, `|c| ≤ 127`, so a pair is at most 32,512 < 2^15).
+#[inline(always)]
+unsafe fn dot_u8i8<const VNNI: bool>(u: __m512i, c: __m512i) -> __m512i {
+    // SAFETY: the caller guarantees AVX-512BW, and VNNI when VNNI.
+    unsafe {
+        if VNNI {
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, c)
+        } else {
+            _mm512_madd_epi16(_mm512_maddubs_epi16(u, c), _mm512_set1_epi16(1))
+        }
+    }
+}
+
+/// Integer lanes of a Q8_0 × Q8_0 step: `|w| · (c with w's sign)` (`|−128|` reads as the
+/// unsigned 128, so every weight byte of a hostile file is still exact).
+#[inline(always)]
+unsafe fn lanes_q8<const VNNI: bool>(b0: &BlockQ8_0, b1: &BlockQ8_0, c: __m512i) -> __m512i {
+    // SAFETY: the caller guarantees AVX-512BW (+VNNI); a Q8_0 block holds 32 bytes.
+    unsafe {
+        let w = act2(b0, b1);
+        let neg = _mm512_movepi8_mask(w);
+        let sc = _mm512_mask_sub_epi8(c, neg, _mm512_setzero_si512(), c);
+        dot_u8i8::<VNNI>(_mm512_abs_epi8(w), sc)
+    }
+}
+
+/// Integer lanes of a Q4_0 × Q8_0 step: the unsigned nibbles (0..16) times the activation
+/// bytes, minus `8 ×` the activation bytes (Q4_0's offset), per lane of 4.
+#[inline(always)]
+unsafe fn lanes_q4<const VNNI: bool>(b0: &BlockQ4_0, b1: &BlockQ4_0, c: __m512i) -> __m512i {
+    // SAFETY: the caller guarantees AVX-512BW (+VNNI); a Q4_0 block holds 16 bytes.
+    unsafe {
+        let half = |b: &BlockQ4_0| {
+            let v = _mm_loadu_si128(b.qs.as_ptr().cast());
+            // values 0..16 (low nibbles) in the low 128 bits, 16..32 (high) in the high
+            _mm256_set_m128i(_mm_srli_epi16::<4>(v), v)
+        };
+        let u = _mm512_and_si512(join(half(b0), half(b1)), _mm512_set1_epi8(0x0f));
+        let eight = _mm512_set1_epi8(8);
+        if VNNI {
+            _mm512_sub_epi32(dot_u8i8::<true>(u, c), dot_u8i8::<true>(eight, c))
+        } else {
+            // in i16: |15·c + 15·c'| ≤ 3,810 and |8·c + 8·c'| ≤ 2,032, no overflow
+            let p = _mm512_sub_epi16(_mm512_maddubs_epi16(u, c), _mm512_maddubs_epi16(eight, c));
+            _mm512_madd_epi16(p, _mm512_set1_epi16(1))
+        }
+    }
+}
+
+/// The driver: `R` rows of equal length against one row of Q8_0 activation blocks, two
+/// blocks per step (`lanes` gives a step's 16 i32 lanes for weight blocks `b0, b1` and the
+/// activation vector), each row's operations those of the one-row case.
+#[inline(always)]
+unsafe fn rows_dot<const R: usize, B>(
+    w: [&[B]; R],
+    x: &[BlockQ8_0],
+    lanes: impl Fn(&B, &B, __m512i) -> __m512i,
+    d: impl Fn(&B) -> f16,
+) -> [f32; R] {
+    let n = w[0].len();
+    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n);
+    // SAFETY: the features are the caller's; indices stay below n.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let steps = n / 2;
+        for s in 0..steps {
+            let (x0, x1) = (&x[2 * s], &x[2 * s + 1]);
+            let c = act2(x0, x1);
+            let (dx0, dx1) = (h2f(x0.d), h2f(x1.d));
+            for r in 0..R {
+                let (b0, b1) = (&w[r][2 * s], &w[r][2 * s + 1]);
+                let z = _mm512_cvtepi32_ps(lanes(b0, b1, c));
+                let sv = scales2(h2f(d(b0)) * dx0, h2f(d(b1)) * dx1);
+                acc[r][s & 1] = _mm512_fmadd_ps(z, sv, acc[r][s & 1]);
+            }
+        }
+        if n % 2 == 1 {
+            // the last block alone: its lanes twice, the second copy scaled by zero
+            let x0 = &x[n - 1];
+            let c = act2(x0, x0);
+            let dx0 = h2f(x0.d);
+            for r in 0..R {
+                let b0 = &w[r][n - 1];
+                let z = _mm512_cvtepi32_ps(lanes(b0, b0, c));
+                let sv = scales2(h2f(d(b0)) * dx0, 0.0);
+                acc[r][steps & 1] = _mm512_fmadd_ps(z, sv, acc[r][steps & 1]);
+            }
+        }
+        acc.map(|a| _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1])))
+    }
+}
+
+macro_rules! dot_kernels {
+    ($vnni:literal, $features:literal, $q8:ident, $q8x4:ident, $q4:ident, $q4x4:ident) => {
+        /// [`super::dot_q8_0_q8_0`] (see the module documentation for the features).
+        ///
+        /// # Safety
+        /// The module's features available; `x.len() >= w.len()`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $q8(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+            // SAFETY: the caller's contract.
+            unsafe { rows_dot([w], x, |a, b, c| lanes_q8::<$vnni>(a, b, c), |b| b.d)[0] }
+        }
+
+        /// The one-row Q8_0 × Q8_0 kernel of this module for four rows of equal length,
+        /// each bit-identical to it; the activation blocks are loaded once.
+        ///
+        /// # Safety
+        /// The module's features available; equal row lengths, `x` at least as long.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $q8x4(w: [&[BlockQ8_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
+            // SAFETY: the caller's contract.
+            unsafe { rows_dot(w, x, |a, b, c| lanes_q8::<$vnni>(a, b, c), |b| b.d) }
+        }
+
+        /// [`super::dot_q4_0_q8_0`] (see the module documentation for the features).
+        ///
+        /// # Safety
+        /// The module's features available; `x.len() >= w.len()`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $q4(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+            // SAFETY: the caller's contract.
+            unsafe { rows_dot([w], x, |a, b, c| lanes_q4::<$vnni>(a, b, c), |b| b.d)[0] }
+        }
+
+        /// The one-row Q4_0 × Q8_0 kernel of this module for four rows of equal length,
+        /// each bit-identical to it; the activation blocks are loaded once.
+        ///
+        /// # Safety
+        /// The module's features available; equal row lengths, `x` at least as long.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $q4x4(w: [&[BlockQ4_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
+            // SAFETY: the caller's contract.
+            unsafe { rows_dot(w, x, |a, b, c| lanes_q4::<$vnni>(a, b, c), |b| b.d) }
+        }
+    };
+}
+
+dot_kernels!(
+    false,
+    "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+    dot_q8_0_q8_0,
+    dot4_q8_0_q8_0,
+    dot_q4_0_q8_0,
+    dot4_q4_0_q8_0
+);
+dot_kernels!(
+    true,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    dot_q8_0_q8_0_vnni,
+    dot4_q8_0_q8_0_vnni,
+    dot_q4_0_q8_0_vnni,
+    dot4_q4_0_q8_0_vnni
+);
+
+/// The 32 weights of a Q8_0 block as two vectors of 16 f32. Requires AVX-512F.
+#[inline(always)]
+unsafe fn widen_q8(b: &BlockQ8_0) -> [__m512; 2] {
+    // SAFETY: the caller guarantees AVX-512F; a Q8_0 block holds 32 bytes.
+    unsafe {
+        let p = b.qs.as_ptr();
+        [
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))),
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16).cast()))),
+        ]
+    }
+}
+
+/// The 32 weights of a Q4_0 block, minus 8, as two vectors of 16 f32 (weights 0..16 from
+/// the low nibbles, 16..32 from the high). Requires AVX-512F.
+#[inline(always)]
+unsafe fn widen_q4(b: &BlockQ4_0) -> [__m512; 2] {
+    // SAFETY: the caller guarantees AVX-512F; a Q4_0 block holds 16 bytes.
+    unsafe {
+        let v = _mm_loadu_si128(b.qs.as_ptr().cast());
+        let mask = _mm_set1_epi8(0x0f);
+        let eight = _mm_set1_epi8(8);
+        let lo = _mm_sub_epi8(_mm_and_si128(v, mask), eight);
+        let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), mask), eight);
+        [
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
+        ]
+    }
+}
+
+/// `Σ d·(q · x)` over the blocks with f32 activations (two accumulators, even and odd
+/// blocks).
+#[inline(always)]
+unsafe fn dot_f32<B>(
+    w: &[B],
+    x: &[f32],
+    widen: impl Fn(&B) -> [__m512; 2],
+    d: impl Fn(&B) -> f16,
+) -> f32 {
+    debug_assert!(x.len() >= w.len() * 32);
+    // SAFETY: the features are the caller's; block i reads x[32i .. 32i + 32].
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for (i, b) in w.iter().enumerate() {
+            let q = widen(b);
+            let p = x.as_ptr().add(32 * i);
+            let s = _mm512_fmadd_ps(
+                q[1],
+                _mm512_loadu_ps(p.add(16)),
+                _mm512_mul_ps(q[0], _mm512_loadu_ps(p)),
+            );
+            acc[i & 1] = _mm512_fmadd_ps(_mm512_set1_ps(h2f(d(b))), s, acc[i & 1]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// `y += a · dequant(w)` block by block.
+#[inline(always)]
+unsafe fn axpy_f32<B>(
+    a: f32,
+    w: &[B],
+    y: &mut [f32],
+    widen: impl Fn(&B) -> [__m512; 2],
+    d: impl Fn(&B) -> f16,
+) {
+    debug_assert!(y.len() >= w.len() * 32);
+    // SAFETY: the features are the caller's; block i writes y[32i .. 32i + 32].
+    unsafe {
+        for (i, b) in w.iter().enumerate() {
+            let s = _mm512_set1_ps(a * h2f(d(b)));
+            let p = y.as_mut_ptr().add(32 * i);
+            for (k, q) in widen(b).iter().enumerate() {
+                let o = p.add(16 * k);
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(*q, s, _mm512_loadu_ps(o)));
+            }
+        }
+    }
+}
+
+/// [`super::dot_q8_0`] (f32 activations).
+///
+/// # Safety
+/// AVX-512F, FMA and F16C available; `x.len() >= w.len() * 32`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn dot_q8_0(w: &[BlockQ8_0], x: &[f32]) -> f32 {
+    // SAFETY: the caller's contract.
+    unsafe { dot_f32(w, x, |b| widen_q8(b), |b| b.d) }
+}
+
+/// [`super::dot_q4_0`] (f32 activations).
+///
+/// # Safety
+/// AVX-512F, FMA and F16C available; `x.len() >= w.len() * 32`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
+    // SAFETY: the caller's contract.
+    unsafe { dot_f32(w, x, |b| widen_q4(b), |b| b.d) }
+}
+
+/// [`super::axpy_q8_0`].
+///
+/// # Safety
+/// AVX-512F, FMA and F16C available; `y.len() >= w.len() * 32`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn axpy_q8_0(a: f32, w: &[BlockQ8_0], y: &mut [f32]) {
+    // SAFETY: the caller's contract.
+    unsafe { axpy_f32(a, w, y, |b| widen_q8(b), |b| b.d) }
+}
+
+/// [`super::axpy_q4_0`].
+///
+/// # Safety
+/// AVX-512F, FMA and F16C available; `y.len() >= w.len() * 32`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
+    // SAFETY: the caller's contract.
+    unsafe { axpy_f32(a, w, y, |b| widen_q4(b), |b| b.d) }
+}

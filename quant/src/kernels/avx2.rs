@@ -237,15 +237,15 @@ pub unsafe fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     debug_assert!(x.len() >= w.len());
     // SAFETY: features are the caller's; each block holds 32 bytes.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (i, (b, xb)) in w.iter().zip(x).enumerate() {
+        let (even, odd) = even_odd!(w.len(), _mm256_setzero_ps(), |i, acc| {
+            let (b, xb) = (&w[i], &x[i]);
             let a = _mm256_loadu_si256(b.qs.as_ptr().cast());
             let c = _mm256_loadu_si256(xb.qs.as_ptr().cast());
             let s = _mm256_cvtepi32_ps(dot_i8x32(a, c));
             let d = _mm256_set1_ps(h2f(b.d) * h2f(xb.d));
-            acc[i & 1] = _mm256_fmadd_ps(d, s, acc[i & 1]);
-        }
-        hsum(_mm256_add_ps(acc[0], acc[1]))
+            _mm256_fmadd_ps(d, s, acc)
+        });
+        hsum(_mm256_add_ps(even, odd))
     }
 }
 
@@ -259,10 +259,10 @@ pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     // SAFETY: features are the caller's; each block holds 16 (Q4_0) or 32 (Q8_0) bytes.
     unsafe {
         // two accumulators (even and odd blocks) to hide the FMA latency
-        let mut acc = [_mm256_setzero_ps(); 2];
         let mask = _mm_set1_epi8(0x0f);
         let eight = _mm256_set1_epi8(8);
-        for (i, (b, xb)) in w.iter().zip(x).enumerate() {
+        let (even, odd) = even_odd!(w.len(), _mm256_setzero_ps(), |i, acc| {
+            let (b, xb) = (&w[i], &x[i]);
             let v = _mm_loadu_si128(b.qs.as_ptr().cast());
             let lo = _mm_and_si128(v, mask);
             let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
@@ -271,9 +271,9 @@ pub unsafe fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
             let c = _mm256_loadu_si256(xb.qs.as_ptr().cast());
             let s = _mm256_cvtepi32_ps(dot_i8x32(a, c));
             let d = _mm256_set1_ps(h2f(b.d) * h2f(xb.d));
-            acc[i & 1] = _mm256_fmadd_ps(d, s, acc[i & 1]);
-        }
-        hsum(_mm256_add_ps(acc[0], acc[1]))
+            _mm256_fmadd_ps(d, s, acc)
+        });
+        hsum(_mm256_add_ps(even, odd))
     }
 }
 
@@ -378,14 +378,13 @@ unsafe fn quads_dot<B>(
     debug_assert!(x.len() >= w.len() && quads.len() >= groups);
     // SAFETY: the features are the caller's; the index ranges are within the slices.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for g in 0..groups {
+        let (even, odd) = even_odd!(groups, _mm256_setzero_ps(), |g, acc| {
             let xb = &x[4 * g..4 * g + 4];
             let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
-            acc[g & 1] = group(&w[4 * g..4 * g + 4], &c, &quads[g], acc[g & 1]);
-        }
+            group(&w[4 * g..4 * g + 4], &c, &quads[g], acc)
+        });
         let t = tail(&w[4 * groups..], &x[4 * groups..w.len()]);
-        hsum(_mm256_add_ps(acc[0], acc[1])) + t
+        hsum(_mm256_add_ps(even, odd)) + t
     }
 }
 
@@ -404,17 +403,17 @@ unsafe fn quads_dot4<B>(
     debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && quads.len() >= groups);
     // SAFETY: the features are the caller's; the index ranges are within the slices.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for g in 0..groups {
+        let (even, odd) = even_odd!(groups, [_mm256_setzero_ps(); 4], |g, mut acc| {
             let xb = &x[4 * g..4 * g + 4];
             let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
-            for r in 0..4 {
-                acc[r][g & 1] = group(&w[r][4 * g..4 * g + 4], &c, &quads[g], acc[r][g & 1]);
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = group(&w[r][4 * g..4 * g + 4], &c, &quads[g], *a);
             }
-        }
+            acc
+        });
         [0, 1, 2, 3].map(|r| {
             let t = tail(&w[r][4 * groups..], &x[4 * groups..n]);
-            hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + t
+            hsum(_mm256_add_ps(even[r], odd[r])) + t
         })
     }
 }

@@ -118,32 +118,29 @@ unsafe fn rows_dot<const R: usize, B>(
     debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n);
     // SAFETY: the features are the caller's; indices stay below n.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let steps = n / 2;
-        for s in 0..steps {
-            let (x0, x1) = (&x[2 * s], &x[2 * s + 1]);
+        // steps of two blocks; an odd last block is a step of its own whose second block is
+        // a copy of it scaled by zero
+        let steps = n.div_ceil(2);
+        let (even, odd) = even_odd!(steps, [_mm512_setzero_ps(); R], |s, mut acc| {
+            let (i0, pair) = (2 * s, 2 * s + 1 < n);
+            let i1 = if pair { i0 + 1 } else { i0 };
+            let (x0, x1) = (&x[i0], &x[i1]);
             let c = act2(x0, x1);
             let (dx0, dx1) = (h2f(x0.d), h2f(x1.d));
-            for r in 0..R {
-                let (b0, b1) = (&w[r][2 * s], &w[r][2 * s + 1]);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let (b0, b1) = (&w[r][i0], &w[r][i1]);
                 let z = _mm512_cvtepi32_ps(lanes(b0, b1, c));
-                let sv = scales2(h2f(d(b0)) * dx0, h2f(d(b1)) * dx1);
-                acc[r][s & 1] = _mm512_fmadd_ps(z, sv, acc[r][s & 1]);
+                let s1 = if pair { h2f(d(b1)) * dx1 } else { 0.0 };
+                let sv = scales2(h2f(d(b0)) * dx0, s1);
+                *a = _mm512_fmadd_ps(z, sv, *a);
             }
+            acc
+        });
+        let mut out = [0f32; R];
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(even[r], odd[r]));
         }
-        if n % 2 == 1 {
-            // the last block alone: its lanes twice, the second copy scaled by zero
-            let x0 = &x[n - 1];
-            let c = act2(x0, x0);
-            let dx0 = h2f(x0.d);
-            for r in 0..R {
-                let b0 = &w[r][n - 1];
-                let z = _mm512_cvtepi32_ps(lanes(b0, b0, c));
-                let sv = scales2(h2f(d(b0)) * dx0, 0.0);
-                acc[r][steps & 1] = _mm512_fmadd_ps(z, sv, acc[r][steps & 1]);
-            }
-        }
-        acc.map(|a| _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1])))
+        out
     }
 }
 
@@ -253,8 +250,8 @@ unsafe fn dot_f32<B>(
     debug_assert!(x.len() >= w.len() * 32);
     // SAFETY: the features are the caller's; block i reads x[32i .. 32i + 32].
     unsafe {
-        let mut acc = [_mm512_setzero_ps(); 2];
-        for (i, b) in w.iter().enumerate() {
+        let (even, odd) = even_odd!(w.len(), _mm512_setzero_ps(), |i, acc| {
+            let b = &w[i];
             let q = widen(b);
             let p = x.as_ptr().add(32 * i);
             let s = _mm512_fmadd_ps(
@@ -262,9 +259,9 @@ unsafe fn dot_f32<B>(
                 _mm512_loadu_ps(p.add(16)),
                 _mm512_mul_ps(q[0], _mm512_loadu_ps(p)),
             );
-            acc[i & 1] = _mm512_fmadd_ps(_mm512_set1_ps(h2f(d(b))), s, acc[i & 1]);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+            _mm512_fmadd_ps(_mm512_set1_ps(h2f(d(b))), s, acc)
+        });
+        _mm512_reduce_add_ps(_mm512_add_ps(even, odd))
     }
 }
 

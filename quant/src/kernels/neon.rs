@@ -178,8 +178,7 @@ unsafe fn qq_dot<B>(
             (s, dw.to_bits(), xb.d.to_bits())
         };
         let groups = w.len() / 4;
-        let mut acc = [vdupq_n_f32(0.0); 2];
-        for g in 0..groups {
+        let (even, odd) = even_odd!(groups, vdupq_n_f32(0.0), |g, acc| {
             let (s0, w0, x0) = block(&w[4 * g], &x[4 * g]);
             let (s1, w1, x1) = block(&w[4 * g + 1], &x[4 * g + 1]);
             let (s2, w2, x2) = block(&w[4 * g + 2], &x[4 * g + 2]);
@@ -190,8 +189,8 @@ unsafe fn qq_dot<B>(
                 f16x4_to_f32([w0, w1, w2, w3]),
                 f16x4_to_f32([x0, x1, x2, x3]),
             );
-            acc[g & 1] = vfmaq_f32(acc[g & 1], vcvtq_f32_s32(t), sc);
-        }
+            vfmaq_f32(acc, vcvtq_f32_s32(t), sc)
+        });
         let mut tail = vdupq_n_f32(0.0);
         for (b, xb) in w[4 * groups..].iter().zip(&x[4 * groups..]) {
             let (s, dw, dx) = block(b, xb);
@@ -199,7 +198,7 @@ unsafe fn qq_dot<B>(
             let sc = vgetq_lane_f32::<0>(d) * vgetq_lane_f32::<1>(d);
             tail = vfmaq_n_f32(tail, vcvtq_f32_s32(s), sc);
         }
-        vaddvq_f32(vaddq_f32(acc[0], acc[1])) + vaddvq_f32(tail)
+        vaddvq_f32(vaddq_f32(even, odd)) + vaddvq_f32(tail)
     }
 }
 

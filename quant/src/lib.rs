@@ -7,7 +7,8 @@
 //!
 //! [`quantize`] holds ggml's round-to-nearest quantisers (byte-identical blocks) and row
 //! dequantisers; [`kernels`] the products of quantised rows with f32 activations (scalar
-//! references, AVX2 and NEON versions that `modula-core` dispatches to at run time).
+//! references, AVX2, AVX-512 and NEON versions that `modula-core` dispatches to at run
+//! time).
 //!
 //! This crate is `#![no_std]` (+ `alloc`); the `std` feature (default) only switches on
 //! `std` in its dependencies.

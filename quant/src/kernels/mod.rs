@@ -1,8 +1,9 @@
 //! Products of block-quantised weight rows with f32 activations: dot products (one output
 //! of `y = x·Wᵀ`) and scaled accumulation `y += a·w` (one input row of `y = x·W`), for Q8_0
-//! and Q4_0. The scalar versions here are the references; [`avx2`] (x86-64) and [`neon`]
-//! (aarch64) are `unsafe fn`s with `#[target_feature]`, chosen at run time by
-//! `modula-core`'s dispatcher, and proptested against these references.
+//! and Q4_0. The scalar versions here are the references; [`avx2`] and [`avx512`] (x86-64)
+//! and [`neon`] (aarch64) are `unsafe fn`s with `#[target_feature]`, chosen at run time by
+//! `modula-core`'s dispatcher, and tested against these references (proptest; the AVX-512
+//! ones on an emulated CPU, see [`avx512`]).
 //!
 //! Summation order: per block, the 32 products are summed, then scaled by the block's `d`
 //! and added to the running total. The SIMD versions keep per-lane partial sums (a

@@ -87,12 +87,16 @@ unsafe fn lanes_q8<const VNNI: bool>(b0: &BlockQ8_0, b1: &BlockQ8_0, c: __m512i)
 unsafe fn lanes_q4<const VNNI: bool>(b0: &BlockQ4_0, b1: &BlockQ4_0, c: __m512i) -> __m512i {
     // SAFETY: the caller guarantees AVX-512BW (+VNNI); a Q4_0 block holds 16 bytes.
     unsafe {
-        let half = |b: &BlockQ4_0| {
-            let v = _mm_loadu_si128(b.qs.as_ptr().cast());
-            // values 0..16 (low nibbles) in the low 128 bits, 16..32 (high) in the high
-            _mm256_set_m128i(_mm_srli_epi16::<4>(v), v)
-        };
-        let u = _mm512_and_si512(join(half(b0), half(b1)), _mm512_set1_epi8(0x0f));
+        // each block's 16 bytes in two 128-bit lanes (broadcast loads), the second copy's
+        // quadwords shifted right by 4 bits (the bits from the next byte are masked off):
+        // values 0..16 (low nibbles), then 16..32 (high), block b0 then b1
+        let both =
+            |b: &BlockQ4_0| _mm256_broadcastsi128_si256(_mm_loadu_si128(b.qs.as_ptr().cast()));
+        let shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+        let u = _mm512_and_si512(
+            _mm512_srlv_epi64(join(both(b0), both(b1)), shift),
+            _mm512_set1_epi8(0x0f),
+        );
         let eight = _mm512_set1_epi8(8);
         if VNNI {
             _mm512_sub_epi32(dot_u8i8::<true>(u, c), dot_u8i8::<true>(eight, c))

@@ -31,17 +31,30 @@ unsafe fn widen_i8x32(p: *const i8) -> [__m256; 4] {
     }
 }
 
-/// The 32 weights of a Q4_0 block, minus 8, as four vectors of 8 f32 (weights 0..8,
-/// 8..16, 16..24, 24..32). Requires AVX2.
+/// A Q4_0 block's weights minus 8 as signed bytes in `[-8, 7]`: weights 0..16 (the low
+/// nibbles) and 16..32 (the high nibbles). SSE2 only (baseline on x86-64); the AVX-512
+/// kernels use it too.
 #[inline(always)]
-unsafe fn widen_q4(b: &BlockQ4_0) -> [__m256; 4] {
-    // SAFETY: the caller guarantees AVX2; the block holds 16 bytes of nibbles.
+pub(super) fn q4_signed_halves(b: &BlockQ4_0) -> (__m128i, __m128i) {
+    // SAFETY: SSE2 is part of x86-64; the block holds 16 bytes of nibbles.
     unsafe {
         let v = _mm_loadu_si128(b.qs.as_ptr().cast());
         let mask = _mm_set1_epi8(0x0f);
         let eight = _mm_set1_epi8(8);
-        let lo = _mm_sub_epi8(_mm_and_si128(v, mask), eight);
-        let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), mask), eight);
+        (
+            _mm_sub_epi8(_mm_and_si128(v, mask), eight),
+            _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), mask), eight),
+        )
+    }
+}
+
+/// The 32 weights of a Q4_0 block, minus 8, as four vectors of 8 f32 (weights 0..8,
+/// 8..16, 16..24, 24..32). Requires AVX2.
+#[inline(always)]
+unsafe fn widen_q4(b: &BlockQ4_0) -> [__m256; 4] {
+    // SAFETY: the caller guarantees AVX2.
+    unsafe {
+        let (lo, hi) = q4_signed_halves(b);
         [
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)),
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(lo))),

@@ -228,13 +228,9 @@ unsafe fn widen_q8(b: &BlockQ8_0) -> [__m512; 2] {
 /// the low nibbles, 16..32 from the high). Requires AVX-512F.
 #[inline(always)]
 unsafe fn widen_q4(b: &BlockQ4_0) -> [__m512; 2] {
-    // SAFETY: the caller guarantees AVX-512F; a Q4_0 block holds 16 bytes.
+    // SAFETY: the caller guarantees AVX-512F.
     unsafe {
-        let v = _mm_loadu_si128(b.qs.as_ptr().cast());
-        let mask = _mm_set1_epi8(0x0f);
-        let eight = _mm_set1_epi8(8);
-        let lo = _mm_sub_epi8(_mm_and_si128(v, mask), eight);
-        let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(v), mask), eight);
+        let (lo, hi) = super::avx2::q4_signed_halves(b);
         [
             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),

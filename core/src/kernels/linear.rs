@@ -964,8 +964,46 @@ fn sgemm_xwt(
     }
 }
 
-/// Row `j` of `w` widened to f32 into `out` (`out.len() == w.cols()`).
-pub(crate) fn widen_row(w: &MatRef<'_>, j: usize, out: &mut [f32]) {
+/// A quantised row dequantised into `out` (`32 ×` its blocks) with the variant for `isa`
+/// (supported): every variant gives the scalar dequantiser's bits (one multiply per value).
+fn dequant(isa: Isa, row: &QRow<'_>, out: &mut [f32]) {
+    match (isa, row) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F (+ the AVX2 level's FMA, F16C) detected; out holds the row.
+        (Isa::Avx2, QRow::Q8(b)) if isa::avx512() != Avx512::Off => unsafe {
+            qk::avx512::dequantize_q8_0(b, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, QRow::Q4(b)) if isa::avx512() != Avx512::Off => unsafe {
+            qk::avx512::dequantize_q4_0(b, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); out holds the row.
+        (Isa::Avx2, QRow::Q8(b)) => unsafe { qk::avx2::dequantize_q8_0(b, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, QRow::Q4(b)) => unsafe { qk::avx2::dequantize_q4_0(b, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked by the caller); out holds the row.
+        (Isa::Neon, QRow::Q8(b)) => unsafe { qk::neon::dequantize_q8_0(b, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        (Isa::Neon, QRow::Q4(b)) => unsafe { qk::neon::dequantize_q4_0(b, out) },
+        (_, QRow::Q8(b)) => modula_quant::quantize::dequantize_row_q8_0(b, out),
+        (_, QRow::Q4(b)) => modula_quant::quantize::dequantize_row_q4_0(b, out),
+    }
+}
+
+/// Row `j` of `w` widened to f32 into `out` (`out.len() == w.cols()`; a shorter `out`
+/// gets the leading values): an embedding lookup, a weight panel for a many-row product.
+/// Quantised rows go through the SIMD dequantisers, which give the scalar ones' bits.
+pub fn widen_row(w: &MatRef<'_>, j: usize, out: &mut [f32]) {
+    widen_row_with(isa::active(), w, j, out)
+}
+
+/// [`widen_row`] with an explicit SIMD level (used when supported, else scalar).
+pub fn widen_row_with(isa: Isa, w: &MatRef<'_>, j: usize, out: &mut [f32]) {
     let s = j * w.ld;
     match w.data {
         WeightData::F32(d) => out.copy_from_slice(&d[s..s + w.cols]),
@@ -979,10 +1017,15 @@ pub(crate) fn widen_row(w: &MatRef<'_>, j: usize, out: &mut [f32]) {
                 *o = v.to_f32();
             }
         }
-        WeightData::Q8_0(_) | WeightData::Q4_0(_) => match qrow(w, j) {
-            QRow::Q8(b) => modula_quant::quantize::dequantize_row_q8_0(b, out),
-            QRow::Q4(b) => modula_quant::quantize::dequantize_row_q4_0(b, out),
-        },
+        WeightData::Q8_0(_) | WeightData::Q4_0(_) => {
+            let isa = if isa.is_supported() && out.len() >= w.cols {
+                isa
+            } else {
+                Isa::Scalar // (the scalar dequantisers stop at the end of a short `out`)
+            };
+            let n = w.cols.min(out.len());
+            dequant(isa, &qrow(w, j), &mut out[..n])
+        }
     }
 }
 
@@ -1706,6 +1749,55 @@ mod tests {
                             "{want} vs {blockwise}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dequantised_rows_are_the_scalar_bits_at_every_level() {
+        for (seed, kb, pad) in [
+            (1u64, 1, 0),
+            (2, 2, 1),
+            (3, 3, 0),
+            (4, 5, 2),
+            (5, 8, 0),
+            (6, 33, 1),
+        ] {
+            let (n, k, ldw) = (3, QB * kb, QB * (kb + pad));
+            let wv = rand_vec(seed, n * ldw);
+            for q4 in [false, true] {
+                let (mut b8, mut b4) = quantised(&wv, q4);
+                // bytes only a hostile file holds: −128, and a negative scale
+                if let Some(b) = b8.get_mut(1) {
+                    b.qs[5] = -128;
+                    b.d = -b.d;
+                }
+                if let Some(b) = b4.get_mut(1) {
+                    b.d = -b.d;
+                }
+                let data = if q4 {
+                    WeightData::Q4_0(&b4)
+                } else {
+                    WeightData::Q8_0(&b8)
+                };
+                let w = MatRef::new(data, n, k, ldw).unwrap();
+                for j in 0..n {
+                    let mut want = vec![0f32; k];
+                    widen_row_with(Isa::Scalar, &w, j, &mut want);
+                    for isa in available() {
+                        let mut got = vec![f32::NAN; k];
+                        widen_row_with(isa, &w, j, &mut got);
+                        let same = got
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{} q4 {q4} blocks {kb} row {j}", isa.name());
+                    }
+                    // a short output gets the leading values (no panic)
+                    let mut short = vec![0f32; k - 7];
+                    widen_row_with(isa::active(), &w, j, &mut short);
+                    assert_eq!(&short[..k - 32], &want[..k - 32]);
                 }
             }
         }

@@ -123,6 +123,50 @@ pub unsafe fn dot_q4_0(w: &[BlockQ4_0], x: &[f32]) -> f32 {
     }
 }
 
+/// `out[0..32] = d · q` for one block's weight vectors (one multiply per value, as the
+/// scalar dequantiser: the same bits).
+#[inline(always)]
+unsafe fn block_store(q: [__m256; 4], d: f32, out: *mut f32) {
+    // SAFETY: the caller guarantees AVX and 32 writable f32 at out.
+    unsafe {
+        let dv = _mm256_set1_ps(d);
+        for (k, v) in q.iter().enumerate() {
+            _mm256_storeu_ps(out.add(8 * k), _mm256_mul_ps(*v, dv));
+        }
+    }
+}
+
+/// [`crate::quantize::dequantize_row_q8_0`], bit-identical.
+///
+/// # Safety
+/// AVX2, FMA and F16C available; `out.len() >= w.len() * 32`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_q8_0(w: &[BlockQ8_0], out: &mut [f32]) {
+    assert!(out.len() >= w.len() * 32);
+    // SAFETY: block i writes out[32i .. 32i + 32], in bounds.
+    unsafe {
+        for (i, b) in w.iter().enumerate() {
+            let q = widen_i8x32(b.qs.as_ptr());
+            block_store(q, h2f(b.d), out.as_mut_ptr().add(32 * i));
+        }
+    }
+}
+
+/// [`crate::quantize::dequantize_row_q4_0`], bit-identical.
+///
+/// # Safety
+/// AVX2, FMA and F16C available; `out.len() >= w.len() * 32`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_q4_0(w: &[BlockQ4_0], out: &mut [f32]) {
+    assert!(out.len() >= w.len() * 32);
+    // SAFETY: as for dequantize_q8_0.
+    unsafe {
+        for (i, b) in w.iter().enumerate() {
+            block_store(widen_q4(b), h2f(b.d), out.as_mut_ptr().add(32 * i));
+        }
+    }
+}
+
 /// `y[0..32] += s · q` for one block's weight vectors.
 #[inline(always)]
 unsafe fn block_axpy(q: [__m256; 4], s: __m256, y: *mut f32) {

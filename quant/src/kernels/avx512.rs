@@ -265,6 +265,48 @@ unsafe fn dot_f32<B>(
     }
 }
 
+/// `out = dequant(w)` block by block (one multiply per value, as the scalar dequantiser:
+/// the same bits).
+#[inline(always)]
+unsafe fn dequantize<B>(
+    w: &[B],
+    out: &mut [f32],
+    widen: impl Fn(&B) -> [__m512; 2],
+    d: impl Fn(&B) -> f16,
+) {
+    assert!(out.len() >= w.len() * 32);
+    // SAFETY: the features are the caller's; block i writes out[32i .. 32i + 32].
+    unsafe {
+        for (i, b) in w.iter().enumerate() {
+            let s = _mm512_set1_ps(h2f(d(b)));
+            let p = out.as_mut_ptr().add(32 * i);
+            for (k, q) in widen(b).iter().enumerate() {
+                _mm512_storeu_ps(p.add(16 * k), _mm512_mul_ps(*q, s));
+            }
+        }
+    }
+}
+
+/// [`crate::quantize::dequantize_row_q8_0`], bit-identical.
+///
+/// # Safety
+/// AVX-512F, FMA and F16C available; `out.len() >= w.len() * 32`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn dequantize_q8_0(w: &[BlockQ8_0], out: &mut [f32]) {
+    // SAFETY: the caller's contract.
+    unsafe { dequantize(w, out, |b| widen_q8(b), |b| b.d) }
+}
+
+/// [`crate::quantize::dequantize_row_q4_0`], bit-identical.
+///
+/// # Safety
+/// AVX-512F, FMA and F16C available; `out.len() >= w.len() * 32`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn dequantize_q4_0(w: &[BlockQ4_0], out: &mut [f32]) {
+    // SAFETY: the caller's contract.
+    unsafe { dequantize(w, out, |b| widen_q4(b), |b| b.d) }
+}
+
 /// `y += a · dequant(w)` block by block.
 #[inline(always)]
 unsafe fn axpy_f32<B>(

@@ -67,6 +67,50 @@ unsafe fn block_axpy(h: [int8x16_t; 2], s: f32, y: *mut f32) {
     }
 }
 
+/// `out[0..32] = d · q` for one block (one multiply per value, as the scalar dequantiser:
+/// the same bits).
+#[inline(always)]
+unsafe fn block_store(h: [int8x16_t; 2], d: f32, out: *mut f32) {
+    // SAFETY: NEON is the caller's; 32 writable f32 at out.
+    unsafe {
+        for (k, half) in h.iter().enumerate() {
+            for (j, q) in widen16(*half).iter().enumerate() {
+                vst1q_f32(out.add(16 * k + 4 * j), vmulq_n_f32(*q, d));
+            }
+        }
+    }
+}
+
+/// [`crate::quantize::dequantize_row_q8_0`], bit-identical.
+///
+/// # Safety
+/// NEON available; `out.len() >= w.len() * 32`.
+#[target_feature(enable = "neon")]
+pub unsafe fn dequantize_q8_0(w: &[BlockQ8_0], out: &mut [f32]) {
+    assert!(out.len() >= w.len() * 32);
+    // SAFETY: block i writes out[32i .. 32i + 32], in bounds.
+    unsafe {
+        for (i, b) in w.iter().enumerate() {
+            block_store(halves_q8(b), b.d.to_f32(), out.as_mut_ptr().add(32 * i));
+        }
+    }
+}
+
+/// [`crate::quantize::dequantize_row_q4_0`], bit-identical.
+///
+/// # Safety
+/// NEON available; `out.len() >= w.len() * 32`.
+#[target_feature(enable = "neon")]
+pub unsafe fn dequantize_q4_0(w: &[BlockQ4_0], out: &mut [f32]) {
+    assert!(out.len() >= w.len() * 32);
+    // SAFETY: as for dequantize_q8_0.
+    unsafe {
+        for (i, b) in w.iter().enumerate() {
+            block_store(halves_q4(b), b.d.to_f32(), out.as_mut_ptr().add(32 * i));
+        }
+    }
+}
+
 /// [`super::dot_q8_0`].
 ///
 /// # Safety

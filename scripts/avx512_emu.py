@@ -42,6 +42,8 @@ KERNELS = {
     13: "modula-core linear_mode (quantised activations) at Isa::Avx2 vs Isa::Scalar",
     14: "modula-core linear_mode (f32 activations) at Isa::Avx2 vs Isa::Scalar",
     15: "modula-core linear_mode row 0 vs the AVX-512 kernel it must dispatch to",
+    16: "avx512::dequantize_q8_0", 17: "avx512::dequantize_q4_0",
+    18: "modula-core widen_row_with at Isa::Avx2 vs the AVX-512 dequantiser",
 }
 
 

@@ -2,11 +2,17 @@
 //! matrices at `Isa::Avx2` — which, in this build (compiled with the AVX-512 target
 //! features, so `isa::avx512()` reads them at compile time as a `no_std` build does), must
 //! route to the AVX-512 kernels of the compiled sub-level — against `Isa::Scalar`, and one
-//! activation row bit for bit against the kernel the dispatch should have chosen.
+//! activation row bit for bit against the kernel the dispatch should have chosen; and
+//! `widen_row_with` (a weight row to f32) against the AVX-512 dequantisers, bit for bit
+//! (every dequantiser gives the same bits, so this checks the dispatched result, not
+//! which kernel ran).
+//! (Products of more than 16 rows, which widen weight panels for `matrixmultiply`, are not
+//! run here: compiled with AVX-512 on, LLVM vectorises `matrixmultiply`'s packing with
+//! EVEX gathers that this emulator faults on.)
 
 use crate::{bound, Checker, Kernel, Rng};
 use modula_core::kernels::isa::{self, Avx512};
-use modula_core::kernels::linear::{linear_mode, MatRef, WeightData};
+use modula_core::kernels::linear::{linear_mode, widen_row_with, MatRef, WeightData};
 use modula_core::kernels::Isa;
 use modula_quant::kernels::avx512 as k5;
 use modula_quant::quantize::quantize_row_q8_0;
@@ -23,6 +29,7 @@ struct Bufs {
     xq: [BlockQ8_0; MAX_KB],
     y: [f32; MAX_M * MAX_N],
     r: [f32; MAX_M * MAX_N],
+    row: [f32; 32 * MAX_KB],
 }
 
 static mut BUFS: Bufs = Bufs {
@@ -32,6 +39,7 @@ static mut BUFS: Bufs = Bufs {
     xq: [crate::ZERO8; MAX_KB],
     y: [0.0; MAX_M * MAX_N],
     r: [0.0; MAX_M * MAX_N],
+    row: [0.0; 32 * MAX_KB],
 };
 
 /// The sub-level this build's dispatch uses (1 = AVX-512BW, 2 = VNNI, 0 = none).
@@ -84,6 +92,22 @@ pub fn run(rng: &mut Rng, ck: &mut Checker<'_>) {
                             crate::deq_q8(&b.w8[j * kb..(j + 1) * kb], i)
                         }
                     };
+                    for j in 0..n {
+                        widen_row_with(Isa::Avx2, &w, j, &mut b.row[..k]);
+                        let (r8, r4) = (&b.w8[j * kb..(j + 1) * kb], &b.w4[j * kb..(j + 1) * kb]);
+                        let mut want = [0f32; 32 * MAX_KB];
+                        // SAFETY: this build has the kernels' features; 32 values per block.
+                        unsafe {
+                            if q4 {
+                                k5::dequantize_q4_0(r4, &mut want[..k]);
+                            } else {
+                                k5::dequantize_q8_0(r8, &mut want[..k]);
+                            }
+                        }
+                        for (&got, &w) in b.row[..k].iter().zip(&want[..k]) {
+                            ck.same(Kernel::WidenRow, kb, got, w);
+                        }
+                    }
                     for qact in [true, false] {
                         let x = &b.x[..m * k];
                         let ok_simd =

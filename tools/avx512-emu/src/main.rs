@@ -81,6 +81,11 @@ enum Kernel {
     /// One row of `linear_mode` bit for bit against the AVX-512 kernel it must use.
     #[allow(dead_code)]
     LinearBits = 15,
+    DequantQ8 = 16,
+    DequantQ4 = 17,
+    /// `modula-core`'s `widen_row_with` at `Isa::Avx2` vs the AVX-512 dequantiser.
+    #[allow(dead_code)]
+    WidenRow = 18,
 }
 
 pub(crate) const MAX_BLOCKS: usize = 130;
@@ -328,6 +333,20 @@ fn run_case(c: &mut Case, n: usize, vnni: bool, ck: &mut Checker<'_>) {
             qk::dot_q4_0(w4, xf),
             bound(32 * n, m4),
         );
+        // dequantisation: the scalar dequantiser's bits
+        for (k, q4) in [(Kernel::DequantQ8, false), (Kernel::DequantQ4, true)] {
+            let m = 32 * n;
+            if q4 {
+                modula_quant::quantize::dequantize_row_q4_0(w4, &mut c.y1[..m]);
+                k5::dequantize_q4_0(w4, &mut c.y2[..m]);
+            } else {
+                modula_quant::quantize::dequantize_row_q8_0(w8, &mut c.y1[..m]);
+                k5::dequantize_q8_0(w8, &mut c.y2[..m]);
+            }
+            for i in 0..m {
+                ck.same(k, n, c.y2[i], c.y1[i]);
+            }
+        }
         let a = c.xf[0] * 3.0;
         for (k, axpy) in [(Kernel::AxpyQ8, 8), (Kernel::AxpyQ4, 4)] {
             let m = 32 * n;

@@ -10,7 +10,7 @@ use modula_benches::data;
 use modula_benches::matrixmultiply_xwt;
 use modula_core::kernels::isa::available;
 use modula_core::kernels::linear::{
-    linear_with, matmul_rows_mode, MatRef, WeightData, SKINNY_MAX_ROWS,
+    linear_with, matmul_rows_mode, widen_row_with, MatRef, WeightData, SKINNY_MAX_ROWS,
 };
 use modula_core::kernels::Isa;
 use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
@@ -337,10 +337,41 @@ fn training_products(c: &mut Criterion) {
     g.finish();
 }
 
+/// Dequantising weight rows to f32 (`widen_row_with`: embedding lookups and the weight
+/// panels of many-row products), 1024 rows of 4096, per SIMD level: all levels give the
+/// same bits (tested), this measures their speed.
+fn dequantise(c: &mut Criterion) {
+    let (n, k) = (1024, 4096);
+    let wf = data(n * k, 7);
+    let (q8, q4) = quantised(&wf);
+    let mut out = vec![0f32; k];
+    for (name, wd) in [
+        ("q8_0", WeightData::Q8_0(&q8)),
+        ("q4_0", WeightData::Q4_0(&q4)),
+    ] {
+        let w = MatRef::new(wd, n, k, k).unwrap();
+        let mut g = c.benchmark_group(format!("dequantise_1024x4096_{name}"));
+        g.throughput(Throughput::Elements((n * k) as u64));
+        g.sample_size(20).measurement_time(Duration::from_secs(3));
+        for isa in available() {
+            g.bench_function(BenchmarkId::new("rows", isa.name()), |bch| {
+                bch.iter(|| {
+                    for j in 0..n {
+                        widen_row_with(isa, black_box(&w), j, &mut out);
+                    }
+                    black_box(&out);
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 criterion_group!(
     benches,
     bandwidth,
     gemv,
+    dequantise,
     decode_down,
     multirow,
     training_products

@@ -152,7 +152,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         a.prompt,
         a.tokens,
         par::threads(),
-        isa::active().name()
+        isa::label(isa::active())
     );
     let (nt, ns) = (types.len(), sizes.len());
     let mut prefill = vec![Vec::with_capacity(a.rounds); nt * ns];

@@ -452,7 +452,7 @@ fn calibration_key(model: &std::path::Path) -> Result<String, String> {
         meta.len(),
         mtime,
         par::threads(),
-        modula_core::kernels::isa::active().name()
+        modula_core::kernels::isa::label(modula_core::kernels::isa::active())
     ))
 }
 

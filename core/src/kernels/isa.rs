@@ -201,6 +201,18 @@ pub fn best() -> Isa {
     available().last().unwrap_or(Isa::Scalar)
 }
 
+/// `isa`'s name with the sub-level the quantised products run under it in this process
+/// (`avx2+avx512vnni`, `neon+dotprod`, ...), for reports: the same [`Isa`] runs different
+/// integer kernels on different CPUs.
+pub fn label(isa: Isa) -> &'static str {
+    match (isa, avx512(), dotprod()) {
+        (Isa::Avx2, Avx512::Vnni, _) => "avx2+avx512vnni",
+        (Isa::Avx2, Avx512::Bw, _) => "avx2+avx512bw",
+        (Isa::Neon, _, true) => "neon+dotprod",
+        (i, _, _) => i.name(),
+    }
+}
+
 /// The level kernels use: the best supported one, or the one `MODULA_SIMD` asks for if the
 /// CPU supports it. Decided once per process.
 #[cfg(feature = "std")]
@@ -277,6 +289,22 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             assert!(available().any(|i| i == Isa::Avx2));
+        }
+    }
+
+    #[test]
+    fn the_label_names_the_level_and_its_sub_level() {
+        assert_eq!(label(Isa::Scalar), "scalar");
+        for i in available() {
+            let l = label(i);
+            assert!(l.starts_with(i.name()), "{l}");
+            let sub = match avx512() {
+                Avx512::Vnni if i == Isa::Avx2 => "+avx512vnni",
+                Avx512::Bw if i == Isa::Avx2 => "+avx512bw",
+                _ if i == Isa::Neon && dotprod() => "+dotprod",
+                _ => "",
+            };
+            assert_eq!(&l[i.name().len()..], sub);
         }
     }
 }

@@ -353,6 +353,15 @@ pub(crate) mod tests {
             && std::is_x86_feature_detected!("f16c")
     }
 
+    /// What the AVX-512BW kernels require: AVX-512F/BW/VL and the AVX2 level.
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    fn has_avx512bw() -> bool {
+        has_avx2()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+    }
+
     type QDots = (
         fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
         fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32,
@@ -370,6 +379,31 @@ pub(crate) mod tests {
                     |w, x| unsafe { avx2::dot_q8_0_q8_0(w, x) },
                     // SAFETY: the features were detected above; equal block counts.
                     |w, x| unsafe { avx2::dot_q4_0_q8_0(w, x) },
+                ),
+            ));
+        }
+        // On a CPU with AVX-512 (elsewhere: the emulator program, scripts/test-avx512.sh).
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if has_avx512bw() {
+            v.push((
+                "avx512bw",
+                (
+                    // SAFETY: the features were detected above; equal block counts.
+                    |w, x| unsafe { avx512::dot_q8_0_q8_0(w, x) },
+                    // SAFETY: as above.
+                    |w, x| unsafe { avx512::dot_q4_0_q8_0(w, x) },
+                ),
+            ));
+        }
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if has_avx512bw() && std::is_x86_feature_detected!("avx512vnni") {
+            v.push((
+                "avx512vnni",
+                (
+                    // SAFETY: the features were detected above; equal block counts.
+                    |w, x| unsafe { avx512::dot_q8_0_q8_0_vnni(w, x) },
+                    // SAFETY: as above.
+                    |w, x| unsafe { avx512::dot_q4_0_q8_0_vnni(w, x) },
                 ),
             ));
         }
@@ -610,6 +644,22 @@ pub(crate) mod tests {
                     |a, w, y| unsafe { avx2::axpy_q8_0(a, w, y) },
                     // SAFETY: the features were detected above; x/y hold 32 values per block.
                     |a, w, y| unsafe { avx2::axpy_q4_0(a, w, y) },
+                ),
+            ));
+        }
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if has_avx512bw() {
+            v.push((
+                "avx512",
+                (
+                    // SAFETY: the features were detected above; x/y hold 32 values per block.
+                    |w, x| unsafe { avx512::dot_q8_0(w, x) },
+                    // SAFETY: as above.
+                    |w, x| unsafe { avx512::dot_q4_0(w, x) },
+                    // SAFETY: as above.
+                    |a, w, y| unsafe { avx512::axpy_q8_0(a, w, y) },
+                    // SAFETY: as above.
+                    |a, w, y| unsafe { avx512::axpy_q4_0(a, w, y) },
                 ),
             ));
         }

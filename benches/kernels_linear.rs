@@ -96,6 +96,79 @@ fn quantised(wf: &[f32]) -> (Vec<BlockQ8_0>, Vec<BlockQ4_0>) {
     (q8, q4)
 }
 
+/// The AVX2 and AVX-512 row kernels side by side in one process (the dispatch picks one
+/// per process, so only this group compares them within a run): every one of `n` rows of
+/// `k / 32` blocks against one Q8_0 activation row, one thread. `avx2` is what the AVX2
+/// dispatch runs (the kernels grouped by 4 blocks with the activation's quads), `avx512bw`
+/// and `avx512vnni` run only where the CPU has them.
+#[cfg(target_arch = "x86_64")]
+fn row_kernels_x86(
+    c: &mut Criterion,
+    q8: &[BlockQ8_0],
+    q4: &[BlockQ4_0],
+    xq: &[BlockQ8_0],
+    n: usize,
+    y: &mut [f32],
+) {
+    use modula_quant::kernels::{avx2, avx512, q8_quads, Q8Quad};
+    use std::is_x86_feature_detected as has;
+    let nb = xq.len();
+    let bw = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
+    let vnni = bw && has!("avx512vnni");
+    let mut quads = vec![Q8Quad::default(); nb / 4];
+    q8_quads(xq, &mut quads);
+    type Q8Fn = unsafe fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32;
+    type Q4Fn = unsafe fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32;
+    let wide: [(&str, bool, Q8Fn, Q4Fn); 2] = [
+        ("avx512bw", bw, avx512::dot_q8_0_q8_0, avx512::dot_q4_0_q8_0),
+        (
+            "avx512vnni",
+            vnni,
+            avx512::dot_q8_0_q8_0_vnni,
+            avx512::dot_q4_0_q8_0_vnni,
+        ),
+    ];
+    for (name, bytes) in [("q8_0", 34), ("q4_0", 18)] {
+        let mut g = c.benchmark_group(format!("rows_{n}x{}_{name}_x86", nb * 32));
+        g.throughput(Throughput::Bytes((n * nb * bytes) as u64));
+        g.sample_size(15).measurement_time(Duration::from_secs(3));
+        g.bench_function("avx2", |bch| {
+            bch.iter(|| {
+                for (j, yj) in y[..n].iter_mut().enumerate() {
+                    let r = j * nb..(j + 1) * nb;
+                    // SAFETY: the caller checked AVX2+FMA+F16C; nb blocks each, one quad
+                    // per group of 4.
+                    *yj = unsafe {
+                        if name == "q8_0" {
+                            avx2::dot_q8_0_q8_0_quads(&q8[r], black_box(xq), &quads)
+                        } else {
+                            avx2::dot_q4_0_q8_0_quads(&q4[r], black_box(xq), &quads)
+                        }
+                    };
+                }
+            })
+        });
+        for &(kname, _, f8, f4) in wide.iter().filter(|k| k.1) {
+            g.bench_function(kname, |bch| {
+                bch.iter(|| {
+                    for (j, yj) in y[..n].iter_mut().enumerate() {
+                        let r = j * nb..(j + 1) * nb;
+                        // SAFETY: the features this kernel needs detected above; nb blocks.
+                        *yj = unsafe {
+                            if name == "q8_0" {
+                                f8(&q8[r], black_box(xq))
+                            } else {
+                                f4(&q4[r], black_box(xq))
+                            }
+                        };
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 /// The FFN down product of one decode step (4096 hidden units -> 1024 outputs, one
 /// activation row) in both orientations of the same weights: `linear` over the PyTorch
 /// layout (1024 rows of 4096, a dot product per output) and `matmul_rows` over the
@@ -250,6 +323,7 @@ fn gemv(c: &mut Criterion) {
             })
         });
         g.finish();
+        row_kernels_x86(c, &q8, &q4, &xq, n, &mut y);
     }
     // matrixmultiply alone at one row (what one gets without our skinny kernel).
     let mut g = c.benchmark_group("gemv_4096x4096_f32");

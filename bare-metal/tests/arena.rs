@@ -77,6 +77,15 @@ fn hosted(prompt: &[u8], size: (usize, usize), n: usize) -> Vec<u8> {
 #[test]
 fn every_nested_size_generates_inside_the_fixed_arena() {
     let prompt = b"The old ";
+    // The SIMD level is detected once per process, outside the arena: on a hosted build the
+    // first detection may print a warning (MODULA_SIMD asking for more than the CPU has),
+    // and stderr's first use keeps thread state alive for good — one-time process set-up,
+    // not the generation's memory (the bare-metal build detects at compile time).
+    let _ = (
+        modula_core::kernels::isa::active(),
+        modula_core::kernels::isa::avx512(),
+        modula_core::kernels::isa::dotprod(),
+    );
     for size in [(1, 32), (1, 64), (2, 32), (2, 64)] {
         let need = arena_need(Some(size)).unwrap();
         assert!(need <= ARENA_BYTES, "{size:?} needs {need}");

@@ -56,13 +56,15 @@ fi
 bench() { kernels_linear --bench "$1" --warm-up-time 1 --output-format bencher 2>&1 | grep '^test '; }
 if has bench; then
   rows='rows_4096x4096_q'
-  disp='gemv_4096x4096_(q8_0|q4_0)/m1/avx2|gemv_16384x4096_q4_0/m1/avx2'
-  base='membw_64MiB/read$|gemv_4096x4096_f32/m1/(avx2|matrixmultiply)|dequantise_1024x4096_(q8_0|q4_0)/rows/avx2'
+  disp='gemv_4096x4096_(q8_0|q4_0)/m1/avx2|gemv_16384x4096_q4_0/m1/avx2|dequantise_1024x4096_(q8_0|q4_0)/rows/avx2'
+  base='membw_64MiB/read$|gemv_4096x4096_f32/m1/(avx2|matrixmultiply)'
   say "bench: row kernels side by side (one process, one thread)"
   RAYON_NUM_THREADS=1 bench "$rows"
+  say "bench: bandwidth and f32 baselines"
+  RAYON_NUM_THREADS=1 bench "$base"
   for r in 1 2; do
-    say "bench round $r: default"; RAYON_NUM_THREADS=1 bench "$disp|$base"
-    say "bench round $r: MODULA_SIMD=avx2"; RAYON_NUM_THREADS=1 MODULA_SIMD=avx2 bench "$disp|$base"
+    say "bench round $r: default"; RAYON_NUM_THREADS=1 bench "$disp"
+    say "bench round $r: MODULA_SIMD=avx2"; RAYON_NUM_THREADS=1 MODULA_SIMD=avx2 bench "$disp"
   done
 fi
 

@@ -15,7 +15,10 @@ has() { [[ ",$stages," == *",$1,"* ]]; }
 say() { echo "== $* [$(date +%T)]"; }
 fails=0
 d=.dev/x
-rm -rf "$d" && mkdir -p "$d" && tar -C "$d" -xJf .dev/bins.tar.xz || exit 1
+rm -rf "$d" && mkdir -p "$d" || exit 1
+if command -v xz >/dev/null; then tar -C "$d" -xJf .dev/bins.tar.xz || exit 1
+else python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .dev/bins.tar.xz "$d" || exit 1
+fi
 read -r origin rev <"$d/origin.txt"
 say "binaries of $rev built at $origin"
 # the binaries find test data and the CLI through paths compiled in at $origin

@@ -1684,8 +1684,10 @@ mod tests {
 
     /// The skinny Q4_0 and Q8_0 paths (activation quads precomputed, grouped kernels, four
     /// rows at a time and the rest one by one, the small, stack and heap buffers) give
-    /// exactly what the grouped one-row kernels give for every output, and that is within
-    /// rounding of the one-block-at-a-time kernels.
+    /// exactly what the grouped one-row kernels give for every output (the AVX-512 one-row
+    /// kernels where the process opted in to them), and that is within rounding of the
+    /// one-block-at-a-time kernels. An AVX-512 CPU found that this test assumed the AVX2
+    /// kernels (MODULA_SIMD=avx512 on the lent machine, 2026-11-29).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn quantised_skinny_products_equal_the_grouped_kernels_bit_for_bit() {
@@ -1723,18 +1725,35 @@ mod tests {
                     modula_quant::kernels::q8_quads(&xq, &mut quads);
                     for j in 0..n {
                         let rows = j * kb..(j + 1) * kb;
-                        // SAFETY: AVX2 checked above; kb blocks each, kb / 4 quads.
+                        // the kernel the dispatch runs: the AVX-512 one where this process
+                        // opted in (MODULA_SIMD=avx512*, on a CPU with it), else the
+                        // grouped AVX2 one
+                        let level = isa::avx512();
+                        // SAFETY: AVX2 checked above, AVX-512 by `isa::avx512`; kb blocks
+                        // each, kb / 4 quads.
                         let (want, blockwise) = unsafe {
                             if q4 {
                                 let row = &b4[rows];
                                 (
-                                    qk::avx2::dot_q4_0_q8_0_quads(row, &xq, &quads),
+                                    match level {
+                                        Avx512::Vnni => qk::avx512::dot_q4_0_q8_0_vnni(row, &xq),
+                                        Avx512::Bw => qk::avx512::dot_q4_0_q8_0(row, &xq),
+                                        Avx512::Off => {
+                                            qk::avx2::dot_q4_0_q8_0_quads(row, &xq, &quads)
+                                        }
+                                    },
                                     qk::avx2::dot_q4_0_q8_0(row, &xq),
                                 )
                             } else {
                                 let row = &b8[rows];
                                 (
-                                    qk::avx2::dot_q8_0_q8_0_quads(row, &xq, &quads),
+                                    match level {
+                                        Avx512::Vnni => qk::avx512::dot_q8_0_q8_0_vnni(row, &xq),
+                                        Avx512::Bw => qk::avx512::dot_q8_0_q8_0(row, &xq),
+                                        Avx512::Off => {
+                                            qk::avx2::dot_q8_0_q8_0_quads(row, &xq, &quads)
+                                        }
+                                    },
                                     qk::avx2::dot_q8_0_q8_0(row, &xq),
                                 )
                             }

@@ -108,11 +108,108 @@ unsafe fn lanes_q4<const VNNI: bool>(b0: &BlockQ4_0, b1: &BlockQ4_0, c: __m512i)
     }
 }
 
+/// 64 bytes at `p`, loaded by an `asm!` block the compiler cannot see into. With plain
+/// loads, LLVM noticed that these bytes overlap the blocks' other loads and rebuilt those
+/// from the 64-byte registers with chains of `vpermt2w`/`vpunpcklqdq` — more shuffles than
+/// the scalar scale loads this replaces (seen in the disassembly).
+///
+/// # Safety
+/// AVX-512F; `p` valid for reading 64 bytes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn opaque_load(p: *const u8) -> __m512i {
+    let v: __m512i;
+    // SAFETY: the caller's contract; the instruction only reads those 64 bytes.
+    unsafe {
+        core::arch::asm!(
+            "vmovdqu64 {v}, [{p}]",
+            v = out(zmm_reg) v,
+            p = in(reg) p,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+    }
+    v
+}
+
+/// The scales `d` of 8 consecutive blocks of `B` (a `#[repr(C)]` block of `S` bytes whose
+/// first two bytes are its F16 scale: 18 for Q4_0, 34 for Q8_0) as f32 in lanes 0..8 (lanes
+/// 8..16 hold copies): the 16-bit words at `S/2 · j` picked out of 128-byte windows with
+/// one `vpermt2w` per window — in place of 8 scalar loads and conversions.
+///
+/// # Safety
+/// AVX-512F/BW; `p` valid for reading 8 blocks (`8·S ≥ 128`, and `≥ 256` when `S > 18`).
+#[inline(always)]
+unsafe fn scales8<const S: usize>(p: *const u8) -> __m512 {
+    // SAFETY: the caller's contract; every load lies inside the 8 blocks.
+    unsafe {
+        let w = S as i16 / 2; // words per block
+        let idx = |base: i16| {
+            let j = |k: i16| {
+                let v = w * k - base;
+                if (0..64).contains(&v) {
+                    v
+                } else {
+                    0
+                }
+            };
+            _mm512_set_epi16(
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                j(7),
+                j(6),
+                j(5),
+                j(4),
+                j(3),
+                j(2),
+                j(1),
+                j(0),
+            )
+        };
+        let window = |off: usize| (opaque_load(p.add(off)), opaque_load(p.add(off + 64)));
+        let (a, b) = window(0);
+        let mut h = _mm512_permutex2var_epi16(a, idx(0), b);
+        if 7 * w >= 64 {
+            // the blocks whose scale lies in the second 128 bytes
+            let (c, d) = window(128);
+            let hi = _mm512_permutex2var_epi16(c, idx(64), d);
+            let m = (0..8).fold(0u32, |m, k| if w * k >= 64 { m | 1 << k } else { m });
+            h = _mm512_mask_blend_epi16(m, h, hi);
+        }
+        _mm512_cvtph_ps(_mm512_castsi512_si256(h))
+    }
+}
+
 /// The driver: `R` rows of equal length against one row of Q8_0 activation blocks, two
 /// blocks per step (`lanes` gives a step's 16 i32 lanes for weight blocks `b0, b1` and the
-/// activation vector), each row's operations those of the one-row case.
+/// activation vector), each row's operations those of the one-row case. Whole groups of 8
+/// blocks take their 8 scale products from one vector ([`scales8`] of the weights times
+/// that of the activations, spread to a step's two blocks by one `vpermps`); the last
+/// `n % 8` blocks convert scales one by one. Both give the same products, and the steps
+/// alternate between the same two accumulators, so the result depends only on the length.
 #[inline(always)]
-unsafe fn rows_dot<const R: usize, B>(
+unsafe fn rows_dot<const R: usize, const S: usize, B>(
     w: [&[B]; R],
     x: &[BlockQ8_0],
     lanes: impl Fn(&B, &B, __m512i) -> __m512i,
@@ -120,17 +217,69 @@ unsafe fn rows_dot<const R: usize, B>(
 ) -> [f32; R] {
     let n = w[0].len();
     debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n);
-    // SAFETY: the features are the caller's; indices stay below n.
+    debug_assert_eq!(core::mem::size_of::<B>(), S);
+    // SAFETY: the features are the caller's; indices stay below n (groups: 8·g + 7 < n).
     unsafe {
-        // steps of two blocks; an odd last block is a step of its own whose second block is
-        // a copy of it scaled by zero
-        let steps = n.div_ceil(2);
-        let (even, odd) = even_odd!(steps, [_mm512_setzero_ps(); R], |s, mut acc| {
-            let (i0, pair) = (2 * s, 2 * s + 1 < n);
+        let (mut even, mut odd) = ([_mm512_setzero_ps(); R], [_mm512_setzero_ps(); R]);
+        let xp = x.as_ptr();
+        // lanes 0..8 ← scale product of the step's first block (2k), 8..16 ← second (2k+1)
+        let spread = |k: i32| {
+            _mm512_set_epi32(
+                2 * k + 1,
+                2 * k + 1,
+                2 * k + 1,
+                2 * k + 1,
+                2 * k + 1,
+                2 * k + 1,
+                2 * k + 1,
+                2 * k + 1,
+                2 * k,
+                2 * k,
+                2 * k,
+                2 * k,
+                2 * k,
+                2 * k,
+                2 * k,
+                2 * k,
+            )
+        };
+        let groups = n / 8;
+        for g in 0..groups {
+            let i = 8 * g;
+            let sx = scales8::<34>(xp.add(i).cast());
+            let mut sw = [_mm512_setzero_ps(); R];
+            for (r, v) in sw.iter_mut().enumerate() {
+                *v = _mm512_mul_ps(scales8::<S>(w[r].as_ptr().add(i).cast()), sx);
+            }
+            macro_rules! step {
+                ($k:expr, $acc:ident) => {{
+                    let i0 = i + 2 * $k;
+                    let c = act2(&*xp.add(i0), &*xp.add(i0 + 1));
+                    let idx = spread($k);
+                    for r in 0..R {
+                        let wr = w[r].as_ptr();
+                        let z = _mm512_cvtepi32_ps(lanes(&*wr.add(i0), &*wr.add(i0 + 1), c));
+                        let sv = _mm512_permutexvar_ps(idx, sw[r]);
+                        $acc[r] = _mm512_fmadd_ps(z, sv, $acc[r]);
+                    }
+                }};
+            }
+            step!(0, even);
+            step!(1, odd);
+            step!(2, even);
+            step!(3, odd);
+        }
+        // the tail: steps of two blocks; an odd last block is a step of its own whose second
+        // block is a copy of it scaled by zero
+        let mut i0 = 8 * groups;
+        let mut into_even = true;
+        while i0 < n {
+            let pair = i0 + 1 < n;
             let i1 = if pair { i0 + 1 } else { i0 };
             let (x0, x1) = (&x[i0], &x[i1]);
             let c = act2(x0, x1);
             let (dx0, dx1) = (h2f(x0.d), h2f(x1.d));
+            let acc = if into_even { &mut even } else { &mut odd };
             for (r, a) in acc.iter_mut().enumerate() {
                 let (b0, b1) = (&w[r][i0], &w[r][i1]);
                 let z = _mm512_cvtepi32_ps(lanes(b0, b1, c));
@@ -138,8 +287,9 @@ unsafe fn rows_dot<const R: usize, B>(
                 let sv = scales2(h2f(d(b0)) * dx0, s1);
                 *a = _mm512_fmadd_ps(z, sv, *a);
             }
-            acc
-        });
+            i0 += 2;
+            into_even = !into_even;
+        }
         let mut out = [0f32; R];
         for (r, o) in out.iter_mut().enumerate() {
             *o = _mm512_reduce_add_ps(_mm512_add_ps(even[r], odd[r]));
@@ -157,7 +307,9 @@ macro_rules! dot_kernels {
         #[target_feature(enable = $features)]
         pub unsafe fn $q8(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
             // SAFETY: the caller's contract.
-            unsafe { rows_dot([w], x, |a, b, c| lanes_q8::<$vnni>(a, b, c), |b| b.d)[0] }
+            unsafe {
+                rows_dot::<1, 34, _>([w], x, |a, b, c| lanes_q8::<$vnni>(a, b, c), |b| b.d)[0]
+            }
         }
 
         /// The one-row Q8_0 × Q8_0 kernel of this module for four rows of equal length,
@@ -168,7 +320,7 @@ macro_rules! dot_kernels {
         #[target_feature(enable = $features)]
         pub unsafe fn $q8x4(w: [&[BlockQ8_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
             // SAFETY: the caller's contract.
-            unsafe { rows_dot(w, x, |a, b, c| lanes_q8::<$vnni>(a, b, c), |b| b.d) }
+            unsafe { rows_dot::<4, 34, _>(w, x, |a, b, c| lanes_q8::<$vnni>(a, b, c), |b| b.d) }
         }
 
         /// [`super::dot_q4_0_q8_0`] (see the module documentation for the features).
@@ -178,7 +330,9 @@ macro_rules! dot_kernels {
         #[target_feature(enable = $features)]
         pub unsafe fn $q4(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
             // SAFETY: the caller's contract.
-            unsafe { rows_dot([w], x, |a, b, c| lanes_q4::<$vnni>(a, b, c), |b| b.d)[0] }
+            unsafe {
+                rows_dot::<1, 18, _>([w], x, |a, b, c| lanes_q4::<$vnni>(a, b, c), |b| b.d)[0]
+            }
         }
 
         /// The one-row Q4_0 × Q8_0 kernel of this module for four rows of equal length,
@@ -189,7 +343,7 @@ macro_rules! dot_kernels {
         #[target_feature(enable = $features)]
         pub unsafe fn $q4x4(w: [&[BlockQ4_0]; 4], x: &[BlockQ8_0]) -> [f32; 4] {
             // SAFETY: the caller's contract.
-            unsafe { rows_dot(w, x, |a, b, c| lanes_q4::<$vnni>(a, b, c), |b| b.d) }
+            unsafe { rows_dot::<4, 18, _>(w, x, |a, b, c| lanes_q4::<$vnni>(a, b, c), |b| b.d) }
         }
     };
 }

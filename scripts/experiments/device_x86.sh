@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Runs, on another x86-64 machine without a Rust toolchain, the binaries that
 # scripts/experiments/device_pack.sh built here (carried in .dev/): what the CPU has, every
-# test of the workspace at the best SIMD level and with the AVX-512 kernels capped at BW
-# (MODULA_SIMD=avx512), the AVX2 and AVX-512 row kernels in one process and the
-# dispatched products under MODULA_SIMD=avx2 vs the default (interleaved), steady-state
-# decode of the three memory-bound kinds under both, and the `gpu` feature's tests on the
-# machine's GPU through Vulkan (loader from .gl/, see the device README) when one is there.
-# Usage (repo root): bash scripts/experiments/device_x86.sh [STAGES]
-#   STAGES: any of cpu,tests,bench,decode,gpu (default all)
+# test of the workspace with the AVX-512 VNNI kernels (MODULA_SIMD=avx512-vnni; they are
+# opt-in) and the core and quant tests with the BW ones (MODULA_SIMD=avx512), the AVX2 and
+# AVX-512 row kernels side by side in one process and the dispatched products under the
+# default (AVX2) vs MODULA_SIMD=avx512-vnni, steady-state decode of the three memory-bound
+# kinds under both, and the `gpu` feature's tests on the machine's GPU through Vulkan
+# (loader from .gl/, see the device README) when one is there.
+# Usage (repo root): bash scripts/experiments/device_x86.sh [STAGES] [ROUNDS]
+#   STAGES: any of cpu,tests,bench,decode,gpu (default all); ROUNDS: bench/decode rounds (1)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 stages=${1:-cpu,tests,bench,decode,gpu}
+rounds=${2:-1}
 has() { [[ ",$stages," == *",$1,"* ]]; }
 say() { echo "== $* [$(date +%T)]"; }
 fails=0
@@ -37,10 +39,11 @@ if has cpu; then
   free -g | head -2
 fi
 
-run_tests() { # $1: label; environment from the caller
+run_tests() { # $1: label, $2: regex of the binaries to run; environment from the caller
   local n=0 bad=0
   while read -r bin dir; do
     [ "$bin" = test-gpu-feature ] && continue
+    [[ $bin =~ $2 ]] || continue
     n=$((n + 1))
     if ! out=$(cd "$dir" && timeout 300 "$OLDPWD/$d/bin/$bin" -q 2>&1); then
       bad=$((bad + 1)); echo "$out" | tail -40; echo "FAILED: $bin ($1)"
@@ -51,23 +54,21 @@ run_tests() { # $1: label; environment from the caller
   fails=$((fails + bad))
 }
 if has tests; then
-  say "tests at the best SIMD level, then with the AVX-512 kernels capped at BW"
-  run_tests default
-  MODULA_SIMD=avx512 run_tests avx512bw
+  say "every test with the AVX-512 VNNI kernels, the core and quant tests with the BW ones"
+  MODULA_SIMD=avx512-vnni run_tests avx512vnni .
+  MODULA_SIMD=avx512 run_tests avx512bw 'modula_(core|quant)$'
 fi
 
 bench() { kernels_linear --bench "$1" --warm-up-time 1 --output-format bencher 2>&1 | grep '^test '; }
 if has bench; then
   rows='rows_4096x4096_q'
   disp='gemv_4096x4096_(q8_0|q4_0)/m1/avx2|gemv_16384x4096_q4_0/m1/avx2|dequantise_1024x4096_(q8_0|q4_0)/rows/avx2'
-  base='membw_64MiB/read$|gemv_4096x4096_f32/m1/(avx2|matrixmultiply)'
   say "bench: row kernels side by side (one process, one thread)"
   RAYON_NUM_THREADS=1 bench "$rows"
-  say "bench: bandwidth and f32 baselines"
-  RAYON_NUM_THREADS=1 bench "$base"
-  for r in 1 2; do
+  for r in $(seq "$rounds"); do
     say "bench round $r: default"; RAYON_NUM_THREADS=1 bench "$disp"
-    say "bench round $r: MODULA_SIMD=avx2"; RAYON_NUM_THREADS=1 MODULA_SIMD=avx2 bench "$disp"
+    say "bench round $r: MODULA_SIMD=avx512-vnni"
+    RAYON_NUM_THREADS=1 MODULA_SIMD=avx512-vnni bench "$disp"
   done
 fi
 
@@ -78,10 +79,10 @@ if has decode; then
     modula train "${common[@]}" --arch moduleformer --experts 16 --ffn 1024 --top-k 2 \
       --out /tmp/mf.gguf >/dev/null &&
     modula train "${common[@]}" --arch seqboat --out /tmp/sb.gguf >/dev/null || fails=$((fails + 1))
-  for r in 1 2; do
+  for r in $(seq "$rounds"); do
     for model in big mf sb; do
-      for simd in default avx2; do
-        env=(); [ $simd = avx2 ] && env=(MODULA_SIMD=avx2)
+      for simd in default avx512-vnni; do
+        env=(); [ $simd != default ] && env=(MODULA_SIMD=$simd)
         echo "$model $simd round $r: $(env "${env[@]}" modula bench --model /tmp/$model.gguf \
           --types file,q8_0,q4_0 --rounds 5 --prompt 16 --tokens 48 --threads 1 2>&1 |
           awk '/^bench:/ {printf "[%s] ", $NF} /^(file|q8_0|q4_0) / {printf "%s %s tok/s %s | ", $1, $(NF-1), $NF}')"
@@ -95,13 +96,16 @@ if has gpu; then
   if command -v nvidia-smi >/dev/null; then nvidia-smi -L; fi
   for f in .gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done
   ldconfig
-  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-  for c in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json "$icd"; do
+  icd=
+  for c in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json \
+    /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json; do
     if [ -f "$c" ]; then icd=$c; break; fi
   done
+  ldconfig -p | grep -E 'libvulkan|libGLX_nvidia' || true
+  [ -n "$icd" ] && cat "$icd"
   echo "ICD: $icd"
   dir=$(awk '$1 == "test-gpu-feature" {print $2}' "$d/manifest.txt")
-  if (cd "$dir" && VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd WGPU_BACKEND=vulkan \
+  if (cd "$dir" && VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd WGPU_BACKEND=vulkan VK_LOADER_DEBUG=error \
     REQUIRE_GPU_ADAPTER=1 timeout 300 "$OLDPWD/$d/bin/test-gpu-feature" --nocapture 2>&1 |
     tail -60); then :; else fails=$((fails + 1)); fi
 fi

@@ -4,10 +4,13 @@
 //! instruction). Every function requires AVX-512F, BW and VL plus FMA and F16C (the
 //! `_vnni` ones also AVX512-VNNI); the caller checks them at run time.
 //!
-//! No machine of this project executes AVX-512, so these kernels are tested by running them
-//! in an instruction-set emulator (Bochs's CPU, models Cannon Lake — AVX-512 without VNNI —
-//! and Tiger Lake — with VNNI) against the scalar references: `tools/avx512-emu` and
-//! `scripts/test-avx512.sh`, run by CI.
+//! No machine of this project's CI executes AVX-512, so these kernels are tested there by
+//! running them in an instruction-set emulator (Bochs's CPU, models Cannon Lake — AVX-512
+//! without VNNI — and Tiger Lake — with VNNI) against the scalar references:
+//! `tools/avx512-emu` and `scripts/test-avx512.sh`. They also passed every workspace test
+//! natively once, on a Xeon (scripts/experiments/device_x86.sh), where they were slower than
+//! the AVX2 kernels — so the dispatch uses them only when `MODULA_SIMD` asks
+//! (`modula_core::kernels::isa::avx512`).
 //!
 //! Layout: one 512-bit step covers **two blocks** — their 32-byte halves side by side —
 //! giving 16 i32 lanes (8 per block), converted to f32 and multiplied by the two blocks'

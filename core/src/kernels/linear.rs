@@ -497,26 +497,28 @@ fn want_quads(isa: Isa) -> bool {
 /// activation's [`Q8Quad`]s, computed on AVX2) select the grouped kernels.
 #[allow(unused_variables)]
 fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], quads: Option<&[Q8Quad]>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    let level = isa::avx512();
     match (isa, row, quads) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F/BW/VL + VNNI (+ the AVX2 level's FMA, F16C) detected; equal
         // block counts.
-        (Isa::Avx2, QRow::Q4(b), _) if isa::avx512() == Avx512::Vnni => unsafe {
+        (Isa::Avx2, QRow::Q4(b), _) if level == Avx512::Vnni => unsafe {
             qk::avx512::dot_q4_0_q8_0_vnni(b, xq)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Isa::Avx2, QRow::Q8(b), _) if isa::avx512() == Avx512::Vnni => unsafe {
+        (Isa::Avx2, QRow::Q8(b), _) if level == Avx512::Vnni => unsafe {
             qk::avx512::dot_q8_0_q8_0_vnni(b, xq)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F/BW/VL (+ FMA, F16C) detected; equal block counts.
-        (Isa::Avx2, QRow::Q4(b), _) if isa::avx512() == Avx512::Bw => unsafe {
+        (Isa::Avx2, QRow::Q4(b), _) if level == Avx512::Bw => unsafe {
             qk::avx512::dot_q4_0_q8_0(b, xq)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Isa::Avx2, QRow::Q8(b), _) if isa::avx512() == Avx512::Bw => unsafe {
+        (Isa::Avx2, QRow::Q8(b), _) if level == Avx512::Bw => unsafe {
             qk::avx512::dot_q8_0_q8_0(b, xq)
         },
         #[cfg(target_arch = "x86_64")]
@@ -594,15 +596,17 @@ fn qdot4_q8(
     xq: &[BlockQ8_0],
     quads: Option<&[Q8Quad]>,
 ) -> Option<[f32; 4]> {
+    #[cfg(target_arch = "x86_64")]
+    let level = isa::avx512();
     match (isa, rows, quads) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)], _)
-            if isa::avx512() != Avx512::Off =>
+            if level != Avx512::Off =>
         {
             // SAFETY: AVX-512F/BW/VL (+ VNNI for the _vnni kernel, + FMA, F16C) detected;
             // rows of one matrix have equal block counts, equal to the activation row's.
             Some(unsafe {
-                if isa::avx512() == Avx512::Vnni {
+                if level == Avx512::Vnni {
                     qk::avx512::dot4_q4_0_q8_0_vnni([a, b, c, d], xq)
                 } else {
                     qk::avx512::dot4_q4_0_q8_0([a, b, c, d], xq)
@@ -611,11 +615,11 @@ fn qdot4_q8(
         }
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)], _)
-            if isa::avx512() != Avx512::Off =>
+            if level != Avx512::Off =>
         {
             // SAFETY: as above.
             Some(unsafe {
-                if isa::avx512() == Avx512::Vnni {
+                if level == Avx512::Vnni {
                     qk::avx512::dot4_q8_0_q8_0_vnni([a, b, c, d], xq)
                 } else {
                     qk::avx512::dot4_q8_0_q8_0([a, b, c, d], xq)

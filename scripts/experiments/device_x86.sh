@@ -6,7 +6,9 @@
 # AVX-512 row kernels side by side in one process and the dispatched products under the
 # default (AVX2) vs MODULA_SIMD=avx512-vnni, steady-state decode of the three memory-bound
 # kinds under both, and the `gpu` feature's tests on the machine's GPU through Vulkan
-# (loader from .gl/, see the device README) when one is there.
+# (Vulkan and GL loader packages in .gl/, see the device README: libvulkan1 alone was not
+# enough on the H200 machine — NVIDIA's ICD, libGLX_nvidia, could not hand out
+# vkCreateInstance; fetch the README's whole list, libglvnd0 etc.) when one is there.
 # Usage (repo root): bash scripts/experiments/device_x86.sh [STAGES] [ROUNDS]
 #   STAGES: any of cpu,tests,bench,decode,gpu (default all); ROUNDS: bench/decode rounds (1)
 set -uo pipefail

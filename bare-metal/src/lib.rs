@@ -10,7 +10,7 @@
 //!
 //! Built for `thumbv7em-none-eabihf` (Cortex-M4F/M7) and `aarch64-unknown-none` as a
 //! static library with the `rt` feature (panic handler, the arena as the global
-//! allocator, the C entry point [`rt::modula_tiny_generate`]) by
+//! allocator, the C entry point `rt::modula_tiny_generate`) by
 //! `scripts/build-bare-metal.sh` in CI; link it into a board's firmware. The hosted tests
 //! run the same generation inside the same fixed arena (`tests/arena.rs`).
 #![no_std]

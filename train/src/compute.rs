@@ -3,7 +3,7 @@
 //! kernels); by default, and always in a build without the `gpu` feature, they are
 //! `modula-core`'s CPU kernels. With the `gpu` feature and [`select`]`(Device::Gpu | Auto)`
 //! finding an adapter, every f32 product of at least [`min_macs`] multiply-adds runs on the
-//! GPU ([`crate::gpu`]) — the forward products, and the backward's `dX = dY W` and
+//! GPU (the `gpu` module, built with the feature) — the forward products, and the backward's `dX = dY W` and
 //! `dW += dYᵀ X` — and the trainer keeps each step's parameters resident there
 //! ([`ParamsOnDevice`]), so weights cross once per optimiser step and only activations
 //! cross per product. Everything else (norms, softmax, routing, the scans, the optimiser)

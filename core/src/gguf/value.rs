@@ -250,7 +250,7 @@ impl<'a> Value<'a> {
         }
     }
 
-    /// "u32", "array[string]", ... for messages.
+    /// `"u32"`, `"array[string]"`, ... for messages.
     pub fn type_description(&self) -> String {
         match self {
             Value::Array(a) => format!("array[{}]", a.elem.name()),

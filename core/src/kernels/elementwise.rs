@@ -1,7 +1,7 @@
 //! Norms, activations and (log-)softmax over one row.
 //!
 //! Each op has a scalar reference (`libm` math, the test oracle) and SIMD variants written
-//! once over [`super::simd::Simd`]. Activations work in place; norms write `out` and return
+//! once over the crate's `Simd` trait (`kernels::simd`). Activations work in place; norms write `out` and return
 //! the statistics a backward pass needs (mean and 1/std, or 1/rms).
 
 use super::isa::{self, Isa};

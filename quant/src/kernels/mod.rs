@@ -1,7 +1,7 @@
 //! Products of block-quantised weight rows with f32 activations: dot products (one output
 //! of `y = x·Wᵀ`) and scaled accumulation `y += a·w` (one input row of `y = x·W`), for Q8_0
 //! and Q4_0. The scalar versions here are the references; [`avx2`] and [`avx512`] (x86-64)
-//! and [`neon`] (aarch64) are `unsafe fn`s with `#[target_feature]`, chosen at run time by
+//! and `neon` (aarch64) are `unsafe fn`s with `#[target_feature]`, chosen at run time by
 //! `modula-core`'s dispatcher, and tested against these references (proptest; the AVX-512
 //! ones on an emulated CPU, see [`avx512`]).
 //!
@@ -207,7 +207,7 @@ fn tile_block_scale(x: &[f32], d: impl Fn(usize) -> f16, cq: &mut [i32]) -> Opti
 /// One tile of `y += Σ_r x[r] · dequant(w_r)` — the product with a transposed Q4_0 matrix
 /// (rows `w_r = w[r·ld .. r·ld + nb]`, `r < x.len() ≤ TILE_ROWS`, `nb ≤ TILE_BLOCKS`,
 /// `y.len() ≥ 32·nb`) in integer arithmetic: per column block `b` the activations times
-/// the weight scales are quantised to 8 bits ([`tile_block_scale`]: `s_b`, `c'_r`), the
+/// the weight scales are quantised to 8 bits (`tile_block_scale`: `s_b`, `c'_r`), the
 /// 32 outputs summed exactly as `Σ_r c'_r·(q_{r,i} − 8)` in integers and added as
 /// `y_i += s_b · sum` (one f32 multiply, one add). Like the Q8_0 activations of the
 /// PyTorch-layout products this rounds the activation side (relative error up to

@@ -3,8 +3,8 @@
 # has no Rust toolchain (the GPU machine lent to some sessions, whose CPU may have AVX-512):
 # every test binary of the workspace (test profile, as `cargo test --workspace` builds
 # them), the `gpu` feature's test binary, the release `modula` and the `kernels_linear`
-# benchmark, stripped, with data/kjv.txt, in .dev/bins.tar.xz (about 10 MB; keep .dev/ out
-# of git with .git/info/exclude). The binaries keep the absolute paths of this checkout
+# benchmark, stripped, with data/kjv.txt, in .dev/bins.tar.xz (about 13 MB; .gitignore
+# keeps .dev/ out of git). The binaries keep the absolute paths of this checkout
 # that `env!` compiled into them (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_modula); the device
 # script maps that path onto its own copy of the tree.
 # Usage: bash scripts/experiments/device_pack.sh

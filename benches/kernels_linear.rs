@@ -99,7 +99,7 @@ fn quantised(wf: &[f32]) -> (Vec<BlockQ8_0>, Vec<BlockQ4_0>) {
 /// The AVX2 and AVX-512 row kernels side by side in one process (the dispatch picks one
 /// per process, so only this group compares them within a run): every one of `n` rows of
 /// `k / 32` blocks against one Q8_0 activation row, one thread. `avx2` is what the AVX2
-/// dispatch runs (the kernels grouped by 4 blocks with the activation's quads), `avx512bw`
+/// dispatch runs (the kernels grouped by 8 blocks with the activation's octs), `avx512bw`
 /// and `avx512vnni` run only where the CPU has them.
 #[cfg(target_arch = "x86_64")]
 fn row_kernels_x86(
@@ -110,13 +110,13 @@ fn row_kernels_x86(
     n: usize,
     y: &mut [f32],
 ) {
-    use modula_quant::kernels::{avx2, avx512, q8_quads, Q8Quad};
+    use modula_quant::kernels::{avx2, avx512, q8_octs, Q8Oct};
     use std::is_x86_feature_detected as has;
     let nb = xq.len();
     let bw = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
     let vnni = bw && has!("avx512vnni");
-    let mut quads = vec![Q8Quad::default(); nb / 4];
-    q8_quads(xq, &mut quads);
+    let mut octs = vec![Q8Oct::default(); nb / 8];
+    q8_octs(xq, &mut octs);
     type Q8Fn = unsafe fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32;
     type Q4Fn = unsafe fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32;
     let wide: [(&str, bool, Q8Fn, Q4Fn); 2] = [
@@ -136,13 +136,13 @@ fn row_kernels_x86(
             bch.iter(|| {
                 for (j, yj) in y[..n].iter_mut().enumerate() {
                     let r = j * nb..(j + 1) * nb;
-                    // SAFETY: the caller checked AVX2+FMA+F16C; nb blocks each, one quad
-                    // per group of 4.
+                    // SAFETY: the caller checked AVX2+FMA+F16C; nb blocks each, one oct
+                    // per group of 8.
                     *yj = unsafe {
                         if name == "q8_0" {
-                            avx2::dot_q8_0_q8_0_quads(&q8[r], black_box(xq), &quads)
+                            avx2::dot_q8_0_q8_0_octs(&q8[r], black_box(xq), &octs)
                         } else {
-                            avx2::dot_q4_0_q8_0_quads(&q4[r], black_box(xq), &quads)
+                            avx2::dot_q4_0_q8_0_octs(&q4[r], black_box(xq), &octs)
                         }
                     };
                 }
@@ -286,12 +286,12 @@ fn gemv(c: &mut Criterion) {
         g.finish();
     }
     // The Q4_0 x Q8_0 row kernel: one block at a time (signed nibbles, sign trick) against
-    // groups of 4 blocks reduced with hadd (unsigned nibbles, the activation's sums and
+    // groups of 8 blocks reduced with hadd (unsigned nibbles, the activation's sums and
     // scales per group precomputed: what the skinny path runs), one activation row against
     // all 4096 rows, one thread.
     #[cfg(target_arch = "x86_64")]
     if modula_core::kernels::isa::Isa::Avx2.is_supported() {
-        use modula_quant::kernels::{avx2, q8_quads, Q8Quad};
+        use modula_quant::kernels::{avx2, q8_octs, Q8Oct};
         let nb = k / 32;
         let mut xq = vec![
             BlockQ8_0 {
@@ -312,13 +312,13 @@ fn gemv(c: &mut Criterion) {
                 }
             })
         });
-        g.bench_function("grouped_by_4", |bch| {
+        g.bench_function("grouped_by_8", |bch| {
             bch.iter(|| {
-                let mut quads = vec![Q8Quad::default(); nb / 4];
-                q8_quads(black_box(&xq), &mut quads);
+                let mut octs = vec![Q8Oct::default(); nb / 8];
+                q8_octs(black_box(&xq), &mut octs);
                 for (j, row) in q4.chunks_exact(nb).enumerate() {
                     // SAFETY: as above.
-                    y[j] = unsafe { avx2::dot_q4_0_q8_0_quads(row, &xq, &quads) };
+                    y[j] = unsafe { avx2::dot_q4_0_q8_0_octs(row, &xq, &octs) };
                 }
             })
         });

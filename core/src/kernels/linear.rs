@@ -20,7 +20,7 @@ use super::{exactly, need, KernelError};
 use half::{bf16, f16};
 use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
 use modula_quant::kernels as qk;
-use modula_quant::kernels::Q8Quad;
+use modula_quant::kernels::Q8Oct;
 
 /// Row counts up to this use the skinny kernels; more rows go to `matrixmultiply`
 /// (measured crossover on the reference machine: `docs/results.md`).
@@ -487,19 +487,19 @@ pub fn quantized_activations() -> bool {
     QUANTIZED_ACTIVATIONS.load(core::sync::atomic::Ordering::Relaxed)
 }
 
-/// Whether the skinny products want the activations' [`Q8Quad`]s: on AVX2 without
+/// Whether the skinny products want the activations' [`Q8Oct`]s: on AVX2 without
 /// AVX-512 (the grouped AVX2 kernels use them; the AVX-512 ones do not).
-fn want_quads(isa: Isa) -> bool {
+fn want_octs(isa: Isa) -> bool {
     cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && isa::avx512() == Avx512::Off
 }
 
-/// `Σ dequant(row)·dequant(xq)` with the activations quantised to Q8_0; `quads` (the
-/// activation's [`Q8Quad`]s, computed on AVX2) select the grouped kernels.
+/// `Σ dequant(row)·dequant(xq)` with the activations quantised to Q8_0; `octs` (the
+/// activation's [`Q8Oct`]s, computed on AVX2) select the grouped kernels.
 #[allow(unused_variables)]
-fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], quads: Option<&[Q8Quad]>) -> f32 {
+fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], octs: Option<&[Q8Oct]>) -> f32 {
     #[cfg(target_arch = "x86_64")]
     let level = isa::avx512();
-    match (isa, row, quads) {
+    match (isa, row, octs) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F/BW/VL + VNNI (+ the AVX2 level's FMA, F16C) detected; equal
         // block counts.
@@ -523,11 +523,11 @@ fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], quads: Option<&[Q8Quad]>)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); equal block counts,
-        // one quad per whole group of 4 activation blocks.
-        (Isa::Avx2, QRow::Q4(b), Some(q)) => unsafe { qk::avx2::dot_q4_0_q8_0_quads(b, xq, q) },
+        // one oct per whole group of 8 activation blocks.
+        (Isa::Avx2, QRow::Q4(b), Some(q)) => unsafe { qk::avx2::dot_q4_0_q8_0_octs(b, xq, q) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Isa::Avx2, QRow::Q8(b), Some(q)) => unsafe { qk::avx2::dot_q8_0_q8_0_quads(b, xq, q) },
+        (Isa::Avx2, QRow::Q8(b), Some(q)) => unsafe { qk::avx2::dot_q8_0_q8_0_octs(b, xq, q) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON supported (checked by the caller) and dotprod detected; equal block
         // counts.
@@ -588,17 +588,17 @@ fn four_rows_pay(w: &MatRef<'_>) -> bool {
 }
 
 /// Four rows' [`qdot_q8`] with a 4-row kernel, where `isa` has one (AVX2, with the
-/// activation's quads); None otherwise.
+/// activation's octs); None otherwise.
 #[allow(unused_variables)]
 fn qdot4_q8(
     isa: Isa,
     rows: &[QRow<'_>; 4],
     xq: &[BlockQ8_0],
-    quads: Option<&[Q8Quad]>,
+    octs: Option<&[Q8Oct]>,
 ) -> Option<[f32; 4]> {
     #[cfg(target_arch = "x86_64")]
     let level = isa::avx512();
-    match (isa, rows, quads) {
+    match (isa, rows, octs) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)], _)
             if level != Avx512::Off =>
@@ -629,14 +629,14 @@ fn qdot4_q8(
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)], Some(q)) => {
             // SAFETY: AVX2+FMA+F16C supported (checked by the caller); rows of one matrix
-            // have equal block counts, equal to the activation row's; one quad per whole
-            // group of 4 activation blocks.
-            Some(unsafe { qk::avx2::dot4_q4_0_q8_0_quads([a, b, c, d], xq, q) })
+            // have equal block counts, equal to the activation row's; one oct per whole
+            // group of 8 activation blocks.
+            Some(unsafe { qk::avx2::dot4_q4_0_q8_0_octs([a, b, c, d], xq, q) })
         }
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)], Some(q)) => {
             // SAFETY: as above.
-            Some(unsafe { qk::avx2::dot4_q8_0_q8_0_quads([a, b, c, d], xq, q) })
+            Some(unsafe { qk::avx2::dot4_q8_0_q8_0_octs([a, b, c, d], xq, q) })
         }
         _ => None,
     }
@@ -686,39 +686,39 @@ fn skinny_quant(
             ok &=
                 modula_quant::quantize::quantize_row_q8_0(r, &mut xq[i * nb..(i + 1) * nb]).is_ok();
         }
-        // AVX2: each activation row's quads (sums and scales of 4 blocks) once, for the
+        // AVX2: each activation row's octs (sums and scales of 8 blocks) once, for the
         // grouped kernels (measured 1.4-1.8x faster than one block at a time for Q4_0)
-        let want_quads = want_quads(isa);
-        let nq = nb / 4;
-        let mut quads_small;
-        let mut quads_stack;
-        let mut quads_heap = alloc::vec::Vec::new();
-        let quads: &mut [Q8Quad] = if !want_quads {
+        let want_octs = want_octs(isa);
+        let nq = nb / 8;
+        let mut octs_small;
+        let mut octs_stack;
+        let mut octs_heap = alloc::vec::Vec::new();
+        let octs: &mut [Q8Oct] = if !want_octs {
             &mut []
-        } else if m * nq <= SMALL_BLOCKS / 4 {
-            quads_small = [Q8Quad::default(); SMALL_BLOCKS / 4];
-            &mut quads_small[..m * nq]
-        } else if m * nq <= STACK_BLOCKS / 4 {
+        } else if m * nq <= SMALL_BLOCKS / 8 {
+            octs_small = [Q8Oct::default(); SMALL_BLOCKS / 8];
+            &mut octs_small[..m * nq]
+        } else if m * nq <= STACK_BLOCKS / 8 {
             // on the stack like the activation blocks: decode steps allocate nothing
-            quads_stack = [Q8Quad::default(); STACK_BLOCKS / 4];
-            &mut quads_stack[..m * nq]
+            octs_stack = [Q8Oct::default(); STACK_BLOCKS / 8];
+            &mut octs_stack[..m * nq]
         } else {
-            quads_heap.resize(m * nq, Q8Quad::default());
-            &mut quads_heap
+            octs_heap.resize(m * nq, Q8Oct::default());
+            &mut octs_heap
         };
-        if want_quads {
+        if want_octs {
             for i in 0..m {
-                modula_quant::kernels::q8_quads(
+                modula_quant::kernels::q8_octs(
                     &xq[i * nb..(i + 1) * nb],
-                    &mut quads[i * nq..(i + 1) * nq],
+                    &mut octs[i * nq..(i + 1) * nq],
                 );
             }
         }
         // a non-finite activation cannot be quantised: fall through to the f32 path,
         // which propagates it as f32 arithmetic does
         if ok {
-            let quads = want_quads.then_some(&*quads);
-            return skinny_prequant(isa, xq, quads, m, w, y, ldy);
+            let octs = want_octs.then_some(&*octs);
+            return skinny_prequant(isa, xq, octs, m, w, y, ldy);
         }
     }
     for j in 0..w.rows {
@@ -730,19 +730,19 @@ fn skinny_quant(
 }
 
 /// The integer part of [`skinny_quant`]: `m` activation rows already quantised (`xq`,
-/// `w.cols / 32` blocks per row; `quads` per row on AVX2, `None` elsewhere).
+/// `w.cols / 32` blocks per row; `octs` per row on AVX2, `None` elsewhere).
 fn skinny_prequant(
     isa: Isa,
     xq: &[BlockQ8_0],
-    quads: Option<&[Q8Quad]>,
+    octs: Option<&[Q8Oct]>,
     m: usize,
     w: &MatRef<'_>,
     y: &mut [f32],
     ldy: usize,
 ) {
     let nb = w.cols / QB;
-    let nq = nb / 4;
-    let quads_of = |i: usize| quads.map(|q| &q[i * nq..(i + 1) * nq]);
+    let nq = nb / 8;
+    let octs_of = |i: usize| octs.map(|q| &q[i * nq..(i + 1) * nq]);
     // four weight rows at a time where a 4-row kernel exists (each row's result is
     // bit-identical to the one-row kernel's), the rest one by one
     four_then_one(
@@ -752,7 +752,7 @@ fn skinny_prequant(
         |y, j0| {
             let rows = [0, 1, 2, 3].map(|r| qrow(w, j0 + r));
             for i in 0..m {
-                match qdot4_q8(isa, &rows, &xq[i * nb..(i + 1) * nb], quads_of(i)) {
+                match qdot4_q8(isa, &rows, &xq[i * nb..(i + 1) * nb], octs_of(i)) {
                     Some(r) => y[i * ldy + j0..i * ldy + j0 + 4].copy_from_slice(&r),
                     None => return false,
                 }
@@ -762,7 +762,7 @@ fn skinny_prequant(
         |y, j| {
             let row = qrow(w, j);
             for i in 0..m {
-                y[i * ldy + j] = qdot_q8(isa, &row, &xq[i * nb..(i + 1) * nb], quads_of(i));
+                y[i * ldy + j] = qdot_q8(isa, &row, &xq[i * nb..(i + 1) * nb], octs_of(i));
             }
         },
     );
@@ -779,7 +779,7 @@ pub struct QuantizedRow {
     /// The SIMD level it was prepared for.
     isa: Option<Isa>,
     blocks: alloc::vec::Vec<BlockQ8_0>,
-    quads: alloc::vec::Vec<Q8Quad>,
+    octs: alloc::vec::Vec<Q8Oct>,
     /// The row was finite and whole blocks long (else products fall back to [`linear`]).
     ok: bool,
 }
@@ -801,7 +801,7 @@ impl QuantizedRow {
         };
         Self {
             blocks: alloc::vec![zero; nb],
-            quads: alloc::vec![Q8Quad::default(); nb / 4],
+            octs: alloc::vec![Q8Oct::default(); nb / 8],
             ..Self::default()
         }
     }
@@ -809,13 +809,13 @@ impl QuantizedRow {
     /// The heap of [`QuantizedRow::with_len`]`(k)`.
     pub fn heap_bytes(k: usize) -> usize {
         let nb = k / QB;
-        nb * core::mem::size_of::<BlockQ8_0>() + nb / 4 * core::mem::size_of::<Q8Quad>()
+        nb * core::mem::size_of::<BlockQ8_0>() + nb / 8 * core::mem::size_of::<Q8Oct>()
     }
 
     /// The heap it holds now.
     pub fn capacity_bytes(&self) -> usize {
         self.blocks.capacity() * core::mem::size_of::<BlockQ8_0>()
-            + self.quads.capacity() * core::mem::size_of::<Q8Quad>()
+            + self.octs.capacity() * core::mem::size_of::<Q8Oct>()
     }
 
     /// Quantise `x` (as [`linear`] would at [`isa::active`], when quantised activations
@@ -836,11 +836,11 @@ impl QuantizedRow {
         };
         self.blocks.resize(nb, zero);
         self.ok = modula_quant::quantize::quantize_row_q8_0(x, &mut self.blocks).is_ok();
-        let want_quads = want_quads(isa);
-        self.quads.clear();
-        if self.ok && want_quads {
-            self.quads.resize(nb / 4, Q8Quad::default());
-            modula_quant::kernels::q8_quads(&self.blocks, &mut self.quads);
+        let want_octs = want_octs(isa);
+        self.octs.clear();
+        if self.ok && want_octs {
+            self.octs.resize(nb / 8, Q8Oct::default());
+            modula_quant::kernels::q8_octs(&self.blocks, &mut self.octs);
         }
     }
 }
@@ -879,17 +879,17 @@ pub fn linear_row(
     if n == 0 {
         return Ok(());
     }
-    // set() computed the quads exactly when the grouped AVX2 kernels want them
-    let quads = want_quads(active).then_some(&xq.quads[..]);
+    // set() computed the octs exactly when the grouped AVX2 kernels want them
+    let octs = want_octs(active).then_some(&xq.octs[..]);
     if n * k >= PAR_MIN_WEIGHTS && par::threads() > 1 {
         let chunk = par::chunk_for(n, 4, 64);
         par::for_each_chunk_mut(&mut y[..n], chunk, |ci, ys| {
             let sub = w.row_block(ci * chunk, ys.len());
             let len = ys.len();
-            skinny_prequant(active, &xq.blocks, quads, 1, &sub, ys, len);
+            skinny_prequant(active, &xq.blocks, octs, 1, &sub, ys, len);
         });
     } else {
-        skinny_prequant(active, &xq.blocks, quads, 1, w, &mut y[..n], n);
+        skinny_prequant(active, &xq.blocks, octs, 1, w, &mut y[..n], n);
     }
     if let Some(b) = bias {
         for (yv, bv) in y[..n].iter_mut().zip(b) {
@@ -1686,7 +1686,7 @@ mod tests {
         out
     }
 
-    /// The skinny Q4_0 and Q8_0 paths (activation quads precomputed, grouped kernels, four
+    /// The skinny Q4_0 and Q8_0 paths (activation octs precomputed, grouped kernels, four
     /// rows at a time and the rest one by one, the small, stack and heap buffers) give
     /// exactly what the grouped one-row kernels give for every output (the AVX-512 one-row
     /// kernels where the process opted in to them), and that is within rounding of the
@@ -1706,6 +1706,8 @@ mod tests {
             (16, 13, 4),
             (1, 9, 130),
             (3, 6, 97),
+            (1, 7, 8),
+            (4, 3, 16),
         ]
         .into_iter()
         .enumerate()
@@ -1725,8 +1727,8 @@ mod tests {
                 linear_mode(Isa::Avx2, true, &x, k, m, &w, None, &mut got, n).unwrap();
                 for i in 0..m {
                     let (xq, _) = quantised(&x[i * k..(i + 1) * k], false);
-                    let mut quads = vec![Q8Quad::default(); kb / 4];
-                    modula_quant::kernels::q8_quads(&xq, &mut quads);
+                    let mut octs = vec![Q8Oct::default(); kb / 8];
+                    modula_quant::kernels::q8_octs(&xq, &mut octs);
                     for j in 0..n {
                         let rows = j * kb..(j + 1) * kb;
                         // the kernel the dispatch runs: the AVX-512 one where this process
@@ -1734,7 +1736,7 @@ mod tests {
                         // grouped AVX2 one
                         let level = isa::avx512();
                         // SAFETY: AVX2 checked above, AVX-512 by `isa::avx512`; kb blocks
-                        // each, kb / 4 quads.
+                        // each, kb / 8 octs.
                         let (want, blockwise) = unsafe {
                             if q4 {
                                 let row = &b4[rows];
@@ -1743,7 +1745,7 @@ mod tests {
                                         Avx512::Vnni => qk::avx512::dot_q4_0_q8_0_vnni(row, &xq),
                                         Avx512::Bw => qk::avx512::dot_q4_0_q8_0(row, &xq),
                                         Avx512::Off => {
-                                            qk::avx2::dot_q4_0_q8_0_quads(row, &xq, &quads)
+                                            qk::avx2::dot_q4_0_q8_0_octs(row, &xq, &octs)
                                         }
                                     },
                                     qk::avx2::dot_q4_0_q8_0(row, &xq),
@@ -1755,7 +1757,7 @@ mod tests {
                                         Avx512::Vnni => qk::avx512::dot_q8_0_q8_0_vnni(row, &xq),
                                         Avx512::Bw => qk::avx512::dot_q8_0_q8_0(row, &xq),
                                         Avx512::Off => {
-                                            qk::avx2::dot_q8_0_q8_0_quads(row, &xq, &quads)
+                                            qk::avx2::dot_q8_0_q8_0_octs(row, &xq, &octs)
                                         }
                                     },
                                     qk::avx2::dot_q8_0_q8_0(row, &xq),

@@ -2,7 +2,7 @@
 //! requires those features (the caller checks them at run time) and the lengths its
 //! reference in the parent module documents: `x`/`y` hold `w.len() × 32` values.
 
-use super::Q8Quad;
+use super::Q8Oct;
 use crate::blocks::{BlockQ4_0, BlockQ8_0};
 use core::arch::x86_64::*;
 use half::f16;
@@ -357,221 +357,280 @@ unsafe fn q4_lanes(b: &BlockQ4_0, c: __m256i, mask: __m256i, ones: __m256i) -> _
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(b, mask), c), ones) }
 }
 
-/// One group of 4 blocks of one row: `acc += scales · float(reduced lanes − corr)`, where
-/// `lanes(block k, c[k])` gives block k's 8 i32 lanes, `d` its F16 scale, and the
-/// correction (Q4_0's `8·Σx`) is subtracted when `corr`. `c` are the group's 4 activation
-/// vectors. Requires AVX2, FMA and F16C.
+/// How far ahead (bytes) the one-row grouped kernels prefetch their weight stream. The
+/// hardware prefetcher alone kept the Q4_0 GEMV over a matrix larger than the cache at
+/// 9–11 GB/s where the F32 GEMV streams 20+ on the same core; software prefetch 2–16 KiB
+/// ahead gave 1.1–1.35× on that matrix, 4 KiB the best of the distances tried
+/// (docs/results.md). Rows follow each other in a matrix, so the line 4 KiB ahead is
+/// usually a later row's; past the matrix's end a prefetch is a hint that cannot fault.
+pub const PREFETCH_AHEAD: usize = 4096;
+
+/// Hints the cache lines of `bytes` bytes starting [`PREFETCH_AHEAD`] past `p` (one
+/// prefetch per 64-byte line, rounded up). Requires SSE (baseline on x86-64).
 #[inline(always)]
-unsafe fn group4<B>(
-    wb: &[B],
-    c: &[__m256i; 4],
-    q: &Q8Quad,
-    acc: __m256,
-    corr: bool,
-    lanes: impl Fn(&B, __m256i) -> __m256i,
-    d: impl Fn(&B) -> f16,
-) -> __m256 {
-    // SAFETY: the caller guarantees the features and 4 blocks in `wb`; a quad holds 8 i32
-    // (32-byte aligned) and 4 f32.
-    unsafe {
-        let ab = _mm256_hadd_epi32(lanes(&wb[0], c[0]), lanes(&wb[1], c[1]));
-        let cd = _mm256_hadd_epi32(lanes(&wb[2], c[2]), lanes(&wb[3], c[3]));
-        // lanes [a, b, c, d] of values 0..16, then the same of values 16..32
-        let mut z = _mm256_hadd_epi32(ab, cd);
-        if corr {
-            z = _mm256_sub_epi32(z, _mm256_load_si256(q.corr.as_ptr().cast()));
-        }
-        let dw = _mm_cvtph_ps(_mm_setr_epi16(
-            d(&wb[0]).to_bits() as i16,
-            d(&wb[1]).to_bits() as i16,
-            d(&wb[2]).to_bits() as i16,
-            d(&wb[3]).to_bits() as i16,
-            0,
-            0,
-            0,
-            0,
-        ));
-        let s4 = _mm_mul_ps(dw, _mm_loadu_ps(q.scale.as_ptr()));
-        _mm256_fmadd_ps(_mm256_set_m128(s4, s4), _mm256_cvtepi32_ps(z), acc)
+fn prefetch_ahead(p: *const u8, bytes: usize) {
+    let p = p.wrapping_add(PREFETCH_AHEAD).cast::<i8>();
+    let mut off = 0;
+    while off < bytes {
+        // SAFETY: a prefetch only hints the cache; it reads nothing and cannot fault, and
+        // the address is formed with wrapping arithmetic (never dereferenced).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+        off += 64;
     }
 }
 
-/// [`group4`] for Q4_0 weights (unsigned nibbles, corrected).
+/// 32 bytes at `p`, loaded by an `asm!` block the compiler cannot see into. With a plain
+/// load, LLVM noticed that [`q4_oct_scales`]' first window overlaps block 0's nibbles and
+/// rebuilt that block's broadcast load from two 8-byte loads, an unpack and a lane insert
+/// (seen in the disassembly) — three more operations per octet. As `avx512::opaque_load`.
+///
+/// # Safety
+/// AVX; `p` valid for reading 32 bytes.
+#[inline]
+#[target_feature(enable = "avx")]
+unsafe fn opaque_load(p: *const u8) -> __m256i {
+    let v: __m256i;
+    // SAFETY: the caller's contract; the instruction only reads those 32 bytes.
+    unsafe {
+        core::arch::asm!(
+            "vmovdqu {v}, [{p}]",
+            v = out(ymm_reg) v,
+            p = in(reg) p,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+    }
+    v
+}
+
+/// The 8 F16 scales of the 8 consecutive Q4_0 blocks at `p`, as 8 halves in
+/// [`super::OCT_LANES`] order. Blocks are 18 bytes, so blocks `2j` and `2j + 1` have
+/// their scales 18 bytes apart: one 32-byte load at `p + 36j − 2j` puts block `2j`'s scale
+/// in word `j` of its low 128-bit lane and block `2j + 1`'s in word `j + 1` of its high
+/// lane; three byte blends merge the four loads, and the high lane is shifted down one word
+/// and joined under the low one. 4 loads and 6 vector operations, where building the vector
+/// in general registers (8 loads, 12 shifts and ors, 3 moves) measured ~10 % slower.
+/// Requires AVX2 and 144 readable bytes at `p`.
 #[inline(always)]
-unsafe fn q4_group(wb: &[BlockQ4_0], c: &[__m256i; 4], q: &Q8Quad, acc: __m256) -> __m256 {
-    // SAFETY: the caller's contract (see group4).
+unsafe fn q4_oct_scales(p: *const BlockQ4_0) -> __m128i {
+    // SAFETY: the caller guarantees AVX2 and 8 blocks (144 bytes) at p; the last load
+    // reads bytes 102..134.
+    unsafe {
+        let p = p.cast::<u8>();
+        let v = |j: usize| opaque_load(p.add(34 * j));
+        let m = |j: i16| {
+            let w = |k: i16| if k == j { -1 } else { 0 };
+            _mm256_setr_epi16(
+                w(0),
+                w(1),
+                w(2),
+                w(3),
+                w(4),
+                w(5),
+                w(6),
+                w(7),
+                0,
+                w(0),
+                w(1),
+                w(2),
+                w(3),
+                w(4),
+                w(5),
+                w(6),
+            )
+        };
+        let t = _mm256_blendv_epi8(v(0), v(1), m(1));
+        let t = _mm256_blendv_epi8(t, v(2), m(2));
+        let t = _mm256_blendv_epi8(t, v(3), m(3));
+        let hi = _mm_srli_si128::<2>(_mm256_extracti128_si256::<1>(t));
+        _mm_unpacklo_epi64(_mm256_castsi256_si128(t), hi)
+    }
+}
+
+/// [`q4_oct_scales`] for Q8_0 blocks (34 bytes: two scales never share a 32-byte load):
+/// block `k`'s 16-byte load starts 2·lane(k) bytes before its scale, so the scale lands in
+/// word lane(k), and seven word blends merge the eight loads. Requires AVX2 and 272
+/// readable bytes at `p`.
+#[inline(always)]
+unsafe fn q8_oct_scales(p: *const BlockQ8_0) -> __m128i {
+    // SAFETY: the caller guarantees AVX2 and 8 blocks (272 bytes) at p; block k's load
+    // starts at 34k − 2·lane ≥ 0 and ends at most 34·7 − 2·7 + 16 = 240 bytes in.
+    unsafe {
+        let p = p.cast::<u8>();
+        // lane of block k (the inverse of OCT_LANES)
+        let v = |k: usize, lane: usize| _mm_loadu_si128(p.add(34 * k - 2 * lane).cast());
+        let t = _mm_blend_epi16::<0b0000_0010>(v(0, 0), v(2, 1));
+        let t = _mm_blend_epi16::<0b0000_0100>(t, v(4, 2));
+        let t = _mm_blend_epi16::<0b0000_1000>(t, v(6, 3));
+        let t = _mm_blend_epi16::<0b0001_0000>(t, v(1, 4));
+        let t = _mm_blend_epi16::<0b0010_0000>(t, v(3, 5));
+        let t = _mm_blend_epi16::<0b0100_0000>(t, v(5, 6));
+        _mm_blend_epi16::<0b1000_0000>(t, v(7, 7))
+    }
+}
+
+/// One octet of one row: `acc += scales · float(reduced lanes − corr)`. `lanes(k)` gives
+/// block k's integer dot as 8 i32 lanes (any split of its 32 products), `h` the 8 weight
+/// scales as halves in [`super::OCT_LANES`] order; the correction (Q4_0's `8·Σx`) is
+/// subtracted when `corr`. Two levels of `hadd` reduce the even blocks to one lane per
+/// (block, 128-bit half) and the odd blocks likewise; the halves are added across, so
+/// each lane holds one block's exact integer dot, converted once and scaled by its
+/// weight × activation scale in one FMA per 8 blocks. Requires AVX2, FMA and F16C.
+#[inline(always)]
+unsafe fn oct_step(
+    lanes: impl Fn(usize) -> __m256i,
+    h: __m128i,
+    o: &Q8Oct,
+    corr: bool,
+    acc: __m256,
+) -> __m256 {
+    // SAFETY: the caller guarantees the features; an oct is 32-byte aligned.
+    unsafe {
+        let even = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(lanes(0), lanes(2)),
+            _mm256_hadd_epi32(lanes(4), lanes(6)),
+        );
+        let odd = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(lanes(1), lanes(3)),
+            _mm256_hadd_epi32(lanes(5), lanes(7)),
+        );
+        // even = [0 2 4 6 | 0 2 4 6] (one lane per block and half), odd likewise
+        let mut z = _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(even, odd),
+            _mm256_permute2x128_si256::<0x31>(even, odd),
+        );
+        if corr {
+            z = _mm256_sub_epi32(z, _mm256_load_si256(o.corr.as_ptr().cast()));
+        }
+        let s = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_load_ps(o.scale.as_ptr()));
+        _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(z), acc)
+    }
+}
+
+/// Block `k` of the octet at `w`'s integer lanes against the activation block at `x`,
+/// for Q4_0 (unsigned nibbles, uncorrected).
+#[inline(always)]
+unsafe fn q4_oct_lanes(w: *const BlockQ4_0, x: *const BlockQ8_0, k: usize) -> __m256i {
+    // SAFETY: the caller guarantees AVX2 and blocks k of the octets at w and x.
     unsafe {
         let (mask, ones) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi16(1));
-        group4(
-            wb,
-            c,
-            q,
-            acc,
-            true,
-            |b, c| q4_lanes(b, c, mask, ones),
-            |b| b.d,
-        )
+        let c = _mm256_loadu_si256((*x.add(k)).qs.as_ptr().cast());
+        q4_lanes(&*w.add(k), c, mask, ones)
     }
 }
 
-/// [`group4`] for Q8_0 weights (signed bytes, sign trick).
+/// As [`q4_oct_lanes`] for Q8_0 weights (signed bytes, sign trick).
 #[inline(always)]
-unsafe fn q8_group(wb: &[BlockQ8_0], c: &[__m256i; 4], q: &Q8Quad, acc: __m256) -> __m256 {
-    // SAFETY: the caller's contract (see group4); a Q8_0 block holds 32 bytes.
+unsafe fn q8_oct_lanes(w: *const BlockQ8_0, x: *const BlockQ8_0, k: usize) -> __m256i {
+    // SAFETY: as q4_oct_lanes; a Q8_0 block holds 32 bytes.
     unsafe {
-        group4(
-            wb,
-            c,
-            q,
-            acc,
-            false,
-            |b, c| dot_i8x32(_mm256_loadu_si256(b.qs.as_ptr().cast()), c),
-            |b| b.d,
-        )
+        let a = _mm256_loadu_si256((*w.add(k)).qs.as_ptr().cast());
+        let c = _mm256_loadu_si256((*x.add(k)).qs.as_ptr().cast());
+        dot_i8x32(a, c)
     }
 }
 
-/// The grouped one-row driver: groups of 4 blocks through `group` (two accumulators,
-/// even and odd groups), the `len % 4` tail blocks through the per-block kernel `tail`.
-#[inline(always)]
-unsafe fn quads_dot<B>(
-    w: &[B],
-    x: &[BlockQ8_0],
-    quads: &[Q8Quad],
-    group: impl Fn(&[B], &[__m256i; 4], &Q8Quad, __m256) -> __m256,
-    tail: impl Fn(&[B], &[BlockQ8_0]) -> f32,
-) -> f32 {
-    let groups = w.len() / 4;
-    debug_assert!(x.len() >= w.len() && quads.len() >= groups);
-    // SAFETY: the features are the caller's; the index ranges are within the slices.
-    unsafe {
-        let (even, odd) = even_odd!(groups, _mm256_setzero_ps(), |g, acc| {
-            let xb = &x[4 * g..4 * g + 4];
-            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
-            group(&w[4 * g..4 * g + 4], &c, &quads[g], acc)
-        });
-        let t = tail(&w[4 * groups..], &x[4 * groups..w.len()]);
-        hsum(_mm256_add_ps(even, odd)) + t
-    }
-}
-
-/// [`quads_dot`] of four rows of equal length, each row's operations (and so its bits)
-/// those of the one-row driver; the activation vectors and quads are loaded once.
-#[inline(always)]
-unsafe fn quads_dot4<B>(
-    w: [&[B]; 4],
-    x: &[BlockQ8_0],
-    quads: &[Q8Quad],
-    group: impl Fn(&[B], &[__m256i; 4], &Q8Quad, __m256) -> __m256,
-    tail: impl Fn(&[B], &[BlockQ8_0]) -> f32,
-) -> [f32; 4] {
-    let n = w[0].len();
-    let groups = n / 4;
-    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && quads.len() >= groups);
-    // SAFETY: the features are the caller's; the index ranges are within the slices.
-    unsafe {
-        let (even, odd) = even_odd!(groups, [_mm256_setzero_ps(); 4], |g, mut acc| {
-            let xb = &x[4 * g..4 * g + 4];
-            let c = [0, 1, 2, 3].map(|k| _mm256_loadu_si256(xb[k].qs.as_ptr().cast()));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = group(&w[r][4 * g..4 * g + 4], &c, &quads[g], *a);
-            }
-            acc
-        });
-        [0, 1, 2, 3].map(|r| {
-            let t = tail(&w[r][4 * groups..], &x[4 * groups..n]);
-            hsum(_mm256_add_ps(even[r], odd[r])) + t
-        })
-    }
-}
-
-/// Q8_0 × Q8_0 over groups of 4 blocks, as [`dot_q4_0_q8_0_quads`] does for Q4_0 (only the
-/// quads' scales are used); the `len % 4` tail blocks go through [`dot_q8_0_q8_0`].
-/// Deterministic; [`dot4_q8_0_q8_0_quads`] gives the same bits.
+/// Q4_0 × Q8_0 over octets of 8 blocks ([`oct_step`]: one exact integer dot per block,
+/// one conversion, one F16C conversion of 8 weight scales and one FMA per octet), the
+/// weight stream prefetched [`PREFETCH_AHEAD`] bytes ahead; the `len % 8` tail blocks go
+/// through [`dot_q4_0_q8_0`]. Not bit-identical to the per-block kernels (lanes are summed
+/// in another order); deterministic, and [`dot4_q4_0_q8_0_octs`] gives the same bits.
 ///
 /// # Safety
-/// AVX2, FMA and F16C available; `x.len() >= w.len()` and `quads.len() >= w.len() / 4`.
+/// AVX2, FMA and F16C available; `x.len() >= w.len()` and `octs.len() >= w.len() / 8`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0_q8_0_quads(w: &[BlockQ8_0], x: &[BlockQ8_0], quads: &[Q8Quad]) -> f32 {
-    // SAFETY: the caller's contract.
+pub unsafe fn dot_q4_0_q8_0_octs(w: &[BlockQ4_0], x: &[BlockQ8_0], octs: &[Q8Oct]) -> f32 {
+    let n8 = w.len() / 8;
+    debug_assert!(x.len() >= w.len() && octs.len() >= n8);
+    // SAFETY: the features are the caller's; every index is below 8·n8 ≤ the lengths.
     unsafe {
-        quads_dot(
-            w,
-            x,
-            quads,
-            |b, c, q, a| q8_group(b, c, q, a),
-            |b, x| dot_q8_0_q8_0(b, x),
-        )
+        let mut acc = _mm256_setzero_ps();
+        for g in 0..n8 {
+            let p = w.as_ptr().add(8 * g);
+            prefetch_ahead(p.cast(), 8 * 18);
+            let xb = x.as_ptr().add(8 * g);
+            let lanes = |k| q4_oct_lanes(p, xb, k);
+            acc = oct_step(lanes, q4_oct_scales(p), &*octs.as_ptr().add(g), true, acc);
+        }
+        hsum(acc) + dot_q4_0_q8_0(&w[8 * n8..], &x[8 * n8..w.len()])
     }
 }
 
-/// [`dot_q8_0_q8_0_quads`] of four rows of equal length, each bit-identical to it.
+/// [`dot_q4_0_q8_0_octs`] for Q8_0 weights (no correction; the sign trick per block).
 ///
 /// # Safety
-/// As [`dot4_q4_0_q8_0_quads`].
+/// As [`dot_q4_0_q8_0_octs`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot4_q8_0_q8_0_quads(
-    w: [&[BlockQ8_0]; 4],
-    x: &[BlockQ8_0],
-    quads: &[Q8Quad],
-) -> [f32; 4] {
-    // SAFETY: the caller's contract.
+pub unsafe fn dot_q8_0_q8_0_octs(w: &[BlockQ8_0], x: &[BlockQ8_0], octs: &[Q8Oct]) -> f32 {
+    let n8 = w.len() / 8;
+    debug_assert!(x.len() >= w.len() && octs.len() >= n8);
+    // SAFETY: as dot_q4_0_q8_0_octs.
     unsafe {
-        quads_dot4(
-            w,
-            x,
-            quads,
-            |b, c, q, a| q8_group(b, c, q, a),
-            |b, x| dot_q8_0_q8_0(b, x),
-        )
+        let mut acc = _mm256_setzero_ps();
+        for g in 0..n8 {
+            let p = w.as_ptr().add(8 * g);
+            prefetch_ahead(p.cast(), 8 * 34);
+            let xb = x.as_ptr().add(8 * g);
+            let lanes = |k| q8_oct_lanes(p, xb, k);
+            acc = oct_step(lanes, q8_oct_scales(p), &*octs.as_ptr().add(g), false, acc);
+        }
+        hsum(acc) + dot_q8_0_q8_0(&w[8 * n8..], &x[8 * n8..w.len()])
     }
 }
 
-/// Q4_0 × Q8_0 over groups of 4 blocks: each block's unsigned-nibble integer dot (8 lanes)
-/// is reduced with two levels of `hadd` to one lane per (block, half), so the 4 blocks
-/// share one correction (`quads`' `8·Σx`), one int→float conversion, one vector of scale
-/// products (4 F16 weight scales converted at once) and one FMA — measured 1.4–1.8× faster
-/// than a per-block kernel. The `len % 4` tail blocks go through [`dot_q4_0_q8_0`]. Not
-/// bit-identical to the per-block kernels (the scales multiply sums of 16 products
-/// instead of 4); deterministic, and [`dot4_q4_0_q8_0_quads`] gives the same bits.
-///
-/// # Safety
-/// AVX2, FMA and F16C available; `x.len() >= w.len()` and `quads.len() >= w.len() / 4`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0_q8_0_quads(w: &[BlockQ4_0], x: &[BlockQ8_0], quads: &[Q8Quad]) -> f32 {
-    // SAFETY: the caller's contract.
-    unsafe {
-        quads_dot(
-            w,
-            x,
-            quads,
-            |b, c, q, a| q4_group(b, c, q, a),
-            |b, x| dot_q4_0_q8_0(b, x),
-        )
-    }
-}
-
-/// [`dot_q4_0_q8_0_quads`] of four rows of equal length, each bit-identical to it; the
-/// activation blocks and quads are loaded once for the four rows.
+/// [`dot_q4_0_q8_0_octs`] of four rows of equal length, each row's operations (and so
+/// its bits) those of the one-row kernel, without its prefetch (the four-row kernels serve
+/// matrices that fit the cache).
 ///
 /// # Safety
 /// AVX2, FMA and F16C available; the rows have equal lengths, `x` is at least as long and
-/// `quads` holds at least a quarter of it.
+/// `octs` holds at least an eighth of it.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot4_q4_0_q8_0_quads(
+pub unsafe fn dot4_q4_0_q8_0_octs(
     w: [&[BlockQ4_0]; 4],
     x: &[BlockQ8_0],
-    quads: &[Q8Quad],
+    octs: &[Q8Oct],
 ) -> [f32; 4] {
-    // SAFETY: the caller's contract.
+    let n = w[0].len();
+    let n8 = n / 8;
+    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && octs.len() >= n8);
+    // SAFETY: as dot_q4_0_q8_0_octs.
     unsafe {
-        quads_dot4(
-            w,
-            x,
-            quads,
-            |b, c, q, a| q4_group(b, c, q, a),
-            |b, x| dot_q4_0_q8_0(b, x),
-        )
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for g in 0..n8 {
+            for (r, a) in acc.iter_mut().enumerate() {
+                let (p, xb) = (w[r].as_ptr().add(8 * g), x.as_ptr().add(8 * g));
+                let lanes = |k| q4_oct_lanes(p, xb, k);
+                *a = oct_step(lanes, q4_oct_scales(p), &*octs.as_ptr().add(g), true, *a);
+            }
+        }
+        [0, 1, 2, 3].map(|r| hsum(acc[r]) + dot_q4_0_q8_0(&w[r][8 * n8..], &x[8 * n8..n]))
+    }
+}
+
+/// [`dot_q8_0_q8_0_octs`] of four rows of equal length, each bit-identical to it.
+///
+/// # Safety
+/// As [`dot4_q4_0_q8_0_octs`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_q8_0_q8_0_octs(
+    w: [&[BlockQ8_0]; 4],
+    x: &[BlockQ8_0],
+    octs: &[Q8Oct],
+) -> [f32; 4] {
+    let n = w[0].len();
+    let n8 = n / 8;
+    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && octs.len() >= n8);
+    // SAFETY: as dot_q4_0_q8_0_octs.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for g in 0..n8 {
+            for (r, a) in acc.iter_mut().enumerate() {
+                let (p, xb) = (w[r].as_ptr().add(8 * g), x.as_ptr().add(8 * g));
+                let lanes = |k| q8_oct_lanes(p, xb, k);
+                *a = oct_step(lanes, q8_oct_scales(p), &*octs.as_ptr().add(g), false, *a);
+            }
+        }
+        [0, 1, 2, 3].map(|r| hsum(acc[r]) + dot_q8_0_q8_0(&w[r][8 * n8..], &x[8 * n8..n]))
     }
 }
 

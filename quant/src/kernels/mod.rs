@@ -135,30 +135,36 @@ pub fn dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     acc
 }
 
-/// What the grouped Q4_0 × Q8_0 kernel ([`avx2::dot_q4_0_q8_0_quads`]) reuses across the
-/// weight rows of one product, per group of 4 consecutive activation blocks `a, b, c, d`:
-/// `8 ×` the sum of each block's first and second 16 values, laid out as the kernel's
-/// reduced lanes `[a₀, b₀, c₀, d₀, a₁, b₁, c₁, d₁]`, and the 4 block scales as f32.
+/// The order of an octet's blocks in the grouped kernels' reduced lanes
+/// ([`avx2::dot_q4_0_q8_0_octs`]): lane `l` holds block `OCT_LANES[l]` of the 8 — the even
+/// blocks are reduced into lanes 0..4 and the odd ones into 4..8, which saves a shuffle.
+pub const OCT_LANES: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// What the grouped Q4_0/Q8_0 × Q8_0 kernels ([`avx2::dot_q4_0_q8_0_octs`],
+/// [`avx2::dot_q8_0_q8_0_octs`]) reuse across the weight rows of one product, per group of
+/// 8 consecutive activation blocks ("octet"), in the kernels' lane order [`OCT_LANES`]:
+/// `8 ×` the sum of each block's 32 values (Q4_0's correction for its offset of 8) and the
+/// block scales as f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[repr(C, align(32))]
-pub struct Q8Quad {
-    /// `8 × Σ x[0..16]` of blocks a..d, then `8 × Σ x[16..32]` of blocks a..d.
+pub struct Q8Oct {
+    /// `8 × Σ x` of block `OCT_LANES[l]` in lane `l`.
     pub corr: [i32; 8],
-    /// The 4 blocks' scales `d` as f32.
-    pub scale: [f32; 4],
+    /// The scale `d` of block `OCT_LANES[l]` as f32 in lane `l`.
+    pub scale: [f32; 8],
 }
 
-/// [`Q8Quad`]s of `x`, one per whole group of 4 blocks (`out.len() == x.len() / 4`; the
-/// last `x.len() % 4` blocks have none).
-pub fn q8_quads(x: &[BlockQ8_0], out: &mut [Q8Quad]) {
-    for (g, o) in x.chunks_exact(4).zip(out.iter_mut()) {
-        for (k, b) in g.iter().enumerate() {
-            let half = |r: core::ops::Range<usize>| -> i32 {
-                8 * b.qs[r].iter().map(|&v| i32::from(v)).sum::<i32>()
-            };
-            o.corr[k] = half(0..16);
-            o.corr[4 + k] = half(16..32);
-            o.scale[k] = b.d.to_f32();
+/// Blocks per [`Q8Oct`].
+pub const OCT: usize = 8;
+
+/// [`Q8Oct`]s of `x`, one per whole group of 8 blocks (`out.len() == x.len() / 8`; the
+/// last `x.len() % 8` blocks have none).
+pub fn q8_octs(x: &[BlockQ8_0], out: &mut [Q8Oct]) {
+    for (g, o) in x.chunks_exact(OCT).zip(out.iter_mut()) {
+        for (l, &k) in OCT_LANES.iter().enumerate() {
+            let b = &g[k];
+            o.corr[l] = 8 * b.qs.iter().map(|&v| i32::from(v)).sum::<i32>();
+            o.scale[l] = b.d.to_f32();
         }
     }
 }
@@ -523,9 +529,10 @@ pub(crate) mod tests {
         }
     }
 
-    /// The grouped Q4_0 and Q8_0 kernels ([`avx2::dot_q4_0_q8_0_quads`],
-    /// [`avx2::dot_q8_0_q8_0_quads`]) against the scalar reference on ragged block counts (tails of 0–3 blocks) and saturated values; its
-    /// 4-row form gives every row the same bits; its activation quads are their definition.
+    /// The grouped Q4_0 and Q8_0 kernels ([`avx2::dot_q4_0_q8_0_octs`],
+    /// [`avx2::dot_q8_0_q8_0_octs`]) against the scalar reference on ragged block counts
+    /// (0–26 blocks: tails of 0–7 after the octets) and saturated values; the 4-row forms
+    /// give every row the same bits; the activation octs are their definition.
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     #[test]
     fn grouped_kernels_match_the_scalar_reference() {
@@ -542,20 +549,18 @@ pub(crate) mod tests {
                 ws.iter_mut().for_each(|v| *v = -v.signum());
             }
             let (x, w) = (q8(&xs), q4(&ws));
-            let mut quads = vec![Q8Quad::default(); x.len() / 4];
-            q8_quads(&x, &mut quads);
-            for (g, q) in quads.iter().enumerate() {
-                for k in 0..4 {
-                    let b = &x[4 * g + k];
-                    let sum = |r: core::ops::Range<usize>| -> i32 {
-                        r.map(|i| 8 * i32::from(b.qs[i])).sum()
-                    };
-                    assert_eq!((q.corr[k], q.corr[4 + k]), (sum(0..16), sum(16..32)));
-                    assert_eq!(q.scale[k], b.d.to_f32());
+            let mut octs = vec![Q8Oct::default(); x.len() / 8];
+            q8_octs(&x, &mut octs);
+            for (g, o) in octs.iter().enumerate() {
+                for (l, &k) in OCT_LANES.iter().enumerate() {
+                    let b = &x[8 * g + k];
+                    let sum: i32 = b.qs.iter().map(|&v| 8 * i32::from(v)).sum();
+                    assert_eq!(o.corr[l], sum);
+                    assert_eq!(o.scale[l], b.d.to_f32());
                 }
             }
             // SAFETY: the features were detected above; equal block counts.
-            let got = unsafe { avx2::dot_q4_0_q8_0_quads(&w, &x, &quads) };
+            let got = unsafe { avx2::dot_q4_0_q8_0_octs(&w, &x, &octs) };
             let want = dot_q4_0_q8_0(&w, &x);
             // the 4-row kernel gives each row the 1-row kernel's bits
             let rows: Vec<Vec<BlockQ4_0>> = (0..4u64)
@@ -569,17 +574,17 @@ pub(crate) mod tests {
                 .collect();
             // SAFETY: as above.
             let four = unsafe {
-                avx2::dot4_q4_0_q8_0_quads([&rows[0], &rows[1], &rows[2], &rows[3]], &x, &quads)
+                avx2::dot4_q4_0_q8_0_octs([&rows[0], &rows[1], &rows[2], &rows[3]], &x, &octs)
             };
             for (r, row) in rows.iter().enumerate() {
                 // SAFETY: as above.
-                let one = unsafe { avx2::dot_q4_0_q8_0_quads(row, &x, &quads) };
+                let one = unsafe { avx2::dot_q4_0_q8_0_octs(row, &x, &octs) };
                 assert_eq!(four[r].to_bits(), one.to_bits(), "seed {seed} row {r}");
             }
             // the same for Q8_0 weights
             let w8 = q8(&ws);
             // SAFETY: as above.
-            let got8 = unsafe { avx2::dot_q8_0_q8_0_quads(&w8, &x, &quads) };
+            let got8 = unsafe { avx2::dot_q8_0_q8_0_octs(&w8, &x, &octs) };
             let want8 = dot_q8_0_q8_0(&w8, &x);
             let scale8: f32 = w8
                 .iter()
@@ -601,11 +606,11 @@ pub(crate) mod tests {
                 .collect();
             // SAFETY: as above.
             let four8 = unsafe {
-                avx2::dot4_q8_0_q8_0_quads([&rows8[0], &rows8[1], &rows8[2], &rows8[3]], &x, &quads)
+                avx2::dot4_q8_0_q8_0_octs([&rows8[0], &rows8[1], &rows8[2], &rows8[3]], &x, &octs)
             };
             for (r, row) in rows8.iter().enumerate() {
                 // SAFETY: as above.
-                let one = unsafe { avx2::dot_q8_0_q8_0_quads(row, &x, &quads) };
+                let one = unsafe { avx2::dot_q8_0_q8_0_octs(row, &x, &octs) };
                 assert_eq!(four8[r].to_bits(), one.to_bits(), "q8 seed {seed} row {r}");
             }
             let scale: f32 = w

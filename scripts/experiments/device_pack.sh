@@ -6,8 +6,10 @@
 # benchmark, stripped, with data/kjv.txt, in .dev/bins.tar.xz (about 13 MB; .gitignore
 # keeps .dev/ out of git). The binaries keep the absolute paths of this checkout
 # that `env!` compiled into them (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_modula); the device
-# script maps that path onto its own copy of the tree.
-# Usage: bash scripts/experiments/device_pack.sh
+# script maps that path onto its own copy of the tree. With OLD_BENCH set to another
+# build of the kernels_linear benchmark (an earlier commit's), that one travels too, as
+# kernels_linear_old, for the device script's interleaved old/new comparison.
+# Usage: [OLD_BENCH=path] bash scripts/experiments/device_pack.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -52,6 +54,7 @@ done <"$stage/tests.txt"
 cp target/debug/modula "$stage/bin/modula-debug"   # CARGO_BIN_EXE_modula of the CLI tests
 cp target/release/modula "$stage/bin/modula"
 cp "$bench" "$stage/bin/kernels_linear"
+if [ -n "${OLD_BENCH:-}" ]; then cp "$OLD_BENCH" "$stage/bin/kernels_linear_old"; fi
 strip "$stage"/bin/*
 cp data/kjv.txt "$stage/kjv.txt"
 echo "$root $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)" >"$stage/origin.txt"

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Runs, on another x86-64 machine without a Rust toolchain, the binaries that
 # scripts/experiments/device_pack.sh built here (carried in .dev/): what the CPU has, every
-# test of the workspace with the AVX-512 VNNI kernels (MODULA_SIMD=avx512-vnni; they are
-# opt-in) and the core and quant tests with the BW ones (MODULA_SIMD=avx512), the AVX2 and
-# AVX-512 row kernels side by side in one process and the dispatched products under the
-# default (AVX2) vs MODULA_SIMD=avx512-vnni, steady-state decode of the three memory-bound
-# kinds under both, and the `gpu` feature's tests on the machine's GPU through Vulkan
+# test of the workspace with the default kernels (AVX2 on an AVX-512 CPU: AVX-512 is
+# opt-in) and the core and quant tests with the AVX-512 VNNI and BW ones
+# (MODULA_SIMD=avx512-vnni, avx512), the AVX2 and AVX-512 row kernels side by side in one
+# process, the dispatched products with the F32 product and the read baseline as the
+# bandwidth bound (interleaved with an earlier build, kernels_linear_old, when one was
+# packed), steady-state decode of the three memory-bound kinds, and the `gpu` feature's
+# tests on the machine's GPU through Vulkan
 # (Vulkan and GL loader packages in .gl/, see the device README: libvulkan1 alone was not
 # enough on the H200 machine — NVIDIA's ICD, libGLX_nvidia, could not hand out
 # vkCreateInstance; fetch the README's whole list, libglvnd0 etc.) when one is there.
 # Usage (repo root): bash scripts/experiments/device_x86.sh [STAGES] [ROUNDS]
 #   STAGES: any of cpu,tests,bench,decode,gpu (default all); ROUNDS: bench/decode rounds (1)
+#   DECODE_SIMD: the MODULA_SIMD values decode runs under (default: "default" only)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 stages=${1:-cpu,tests,bench,decode,gpu}
@@ -56,21 +59,29 @@ run_tests() { # $1: label, $2: regex of the binaries to run; environment from th
   fails=$((fails + bad))
 }
 if has tests; then
-  say "every test with the AVX-512 VNNI kernels, the core and quant tests with the BW ones"
-  MODULA_SIMD=avx512-vnni run_tests avx512vnni .
+  say "every test with the default kernels, the core and quant tests with the AVX-512 ones"
+  run_tests default .
+  MODULA_SIMD=avx512-vnni run_tests avx512vnni 'modula_(core|quant)$'
   MODULA_SIMD=avx512 run_tests avx512bw 'modula_(core|quant)$'
 fi
 
-bench() { kernels_linear --bench "$1" --warm-up-time 1 --output-format bencher 2>&1 | grep '^test '; }
+bench() { # $1: binary, $2: filter
+  "$1" --bench "$2" --warm-up-time 1 --output-format bencher 2>&1 | grep '^test '
+}
 if has bench; then
   rows='rows_4096x4096_q'
-  disp='gemv_4096x4096_(q8_0|q4_0)/m1/avx2|gemv_16384x4096_q4_0/m1/avx2|dequantise_1024x4096_(q8_0|q4_0)/rows/avx2'
+  disp='gemv_4096x4096_(f32|q8_0|q4_0)/m1/avx2|gemv_16384x4096_q4_0/m1/avx2|membw_64MiB/read$'
   say "bench: row kernels side by side (one process, one thread)"
-  RAYON_NUM_THREADS=1 bench "$rows"
+  RAYON_NUM_THREADS=1 bench kernels_linear "$rows"
+  builds=(kernels_linear)
+  [ -x "$d/bin/kernels_linear_old" ] && builds=(kernels_linear_old kernels_linear)
   for r in $(seq "$rounds"); do
-    say "bench round $r: default"; RAYON_NUM_THREADS=1 bench "$disp"
-    say "bench round $r: MODULA_SIMD=avx512-vnni"
-    RAYON_NUM_THREADS=1 MODULA_SIMD=avx512-vnni bench "$disp"
+    for b in "${builds[@]}"; do
+      say "bench round $r: $b, 1 thread"; RAYON_NUM_THREADS=1 bench "$b" "$disp"
+    done
+  done
+  for b in "${builds[@]}"; do
+    say "bench: $b, 4 threads"; RAYON_NUM_THREADS=4 bench "$b" "$disp"
   done
 fi
 
@@ -83,7 +94,7 @@ if has decode; then
     modula train "${common[@]}" --arch seqboat --out /tmp/sb.gguf >/dev/null || fails=$((fails + 1))
   for r in $(seq "$rounds"); do
     for model in big mf sb; do
-      for simd in default avx512-vnni; do
+      for simd in ${DECODE_SIMD:-default}; do
         env=(); [ $simd != default ] && env=(MODULA_SIMD=$simd)
         echo "$model $simd round $r: $(env "${env[@]}" modula bench --model /tmp/$model.gguf \
           --types file,q8_0,q4_0 --rounds 5 --prompt 16 --tokens 48 --threads 1 2>&1 |
@@ -107,7 +118,9 @@ if has gpu; then
   [ -n "$icd" ] && cat "$icd"
   echo "ICD: $icd"
   dir=$(awk '$1 == "test-gpu-feature" {print $2}' "$d/manifest.txt")
+  egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
   if (cd "$dir" && VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd WGPU_BACKEND=vulkan VK_LOADER_DEBUG=error \
+    __EGL_VENDOR_LIBRARY_FILENAMES=$egl \
     REQUIRE_GPU_ADAPTER=1 timeout 300 "$OLDPWD/$d/bin/test-gpu-feature" --nocapture 2>&1 |
     tail -60); then :; else fails=$((fails + 1)); fi
 fi

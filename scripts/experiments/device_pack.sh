@@ -8,8 +8,10 @@
 # that `env!` compiled into them (CARGO_MANIFEST_DIR, CARGO_BIN_EXE_modula); the device
 # script maps that path onto its own copy of the tree. With OLD_BENCH set to another
 # build of the kernels_linear benchmark (an earlier commit's), that one travels too, as
-# kernels_linear_old, for the device script's interleaved old/new comparison.
-# Usage: [OLD_BENCH=path] bash scripts/experiments/device_pack.sh
+# kernels_linear_old, for the device script's interleaved old/new comparison; with
+# GPU_MODULA=1 a release `modula` built with `--features gpu` travels as modula-gpu (for
+# scripts/experiments/device_gpu_train.sh).
+# Usage: [OLD_BENCH=path] [GPU_MODULA=1] bash scripts/experiments/device_pack.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -55,6 +57,10 @@ cp target/debug/modula "$stage/bin/modula-debug"   # CARGO_BIN_EXE_modula of the
 cp target/release/modula "$stage/bin/modula"
 cp "$bench" "$stage/bin/kernels_linear"
 if [ -n "${OLD_BENCH:-}" ]; then cp "$OLD_BENCH" "$stage/bin/kernels_linear_old"; fi
+if [ -n "${GPU_MODULA:-}" ]; then
+  cargo build --release -q -p edge-demo --features gpu --target-dir target/gpu-release
+  cp target/gpu-release/release/modula "$stage/bin/modula-gpu"
+fi
 strip "$stage"/bin/*
 cp data/kjv.txt "$stage/kjv.txt"
 echo "$root $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)" >"$stage/origin.txt"

@@ -529,7 +529,7 @@ unsafe fn q8_oct_lanes(w: *const BlockQ8_0, x: *const BlockQ8_0, k: usize) -> __
     }
 }
 
-/// Q4_0 × Q8_0 over octets of 8 blocks ([`oct_step`]: one exact integer dot per block,
+/// Q4_0 × Q8_0 over octets of 8 blocks (one exact integer dot per block,
 /// one conversion, one F16C conversion of 8 weight scales and one FMA per octet), the
 /// weight stream prefetched [`PREFETCH_AHEAD`] bytes ahead; the `len % 8` tail blocks go
 /// through [`dot_q4_0_q8_0`]. Not bit-identical to the per-block kernels (lanes are summed

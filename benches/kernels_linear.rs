@@ -115,7 +115,7 @@ fn row_kernels_x86(
     let nb = xq.len();
     let bw = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
     let vnni = bw && has!("avx512vnni");
-    let mut octs = vec![Q8Oct::default(); nb / 8];
+    let mut octs = vec![Q8Oct::default(); nb.div_ceil(8)];
     q8_octs(xq, &mut octs);
     type Q8Fn = unsafe fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32;
     type Q4Fn = unsafe fn(&[BlockQ4_0], &[BlockQ8_0]) -> f32;
@@ -314,7 +314,7 @@ fn gemv(c: &mut Criterion) {
         });
         g.bench_function("grouped_by_8", |bch| {
             bch.iter(|| {
-                let mut octs = vec![Q8Oct::default(); nb / 8];
+                let mut octs = vec![Q8Oct::default(); nb.div_ceil(8)];
                 q8_octs(black_box(&xq), &mut octs);
                 for (j, row) in q4.chunks_exact(nb).enumerate() {
                     // SAFETY: as above.

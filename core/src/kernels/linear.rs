@@ -686,21 +686,22 @@ fn skinny_quant(
             ok &=
                 modula_quant::quantize::quantize_row_q8_0(r, &mut xq[i * nb..(i + 1) * nb]).is_ok();
         }
-        // AVX2: each activation row's octs (sums and scales of 8 blocks) once, for the
-        // grouped kernels (measured 1.4-1.8x faster than one block at a time for Q4_0)
+        // AVX2: each activation row's octs (sums and scales of 8 blocks, the last octet
+        // padded) once, for the grouped kernels (docs/kernels.md); up to 64 on the stack
+        // (4 KiB, as many bytes as the 4-block quads they replaced)
         let want_octs = want_octs(isa);
-        let nq = nb / 8;
+        let nq = nb.div_ceil(8);
         let mut octs_small;
         let mut octs_stack;
         let mut octs_heap = alloc::vec::Vec::new();
         let octs: &mut [Q8Oct] = if !want_octs {
             &mut []
-        } else if m * nq <= SMALL_BLOCKS / 8 {
-            octs_small = [Q8Oct::default(); SMALL_BLOCKS / 8];
+        } else if m * nq <= SMALL_BLOCKS / 4 {
+            octs_small = [Q8Oct::default(); SMALL_BLOCKS / 4];
             &mut octs_small[..m * nq]
-        } else if m * nq <= STACK_BLOCKS / 8 {
+        } else if m * nq <= STACK_BLOCKS / 4 {
             // on the stack like the activation blocks: decode steps allocate nothing
-            octs_stack = [Q8Oct::default(); STACK_BLOCKS / 8];
+            octs_stack = [Q8Oct::default(); STACK_BLOCKS / 4];
             &mut octs_stack[..m * nq]
         } else {
             octs_heap.resize(m * nq, Q8Oct::default());
@@ -741,7 +742,7 @@ fn skinny_prequant(
     ldy: usize,
 ) {
     let nb = w.cols / QB;
-    let nq = nb / 8;
+    let nq = nb.div_ceil(8);
     let octs_of = |i: usize| octs.map(|q| &q[i * nq..(i + 1) * nq]);
     // four weight rows at a time where a 4-row kernel exists (each row's result is
     // bit-identical to the one-row kernel's), the rest one by one
@@ -801,7 +802,7 @@ impl QuantizedRow {
         };
         Self {
             blocks: alloc::vec![zero; nb],
-            octs: alloc::vec![Q8Oct::default(); nb / 8],
+            octs: alloc::vec![Q8Oct::default(); nb.div_ceil(8)],
             ..Self::default()
         }
     }
@@ -809,7 +810,7 @@ impl QuantizedRow {
     /// The heap of [`QuantizedRow::with_len`]`(k)`.
     pub fn heap_bytes(k: usize) -> usize {
         let nb = k / QB;
-        nb * core::mem::size_of::<BlockQ8_0>() + nb / 8 * core::mem::size_of::<Q8Oct>()
+        nb * core::mem::size_of::<BlockQ8_0>() + nb.div_ceil(8) * core::mem::size_of::<Q8Oct>()
     }
 
     /// The heap it holds now.
@@ -839,7 +840,7 @@ impl QuantizedRow {
         let want_octs = want_octs(isa);
         self.octs.clear();
         if self.ok && want_octs {
-            self.octs.resize(nb / 8, Q8Oct::default());
+            self.octs.resize(nb.div_ceil(8), Q8Oct::default());
             modula_quant::kernels::q8_octs(&self.blocks, &mut self.octs);
         }
     }
@@ -1727,7 +1728,7 @@ mod tests {
                 linear_mode(Isa::Avx2, true, &x, k, m, &w, None, &mut got, n).unwrap();
                 for i in 0..m {
                     let (xq, _) = quantised(&x[i * k..(i + 1) * k], false);
-                    let mut octs = vec![Q8Oct::default(); kb / 8];
+                    let mut octs = vec![Q8Oct::default(); kb.div_ceil(8)];
                     modula_quant::kernels::q8_octs(&xq, &mut octs);
                     for j in 0..n {
                         let rows = j * kb..(j + 1) * kb;
@@ -1736,7 +1737,7 @@ mod tests {
                         // grouped AVX2 one
                         let level = isa::avx512();
                         // SAFETY: AVX2 checked above, AVX-512 by `isa::avx512`; kb blocks
-                        // each, kb / 8 octs.
+                        // each, kb.div_ceil(8) octs.
                         let (want, blockwise) = unsafe {
                             if q4 {
                                 let row = &b4[rows];

@@ -529,29 +529,101 @@ unsafe fn q8_oct_lanes(w: *const BlockQ8_0, x: *const BlockQ8_0, k: usize) -> __
     }
 }
 
-/// Q4_0 × Q8_0 over octets of 8 blocks (one exact integer dot per block,
-/// one conversion, one F16C conversion of 8 weight scales and one FMA per octet), the
-/// weight stream prefetched [`PREFETCH_AHEAD`] bytes ahead; the `len % 8` tail blocks go
-/// through [`dot_q4_0_q8_0`]. Not bit-identical to the per-block kernels (lanes are summed
-/// in another order); deterministic, and [`dot4_q4_0_q8_0_octs`] gives the same bits.
+/// The weight scales of a last, partial octet of `rem < 8` blocks at `p` as 8 halves in
+/// [`super::OCT_LANES`] order, zero for the missing blocks (read one by one: nothing past
+/// the row's end is touched).
+#[inline(always)]
+unsafe fn partial_oct_scales<B>(p: *const B, rem: usize, d: impl Fn(&B) -> f16) -> __m128i {
+    let mut h = [0u16; 8];
+    for (l, &k) in super::OCT_LANES.iter().enumerate() {
+        if k < rem {
+            // SAFETY: the caller guarantees `rem` blocks at p.
+            h[l] = d(unsafe { &*p.add(k) }).to_bits();
+        }
+    }
+    // SAFETY: SSE2 (baseline); 16 bytes from a local array.
+    unsafe { _mm_loadu_si128(h.as_ptr().cast()) }
+}
+
+/// An all-zero integer vector (a function, not the intrinsic, where a closure needs one:
+/// the intrinsic would not inline into a closure, which lacks the kernel's features).
+#[inline(always)]
+fn zero_i() -> __m256i {
+    // SAFETY: only reached from the AVX2 kernels' drivers (inlined under their features).
+    unsafe { _mm256_setzero_si256() }
+}
+
+/// The octet driver for `R` rows of equal length `n` (the 1-row kernels and their 4-row
+/// forms): per octet and row, `lanes(row, k)` block k's integer lanes, `scales` the 8
+/// weight scales of a whole octet, `d` one block's scale; the last `n % 8` blocks are a
+/// partial octet (missing blocks: zero lanes, zero scales; the padded [`Q8Oct`] has zero
+/// sums and scales there), so every row length runs the octet arithmetic and a row's
+/// bits do not depend on `R`. `PF`: prefetch the weight stream ([`PREFETCH_AHEAD`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn octs_dot<B, const R: usize, const PF: bool>(
+    w: [&[B]; R],
+    x: &[BlockQ8_0],
+    octs: &[Q8Oct],
+    corr: bool,
+    lanes: impl Fn(*const B, *const BlockQ8_0, usize) -> __m256i,
+    scales: impl Fn(*const B) -> __m128i,
+    d: impl Fn(&B) -> f16 + Copy,
+) -> [f32; R] {
+    let n = w[0].len();
+    let (n8, rem) = (n / 8, n % 8);
+    debug_assert!(w.iter().all(|r| r.len() == n));
+    debug_assert!(x.len() >= n && octs.len() >= n.div_ceil(8));
+    // SAFETY: the features are the caller's; block indices stay below n ≤ every length
+    // and octet indices below n.div_ceil(8) ≤ octs.len().
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for g in 0..n8 {
+            let xb = x.as_ptr().add(8 * g);
+            let o = &*octs.as_ptr().add(g);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = w[r].as_ptr().add(8 * g);
+                if PF {
+                    prefetch_ahead(p.cast(), 8 * core::mem::size_of::<B>());
+                }
+                *a = oct_step(|k| lanes(p, xb, k), scales(p), o, corr, *a);
+            }
+        }
+        if rem > 0 {
+            let xb = x.as_ptr().add(8 * n8);
+            let o = &*octs.as_ptr().add(n8);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = w[r].as_ptr().add(8 * n8);
+                let part = |k| if k < rem { lanes(p, xb, k) } else { zero_i() };
+                *a = oct_step(part, partial_oct_scales(p, rem, d), o, corr, *a);
+            }
+        }
+        acc.map(|a| hsum(a))
+    }
+}
+
+/// Q4_0 × Q8_0 over octets of 8 blocks (one exact integer dot per block, one
+/// conversion, one F16C conversion of 8 weight scales and one FMA per octet; a last
+/// partial octet padded), the weight stream prefetched [`PREFETCH_AHEAD`] bytes ahead.
+/// Not bit-identical to the per-block kernels (lanes are summed in another order);
+/// deterministic, and [`dot4_q4_0_q8_0_octs`] gives the same bits.
 ///
 /// # Safety
-/// AVX2, FMA and F16C available; `x.len() >= w.len()` and `octs.len() >= w.len() / 8`.
+/// AVX2, FMA and F16C available; `x.len() >= w.len()` and `octs.len() >=
+/// w.len().div_ceil(8)` ([`super::q8_octs`] of `x`, padded last octet included).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_0_q8_0_octs(w: &[BlockQ4_0], x: &[BlockQ8_0], octs: &[Q8Oct]) -> f32 {
-    let n8 = w.len() / 8;
-    debug_assert!(x.len() >= w.len() && octs.len() >= n8);
-    // SAFETY: the features are the caller's; every index is below 8·n8 ≤ the lengths.
+    // SAFETY: the caller's contract.
     unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for g in 0..n8 {
-            let p = w.as_ptr().add(8 * g);
-            prefetch_ahead(p.cast(), 8 * 18);
-            let xb = x.as_ptr().add(8 * g);
-            let lanes = |k| q4_oct_lanes(p, xb, k);
-            acc = oct_step(lanes, q4_oct_scales(p), &*octs.as_ptr().add(g), true, acc);
-        }
-        hsum(acc) + dot_q4_0_q8_0(&w[8 * n8..], &x[8 * n8..w.len()])
+        octs_dot::<_, 1, true>(
+            [w],
+            x,
+            octs,
+            true,
+            |p, x, k| q4_oct_lanes(p, x, k),
+            |p| q4_oct_scales(p),
+            |b| b.d,
+        )[0]
     }
 }
 
@@ -561,19 +633,17 @@ pub unsafe fn dot_q4_0_q8_0_octs(w: &[BlockQ4_0], x: &[BlockQ8_0], octs: &[Q8Oct
 /// As [`dot_q4_0_q8_0_octs`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_q8_0_octs(w: &[BlockQ8_0], x: &[BlockQ8_0], octs: &[Q8Oct]) -> f32 {
-    let n8 = w.len() / 8;
-    debug_assert!(x.len() >= w.len() && octs.len() >= n8);
-    // SAFETY: as dot_q4_0_q8_0_octs.
+    // SAFETY: the caller's contract.
     unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for g in 0..n8 {
-            let p = w.as_ptr().add(8 * g);
-            prefetch_ahead(p.cast(), 8 * 34);
-            let xb = x.as_ptr().add(8 * g);
-            let lanes = |k| q8_oct_lanes(p, xb, k);
-            acc = oct_step(lanes, q8_oct_scales(p), &*octs.as_ptr().add(g), false, acc);
-        }
-        hsum(acc) + dot_q8_0_q8_0(&w[8 * n8..], &x[8 * n8..w.len()])
+        octs_dot::<_, 1, true>(
+            [w],
+            x,
+            octs,
+            false,
+            |p, x, k| q8_oct_lanes(p, x, k),
+            |p| q8_oct_scales(p),
+            |b| b.d,
+        )[0]
     }
 }
 
@@ -583,27 +653,24 @@ pub unsafe fn dot_q8_0_q8_0_octs(w: &[BlockQ8_0], x: &[BlockQ8_0], octs: &[Q8Oct
 ///
 /// # Safety
 /// AVX2, FMA and F16C available; the rows have equal lengths, `x` is at least as long and
-/// `octs` holds at least an eighth of it.
+/// `octs` holds its [`super::q8_octs`] (an eighth of it, rounded up).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot4_q4_0_q8_0_octs(
     w: [&[BlockQ4_0]; 4],
     x: &[BlockQ8_0],
     octs: &[Q8Oct],
 ) -> [f32; 4] {
-    let n = w[0].len();
-    let n8 = n / 8;
-    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && octs.len() >= n8);
-    // SAFETY: as dot_q4_0_q8_0_octs.
+    // SAFETY: the caller's contract.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for g in 0..n8 {
-            for (r, a) in acc.iter_mut().enumerate() {
-                let (p, xb) = (w[r].as_ptr().add(8 * g), x.as_ptr().add(8 * g));
-                let lanes = |k| q4_oct_lanes(p, xb, k);
-                *a = oct_step(lanes, q4_oct_scales(p), &*octs.as_ptr().add(g), true, *a);
-            }
-        }
-        [0, 1, 2, 3].map(|r| hsum(acc[r]) + dot_q4_0_q8_0(&w[r][8 * n8..], &x[8 * n8..n]))
+        octs_dot::<_, 4, false>(
+            w,
+            x,
+            octs,
+            true,
+            |p, x, k| q4_oct_lanes(p, x, k),
+            |p| q4_oct_scales(p),
+            |b| b.d,
+        )
     }
 }
 
@@ -617,20 +684,17 @@ pub unsafe fn dot4_q8_0_q8_0_octs(
     x: &[BlockQ8_0],
     octs: &[Q8Oct],
 ) -> [f32; 4] {
-    let n = w[0].len();
-    let n8 = n / 8;
-    debug_assert!(w.iter().all(|r| r.len() == n) && x.len() >= n && octs.len() >= n8);
-    // SAFETY: as dot_q4_0_q8_0_octs.
+    // SAFETY: the caller's contract.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for g in 0..n8 {
-            for (r, a) in acc.iter_mut().enumerate() {
-                let (p, xb) = (w[r].as_ptr().add(8 * g), x.as_ptr().add(8 * g));
-                let lanes = |k| q8_oct_lanes(p, xb, k);
-                *a = oct_step(lanes, q8_oct_scales(p), &*octs.as_ptr().add(g), false, *a);
-            }
-        }
-        [0, 1, 2, 3].map(|r| hsum(acc[r]) + dot_q8_0_q8_0(&w[r][8 * n8..], &x[8 * n8..n]))
+        octs_dot::<_, 4, false>(
+            w,
+            x,
+            octs,
+            false,
+            |p, x, k| q8_oct_lanes(p, x, k),
+            |p| q8_oct_scales(p),
+            |b| b.d,
+        )
     }
 }
 

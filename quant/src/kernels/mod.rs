@@ -157,14 +157,17 @@ pub struct Q8Oct {
 /// Blocks per [`Q8Oct`].
 pub const OCT: usize = 8;
 
-/// [`Q8Oct`]s of `x`, one per whole group of 8 blocks (`out.len() == x.len() / 8`; the
-/// last `x.len() % 8` blocks have none).
+/// [`Q8Oct`]s of `x`, one per group of 8 blocks, the last group padded
+/// (`out.len() == x.len().div_ceil(8)`): lanes of blocks past the end of `x` hold sum 0 and
+/// scale 0, so the kernels run a last partial octet like a whole one.
 pub fn q8_octs(x: &[BlockQ8_0], out: &mut [Q8Oct]) {
-    for (g, o) in x.chunks_exact(OCT).zip(out.iter_mut()) {
+    for (g, o) in x.chunks(OCT).zip(out.iter_mut()) {
+        *o = Q8Oct::default();
         for (l, &k) in OCT_LANES.iter().enumerate() {
-            let b = &g[k];
-            o.corr[l] = 8 * b.qs.iter().map(|&v| i32::from(v)).sum::<i32>();
-            o.scale[l] = b.d.to_f32();
+            if let Some(b) = g.get(k) {
+                o.corr[l] = 8 * b.qs.iter().map(|&v| i32::from(v)).sum::<i32>();
+                o.scale[l] = b.d.to_f32();
+            }
         }
     }
 }
@@ -531,8 +534,8 @@ pub(crate) mod tests {
 
     /// The grouped Q4_0 and Q8_0 kernels ([`avx2::dot_q4_0_q8_0_octs`],
     /// [`avx2::dot_q8_0_q8_0_octs`]) against the scalar reference on ragged block counts
-    /// (0–26 blocks: tails of 0–7 after the octets) and saturated values; the 4-row forms
-    /// give every row the same bits; the activation octs are their definition.
+    /// (0–26 blocks: last partial octets of 0–7 blocks) and saturated values; the 4-row
+    /// forms give every row the same bits; the activation octs are their definition.
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     #[test]
     fn grouped_kernels_match_the_scalar_reference() {
@@ -549,14 +552,15 @@ pub(crate) mod tests {
                 ws.iter_mut().for_each(|v| *v = -v.signum());
             }
             let (x, w) = (q8(&xs), q4(&ws));
-            let mut octs = vec![Q8Oct::default(); x.len() / 8];
+            let mut octs = vec![Q8Oct::default(); x.len().div_ceil(8)];
             q8_octs(&x, &mut octs);
             for (g, o) in octs.iter().enumerate() {
                 for (l, &k) in OCT_LANES.iter().enumerate() {
-                    let b = &x[8 * g + k];
-                    let sum: i32 = b.qs.iter().map(|&v| 8 * i32::from(v)).sum();
-                    assert_eq!(o.corr[l], sum);
-                    assert_eq!(o.scale[l], b.d.to_f32());
+                    // past the end: the padding of a last partial octet
+                    let (sum, scale) = x.get(8 * g + k).map_or((0, 0.0), |b| {
+                        (b.qs.iter().map(|&v| 8 * i32::from(v)).sum(), b.d.to_f32())
+                    });
+                    assert_eq!((o.corr[l], o.scale[l]), (sum, scale));
                 }
             }
             // SAFETY: the features were detected above; equal block counts.

@@ -523,7 +523,7 @@ fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], octs: Option<&[Q8Oct]>) -
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA+F16C supported (checked by the caller); equal block counts,
-        // one oct per whole group of 8 activation blocks.
+        // one oct per group of 8 activation blocks (the last padded).
         (Isa::Avx2, QRow::Q4(b), Some(q)) => unsafe { qk::avx2::dot_q4_0_q8_0_octs(b, xq, q) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
@@ -629,8 +629,8 @@ fn qdot4_q8(
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)], Some(q)) => {
             // SAFETY: AVX2+FMA+F16C supported (checked by the caller); rows of one matrix
-            // have equal block counts, equal to the activation row's; one oct per whole
-            // group of 8 activation blocks.
+            // have equal block counts, equal to the activation row's; one oct per
+            // group of 8 activation blocks (the last padded).
             Some(unsafe { qk::avx2::dot4_q4_0_q8_0_octs([a, b, c, d], xq, q) })
         }
         #[cfg(target_arch = "x86_64")]

@@ -14,7 +14,9 @@
 //! skinny path, dequantised panels for many rows). Quantised matrices need whole blocks:
 //! `cols`, `ld` and every nested width a multiple of 32.
 
-use super::isa::{self, Avx512, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::isa::Avx512;
+use super::isa::{self, Isa};
 use super::par;
 use super::{exactly, need, KernelError};
 use half::{bf16, f16};
@@ -488,9 +490,14 @@ pub fn quantized_activations() -> bool {
 }
 
 /// Whether the skinny products want the activations' [`Q8Oct`]s: on AVX2 without
-/// AVX-512 (the grouped AVX2 kernels use them; the AVX-512 ones do not).
+/// AVX-512 and on NEON (the octet kernels use them; the AVX-512 ones do not).
 fn want_octs(isa: Isa) -> bool {
-    cfg!(target_arch = "x86_64") && isa == Isa::Avx2 && isa::avx512() == Avx512::Off
+    #[cfg(target_arch = "x86_64")]
+    return isa == Isa::Avx2 && isa::avx512() == Avx512::Off;
+    #[cfg(target_arch = "aarch64")]
+    return isa == Isa::Neon;
+    #[allow(unreachable_code)]
+    false
 }
 
 /// `Σ dequant(row)·dequant(xq)` with the activations quantised to Q8_0; `octs` (the
@@ -528,6 +535,25 @@ fn qdot_q8(isa: Isa, row: &QRow<'_>, xq: &[BlockQ8_0], octs: Option<&[Q8Oct]>) -
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         (Isa::Avx2, QRow::Q8(b), Some(q)) => unsafe { qk::avx2::dot_q8_0_q8_0_octs(b, xq, q) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked by the caller) and dotprod detected; equal block
+        // counts, one oct per group of 8 activation blocks (the last padded).
+        (Isa::Neon, QRow::Q8(b), Some(q)) if isa::dotprod() => unsafe {
+            qk::neon::dot_q8_0_q8_0_octs_dotprod(b, xq, q)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        (Isa::Neon, QRow::Q4(b), Some(q)) if isa::dotprod() => unsafe {
+            qk::neon::dot_q4_0_q8_0_octs_dotprod(b, xq, q)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked by the caller); equal block counts, one oct per
+        // group of 8 activation blocks; `xq` written by `quantize_row_q8_0` (values in
+        // [-127, 127]).
+        (Isa::Neon, QRow::Q8(b), Some(q)) => unsafe { qk::neon::dot_q8_0_q8_0_octs(b, xq, q) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        (Isa::Neon, QRow::Q4(b), Some(q)) => unsafe { qk::neon::dot_q4_0_q8_0_octs(b, xq, q) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON supported (checked by the caller) and dotprod detected; equal block
         // counts.
@@ -637,6 +663,31 @@ fn qdot4_q8(
         (Isa::Avx2, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)], Some(q)) => {
             // SAFETY: as above.
             Some(unsafe { qk::avx2::dot4_q8_0_q8_0_octs([a, b, c, d], xq, q) })
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, [QRow::Q4(a), QRow::Q4(b), QRow::Q4(c), QRow::Q4(d)], Some(q)) => {
+            // SAFETY: NEON supported (checked by the caller), dotprod detected for the
+            // _dotprod kernel; rows of one matrix have equal block counts, equal to the
+            // activation row's; one oct per group of 8 activation blocks; `xq` written by
+            // `quantize_row_q8_0`.
+            Some(unsafe {
+                if isa::dotprod() {
+                    qk::neon::dot4_q4_0_q8_0_octs_dotprod([a, b, c, d], xq, q)
+                } else {
+                    qk::neon::dot4_q4_0_q8_0_octs([a, b, c, d], xq, q)
+                }
+            })
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, [QRow::Q8(a), QRow::Q8(b), QRow::Q8(c), QRow::Q8(d)], Some(q)) => {
+            // SAFETY: as above.
+            Some(unsafe {
+                if isa::dotprod() {
+                    qk::neon::dot4_q8_0_q8_0_octs_dotprod([a, b, c, d], xq, q)
+                } else {
+                    qk::neon::dot4_q8_0_q8_0_octs([a, b, c, d], xq, q)
+                }
+            })
         }
         _ => None,
     }
@@ -1693,10 +1744,80 @@ mod tests {
     /// kernels where the process opted in to them), and that is within rounding of the
     /// one-block-at-a-time kernels. An AVX-512 CPU found that this test assumed the AVX2
     /// kernels (MODULA_SIMD=avx512 on the lent machine, 2026-11-29).
+    /// The one-row kernel the dispatch runs for a row on x86-64 (the AVX-512 one where
+    /// this process opted in with MODULA_SIMD=avx512*, on a CPU with it, else the AVX2
+    /// octets), and the one-block-at-a-time AVX2 kernel.
     #[cfg(target_arch = "x86_64")]
+    fn dispatched_and_blockwise(w: QRow<'_>, xq: &[BlockQ8_0], octs: &[Q8Oct]) -> (f32, f32) {
+        let level = isa::avx512();
+        // SAFETY: AVX2 checked by the caller, AVX-512 by `isa::avx512`; rows of
+        // `xq.len()` blocks, xq.len().div_ceil(8) octs.
+        unsafe {
+            match w {
+                QRow::Q4(row) => (
+                    match level {
+                        Avx512::Vnni => qk::avx512::dot_q4_0_q8_0_vnni(row, xq),
+                        Avx512::Bw => qk::avx512::dot_q4_0_q8_0(row, xq),
+                        Avx512::Off => qk::avx2::dot_q4_0_q8_0_octs(row, xq, octs),
+                    },
+                    qk::avx2::dot_q4_0_q8_0(row, xq),
+                ),
+                QRow::Q8(row) => (
+                    match level {
+                        Avx512::Vnni => qk::avx512::dot_q8_0_q8_0_vnni(row, xq),
+                        Avx512::Bw => qk::avx512::dot_q8_0_q8_0(row, xq),
+                        Avx512::Off => qk::avx2::dot_q8_0_q8_0_octs(row, xq, octs),
+                    },
+                    qk::avx2::dot_q8_0_q8_0(row, xq),
+                ),
+            }
+        }
+    }
+
+    /// The one-row kernel the dispatch runs for a row on aarch64 (the NEON octets, with
+    /// `SDOT` where the CPU has `dotprod`), and the per-block-group NEON kernel.
+    #[cfg(target_arch = "aarch64")]
+    fn dispatched_and_blockwise(w: QRow<'_>, xq: &[BlockQ8_0], octs: &[Q8Oct]) -> (f32, f32) {
+        let dp = isa::dotprod();
+        // SAFETY: NEON checked by the caller, dotprod by `isa::dotprod`; rows of
+        // `xq.len()` blocks, xq.len().div_ceil(8) octs; xq from quantize_row_q8_0.
+        unsafe {
+            match w {
+                QRow::Q4(row) => (
+                    if dp {
+                        qk::neon::dot_q4_0_q8_0_octs_dotprod(row, xq, octs)
+                    } else {
+                        qk::neon::dot_q4_0_q8_0_octs(row, xq, octs)
+                    },
+                    qk::neon::dot_q4_0_q8_0(row, xq),
+                ),
+                QRow::Q8(row) => (
+                    if dp {
+                        qk::neon::dot_q8_0_q8_0_octs_dotprod(row, xq, octs)
+                    } else {
+                        qk::neon::dot_q8_0_q8_0_octs(row, xq, octs)
+                    },
+                    qk::neon::dot_q8_0_q8_0(row, xq),
+                ),
+            }
+        }
+    }
+
+    /// The skinny quantised products (quantised activations, octs, four weight rows at a
+    /// time and the rest one by one, the small, stack and heap buffers) give exactly what
+    /// the octet one-row kernels give for every output (the AVX-512 one-row kernels where
+    /// the process opted in to them), and that is within rounding of the
+    /// one-block-at-a-time kernels. An AVX-512 CPU found that this test assumed the AVX2
+    /// kernels (MODULA_SIMD=avx512 on the lent machine, 2026-11-29).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
     fn quantised_skinny_products_equal_the_grouped_kernels_bit_for_bit() {
-        if !Isa::Avx2.is_supported() {
+        let isa = if cfg!(target_arch = "x86_64") {
+            Isa::Avx2
+        } else {
+            Isa::Neon
+        };
+        if !isa.is_supported() {
             return;
         }
         for (case, (m, n, kb)) in [
@@ -1725,46 +1846,19 @@ mod tests {
                 };
                 let w = MatRef::new(data, n, k, k).unwrap();
                 let mut got = vec![0f32; m * n];
-                linear_mode(Isa::Avx2, true, &x, k, m, &w, None, &mut got, n).unwrap();
+                linear_mode(isa, true, &x, k, m, &w, None, &mut got, n).unwrap();
                 for i in 0..m {
                     let (xq, _) = quantised(&x[i * k..(i + 1) * k], false);
                     let mut octs = vec![Q8Oct::default(); kb.div_ceil(8)];
                     modula_quant::kernels::q8_octs(&xq, &mut octs);
                     for j in 0..n {
                         let rows = j * kb..(j + 1) * kb;
-                        // the kernel the dispatch runs: the AVX-512 one where this process
-                        // opted in (MODULA_SIMD=avx512*, on a CPU with it), else the
-                        // grouped AVX2 one
-                        let level = isa::avx512();
-                        // SAFETY: AVX2 checked above, AVX-512 by `isa::avx512`; kb blocks
-                        // each, kb.div_ceil(8) octs.
-                        let (want, blockwise) = unsafe {
-                            if q4 {
-                                let row = &b4[rows];
-                                (
-                                    match level {
-                                        Avx512::Vnni => qk::avx512::dot_q4_0_q8_0_vnni(row, &xq),
-                                        Avx512::Bw => qk::avx512::dot_q4_0_q8_0(row, &xq),
-                                        Avx512::Off => {
-                                            qk::avx2::dot_q4_0_q8_0_octs(row, &xq, &octs)
-                                        }
-                                    },
-                                    qk::avx2::dot_q4_0_q8_0(row, &xq),
-                                )
-                            } else {
-                                let row = &b8[rows];
-                                (
-                                    match level {
-                                        Avx512::Vnni => qk::avx512::dot_q8_0_q8_0_vnni(row, &xq),
-                                        Avx512::Bw => qk::avx512::dot_q8_0_q8_0(row, &xq),
-                                        Avx512::Off => {
-                                            qk::avx2::dot_q8_0_q8_0_octs(row, &xq, &octs)
-                                        }
-                                    },
-                                    qk::avx2::dot_q8_0_q8_0(row, &xq),
-                                )
-                            }
+                        let row = if q4 {
+                            QRow::Q4(&b4[rows])
+                        } else {
+                            QRow::Q8(&b8[rows])
                         };
+                        let (want, blockwise) = dispatched_and_blockwise(row, &xq, &octs);
                         assert_eq!(
                             got[i * n + j].to_bits(),
                             want.to_bits(),

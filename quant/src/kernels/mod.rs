@@ -532,16 +532,91 @@ pub(crate) mod tests {
         }
     }
 
-    /// The grouped Q4_0 and Q8_0 kernels ([`avx2::dot_q4_0_q8_0_octs`],
-    /// [`avx2::dot_q8_0_q8_0_octs`]) against the scalar reference on ragged block counts
-    /// (0–26 blocks: last partial octets of 0–7 blocks) and saturated values; the 4-row
-    /// forms give every row the same bits; the activation octs are their definition.
-    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    type OctKernels = (
+        fn(&[BlockQ4_0], &[BlockQ8_0], &[Q8Oct]) -> f32,
+        fn(&[BlockQ8_0], &[BlockQ8_0], &[Q8Oct]) -> f32,
+        fn([&[BlockQ4_0]; 4], &[BlockQ8_0], &[Q8Oct]) -> [f32; 4],
+        fn([&[BlockQ8_0]; 4], &[BlockQ8_0], &[Q8Oct]) -> [f32; 4],
+    );
+
+    /// The octet kernels this CPU runs (safe wrappers, after the run-time check; the
+    /// arguments of the tests below hold the kernels' length contracts).
+    #[allow(unused_mut)]
+    fn octet_variants() -> Vec<(&'static str, OctKernels)> {
+        let mut v: Vec<(&'static str, OctKernels)> = Vec::new();
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if has_avx2() {
+            v.push((
+                "avx2",
+                (
+                    // SAFETY: the features were detected above; equal block counts, the
+                    // activation's octs.
+                    |w, x, o| unsafe { avx2::dot_q4_0_q8_0_octs(w, x, o) },
+                    // SAFETY: as above.
+                    |w, x, o| unsafe { avx2::dot_q8_0_q8_0_octs(w, x, o) },
+                    // SAFETY: as above.
+                    |w, x, o| unsafe { avx2::dot4_q4_0_q8_0_octs(w, x, o) },
+                    // SAFETY: as above.
+                    |w, x, o| unsafe { avx2::dot4_q8_0_q8_0_octs(w, x, o) },
+                ),
+            ));
+        }
+        #[cfg(all(target_arch = "aarch64", feature = "std"))]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            v.push((
+                "neon",
+                (
+                    // SAFETY: NEON was detected above; equal block counts, the
+                    // activation's octs, activations from quantize_row_q8_0.
+                    |w, x, o| unsafe { neon::dot_q4_0_q8_0_octs(w, x, o) },
+                    // SAFETY: as above.
+                    |w, x, o| unsafe { neon::dot_q8_0_q8_0_octs(w, x, o) },
+                    // SAFETY: as above.
+                    |w, x, o| unsafe { neon::dot4_q4_0_q8_0_octs(w, x, o) },
+                    // SAFETY: as above.
+                    |w, x, o| unsafe { neon::dot4_q8_0_q8_0_octs(w, x, o) },
+                ),
+            ));
+        }
+        #[cfg(all(target_arch = "aarch64", feature = "std"))]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            v.push((
+                "neon+dotprod",
+                (
+                    // SAFETY: dotprod (and so NEON) was detected above; equal block
+                    // counts, the activation's octs.
+                    |w, x, o| unsafe { neon::dot_q4_0_q8_0_octs_dotprod(w, x, o) },
+                    // SAFETY: as above.
+                    |w, x, o| unsafe { neon::dot_q8_0_q8_0_octs_dotprod(w, x, o) },
+                    // SAFETY: as above.
+                    |w, x, o| unsafe { neon::dot4_q4_0_q8_0_octs_dotprod(w, x, o) },
+                    // SAFETY: as above.
+                    |w, x, o| unsafe { neon::dot4_q8_0_q8_0_octs_dotprod(w, x, o) },
+                ),
+            ));
+        }
+        v
+    }
+
+    /// The octet Q4_0 and Q8_0 kernels ([`avx2::dot_q4_0_q8_0_octs`], the NEON ones with
+    /// and without `SDOT`) against the scalar reference on ragged block counts (0–26
+    /// blocks: last partial octets of 0–7 blocks) and saturated values (weights of −128
+    /// and +127 against activations of ±127); the 4-row forms give every row the same
+    /// bits; the activation octs are their definition.
+    #[cfg(feature = "std")]
     #[test]
     fn grouped_kernels_match_the_scalar_reference() {
-        if !has_avx2() {
-            return;
+        let variants = octet_variants();
+        std::eprintln!(
+            "octet kernels: {:?}",
+            variants.iter().map(|v| v.0).collect::<Vec<_>>()
+        );
+        for (name, kernels) in variants {
+            octet_kernels_match(name, kernels);
         }
+    }
+
+    fn octet_kernels_match(name: &str, (dot_q4, dot_q8, dot4_q4, dot4_q8): OctKernels) {
         for seed in 0..400u64 {
             let blocks = (seed % 27) as usize;
             let n = 32 * blocks;
@@ -563,8 +638,7 @@ pub(crate) mod tests {
                     assert_eq!((o.corr[l], o.scale[l]), (sum, scale));
                 }
             }
-            // SAFETY: the features were detected above; equal block counts.
-            let got = unsafe { avx2::dot_q4_0_q8_0_octs(&w, &x, &octs) };
+            let got = dot_q4(&w, &x, &octs);
             let want = dot_q4_0_q8_0(&w, &x);
             // the 4-row kernel gives each row the 1-row kernel's bits
             let rows: Vec<Vec<BlockQ4_0>> = (0..4u64)
@@ -576,19 +650,22 @@ pub(crate) mod tests {
                     }
                 })
                 .collect();
-            // SAFETY: as above.
-            let four = unsafe {
-                avx2::dot4_q4_0_q8_0_octs([&rows[0], &rows[1], &rows[2], &rows[3]], &x, &octs)
-            };
+            let four = dot4_q4([&rows[0], &rows[1], &rows[2], &rows[3]], &x, &octs);
             for (r, row) in rows.iter().enumerate() {
-                // SAFETY: as above.
-                let one = unsafe { avx2::dot_q4_0_q8_0_octs(row, &x, &octs) };
-                assert_eq!(four[r].to_bits(), one.to_bits(), "seed {seed} row {r}");
+                let one = dot_q4(row, &x, &octs);
+                assert_eq!(
+                    four[r].to_bits(),
+                    one.to_bits(),
+                    "{name} seed {seed} row {r}"
+                );
             }
             // the same for Q8_0 weights
-            let w8 = q8(&ws);
-            // SAFETY: as above.
-            let got8 = unsafe { avx2::dot_q8_0_q8_0_octs(&w8, &x, &octs) };
+            let mut w8 = q8(&ws);
+            if seed % 5 == 0 {
+                // a hostile file's −128 against the saturated activations
+                w8.iter_mut().for_each(|b| b.qs[7] = -128);
+            }
+            let got8 = dot_q8(&w8, &x, &octs);
             let want8 = dot_q8_0_q8_0(&w8, &x);
             let scale8: f32 = w8
                 .iter()
@@ -597,7 +674,7 @@ pub(crate) mod tests {
                 .sum();
             assert!(
                 (got8 - want8).abs() <= 1e-6 * (1.0 + scale8),
-                "q8 seed {seed} ({blocks} blocks): {got8} vs {want8}"
+                "{name} q8 seed {seed} ({blocks} blocks): {got8} vs {want8}"
             );
             let rows8: Vec<Vec<BlockQ8_0>> = (0..4u64)
                 .map(|r| {
@@ -608,14 +685,14 @@ pub(crate) mod tests {
                     }
                 })
                 .collect();
-            // SAFETY: as above.
-            let four8 = unsafe {
-                avx2::dot4_q8_0_q8_0_octs([&rows8[0], &rows8[1], &rows8[2], &rows8[3]], &x, &octs)
-            };
+            let four8 = dot4_q8([&rows8[0], &rows8[1], &rows8[2], &rows8[3]], &x, &octs);
             for (r, row) in rows8.iter().enumerate() {
-                // SAFETY: as above.
-                let one = unsafe { avx2::dot_q8_0_q8_0_octs(row, &x, &octs) };
-                assert_eq!(four8[r].to_bits(), one.to_bits(), "q8 seed {seed} row {r}");
+                let one = dot_q8(row, &x, &octs);
+                assert_eq!(
+                    four8[r].to_bits(),
+                    one.to_bits(),
+                    "{name} q8 seed {seed} row {r}"
+                );
             }
             let scale: f32 = w
                 .iter()
@@ -624,7 +701,7 @@ pub(crate) mod tests {
                 .sum();
             assert!(
                 (got - want).abs() <= 1e-6 * (1.0 + scale),
-                "seed {seed} ({blocks} blocks): {got} vs {want}"
+                "{name} seed {seed} ({blocks} blocks): {got} vs {want}"
             );
         }
     }

@@ -470,3 +470,320 @@ pub unsafe fn axpy_rows_q4_0(
     }
     true
 }
+
+/// Four F16 values (raw bits) from four addresses, as f32 (4 lane loads, one `FCVTL`).
+#[inline(always)]
+unsafe fn f16x4_gather(p: [*const u16; 4]) -> float32x4_t {
+    // SAFETY: NEON is the caller's; the four addresses are readable (the caller's).
+    unsafe {
+        let mut h = vld1_dup_u16(p[0]);
+        h = vld1_lane_u16::<1>(p[1], h);
+        h = vld1_lane_u16::<2>(p[2], h);
+        h = vld1_lane_u16::<3>(p[3], h);
+        let out: float32x4_t;
+        core::arch::asm!(
+            "fcvtl {o:v}.4s, {h:v}.4h",
+            h = in(vreg) h,
+            o = lateout(vreg) out,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        out
+    }
+}
+
+/// `Σ a·b` over two pairs of 16 signed bytes as 4 i32 lanes, without `dotprod`: per pair
+/// one `SMULL` and one `SMLAL2` (two products per 16-bit lane: exact while `b` is in
+/// `[−127, 127]`, as [`crate::quantize::quantize_row_q8_0`] writes, since then each product
+/// is at most 128 · 127 in magnitude), then `SADDLP` + `SADALP` into the 32-bit lanes.
+/// Written out: from the intrinsics LLVM rebuilt Q4_0's codes (known to be small) as
+/// zero-extensions and 16-bit multiplies, and in the 4-row kernels split `SMLAL2` into
+/// `EXT` + `SMLAL` (seen in the disassembly).
+#[inline(always)]
+unsafe fn mul_pairs(a: [int8x16_t; 2], b: [int8x16_t; 2]) -> int32x4_t {
+    let acc: int32x4_t;
+    // SAFETY: NEON is the caller's; the instructions only read and write vector
+    // registers.
+    unsafe {
+        core::arch::asm!(
+            "smull {t0:v}.8h, {a0:v}.8b, {b0:v}.8b",
+            "smull {t1:v}.8h, {a1:v}.8b, {b1:v}.8b",
+            "smlal2 {t0:v}.8h, {a0:v}.16b, {b0:v}.16b",
+            "smlal2 {t1:v}.8h, {a1:v}.16b, {b1:v}.16b",
+            "saddlp {acc:v}.4s, {t0:v}.8h",
+            "sadalp {acc:v}.4s, {t1:v}.8h",
+            a0 = in(vreg) a[0],
+            a1 = in(vreg) a[1],
+            b0 = in(vreg) b[0],
+            b1 = in(vreg) b[1],
+            t0 = out(vreg) _,
+            t1 = out(vreg) _,
+            acc = out(vreg) acc,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// `Σ a·b` over two pairs of 16 signed bytes with `SDOT` (any values).
+#[inline(always)]
+unsafe fn sdot_pairs(a: [int8x16_t; 2], b: [int8x16_t; 2]) -> int32x4_t {
+    // SAFETY: `dotprod` is the caller's.
+    unsafe { sdot(sdot(vdupq_n_s32(0), a[0], b[0]), a[1], b[1]) }
+}
+
+/// `[Σ v[0], Σ v[1], Σ v[2], Σ v[3]]` (each over its 4 lanes) by three `ADDP`. Written
+/// out: from `vpaddq_s32` LLVM built the second level from `UZP1` + `UZP2` + `ADD` (seen
+/// in the disassembly).
+#[inline(always)]
+unsafe fn addp4(v: [int32x4_t; 4]) -> int32x4_t {
+    let out: int32x4_t;
+    // SAFETY: NEON is the caller's; the instructions only read and write vector
+    // registers.
+    unsafe {
+        core::arch::asm!(
+            "addp {t0:v}.4s, {a:v}.4s, {b:v}.4s",
+            "addp {t1:v}.4s, {c:v}.4s, {d:v}.4s",
+            "addp {o:v}.4s, {t0:v}.4s, {t1:v}.4s",
+            a = in(vreg) v[0],
+            b = in(vreg) v[1],
+            c = in(vreg) v[2],
+            d = in(vreg) v[3],
+            t0 = out(vreg) _,
+            t1 = out(vreg) _,
+            o = out(vreg) out,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    out
+}
+
+/// A Q4_0 block's 32 *unsigned* codes (0..=15) as two 16-byte halves; the kernels
+/// subtract `8 · Σx` per block afterwards (the [`super::Q8Oct`] correction).
+#[inline(always)]
+unsafe fn codes_q4(b: *const BlockQ4_0) -> [int8x16_t; 2] {
+    // SAFETY: NEON is the caller's; the block holds 16 bytes of nibbles.
+    unsafe {
+        let v = vld1q_u8((*b).qs.as_ptr());
+        [
+            vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))),
+            vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)),
+        ]
+    }
+}
+
+#[inline(always)]
+unsafe fn codes_q8(b: *const BlockQ8_0) -> [int8x16_t; 2] {
+    // SAFETY: NEON is the caller's; the block holds 32 bytes.
+    unsafe {
+        [
+            vld1q_s8((*b).qs.as_ptr()),
+            vld1q_s8((*b).qs.as_ptr().add(16)),
+        ]
+    }
+}
+
+/// The octet kernels' driver (the AVX2 kernels' structure, `avx2::dot_q4_0_q8_0_octs`):
+/// `R` weight rows against one Q8_0 activation row, 8 blocks ("octet") per step. Each
+/// block's integer dot goes into its own 4 lanes (`dot`), pairwise adds (`ADDP`) reduce
+/// the even blocks 0, 2, 4, 6 into one vector and the odd ones into another — the lane
+/// order of [`super::Q8Oct`] ([`super::OCT_LANES`]) — so each lane holds one block's exact
+/// integer; Q4_0 (`q4`) then subtracts the octet's `8 · Σx`. The 8 weight scales are
+/// gathered by lane loads and widened by two `FCVTL`, the 8 activation scales come as f32
+/// from the `Q8Oct`, and each vector takes one conversion, one multiply of the scales and
+/// one FMA. The activation blocks are loaded once per octet for all `R` rows, and each
+/// row's operations do not depend on `R` (so the 4-row kernels give the 1-row bits). A
+/// last partial octet runs with zero lanes and zero weight scales for the missing blocks
+/// (nothing past the rows read; the `Q8Oct` is zero-padded by [`super::q8_octs`]).
+///
+/// # Safety
+/// NEON (and what `dot` needs) available; every row of `w` has `n = w[0].len()` blocks,
+/// `x.len() >= n`, `octs.len() >= n.div_ceil(8)`.
+#[inline(always)]
+unsafe fn octs_dot<B, const R: usize>(
+    w: [&[B]; R],
+    x: &[BlockQ8_0],
+    octs: &[super::Q8Oct],
+    q4: bool,
+    codes: impl Fn(*const B) -> [int8x16_t; 2],
+    scale: impl Fn(*const B) -> *const u16,
+    dot: impl Fn([int8x16_t; 2], [int8x16_t; 2]) -> int32x4_t,
+) -> [f32; R] {
+    let n = w[0].len();
+    debug_assert!(w.iter().all(|r| r.len() == n));
+    debug_assert!(x.len() >= n && octs.len() >= n.div_ceil(8));
+    // SAFETY: NEON (and `dot`'s extension) are the caller's; octet `g` covers blocks
+    // `8g .. 8g + len` with `8g + len <= n`, within every row and `x`, and
+    // `g < n.div_ceil(8)`, within `octs`.
+    unsafe {
+        let mut acc = [[vdupq_n_f32(0.0); 2]; R];
+        let full = n / 8;
+        for g in 0..full {
+            oct_step(&mut acc, &w, x, octs, g, 8, q4, &codes, &scale, &dot);
+        }
+        match n % 8 {
+            0 => {}
+            // half an octet (rows of 128, 384, … values): its own copy, the checks
+            // folded away
+            4 => oct_step(&mut acc, &w, x, octs, full, 4, q4, &codes, &scale, &dot),
+            len => oct_step(&mut acc, &w, x, octs, full, len, q4, &codes, &scale, &dot),
+        }
+        acc.map(|[e, o]| vaddvq_f32(vaddq_f32(e, o)))
+    }
+}
+
+/// One octet of `octs_dot`: blocks `8g .. 8g + len` (`len <= 8`; a constant 8 in the
+/// main loop, where the checks against it fold away).
+///
+/// # Safety
+/// As `octs_dot`, and `8g + len <= n`, `g < octs.len()`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn oct_step<B, const R: usize>(
+    acc: &mut [[float32x4_t; 2]; R],
+    w: &[&[B]; R],
+    x: &[BlockQ8_0],
+    octs: &[super::Q8Oct],
+    g: usize,
+    len: usize,
+    q4: bool,
+    codes: &impl Fn(*const B) -> [int8x16_t; 2],
+    scale: &impl Fn(*const B) -> *const u16,
+    dot: &impl Fn([int8x16_t; 2], [int8x16_t; 2]) -> int32x4_t,
+) {
+    // SAFETY: the caller's contract: blocks below `8g + len` exist in every row and `x`.
+    unsafe {
+        let xp = x.as_ptr().add(8 * g);
+        let o = &*octs.as_ptr().add(g);
+        let xs = [
+            vld1q_f32(o.scale.as_ptr()),
+            vld1q_f32(o.scale.as_ptr().add(4)),
+        ];
+        let corr = [
+            vld1q_s32(o.corr.as_ptr()),
+            vld1q_s32(o.corr.as_ptr().add(4)),
+        ];
+        // with several rows, the octet's activation halves loaded once for all of them
+        // (one row loads each where it uses it: fewer live registers, no spills)
+        let mut xh = [[vdupq_n_s8(0); 2]; 8];
+        if R > 1 {
+            for (k, h) in xh.iter_mut().enumerate().take(len) {
+                *h = codes_q8(xp.add(k));
+            }
+        }
+        let zero = 0u16;
+        for (r, a) in acc.iter_mut().enumerate() {
+            let p = w[r].as_ptr().add(8 * g);
+            let block = |k: usize| {
+                if k < len {
+                    let xk = if R > 1 { xh[k] } else { codes_q8(xp.add(k)) };
+                    dot(codes(p.add(k)), xk)
+                } else {
+                    vdupq_n_s32(0)
+                }
+            };
+            for (half, a) in a.iter_mut().enumerate() {
+                // blocks half, half + 2, half + 4, half + 6: the lanes of `Q8Oct`
+                let b = [0, 2, 4, 6].map(|j| j + half);
+                let mut s = addp4([block(b[0]), block(b[1]), block(b[2]), block(b[3])]);
+                if q4 {
+                    s = vsubq_s32(s, corr[half]);
+                }
+                let ws = f16x4_gather(b.map(|k| {
+                    if k < len {
+                        scale(p.add(k))
+                    } else {
+                        &zero as *const u16
+                    }
+                }));
+                *a = vfmaq_f32(*a, vcvtq_f32_s32(s), vmulq_f32(ws, xs[half]));
+            }
+        }
+    }
+}
+
+/// The octet kernels' public forms: one row or four, over `octs_dot`.
+macro_rules! octs_kernels {
+    ($($(#[$doc:meta])* $name:ident($feat:literal, $B:ty, $R:tt, $q4:literal, $codes:ident, $dot:ident);)*) => {$(
+        $(#[$doc])*
+        #[target_feature(enable = $feat)]
+        pub unsafe fn $name(
+            w: octs_kernels!(@rows $R, $B),
+            x: &[BlockQ8_0],
+            octs: &[super::Q8Oct],
+        ) -> octs_kernels!(@out $R) {
+            // SAFETY: the caller's contract (the target features, equal row lengths,
+            // `x` and `octs` long enough).
+            let r = unsafe {
+                octs_dot(
+                    octs_kernels!(@arr $R, w),
+                    x,
+                    octs,
+                    $q4,
+                    |b| $codes(b),
+                    |b| core::ptr::addr_of!((*b).d).cast::<u16>(),
+                    |p, q| $dot(p, q),
+                )
+            };
+            octs_kernels!(@ret $R, r)
+        }
+    )*};
+    (@rows 1, $B:ty) => { &[$B] };
+    (@rows 4, $B:ty) => { [&[$B]; 4] };
+    (@out 1) => { f32 };
+    (@out 4) => { [f32; 4] };
+    (@arr 1, $w:ident) => { [$w] };
+    (@arr 4, $w:ident) => { $w };
+    (@ret 1, $r:ident) => { $r[0] };
+    (@ret 4, $r:ident) => { $r };
+}
+
+octs_kernels! {
+    /// Q4_0 × Q8_0 over octets of 8 blocks (`octs`: [`super::q8_octs`] of `x`), the NEON
+    /// form of `avx2::dot_q4_0_q8_0_octs` (see `octs_dot` in this module's source),
+    /// base Armv8.0 (`SMULL`/`SMLAL2`/`SADALP`; the unsigned codes, minus `8 · Σx` per
+    /// block). Agrees with the per-block kernels to f32 rounding; deterministic, and
+    /// [`dot4_q4_0_q8_0_octs`] gives each row the same bits. `x`'s values must lie in
+    /// `[−127, 127]`, as [`crate::quantize::quantize_row_q8_0`] writes them (a −128 could
+    /// wrap a 16-bit sum).
+    ///
+    /// # Safety
+    /// NEON available; `x.len() >= w.len()`, `octs.len() >= w.len().div_ceil(8)`.
+    dot_q4_0_q8_0_octs("neon", BlockQ4_0, 1, true, codes_q4, mul_pairs);
+    /// [`dot_q4_0_q8_0_octs`] for Q8_0 weights (no correction).
+    ///
+    /// # Safety
+    /// As [`dot_q4_0_q8_0_octs`].
+    dot_q8_0_q8_0_octs("neon", BlockQ8_0, 1, false, codes_q8, mul_pairs);
+    /// [`dot_q4_0_q8_0_octs`] with `SDOT` (Armv8.2 `dotprod`; any `x`).
+    ///
+    /// # Safety
+    /// NEON and `dotprod` available; lengths as [`dot_q4_0_q8_0_octs`].
+    dot_q4_0_q8_0_octs_dotprod("neon,dotprod", BlockQ4_0, 1, true, codes_q4, sdot_pairs);
+    /// [`dot_q8_0_q8_0_octs`] with `SDOT`.
+    ///
+    /// # Safety
+    /// As [`dot_q4_0_q8_0_octs_dotprod`].
+    dot_q8_0_q8_0_octs_dotprod("neon,dotprod", BlockQ8_0, 1, false, codes_q8, sdot_pairs);
+    /// [`dot_q4_0_q8_0_octs`] of four rows of equal length (the activation blocks loaded
+    /// once for the four), each row's bits those of the one-row kernel.
+    ///
+    /// # Safety
+    /// NEON available; the rows have equal lengths, `x` is at least as long, and `octs`
+    /// holds its [`super::q8_octs`] (an eighth of it, rounded up).
+    dot4_q4_0_q8_0_octs("neon", BlockQ4_0, 4, true, codes_q4, mul_pairs);
+    /// [`dot_q8_0_q8_0_octs`] of four rows, as [`dot4_q4_0_q8_0_octs`].
+    ///
+    /// # Safety
+    /// As [`dot4_q4_0_q8_0_octs`].
+    dot4_q8_0_q8_0_octs("neon", BlockQ8_0, 4, false, codes_q8, mul_pairs);
+    /// [`dot_q4_0_q8_0_octs_dotprod`] of four rows, as [`dot4_q4_0_q8_0_octs`].
+    ///
+    /// # Safety
+    /// NEON and `dotprod` available; otherwise as [`dot4_q4_0_q8_0_octs`].
+    dot4_q4_0_q8_0_octs_dotprod("neon,dotprod", BlockQ4_0, 4, true, codes_q4, sdot_pairs);
+    /// [`dot_q8_0_q8_0_octs_dotprod`] of four rows, as [`dot4_q4_0_q8_0_octs`].
+    ///
+    /// # Safety
+    /// As [`dot4_q4_0_q8_0_octs_dotprod`].
+    dot4_q8_0_q8_0_octs_dotprod("neon,dotprod", BlockQ8_0, 4, false, codes_q8, sdot_pairs);
+}

@@ -441,11 +441,77 @@ fn dequantise(c: &mut Criterion) {
     }
 }
 
+/// Decode products of small models (d 128–512, cache-resident): where the per-product
+/// work — quantising the activation row to Q8_0, its octs, dispatch — weighs against the
+/// rows' work; per SIMD level, one activation row.
+fn small_gemv(c: &mut Criterion) {
+    for d in [128, 256, 512] {
+        let (n, k) = (d, d);
+        let wf = data(n * k, 11);
+        let (q8, q4) = quantised(&wf);
+        let x = data(k, 12);
+        let mut y = vec![0f32; n];
+        for (name, wd) in [
+            ("f32", WeightData::F32(&wf)),
+            ("q8_0", WeightData::Q8_0(&q8)),
+            ("q4_0", WeightData::Q4_0(&q4)),
+        ] {
+            let w = MatRef::new(wd, n, k, k).unwrap();
+            let mut g = c.benchmark_group(format!("gemv_{d}x{d}_{name}"));
+            g.throughput(Throughput::Elements((n * k) as u64));
+            g.sample_size(20).measurement_time(Duration::from_secs(2));
+            for isa in available() {
+                g.bench_function(BenchmarkId::new("m1", isa.name()), |bch| {
+                    bch.iter(|| linear_with(isa, black_box(&x), k, 1, &w, None, &mut y, n).unwrap())
+                });
+            }
+            g.finish();
+        }
+    }
+    // the activation quantiser alone: the scalar code against the SIMD one (same bits,
+    // tested in modula-quant)
+    let k = 4096;
+    let x = data(k, 13);
+    let mut out = vec![
+        BlockQ8_0 {
+            d: f16::ZERO,
+            qs: [0; 32]
+        };
+        k / 32
+    ];
+    let mut g = c.benchmark_group("quantise_activation_4096");
+    g.throughput(Throughput::Elements(k as u64));
+    g.sample_size(20).measurement_time(Duration::from_secs(2));
+    g.bench_function("scalar", |bch| {
+        bch.iter(|| quantize_row_q8_0(black_box(&x), &mut out).unwrap())
+    });
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx2.is_supported() {
+        g.bench_function("avx2", |bch| {
+            // SAFETY: AVX2 (with FMA, F16C) checked above; x holds 32 values per block.
+            bch.iter(|| unsafe {
+                modula_quant::kernels::avx2::quantize_q8_0(black_box(&x), &mut out)
+            })
+        });
+    }
+    #[cfg(target_arch = "aarch64")]
+    if Isa::Neon.is_supported() {
+        g.bench_function("neon", |bch| {
+            // SAFETY: NEON checked above; x holds 32 values per block.
+            bch.iter(|| unsafe {
+                modula_quant::kernels::neon::quantize_q8_0(black_box(&x), &mut out)
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bandwidth,
     gemv,
     dequantise,
+    small_gemv,
     decode_down,
     multirow,
     training_products

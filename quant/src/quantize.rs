@@ -63,15 +63,29 @@ fn check(x: &[f32], blocks: usize, block: usize) -> Result<(), QuantError> {
 pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> Result<(), QuantError> {
     check(x, out.len(), QK8_0)?;
     for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK8_0)) {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b.d = f16::from_f32(d);
-        for (q, &v) in b.qs.iter_mut().zip(xb) {
-            *q = libm::roundf(v * id) as i8;
-        }
+        quantize_block_q8_0(xb, b);
     }
     Ok(())
+}
+
+/// One Q8_0 block's stored scale and the multiplier of its values from the block's
+/// largest magnitude: `d = amax / 127` (as f16) and `1 / d` (0 when `d` is 0). Shared with
+/// the SIMD quantisers (`kernels::*::quantize_q8_0`), which must give these bits.
+#[inline]
+pub(crate) fn q8_0_scales(amax: f32) -> (f16, f32) {
+    let d = amax / 127.0;
+    (f16::from_f32(d), if d != 0.0 { 1.0 / d } else { 0.0 })
+}
+
+/// One block of [`quantize_row_q8_0`] (32 finite values).
+#[inline]
+pub(crate) fn quantize_block_q8_0(xb: &[f32], b: &mut BlockQ8_0) {
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (d, id) = q8_0_scales(amax);
+    b.d = d;
+    for (q, &v) in b.qs.iter_mut().zip(xb) {
+        *q = libm::roundf(v * id) as i8;
+    }
 }
 
 /// Q4_0: per block the value of largest magnitude `m` (with its sign), `d = m / −8`,

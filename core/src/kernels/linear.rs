@@ -489,6 +489,26 @@ pub fn quantized_activations() -> bool {
     QUANTIZED_ACTIVATIONS.load(core::sync::atomic::Ordering::Relaxed)
 }
 
+/// `quantize_row_q8_0(x, out)` with the SIMD quantiser of `isa` (bit-identical to the
+/// scalar code, tested in `modula-quant`): false where it fails (a value not finite).
+/// `x.len() == 32 · out.len()`.
+#[allow(unused_variables)]
+fn quantize_act(isa: Isa, x: &[f32], out: &mut [BlockQ8_0]) -> bool {
+    debug_assert_eq!(x.len(), QB * out.len());
+    if x.len() != QB * out.len() {
+        return modula_quant::quantize::quantize_row_q8_0(x, out).is_ok();
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA+F16C supported (checked by the caller's `isa`); lengths above.
+        Isa::Avx2 => unsafe { qk::avx2::quantize_q8_0(x, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked by the caller's `isa`); lengths above.
+        Isa::Neon => unsafe { qk::neon::quantize_q8_0(x, out) },
+        _ => modula_quant::quantize::quantize_row_q8_0(x, out).is_ok(),
+    }
+}
+
 /// Whether the skinny products want the activations' [`Q8Oct`]s: on AVX2 without
 /// AVX-512 and on NEON (the octet kernels use them; the AVX-512 ones do not).
 fn want_octs(isa: Isa) -> bool {
@@ -734,12 +754,11 @@ fn skinny_quant(
         let mut ok = true;
         for i in 0..m {
             let r = &x[i * ldx..i * ldx + k];
-            ok &=
-                modula_quant::quantize::quantize_row_q8_0(r, &mut xq[i * nb..(i + 1) * nb]).is_ok();
+            ok &= quantize_act(isa, r, &mut xq[i * nb..(i + 1) * nb]);
         }
-        // AVX2: each activation row's octs (sums and scales of 8 blocks, the last octet
-        // padded) once, for the grouped kernels (docs/kernels.md); up to 64 on the stack
-        // (4 KiB, as many bytes as the 4-block quads they replaced)
+        // AVX2 and NEON: each activation row's octs (sums and scales of 8 blocks, the
+        // last octet padded) once, for the octet kernels (docs/kernels.md); up to 64 on the
+        // stack (4 KiB, as many bytes as the 4-block quads they replaced)
         let want_octs = want_octs(isa);
         let nq = nb.div_ceil(8);
         let mut octs_small;
@@ -887,7 +906,7 @@ impl QuantizedRow {
             qs: [0; QB],
         };
         self.blocks.resize(nb, zero);
-        self.ok = modula_quant::quantize::quantize_row_q8_0(x, &mut self.blocks).is_ok();
+        self.ok = quantize_act(isa, x, &mut self.blocks);
         let want_octs = want_octs(isa);
         self.octs.clear();
         if self.ok && want_octs {

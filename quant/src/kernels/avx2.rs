@@ -136,6 +136,74 @@ unsafe fn block_store(q: [__m256; 4], d: f32, out: *mut f32) {
     }
 }
 
+/// [`crate::quantize::quantize_row_q8_0`] of an activation row, bit-identical to it:
+/// the block's largest magnitude by `vmaxps`, its scales by the scalar code
+/// (`q8_0_scales`), then per value `v · (1/d)` rounded half away from zero as `roundf`
+/// does — truncate, and step away from zero where the exact remainder `p − trunc(p)` is
+/// at least one half — converted and packed with signed saturation (as `as i8`). A
+/// block whose `1/d` overflows (subnormal scales) runs the scalar code. False (with `out`
+/// unspecified) when a value is not finite, where the scalar code returns an error.
+///
+/// # Safety
+/// AVX2 available; `x.len() == 32 · out.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> bool {
+    debug_assert_eq!(x.len(), 32 * out.len());
+    // SAFETY: AVX2 is the caller's; block i reads x[32i .. 32i + 32], within `x`.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let half = _mm256_set1_ps(0.5);
+        let one = _mm256_set1_ps(1.0);
+        // bytes of the four packed vectors back in order
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (i, b) in out.iter_mut().enumerate() {
+            let p = x.as_ptr().add(32 * i);
+            let v = [0, 8, 16, 24].map(|k| _mm256_loadu_ps(p.add(k)));
+            let a = v.map(|v| _mm256_andnot_ps(sign, v));
+            let finite = _mm256_and_ps(
+                _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(a[0], inf),
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(a[1], inf),
+                ),
+                _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(a[2], inf),
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(a[3], inf),
+                ),
+            );
+            if _mm256_movemask_ps(finite) != 0xff {
+                return false;
+            }
+            let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+            let (d, id) = crate::quantize::q8_0_scales(_mm_cvtss_f32(m));
+            if !id.is_finite() {
+                crate::quantize::quantize_block_q8_0(core::slice::from_raw_parts(p, 32), b);
+                continue;
+            }
+            b.d = d;
+            let idv = _mm256_set1_ps(id);
+            let q = v.map(|v| {
+                let p = _mm256_mul_ps(v, idv);
+                let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
+                let rest = _mm256_andnot_ps(sign, _mm256_sub_ps(p, t));
+                let away = _mm256_or_ps(_mm256_and_ps(p, sign), one);
+                let step = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(rest, half), away);
+                _mm256_cvttps_epi32(_mm256_add_ps(t, step))
+            });
+            let packed = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let bytes = _mm256_permutevar8x32_epi32(packed, order);
+            _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), bytes);
+        }
+        true
+    }
+}
+
 /// [`crate::quantize::dequantize_row_q8_0`], bit-identical.
 ///
 /// # Safety

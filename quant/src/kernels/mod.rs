@@ -532,6 +532,91 @@ pub(crate) mod tests {
         }
     }
 
+    type Quantiser = fn(&[f32], &mut [BlockQ8_0]) -> bool;
+
+    /// The SIMD activation quantisers this CPU runs (safe wrappers after the run-time
+    /// check; the caller passes `x.len() == 32 · out.len()`).
+    #[allow(unused_mut)]
+    fn quantiser_variants() -> Vec<(&'static str, Quantiser)> {
+        let mut v: Vec<(&'static str, Quantiser)> = Vec::new();
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if has_avx2() {
+            // SAFETY: the features were detected above; the caller's lengths.
+            v.push(("avx2", |x, o| unsafe { avx2::quantize_q8_0(x, o) }));
+        }
+        #[cfg(all(target_arch = "aarch64", feature = "std"))]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            // SAFETY: NEON was detected above; the caller's lengths.
+            v.push(("neon", |x, o| unsafe { neon::quantize_q8_0(x, o) }));
+        }
+        v
+    }
+
+    /// The SIMD activation quantisers give `quantize_row_q8_0`'s bits: random rows of
+    /// 0–20 blocks at scales from 1e-30 to 1e30, exact halves (`k + 0.5` after scaling,
+    /// where rounding to even would differ), signed zeros, all-zero blocks, blocks whose
+    /// `1/d` overflows (largest magnitude ~1e-39), the largest finite f32; and they refuse
+    /// rows the scalar code refuses (a NaN or an infinity anywhere).
+    #[cfg(feature = "std")]
+    #[test]
+    fn simd_activation_quantisers_give_the_scalar_bits() {
+        let variants = quantiser_variants();
+        std::eprintln!(
+            "quantisers: {:?}",
+            variants.iter().map(|v| v.0).collect::<Vec<_>>()
+        );
+        for (name, quant) in variants {
+            for seed in 0..600u64 {
+                let blocks = (seed % 21) as usize;
+                let scale = [1.0, 1e-30, 1e30, 3.0e-39, 1e-3, 200.0][(seed / 21 % 6) as usize];
+                let mut x: Vec<f32> = rand(seed, 32 * blocks).iter().map(|v| v * scale).collect();
+                for (b, xb) in x.chunks_mut(32).enumerate() {
+                    match (seed as usize + b) % 7 {
+                        // largest magnitude 127: d = 1, so v · (1/d) = v, and halves stay
+                        // halves
+                        0 => {
+                            for (j, v) in xb.iter_mut().enumerate() {
+                                *v = (j as f32 - 15.5) * if j % 3 == 0 { -1.0 } else { 1.0 };
+                            }
+                            xb[0] = 127.0;
+                        }
+                        1 => xb.iter_mut().for_each(|v| *v = 0.0),
+                        2 => xb.iter_mut().step_by(2).for_each(|v| *v = -0.0),
+                        3 => xb[31] = f32::MAX * if seed % 2 == 0 { 1.0 } else { -1.0 },
+                        _ => {}
+                    }
+                }
+                let zero = BlockQ8_0 {
+                    d: f16::ZERO,
+                    qs: [0; 32],
+                };
+                let mut want = vec![zero; blocks];
+                let ok = crate::quantize::quantize_row_q8_0(&x, &mut want).is_ok();
+                // different initial contents: every byte must be written
+                let mut got = vec![
+                    BlockQ8_0 {
+                        d: f16::ONE,
+                        qs: [9; 32]
+                    };
+                    blocks
+                ];
+                assert_eq!(quant(&x, &mut got), ok, "{name} seed {seed}");
+                for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.d.to_bits(), w.d.to_bits(), "{name} seed {seed} block {b}");
+                    assert_eq!(g.qs, w.qs, "{name} seed {seed} block {b}");
+                }
+                // a non-finite value anywhere: refused, as by the scalar code
+                if blocks > 0 {
+                    let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][(seed % 3) as usize];
+                    let at = (seed as usize * 7) % x.len();
+                    x[at] = bad;
+                    assert!(crate::quantize::quantize_row_q8_0(&x, &mut want).is_err());
+                    assert!(!quant(&x, &mut got), "{name} seed {seed}: {bad} at {at}");
+                }
+            }
+        }
+    }
+
     type OctKernels = (
         fn(&[BlockQ4_0], &[BlockQ8_0], &[Q8Oct]) -> f32,
         fn(&[BlockQ8_0], &[BlockQ8_0], &[Q8Oct]) -> f32,

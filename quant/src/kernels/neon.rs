@@ -557,6 +557,57 @@ unsafe fn addp4(v: [int32x4_t; 4]) -> int32x4_t {
     out
 }
 
+/// [`crate::quantize::quantize_row_q8_0`] of an activation row, bit-identical to it:
+/// the block's largest magnitude by `FMAXV`, its scales by the scalar code
+/// (`q8_0_scales`), then per value `v · (1/d)` converted by `FCVTAS` (round half away from
+/// zero, as `roundf`) and narrowed with signed saturation (as `as i8`). A block whose
+/// `1/d` overflows (subnormal scales) runs the scalar code. False (with `out`
+/// unspecified) when a value is not finite, where the scalar code returns an error.
+///
+/// # Safety
+/// NEON available; `x.len() == 32 · out.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) -> bool {
+    debug_assert_eq!(x.len(), 32 * out.len());
+    // SAFETY: NEON is the caller's; block i reads x[32i .. 32i + 32], within `x`.
+    unsafe {
+        let inf = vdupq_n_f32(f32::INFINITY);
+        for (i, b) in out.iter_mut().enumerate() {
+            let p = x.as_ptr().add(32 * i);
+            let v: [float32x4_t; 8] = core::array::from_fn(|k| vld1q_f32(p.add(4 * k)));
+            let a = v.map(|v| vabsq_f32(v));
+            let mut finite = vcltq_f32(a[0], inf);
+            let mut m = a[0];
+            for a in &a[1..] {
+                finite = vandq_u32(finite, vcltq_f32(*a, inf));
+                m = vmaxq_f32(m, *a);
+            }
+            if vminvq_u32(finite) != u32::MAX {
+                return false;
+            }
+            let (d, id) = crate::quantize::q8_0_scales(vmaxvq_f32(m));
+            if !id.is_finite() {
+                crate::quantize::quantize_block_q8_0(core::slice::from_raw_parts(p, 32), b);
+                continue;
+            }
+            b.d = d;
+            let q = v.map(|v| vcvtaq_s32_f32(vmulq_n_f32(v, id)));
+            let h: [int16x8_t; 4] = core::array::from_fn(|k| {
+                vcombine_s16(vqmovn_s32(q[2 * k]), vqmovn_s32(q[2 * k + 1]))
+            });
+            vst1q_s8(
+                b.qs.as_mut_ptr(),
+                vcombine_s8(vqmovn_s16(h[0]), vqmovn_s16(h[1])),
+            );
+            vst1q_s8(
+                b.qs.as_mut_ptr().add(16),
+                vcombine_s8(vqmovn_s16(h[2]), vqmovn_s16(h[3])),
+            );
+        }
+        true
+    }
+}
+
 /// A Q4_0 block's 32 *unsigned* codes (0..=15) as two 16-byte halves; the kernels
 /// subtract `8 · Σx` per block afterwards (the [`super::Q8Oct`] correction).
 #[inline(always)]

@@ -183,19 +183,25 @@ pub unsafe fn axpy_q4_0(a: f32, w: &[BlockQ4_0], y: &mut [f32]) {
 /// `float16x4_t`.
 #[inline(always)]
 unsafe fn f16x4_to_f32(bits: [u16; 4]) -> float32x4_t {
+    // SAFETY: NEON is the caller's; 4 readable u16 in `bits`.
+    unsafe { fcvtl(vld1_u16(bits.as_ptr())) }
+}
+
+/// `FCVTL`: four F16 values (raw bits) as f32.
+#[inline(always)]
+unsafe fn fcvtl(h: uint16x4_t) -> float32x4_t {
+    let out: float32x4_t;
     // SAFETY: NEON is the caller's; the instruction only reads and writes two vector
     // registers.
     unsafe {
-        let h = vld1_u16(bits.as_ptr());
-        let out: float32x4_t;
         core::arch::asm!(
             "fcvtl {o:v}.4s, {h:v}.4h",
             h = in(vreg) h,
             o = lateout(vreg) out,
             options(pure, nomem, nostack, preserves_flags)
         );
-        out
     }
+    out
 }
 
 /// `Σ_blocks d_w·d_x·(Σ q_w·q_x)` over weight blocks `B` against Q8_0 activation blocks:
@@ -480,14 +486,7 @@ unsafe fn f16x4_gather(p: [*const u16; 4]) -> float32x4_t {
         h = vld1_lane_u16::<1>(p[1], h);
         h = vld1_lane_u16::<2>(p[2], h);
         h = vld1_lane_u16::<3>(p[3], h);
-        let out: float32x4_t;
-        core::arch::asm!(
-            "fcvtl {o:v}.4s, {h:v}.4h",
-            h = in(vreg) h,
-            o = lateout(vreg) out,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-        out
+        fcvtl(h)
     }
 }
 

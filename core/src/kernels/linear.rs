@@ -511,6 +511,7 @@ fn quantize_act(isa: Isa, x: &[f32], out: &mut [BlockQ8_0]) -> bool {
 
 /// Whether the skinny products want the activations' [`Q8Oct`]s: on AVX2 without
 /// AVX-512 and on NEON (the octet kernels use them; the AVX-512 ones do not).
+#[allow(unused_variables)]
 fn want_octs(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     return isa == Isa::Avx2 && isa::avx512() == Avx512::Off;

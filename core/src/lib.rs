@@ -18,7 +18,9 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod arch;
 pub mod engine;
+pub mod error;
 pub mod gguf;
 #[cfg(feature = "std")]
 pub mod io;
@@ -28,6 +30,8 @@ pub mod model;
 pub mod quantize;
 pub mod rng;
 
+pub use arch::{Family, ModelDesc};
+pub use error::Error;
 pub use gguf::{GgufError, MetaValue, Value, ValueType};
 pub use model::{Model, NestedSpec, PageGroup, SubModel, TensorView};
 pub use modula_quant::DType;

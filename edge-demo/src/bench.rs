@@ -10,7 +10,8 @@ use modula_core::quantize::{parse_target, quantize_model};
 use modula_core::Model;
 use std::path::{Path, PathBuf};
 
-use crate::run::{timed_decode, Engine, Size};
+use crate::run::{open_engine, timed_decode};
+use modula_core::engine::Size;
 
 /// Arguments of `modula bench`.
 #[derive(Args, Debug)]
@@ -110,7 +111,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     let mut engines = models
         .iter()
         .zip(&paths)
-        .map(|(m, p)| Engine::open(m, a.context).map_err(at(p)))
+        .map(|(m, p)| open_engine(m, a.context).map_err(at(p)))
         .collect::<Result<Vec<_>, _>>()?;
     let declared = engines[0].sizes();
     let sizes: Vec<Size> = if a.sizes == "all" {
@@ -133,7 +134,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
             })
             .collect::<Result<_, String>>()?
     };
-    let ctx = engines[0].max_context();
+    let ctx = engines[0].max_context().unwrap_or(usize::MAX);
     if a.prompt + a.tokens > ctx {
         return Err(format!(
             "--prompt {} + --tokens {} exceed the context of {ctx} positions",
@@ -160,7 +161,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     for _ in 0..a.rounds {
         for (k, e) in engines.iter_mut().enumerate() {
             for (j, &size) in sizes.iter().enumerate() {
-                let (pf, steps_ms) = timed_decode(e, size, &prompt, a.tokens)?;
+                let (pf, steps_ms) = timed_decode(e.as_mut(), size, &prompt, a.tokens)?;
                 prefill[k * ns + j].push(pf);
                 steps[k * ns + j].extend(steps_ms);
             }

@@ -21,7 +21,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::run::{calibrate, greedy, log_sum_exp, pick_by_latency, sample, Engine, Size};
+use crate::run::{calibrate, greedy, log_sum_exp, pick_by_latency, sample};
+use modula_core::engine::Size;
 
 /// Arguments of `modula demo` (all defaulted: `modula` alone runs it).
 #[derive(Args, Debug, Clone)]
@@ -386,24 +387,21 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
         a.quiet,
         "      {bar:30} {pos}/{len}  {msg}",
     )?;
-    let mut ef = Engine::Dense(DenseEngine::new(&mf32, SEQ)?);
-    let mut eq = Engine::Dense(DenseEngine::new(&mq, SEQ)?);
+    let mut ef = DenseEngine::new(&mf32, SEQ)?;
+    let mut eqd = DenseEngine::new(&mq, SEQ)?;
     pb.set_message("latency calibration");
     let lat_f32 = pb.suspend(|| calibrate(&mut ef, &f32_path, true))?;
     pb.inc(grid.len() as u64 / 2);
-    let lat_q = pb.suspend(|| calibrate(&mut eq, &q_path, true))?;
+    let lat_q = pb.suspend(|| calibrate(&mut eqd, &q_path, true))?;
     pb.inc(grid.len() as u64 - grid.len() as u64 / 2);
-    let (Engine::Dense(ef), Engine::Dense(eqd)) = (&mut ef, &mut eq) else {
-        unreachable!("both engines are dense")
-    };
     let mut rows = Vec::with_capacity(grid.len());
     let mut rss_err: Option<String> = None;
     for (i, &size) in grid.iter().enumerate() {
         pb.set_message(format!("{}x{}", size.0, size.1));
         ef.set_submodel(Some(size))?;
         eqd.set_submodel(Some(size))?;
-        let (bpb_f32, _) = engine_quality(ef, &windows)?;
-        let (bpb_q, acc_q) = engine_quality(eqd, &windows)?;
+        let (bpb_f32, _) = engine_quality(&mut ef, &windows)?;
+        let (bpb_q, acc_q) = engine_quality(&mut eqd, &windows)?;
         pb.inc(1);
         let rss = child_rss(&q_path, size, &a.prompt);
         pb.inc(1);
@@ -566,7 +564,10 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
         let half = full.ms_q / 2.0;
         let ms = a.budget_ms.unwrap_or(half.max(fastest));
         let (s, t) = pick_by_latency(&lat_q, |s| s.capacity(a.d, a.heads), ms)?;
-        let Size::Dense((dp, f, _)) = s else {
+        let Size::Dense {
+            depth: dp, ffn: f, ..
+        } = s
+        else {
             unreachable!("dense sizes")
         };
         let s = (dp, f);
@@ -595,7 +596,7 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
     eqd.set_submodel(Some(size))?;
     eqd.reset();
     print!("\n{}", a.prompt);
-    let (secs, _) = generate(eqd, a.prompt.as_bytes(), a.tokens, a.seed)?;
+    let (secs, _) = generate(&mut eqd, a.prompt.as_bytes(), a.tokens, a.seed)?;
     println!(
         "\n      {} bytes in {:.3} s ({:.0} bytes/s). Done in {:.1} s. Next: `modula run --model {} \
          --size DEPTHxFFN` or `--latency-ms X`, `modula inspect {}`.",

@@ -45,7 +45,7 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
         }
         _ => {}
     }
-    let spec = DenseSpec::from_model(&m).map_err(at)?;
+    let spec = DenseSpec::from_model(&m).map_err(|e| at(e.to_string()))?;
     let ctx = a.context.unwrap_or(if spec.positions > 0 {
         spec.positions
     } else {
@@ -77,13 +77,13 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
     // every size is planned and checked before anything is printed
     let mut rows = Vec::with_capacity(sizes.len());
     for (size, heads) in sizes {
-        let plan = spec.plan(ctx, size).map_err(at)?;
+        let plan = spec.plan(ctx, size).map_err(|e| at(e.to_string()))?;
         let (weights, arena) = spec
             .submodel_bytes_heads(&m, size, heads, ctx)
-            .map_err(at)?;
+            .map_err(|e| at(e.to_string()))?;
         // the engine honours the plan: build it and compare its buffers
-        let mut e = DenseEngine::with_capacity(&m, ctx, size).map_err(at)?;
-        e.set_heads(heads).map_err(at)?;
+        let mut e = DenseEngine::with_capacity(&m, ctx, size).map_err(|e| at(e.to_string()))?;
+        e.set_heads(heads).map_err(|e| at(e.to_string()))?;
         if e.arena_bytes() != plan || arena != plan.total() {
             return Err(format!(
                 "internal: the engine for {}x{} holds {:?}, the plan says {plan:?}",
@@ -105,10 +105,10 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
 /// ModuleFormer: one engine (and arena) for every nested expert count.
 fn plan_mf<B: AsRef<[u8]>>(a: &PlanArgs, m: &Model<B>) -> Result<(), String> {
     let at = |e: String| format!("{}: {e}", a.model.display());
-    let spec = MfSpec::from_model(m).map_err(at)?;
+    let spec = MfSpec::from_model(m).map_err(|e| at(e.to_string()))?;
     let ctx = a.context.unwrap_or(1024);
-    let plan = spec.plan(ctx).map_err(at)?;
-    let e = MfEngine::new(m, ctx).map_err(at)?;
+    let plan = spec.plan(ctx).map_err(|e| at(e.to_string()))?;
+    let e = MfEngine::new(m, ctx).map_err(|e| at(e.to_string()))?;
     if e.arena_bytes() != plan {
         return Err(format!(
             "internal: the ModuleFormer engine holds {:?}, the plan says {plan:?}",
@@ -161,9 +161,9 @@ fn plan_sb<B: AsRef<[u8]>>(a: &PlanArgs, m: &Model<B>) -> Result<(), String> {
             "--context does not apply to SeqBoat (its streaming state is constant)".into(),
         ));
     }
-    let spec = SbSpec::from_model(m).map_err(at)?;
+    let spec = SbSpec::from_model(m).map_err(|e| at(e.to_string()))?;
     let plan = spec.plan();
-    let e = SbEngine::new(m).map_err(at)?;
+    let e = SbEngine::new(m).map_err(|e| at(e.to_string()))?;
     if e.arena_bytes() != plan {
         return Err(format!(
             "internal: the SeqBoat engine holds {:?}, the plan says {plan:?}",

@@ -3,10 +3,11 @@
 //! A SeqBoat model streams with constant state (no context limit).
 
 use clap::Args;
-use modula_core::engine::{DenseEngine, DenseSpec, MfEngine, SbEngine};
+use modula_core::engine::{DecodeOptions, Decoder, DenseSpec, Size};
 use modula_core::kernels::par;
 use modula_core::rng::SplitMix64;
-use modula_core::{Model, NestedSpec};
+use modula_core::Family;
+use modula_core::Model;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -141,258 +142,17 @@ pub(crate) fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut S
     idx[k - 1] as u32
 }
 
-/// The decode engines `modula run` drives.
-pub(crate) enum Engine<'a> {
-    Dense(DenseEngine<'a>),
-    Mf(MfEngine<'a>),
-    Sb(SbEngine<'a>),
-}
+/// The decoder `modula run` drives: any family, through one interface.
+pub(crate) type Engine<'a> = Box<dyn Decoder<'a> + 'a>;
 
-impl<'a> Engine<'a> {
-    /// The decode engine for a byte LM file: dense (and EMoE), ModuleFormer or SeqBoat by
-    /// `modula.model`; `context` positions (default: the position table, else 1024; not
-    /// for SeqBoat, whose state is constant).
-    pub(crate) fn open<B: AsRef<[u8]>>(
-        m: &'a Model<B>,
-        context: Option<usize>,
-    ) -> Result<Engine<'a>, String> {
-        match m.get_str("modula.model") {
-            Some("seqboat") => {
-                if context.is_some() {
-                    return Err(
-                        "a context length does not apply to SeqBoat (constant state)".into(),
-                    );
-                }
-                let e = SbEngine::new(m)?;
-                if e.spec().classes > 0 {
-                    return Err(
-                        "a SeqBoat classifier, not a language model: use modula eval".into(),
-                    );
-                }
-                Ok(Engine::Sb(e))
-            }
-            Some("moduleformer") => Ok(Engine::Mf(MfEngine::new(m, context.unwrap_or(1024))?)),
-            _ => {
-                let spec = modula_core::engine::DenseSpec::from_model(m)?;
-                let ctx = context.unwrap_or(if spec.positions > 0 {
-                    spec.positions
-                } else {
-                    1024
-                });
-                Ok(Engine::Dense(DenseEngine::new(m, ctx)?))
-            }
-        }
-    }
-
-    /// A `--size` for this architecture: `DEPTHxFFN` (dense), `N` or `ATTxFFN` experts
-    /// (ModuleFormer), a depth `N` (SeqBoat).
-    pub(crate) fn parse_size(&self, sz: &str) -> Result<Size, String> {
-        match self {
-            Engine::Sb(_) => sz
-                .parse()
-                .map(Size::Sb)
-                .map_err(|_| format!("--size {sz}: for a SeqBoat file use a depth N")),
-            Engine::Mf(_) => {
-                let parsed = match sz.split_once('x') {
-                    Some((x, y)) => x.parse().ok().zip(y.parse().ok()),
-                    None => sz.parse().ok().map(|n: usize| (n, n)),
-                };
-                parsed.map(Size::Mf).ok_or_else(|| {
-                    format!("--size {sz}: for a ModuleFormer file use N (experts) or ATTxFFN")
-                })
-            }
-            Engine::Dense(e) => Size::parse_dense(sz, e.spec().heads),
-        }
-    }
-
-    pub(crate) fn step(&mut self, token: u32) -> Result<&[f32], String> {
-        match self {
-            Engine::Dense(e) => e.step(token),
-            Engine::Mf(e) => e.step(token),
-            Engine::Sb(e) => e.step(token),
-        }
-    }
-
-    /// The prompt: one batched pass for ModuleFormer and SeqBoat, token by token for dense
-    /// models.
-    pub(crate) fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
-        match self {
-            Engine::Sb(e) => e.prefill(tokens).map(<[f32]>::to_vec),
-            Engine::Dense(e) => {
-                let mut last = Vec::new();
-                for &t in tokens {
-                    last.clear();
-                    last.extend_from_slice(e.step(t)?);
-                }
-                Ok(last)
-            }
-            Engine::Mf(e) => e.prefill(tokens).map(<[f32]>::to_vec),
-        }
-    }
-
-    /// The nested sub-models the file declares, smallest first, the full model last.
-    pub(crate) fn sizes(&self) -> Vec<Size> {
-        match self {
-            Engine::Dense(e) => {
-                let spec = e.spec();
-                let heads: Vec<Option<usize>> = spec
-                    .nested_head_list()
-                    .into_iter()
-                    .map(|h| (h != spec.heads).then_some(h))
-                    .collect();
-                spec.nested_grid()
-                    .into_iter()
-                    .flat_map(|(dp, f)| heads.iter().map(move |&h| Size::Dense((dp, f, h))))
-                    .collect()
-            }
-            Engine::Mf(e) => e
-                .spec()
-                .nested_expert_list()
-                .into_iter()
-                .map(|c| Size::Mf((c, c)))
-                .collect(),
-            Engine::Sb(e) => e
-                .spec()
-                .nested_depth_list()
-                .into_iter()
-                .map(Size::Sb)
-                .collect(),
-        }
-    }
-
-    /// [`Size::capacity`] of `size` in this engine's model.
-    pub(crate) fn capacity(&self, size: Size) -> f64 {
-        let (width, heads) = match self {
-            Engine::Dense(e) => (e.spec().d, e.spec().heads),
-            Engine::Mf(e) => (e.spec().d, 1),
-            Engine::Sb(e) => (e.spec().d, 1),
-        };
-        size.capacity(width, heads)
-    }
-
-    /// The nested size running now.
-    pub(crate) fn current_size(&self) -> Size {
-        match self {
-            Engine::Dense(e) => {
-                let (dp, f) = e.submodel();
-                let h = e.heads();
-                Size::Dense((dp, f, (h != e.spec().heads).then_some(h)))
-            }
-            Engine::Mf(e) => Size::Mf(e.submodel()),
-            Engine::Sb(e) => Size::Sb(e.depth()),
-        }
-    }
-
-    /// Switch to a nested sub-model (a new sequence starts).
-    pub(crate) fn set_size(&mut self, size: Size) -> Result<(), String> {
-        match (self, size) {
-            (Engine::Dense(e), Size::Dense((dp, f, h))) => {
-                e.set_submodel(Some((dp, f)))?;
-                e.set_heads(h)
-            }
-            (Engine::Mf(e), Size::Mf(s)) => e.set_submodel(Some(s)),
-            (Engine::Sb(e), Size::Sb(s)) => e.set_depth(Some(s)),
-            _ => Err("internal: a size of another architecture".into()),
-        }
-    }
-
-    /// Vocabulary.
-    pub(crate) fn vocab(&self) -> usize {
-        match self {
-            Engine::Dense(e) => e.spec().vocab,
-            Engine::Mf(e) => e.spec().vocab,
-            Engine::Sb(e) => e.spec().vocab,
-        }
-    }
-
-    /// Start a new sequence.
-    pub(crate) fn reset(&mut self) {
-        match self {
-            Engine::Dense(e) => e.reset(),
-            Engine::Mf(e) => e.reset(),
-            Engine::Sb(e) => e.reset(),
-        }
-    }
-
-    pub(crate) fn max_context(&self) -> usize {
-        match self {
-            Engine::Dense(e) => e.max_context(),
-            Engine::Mf(e) => e.max_context(),
-            Engine::Sb(_) => usize::MAX,
-        }
-    }
-}
-
-/// A nested sub-model of one of the architectures.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Size {
-    /// Dense: (depth, FFN width, attention heads — `None`: all).
-    Dense((usize, usize, Option<usize>)),
-    /// ModuleFormer: (attention, FFN) experts.
-    Mf((usize, usize)),
-    /// SeqBoat: depth.
-    Sb(usize),
-}
-
-impl Size {
-    /// A dense `--size`: `DEPTHxFFN` or `DEPTHxFFNxHEADS` of a model with `heads` heads.
-    pub(crate) fn parse_dense(sz: &str, heads: usize) -> Result<Size, String> {
-        let parts: Option<Vec<usize>> = sz.split('x').map(|v| v.parse().ok()).collect();
-        match parts.as_deref() {
-            Some(&[dp, f]) => Ok(Size::Dense((dp, f, None))),
-            Some(&[dp, f, h]) => Ok(Size::Dense((dp, f, (h != heads).then_some(h)))),
-            _ => Err(format!(
-                "--size {sz}: use DEPTHxFFN or DEPTHxFFNxHEADS, e.g. 2x128 or 2x128x2"
-            )),
-        }
-    }
-
-    /// How much model a size is, for a model of width `d` with `heads` heads: multiply-adds
-    /// per decoded token in its blocks (dense: the attention projections of the first `h`
-    /// heads and the first `f` FFN units of the first `depth` blocks), the expert count for
-    /// ModuleFormer (top-k keeps the per-token compute; more experts to choose from is the
-    /// larger model), the depth for SeqBoat. Orders nested sizes.
-    pub(crate) fn capacity(self, d: usize, heads: usize) -> f64 {
-        match self {
-            Size::Dense((depth, f, h)) => {
-                let h = h.unwrap_or(heads);
-                let (d, att) = (d as f64, (d * h / heads.max(1)) as f64);
-                depth as f64 * (4.0 * d * att + 2.0 * d * f as f64)
-            }
-            Size::Mf((a, f)) => (a + f) as f64,
-            Size::Sb(depth) => depth as f64,
-        }
-    }
-
-    /// The file view's [`NestedSpec`] of this size.
-    pub(crate) fn nested_spec(self) -> NestedSpec {
-        match self {
-            Size::Dense((depth, ffn, heads)) => NestedSpec {
-                depth: Some(depth),
-                ffn: Some(ffn),
-                heads,
-                ..Default::default()
-            },
-            Size::Mf((att, ffn)) => NestedSpec {
-                att_experts: Some(att),
-                ffn_experts: Some(ffn),
-                ..Default::default()
-            },
-            Size::Sb(depth) => NestedSpec {
-                depth: Some(depth),
-                ..Default::default()
-            },
-        }
-    }
-
-    pub(crate) fn label(self) -> String {
-        match self {
-            Size::Dense((d, f, None)) => format!("{d}x{f}"),
-            Size::Dense((d, f, Some(h))) => format!("{d}x{f}x{h}"),
-            Size::Mf((a, f)) => format!("{a}x{f} experts"),
-            Size::Sb(d) => format!("depth {d}"),
-        }
-    }
+/// The decoder for a byte LM file of any family (`modula_core::engine::open`): `context`
+/// positions (default: the position table, else 1024; not for SeqBoat, whose state is
+/// constant).
+pub(crate) fn open_engine<'a, B: AsRef<[u8]>>(
+    m: &'a Model<B>,
+    context: Option<usize>,
+) -> Result<Engine<'a>, String> {
+    Ok(modula_core::engine::open(m, context, None)?)
 }
 
 /// `ln Σ exp(logits)`, computed in f64 after subtracting the maximum: with a target's
@@ -417,8 +177,8 @@ pub(crate) fn greedy(logits: &[f32]) -> u32 {
 
 /// One timed sequence with `size`: a fresh sequence, `prompt` prefilled, then `steps`
 /// greedy decode steps. Returns the prefill time (s) and each step's time (ms).
-pub(crate) fn timed_decode(
-    e: &mut Engine<'_>,
+pub(crate) fn timed_decode<'a, D: Decoder<'a> + ?Sized>(
+    e: &mut D,
     size: Size,
     prompt: &[u32],
     steps: usize,
@@ -426,7 +186,7 @@ pub(crate) fn timed_decode(
     e.set_size(size)?;
     e.reset();
     let t = Instant::now();
-    let mut last = e.prefill(prompt)?;
+    let mut last = e.prefill(prompt)?.to_vec();
     let prefill = t.elapsed().as_secs_f64();
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
@@ -459,8 +219,8 @@ fn calibration_key(model: &std::path::Path) -> Result<String, String> {
 /// Per-token decode time (ms; the median of 8 rounds x 8 steps after a 16-token prompt,
 /// rounds interleaved over the sizes) of every size,
 /// from the cache file when it matches, else measured and cached (atomically).
-pub(crate) fn calibrate(
-    e: &mut Engine<'_>,
+pub(crate) fn calibrate<'a, D: Decoder<'a> + ?Sized>(
+    e: &mut D,
     model: &std::path::Path,
     recalibrate: bool,
 ) -> Result<Vec<(Size, f64)>, String> {
@@ -490,7 +250,7 @@ pub(crate) fn calibrate(
         }
     }
     let vocab = e.vocab();
-    let ctx = e.max_context();
+    let ctx = e.max_context().unwrap_or(usize::MAX);
     let (np, ns) = (16.min(ctx / 3).max(1), 32.min(ctx.saturating_sub(17)));
     if ns < 3 {
         return Err(format!(
@@ -569,43 +329,35 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         return Err(format!("--temperature {} must be >= 0", a.temperature));
     }
     let m = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
-    let at = |e: String| format!("{}: {e}", a.model.display());
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", a.model.display());
     if a.no_readahead {
-        m.advise_no_readahead().map_err(|e| at(e.to_string()))?;
+        m.advise_no_readahead().map_err(|e| at(&e))?;
     }
-    if m.get_str("modula.model") == Some("seqboat")
-        && (a.budget_mb.is_some() || a.context.is_some())
-    {
+    let desc = modula_core::ModelDesc::from_model(&m).map_err(|e| at(&e))?;
+    let family = desc.family;
+    if family == Family::SeqBoat && (a.budget_mb.is_some() || a.context.is_some()) {
         return Err(
             "--budget-mb and --context do not apply to SeqBoat files (constant state)".into(),
         );
     }
-    let dense = !matches!(
-        m.get_str("modula.model"),
-        Some("seqboat") | Some("moduleformer")
-    );
+    let dense = family == Family::Dense;
     // A dense run at one size (--size without --input, or --budget-mb) builds only that
     // sub-model's engine: its arena is what was planned, and no full-size engine (whose
     // KV caches would count in the peak) is built first.
-    let mut e = if dense && ((a.size.is_some() && a.input.is_none()) || a.budget_mb.is_some()) {
-        let spec = DenseSpec::from_model(&m).map_err(at)?;
-        let ctx = a.context.unwrap_or(if spec.positions > 0 {
-            spec.positions
-        } else {
-            1024
-        });
-        let (dp, f, h) = match (&a.size, a.budget_mb) {
-            (Some(sz), _) => match Size::parse_dense(sz, spec.heads)? {
-                Size::Dense((dp, f, h)) => (dp, f, h),
-                _ => return Err("internal: a dense size expected".into()),
-            },
+    let cap = if dense && ((a.size.is_some() && a.input.is_none()) || a.budget_mb.is_some()) {
+        let spec = DenseSpec::from_desc(&desc).map_err(|e| at(&e))?;
+        let ctx = a
+            .context
+            .unwrap_or_else(|| modula_core::engine::decoder::default_context(&desc, 1024));
+        match (&a.size, a.budget_mb) {
+            (Some(sz), _) => Some(Size::parse_dense(sz, spec.heads)?),
             (None, Some(mb)) => {
                 if !(mb.is_finite() && mb > 0.0) {
                     return Err("--budget-mb must be a positive number".into());
                 }
                 let ((dp, f, h), bytes) = spec
                     .pick_by_memory(&m, (mb * 1048576.0) as u64, ctx)
-                    .map_err(at)?;
+                    .map_err(|e| at(&e))?;
                 let heads = if h < spec.heads {
                     format!(" x {h} heads")
                 } else {
@@ -615,40 +367,36 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                     "budget {mb} MiB: sub-model depth {dp} x FFN {f}{heads} ({:.2} MiB of weights + arena at {ctx} positions)",
                     bytes as f64 / 1048576.0
                 );
-                (dp, f, (h < spec.heads).then_some(h))
+                Some(Size::Dense {
+                    depth: dp,
+                    ffn: f,
+                    heads: (h < spec.heads).then_some(h),
+                })
             }
             (None, None) => return Err("internal: no size".into()),
-        };
-        let mut d = DenseEngine::with_capacity(&m, ctx, (dp, f)).map_err(at)?;
-        d.set_heads(h).map_err(at)?;
-        Engine::Dense(d)
-    } else {
-        Engine::open(&m, a.context).map_err(at)?
-    };
-    match &mut e {
-        Engine::Sb(s) => s.set_act_bias(a.act_bias).map_err(at)?,
-        Engine::Mf(mf) => {
-            if a.sb_stop.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
-                return Err("--sb-stop must be a positive number".into());
-            }
-            mf.set_stop(a.sb_stop);
         }
-        Engine::Dense(_) => {}
-    }
-    if let (Some(sz), false) = (&a.size, dense && a.input.is_none()) {
+    } else {
+        None
+    };
+    let mut e = modula_core::engine::open(&m, a.context, cap).map_err(|e| at(&e))?;
+    e.configure(&DecodeOptions {
+        sb_stop: a.sb_stop,
+        act_bias: a.act_bias,
+    })
+    .map_err(|e| at(&e))?;
+    if let (Some(sz), None) = (&a.size, cap) {
         let size = e.parse_size(sz)?;
-        e.set_size(size).map_err(at)?;
+        e.set_size(size).map_err(|e| at(&e))?;
     }
     // without read-ahead, read exactly the chosen sub-model's bytes ahead (one
     // MADV_WILLNEED per merged range of its tensor prefixes): a cold start then reads
     // those pages and no others
     // (not under expert paging: the pager decides which experts to read)
-    let paging = matches!(e, Engine::Mf(_)) && a.budget_mb.is_some();
+    let paging = e.moduleformer().is_some() && a.budget_mb.is_some();
     if a.no_readahead && !paging && (a.size.is_some() || a.budget_mb.is_some()) {
-        let spec = e.current_size().nested_spec();
-        let sub = m.submodel(spec).map_err(|x| at(x.to_string()))?;
-        m.advise_submodel(&sub, true)
-            .map_err(|x| at(x.to_string()))?;
+        let spec = e.size().nested_spec();
+        let sub = m.submodel(spec).map_err(|x| at(&x))?;
+        m.advise_submodel(&sub, true).map_err(|x| at(&x))?;
         eprintln!(
             "read ahead: the sub-model's {:.2} MiB in {} ranges (of {:.2} MiB mapped)",
             sub.weight_bytes() as f64 / 1048576.0,
@@ -658,8 +406,8 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     }
     // ModuleFormer under a memory budget: expert paging (the experts beyond what fits
     // are dropped and re-read as the routers choose them)
-    let mut pager = match (&e, a.budget_mb) {
-        (Engine::Mf(mf), Some(mb)) => {
+    let mut pager = match (e.moduleformer(), a.budget_mb) {
+        (Some(mf), Some(mb)) => {
             if !(mb.is_finite() && mb > 0.0) {
                 return Err("--budget-mb must be a positive number".into());
             }
@@ -669,16 +417,17 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                 * mf.max_context() as u64
                 * s.att_hidden() as u64
                 * if s.shared_kv { 1 } else { 2 };
-            let mut p = modula_core::engine::paging::ExpertPager::new(&m, u64::MAX).map_err(at)?;
+            let mut p =
+                modula_core::engine::paging::ExpertPager::new(&m, u64::MAX).map_err(|e| at(&e))?;
             let rest = m.bytes().len() as u64 - p.total_bytes() + kv;
             let budget = (mb * 1048576.0) as u64;
             if budget <= rest {
-                return Err(at(format!(
+                return Err(at(&format!(
                     "impossible budget: {mb} MiB, but the shared weights and KV caches alone need {:.2} MiB",
                     rest as f64 / 1048576.0
                 )));
             }
-            p.set_budget(budget - rest).map_err(at)?;
+            p.set_budget(budget - rest).map_err(|e| at(&e))?;
             eprintln!(
                 "budget {mb} MiB: {:.2} MiB shared weights + KV caches, up to {:.2} of {:.2} MiB of experts resident",
                 rest as f64 / 1048576.0,
@@ -693,7 +442,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         if !(ms.is_finite() && ms > 0.0) {
             return Err("--latency-ms must be a positive number".into());
         }
-        let measured = calibrate(&mut e, &a.model, a.recalibrate)?;
+        let measured = calibrate(e.as_mut(), &a.model, a.recalibrate)?;
         let list: Vec<String> = measured
             .iter()
             .map(|(s, m)| format!("{}: {m:.4} ms", s.label()))
@@ -712,7 +461,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         Some(path) => {
             let mut served = 0usize;
             // a plain line runs the size the flags chose, whatever the line before ran
-            let default_size = e.current_size();
+            let default_size = e.size();
             let text = if path.as_os_str() == "-" {
                 let mut t = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
@@ -727,26 +476,28 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let req = |x: String| format!("--input line {}: {x}", n + 1);
+                let req = |x: &dyn std::fmt::Display| format!("--input line {}: {x}", n + 1);
                 let (size, prompt) = match line.strip_prefix('@') {
                     Some(rest) => {
                         let (sz, p) = rest.split_once(' ').ok_or_else(|| {
-                            req("'@SIZE prompt': a size, a space, then the prompt".into())
+                            req(&"'@SIZE prompt': a size, a space, then the prompt")
                         })?;
-                        (Some(e.parse_size(sz).map_err(req)?), p)
+                        (Some(e.parse_size(sz).map_err(|x| req(&x))?), p)
                     }
                     None => (None, line),
                 };
                 let t = Instant::now();
-                e.set_size(size.unwrap_or(default_size)).map_err(req)?;
+                e.set_size(size.unwrap_or(default_size))
+                    .map_err(|x| req(&x))?;
                 let switch = t.elapsed().as_secs_f64();
                 eprintln!(
                     "request {}: sub-model {} (switched in {:.1} µs)",
                     n + 1,
-                    e.current_size().label(),
+                    e.size().label(),
                     1e6 * switch
                 );
-                serve(&mut e, pager.as_mut(), prompt.as_bytes(), a, &mut out).map_err(req)?;
+                serve(&mut e, pager.as_mut(), prompt.as_bytes(), a, &mut out)
+                    .map_err(|x| req(&x))?;
                 served += 1;
             }
             if served == 0 {
@@ -785,17 +536,8 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             _ => eprintln!("rss_bytes: not available on this system"),
         }
     }
-    if let Engine::Sb(e) = &e {
-        let (counts, seen) = e.activations();
-        let ratios: Vec<String> = counts
-            .iter()
-            .map(|&c| format!("{:.3}", c as f64 / seen.max(1) as f64))
-            .collect();
-        eprintln!(
-            "seqboat: activation ratio per layer {} over {seen} tokens; state {} bytes per stream (constant in the length)",
-            ratios.join(","),
-            e.state_bytes()
-        );
+    if let Some(line) = e.stats_line() {
+        eprintln!("{line}");
     }
     Ok(())
 }
@@ -809,16 +551,17 @@ fn serve(
     a: &RunArgs,
     out: &mut impl Write,
 ) -> Result<(), String> {
-    let ctx = e.max_context();
     if prompt.is_empty() {
         return Err("the prompt must not be empty".into());
     }
-    if prompt.len() + a.tokens > ctx {
-        return Err(format!(
-            "prompt ({} bytes) + --tokens {} exceed the context of {ctx} positions",
-            prompt.len(),
-            a.tokens
-        ));
+    if let Some(ctx) = e.max_context() {
+        if prompt.len() + a.tokens > ctx {
+            return Err(format!(
+                "prompt ({} bytes) + --tokens {} exceed the context of {ctx} positions",
+                prompt.len(),
+                a.tokens
+            ));
+        }
     }
     e.reset();
     if !a.quiet {
@@ -826,21 +569,23 @@ fn serve(
     }
     let t0 = Instant::now();
     let ids: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
-    let mut logits = match (pager.as_deref_mut(), &mut *e) {
+    let mut logits = match pager.as_deref_mut() {
         // under expert paging the prompt goes token by token, so the resident set stays
         // within the budget from the first token (a batched prefill reads every expert
         // its tokens choose at once)
-        (Some(p), Engine::Mf(mf)) => {
+        Some(p) => {
             p.drop_all()?;
             let mut last = Vec::new();
             for &t in &ids {
                 last.clear();
-                last.extend_from_slice(mf.step(t)?);
-                p.after_step(mf)?;
+                last.extend_from_slice(e.step(t)?);
+                if let Some(mf) = e.moduleformer() {
+                    p.after_step(mf)?;
+                }
             }
             last
         }
-        _ => e.prefill(&ids)?,
+        None => e.prefill(&ids)?.to_vec(),
     };
     let prefill = t0.elapsed().as_secs_f64();
     let mut rng = SplitMix64(a.seed);
@@ -852,7 +597,7 @@ fn serve(
             out.flush().map_err(|x| x.to_string())?;
         }
         logits.copy_from_slice(e.step(next)?);
-        if let (Some(p), Engine::Mf(mf)) = (pager.as_deref_mut(), &*e) {
+        if let (Some(p), Some(mf)) = (pager.as_deref_mut(), e.moduleformer()) {
             p.after_step(mf)?;
         }
     }
@@ -880,20 +625,26 @@ mod tests {
     fn latency_budget_picks_by_capacity_not_by_noisy_time() {
         // a noisy calibration measured the deeper model faster than the shallower one
         let measured = [
-            (Size::Sb(1), 0.1258),
-            (Size::Sb(2), 0.0804),
-            (Size::Sb(3), 2.0),
+            (Size::Depth(1), 0.1258),
+            (Size::Depth(2), 0.0804),
+            (Size::Depth(3), 2.0),
         ];
         let cap = |s: Size| match s {
-            Size::Sb(d) => d as f64,
+            Size::Depth(d) => d as f64,
             _ => 0.0,
         };
         assert_eq!(
             pick_by_latency(&measured, cap, 1000.0).unwrap().0,
-            Size::Sb(3)
+            Size::Depth(3)
         );
-        assert_eq!(pick_by_latency(&measured, cap, 1.0).unwrap().0, Size::Sb(2));
-        assert_eq!(pick_by_latency(&measured, cap, 0.1).unwrap().0, Size::Sb(2));
+        assert_eq!(
+            pick_by_latency(&measured, cap, 1.0).unwrap().0,
+            Size::Depth(2)
+        );
+        assert_eq!(
+            pick_by_latency(&measured, cap, 0.1).unwrap().0,
+            Size::Depth(2)
+        );
         let err = pick_by_latency(&measured, cap, 0.01).unwrap_err();
         assert!(
             err.contains("impossible latency budget") && err.contains("0.0804"),

@@ -1274,7 +1274,7 @@ fn eval_engine<B: AsRef<[u8]>>(a: &EvalArgs, f: &Model<B>) -> Result<(), String>
         return Err("--engine scores language models (next-token targets)".into());
     }
     let seqboat = f.get_str("modula.model") == Some("seqboat");
-    let mut e = crate::run::Engine::open(f, (!seqboat).then_some(seq))
+    let mut e = crate::run::open_engine(f, (!seqboat).then_some(seq))
         .map_err(|e| format!("{}: {e}", a.model.display()))?;
     if e.vocab() != sh.vocab {
         return Err("the model does not fit this data (vocabulary)".into());
@@ -1286,7 +1286,7 @@ fn eval_engine<B: AsRef<[u8]>>(a: &EvalArgs, f: &Model<B>) -> Result<(), String>
     println!(
         "model: {} (scored by the decode engine, size {})",
         a.model.display(),
-        e.current_size().label()
+        e.size().label()
     );
     println!("data: {} at {seq} positions", data.describe());
     let (mut nats, mut right, mut n) = (0.0f64, 0usize, 0usize);

@@ -140,10 +140,10 @@ fn decode_steps_do_not_allocate() {
                 }
             });
             assert_eq!(n, 0, "{cap:?}: {n} allocations");
-            assert!(e2.step(1).unwrap_err().contains("full"));
+            assert!(e2.step(1).unwrap_err().to_string().contains("full"));
             if cap != (2, 64) {
                 let err = e2.set_submodel(Some((2, 64))).unwrap_err();
-                assert!(err.contains("capacity"), "{err}");
+                assert!(err.to_string().contains("capacity"), "{err}");
             }
             assert_eq!(
                 spec.submodel_bytes(&m, cap, ctx).unwrap().1,
@@ -151,9 +151,21 @@ fn decode_steps_do_not_allocate() {
                 "submodel_bytes uses the plan"
             );
         }
-        assert!(spec.plan(0, (1, 32)).unwrap_err().contains("context 0"));
-        assert!(spec.plan(64, (2, 32)).unwrap_err().contains("EMoE"));
-        assert!(spec.plan(64, (3, 64)).unwrap_err().contains("outside"));
+        assert!(spec
+            .plan(0, (1, 32))
+            .unwrap_err()
+            .to_string()
+            .contains("context 0"));
+        assert!(spec
+            .plan(64, (2, 32))
+            .unwrap_err()
+            .to_string()
+            .contains("EMoE"));
+        assert!(spec
+            .plan(64, (3, 64))
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
         std::fs::remove_file(p).unwrap();
     }
     for (tag, cfg) in [

@@ -105,7 +105,8 @@ fn engine_matches_the_trainer_forward() {
     let err = spec
         .pick_by_memory(&nfile, need((1, 32)) - 1, 16)
         .unwrap_err();
-    assert!(err.contains("impossible budget"), "{err}");
+    assert!(matches!(err, modula_core::Error::Input { .. }), "{err:?}");
+    assert!(err.to_string().contains("impossible budget"), "{err}");
     std::fs::remove_file(pn).unwrap();
     assert!(e.set_submodel(Some((1, 65))).is_err());
 
@@ -143,10 +144,15 @@ fn engine_matches_the_trainer_forward() {
 
     // bad input is an error, not a panic
     let mut e = DenseEngine::new(&model, 2).unwrap();
-    assert!(e.step(40).unwrap_err().contains("vocabulary"));
+    assert!(e.step(40).unwrap_err().to_string().contains("vocabulary"));
     e.step(1).unwrap();
     e.step(2).unwrap();
-    assert!(e.step(3).unwrap_err().contains("full"));
+    let full = e.step(3).unwrap_err();
+    assert!(
+        matches!(full, modula_core::Error::ContextFull { capacity: 2, .. }),
+        "{full:?}"
+    );
+    assert!(full.to_string().contains("full"));
     e.reset();
     assert_eq!(e.position(), 0);
     e.step(3).unwrap();
@@ -170,6 +176,7 @@ fn engine_refuses_classifiers() {
     let model = Model::open(&p).unwrap();
     assert!(DenseEngine::new(&model, 4)
         .unwrap_err()
+        .to_string()
         .contains("classifier"));
     std::fs::remove_file(p).unwrap();
 }
@@ -300,9 +307,17 @@ fn moduleformer_engine_matches_the_trainer_forward() {
             }
         }
         let mut a = MfEngine::new(&model, 4).unwrap();
-        assert!(a.prefill(&tokens[..5]).unwrap_err().contains("do not fit"));
+        assert!(a
+            .prefill(&tokens[..5])
+            .unwrap_err()
+            .to_string()
+            .contains("do not fit"));
         assert!(a.prefill(&[]).is_err());
-        assert!(a.prefill(&[1, 99]).unwrap_err().contains("vocabulary"));
+        assert!(a
+            .prefill(&[1, 99])
+            .unwrap_err()
+            .to_string()
+            .contains("vocabulary"));
         // quantised file: the trainer reads it dequantised
         let (w, _) = quantize_model(&model, DType::Q8_0).unwrap();
         let pq =
@@ -313,10 +328,10 @@ fn moduleformer_engine_matches_the_trainer_forward() {
         check(&dq, &qmodel, 2e-2, "Q8_0");
         // bad input is an error
         let mut e = MfEngine::new(&model, 2).unwrap();
-        assert!(e.step(40).unwrap_err().contains("vocabulary"));
+        assert!(e.step(40).unwrap_err().to_string().contains("vocabulary"));
         e.step(1).unwrap();
         e.step(2).unwrap();
-        assert!(e.step(3).unwrap_err().contains("full"));
+        assert!(e.step(3).unwrap_err().to_string().contains("full"));
         e.reset();
         e.step(3).unwrap();
         for f in [p, pq] {
@@ -417,7 +432,11 @@ fn nested_heads_run_from_head_major_prefixes() {
     let pf = Model::open(&pp).unwrap();
     let mut e = DenseEngine::new(&pf, 16).unwrap();
     let err = e.set_heads(Some(2)).unwrap_err();
-    assert!(err.contains("does not nest heads"), "{err}");
+    assert!(
+        matches!(err, modula_core::Error::Unsupported { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("does not nest heads"), "{err}");
     assert!(e.set_heads(None).is_ok());
     let err = pf
         .submodel(modula_core::NestedSpec {
@@ -429,5 +448,117 @@ fn nested_heads_run_from_head_major_prefixes() {
     assert!(err.contains("head-major"), "{err}");
     for f in [p, q8, pp] {
         std::fs::remove_file(f).unwrap();
+    }
+}
+
+/// Largest |a − b| relative to the largest |b|.
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter()
+        .zip(b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+}
+
+#[test]
+fn batched_prefill_equals_token_by_token_steps() {
+    let cfg = DenseConfig {
+        max_seq: 32,
+        nested_depths: 1,
+        nested_ffn: [32, 0, 0, 0, 0, 0, 0, 0],
+        ..DenseConfig::lm(40, 32, 2, 4, 64)
+    }
+    .with_nested_heads(&[2, 4])
+    .unwrap();
+    let plain = perturbed(cfg, 11);
+    let mut emoe = perturbed(DenseConfig::lm(40, 32, 2, 4, 64), 12);
+    convert_layer(&mut emoe, 1, 4, 1, 5).unwrap();
+    let mut conv = DenseModel::new(
+        DenseConfig {
+            emoe_layers: 0b10,
+            emoe_experts: 4,
+            emoe_top_k: 2,
+            ..DenseConfig::lm(40, 32, 2, 4, 64)
+        },
+        0,
+    )
+    .unwrap();
+    conv.params.values.copy_from_slice(&emoe.params.values);
+    let emoe = conv;
+    let tokens: Vec<u32> = (0..23).map(|i| ((i * 11 + 5) % 40) as u32).collect();
+    for (tag, m) in [("prefill-plain", &plain), ("prefill-emoe", &emoe)] {
+        let p = file(m, tag);
+        let pq = std::env::temp_dir().join(format!(
+            "modula-prefill-q-{}-{tag}.gguf",
+            std::process::id()
+        ));
+        quantize_model(&Model::open(&p).unwrap(), DType::Q8_0)
+            .unwrap()
+            .0
+            .write_to(&pq)
+            .unwrap();
+        for path in [&p, &pq] {
+            let f = Model::open(path).unwrap();
+            let mut sizes: Vec<Option<((usize, usize), Option<usize>)>> = vec![None];
+            if tag == "prefill-plain" {
+                sizes.push(Some(((1, 32), Some(2))));
+                sizes.push(Some(((2, 64), Some(2))));
+            }
+            for size in sizes {
+                let mut a = DenseEngine::new(&f, 32).unwrap();
+                let mut b = DenseEngine::new(&f, 32).unwrap();
+                if let Some((s, h)) = size {
+                    a.set_submodel(Some(s)).unwrap();
+                    a.set_heads(h)
+                        .unwrap_or_else(|e| panic!("{tag} {}: {e}", path.display()));
+                    b.set_submodel(Some(s)).unwrap();
+                    b.set_heads(h).unwrap();
+                }
+                // a prompt in two pieces (the second prefill starts mid-context)
+                a.prefill(&tokens[..9]).unwrap();
+                let got = a.prefill(&tokens[9..]).unwrap().to_vec();
+                let mut want = Vec::new();
+                for &t in &tokens {
+                    want = b.step(t).unwrap().to_vec();
+                }
+                assert_eq!(a.position(), b.position());
+                let err = rel(&got, &want);
+                assert!(
+                    err < 1e-4,
+                    "{tag} {size:?} {}: prefill vs steps {err}",
+                    path.display()
+                );
+                // the caches the prefill left behind decode like the steps' caches
+                for t in [3u32, 17, 29] {
+                    let x = a.step(t).unwrap().to_vec();
+                    let y = b.step(t).unwrap();
+                    let err = rel(&x, y);
+                    assert!(err < 1e-4, "{tag} {size:?}: decode after prefill {err}");
+                }
+            }
+        }
+        // bad prompts are errors, the engine unchanged
+        let f = Model::open(&p).unwrap();
+        let mut e = DenseEngine::new(&f, 8).unwrap();
+        assert!(matches!(
+            e.prefill(&[]).unwrap_err(),
+            modula_core::Error::Input { .. }
+        ));
+        assert!(e
+            .prefill(&[1, 40])
+            .unwrap_err()
+            .to_string()
+            .contains("vocabulary"));
+        assert!(matches!(
+            e.prefill(&tokens[..9]).unwrap_err(),
+            modula_core::Error::ContextFull {
+                capacity: 8,
+                used: 0,
+                needed: 9
+            }
+        ));
+        assert_eq!(e.position(), 0);
+        for q in [p, pq] {
+            std::fs::remove_file(q).unwrap();
+        }
     }
 }

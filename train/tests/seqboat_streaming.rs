@@ -202,7 +202,7 @@ fn engine_refuses_what_cannot_stream_and_bad_tokens() {
     let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
     let model = Model::from_bytes(bytes).unwrap();
     let e = SbEngine::new(&model).unwrap_err();
-    assert!(e.contains("window 0"), "{e}");
+    assert!(e.to_string().contains("window 0"), "{e}");
     c.window = 4;
     c.causal = false;
     c.classes = 3;
@@ -210,7 +210,7 @@ fn engine_refuses_what_cannot_stream_and_bad_tokens() {
     let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
     let model = Model::from_bytes(bytes).unwrap();
     let e = SbEngine::new(&model).unwrap_err();
-    assert!(e.contains("bidirectional"), "{e}");
+    assert!(e.to_string().contains("bidirectional"), "{e}");
     // a hostile window: the ring would need more than 1 GiB
     let mut huge = lm(SbAttn::Softmax, true, 1 << 24);
     huge.max_pos = 4;
@@ -218,7 +218,7 @@ fn engine_refuses_what_cannot_stream_and_bad_tokens() {
     let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
     let model = Model::from_bytes(bytes).unwrap();
     let e = SbEngine::new(&model).unwrap_err();
-    assert!(e.contains("1 GiB"), "{e}");
+    assert!(e.to_string().contains("1 GiB"), "{e}");
     let m = SbModel::new(lm(SbAttn::Softmax, true, 2), 1).unwrap();
     let bytes = m.writer(64, "t").unwrap().to_bytes().unwrap();
     let model = Model::from_bytes(bytes).unwrap();

@@ -10,28 +10,30 @@
 //! the trainer; the trainer's forward on the same tokens agrees to float rounding (tests
 //! in `modula-train`).
 
+pub mod decoder;
 pub mod moduleformer;
 #[cfg(feature = "std")]
 pub mod paging;
 pub mod seqboat;
 
+pub use decoder::{open, DecodeOptions, Decoder, Size};
 pub use moduleformer::{MfEngine, MfSpec};
 pub use seqboat::{SbEngine, SbSpec};
 
-use crate::gguf::GgufError;
+use crate::arch::{Act, AttnLayout, Family, FfnKind, Input, MixerSpec, NormKind, Positions, Task};
+use crate::error::Error;
 use crate::kernels::attention::{causal_attention, KvCache};
-use crate::kernels::elementwise::{gelu, layer_norm};
+use crate::kernels::elementwise::layer_norm;
 use crate::kernels::linear::{linear, matmul_rows, MatRef};
 use crate::kernels::routing::top_k;
 use crate::model::Model;
-use crate::Value;
+use crate::ModelDesc;
 use alloc::format;
-use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
 /// Shape of a dense LM read from the file's `modula.*` metadata.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DenseSpec {
     /// Vocabulary.
     pub vocab: usize,
@@ -61,6 +63,10 @@ pub struct DenseSpec {
     /// `attn_qkv` rows per head (q, k, v), the output projection transposed
     /// (`attn_output_t`), so a head prefix is a row prefix. Needed to run fewer heads.
     pub head_major: bool,
+    /// Epsilon of the LayerNorms (`modula.norm_epsilon`).
+    pub eps: f32,
+    /// FFN activation (`modula.activation`).
+    pub act: Act,
 }
 
 #[derive(Debug)]
@@ -100,16 +106,75 @@ impl ArenaPlan {
     }
 }
 
-/// A dense (or EMoE) LM ready to decode, borrowing its weights from a [`Model`].
+/// The weights of a dense LM as one block stack: embedding (+ positions), blocks, final
+/// norm and head, borrowed from the mapped file.
 #[derive(Debug)]
-pub struct DenseEngine<'a> {
+struct Stack<'a> {
     spec: DenseSpec,
-    max_context: usize,
     emb: MatRef<'a>,
     pos: Option<MatRef<'a>>,
     blocks: Vec<BlockW<'a>>,
     lnf: (&'a [f32], &'a [f32]),
     head: MatRef<'a>,
+}
+
+/// Work rows for `n` positions at once (`n = 1`: the decode step's buffers, allocated once;
+/// a prompt's rows: allocated by [`DenseEngine::prefill`]).
+#[derive(Debug)]
+struct Rows {
+    /// Residual stream `[n, d]`.
+    x: Vec<f32>,
+    /// Normed input `[n, d]`.
+    h: Vec<f32>,
+    /// Projected q, k, v `[n, 3d]`.
+    qkv: Vec<f32>,
+    /// Attention outputs `[n, d]`.
+    att: Vec<f32>,
+    /// Sub-layer outputs `[n, d]` (also the position rows).
+    tmp: Vec<f32>,
+    /// FFN hidden units `[n, u_len]`.
+    u: Vec<f32>,
+    /// One row of attention scores (≥ context) or expert scores.
+    scores: Vec<f32>,
+    chosen: Vec<u32>,
+    chosen_val: Vec<f32>,
+}
+
+impl Rows {
+    fn new(n: usize, d: usize, u_len: usize, scores: usize, top_k: usize) -> Self {
+        Rows {
+            x: vec![0.0; n * d],
+            h: vec![0.0; n * d],
+            qkv: vec![0.0; n * 3 * d],
+            att: vec![0.0; n * d],
+            tmp: vec![0.0; n * d],
+            u: vec![0.0; n * u_len],
+            scores: vec![0.0; scores],
+            chosen: vec![0; top_k],
+            chosen_val: vec![0.0; top_k],
+        }
+    }
+
+    fn heap_bytes(&self) -> u64 {
+        let f4 = |v: &Vec<f32>| 4 * v.capacity() as u64;
+        f4(&self.x)
+            + f4(&self.h)
+            + f4(&self.qkv)
+            + f4(&self.att)
+            + f4(&self.tmp)
+            + f4(&self.u)
+            + f4(&self.scores)
+            + 4 * self.chosen.capacity() as u64
+            + f4(&self.chosen_val)
+    }
+}
+
+/// A dense (or EMoE) LM ready to decode, borrowing its weights from a [`Model`].
+#[derive(Debug)]
+pub struct DenseEngine<'a> {
+    spec: DenseSpec,
+    max_context: usize,
+    w: Stack<'a>,
     caches: Vec<KvCache>,
     len: usize,
     /// The nested sub-model in use: (depth, FFN width).
@@ -118,19 +183,11 @@ pub struct DenseEngine<'a> {
     heads: usize,
     /// The largest sub-model this engine was built for.
     cap: (usize, usize),
-    x: Vec<f32>,
-    h: Vec<f32>,
-    qkv: Vec<f32>,
-    att: Vec<f32>,
-    tmp: Vec<f32>,
-    u: Vec<f32>,
-    scores: Vec<f32>,
-    chosen: Vec<u32>,
-    chosen_val: Vec<f32>,
+    /// FFN buffer width per row.
+    u_len: usize,
+    buf: Rows,
     logits: Vec<f32>,
 }
-
-pub(crate) const EPS: f32 = 1e-5;
 
 /// The checks every decode step makes: the token is in the vocabulary and the context
 /// has room for it (a clear error, never a panic).
@@ -139,173 +196,176 @@ pub(crate) fn check_step(
     vocab: usize,
     len: usize,
     max_context: usize,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if token as usize >= vocab {
-        return Err(format!(
+        return Err(Error::input(format!(
             "token {token} is outside the vocabulary of {vocab}"
-        ));
+        )));
     }
     if len >= max_context {
-        return Err(format!("the context of {max_context} positions is full"));
+        return Err(Error::ContextFull {
+            capacity: max_context,
+            used: len,
+            needed: 1,
+        });
     }
     Ok(())
 }
 
-pub(crate) fn meta_u32<B: AsRef<[u8]>>(m: &Model<B>, key: &str) -> Result<usize, String> {
-    m.get_u32(key)
-        .map(|v| v as usize)
-        .map_err(|e| e.to_string())
+/// The checks of a prompt: not empty, every token in the vocabulary, room for all of it.
+pub(crate) fn check_prompt(
+    tokens: &[u32],
+    vocab: usize,
+    len: usize,
+    max_context: usize,
+) -> Result<(), Error> {
+    if tokens.is_empty() {
+        return Err(Error::input("prefill needs at least one token"));
+    }
+    if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::input(format!(
+            "token {t} is outside the vocabulary of {vocab}"
+        )));
+    }
+    if len + tokens.len() > max_context {
+        return Err(Error::ContextFull {
+            capacity: max_context,
+            used: len,
+            needed: tokens.len(),
+        });
+    }
+    Ok(())
 }
 
+/// A vector tensor (norm gains, biases): f32, exactly `len` values.
 pub(crate) fn vector<'a, B: AsRef<[u8]>>(
     m: &'a Model<B>,
     name: &str,
     len: usize,
-) -> Result<&'a [f32], String> {
-    let t = m.tensor(name).map_err(|e| e.to_string())?;
+) -> Result<&'a [f32], Error> {
+    let t = m.tensor(name)?;
     let v = t
         .as_f32_slice()
-        .map_err(|e| format!("{e} (norms and biases must stay f32)"))?;
+        .map_err(|e| Error::unsupported(format!("{e} (norms and biases must stay f32)")))?;
     if v.len() != len {
-        return Err(format!(
-            "tensor '{name}' has {} values, expected {len}",
-            v.len()
-        ));
+        return Err(Error::Shape {
+            tensor: name.into(),
+            expected: vec![len],
+            got: vec![v.len()],
+        });
     }
     Ok(v)
 }
 
+/// A matrix tensor of shape `[rows, cols]` in any supported type, as stored.
 pub(crate) fn matrix<'a, B: AsRef<[u8]>>(
     m: &'a Model<B>,
     name: &str,
     rows: usize,
     cols: usize,
-) -> Result<MatRef<'a>, String> {
-    let t = m.tensor(name).map_err(|e| e.to_string())?;
-    let w = t.as_matrix().map_err(|e: GgufError| e.to_string())?;
+) -> Result<MatRef<'a>, Error> {
+    let t = m.tensor(name)?;
+    let w = t.as_matrix()?;
     if (w.rows(), w.cols()) != (rows, cols) {
-        return Err(format!(
-            "tensor '{name}' is [{}, {}], expected [{rows}, {cols}]",
-            w.rows(),
-            w.cols()
-        ));
+        return Err(Error::Shape {
+            tensor: name.into(),
+            expected: vec![rows, cols],
+            got: vec![w.rows(), w.cols()],
+        });
     }
     Ok(w)
 }
 
 impl DenseSpec {
-    /// Read and check the architecture metadata of a dense LM file.
-    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, String> {
-        if m.get_str("modula.model") != Some("dense") {
-            return Err(format!(
-                "not a dense model (modula.model = {:?})",
-                m.get_str("modula.model")
+    /// Read and check the architecture metadata of a dense LM file (through the one
+    /// loader, [`ModelDesc::from_model`]).
+    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, Error> {
+        Self::from_desc(&ModelDesc::from_model(m)?)
+    }
+
+    /// The dense decoder's view of a description: a causal language model of
+    /// softmax-attention blocks with dense or EMoE FFNs.
+    pub fn from_desc(desc: &ModelDesc) -> Result<Self, Error> {
+        if desc.family != Family::Dense {
+            return Err(Error::metadata(
+                "modula.model",
+                format!(
+                    "not a dense model (modula.model = {:?})",
+                    desc.family.name()
+                ),
             ));
         }
-        if m.get_str("modula.task").is_some_and(|t| t != "lm") {
-            return Err("the decode engine runs language models; this is a classifier".into());
+        if desc.task != Task::Lm {
+            return Err(Error::unsupported(
+                "the decode engine runs language models; this is a classifier",
+            ));
         }
-        if let Some(Value::Bool(false)) = m.get("modula.attention.causal") {
-            return Err("the decode engine needs causal attention".into());
+        let Input::Tokens { vocab } = desc.input else {
+            return Err(Error::unsupported(
+                "the decode engine runs token models; this one reads feature vectors",
+            ));
+        };
+        let first = desc
+            .blocks
+            .first()
+            .ok_or_else(|| Error::metadata("modula.block_count", "a model of 0 blocks"))?;
+        let (MixerSpec::Attention(att), Some((_, ffn))) = (first.mixer, first.ffn) else {
+            return Err(Error::metadata(
+                "modula.model",
+                "a dense block is softmax attention + FFN",
+            ));
+        };
+        if !att.causal {
+            return Err(Error::unsupported(
+                "the decode engine needs causal attention",
+            ));
         }
-        let opt = |k: &str| m.get(k).map_or(Ok(0), |_| meta_u32(m, k));
         let mut spec = DenseSpec {
-            vocab: meta_u32(m, "modula.vocab_size")?,
-            d: meta_u32(m, "modula.embedding_length")?,
-            layers: meta_u32(m, "modula.block_count")?,
-            heads: meta_u32(m, "modula.attention.head_count")?,
-            ffn: meta_u32(m, "modula.feed_forward_length")?,
-            positions: opt("modula.position_length")?,
+            vocab,
+            d: desc.d,
+            layers: desc.layers(),
+            heads: att.heads,
+            ffn: ffn.width,
+            positions: match desc.positions {
+                Positions::Learned { rows } => rows,
+                Positions::None => 0,
+            },
             emoe_layers: 0,
             emoe_experts: 0,
             emoe_top_k: 0,
             nested_depths: 0,
             nested_ffn: [0; 8],
             nested_heads: 0,
-            head_major: match m.get("modula.attention.layout") {
-                None | Some(Value::Str("qkv")) => false,
-                Some(Value::Str("head_major")) => true,
-                Some(other) => {
-                    return Err(format!(
-                        "modula.attention.layout = {other:?} is not \"qkv\" or \"head_major\""
-                    ))
-                }
-            },
+            head_major: att.layout == AttnLayout::HeadMajor,
+            eps: first.norm.eps,
+            act: ffn.act,
         };
-        if spec.heads == 0
-            || !spec.d.is_multiple_of(spec.heads)
-            || spec.vocab == 0
-            || spec.layers > 64
-        {
-            return Err(format!(
-                "inconsistent shape: d {} heads {} vocab {} layers {}",
-                spec.d, spec.heads, spec.vocab, spec.layers
+        if first.norm.kind != NormKind::LayerNorm {
+            return Err(Error::unsupported(
+                "dense Modula files use LayerNorm (modula.norm = rmsnorm is not run by this engine)",
             ));
         }
-        if let Some(Value::Array(a)) = m.get("modula.emoe.layers") {
-            for v in a.iter() {
-                match v {
-                    Value::U32(l) if (l as usize) < spec.layers => spec.emoe_layers |= 1 << l,
-                    other => return Err(format!("modula.emoe.layers: bad entry {other:?}")),
-                }
-            }
-            spec.emoe_experts = meta_u32(m, "modula.expert.count")?;
-            spec.emoe_top_k = meta_u32(m, "modula.expert.used_count")?;
-            if spec.emoe_experts == 0
-                || !spec.ffn.is_multiple_of(spec.emoe_experts)
-                || spec.emoe_top_k == 0
-                || spec.emoe_top_k > spec.emoe_experts
-            {
-                return Err(format!(
-                    "EMoE: {} experts, top-{} do not fit an FFN of {}",
-                    spec.emoe_experts, spec.emoe_top_k, spec.ffn
-                ));
-            }
-        }
-        if let Some(Value::Array(a)) = m.get("modula.nested.depths") {
-            for v in a.iter() {
-                match v {
-                    Value::U32(l) if l >= 1 && (l as usize) <= spec.layers && l <= 64 => {
-                        if (l as usize) < spec.layers {
-                            spec.nested_depths |= 1 << (l - 1);
-                        }
-                    }
-                    other => return Err(format!("modula.nested.depths: bad entry {other:?}")),
+        for (l, b) in desc.blocks.iter().enumerate() {
+            if let Some((_, f)) = b.ffn {
+                if let FfnKind::Emoe { experts, top_k } = f.kind {
+                    spec.emoe_layers |= 1 << l;
+                    spec.emoe_experts = experts;
+                    spec.emoe_top_k = top_k;
                 }
             }
         }
-        if let Some(Value::Array(a)) = m.get("modula.nested.ffn_widths") {
-            let mut i = 0;
-            for v in a.iter() {
-                match v {
-                    Value::U32(w) if w >= 1 && (w as usize) <= spec.ffn => {
-                        if (w as usize) < spec.ffn {
-                            if i == 8 {
-                                return Err("modula.nested.ffn_widths: more than 8 widths".into());
-                            }
-                            spec.nested_ffn[i] = w;
-                            i += 1;
-                        }
-                    }
-                    other => return Err(format!("modula.nested.ffn_widths: bad entry {other:?}")),
-                }
+        let n = &desc.nesting;
+        for &l in &n.depths {
+            if l < spec.layers {
+                spec.nested_depths |= 1 << (l - 1);
             }
         }
-        if let Some(Value::Array(a)) = m.get("modula.nested.head_counts") {
-            for v in a.iter() {
-                match v {
-                    Value::U32(h) if h >= 1 && (h as usize) <= spec.heads && h <= 64 => {
-                        if (h as usize) < spec.heads {
-                            spec.nested_heads |= 1 << (h - 1);
-                        }
-                    }
-                    other => return Err(format!("modula.nested.head_counts: bad entry {other:?}")),
-                }
-            }
-            if spec.nested_heads != 0 && !spec.head_major {
-                return Err(
-                    "modula.nested.head_counts needs modula.attention.layout = head_major".into(),
-                );
+        for (i, &w) in n.ffn_widths.iter().filter(|&&w| w < spec.ffn).enumerate() {
+            spec.nested_ffn[i] = w as u32;
+        }
+        for &h in &n.heads {
+            if h < spec.heads {
+                spec.nested_heads |= 1 << (h - 1);
             }
         }
         Ok(spec)
@@ -313,29 +373,31 @@ impl DenseSpec {
 
     /// The heap memory (bytes) [`DenseEngine::with_capacity`]`(m, ctx, cap)` allocates —
     /// exactly, buffer by buffer — or why that engine cannot be built.
-    pub fn plan(&self, ctx: usize, cap: (usize, usize)) -> Result<ArenaPlan, String> {
+    pub fn plan(&self, ctx: usize, cap: (usize, usize)) -> Result<ArenaPlan, Error> {
         let (depth, f) = cap;
         if depth == 0 || depth > self.layers || f == 0 || f > self.ffn {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "sub-model depth {depth} x FFN {f} is outside the model (depth {}, FFN {})",
                 self.layers, self.ffn
-            ));
+            )));
         }
         if ctx == 0 || (self.positions > 0 && ctx > self.positions) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "context {ctx} must be in 1..={} (the position table)",
                 if self.positions > 0 {
                     self.positions
                 } else {
                     usize::MAX
                 }
-            ));
+            )));
         }
         let emoe_in = (0..depth)
             .filter(|&l| l < 64 && self.emoe_layers >> l & 1 == 1)
             .count();
         if f < self.ffn && emoe_in > 0 {
-            return Err("narrower FFNs of EMoE blocks are not supported".into());
+            return Err(Error::unsupported(
+                "narrower FFNs of EMoE blocks are not supported",
+            ));
         }
         let u = if emoe_in > 0 {
             f.max(self.ffn / self.emoe_experts)
@@ -363,7 +425,7 @@ impl DenseSpec {
         m: &Model<B>,
         size: (usize, usize),
         ctx: usize,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(u64, u64), Error> {
         self.submodel_bytes_heads(m, size, None, ctx)
     }
 
@@ -376,10 +438,12 @@ impl DenseSpec {
         size: (usize, usize),
         heads: Option<usize>,
         ctx: usize,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(u64, u64), Error> {
         let (depth, f) = size;
         if depth == 0 || depth > self.layers || f == 0 || f > self.ffn {
-            return Err(format!("sub-model {depth}x{f} is outside the model"));
+            return Err(Error::input(format!(
+                "sub-model {depth}x{f} is outside the model"
+            )));
         }
         let heads = heads.filter(|&h| h != self.heads);
         let weights = m
@@ -388,8 +452,7 @@ impl DenseSpec {
                 ffn: Some(f),
                 heads,
                 ..Default::default()
-            })
-            .map_err(|e| e.to_string())?
+            })?
             .weight_bytes();
         Ok((weights, self.plan(ctx, size)?.total()))
     }
@@ -403,7 +466,7 @@ impl DenseSpec {
         m: &Model<B>,
         budget: u64,
         ctx: usize,
-    ) -> Result<((usize, usize, usize), u64), String> {
+    ) -> Result<((usize, usize, usize), u64), Error> {
         let mut best: Option<((usize, usize, usize), u64)> = None;
         let mut smallest = u64::MAX;
         let heads = self.nested_head_list();
@@ -417,11 +480,11 @@ impl DenseSpec {
             }
         }
         best.ok_or_else(|| {
-            format!(
+            Error::input(format!(
                 "impossible budget: {:.2} MiB, but the smallest sub-model needs {:.2} MiB (weights + arena at {ctx} positions)",
                 budget as f64 / 1048576.0,
                 smallest as f64 / 1048576.0
-            )
+            ))
         })
     }
 
@@ -460,7 +523,7 @@ impl<'a> DenseEngine<'a> {
     /// Bind the weights of `m` (no copy) and allocate every buffer for up to
     /// `max_context` positions (at most the position table, if the model has one), able to
     /// run every nested size.
-    pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>, max_context: usize) -> Result<Self, String> {
+    pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>, max_context: usize) -> Result<Self, Error> {
         let s = DenseSpec::from_model(m)?;
         Self::with_capacity(m, max_context, (s.layers, s.ffn))
     }
@@ -473,7 +536,7 @@ impl<'a> DenseEngine<'a> {
         m: &'a Model<B>,
         max_context: usize,
         cap: (usize, usize),
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let s = DenseSpec::from_model(m)?;
         let d = s.d;
         s.plan(max_context, cap)?;
@@ -532,18 +595,21 @@ impl<'a> DenseEngine<'a> {
         Ok(DenseEngine {
             spec: s,
             max_context,
-            emb: matrix(m, "token_embd.weight", s.vocab, d)?,
-            pos: if s.positions > 0 {
-                Some(matrix(m, "position_embd.weight", s.positions, d)?)
-            } else {
-                None
+            w: Stack {
+                spec: s,
+                emb: matrix(m, "token_embd.weight", s.vocab, d)?,
+                pos: if s.positions > 0 {
+                    Some(matrix(m, "position_embd.weight", s.positions, d)?)
+                } else {
+                    None
+                },
+                blocks,
+                lnf: (
+                    vector(m, "output_norm.weight", d)?,
+                    vector(m, "output_norm.bias", d)?,
+                ),
+                head: matrix(m, "output.weight", s.vocab, d)?,
             },
-            blocks,
-            lnf: (
-                vector(m, "output_norm.weight", d)?,
-                vector(m, "output_norm.bias", d)?,
-            ),
-            head: matrix(m, "output.weight", s.vocab, d)?,
             caches: (0..cap.0 * s.heads)
                 .map(|_| KvCache::new(hd, max_context))
                 .collect(),
@@ -551,15 +617,8 @@ impl<'a> DenseEngine<'a> {
             active: cap,
             heads: s.heads,
             cap,
-            x: vec![0.0; d],
-            h: vec![0.0; d],
-            qkv: vec![0.0; 3 * d],
-            att: vec![0.0; d],
-            tmp: vec![0.0; d],
-            u: vec![0.0; u_len],
-            scores: vec![0.0; max_context.max(s.emoe_experts)],
-            chosen: vec![0; s.emoe_top_k],
-            chosen_val: vec![0.0; s.emoe_top_k],
+            u_len,
+            buf: Rows::new(1, d, u_len, max_context.max(s.emoe_experts), s.emoe_top_k),
             logits: vec![0.0; s.vocab],
         })
     }
@@ -590,23 +649,25 @@ impl<'a> DenseEngine<'a> {
     /// prefixes of the mapped weights, so nothing is loaded, copied or allocated. Any
     /// size within the model works; sizes the model was not trained for (see
     /// [`DenseSpec::nested_grid`]) are just truncations. Starts a new sequence.
-    pub fn set_submodel(&mut self, size: Option<(usize, usize)>) -> Result<(), String> {
+    pub fn set_submodel(&mut self, size: Option<(usize, usize)>) -> Result<(), Error> {
         let s = self.spec;
         let (depth, f) = size.unwrap_or(self.cap);
         if depth == 0 || depth > s.layers || f == 0 || f > s.ffn {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "sub-model depth {depth} x FFN {f} is outside the model (depth {}, FFN {})",
                 s.layers, s.ffn
-            ));
+            )));
         }
         if f < s.ffn && (0..depth).any(|l| l < 64 && s.emoe_layers >> l & 1 == 1) {
-            return Err("narrower FFNs of EMoE blocks are not supported".into());
+            return Err(Error::unsupported(
+                "narrower FFNs of EMoE blocks are not supported",
+            ));
         }
         if depth > self.cap.0 || f > self.cap.1 {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "sub-model depth {depth} x FFN {f} is beyond this engine's capacity (depth {} x FFN {}; it was planned for that)",
                 self.cap.0, self.cap.1
-            ));
+            )));
         }
         self.active = (depth, f);
         self.reset();
@@ -617,17 +678,20 @@ impl<'a> DenseEngine<'a> {
     /// (`None`: all heads) — prefixes of `attn_qkv` and of the transposed output projection
     /// in a head-major file, so nothing is loaded, copied or allocated. Combines with
     /// [`DenseEngine::set_submodel`]. Starts a new sequence.
-    pub fn set_heads(&mut self, heads: Option<usize>) -> Result<(), String> {
+    pub fn set_heads(&mut self, heads: Option<usize>) -> Result<(), Error> {
         let s = self.spec;
         let h = heads.unwrap_or(s.heads);
         if h == 0 || h > s.heads {
-            return Err(format!("{h} heads is outside 1..={}", s.heads));
+            return Err(Error::input(format!(
+                "{h} heads is outside 1..={}",
+                s.heads
+            )));
         }
         if h < s.heads && !s.head_major {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "this file does not nest heads (its attention is not stored head-major); it runs all {} heads",
                 s.heads
-            ));
+            )));
         }
         self.heads = h;
         self.reset();
@@ -656,148 +720,223 @@ impl<'a> DenseEngine<'a> {
         let f4 = |v: &Vec<f32>| 4 * v.capacity() as u64;
         ArenaPlan {
             kv_cache: self.caches.iter().map(KvCache::heap_bytes).sum(),
-            work: f4(&self.x)
-                + f4(&self.h)
-                + f4(&self.qkv)
-                + f4(&self.att)
-                + f4(&self.tmp)
-                + f4(&self.u)
-                + f4(&self.scores)
-                + 4 * self.chosen.capacity() as u64
-                + f4(&self.chosen_val)
-                + f4(&self.logits),
-            gates: self.blocks.iter().map(|b| f4(&b.gates)).sum(),
-            tables: (self.blocks.capacity() * core::mem::size_of::<BlockW<'_>>()
+            work: self.buf.heap_bytes() + f4(&self.logits),
+            gates: self.w.blocks.iter().map(|b| f4(&b.gates)).sum(),
+            tables: (self.w.blocks.capacity() * core::mem::size_of::<BlockW<'_>>()
                 + self.caches.capacity() * core::mem::size_of::<KvCache>())
                 as u64,
         }
     }
 
     /// Consume one token; returns the logits for the next one. Errors (never panics) on a
-    /// token outside the vocabulary or a full context.
-    pub fn step(&mut self, token: u32) -> Result<&[f32], String> {
+    /// token outside the vocabulary or a full context. Allocates nothing.
+    pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
+        check_step(token, self.spec.vocab, self.len, self.max_context)?;
+        let (active, heads) = (self.active, self.heads);
+        self.w.run(
+            &[token],
+            self.len,
+            active,
+            heads,
+            &mut self.caches,
+            &mut self.buf,
+        )?;
+        self.len += 1;
+        self.w.logits(&mut self.buf, 0, &mut self.logits)?;
+        Ok(&self.logits)
+    }
+
+    /// Consume a prompt in one pass: every block runs its projections and FFN as matrix
+    /// products over all the prompt's rows (the weights are read once per prompt, not once
+    /// per token); attention per row over the cache, as a step does. Returns the logits
+    /// after the last token — those of [`DenseEngine::step`] token by token, to float
+    /// rounding (the products over many rows sum in another order). Allocates its rows
+    /// (`n` × the step's work buffers); the decode loop that follows does not.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
         let s = self.spec;
-        let (d, hd) = (s.d, s.d / s.heads);
-        check_step(token, s.vocab, self.len, self.max_context)?;
-        let ke = |e: crate::kernels::KernelError| e.to_string();
-        crate::kernels::linear::widen_row(&self.emb, token as usize, &mut self.x);
+        check_prompt(tokens, s.vocab, self.len, self.max_context)?;
+        let n = tokens.len();
+        let mut rows = Rows::new(
+            n,
+            s.d,
+            self.u_len,
+            self.max_context.max(s.emoe_experts),
+            s.emoe_top_k,
+        );
+        let (active, heads) = (self.active, self.heads);
+        self.w
+            .run(tokens, self.len, active, heads, &mut self.caches, &mut rows)?;
+        self.len += n;
+        self.w.logits(&mut rows, n - 1, &mut self.logits)?;
+        Ok(&self.logits)
+    }
+}
+
+impl Stack<'_> {
+    /// Final norm and head for row `r` of `b.x` into `logits`.
+    fn logits(&self, b: &mut Rows, r: usize, logits: &mut [f32]) -> Result<(), Error> {
+        let (d, vocab) = (self.spec.d, self.spec.vocab);
+        let (lnf_g, lnf_b) = self.lnf;
+        let h = &mut b.h[..d];
+        layer_norm(
+            &b.x[r * d..(r + 1) * d],
+            Some(lnf_g),
+            Some(lnf_b),
+            self.spec.eps,
+            h,
+        )?;
+        linear(h, d, 1, &self.head, None, logits, vocab)?;
+        if logits.iter().any(|v| !v.is_finite()) {
+            return Err(Error::non_finite(
+                "the logits are not finite (NaN or infinite weights or activations)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The block stack over `tokens` at positions `pos..pos + n`: embeddings into `b.x`,
+    /// then every active block (keys and values appended to `caches`), leaving the final
+    /// residual rows in `b.x`. `b` holds at least `n` rows.
+    fn run(
+        &self,
+        tokens: &[u32],
+        pos: usize,
+        active: (usize, usize),
+        nh: usize,
+        caches: &mut [KvCache],
+        b: &mut Rows,
+    ) -> Result<(), Error> {
+        let s = self.spec;
+        let (d, hd, n) = (s.d, s.d / s.heads, tokens.len());
+        let (depth, f) = active;
+        let ulen = b.u.len() / n;
+        let x = &mut b.x[..n * d];
+        let h = &mut b.h[..n * d];
+        let tmp = &mut b.tmp[..n * d];
+        for (i, &t) in tokens.iter().enumerate() {
+            crate::kernels::linear::widen_row(&self.emb, t as usize, &mut x[i * d..(i + 1) * d]);
+        }
         if let Some(p) = &self.pos {
-            crate::kernels::linear::widen_row(p, self.len, &mut self.tmp);
-            for (a, b) in self.x.iter_mut().zip(&self.tmp) {
-                *a += b;
+            for i in 0..n {
+                let row = &mut tmp[i * d..(i + 1) * d];
+                crate::kernels::linear::widen_row(p, pos + i, row);
+                for (a, v) in x[i * d..(i + 1) * d].iter_mut().zip(row.iter()) {
+                    *a += v;
+                }
             }
         }
         let scale = 1.0 / libm::sqrtf(hd as f32);
-        let (depth, f) = self.active;
-        for (l, b) in self.blocks[..depth].iter().enumerate() {
-            layer_norm(&self.x, Some(b.ln1.0), Some(b.ln1.1), EPS, &mut self.h).map_err(ke)?;
-            let nh = self.heads;
-            if s.head_major {
-                // head-major: the first nh heads' q, k, v are the first 3·nh·hd rows
-                let rows = 3 * nh * hd;
-                let w = if nh < s.heads {
-                    b.qkv.prefix(rows, d).map_err(ke)?
-                } else {
-                    b.qkv
-                };
-                let out = &mut self.qkv[..rows];
-                linear(&self.h, d, 1, &w, Some(&b.qkv_b[..rows]), out, rows).map_err(ke)?;
-            } else {
-                linear(&self.h, d, 1, &b.qkv, Some(b.qkv_b), &mut self.qkv, 3 * d).map_err(ke)?;
+        let ln = |x: &[f32], g: (&[f32], &[f32]), h: &mut [f32]| -> Result<(), Error> {
+            for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+                layer_norm(xr, Some(g.0), Some(g.1), s.eps, hr)?;
             }
+            Ok(())
+        };
+        for (l, bw) in self.blocks[..depth].iter().enumerate() {
+            ln(x, bw.ln1, h)?;
+            // q, k, v of every row: head-major files keep the first nh heads' q, k, v in
+            // the first 3·nh·hd rows
+            let w3 = if s.head_major { 3 * nh * hd } else { 3 * d };
+            let qkv = &mut b.qkv[..n * w3];
+            if s.head_major {
+                let wm = if nh < s.heads {
+                    bw.qkv.prefix(w3, d)?
+                } else {
+                    bw.qkv
+                };
+                linear(h, d, n, &wm, Some(&bw.qkv_b[..w3]), qkv, w3)?;
+            } else {
+                linear(h, d, n, &bw.qkv, Some(bw.qkv_b), qkv, w3)?;
+            }
+            let att = &mut b.att[..n * d];
             for hh in 0..nh {
-                let c = &mut self.caches[l * s.heads + hh];
                 let (q0, k0, v0) = if s.head_major {
                     (3 * hh * hd, (3 * hh + 1) * hd, (3 * hh + 2) * hd)
                 } else {
                     (hh * hd, d + hh * hd, 2 * d + hh * hd)
                 };
-                c.append(&self.qkv[k0..k0 + hd], &self.qkv[v0..v0 + hd])
-                    .map_err(ke)?;
-                let n = c.len();
-                causal_attention(
-                    &self.qkv[q0..q0 + hd],
-                    1,
-                    c.keys(),
-                    c.values(),
-                    n,
-                    hd,
-                    scale,
-                    &mut self.att[hh * hd..(hh + 1) * hd],
-                    &mut self.scores,
-                )
-                .map_err(ke)?;
+                let c = &mut caches[l * s.heads + hh];
+                for i in 0..n {
+                    let r = &qkv[i * w3..(i + 1) * w3];
+                    c.append(&r[k0..k0 + hd], &r[v0..v0 + hd])?;
+                }
+                // row i sits at position pos + i and sees keys 0..=pos + i
+                for i in 0..n {
+                    let tc = pos + i + 1;
+                    causal_attention(
+                        &qkv[i * w3 + q0..i * w3 + q0 + hd],
+                        1,
+                        &c.keys()[..tc * hd],
+                        &c.values()[..tc * hd],
+                        tc,
+                        hd,
+                        scale,
+                        &mut att[i * d + hh * hd..i * d + (hh + 1) * hd],
+                        &mut b.scores,
+                    )?;
+                }
             }
             if s.head_major {
                 // transposed projection: the first nh·hd rows meet the heads that ran
                 let k = nh * hd;
-                let w = if nh < s.heads {
-                    b.proj.prefix(k, d).map_err(ke)?
+                let wm = if nh < s.heads {
+                    bw.proj.prefix(k, d)?
                 } else {
-                    b.proj
+                    bw.proj
                 };
-                matmul_rows(&self.att[..k], k, 1, &w, &mut self.tmp, d, false).map_err(ke)?;
-                for ((a, v), bb) in self.x.iter_mut().zip(&self.tmp).zip(b.proj_b) {
-                    *a += v + bb;
+                matmul_rows(att, d, n, &wm, tmp, d, false)?;
+                for (xr, tr) in x.chunks_exact_mut(d).zip(tmp.chunks_exact(d)) {
+                    for ((a, v), bb) in xr.iter_mut().zip(tr).zip(bw.proj_b) {
+                        *a += v + bb;
+                    }
                 }
             } else {
-                linear(&self.att, d, 1, &b.proj, Some(b.proj_b), &mut self.tmp, d).map_err(ke)?;
-                for (a, v) in self.x.iter_mut().zip(&self.tmp) {
+                linear(att, d, n, &bw.proj, Some(bw.proj_b), tmp, d)?;
+                for (a, v) in x.iter_mut().zip(tmp.iter()) {
                     *a += v;
                 }
             }
-            layer_norm(&self.x, Some(b.ln2.0), Some(b.ln2.1), EPS, &mut self.h).map_err(ke)?;
-            if b.gates.is_empty() {
+            ln(x, bw.ln2, h)?;
+            if bw.gates.is_empty() {
                 let (up, down) = if f < s.ffn {
-                    (
-                        b.up.prefix(f, d).map_err(ke)?,
-                        b.down_t.prefix(f, d).map_err(ke)?,
-                    )
+                    (bw.up.prefix(f, d)?, bw.down_t.prefix(f, d)?)
                 } else {
-                    (b.up, b.down_t)
+                    (bw.up, bw.down_t)
                 };
-                let u = &mut self.u[..f];
-                linear(&self.h, d, 1, &up, Some(&b.up_b[..f]), u, f).map_err(ke)?;
-                gelu(u);
-                matmul_rows(u, f, 1, &down, &mut self.tmp, d, false).map_err(ke)?;
+                let u = &mut b.u[..n * ulen];
+                linear(h, d, n, &up, Some(&bw.up_b[..f]), u, ulen)?;
+                for r in u.chunks_exact_mut(ulen) {
+                    s.act.apply(&mut r[..f]);
+                }
+                matmul_rows(u, ulen, n, &down, tmp, d, false)?;
             } else {
-                // EMoE: only the top-k experts' rows are read
+                // EMoE: per row, only the top-k experts' rows are read
                 let (e_n, k) = (s.emoe_experts, s.emoe_top_k);
                 let per = s.ffn / e_n;
-                let g = MatRef::f32(&b.gates, e_n, d).map_err(ke)?;
-                linear(&self.h, d, 1, &g, None, &mut self.scores[..e_n], e_n).map_err(ke)?;
-                top_k(
-                    &self.scores[..e_n],
-                    k,
-                    &mut self.chosen,
-                    &mut self.chosen_val,
-                )
-                .map_err(ke)?;
-                self.tmp.fill(0.0);
-                for &e in &self.chosen {
-                    let r0 = e as usize * per;
-                    let up = b.up.rows_range(r0, per).map_err(ke)?;
-                    let down = b.down_t.rows_range(r0, per).map_err(ke)?;
-                    let u = &mut self.u[..per];
-                    linear(&self.h, d, 1, &up, Some(&b.up_b[r0..r0 + per]), u, per).map_err(ke)?;
-                    gelu(u);
-                    matmul_rows(u, per, 1, &down, &mut self.tmp, d, true).map_err(ke)?;
+                let g = MatRef::f32(&bw.gates, e_n, d)?;
+                for i in 0..n {
+                    let hr = &h[i * d..(i + 1) * d];
+                    let out = &mut tmp[i * d..(i + 1) * d];
+                    linear(hr, d, 1, &g, None, &mut b.scores[..e_n], e_n)?;
+                    top_k(&b.scores[..e_n], k, &mut b.chosen, &mut b.chosen_val)?;
+                    out.fill(0.0);
+                    for &e in &b.chosen {
+                        let r0 = e as usize * per;
+                        let up = bw.up.rows_range(r0, per)?;
+                        let down = bw.down_t.rows_range(r0, per)?;
+                        let u = &mut b.u[i * ulen..i * ulen + per];
+                        linear(hr, d, 1, &up, Some(&bw.up_b[r0..r0 + per]), u, per)?;
+                        s.act.apply(u);
+                        matmul_rows(u, per, 1, &down, out, d, true)?;
+                    }
                 }
             }
-            for ((a, v), bb) in self.x.iter_mut().zip(&self.tmp).zip(b.down_b) {
-                *a += v + bb;
+            for (xr, tr) in x.chunks_exact_mut(d).zip(tmp.chunks_exact(d)) {
+                for ((a, v), bb) in xr.iter_mut().zip(tr).zip(bw.down_b) {
+                    *a += v + bb;
+                }
             }
         }
-        layer_norm(
-            &self.x,
-            Some(self.lnf.0),
-            Some(self.lnf.1),
-            EPS,
-            &mut self.h,
-        )
-        .map_err(ke)?;
-        linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab).map_err(ke)?;
-        self.len += 1;
-        Ok(&self.logits)
+        Ok(())
     }
 }

@@ -16,21 +16,22 @@
 //! Stick-breaking attention can stop early once the remaining stick is below `e^{−τ}`
 //! ([`MfEngine::set_stop`]); off by default (exact, as the trainer).
 
-use super::{check_step, matrix, meta_u32, vector, EPS};
+use super::{check_prompt, check_step, matrix, vector};
+use crate::arch::{Act, Family, FfnKind, FfnSpec, MixerSpec, NormKind, RouterKind};
+use crate::error::Error;
 use crate::kernels::attention::stick_breaking;
-use crate::kernels::elementwise::{gelu_tanh, layer_norm, softmax};
-use crate::kernels::expert_ffn::{moe_ffn, Activation, Expert, FfnScratch};
+use crate::kernels::elementwise::{layer_norm, softmax};
+use crate::kernels::expert_ffn::{moe_ffn, Expert, FfnScratch};
 use crate::kernels::linear::{linear, linear_row, matmul_rows, MatRef, QuantizedRow};
 use crate::kernels::routing::{top_k, Dispatch, Router};
 use crate::model::Model;
-use crate::Value;
+use crate::ModelDesc;
 use alloc::format;
-use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
 /// Shape of a ModuleFormer LM read from the file's `modula.*` metadata.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MfSpec {
     /// Vocabulary.
     pub vocab: usize,
@@ -60,77 +61,84 @@ pub struct MfSpec {
     pub renormalize: bool,
     /// SortedNet: nested expert counts the file declares (ascending, 0-padded).
     pub nested_experts: [u32; 8],
+    /// Epsilon of the LayerNorms (`modula.norm_epsilon`).
+    pub eps: f32,
+    /// FFN expert activation (`modula.activation`).
+    pub act: Act,
 }
 
 impl MfSpec {
-    /// Read and check the architecture metadata.
-    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, String> {
-        if m.get_str("modula.model") != Some("moduleformer") {
-            return Err(format!(
-                "not a ModuleFormer model (modula.model = {:?})",
-                m.get_str("modula.model")
+    /// Read and check the architecture metadata (through the one loader,
+    /// [`ModelDesc::from_model`]).
+    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, Error> {
+        Self::from_desc(&ModelDesc::from_model(m)?)
+    }
+
+    /// The ModuleFormer decoder's view of a description.
+    pub fn from_desc(desc: &ModelDesc) -> Result<Self, Error> {
+        let not = || {
+            Error::metadata(
+                "modula.model",
+                format!(
+                    "not a ModuleFormer model (modula.model = {:?})",
+                    desc.family.name()
+                ),
+            )
+        };
+        if desc.family != Family::ModuleFormer {
+            return Err(not());
+        }
+        let b = desc.blocks.first().ok_or_else(not)?;
+        let (
+            MixerSpec::StickBreaking(a),
+            Some((
+                _,
+                FfnSpec {
+                    width,
+                    act,
+                    kind: FfnKind::Moe { experts, top_k, .. },
+                    ..
+                },
+            )),
+        ) = (b.mixer, b.ffn)
+        else {
+            return Err(not());
+        };
+        if b.norm.kind != NormKind::LayerNorm {
+            return Err(Error::unsupported(
+                "ModuleFormer files use LayerNorm (modula.norm = rmsnorm is not run by this engine)",
             ));
         }
-        let flag = |k: &str| match m.get(k) {
-            Some(Value::Bool(b)) => Ok(b),
-            _ => Err(format!("missing or non-bool {k}")),
-        };
-        let router_hidden = match m.get_str("modula.expert.router") {
-            Some("mlp") => meta_u32(m, "modula.expert.gating_size")?,
-            Some("linear") => 0,
-            other => {
-                return Err(format!(
-                    "modula.expert.router = {other:?}: use mlp or linear"
-                ))
-            }
-        };
-        let s = MfSpec {
-            vocab: meta_u32(m, "modula.vocab_size")?,
-            d: meta_u32(m, "modula.embedding_length")?,
-            layers: meta_u32(m, "modula.block_count")?,
-            att_experts: meta_u32(m, "modula.attention.expert_count")?,
-            att_k: meta_u32(m, "modula.attention.expert_used_count")?,
-            heads: meta_u32(m, "modula.attention.head_count")?,
-            head_dim: meta_u32(m, "modula.attention.head_dim")?,
-            shared_kv: flag("modula.attention.shared_kv")?,
-            ffn_experts: meta_u32(m, "modula.expert.count")?,
-            ffn_k: meta_u32(m, "modula.expert.used_count")?,
-            ffn_hidden: meta_u32(m, "modula.feed_forward_length")?,
-            router_hidden,
-            renormalize: flag("modula.expert.renormalize")?,
+        let mut s = MfSpec {
+            vocab: desc.vocab(),
+            d: desc.d,
+            layers: desc.layers(),
+            att_experts: a.experts,
+            att_k: a.top_k,
+            heads: a.heads,
+            head_dim: a.head_dim,
+            shared_kv: a.shared_kv,
+            ffn_experts: experts,
+            ffn_k: top_k,
+            ffn_hidden: width,
+            router_hidden: match a.router {
+                RouterKind::Mlp { hidden } => hidden,
+                _ => 0,
+            },
+            renormalize: a.renormalize,
             nested_experts: [0; 8],
+            eps: b.norm.eps,
+            act,
         };
-        let mut s = s;
-        if let Some(Value::Array(a)) = m.get("modula.nested.expert_counts") {
-            let mut i = 0;
-            for v in a.iter() {
-                match v {
-                    Value::U32(c)
-                        if (c as usize) <= s.ffn_experts && c as usize >= s.att_k.max(s.ffn_k) =>
-                    {
-                        if (c as usize) < s.ffn_experts && i < 8 {
-                            s.nested_experts[i] = c;
-                            i += 1;
-                        }
-                    }
-                    other => {
-                        return Err(format!("modula.nested.expert_counts: bad entry {other:?}"))
-                    }
-                }
-            }
-        }
-        let bad = s.vocab == 0
-            || s.d == 0
-            || s.heads == 0
-            || s.head_dim == 0
-            || s.att_k == 0
-            || s.att_k > s.att_experts
-            || s.ffn_k == 0
-            || s.ffn_k > s.ffn_experts
-            || s.ffn_hidden == 0
-            || (s.shared_kv && s.heads.checked_mul(s.head_dim) != Some(s.d));
-        if bad {
-            return Err(format!("inconsistent ModuleFormer shape: {s:?}"));
+        for (i, &c) in desc
+            .nesting
+            .experts
+            .iter()
+            .filter(|&&c| c < experts)
+            .take(8)
+            .enumerate()
+        {
+            s.nested_experts[i] = c as u32;
         }
         Ok(s)
     }
@@ -158,10 +166,10 @@ impl MfSpec {
     /// size): the key/value caches, the work buffers, and the per-block tables (expert
     /// views, usage counters, the routers' rankings). Checked against a built engine by a
     /// byte-counting allocator (`train/tests/engine_no_alloc.rs`).
-    pub fn plan(&self, ctx: usize) -> Result<super::ArenaPlan, String> {
+    pub fn plan(&self, ctx: usize) -> Result<super::ArenaPlan, Error> {
         use core::mem::size_of;
         if ctx == 0 {
-            return Err("the context must hold at least 1 position".into());
+            return Err(Error::input("the context must hold at least 1 position"));
         }
         let (l, d, da) = (self.layers, self.d, self.att_hidden());
         let (ea, ef) = (self.att_experts, self.ffn_experts);
@@ -285,7 +293,7 @@ fn router<'a, B: AsRef<[u8]>>(
     s: &MfSpec,
     prefix: &str,
     e: usize,
-) -> Result<RouterW<'a>, String> {
+) -> Result<RouterW<'a>, Error> {
     let router = if s.router_hidden > 0 {
         Router::Mlp {
             w1: matrix(m, &format!("{prefix}_hid.weight"), s.router_hidden, s.d)?,
@@ -303,16 +311,16 @@ fn router<'a, B: AsRef<[u8]>>(
 impl<'a> MfEngine<'a> {
     /// Bind the weights of `m` (no copy) and allocate every buffer for up to
     /// `max_context` positions.
-    pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>, max_context: usize) -> Result<Self, String> {
+    pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>, max_context: usize) -> Result<Self, Error> {
         let s = MfSpec::from_model(m)?;
         if max_context == 0 {
-            return Err("the context must hold at least 1 position".into());
+            return Err(Error::input("the context must hold at least 1 position"));
         }
         let (d, da, df) = (s.d, s.att_hidden(), s.ffn_hidden);
         let mut blocks = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
             let n = |t: &str| format!("blk.{l}.{t}");
-            let experts = |kind: &str, e: usize, rows: usize| -> Result<Vec<MatRef<'a>>, String> {
+            let experts = |kind: &str, e: usize, rows: usize| -> Result<Vec<MatRef<'a>>, Error> {
                 (0..e)
                     .map(|i| matrix(m, &format!("blk.{l}.{kind}.{i}.weight"), rows, d))
                     .collect()
@@ -322,7 +330,7 @@ impl<'a> MfEngine<'a> {
             let grouped = up
                 .iter()
                 .zip(&down)
-                .map(|(u, w)| Expert::new(*u, *w).map_err(|e| e.to_string()))
+                .map(|(u, w)| Expert::new(*u, *w).map_err(Error::from))
                 .collect::<Result<Vec<_>, _>>()?;
             blocks.push(MfBlockW {
                 ln1: (
@@ -354,7 +362,7 @@ impl<'a> MfEngine<'a> {
         }
         let cache = max_context
             .checked_mul(da)
-            .ok_or("context too large for this machine")?;
+            .ok_or_else(|| Error::input("context too large for this machine"))?;
         let e_max = s.att_experts.max(s.ffn_experts);
         let k_max = s.att_k.max(s.ffn_k);
         Ok(MfEngine {
@@ -510,14 +518,14 @@ impl<'a> MfEngine<'a> {
     /// routers' output layers), from the next request on; `None`: all experts. Nothing is
     /// loaded, copied or allocated; the pages of the other experts are never touched.
     /// Starts a new sequence.
-    pub fn set_submodel(&mut self, experts: Option<(usize, usize)>) -> Result<(), String> {
+    pub fn set_submodel(&mut self, experts: Option<(usize, usize)>) -> Result<(), Error> {
         let s = self.spec;
         let (ea, ef) = experts.unwrap_or((s.att_experts, s.ffn_experts));
         if ea < s.att_k || ea > s.att_experts || ef < s.ffn_k || ef > s.ffn_experts {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "sub-model of {ea} attention / {ef} FFN experts is outside {}..={} / {}..={}",
                 s.att_k, s.att_experts, s.ffn_k, s.ffn_experts
-            ));
+            )));
         }
         self.active = (ea, ef);
         self.reset();
@@ -531,24 +539,23 @@ impl<'a> MfEngine<'a> {
 
     /// Route `self.h`: softmax over all experts of router `r`, the top `k` into
     /// `chosen`/`chosen_val` (the gates), counted in `usage[slot]`.
-    fn route(&mut self, l: usize, ffn: bool) -> Result<(), String> {
-        let ke = |e: crate::kernels::KernelError| e.to_string();
+    fn route(&mut self, l: usize, ffn: bool) -> Result<(), Error> {
         let b = &self.blocks[l];
         let (r, e, k) = if ffn {
             (&b.ffn_router, self.active.1, self.spec.ffn_k)
         } else {
             (&b.att_router, self.active.0, self.spec.att_k)
         };
-        let router = restrict(&r.router, e).map_err(ke)?;
+        let router = restrict(&r.router, e)?;
         let probs = &mut self.probs[..e];
-        router
-            .logits_row(&self.h, &self.hq, &mut self.router_scratch, probs)
-            .map_err(ke)?;
+        router.logits_row(&self.h, &self.hq, &mut self.router_scratch, probs)?;
         if probs.iter().any(|v| !v.is_finite()) {
-            return Err(format!("block {l}: router logits are not finite"));
+            return Err(Error::input(format!(
+                "block {l}: router logits are not finite"
+            )));
         }
         softmax(probs);
-        top_k(probs, k, &mut self.chosen[..k], &mut self.chosen_val[..k]).map_err(ke)?;
+        top_k(probs, k, &mut self.chosen[..k], &mut self.chosen_val[..k])?;
         if self.spec.renormalize {
             let sum: f32 = self.chosen_val[..k].iter().sum();
             if sum > 0.0 {
@@ -568,8 +575,7 @@ impl<'a> MfEngine<'a> {
             r,
             &mut self.ranked[slot * w..slot * w + r],
             &mut self.rank_val[..r],
-        )
-        .map_err(ke)?;
+        )?;
         self.ranked_len[slot] = r;
         Ok(())
     }
@@ -582,8 +588,7 @@ impl<'a> MfEngine<'a> {
         ffn: bool,
         h: &[f32],
         n: usize,
-    ) -> Result<(Vec<u32>, Vec<f32>), String> {
-        let ke = |e: crate::kernels::KernelError| e.to_string();
+    ) -> Result<(Vec<u32>, Vec<f32>), Error> {
         let s = self.spec;
         let b = &self.blocks[l];
         let (r, e, k) = if ffn {
@@ -591,12 +596,14 @@ impl<'a> MfEngine<'a> {
         } else {
             (&b.att_router, self.active.0, s.att_k)
         };
-        let router = restrict(&r.router, e).map_err(ke)?;
+        let router = restrict(&r.router, e)?;
         let mut scratch = vec![0f32; router.scratch_len(n)];
         let mut logits = vec![0f32; n * e];
-        router.logits(h, n, &mut scratch, &mut logits).map_err(ke)?;
+        router.logits(h, n, &mut scratch, &mut logits)?;
         if logits.iter().any(|v| !v.is_finite()) {
-            return Err(format!("block {l}: router logits are not finite"));
+            return Err(Error::input(format!(
+                "block {l}: router logits are not finite"
+            )));
         }
         let (mut chosen, mut gates) = (vec![0u32; n * k], vec![0f32; n * k]);
         for t in 0..n {
@@ -606,7 +613,7 @@ impl<'a> MfEngine<'a> {
                 &mut chosen[t * k..(t + 1) * k],
                 &mut gates[t * k..(t + 1) * k],
             );
-            top_k(row, k, c, g).map_err(ke)?;
+            top_k(row, k, c, g)?;
             if s.renormalize {
                 let sum: f32 = g.iter().sum();
                 if sum > 0.0 {
@@ -625,25 +632,10 @@ impl<'a> MfEngine<'a> {
     /// products, experts grouped); returns the logits after the last token — the same as
     /// calling [`MfEngine::step`] for each token, faster. Allocates its work buffers (the
     /// decode loop does not).
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], String> {
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
         let s = self.spec;
         let n = tokens.len();
-        if n == 0 {
-            return Err("prefill needs at least one token".into());
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= s.vocab) {
-            return Err(format!(
-                "token {t} is outside the vocabulary of {}",
-                s.vocab
-            ));
-        }
-        if self.len + n > self.max_context {
-            return Err(format!(
-                "{n} tokens do not fit: {} of {} positions are used",
-                self.len, self.max_context
-            ));
-        }
-        let ke = |e: crate::kernels::KernelError| e.to_string();
+        check_prompt(tokens, s.vocab, self.len, self.max_context)?;
         let (d, da, dh, cap, pos) = (s.d, s.att_hidden(), s.head_dim, self.max_context, self.len);
         let tc = pos + n;
         let scale = 1.0 / libm::sqrtf(dh as f32);
@@ -652,9 +644,9 @@ impl<'a> MfEngine<'a> {
             crate::kernels::linear::widen_row(&self.emb, t as usize, &mut x[i * d..(i + 1) * d]);
         }
         let mut h = vec![0f32; n * d];
-        let ln = |x: &[f32], g: (&[f32], &[f32]), h: &mut [f32]| -> Result<(), String> {
+        let ln = |x: &[f32], g: (&[f32], &[f32]), h: &mut [f32]| -> Result<(), Error> {
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
-                layer_norm(xr, Some(g.0), Some(g.1), EPS, hr).map_err(ke)?;
+                layer_norm(xr, Some(g.0), Some(g.1), s.eps, hr)?;
             }
             Ok(())
         };
@@ -666,8 +658,8 @@ impl<'a> MfEngine<'a> {
                 None => None,
                 Some((kw, kb, vw, vb)) => {
                     let (mut k, mut v) = (vec![0f32; n * da], vec![0f32; n * da]);
-                    linear(&h, d, n, kw, Some(kb), &mut k, da).map_err(ke)?;
-                    linear(&h, d, n, vw, Some(vb), &mut v, da).map_err(ke)?;
+                    linear(&h, d, n, kw, Some(kb), &mut k, da)?;
+                    linear(&h, d, n, vw, Some(vb), &mut v, da)?;
                     Some((k, v))
                 }
             };
@@ -688,7 +680,7 @@ impl<'a> MfEngine<'a> {
             // head over the cache, output projections by expert, gated
             let ka = s.att_k;
             let (chosen, gates) = self.route_batch(l, false, &h, n)?;
-            let disp = Dispatch::new(&chosen, self.active.0).map_err(ke)?;
+            let disp = Dispatch::new(&chosen, self.active.0)?;
             let b = &self.blocks[l];
             let mut q = vec![0f32; n * ka * da];
             for e in 0..self.active.0 {
@@ -702,7 +694,7 @@ impl<'a> MfEngine<'a> {
                     xe.extend_from_slice(&h[t * d..(t + 1) * d]);
                 }
                 let mut qe = vec![0f32; pairs.len() * da];
-                linear(&xe, d, pairs.len(), &b.q[e], None, &mut qe, da).map_err(ke)?;
+                linear(&xe, d, pairs.len(), &b.q[e], None, &mut qe, da)?;
                 for (r, &p) in pairs.iter().enumerate() {
                     let p = p as usize;
                     q[p * da..(p + 1) * da].copy_from_slice(&qe[r * da..(r + 1) * da]);
@@ -735,8 +727,7 @@ impl<'a> MfEngine<'a> {
                         &mut os,
                         None,
                         &mut self.sb_scratch,
-                    )
-                    .map_err(ke)?;
+                    )?;
                     for i in 0..n {
                         let dst = (i * ka + slot) * da + hh * dh;
                         o[dst..dst + dh].copy_from_slice(&os[i * dh..(i + 1) * dh]);
@@ -754,7 +745,7 @@ impl<'a> MfEngine<'a> {
                     oe.extend_from_slice(&o[p * da..(p + 1) * da]);
                 }
                 let mut ye = vec![0f32; pairs.len() * d];
-                matmul_rows(&oe, da, pairs.len(), &b.o[e], &mut ye, d, false).map_err(ke)?;
+                matmul_rows(&oe, da, pairs.len(), &b.o[e], &mut ye, d, false)?;
                 for (r, &p) in pairs.iter().enumerate() {
                     let (p, t) = (p as usize, p as usize / ka);
                     let g = gates[p];
@@ -776,11 +767,10 @@ impl<'a> MfEngine<'a> {
                 &self.blocks[l].experts[..self.active.1],
                 &chosen,
                 &gates,
-                Activation::GeluTanh,
+                s.act,
                 &mut y,
                 &mut ffn_scratch,
-            )
-            .map_err(ke)?;
+            )?;
             for (xv, yv) in x.iter_mut().zip(&y) {
                 *xv += yv;
             }
@@ -790,21 +780,19 @@ impl<'a> MfEngine<'a> {
             &x[(n - 1) * d..],
             Some(self.lnf.0),
             Some(self.lnf.1),
-            EPS,
+            s.eps,
             &mut self.h,
-        )
-        .map_err(ke)?;
-        linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab).map_err(ke)?;
+        )?;
+        linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab)?;
         Ok(&self.logits)
     }
 
     /// Consume one token; returns the logits for the next one. Errors (never panics) on a
     /// token outside the vocabulary or a full context.
-    pub fn step(&mut self, token: u32) -> Result<&[f32], String> {
+    pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
         let s = self.spec;
         let (d, da, dh, df) = (s.d, s.att_hidden(), s.head_dim, s.ffn_hidden);
         check_step(token, s.vocab, self.len, self.max_context)?;
-        let ke = |e: crate::kernels::KernelError| e.to_string();
         crate::kernels::linear::widen_row(&self.emb, token as usize, &mut self.x);
         let (pos, cap) = (self.len, self.max_context);
         let tc = pos + 1;
@@ -812,7 +800,7 @@ impl<'a> MfEngine<'a> {
         for l in 0..s.layers {
             // ---- attention mixture
             let b = &self.blocks[l];
-            layer_norm(&self.x, Some(b.ln1.0), Some(b.ln1.1), EPS, &mut self.h).map_err(ke)?;
+            layer_norm(&self.x, Some(b.ln1.0), Some(b.ln1.1), s.eps, &mut self.h)?;
             // quantised once for the router and the chosen experts (as each product would)
             self.hq.set(&self.h);
             // this token's key/value into the per-head caches
@@ -820,8 +808,8 @@ impl<'a> MfEngine<'a> {
                 None => (&self.h, None),
                 Some((kw, kb, vw, vb)) => {
                     let (kt, vt) = self.kv_tmp.split_at_mut(da);
-                    linear(&self.h, d, 1, kw, Some(kb), kt, da).map_err(ke)?;
-                    linear(&self.h, d, 1, vw, Some(vb), vt, da).map_err(ke)?;
+                    linear(&self.h, d, 1, kw, Some(kb), kt, da)?;
+                    linear(&self.h, d, 1, vw, Some(vb), vt, da)?;
                     (&self.kv_tmp[..da], Some(&self.kv_tmp[da..]))
                 }
             };
@@ -837,7 +825,7 @@ impl<'a> MfEngine<'a> {
             let b = &self.blocks[l];
             for slot in 0..s.att_k {
                 let (e, g) = (self.chosen[slot] as usize, self.chosen_val[slot]);
-                linear_row(&self.h, &self.hq, &b.q[e], None, &mut self.q[..da]).map_err(ke)?;
+                linear_row(&self.h, &self.hq, &b.q[e], None, &mut self.q[..da])?;
                 for hh in 0..s.heads {
                     let base = hh * cap * dh;
                     let keys = &self.keys[l][base..base + tc * dh];
@@ -858,10 +846,9 @@ impl<'a> MfEngine<'a> {
                         &mut self.att[hh * dh..(hh + 1) * dh],
                         None,
                         &mut self.sb_scratch,
-                    )
-                    .map_err(ke)?;
+                    )?;
                 }
-                matmul_rows(&self.att, da, 1, &b.o[e], &mut self.tmp, d, false).map_err(ke)?;
+                matmul_rows(&self.att, da, 1, &b.o[e], &mut self.tmp, d, false)?;
                 for (a, v) in self.acc.iter_mut().zip(&self.tmp) {
                     *a += g * v;
                 }
@@ -870,16 +857,16 @@ impl<'a> MfEngine<'a> {
                 *a += v;
             }
             // ---- FFN mixture
-            layer_norm(&self.x, Some(b.ln2.0), Some(b.ln2.1), EPS, &mut self.h).map_err(ke)?;
+            layer_norm(&self.x, Some(b.ln2.0), Some(b.ln2.1), s.eps, &mut self.h)?;
             self.hq.set(&self.h);
             self.route(l, true)?;
             self.acc.fill(0.0);
             let b = &self.blocks[l];
             for slot in 0..s.ffn_k {
                 let (e, g) = (self.chosen[slot] as usize, self.chosen_val[slot]);
-                linear_row(&self.h, &self.hq, &b.up[e], None, &mut self.u[..df]).map_err(ke)?;
-                gelu_tanh(&mut self.u);
-                matmul_rows(&self.u, df, 1, &b.down[e], &mut self.tmp, d, false).map_err(ke)?;
+                linear_row(&self.h, &self.hq, &b.up[e], None, &mut self.u[..df])?;
+                s.act.apply(&mut self.u);
+                matmul_rows(&self.u, df, 1, &b.down[e], &mut self.tmp, d, false)?;
                 for (a, v) in self.acc.iter_mut().zip(&self.tmp) {
                     *a += g * v;
                 }
@@ -892,11 +879,10 @@ impl<'a> MfEngine<'a> {
             &self.x,
             Some(self.lnf.0),
             Some(self.lnf.1),
-            EPS,
+            s.eps,
             &mut self.h,
-        )
-        .map_err(ke)?;
-        linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab).map_err(ke)?;
+        )?;
+        linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab)?;
         self.len += 1;
         Ok(&self.logits)
     }

@@ -19,15 +19,16 @@
 //! Bidirectional models and models without a band (`w = 0`) cannot stream in constant
 //! memory and are refused.
 
-use super::{matrix, meta_u32, vector, EPS};
+use super::{matrix, vector};
+use crate::arch::{Family, Gate, GauAttn, MixerSpec, NormKind, Task};
+use crate::error::Error;
 use crate::kernels::attention::{gau_local, GauFn};
 use crate::kernels::elementwise::{gelu1, layer_norm, silu, softmax};
 use crate::kernels::ema::{ema_scan, EmaCoefs};
 use crate::kernels::linear::{linear, linear_row, MatRef, QuantizedRow};
 use crate::model::Model;
-use crate::Value;
+use crate::ModelDesc;
 use alloc::format;
-use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -66,91 +67,70 @@ pub struct SbSpec {
     pub nested_depths: u64,
     /// Initial temperature scale (training only; kept so a file round-trips).
     pub temp_scale: f32,
+    /// Epsilon of the LayerNorms (`modula.norm_epsilon`).
+    pub eps: f32,
 }
 
 impl SbSpec {
-    /// Read and check the architecture metadata.
-    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, String> {
-        if m.get_str("modula.model") != Some("seqboat") {
-            return Err(format!(
-                "not a SeqBoat model (modula.model = {:?})",
-                m.get_str("modula.model")
+    /// Read and check the architecture metadata (through the one loader,
+    /// [`ModelDesc::from_model`]).
+    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, Error> {
+        Self::from_desc(&ModelDesc::from_model(m)?)
+    }
+
+    /// The SeqBoat decoder's view of a description.
+    pub fn from_desc(desc: &ModelDesc) -> Result<Self, Error> {
+        let not = || {
+            Error::metadata(
+                "modula.model",
+                format!(
+                    "not a SeqBoat model (modula.model = {:?})",
+                    desc.family.name()
+                ),
+            )
+        };
+        if desc.family != Family::SeqBoat {
+            return Err(not());
+        }
+        let b = desc.blocks.first().ok_or_else(not)?;
+        let MixerSpec::SeqBoat(sb) = b.mixer else {
+            return Err(not());
+        };
+        if b.norm.kind != NormKind::LayerNorm {
+            return Err(Error::unsupported(
+                "SeqBoat files use LayerNorm here (modula.norm = rmsnorm is not run by this engine)",
             ));
         }
-        let flag = |k: &str| match m.get(k) {
-            Some(Value::Bool(b)) => Ok(b),
-            _ => Err(format!("missing or non-bool {k}")),
-        };
-        let relu2 = match m.get_str("modula.gau.attention_fn") {
-            Some("softmax") => false,
-            Some("relu2") => true,
-            o => return Err(format!("modula.gau.attention_fn = {o:?}")),
-        };
-        let gate = match m.get_str("modula.seqboat.gate") {
-            Some("learned") => 0,
-            Some("always") => 1,
-            Some("off") => 2,
-            o => return Err(format!("modula.seqboat.gate = {o:?}")),
-        };
-        let pad = match m.get("modula.seqboat.pad_token") {
-            None => None,
-            Some(Value::U32(p)) => Some(p),
-            Some(o) => return Err(format!("modula.seqboat.pad_token = {o:?}")),
-        };
-        let s = SbSpec {
-            vocab: meta_u32(m, "modula.vocab_size")?,
-            classes: match m.get("modula.num_classes") {
-                None => 0,
-                Some(_) => meta_u32(m, "modula.num_classes")?,
+        let mut s = SbSpec {
+            vocab: desc.vocab(),
+            classes: match desc.task {
+                Task::Classify { classes } => classes,
+                Task::Lm => 0,
             },
-            d: meta_u32(m, "modula.embedding_length")?,
-            layers: meta_u32(m, "modula.block_count")?,
-            ndim: meta_u32(m, "modula.ssm.ema_dim")?,
-            z: meta_u32(m, "modula.gau.zdim")?,
-            e: meta_u32(m, "modula.gau.hdim")?,
-            window: meta_u32(m, "modula.gau.window")?,
-            causal: !flag("modula.ssm.bidirectional")?,
-            relu2,
-            prenorm: flag("modula.seqboat.prenorm")?,
-            max_pos: meta_u32(m, "modula.gau.max_positions")?,
-            gate,
-            pad,
+            d: desc.d,
+            layers: desc.layers(),
+            ndim: sb.ndim,
+            z: sb.z,
+            e: sb.e,
+            window: sb.window,
+            causal: sb.causal,
+            relu2: sb.attn == GauAttn::Relu2,
+            prenorm: sb.prenorm,
+            max_pos: sb.max_pos,
+            gate: match sb.gate {
+                Gate::Learned => 0,
+                Gate::Always => 1,
+                Gate::Off => 2,
+            },
+            pad: sb.pad,
             nested_depths: 0,
-            temp_scale: match m.get("modula.seqboat.temp_scale") {
-                Some(Value::F32(v)) if v.is_finite() && v > 0.0 => v,
-                o => return Err(format!("modula.seqboat.temp_scale = {o:?}")),
-            },
+            temp_scale: sb.temp_scale,
+            eps: b.norm.eps,
         };
-        let mut s = s;
-        if let Some(v) = m.get("modula.nested.depths") {
-            let Value::Array(a) = v else {
-                return Err("modula.nested.depths is not an array".into());
-            };
-            for v in a.iter() {
-                match v {
-                    Value::U32(l) if l >= 1 && (l as usize) <= s.layers => {
-                        if (l as usize) < s.layers && l <= 64 {
-                            s.nested_depths |= 1 << (l - 1);
-                        }
-                    }
-                    other => return Err(format!("modula.nested.depths: bad entry {other:?}")),
-                }
+        for &l in &desc.nesting.depths {
+            if l < s.layers && l <= 64 {
+                s.nested_depths |= 1 << (l - 1);
             }
-        }
-        let bad = s.vocab == 0
-            || s.d == 0
-            || s.layers == 0
-            || s.ndim == 0
-            || s.z == 0
-            || s.e == 0
-            || s.max_pos == 0
-            || s.max_pos > 1 << 20
-            || [s.d, s.z, s.e, s.ndim, s.window, s.layers]
-                .iter()
-                .any(|&v| v > 1 << 24)
-            || s.pad.is_some_and(|p| p as usize >= s.vocab);
-        if bad {
-            return Err(format!("inconsistent SeqBoat shape: {s:?}"));
         }
         Ok(s)
     }
@@ -257,20 +237,18 @@ pub struct SbEngine<'a> {
 impl<'a> SbEngine<'a> {
     /// Bind the weights of `m` (matrices in place, any supported type) and allocate the
     /// constant-size state.
-    pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>) -> Result<Self, String> {
+    pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>) -> Result<Self, Error> {
         let s = SbSpec::from_model(m)?;
         if !s.causal {
-            return Err(
-                "a bidirectional SeqBoat model cannot stream (its reverse EMA needs the future)"
-                    .into(),
-            );
+            return Err(Error::unsupported(
+                "a bidirectional SeqBoat model cannot stream (its reverse EMA needs the future)",
+            ));
         }
         if s.window == 0 {
-            return Err(
+            return Err(Error::unsupported(
                 "a SeqBoat model without a band (window 0) attends to every activated token: \
-                 its state grows with the sequence, so it cannot stream in constant memory"
-                    .into(),
-            );
+                 its state grows with the sequence, so it cannot stream in constant memory",
+            ));
         }
         let (d, n, z, e) = (s.d, s.ndim, s.z, s.e);
         let zw = z + 2 * e;
@@ -280,10 +258,10 @@ impl<'a> SbEngine<'a> {
             .and_then(|r| r.checked_mul(s.layers))
             .is_none_or(|r| r > 1 << 28)
         {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "window {} needs more than 1 GiB of streaming state per sequence",
                 s.window
-            ));
+            )));
         }
         let mut layers = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
@@ -297,10 +275,10 @@ impl<'a> SbEngine<'a> {
                 raw("ema.beta")?,
                 raw("ema.gamma")?,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::from)?;
             let lt = vector(m, &nm("gate.log_temp"), 1)?[0];
             if !lt.is_finite() {
-                return Err(format!("blk.{l}.gate.log_temp is not finite"));
+                return Err(Error::input(format!("blk.{l}.gate.log_temp is not finite")));
             }
             layers.push(SbLayerW {
                 norm: (
@@ -391,9 +369,9 @@ impl<'a> SbEngine<'a> {
 
     /// Bias towards "skip" (`b_act`): a token runs the attention unit only if
     /// `u₁ > u₀ + b_act`. 0 is the trained behaviour.
-    pub fn set_act_bias(&mut self, b: f32) -> Result<(), String> {
+    pub fn set_act_bias(&mut self, b: f32) -> Result<(), Error> {
         if !b.is_finite() {
-            return Err(format!("activation bias {b} is not finite"));
+            return Err(Error::input(format!("activation bias {b} is not finite")));
         }
         self.act_bias = b;
         Ok(())
@@ -403,10 +381,13 @@ impl<'a> SbEngine<'a> {
     /// head) from the next token on; `None`: all layers. Nothing is copied or allocated;
     /// the other layers' weights are never read. Starts a new sequence. The depths the file
     /// declares (`modula.nested.depths`) are the ones trained for it.
-    pub fn set_depth(&mut self, depth: Option<usize>) -> Result<(), String> {
+    pub fn set_depth(&mut self, depth: Option<usize>) -> Result<(), Error> {
         let d = depth.unwrap_or(self.spec.layers);
         if d == 0 || d > self.spec.layers {
-            return Err(format!("depth {d} is outside 1..={}", self.spec.layers));
+            return Err(Error::input(format!(
+                "depth {d} is outside 1..={}",
+                self.spec.layers
+            )));
         }
         self.depth = d;
         self.reset();
@@ -487,15 +468,14 @@ impl<'a> SbEngine<'a> {
 
     /// Consume one token. For a language model returns the next-token logits; for a
     /// classifier returns an empty slice (see [`SbEngine::classify`]).
-    pub fn step(&mut self, token: u32) -> Result<&[f32], String> {
+    pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
         let s = self.spec;
         if token as usize >= s.vocab {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "token {token} is outside the vocabulary of {}",
                 s.vocab
-            ));
+            )));
         }
-        let ke = |e: crate::kernels::KernelError| e.to_string();
         let (d, z, e) = (s.d, s.z, s.e);
         let pad = Some(token) == s.pad;
         crate::kernels::linear::widen_row(&self.emb, token as usize, &mut self.x);
@@ -513,8 +493,13 @@ impl<'a> SbEngine<'a> {
             let lw = &self.layers[l];
             // input norm, pad masking
             if s.prenorm {
-                layer_norm(&self.x, Some(lw.norm.0), Some(lw.norm.1), EPS, &mut self.h)
-                    .map_err(ke)?;
+                layer_norm(
+                    &self.x,
+                    Some(lw.norm.0),
+                    Some(lw.norm.1),
+                    s.eps,
+                    &mut self.h,
+                )?;
             } else {
                 self.h.copy_from_slice(&self.x);
             }
@@ -522,7 +507,7 @@ impl<'a> SbEngine<'a> {
                 self.h.fill(0.0);
             }
             let st = &mut self.state[l];
-            ema_scan(&lw.ema, &self.h, 1, &mut st.ema, &mut self.y).map_err(ke)?;
+            ema_scan(&lw.ema, &self.h, 1, &mut st.ema, &mut self.y)?;
             for j in 0..d {
                 self.y[j] += lw.omega[j] * self.h[j];
             }
@@ -535,8 +520,7 @@ impl<'a> SbEngine<'a> {
                 &lw.gate_w,
                 Some(lw.gate_b),
                 &mut self.uc[..2 + d],
-            )
-            .map_err(ke)?;
+            )?;
             let diff = self.uc[1] - (self.uc[0] + self.act_bias);
             let act = !pad
                 && match s.gate {
@@ -562,8 +546,7 @@ impl<'a> SbEngine<'a> {
                     &lw.in_w,
                     Some(lw.in_b),
                     &mut self.zrv[..z + 2 * e],
-                )
-                .map_err(ke)?;
+                )?;
                 silu(&mut self.zrv);
                 for i in 0..z {
                     let zv = self.zrv[i];
@@ -612,7 +595,7 @@ impl<'a> SbEngine<'a> {
                 for i in 0..e {
                     self.o[i] *= self.zrv[z + i];
                 }
-                linear(&self.o, e, 1, &lw.out_w, Some(lw.out_b), &mut self.y, d).map_err(ke)?;
+                linear(&self.o, e, 1, &lw.out_w, Some(lw.out_b), &mut self.y, d)?;
                 for j in 0..d {
                     self.gh[j] += g * self.y[j];
                 }
@@ -629,8 +612,13 @@ impl<'a> SbEngine<'a> {
             if s.prenorm {
                 self.x.copy_from_slice(&self.h);
             } else {
-                layer_norm(&self.h, Some(lw.norm.0), Some(lw.norm.1), EPS, &mut self.x)
-                    .map_err(ke)?;
+                layer_norm(
+                    &self.h,
+                    Some(lw.norm.0),
+                    Some(lw.norm.1),
+                    s.eps,
+                    &mut self.x,
+                )?;
             }
         }
         self.len += 1;
@@ -656,8 +644,7 @@ impl<'a> SbEngine<'a> {
             None,
             &mut self.logits,
             s.vocab,
-        )
-        .map_err(ke)?;
+        )?;
         Ok(&self.logits)
     }
 
@@ -668,16 +655,16 @@ impl<'a> SbEngine<'a> {
     /// tokens (parallel over queries), one for the outputs. The streaming state is left
     /// exactly as after the steps. Returns the last token's logits (language models) or an
     /// empty slice (classifiers). Allocates working buffers proportional to the prompt.
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], String> {
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
         let s = self.spec;
         if tokens.is_empty() {
-            return Err("prefill needs at least one token".into());
+            return Err(Error::input("prefill needs at least one token"));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= s.vocab) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "token {bad} is outside the vocabulary of {}",
                 s.vocab
-            ));
+            )));
         }
         let t = tokens.len();
         if self
@@ -685,9 +672,8 @@ impl<'a> SbEngine<'a> {
             .checked_add(t)
             .is_none_or(|end| end > u32::MAX as usize)
         {
-            return Err("positions beyond 2^32 are not supported".into());
+            return Err(Error::input("positions beyond 2^32 are not supported"));
         }
-        let ke = |e: crate::kernels::KernelError| e.to_string();
         let (d, z, e, w) = (s.d, s.z, s.e, s.window);
         let zw = z + 2 * e;
         let pads: Vec<bool> = tokens.iter().map(|&tk| Some(tk) == s.pad).collect();
@@ -720,13 +706,13 @@ impl<'a> SbEngine<'a> {
                 if pads[r] {
                     dst.fill(0.0);
                 } else if s.prenorm {
-                    layer_norm(src, Some(lw.norm.0), Some(lw.norm.1), EPS, dst).map_err(ke)?;
+                    layer_norm(src, Some(lw.norm.0), Some(lw.norm.1), s.eps, dst)?;
                 } else {
                     dst.copy_from_slice(src);
                 }
             }
             let st = &mut self.state[l];
-            ema_scan(&lw.ema, &xs, t, &mut st.ema, &mut y).map_err(ke)?;
+            ema_scan(&lw.ema, &xs, t, &mut st.ema, &mut y)?;
             for (r, yr) in y.chunks_exact_mut(d).enumerate() {
                 for j in 0..d {
                     yr[j] += lw.omega[j] * xs[r * d + j];
@@ -734,7 +720,7 @@ impl<'a> SbEngine<'a> {
                 // row by row, as `step` does (the SIMD tail falls on the same elements)
                 silu(yr);
             }
-            linear(&y, d, t, &lw.gate_w, Some(lw.gate_b), &mut uc, 2 + d).map_err(ke)?;
+            linear(&y, d, t, &lw.gate_w, Some(lw.gate_b), &mut uc, 2 + d)?;
             let tau = libm::expf(lw.log_temp);
             let mut rows = Vec::new();
             let mut gates = Vec::new();
@@ -770,7 +756,7 @@ impl<'a> SbEngine<'a> {
                     mh[k * d..(k + 1) * d].copy_from_slice(&y[r * d..(r + 1) * d]);
                 }
                 let mut zrv = vec![0f32; lc * zw];
-                linear(&mh, d, lc, &lw.in_w, Some(lw.in_b), &mut zrv, zw).map_err(ke)?;
+                linear(&mh, d, lc, &lw.in_w, Some(lw.in_b), &mut zrv, zw)?;
                 zrv.chunks_exact_mut(zw).for_each(silu);
                 // the ring (oldest first, no queries) followed by the new activated tokens
                 let cnt = st.filled;
@@ -811,8 +797,7 @@ impl<'a> SbEngine<'a> {
                     Some(lw.rel),
                     &mut o,
                     &mut scratch,
-                )
-                .map_err(ke)?;
+                )?;
                 let mut or = vec![0f32; lc * e];
                 for kk in 0..lc {
                     for c in 0..e {
@@ -820,7 +805,7 @@ impl<'a> SbEngine<'a> {
                     }
                 }
                 let mut h = vec![0f32; lc * d];
-                linear(&or, e, lc, &lw.out_w, Some(lw.out_b), &mut h, d).map_err(ke)?;
+                linear(&or, e, lc, &lw.out_w, Some(lw.out_b), &mut h, d)?;
                 for (kk, &r) in rows.iter().enumerate() {
                     for j in 0..d {
                         out[r * d + j] += gates[kk] * h[kk * d + j];
@@ -844,7 +829,7 @@ impl<'a> SbEngine<'a> {
                 if s.prenorm {
                     xr.copy_from_slice(o);
                 } else {
-                    layer_norm(o, Some(lw.norm.0), Some(lw.norm.1), EPS, xr).map_err(ke)?;
+                    layer_norm(o, Some(lw.norm.0), Some(lw.norm.1), s.eps, xr)?;
                 }
             }
         }
@@ -872,17 +857,16 @@ impl<'a> SbEngine<'a> {
             None,
             &mut self.logits,
             s.vocab,
-        )
-        .map_err(ke)?;
+        )?;
         Ok(&self.logits)
     }
 
     /// `feats` = the final norm of `row` (pre-norm models) or `row`.
-    fn final_features(&mut self, row: &[f32]) -> Result<(), String> {
+    fn final_features(&mut self, row: &[f32]) -> Result<(), Error> {
         match self.final_norm {
-            Some((g, b)) => layer_norm(row, Some(g), Some(b), EPS, &mut self.feats)
+            Some((g, b)) => layer_norm(row, Some(g), Some(b), self.spec.eps, &mut self.feats)
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(Error::from),
             None => {
                 self.feats.copy_from_slice(row);
                 Ok(())
@@ -897,20 +881,21 @@ impl<'a> SbEngine<'a> {
 
     /// A classifier's logits for the sequence so far (mean of the final features over its
     /// non-pad tokens through the head).
-    pub fn classify(&mut self) -> Result<&[f32], String> {
+    pub fn classify(&mut self) -> Result<&[f32], Error> {
         let s = self.spec;
         let Some((w1, b1, w2)) = self.cls else {
-            return Err("this SeqBoat model is a language model, not a classifier".into());
+            return Err(Error::input(
+                "this SeqBoat model is a language model, not a classifier",
+            ));
         };
         if self.real == 0 {
-            return Err("no (non-pad) token has been seen".into());
+            return Err(Error::input("no (non-pad) token has been seen"));
         }
-        let ke = |e: crate::kernels::KernelError| e.to_string();
         let inv = 1.0 / self.real as f32;
         for (h, p) in self.h.iter_mut().zip(&self.pooled) {
             *h = p * inv;
         }
-        linear(&self.h, s.d, 1, &w1, Some(b1), &mut self.cls_h, 2 * s.d).map_err(ke)?;
+        linear(&self.h, s.d, 1, &w1, Some(b1), &mut self.cls_h, 2 * s.d)?;
         self.cls_h.iter_mut().for_each(|v| *v = gelu1(*v));
         linear(
             &self.cls_h,
@@ -920,8 +905,7 @@ impl<'a> SbEngine<'a> {
             None,
             &mut self.logits,
             s.classes,
-        )
-        .map_err(ke)?;
+        )?;
         Ok(&self.logits)
     }
 }

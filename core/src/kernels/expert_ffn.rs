@@ -33,6 +33,11 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Apply in place at the active SIMD level.
+    pub fn apply(self, x: &mut [f32]) {
+        self.apply_with(super::isa::active(), x)
+    }
+
     /// Apply in place.
     pub fn apply_with(self, isa: Isa, x: &mut [f32]) {
         match self {

@@ -59,7 +59,11 @@ fn the_steps_give_the_previous_version_logits_bit_for_bit() {
         // token by token the arithmetic is unchanged: the same bits
         assert_eq!(got.len(), want.len());
         for (j, (g, w)) in got.iter().zip(want).enumerate() {
-            assert_eq!(g.to_bits(), w.to_bits(), "{file} {size}: logit {j}: {g} vs {w}");
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{file} {size}: logit {j}: {g} vs {w}"
+            );
         }
         // the batched prefill (products over the prompt's rows) to float rounding
         e.reset();
@@ -70,7 +74,10 @@ fn the_steps_give_the_previous_version_logits_bit_for_bit() {
             .iter()
             .zip(want)
             .fold(0f32, |a, (g, w)| a.max((g - w).abs() / scale));
-        assert!(worst < 1e-5, "{file} {size}: prefill vs previous steps {worst}");
+        assert!(
+            worst < 1e-5,
+            "{file} {size}: prefill vs previous steps {worst}"
+        );
     }
 }
 

@@ -291,7 +291,7 @@ pub(crate) fn calibrate<'a, D: Decoder<'a> + ?Sized>(
     Ok(out)
 }
 
-/// The largest-capacity size (see [`Engine::capacity`]) whose measured per-token time is
+/// The largest-capacity size (see [`Decoder::capacity`]) whose measured per-token time is
 /// within `budget_ms`, or a clear error naming the fastest size's need.
 ///
 /// Capacity, not the measured time, orders the sizes: two nested sizes that cost nearly the

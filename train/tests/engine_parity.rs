@@ -462,7 +462,7 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn batched_prefill_equals_token_by_token_steps() {
     let cfg = DenseConfig {
-        max_seq: 32,
+        max_seq: 64,
         nested_depths: 1,
         nested_ffn: [32, 0, 0, 0, 0, 0, 0, 0],
         ..DenseConfig::lm(40, 32, 2, 4, 64)
@@ -484,7 +484,8 @@ fn batched_prefill_equals_token_by_token_steps() {
     .unwrap();
     conv.params.values.copy_from_slice(&emoe.params.values);
     let emoe = conv;
-    let tokens: Vec<u32> = (0..23).map(|i| ((i * 11 + 5) % 40) as u32).collect();
+    // 9 + 40 rows: the second prefill runs the many-row products (more than 16 rows)
+    let tokens: Vec<u32> = (0..49).map(|i| ((i * 11 + 5) % 40) as u32).collect();
     for (tag, m) in [("prefill-plain", &plain), ("prefill-emoe", &emoe)] {
         let p = file(m, tag);
         let pq = std::env::temp_dir().join(format!(
@@ -498,14 +499,15 @@ fn batched_prefill_equals_token_by_token_steps() {
             .unwrap();
         for path in [&p, &pq] {
             let f = Model::open(path).unwrap();
-            let mut sizes: Vec<Option<((usize, usize), Option<usize>)>> = vec![None];
+            type Sub = Option<((usize, usize), Option<usize>)>;
+            let mut sizes: Vec<Sub> = vec![None];
             if tag == "prefill-plain" {
                 sizes.push(Some(((1, 32), Some(2))));
                 sizes.push(Some(((2, 64), Some(2))));
             }
             for size in sizes {
-                let mut a = DenseEngine::new(&f, 32).unwrap();
-                let mut b = DenseEngine::new(&f, 32).unwrap();
+                let mut a = DenseEngine::new(&f, 64).unwrap();
+                let mut b = DenseEngine::new(&f, 64).unwrap();
                 if let Some((s, h)) = size {
                     a.set_submodel(Some(s)).unwrap();
                     a.set_heads(h)
@@ -521,9 +523,12 @@ fn batched_prefill_equals_token_by_token_steps() {
                     want = b.step(t).unwrap().to_vec();
                 }
                 assert_eq!(a.position(), b.position());
+                // the many-row products of a quantised file multiply f32 activations with
+                // the widened weights, the steps round the activations to 8 bits
+                let tol = if *path == pq { 2e-2 } else { 1e-4 };
                 let err = rel(&got, &want);
                 assert!(
-                    err < 1e-4,
+                    err < tol,
                     "{tag} {size:?} {}: prefill vs steps {err}",
                     path.display()
                 );
@@ -532,7 +537,7 @@ fn batched_prefill_equals_token_by_token_steps() {
                     let x = a.step(t).unwrap().to_vec();
                     let y = b.step(t).unwrap();
                     let err = rel(&x, y);
-                    assert!(err < 1e-4, "{tag} {size:?}: decode after prefill {err}");
+                    assert!(err < tol, "{tag} {size:?}: decode after prefill {err}");
                 }
             }
         }

@@ -23,7 +23,7 @@ pub use seqboat::{SbEngine, SbSpec};
 use crate::arch::{Act, AttnLayout, Family, FfnKind, Input, MixerSpec, NormKind, Positions, Task};
 use crate::error::Error;
 use crate::kernels::attention::{causal_attention, KvCache};
-use crate::kernels::elementwise::layer_norm;
+use crate::kernels::elementwise::{layer_norm, softmax};
 use crate::kernels::linear::{linear, matmul_rows, MatRef};
 use crate::kernels::routing::top_k;
 use crate::model::Model;
@@ -117,6 +117,9 @@ struct Stack<'a> {
     lnf: (&'a [f32], &'a [f32]),
     head: MatRef<'a>,
 }
+
+/// Query rows of a prompt whose attention scores are computed in one product.
+const ATT_BLOCK: usize = 64;
 
 /// Work rows for `n` positions at once (`n = 1`: the decode step's buffers, allocated once;
 /// a prompt's rows: allocated by [`DenseEngine::prefill`]).
@@ -760,7 +763,7 @@ impl<'a> DenseEngine<'a> {
             n,
             s.d,
             self.u_len,
-            self.max_context.max(s.emoe_experts),
+            (ATT_BLOCK * self.max_context).max(s.emoe_experts),
             s.emoe_top_k,
         );
         let (active, heads) = (self.active, self.heads);
@@ -860,20 +863,44 @@ impl Stack<'_> {
                     let r = &qkv[i * w3..(i + 1) * w3];
                     c.append(&r[k0..k0 + hd], &r[v0..v0 + hd])?;
                 }
-                // row i sits at position pos + i and sees keys 0..=pos + i
-                for i in 0..n {
-                    let tc = pos + i + 1;
+                if n == 1 {
+                    // the decode step: one query at position pos over keys 0..=pos
+                    let tc = pos + 1;
                     causal_attention(
-                        &qkv[i * w3 + q0..i * w3 + q0 + hd],
+                        &qkv[q0..q0 + hd],
                         1,
                         &c.keys()[..tc * hd],
                         &c.values()[..tc * hd],
                         tc,
                         hd,
                         scale,
-                        &mut att[i * d + hh * hd..i * d + (hh + 1) * hd],
+                        &mut att[hh * hd..(hh + 1) * hd],
                         &mut b.scores,
                     )?;
+                    continue;
+                }
+                // a prompt: blocks of ATT_BLOCK query rows at once — the scores of a block
+                // against every key up to its last row are one product, each row's softmax
+                // runs over its own causal prefix (row i sits at position pos + i and sees
+                // keys 0..=pos + i; the rest of its scores are zeroed), and the weighted
+                // sum of values is a second product
+                let mut i0 = 0;
+                while i0 < n {
+                    let rows = ATT_BLOCK.min(n - i0);
+                    let tc = pos + i0 + rows;
+                    let keys = MatRef::f32(&c.keys()[..tc * hd], tc, hd)?;
+                    let vals = MatRef::f32(&c.values()[..tc * hd], tc, hd)?;
+                    let sc = &mut b.scores[..rows * tc];
+                    linear(&qkv[i0 * w3 + q0..], w3, rows, &keys, None, sc, tc)?;
+                    for (r, row) in sc.chunks_exact_mut(tc).enumerate() {
+                        let seen = pos + i0 + r + 1;
+                        let (live, future) = row.split_at_mut(seen);
+                        live.iter_mut().for_each(|v| *v *= scale);
+                        softmax(live);
+                        future.fill(0.0);
+                    }
+                    matmul_rows(sc, tc, rows, &vals, &mut att[i0 * d + hh * hd..], d, false)?;
+                    i0 += rows;
                 }
             }
             if s.head_major {

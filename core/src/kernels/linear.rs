@@ -1239,6 +1239,44 @@ pub fn matmul_rows_mode(
         }
         return Ok(());
     }
+    if m > SKINNY_MAX_ROWS {
+        // Many rows over F16/BF16/quantised weights (a prompt): widen panels of weight rows
+        // to f32 once per call and multiply them with matrixmultiply — the weights are
+        // read once for all `m` rows, instead of once per row by the skinny kernels.
+        const PANEL: usize = 64;
+        let mut buf = alloc::vec![0f32; PANEL.min(k) * n];
+        let mut k0 = 0;
+        while k0 < k {
+            let rows = PANEL.min(k - k0);
+            for r in 0..rows {
+                widen_row(w, k0 + r, &mut buf[r * n..(r + 1) * n]);
+            }
+            // SAFETY: extents checked above: x holds m rows of k (ldx apart), so columns
+            // k0..k0 + rows of every row are in bounds; buf holds `rows` rows of n; y holds
+            // m rows of n (ldy apart); beta = 1 accumulates (y was zeroed if requested).
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    rows,
+                    n,
+                    1.0,
+                    x.as_ptr().add(k0),
+                    ldx as isize,
+                    1,
+                    buf.as_ptr(),
+                    n as isize,
+                    1,
+                    1.0,
+                    y.as_mut_ptr(),
+                    ldy as isize,
+                    1,
+                );
+            }
+            k0 += rows;
+        }
+        let _ = (isa, qact);
+        return Ok(());
+    }
     if m == 1 && n * k >= PAR_MIN_WEIGHTS {
         // Decode over a large transposed matrix: split its rows — contiguous memory — into
         // a fixed number of groups, each summed into its own partial output, then add the

@@ -10,6 +10,7 @@
 # its decode engine after the prompt (`logits.tsv`, f32 bit patterns), from
 # scripts/legacy/dump_logits.rs built there as an example of modula-core.
 #
+# isa.txt names the SIMD level of the machine that made them (bit-exact checks only there).
 # The fixtures in the repository were made with the build of commit 5ab688e (before the
 # model description, the decoder interface and the batched dense prefill).
 set -euo pipefail

@@ -13,6 +13,20 @@ use std::path::Path;
 
 const PROMPT: &[u8] = b"Once upon a time";
 
+/// True when this process runs the kernels at the SIMD level the reference was made at
+/// (`isa.txt`): then the logits must be the same bits and the greedy output the same bytes.
+/// At another level (NEON under qemu, scalar, AVX-512) the sums run in another order: the
+/// logits are compared within 1e-5 and the greedy output (which a near-tie may flip) is not.
+fn same_isa(dir: &Path) -> bool {
+    let want = std::fs::read_to_string(dir.join("isa.txt")).unwrap();
+    let here = modula_core::kernels::isa::label(modula_core::kernels::isa::active());
+    let same = want.trim() == here;
+    if !same {
+        println!("legacy: kernels at {here}, reference at {}: logits within 1e-5, greedy output not compared", want.trim());
+    }
+    same
+}
+
 fn greedy(logits: &[f32]) -> u32 {
     logits
         .iter()
@@ -45,6 +59,7 @@ fn the_steps_give_the_previous_version_logits_bit_for_bit() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/legacy");
     let refs = reference_logits(&dir);
     assert_eq!(refs.len(), 11);
+    let exact = same_isa(&dir);
     for ((file, size), want) in &refs {
         let m = Model::open(dir.join(file)).unwrap();
         let mut e = engine::open(&m, None, None).unwrap();
@@ -56,28 +71,31 @@ fn the_steps_give_the_previous_version_logits_bit_for_bit() {
         for &b in PROMPT {
             got = e.step(u32::from(b)).unwrap().to_vec();
         }
-        // token by token the arithmetic is unchanged: the same bits
         assert_eq!(got.len(), want.len());
-        for (j, (g, w)) in got.iter().zip(want).enumerate() {
-            assert_eq!(
-                g.to_bits(),
-                w.to_bits(),
-                "{file} {size}: logit {j}: {g} vs {w}"
-            );
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let worst = |v: &[f32]| {
+            v.iter()
+                .zip(want)
+                .fold(0f32, |a, (g, w)| a.max((g - w).abs() / scale))
+        };
+        if exact {
+            // token by token the arithmetic is unchanged: the same bits
+            for (j, (g, w)) in got.iter().zip(want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{file} {size}: logit {j}: {g} vs {w}"
+                );
+            }
+        } else {
+            let err = worst(&got);
+            assert!(err < 1e-5, "{file} {size}: steps vs previous steps {err}");
         }
         // the batched prefill (products over the prompt's rows) to float rounding
         e.reset();
         let ids: Vec<u32> = PROMPT.iter().map(|&b| u32::from(b)).collect();
-        let pre = e.prefill(&ids).unwrap();
-        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let worst = pre
-            .iter()
-            .zip(want)
-            .fold(0f32, |a, (g, w)| a.max((g - w).abs() / scale));
-        assert!(
-            worst < 1e-5,
-            "{file} {size}: prefill vs previous steps {worst}"
-        );
+        let err = worst(e.prefill(&ids).unwrap());
+        assert!(err < 1e-5, "{file} {size}: prefill vs previous steps {err}");
     }
 }
 
@@ -85,6 +103,7 @@ fn the_steps_give_the_previous_version_logits_bit_for_bit() {
 fn files_of_the_previous_version_load_and_generate_the_same() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/legacy");
     let expected = std::fs::read_to_string(dir.join("expected.tsv")).unwrap();
+    let exact = same_isa(&dir);
     let mut checked = 0;
     let mut families = std::collections::BTreeSet::new();
     for line in expected.lines().filter(|l| !l.is_empty()) {
@@ -108,7 +127,9 @@ fn files_of_the_previous_version_load_and_generate_the_same() {
             next = greedy(e.step(next).unwrap());
         }
         out.push(b'\n');
-        assert_eq!(hex(&out), want, "{file} at size {size}");
+        if exact {
+            assert_eq!(hex(&out), want, "{file} at size {size}");
+        }
         checked += 1;
     }
     assert_eq!(checked, 11, "every fixture line checked");

@@ -567,6 +567,34 @@ impl<'m, B: AsRef<[u8]>> Meta<'m, B> {
     fn str(&self, key: &str) -> Option<&'m str> {
         self.get(key).and_then(|v| v.as_str())
     }
+    /// A string key that must be one of `options` (`default` when absent; required when
+    /// `None`): anything else is an error naming the key, the value and the choices.
+    fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)], default: Option<T>) -> Result<T> {
+        let names = || {
+            options
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (self.get(key), default) {
+            (None, Some(d)) => Ok(d),
+            (Some(Value::Str(v)), _) => options
+                .iter()
+                .find(|(n, _)| *n == v)
+                .map(|&(_, t)| t)
+                .ok_or_else(|| {
+                    Error::metadata(
+                        key,
+                        format!("{key} = \"{v}\" is not one Modula knows ({})", names()),
+                    )
+                }),
+            (other, _) => Err(Error::metadata(
+                key,
+                format!("{key} = {other:?}: a string, one of {}", names()),
+            )),
+        }
+    }
     /// A u32 array, each entry checked by `ok`.
     fn list(&self, key: &str, ok: impl Fn(usize) -> bool) -> Result<Option<Vec<usize>>> {
         match self.get(key) {
@@ -587,18 +615,14 @@ impl<'m, B: AsRef<[u8]>> Meta<'m, B> {
         }
     }
     fn norm(&self) -> Result<NormSpec> {
-        let kind = match self.str("modula.norm") {
-            None | Some("layernorm") => NormKind::LayerNorm,
-            Some("rmsnorm") => NormKind::RmsNorm,
-            Some(o) => {
-                return Err(Error::metadata(
-                    "modula.norm",
-                    format!(
-                        "modula.norm = \"{o}\" is not a norm Modula knows (layernorm, rmsnorm)"
-                    ),
-                ))
-            }
-        };
+        let kind = self.choice(
+            "modula.norm",
+            &[
+                ("layernorm", NormKind::LayerNorm),
+                ("rmsnorm", NormKind::RmsNorm),
+            ],
+            Some(NormKind::LayerNorm),
+        )?;
         let eps = match self.get("modula.norm_epsilon") {
             None => 1e-5,
             Some(Value::F32(e)) if e.is_finite() && e > 0.0 && e < 1.0 => e,
@@ -612,21 +636,16 @@ impl<'m, B: AsRef<[u8]>> Meta<'m, B> {
         Ok(NormSpec { kind, eps })
     }
     fn act(&self, default: Act) -> Result<Act> {
-        Ok(match self.str("modula.activation") {
-            None => default,
-            Some("gelu") => Act::Gelu,
-            Some("gelu_tanh") => Act::GeluTanh,
-            Some("silu") => Act::Silu,
-            Some("relu2") => Act::Relu2,
-            Some(o) => {
-                return Err(Error::metadata(
-                    "modula.activation",
-                    format!(
-                        "modula.activation = \"{o}\" is not an activation Modula knows (gelu, gelu_tanh, silu, relu2)"
-                    ),
-                ))
-            }
-        })
+        self.choice(
+            "modula.activation",
+            &[
+                ("gelu", Act::Gelu),
+                ("gelu_tanh", Act::GeluTanh),
+                ("silu", Act::Silu),
+                ("relu2", Act::Relu2),
+            ],
+            Some(default),
+        )
     }
     fn attention_kind(&self, want: &str) -> Result<()> {
         match self.str("modula.attention.kind") {
@@ -1103,15 +1122,11 @@ fn dense<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
         }
     };
     if let Task::Classify { .. } = task {
-        match r.str("modula.classify.pool") {
-            None | Some("mean") | Some("first") | Some("last") => {}
-            Some(o) => {
-                return Err(Error::metadata(
-                    "modula.classify.pool",
-                    format!("modula.classify.pool = \"{o}\" is not mean, first or last"),
-                ))
-            }
-        }
+        r.choice(
+            "modula.classify.pool",
+            &[("mean", ()), ("first", ()), ("last", ())],
+            Some(()),
+        )?;
     }
     let d = r.u32("modula.embedding_length")?;
     let layers = r.u32("modula.block_count")?;
@@ -1383,27 +1398,20 @@ fn moduleformer<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
 
 fn seqboat<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
     r.attention_kind("gau")?;
-    let attn = match r.str("modula.gau.attention_fn") {
-        Some("softmax") => GauAttn::Softmax,
-        Some("relu2") => GauAttn::Relu2,
-        o => {
-            return Err(Error::metadata(
-                "modula.gau.attention_fn",
-                format!("modula.gau.attention_fn = {o:?}"),
-            ))
-        }
-    };
-    let gate = match r.str("modula.seqboat.gate") {
-        Some("learned") => Gate::Learned,
-        Some("always") => Gate::Always,
-        Some("off") => Gate::Off,
-        o => {
-            return Err(Error::metadata(
-                "modula.seqboat.gate",
-                format!("modula.seqboat.gate = {o:?}"),
-            ))
-        }
-    };
+    let attn = r.choice(
+        "modula.gau.attention_fn",
+        &[("softmax", GauAttn::Softmax), ("relu2", GauAttn::Relu2)],
+        None,
+    )?;
+    let gate = r.choice(
+        "modula.seqboat.gate",
+        &[
+            ("learned", Gate::Learned),
+            ("always", Gate::Always),
+            ("off", Gate::Off),
+        ],
+        None,
+    )?;
     let pad = match r.get("modula.seqboat.pad_token") {
         None => None,
         Some(Value::U32(p)) => Some(p),

@@ -182,33 +182,44 @@ fn wrong(size: Size, family: Family) -> Error {
     ))
 }
 
+/// The methods every engine forwards as they are: family, vocabulary, width, position,
+/// reset, step, prefill, arena.
+macro_rules! forward_common {
+    ($ty:ident, $family:expr) => {
+        fn family(&self) -> Family {
+            $family
+        }
+        fn vocab(&self) -> usize {
+            self.spec().vocab
+        }
+        fn width(&self) -> usize {
+            self.spec().d
+        }
+        fn position(&self) -> usize {
+            $ty::position(self)
+        }
+        fn reset(&mut self) {
+            $ty::reset(self)
+        }
+        fn step(&mut self, token: u32) -> Result<&[f32], Error> {
+            $ty::step(self, token)
+        }
+        fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
+            $ty::prefill(self, tokens)
+        }
+        fn arena_bytes(&self) -> ArenaPlan {
+            $ty::arena_bytes(self)
+        }
+    };
+}
+
 impl<'a> Decoder<'a> for DenseEngine<'a> {
-    fn family(&self) -> Family {
-        Family::Dense
-    }
-    fn vocab(&self) -> usize {
-        self.spec().vocab
-    }
-    fn width(&self) -> usize {
-        self.spec().d
-    }
+    forward_common!(DenseEngine, Family::Dense);
     fn full_heads(&self) -> usize {
         self.spec().heads
     }
-    fn position(&self) -> usize {
-        DenseEngine::position(self)
-    }
     fn max_context(&self) -> Option<usize> {
         Some(DenseEngine::max_context(self))
-    }
-    fn reset(&mut self) {
-        DenseEngine::reset(self)
-    }
-    fn step(&mut self, token: u32) -> Result<&[f32], Error> {
-        DenseEngine::step(self, token)
-    }
-    fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
-        DenseEngine::prefill(self, tokens)
     }
     fn sizes(&self) -> Vec<Size> {
         let spec = self.spec();
@@ -247,9 +258,6 @@ impl<'a> Decoder<'a> for DenseEngine<'a> {
     fn parse_size(&self, s: &str) -> Result<Size, Error> {
         Size::parse_dense(s, self.spec().heads)
     }
-    fn arena_bytes(&self) -> ArenaPlan {
-        DenseEngine::arena_bytes(self)
-    }
     fn configure(&mut self, o: &DecodeOptions) -> Result<(), Error> {
         only(o, Family::Dense)
     }
@@ -269,32 +277,12 @@ fn only(o: &DecodeOptions, f: Family) -> Result<(), Error> {
 }
 
 impl<'a> Decoder<'a> for MfEngine<'a> {
-    fn family(&self) -> Family {
-        Family::ModuleFormer
-    }
-    fn vocab(&self) -> usize {
-        self.spec().vocab
-    }
-    fn width(&self) -> usize {
-        self.spec().d
-    }
+    forward_common!(MfEngine, Family::ModuleFormer);
     fn full_heads(&self) -> usize {
         1
     }
-    fn position(&self) -> usize {
-        MfEngine::position(self)
-    }
     fn max_context(&self) -> Option<usize> {
         Some(MfEngine::max_context(self))
-    }
-    fn reset(&mut self) {
-        MfEngine::reset(self)
-    }
-    fn step(&mut self, token: u32) -> Result<&[f32], Error> {
-        MfEngine::step(self, token)
-    }
-    fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
-        MfEngine::prefill(self, tokens)
     }
     fn sizes(&self) -> Vec<Size> {
         self.spec()
@@ -326,9 +314,6 @@ impl<'a> Decoder<'a> for MfEngine<'a> {
                 ))
             })
     }
-    fn arena_bytes(&self) -> ArenaPlan {
-        MfEngine::arena_bytes(self)
-    }
     fn configure(&mut self, o: &DecodeOptions) -> Result<(), Error> {
         only(o, Family::ModuleFormer)?;
         if o.sb_stop.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
@@ -343,32 +328,12 @@ impl<'a> Decoder<'a> for MfEngine<'a> {
 }
 
 impl<'a> Decoder<'a> for SbEngine<'a> {
-    fn family(&self) -> Family {
-        Family::SeqBoat
-    }
-    fn vocab(&self) -> usize {
-        self.spec().vocab
-    }
-    fn width(&self) -> usize {
-        self.spec().d
-    }
+    forward_common!(SbEngine, Family::SeqBoat);
     fn full_heads(&self) -> usize {
         1
     }
-    fn position(&self) -> usize {
-        SbEngine::position(self)
-    }
     fn max_context(&self) -> Option<usize> {
         None
-    }
-    fn reset(&mut self) {
-        SbEngine::reset(self)
-    }
-    fn step(&mut self, token: u32) -> Result<&[f32], Error> {
-        SbEngine::step(self, token)
-    }
-    fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
-        SbEngine::prefill(self, tokens)
     }
     fn sizes(&self) -> Vec<Size> {
         self.spec()
@@ -390,9 +355,6 @@ impl<'a> Decoder<'a> for SbEngine<'a> {
         sz.parse()
             .map(Size::Depth)
             .map_err(|_| Error::input(format!("--size {sz}: for a SeqBoat file use a depth N")))
-    }
-    fn arena_bytes(&self) -> ArenaPlan {
-        SbEngine::arena_bytes(self)
     }
     fn configure(&mut self, o: &DecodeOptions) -> Result<(), Error> {
         only(o, Family::SeqBoat)?;

@@ -870,14 +870,13 @@ impl ModelDesc {
                     }
                 }
                 MixerSpec::SeqBoat(s) => {
-                    let (dn, z, e) = (d * s.ndim, s.z, s.e);
+                    let (z, e) = (s.z, s.e);
                     let dir = if s.causal { 1 } else { 2 };
                     out.push(v("norm.weight", Role::AttnNorm, d));
                     out.push(v("norm.bias", Role::AttnNormBias, d));
                     for c in ["ema.delta", "ema.alpha", "ema.beta", "ema.gamma"] {
                         out.push(mtx(c, Role::SeqBoat, dir * d, s.ndim, Layout::Vector));
                     }
-                    let _ = dn;
                     out.push(v("ema.omega", Role::SeqBoat, d));
                     out.push(mtx("gate.weight", Role::SeqBoat, 2 + d, d, Layout::OutIn));
                     out.push(v("gate.bias", Role::SeqBoat, 2 + d));
@@ -1363,13 +1362,6 @@ fn moduleformer<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
             renormalize,
         },
     };
-    let mut experts = nested(counts, fe);
-    // the engine keeps at most 8 nested counts below the full one
-    if experts.len() > 9 {
-        let full = fe;
-        experts.truncate(8);
-        experts.push(full);
-    }
     Ok(ModelDesc {
         family: Family::ModuleFormer,
         task: Task::Lm,
@@ -1391,7 +1383,7 @@ fn moduleformer<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
             depths: vec![layers],
             ffn_widths: vec![fw],
             heads: vec![moa.heads],
-            experts,
+            experts: nested(counts, fe),
         },
     })
 }

@@ -279,6 +279,39 @@ pub(crate) fn matrix<'a, B: AsRef<[u8]>>(
     Ok(w)
 }
 
+/// "Not a `what` model": the error for a description of another family or block shape.
+pub(crate) fn not_family(desc: &ModelDesc, what: &str) -> Error {
+    Error::metadata(
+        "modula.model",
+        format!(
+            "not a {what} model (modula.model = {:?})",
+            desc.family.name()
+        ),
+    )
+}
+
+/// The first block of a description of `family` whose norms this build's engines run
+/// (LayerNorm); `what` names the family in the errors.
+pub(crate) fn layernorm_block<'d>(
+    desc: &'d ModelDesc,
+    family: Family,
+    what: &str,
+) -> Result<&'d crate::arch::BlockSpec, Error> {
+    if desc.family != family {
+        return Err(not_family(desc, what));
+    }
+    let b = desc
+        .blocks
+        .first()
+        .ok_or_else(|| Error::metadata("modula.block_count", "a model of 0 blocks"))?;
+    if b.norm.kind != NormKind::LayerNorm {
+        return Err(Error::unsupported(format!(
+            "{what} files use LayerNorm (modula.norm = rmsnorm is not run by this engine)"
+        )));
+    }
+    Ok(b)
+}
+
 impl DenseSpec {
     /// Read and check the architecture metadata of a dense LM file (through the one
     /// loader, [`ModelDesc::from_model`]).
@@ -289,15 +322,7 @@ impl DenseSpec {
     /// The dense decoder's view of a description: a causal language model of
     /// softmax-attention blocks with dense or EMoE FFNs.
     pub fn from_desc(desc: &ModelDesc) -> Result<Self, Error> {
-        if desc.family != Family::Dense {
-            return Err(Error::metadata(
-                "modula.model",
-                format!(
-                    "not a dense model (modula.model = {:?})",
-                    desc.family.name()
-                ),
-            ));
-        }
+        let first = layernorm_block(desc, Family::Dense, "dense")?;
         if desc.task != Task::Lm {
             return Err(Error::unsupported(
                 "the decode engine runs language models; this is a classifier",
@@ -308,10 +333,6 @@ impl DenseSpec {
                 "the decode engine runs token models; this one reads feature vectors",
             ));
         };
-        let first = desc
-            .blocks
-            .first()
-            .ok_or_else(|| Error::metadata("modula.block_count", "a model of 0 blocks"))?;
         let (MixerSpec::Attention(att), Some((_, ffn))) = (first.mixer, first.ffn) else {
             return Err(Error::metadata(
                 "modula.model",
@@ -343,11 +364,6 @@ impl DenseSpec {
             eps: first.norm.eps,
             act: ffn.act,
         };
-        if first.norm.kind != NormKind::LayerNorm {
-            return Err(Error::unsupported(
-                "dense Modula files use LayerNorm (modula.norm = rmsnorm is not run by this engine)",
-            ));
-        }
         for (l, b) in desc.blocks.iter().enumerate() {
             if let Some((_, f)) = b.ffn {
                 if let FfnKind::Emoe { experts, top_k } = f.kind {

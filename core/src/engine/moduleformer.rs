@@ -16,8 +16,8 @@
 //! Stick-breaking attention can stop early once the remaining stick is below `e^{−τ}`
 //! ([`MfEngine::set_stop`]); off by default (exact, as the trainer).
 
-use super::{check_prompt, check_step, matrix, vector};
-use crate::arch::{Act, Family, FfnKind, FfnSpec, MixerSpec, NormKind, RouterKind};
+use super::{check_prompt, check_step, layernorm_block, matrix, not_family, vector};
+use crate::arch::{Act, Family, FfnKind, FfnSpec, MixerSpec, RouterKind};
 use crate::error::Error;
 use crate::kernels::attention::stick_breaking;
 use crate::kernels::elementwise::{layer_norm, softmax};
@@ -76,19 +76,8 @@ impl MfSpec {
 
     /// The ModuleFormer decoder's view of a description.
     pub fn from_desc(desc: &ModelDesc) -> Result<Self, Error> {
-        let not = || {
-            Error::metadata(
-                "modula.model",
-                format!(
-                    "not a ModuleFormer model (modula.model = {:?})",
-                    desc.family.name()
-                ),
-            )
-        };
-        if desc.family != Family::ModuleFormer {
-            return Err(not());
-        }
-        let b = desc.blocks.first().ok_or_else(not)?;
+        let b = layernorm_block(desc, Family::ModuleFormer, "ModuleFormer")?;
+        let not = || not_family(desc, "ModuleFormer");
         let (
             MixerSpec::StickBreaking(a),
             Some((
@@ -104,11 +93,6 @@ impl MfSpec {
         else {
             return Err(not());
         };
-        if b.norm.kind != NormKind::LayerNorm {
-            return Err(Error::unsupported(
-                "ModuleFormer files use LayerNorm (modula.norm = rmsnorm is not run by this engine)",
-            ));
-        }
         let mut s = MfSpec {
             vocab: desc.vocab(),
             d: desc.d,

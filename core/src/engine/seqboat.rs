@@ -19,8 +19,8 @@
 //! Bidirectional models and models without a band (`w = 0`) cannot stream in constant
 //! memory and are refused.
 
-use super::{matrix, vector};
-use crate::arch::{Family, Gate, GauAttn, MixerSpec, NormKind, Task};
+use super::{layernorm_block, matrix, not_family, vector};
+use crate::arch::{Family, Gate, GauAttn, MixerSpec, Task};
 use crate::error::Error;
 use crate::kernels::attention::{gau_local, GauFn};
 use crate::kernels::elementwise::{gelu1, layer_norm, silu, softmax};
@@ -80,27 +80,11 @@ impl SbSpec {
 
     /// The SeqBoat decoder's view of a description.
     pub fn from_desc(desc: &ModelDesc) -> Result<Self, Error> {
-        let not = || {
-            Error::metadata(
-                "modula.model",
-                format!(
-                    "not a SeqBoat model (modula.model = {:?})",
-                    desc.family.name()
-                ),
-            )
-        };
-        if desc.family != Family::SeqBoat {
-            return Err(not());
-        }
-        let b = desc.blocks.first().ok_or_else(not)?;
+        let b = layernorm_block(desc, Family::SeqBoat, "SeqBoat")?;
+        let not = || not_family(desc, "SeqBoat");
         let MixerSpec::SeqBoat(sb) = b.mixer else {
             return Err(not());
         };
-        if b.norm.kind != NormKind::LayerNorm {
-            return Err(Error::unsupported(
-                "SeqBoat files use LayerNorm here (modula.norm = rmsnorm is not run by this engine)",
-            ));
-        }
         let mut s = SbSpec {
             vocab: desc.vocab(),
             classes: match desc.task {

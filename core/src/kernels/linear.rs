@@ -1274,7 +1274,6 @@ pub fn matmul_rows_mode(
             }
             k0 += rows;
         }
-        let _ = (isa, qact);
         return Ok(());
     }
     if m == 1 && n * k >= PAR_MIN_WEIGHTS {

@@ -398,6 +398,8 @@ pub enum Role {
     AttnVBias,
     /// A router (output layer).
     Router,
+    /// Its bias.
+    RouterBias,
     /// A router's hidden layer.
     RouterHidden,
     /// Its bias.
@@ -1215,63 +1217,123 @@ fn dense<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
             "modula.nested.head_counts needs modula.attention.layout = head_major",
         ));
     }
-    let attn = AttentionSpec {
-        heads,
-        kv_heads: heads,
-        head_dim: d / heads,
-        causal,
-        bias: true,
-        layout,
-    };
-    let blocks = (0..layers)
-        .map(|l| BlockSpec {
-            norm,
-            mixer: MixerSpec::Attention(attn),
-            ffn: Some((
-                norm,
-                FfnSpec {
-                    width: ffn,
-                    act,
-                    gated: false,
-                    bias: true,
-                    kind: if emoe_mask >> l & 1 == 1 {
-                        FfnKind::Emoe {
-                            experts: emoe.0,
-                            top_k: emoe.1,
-                        }
-                    } else {
-                        FfnKind::Dense
-                    },
-                },
-            )),
-        })
-        .collect();
-    let classifier = matches!(task, Task::Classify { .. });
-    Ok(ModelDesc {
-        family: Family::Dense,
+    Ok(ModelDesc::dense(&DenseShape {
         task,
         input,
         d,
+        layers,
+        heads,
+        ffn,
+        causal,
+        positions,
+        norm,
+        act,
+        layout,
+        emoe_mask,
+        emoe,
         context_length: opt_ctx(r)?,
-        positions: if positions > 0 {
-            Positions::Learned { rows: positions }
-        } else {
-            Positions::None
-        },
-        blocks,
-        final_norm: Some(norm),
-        head: if classifier {
-            Head::Classifier
-        } else {
-            Head::Separate
-        },
         nesting: Nesting {
             depths: nested(depths, layers),
             ffn_widths: nested(widths, ffn),
             heads: nested(head_counts, heads),
             experts: Vec::new(),
         },
-    })
+    }))
+}
+
+/// The dense family's hyper-parameters: what [`ModelDesc::dense`] builds a description
+/// from (the file reader and the trainer alike).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseShape {
+    /// Task.
+    pub task: Task,
+    /// Input.
+    pub input: Input,
+    /// Width.
+    pub d: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// FFN hidden width.
+    pub ffn: usize,
+    /// Causal attention.
+    pub causal: bool,
+    /// Rows of the learned position table (0: none).
+    pub positions: usize,
+    /// Every norm.
+    pub norm: NormSpec,
+    /// FFN activation.
+    pub act: Act,
+    /// Attention layout as stored.
+    pub layout: AttnLayout,
+    /// Bit `l`: block `l`'s FFN is EMoE.
+    pub emoe_mask: u64,
+    /// EMoE (experts, top-k).
+    pub emoe: (usize, usize),
+    /// The context the model was trained for.
+    pub context_length: Option<usize>,
+    /// Declared nested sizes.
+    pub nesting: Nesting,
+}
+
+impl ModelDesc {
+    /// The description of a dense model (GPT-2-style pre-LN blocks; EMoE blocks where
+    /// `emoe_mask` says).
+    pub fn dense(s: &DenseShape) -> ModelDesc {
+        let attn = AttentionSpec {
+            heads: s.heads,
+            kv_heads: s.heads,
+            head_dim: s.d / s.heads.max(1),
+            causal: s.causal,
+            bias: true,
+            layout: s.layout,
+        };
+        let blocks = (0..s.layers)
+            .map(|l| BlockSpec {
+                norm: s.norm,
+                mixer: MixerSpec::Attention(attn),
+                ffn: Some((
+                    s.norm,
+                    FfnSpec {
+                        width: s.ffn,
+                        act: s.act,
+                        gated: false,
+                        bias: true,
+                        kind: if l < 64 && s.emoe_mask >> l & 1 == 1 {
+                            FfnKind::Emoe {
+                                experts: s.emoe.0,
+                                top_k: s.emoe.1,
+                            }
+                        } else {
+                            FfnKind::Dense
+                        },
+                    },
+                )),
+            })
+            .collect();
+        let classifier = matches!(s.task, Task::Classify { .. });
+        ModelDesc {
+            family: Family::Dense,
+            task: s.task,
+            input: s.input,
+            d: s.d,
+            context_length: s.context_length,
+            positions: if s.positions > 0 {
+                Positions::Learned { rows: s.positions }
+            } else {
+                Positions::None
+            },
+            blocks,
+            final_norm: Some(s.norm),
+            head: if classifier {
+                Head::Classifier
+            } else {
+                Head::Separate
+            },
+            nesting: s.nesting.clone(),
+        }
+    }
 }
 
 fn opt_ctx<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<Option<usize>> {

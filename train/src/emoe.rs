@@ -628,7 +628,7 @@ mod tests {
             (
                 a.emoe_selected(0).to_vec(),
                 a.logits().to_vec(),
-                a.emoe_keep[0].clone(),
+                a.emoe_keep(0).to_vec(),
             )
         };
         let (sel0, logits0, _) = run(&m);

@@ -26,6 +26,7 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod stack;
 pub mod tasks;
 pub mod trainer;
 

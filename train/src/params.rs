@@ -68,6 +68,27 @@ impl ParamTable {
         Ok(self.specs.len() - 1)
     }
 
+    /// The tensors declared so far.
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// Add every tensor of a description's table (`prefix` before each name); weight
+    /// decay on matrices and tables, not on vectors (norms, biases). Returns their indices.
+    pub fn add_tensors(
+        &mut self,
+        tensors: &[modula_core::arch::TensorSpec],
+        prefix: &str,
+    ) -> Result<Vec<usize>, String> {
+        tensors
+            .iter()
+            .map(|t| {
+                let decay = t.layout != modula_core::arch::Layout::Vector;
+                self.add(&format!("{prefix}{}", t.name), &t.shape, decay)
+            })
+            .collect()
+    }
+
     /// Elements declared so far (nothing is allocated before [`ParamTable::build`]).
     pub fn elements(&self) -> usize {
         self.len

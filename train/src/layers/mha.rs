@@ -33,6 +33,8 @@ pub struct MhaIdx {
     pub proj_w: usize,
     /// `[d]`.
     pub proj_b: usize,
+    /// The norm's ε ([`LN_EPS`] in the trainer's own models; a file's `modula.norm_epsilon`).
+    pub eps: f32,
 }
 
 /// Shape of the sub-layer's input: `b` sequences of `t`, width `d`, `heads` heads.
@@ -123,7 +125,7 @@ pub fn mha_forward(
         d,
         p.value(ix.ln_g),
         p.value(ix.ln_b),
-        LN_EPS,
+        ix.eps,
         &mut h,
         &mut mu,
         &mut rs,

@@ -12,18 +12,16 @@
 //! Every forward keeps what its backward needs; the backward can skip parameter gradients
 //! (a frozen meta suffix only passes gradients through).
 
-use crate::layers::activation::{activation_backward, activation_forward};
 use crate::layers::linear::{linear_backward, linear_forward};
-use crate::layers::mha::{
-    linear_backward_maybe, mha_backward, mha_forward, MhaIdx, MhaSaved, MhaShape, LN_EPS,
-};
+use crate::layers::mha::{linear_backward_maybe, LN_EPS};
 use crate::layers::norm::{layernorm_backward, layernorm_forward};
-use crate::layers::router::gate_backward;
 use crate::params::{ParamStore, ParamTable};
+use crate::stack::{Grads, Rows, Run, Saved, Stack, StackSaved};
 use crate::tasks::{Batch, TaskShape};
-use modula_core::kernels::expert_ffn::Activation;
-use modula_core::kernels::par;
-use modula_core::kernels::routing::top_k;
+use modula_core::arch::{
+    Act, AttentionSpec, AttnLayout, BlockSpec, FfnKind, FfnSpec, Layout, MixerSpec, NormKind,
+    NormSpec, Role, RouterKind, TensorSpec,
+};
 
 /// Shape of one module.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,26 +118,6 @@ struct Lin {
     b: usize,
 }
 
-#[derive(Clone, Debug)]
-enum Ffn {
-    Dense {
-        up: Lin,
-        down: Lin,
-    },
-    Moe {
-        gate: Lin,
-        up: Vec<Lin>,
-        down: Vec<Lin>,
-    },
-}
-
-#[derive(Clone, Debug)]
-struct BlockIdx {
-    attn: MhaIdx,
-    ln2: Lin,
-    ffn: Ffn,
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Embed {
     /// Token table `[vocab, d]`.
@@ -162,7 +140,8 @@ pub struct Stage {
     stitch_in: Option<Stitch>,
     embed: Option<Embed>,
     pos: Option<usize>,
-    blocks: Vec<BlockIdx>,
+    /// The blocks (attention; dense or mixture FFN), bound by role.
+    stack: Stack,
     stitch_out: Option<Stitch>,
     head_ln: Option<Lin>,
     head: Option<Lin>,
@@ -199,36 +178,13 @@ struct LnSaved {
     rs: Vec<f32>,
 }
 
-/// One expert's (token·k + slot) pairs, pre-activations, activations and outputs.
-type ExpertSaved = (Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>);
-
-#[derive(Clone, Debug, Default)]
-struct MoeSaved {
-    probs: Vec<f32>,
-    sel: Vec<u32>,
-    gates: Vec<f32>,
-    /// Per expert: its (token·k + slot) pairs, pre-activations, activations and outputs.
-    experts: Vec<ExpertSaved>,
-}
-
-#[derive(Clone, Debug, Default)]
-struct BlockSaved {
-    x_in: Vec<f32>,
-    mha: MhaSaved,
-    x_mid: Vec<f32>,
-    ln2: LnSaved,
-    up: Vec<f32>,
-    act: Vec<f32>,
-    moe: Option<MoeSaved>,
-}
-
 /// What one module's forward keeps for its backward, and its output.
 #[derive(Clone, Debug, Default)]
 pub struct StageActs {
     b: usize,
     t: usize,
     stitch_in: Option<(Vec<f32>, LnSaved)>,
-    blocks: Vec<BlockSaved>,
+    blocks: StackSaved,
     x_out: Vec<f32>,
     stitch_out: Option<LnSaved>,
     head_ln: Option<LnSaved>,
@@ -244,10 +200,8 @@ impl StageActs {
     /// (1 = every expert got the same number of tokens) and the mean per-token router
     /// entropy `H(p)/ln E` (0 = every token certain).
     pub fn router_usage(&self) -> Vec<(f32, f32)> {
-        self.blocks
-            .iter()
-            .filter_map(|b| b.moe.as_ref())
-            .map(|m| {
+        self.moe()
+            .map(|(_, m)| {
                 let e = m.experts.len();
                 let ln = (e.max(2) as f64).ln();
                 let total: usize = m.experts.iter().map(|x| x.0.len()).sum();
@@ -267,11 +221,19 @@ impl StageActs {
 
     /// The expert choices `[n·k]` of every MoE block, keyed by block index.
     pub fn selections(&self) -> Vec<(usize, Vec<u32>)> {
+        self.moe().map(|(j, m)| (j, m.sel.clone())).collect()
+    }
+
+    /// The mixture sub-layers' saved states with their block indices.
+    fn moe(&self) -> impl Iterator<Item = (usize, &crate::stack::MoeSaved)> {
         self.blocks
+            .saved
             .iter()
             .enumerate()
-            .filter_map(|(j, b)| b.moe.as_ref().map(|m| (j, m.sel.clone())))
-            .collect()
+            .filter_map(|(i, s)| match s {
+                Saved::Moe(m) => Some((i / 2, m)),
+                _ => None,
+            })
     }
 }
 
@@ -396,6 +358,115 @@ fn norm(t: &mut ParamTable, pre: &str, name: &str, w: usize) -> Result<Lin, Stri
     })
 }
 
+/// The blocks of module `c` as the trainer's block stack reads them: pre-LN blocks of
+/// softmax attention (fused q | k | v with biases) and a GELU FFN — dense, or a top-k
+/// mixture of expert FFNs with a linear router (`ffn_gate_inp`, with bias) — and their
+/// tensors under names relative to the module (`blk.{j}.…`), in the order they are
+/// declared.
+fn stage_blocks(c: &StageCfg, causal: bool) -> (Vec<BlockSpec>, Vec<TensorSpec>) {
+    let (d, f) = (c.d, c.ffn);
+    let norm = NormSpec {
+        kind: NormKind::LayerNorm,
+        eps: LN_EPS,
+    };
+    let mut specs = Vec::with_capacity(c.blocks);
+    let mut ts = Vec::new();
+    for j in 0..c.blocks {
+        let moe = c.is_moe(j);
+        specs.push(BlockSpec {
+            norm,
+            mixer: MixerSpec::Attention(AttentionSpec {
+                heads: c.heads,
+                kv_heads: c.heads,
+                head_dim: d / c.heads,
+                causal,
+                bias: true,
+                layout: AttnLayout::Qkv,
+            }),
+            ffn: Some((
+                norm,
+                FfnSpec {
+                    width: f,
+                    act: Act::Gelu,
+                    gated: false,
+                    bias: true,
+                    kind: if moe {
+                        FfnKind::Moe {
+                            experts: c.experts,
+                            top_k: c.top_k,
+                            router: RouterKind::Linear,
+                            renormalize: true,
+                        }
+                    } else {
+                        FfnKind::Dense
+                    },
+                },
+            )),
+        });
+        let mut add = |name: String, role: Role, expert: Option<usize>, shape: Vec<usize>| {
+            let layout = if shape.len() == 1 {
+                Layout::Vector
+            } else {
+                Layout::OutIn
+            };
+            ts.push(TensorSpec {
+                name,
+                role,
+                block: Some(j),
+                expert,
+                shape,
+                layout,
+            });
+        };
+        let b = |s: &str| format!("blk.{j}.{s}");
+        add(b("attn_norm.weight"), Role::AttnNorm, None, vec![d]);
+        add(b("attn_norm.bias"), Role::AttnNormBias, None, vec![d]);
+        add(b("attn_qkv.weight"), Role::AttnQkv, None, vec![3 * d, d]);
+        add(b("attn_qkv.bias"), Role::AttnQkvBias, None, vec![3 * d]);
+        add(b("attn_output.weight"), Role::AttnOut, None, vec![d, d]);
+        add(b("attn_output.bias"), Role::AttnOutBias, None, vec![d]);
+        add(b("ffn_norm.weight"), Role::FfnNorm, None, vec![d]);
+        add(b("ffn_norm.bias"), Role::FfnNormBias, None, vec![d]);
+        if moe {
+            add(
+                b("ffn_gate_inp.weight"),
+                Role::Router,
+                None,
+                vec![c.experts, d],
+            );
+            add(
+                b("ffn_gate_inp.bias"),
+                Role::RouterBias,
+                None,
+                vec![c.experts],
+            );
+            for e in 0..c.experts {
+                let x = Some(e);
+                add(b(&format!("ffn_up.{e}.weight")), Role::FfnUp, x, vec![f, d]);
+                add(b(&format!("ffn_up.{e}.bias")), Role::FfnUpBias, x, vec![f]);
+                add(
+                    b(&format!("ffn_down.{e}.weight")),
+                    Role::FfnDown,
+                    x,
+                    vec![d, f],
+                );
+                add(
+                    b(&format!("ffn_down.{e}.bias")),
+                    Role::FfnDownBias,
+                    x,
+                    vec![d],
+                );
+            }
+        } else {
+            add(b("ffn_up.weight"), Role::FfnUp, None, vec![f, d]);
+            add(b("ffn_up.bias"), Role::FfnUpBias, None, vec![f]);
+            add(b("ffn_down.weight"), Role::FfnDown, None, vec![d, f]);
+            add(b("ffn_down.bias"), Role::FfnDownBias, None, vec![d]);
+        }
+    }
+    (specs, ts)
+}
+
 impl Net {
     /// A network of the modules `cfgs` (consecutive indices of one whole network) for
     /// `task`, initialised deterministically from `seed` (N(0, 0.02); residual output
@@ -443,7 +514,7 @@ impl Net {
         for c in cfgs {
             c.check()?;
             let pre = format!("mod.{}.", c.index);
-            let (d, f) = (c.d, c.ffn);
+            let d = c.d;
             let t = &mut t;
             let stitch_in = if c.stitch_in() {
                 Some(Stitch {
@@ -467,41 +538,9 @@ impl Net {
             } else {
                 None
             };
-            let mut blocks = Vec::new();
-            for j in 0..c.blocks {
-                let b = |s: &str| format!("blk.{j}.{s}");
-                let ln1 = norm(t, &pre, &b("attn_norm"), d)?;
-                let qkv = lin(t, &pre, &b("attn_qkv"), 3 * d, d)?;
-                let proj = lin(t, &pre, &b("attn_output"), d, d)?;
-                let ln2 = norm(t, &pre, &b("ffn_norm"), d)?;
-                let ffn = if c.is_moe(j) {
-                    let gate = lin(t, &pre, &b("ffn_gate_inp"), c.experts, d)?;
-                    let mut up = Vec::new();
-                    let mut down = Vec::new();
-                    for e in 0..c.experts {
-                        up.push(lin(t, &pre, &b(&format!("ffn_up.{e}")), f, d)?);
-                        down.push(lin(t, &pre, &b(&format!("ffn_down.{e}")), d, f)?);
-                    }
-                    Ffn::Moe { gate, up, down }
-                } else {
-                    Ffn::Dense {
-                        up: lin(t, &pre, &b("ffn_up"), f, d)?,
-                        down: lin(t, &pre, &b("ffn_down"), d, f)?,
-                    }
-                };
-                blocks.push(BlockIdx {
-                    attn: MhaIdx {
-                        ln_g: ln1.w,
-                        ln_b: ln1.b,
-                        qkv_w: qkv.w,
-                        qkv_b: qkv.b,
-                        proj_w: proj.w,
-                        proj_b: proj.b,
-                    },
-                    ln2,
-                    ffn,
-                });
-            }
+            let (specs, tensors) = stage_blocks(c, task.causal);
+            t.add_tensors(&tensors, &pre)?;
+            let stack = Stack::bind(&specs, &tensors, t.specs(), &pre)?;
             let stitch_out = if c.stitch_out() {
                 Some(Stitch {
                     ln: norm(t, &pre, "stitch_out_norm", d)?,
@@ -523,7 +562,7 @@ impl Net {
                 stitch_in,
                 embed,
                 pos,
-                blocks,
+                stack,
                 stitch_out,
                 head_ln,
                 head,
@@ -546,9 +585,6 @@ impl Net {
         }
     }
 }
-
-/// Per expert's backward: (expert, pairs, dH rows, a = dy·y per pair, grads of up w/b, down w/b).
-type ExpertGrad = (usize, Vec<f32>, Vec<f32>, [Vec<f32>; 4]);
 
 impl Net {
     fn stage_pos(&self, module: usize) -> Result<usize, String> {
@@ -661,44 +697,23 @@ impl Net {
                 ))
             }
         };
-        let shape = MhaShape {
-            b,
-            t,
-            d,
-            heads: c.heads,
-            active: c.heads,
-            causal: self.task.causal,
+        let forced: Vec<(usize, Vec<u32>)> = self
+            .forced
+            .iter()
+            .filter(|((m, _), _)| *m == c.index)
+            .map(|((_, j), v)| (*j, v.clone()))
+            .collect();
+        let run = Run {
+            forced: &forced,
+            ..Run::default()
         };
-        for (j, blk) in st.blocks.iter().enumerate() {
-            let mut s = BlockSaved {
-                x_in: x.clone(),
-                ..BlockSaved::default()
-            };
-            s.mha = mha_forward(p, &blk.attn, shape, &mut x)?;
-            s.x_mid = x.clone();
-            s.ln2 = ln_fwd(p, blk.ln2, &x, n, d)?;
-            match &blk.ffn {
-                Ffn::Dense { up, down } => {
-                    s.up = lin_fwd(p, *up, &s.ln2.y, n, c.ffn, d)?;
-                    s.act = s.up.clone();
-                    activation_forward(Activation::Gelu, &mut s.act);
-                    let y = lin_fwd(p, *down, &s.act, n, d, c.ffn)?;
-                    add(&mut x, &y);
-                }
-                Ffn::Moe { gate, up, down } => {
-                    let forced = self
-                        .forced
-                        .iter()
-                        .find(|(key, _)| *key == (c.index, j))
-                        .map(|(_, v)| v.as_slice());
-                    let (moe, load) =
-                        moe_forward(p, c, (*gate, up, down), forced, &s.ln2.y, n, &mut x)?;
-                    s.moe = Some(moe);
-                    a.expert_load.push(load);
-                }
-            }
-            a.blocks.push(s);
-        }
+        a.blocks = st
+            .stack
+            .forward(p, Rows { b, t, d }, &run, st.stack.blocks.len(), &mut x)?;
+        a.expert_load = a
+            .moe()
+            .map(|(_, m)| m.experts.iter().map(|x| x.0.len() as u32).collect())
+            .collect();
         if let (Some(hl), Some(head)) = (st.head_ln, st.head) {
             let ln = ln_fwd(p, hl, &x, n, d)?;
             let outs = self.outputs();
@@ -741,7 +756,7 @@ impl Net {
         let pg = param_grads;
         let (b, t, d) = (acts.b, acts.t, c.d);
         let n = b * t;
-        if dout.len() != acts.out.len() || acts.blocks.len() != st.blocks.len() {
+        if dout.len() != acts.out.len() || acts.blocks.depth != st.stack.blocks.len() {
             return Err(format!(
                 "module {}: backward does not match the forward",
                 c.index
@@ -775,32 +790,15 @@ impl Net {
         } else {
             dx.copy_from_slice(dout);
         }
-        let shape = MhaShape {
-            b,
-            t,
-            d,
-            heads: c.heads,
-            active: c.heads,
-            causal: task.causal,
-        };
-        for (blk, s) in st.blocks.iter().zip(&acts.blocks).rev() {
-            let mut dh = vec![0f32; n * d];
-            match (&blk.ffn, &s.moe) {
-                (Ffn::Dense { up, down }, None) => {
-                    let mut dact = vec![0f32; n * c.ffn];
-                    lin_bwd(p, *down, &s.act, n, d, c.ffn, &dx, Some(&mut dact), pg)?;
-                    let mut dup = vec![0f32; n * c.ffn];
-                    activation_backward(Activation::Gelu, &dact, &s.up, &mut dup);
-                    lin_bwd(p, *up, &s.ln2.y, n, c.ffn, d, &dup, Some(&mut dh), pg)?;
-                }
-                (Ffn::Moe { gate, up, down }, Some(m)) => {
-                    moe_backward(p, c, *gate, up, down, m, &s.ln2.y, n, &dx, &mut dh, pg)?;
-                }
-                _ => return Err("block kind does not match its saved activations".into()),
-            }
-            ln_bwd(p, blk.ln2, &s.ln2, &s.x_mid, n, d, &dh, &mut dx, pg);
-            mha_backward(p, &blk.attn, shape, &s.mha, &s.x_in, &mut dx, pg)?;
-        }
+        st.stack.backward(
+            p,
+            &acts.blocks,
+            &mut dx,
+            Grads {
+                params: pg,
+                aux_scale: 1.0,
+            },
+        )?;
         match (input, st.embed) {
             (StageInput::Batch(batch), Some(emb)) => {
                 if pg {
@@ -843,188 +841,6 @@ impl Net {
             _ => Err("input kind does not match the module".into()),
         }
     }
-}
-
-/// Top-k mixture forward (FastMoE NaiveGate: linear router with bias, top-k of the
-/// logits, softmax over the chosen k; no noise, no capacity). Adds the mixture output to
-/// `x` and returns what the backward needs and the tokens per expert.
-#[allow(clippy::too_many_arguments)]
-fn moe_forward(
-    p: &ParamStore,
-    c: &StageCfg,
-    (gate, up, down): (Lin, &[Lin], &[Lin]),
-    forced: Option<&[u32]>,
-    h: &[f32],
-    n: usize,
-    x: &mut [f32],
-) -> Result<(MoeSaved, Vec<u32>), String> {
-    let (e_n, k, d, f) = (c.experts, c.top_k, c.d, c.ffn);
-    let logits = lin_fwd(p, gate, h, n, e_n, d)?;
-    let mut probs = logits.clone();
-    for row in probs.chunks_exact_mut(e_n) {
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-        let mut s = 0.0;
-        for v in row.iter_mut() {
-            *v = (*v - m).exp();
-            s += *v;
-        }
-        row.iter_mut().for_each(|v| *v /= s);
-    }
-    let mut sel = vec![0u32; n * k];
-    let mut gates = vec![0f32; n * k];
-    let mut val = vec![0f32; k];
-    for i in 0..n {
-        let s = &mut sel[i * k..(i + 1) * k];
-        match forced {
-            Some(f) if f.len() == n * k => s.copy_from_slice(&f[i * k..(i + 1) * k]),
-            Some(_) => return Err("forced expert choices of the wrong length".into()),
-            None => top_k(&logits[i * e_n..(i + 1) * e_n], k, s, &mut val).map_err(ke)?,
-        }
-        let pr = &probs[i * e_n..(i + 1) * e_n];
-        let sum: f32 = s.iter().map(|&e| pr[e as usize]).sum();
-        for (g, &e) in gates[i * k..(i + 1) * k].iter_mut().zip(s.iter()) {
-            *g = pr[e as usize] / sum;
-        }
-    }
-    let mut pairs: Vec<Vec<u32>> = vec![Vec::new(); e_n];
-    for (pr, &e) in sel.iter().enumerate() {
-        pairs[e as usize].push(pr as u32);
-    }
-    let load: Vec<u32> = pairs.iter().map(|v| v.len() as u32).collect();
-    let res = par::map_indexed(e_n, |e| -> Result<_, String> {
-        let rows = &pairs[e];
-        let mut he = Vec::with_capacity(rows.len() * d);
-        for &pr in rows {
-            let tok = pr as usize / k;
-            he.extend_from_slice(&h[tok * d..(tok + 1) * d]);
-        }
-        let u = lin_fwd(p, up[e], &he, rows.len(), f, d)?;
-        let mut a = u.clone();
-        activation_forward(Activation::Gelu, &mut a);
-        let y = lin_fwd(p, down[e], &a, rows.len(), d, f)?;
-        Ok((u, a, y))
-    });
-    let mut experts = Vec::with_capacity(e_n);
-    for (e, r) in res.into_iter().enumerate() {
-        let (u, a, y) = r?;
-        for (row, &pr) in pairs[e].iter().enumerate() {
-            let (pr, tok) = (pr as usize, pr as usize / k);
-            let g = gates[pr];
-            for (xv, yv) in x[tok * d..(tok + 1) * d]
-                .iter_mut()
-                .zip(&y[row * d..(row + 1) * d])
-            {
-                *xv += g * yv;
-            }
-        }
-        experts.push((std::mem::take(&mut pairs[e]), u, a, y));
-    }
-    Ok((
-        MoeSaved {
-            probs,
-            sel,
-            gates,
-            experts,
-        },
-        load,
-    ))
-}
-
-/// Backward of [`moe_forward`]: `dy: [n, d]` (gradient of the block output), accumulating
-/// `dh += ∂/∂h` (router and experts) and, when `pg`, the parameter gradients. The gate
-/// gradient (spec 4.7): `∂L/∂r_j = w_j ⟨dy, E_j(x) − y⟩` for chosen j, 0 otherwise —
-/// the renormalised-softmax gate backward.
-#[allow(clippy::too_many_arguments)]
-fn moe_backward(
-    p: &mut ParamStore,
-    c: &StageCfg,
-    gate: Lin,
-    up: &[Lin],
-    down: &[Lin],
-    m: &MoeSaved,
-    h: &[f32],
-    n: usize,
-    dy: &[f32],
-    dh: &mut [f32],
-    pg: bool,
-) -> Result<(), String> {
-    let (e_n, k, d, f) = (c.experts, c.top_k, c.d, c.ffn);
-    let pv: &ParamStore = p;
-    let res = par::map_indexed(e_n, |e| -> Result<Option<ExpertGrad>, String> {
-        let (rows, u, act, y) = &m.experts[e];
-        let r = rows.len();
-        if r == 0 {
-            return Ok(None);
-        }
-        let mut he = Vec::with_capacity(r * d);
-        let mut dye = Vec::with_capacity(r * d);
-        let mut a = Vec::with_capacity(r);
-        for (row, &pr) in rows.iter().enumerate() {
-            let (pr, tok) = (pr as usize, pr as usize / k);
-            he.extend_from_slice(&h[tok * d..(tok + 1) * d]);
-            let g = m.gates[pr];
-            let dyt = &dy[tok * d..(tok + 1) * d];
-            dye.extend(dyt.iter().map(|v| g * v));
-            a.push(
-                dyt.iter()
-                    .zip(&y[row * d..(row + 1) * d])
-                    .map(|(p, q)| p * q)
-                    .sum::<f32>(),
-            );
-        }
-        let mut gr = if pg {
-            [
-                vec![0f32; f * d],
-                vec![0f32; f],
-                vec![0f32; d * f],
-                vec![0f32; d],
-            ]
-        } else {
-            [vec![], vec![], vec![], vec![]]
-        };
-        let [guw, gub, gdw, gdb] = &mut gr;
-        let mut dact = vec![0f32; r * f];
-        let wd = pv.value(down[e].w);
-        let g = pg.then_some((&mut gdw[..], Some(&mut gdb[..])));
-        linear_backward_maybe(&dye, act, wd, r, d, f, &mut dact, g).map_err(ke)?;
-        let mut du = vec![0f32; r * f];
-        activation_backward(Activation::Gelu, &dact, u, &mut du);
-        let mut dhe = vec![0f32; r * d];
-        let wu = pv.value(up[e].w);
-        let g = pg.then_some((&mut guw[..], Some(&mut gub[..])));
-        linear_backward_maybe(&du, &he, wu, r, f, d, &mut dhe, g).map_err(ke)?;
-        Ok(Some((e, dhe, a, gr)))
-    });
-    let mut a_all = vec![0f32; n * k];
-    for r in res {
-        let Some((e, dhe, a, gr)) = r? else { continue };
-        let rows = &m.experts[e].0;
-        for (row, &pr) in rows.iter().enumerate() {
-            let tok = pr as usize / k;
-            add(
-                &mut dh[tok * d..(tok + 1) * d],
-                &dhe[row * d..(row + 1) * d],
-            );
-            a_all[pr as usize] = a[row];
-        }
-        if pg {
-            add(p.grad_mut(up[e].w), &gr[0]);
-            add(p.grad_mut(up[e].b), &gr[1]);
-            add(p.grad_mut(down[e].w), &gr[2]);
-            add(p.grad_mut(down[e].b), &gr[3]);
-        }
-    }
-    let mut dlogits = vec![0f32; n * e_n];
-    for i in 0..n {
-        gate_backward(
-            &m.probs[i * e_n..(i + 1) * e_n],
-            &m.sel[i * k..(i + 1) * k],
-            &a_all[i * k..(i + 1) * k],
-            true,
-            &mut dlogits[i * e_n..(i + 1) * e_n],
-        );
-    }
-    lin_bwd(p, gate, h, n, e_n, d, &dlogits, Some(dh), pg)
 }
 
 impl Net {

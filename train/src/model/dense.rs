@@ -11,13 +11,14 @@
 //! products split their output rows over it; every number is computed by one task in a
 //! fixed order, so training is bit-identical for any thread count (tested).
 
-use crate::compute::{linear, matmul_rows, matmul_tn_acc};
-use crate::layers::activation::{activation_backward, activation_forward};
+use crate::compute::linear;
 use crate::layers::linear::{linear_backward, linear_forward};
 use crate::layers::loss::{cross_entropy, LossError};
-use crate::layers::mha::{mha_backward, mha_forward, MhaIdx, MhaSaved, MhaShape, LN_EPS};
+use crate::layers::mha::LN_EPS;
 use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::params::{ParamStore, ParamTable};
+use crate::stack::{EmoeRun, FfnSaved, Grads, Rows, Run, Stack, StackSaved};
+use modula_core::arch::{self, AttnLayout, DenseShape, ModelDesc, NormKind, NormSpec};
 use modula_core::kernels::expert_ffn::Activation;
 use modula_core::kernels::linear::MatRef;
 use modula_core::rng::SplitMix64;
@@ -258,6 +259,50 @@ impl DenseConfig {
             self.vocab
         }
     }
+
+    /// The description of this model in the trainer's own layout (attention q | k | v
+    /// rows; files of head-nested models store it head-major, `model::io`): the blocks
+    /// the trainer's [`Stack`] is bound from, with the norm epsilon and activation the
+    /// trainer uses.
+    pub fn desc(&self) -> ModelDesc {
+        ModelDesc::dense(&DenseShape {
+            task: if self.is_classifier() {
+                arch::Task::Classify {
+                    classes: self.classes,
+                }
+            } else {
+                arch::Task::Lm
+            },
+            input: if self.patch_dim > 0 {
+                arch::Input::Patches {
+                    dim: self.patch_dim,
+                }
+            } else {
+                arch::Input::Tokens { vocab: self.vocab }
+            },
+            d: self.d,
+            layers: self.layers,
+            heads: self.heads,
+            ffn: self.ffn,
+            causal: self.causal,
+            positions: self.max_seq,
+            norm: NormSpec {
+                kind: NormKind::LayerNorm,
+                eps: LN_EPS,
+            },
+            act: Activation::Gelu,
+            layout: AttnLayout::Qkv,
+            emoe_mask: self.emoe_layers,
+            emoe: (self.emoe_experts, self.emoe_top_k),
+            context_length: None,
+            nesting: arch::Nesting {
+                depths: self.nested_depth_list(),
+                ffn_widths: self.nested_ffn_list(),
+                heads: self.nested_head_list(),
+                experts: Vec::new(),
+            },
+        })
+    }
 }
 
 /// One batch of inputs, `[b, t]` tokens or `[b, t, patch_dim]` features.
@@ -267,18 +312,6 @@ pub enum Input<'a> {
     Tokens(&'a [u32]),
     /// Feature vectors (patches).
     Features(&'a [f32]),
-}
-
-/// Parameter indices of one block.
-#[derive(Clone, Copy, Debug)]
-struct Block {
-    attn: MhaIdx,
-    ln2_g: usize,
-    ln2_b: usize,
-    up_w: usize,
-    up_b: usize,
-    down_t: usize,
-    down_b: usize,
 }
 
 /// The dense model: its configuration, parameter indices and the parameter store.
@@ -293,7 +326,8 @@ pub struct DenseModel {
     /// Patch projection bias `[d]` (patch input only).
     embed_b: Option<usize>,
     pos: Option<usize>,
-    blocks: Vec<Block>,
+    /// The blocks: attention and FFN sub-layers bound by role from [`DenseConfig::desc`].
+    stack: Stack,
     lnf_g: usize,
     lnf_b: usize,
     head: usize,
@@ -330,31 +364,13 @@ pub struct DenseModel {
 pub struct Activations {
     b: usize,
     t: usize,
-    /// FFN width the forward ran with (the full width, or a nested prefix).
-    ffn_width: usize,
-    /// Attention heads the forward ran (all, or a nested prefix).
-    heads: usize,
-    /// Per block: input to the block `[n, d]`.
-    x_in: Vec<Vec<f32>>,
-    /// Per block: the attention sub-layer's saved activations.
-    mha: Vec<MhaSaved>,
-    x_mid: Vec<Vec<f32>>,
-    ln2: Vec<Vec<f32>>,
-    ln2_stats: Vec<(Vec<f32>, Vec<f32>)>,
-    up: Vec<Vec<f32>>,
-    act: Vec<Vec<f32>>,
+    /// The blocks' saved sub-layers (inputs, attention, FFN, EMoE routing).
+    blocks: StackSaved,
     x_out: Vec<f32>,
     lnf: Vec<f32>,
     lnf_stats: (Vec<f32>, Vec<f32>),
     /// Pooled final features `[b, d]` (classifier only).
     pooled: Vec<f32>,
-    /// Per block: the hidden-unit mask of an EMoE layer (`[n, ffn]`, 1 = kept), empty
-    /// for unmasked blocks.
-    pub(crate) emoe_keep: Vec<Vec<f32>>,
-    /// Per EMoE-masked block: the selected experts per position (`[n, top_k]`).
-    emoe_sel: Vec<Vec<u32>>,
-    /// Per block: `∂aux/∂(FFN input)` `[n, d]` of the EMoE auxiliary loss (empty when off).
-    emoe_aux_dh: Vec<Vec<f32>>,
     /// Weighted EMoE auxiliary loss summed over blocks (0 when off).
     pub emoe_aux: f64,
     logits: Vec<f32>,
@@ -369,7 +385,17 @@ impl Activations {
     /// The experts block `l` selected per position (`[n, top_k]`, before any capacity
     /// drop; empty when block `l` ran without an EMoE mask).
     pub fn emoe_selected(&self, l: usize) -> &[u32] {
-        self.emoe_sel.get(l).map_or(&[], |v| v.as_slice())
+        self.ffn(l).map_or(&[], |f| f.sel.as_slice())
+    }
+
+    /// The hidden-unit mask of EMoE block `l` (`[n, ffn]`, 1 = kept; empty for an
+    /// unmasked block).
+    pub fn emoe_keep(&self, l: usize) -> &[f32] {
+        self.ffn(l).map_or(&[], |f| f.keep.as_slice())
+    }
+
+    fn ffn(&self, l: usize) -> Option<&FfnSaved> {
+        self.blocks.ffn(l, 2)
     }
 }
 
@@ -409,7 +435,7 @@ impl DenseModel {
         if cfg.patch_dim > 0 && cfg.classes == 0 {
             return Err("a patch (image) model needs a classifier head (classes > 0)".into());
         }
-        let (d, f) = (cfg.d, cfg.ffn);
+        let d = cfg.d;
         let mut t = ParamTable::new();
         let (embed, embed_b) = if cfg.patch_dim > 0 {
             (
@@ -424,26 +450,15 @@ impl DenseModel {
         } else {
             None
         };
-        let mut blocks = Vec::new();
-        for l in 0..cfg.layers {
-            let p = |s: &str| format!("blk.{l}.{s}");
-            blocks.push(Block {
-                attn: MhaIdx {
-                    ln_g: t.add(&p("attn_norm.weight"), &[d], false)?,
-                    ln_b: t.add(&p("attn_norm.bias"), &[d], false)?,
-                    qkv_w: t.add(&p("attn_qkv.weight"), &[3 * d, d], true)?,
-                    qkv_b: t.add(&p("attn_qkv.bias"), &[3 * d], false)?,
-                    proj_w: t.add(&p("attn_output.weight"), &[d, d], true)?,
-                    proj_b: t.add(&p("attn_output.bias"), &[d], false)?,
-                },
-                ln2_g: t.add(&p("ffn_norm.weight"), &[d], false)?,
-                ln2_b: t.add(&p("ffn_norm.bias"), &[d], false)?,
-                up_w: t.add(&p("ffn_up.weight"), &[f, d], true)?,
-                up_b: t.add(&p("ffn_up.bias"), &[f], false)?,
-                down_t: t.add(&p("ffn_down_t.weight"), &[f, d], true)?,
-                down_b: t.add(&p("ffn_down.bias"), &[d], false)?,
-            });
-        }
+        // the blocks' tensors, in the description's order and names
+        let desc = cfg.desc();
+        let tensors = desc.tensors();
+        let in_blocks: Vec<_> = tensors
+            .iter()
+            .filter(|t| t.block.is_some())
+            .cloned()
+            .collect();
+        t.add_tensors(&in_blocks, "")?;
         let lnf_g = t.add("output_norm.weight", &[d], false)?;
         let lnf_b = t.add("output_norm.bias", &[d], false)?;
         let head = t.add("output.weight", &[cfg.outputs(), d], true)?;
@@ -454,13 +469,14 @@ impl DenseModel {
         };
         let mut params = t.build();
         gpt2_init(&mut params, seed, cfg.layers);
+        let stack = Stack::bind(&desc.blocks, &tensors, params.specs(), "")?;
         Ok(DenseModel {
             cfg,
             params,
             embed,
             embed_b,
             pos,
-            blocks,
+            stack,
             lnf_g,
             lnf_b,
             head,
@@ -473,103 +489,6 @@ impl DenseModel {
             nested: None,
             nested_heads: None,
         })
-    }
-
-    /// Avg-k routing of EMoE block `l` for FFN inputs `h: [n, d]`: scores `h·Gᵀ`, the top
-    /// `emoe_top_k` experts per position (ties to the lower index), and the hidden-unit
-    /// mask (gate value 1 for kept units, never scaled).
-    #[allow(clippy::type_complexity)]
-    fn emoe_route(
-        &self,
-        l: usize,
-        h: &[f32],
-        n: usize,
-    ) -> Result<(Vec<f32>, Vec<u32>, Vec<f32>, f64), String> {
-        use modula_core::kernels::routing::top_k;
-        let c = self.cfg;
-        let (e_n, k, d, f) = (c.emoe_experts, c.emoe_top_k, c.d, c.ffn);
-        let m = f / e_n;
-        let g = self.emoe_gates(l);
-        let mut scores = vec![0f32; n * e_n];
-        linear(
-            h,
-            d,
-            n,
-            &MatRef::f32(&g, e_n, d).map_err(|e| e.to_string())?,
-            None,
-            &mut scores,
-            e_n,
-        )
-        .map_err(|e| e.to_string())?;
-        let noisy = self.emoe_noise > 0.0 && self.emoe_noise_seed.is_some();
-        if let (true, Some(seed)) = (self.emoe_noise > 0.0, self.emoe_noise_seed) {
-            let mut rng = SplitMix64(seed ^ (l as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let std = self.emoe_noise / e_n as f32;
-            for v in scores.iter_mut() {
-                *v += std * normal(&mut rng);
-            }
-        }
-        let mut keep = vec![0f32; n * f];
-        let mut sel = vec![0u32; n * k];
-        let mut best = vec![0f32; n];
-        let mut val = vec![0f32; k];
-        for i in 0..n {
-            top_k(
-                &scores[i * e_n..(i + 1) * e_n],
-                k,
-                &mut sel[i * k..(i + 1) * k],
-                &mut val,
-            )
-            .map_err(|e| e.to_string())?;
-            best[i] = val[0];
-        }
-        // which (token, slot) pairs are kept: all, or up to each expert's capacity
-        let mut kept = vec![true; n * k];
-        if self.emoe_capacity > 0.0 {
-            let cap = k * (self.emoe_capacity * n.div_ceil(e_n) as f32).floor() as usize;
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&a, &b| best[b].total_cmp(&best[a]).then(a.cmp(&b)));
-            let mut used = vec![0usize; e_n];
-            for slot in 0..k {
-                for &t in &order {
-                    let e = sel[t * k + slot] as usize;
-                    if used[e] < cap {
-                        used[e] += 1;
-                    } else {
-                        kept[t * k + slot] = false;
-                    }
-                }
-            }
-        }
-        for i in 0..n {
-            for (slot, &e) in sel[i * k..(i + 1) * k].iter().enumerate() {
-                if kept[i * k + slot] {
-                    let e = e as usize;
-                    keep[i * f + e * m..i * f + (e + 1) * m].fill(1.0);
-                }
-            }
-        }
-        // the auxiliary loss (published Tutel path), on the (noisy) scores
-        let mut aux_dh = Vec::new();
-        let mut aux = 0.0;
-        if self.emoe_aux > 0.0 {
-            let theta: Vec<u32> = (0..n).map(|i| sel[i * k + k - 1]).collect();
-            let noise = if noisy { self.emoe_noise } else { 0.0 };
-            let (v, ds) = crate::emoe::emoe_aux_loss(&scores, n, e_n, &theta, noise, self.emoe_aux);
-            aux = v;
-            aux_dh = vec![0f32; n * d];
-            matmul_rows(
-                &ds,
-                e_n,
-                n,
-                &MatRef::f32(&g, e_n, d).map_err(|e| e.to_string())?,
-                &mut aux_dh,
-                d,
-                false,
-            )
-            .map_err(|e| e.to_string())?;
-        }
-        Ok((keep, sel, aux_dh, aux))
     }
 
     /// The (depth, FFN width) the forward runs: [`DenseModel::nested`] checked against the
@@ -624,18 +543,25 @@ impl DenseModel {
     /// expert e`, `[experts, d]`, from the current weights.
     pub fn emoe_gates(&self, l: usize) -> Vec<f32> {
         let c = self.cfg;
-        let (e_n, d) = (c.emoe_experts.max(1), c.d);
-        let m = c.ffn / e_n;
-        let up = self.params.value(self.blocks[l].up_w);
-        let mut g = vec![0f32; e_n * d];
-        for (e, ge) in g.chunks_exact_mut(d).enumerate() {
-            for row in up[e * m * d..(e + 1) * m * d].chunks_exact(d) {
-                add(ge, row);
-            }
-            let inv = 1.0 / m as f32;
-            ge.iter_mut().for_each(|v| *v *= inv);
+        match self.ffn_index(l, "ffn_up.weight") {
+            Ok(i) => crate::stack::emoe_gates(self.params.value(i), c.emoe_experts, c.d),
+            Err(_) => Vec::new(),
         }
-        g
+    }
+
+    /// What the forward runs: nested prefixes and EMoE masking.
+    fn run(&self, f: usize, heads: usize) -> Run<'static> {
+        Run {
+            heads: Some(heads),
+            ffn: Some(f),
+            emoe: self.emoe_mask.then_some(EmoeRun {
+                noise: self.emoe_noise,
+                noise_seed: self.emoe_noise_seed,
+                capacity: self.emoe_capacity,
+                aux: self.emoe_aux,
+            }),
+            forced: &[],
+        }
     }
 
     /// Check an input batch against the configuration.
@@ -715,8 +641,6 @@ impl DenseModel {
         let mut a = Activations {
             b,
             t,
-            ffn_width: f,
-            heads,
             ..Activations::default()
         };
         let mut x = vec![0f32; n * d];
@@ -740,81 +664,11 @@ impl DenseModel {
                 add(row, &table[(i % t) * d..(i % t + 1) * d]);
             }
         }
-        let shape = MhaShape {
-            b,
-            t,
-            d,
-            heads: c.heads,
-            active: heads,
-            causal: c.causal,
-        };
-        for blk in &self.blocks[..depth] {
-            a.x_in.push(x.clone());
-            a.mha.push(mha_forward(p, &blk.attn, shape, &mut x)?);
-            a.x_mid.push(x.clone());
-            let (mut h2, mut mu2, mut rs2) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-            layernorm_forward(
-                &x,
-                n,
-                d,
-                p.value(blk.ln2_g),
-                p.value(blk.ln2_b),
-                LN_EPS,
-                &mut h2,
-                &mut mu2,
-                &mut rs2,
-            )
-            .map_err(|e| e.to_string())?;
-            let mut up = vec![0f32; n * f];
-            linear_forward(
-                &h2,
-                n,
-                &p.value(blk.up_w)[..f * d],
-                Some(&p.value(blk.up_b)[..f]),
-                f,
-                d,
-                &mut up,
-            )
-            .map_err(ke)?;
-            let mut act = up.clone();
-            activation_forward(Activation::Gelu, &mut act);
-            if self.emoe_mask && c.is_emoe(a.x_in.len() - 1) {
-                let l = a.x_in.len() - 1;
-                let (keep, sel, aux_dh, aux) = self.emoe_route(l, &h2, n)?;
-                for (av, kv) in act.iter_mut().zip(&keep) {
-                    *av *= kv;
-                }
-                a.emoe_keep.push(keep);
-                a.emoe_sel.push(sel);
-                a.emoe_aux_dh.push(aux_dh);
-                a.emoe_aux += aux;
-            } else {
-                a.emoe_keep.push(Vec::new());
-                a.emoe_sel.push(Vec::new());
-                a.emoe_aux_dh.push(Vec::new());
-            }
-            let mut down = vec![0f32; n * d];
-            matmul_rows(
-                &act,
-                f,
-                n,
-                &MatRef::f32(&p.value(blk.down_t)[..f * d], f, d).map_err(ke)?,
-                &mut down,
-                d,
-                false,
-            )
-            .map_err(ke)?;
-            let db = p.value(blk.down_b);
-            for (xr, dr) in x.chunks_exact_mut(d).zip(down.chunks_exact(d)) {
-                for ((xv, dv), bv) in xr.iter_mut().zip(dr).zip(db) {
-                    *xv += dv + bv;
-                }
-            }
-            a.ln2.push(h2);
-            a.ln2_stats.push((mu2, rs2));
-            a.up.push(up);
-            a.act.push(act);
-        }
+        let rows = Rows { b, t, d };
+        a.blocks = self
+            .stack
+            .forward(p, rows, &self.run(f, heads), depth, &mut x)?;
+        a.emoe_aux = a.blocks.aux();
         let (mut hf, mut muf, mut rsf) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
         layernorm_forward(
             &x,
@@ -881,23 +735,9 @@ impl DenseModel {
         let (d, n) = (c.d, b * t);
         let outs = c.outputs();
         let rows = if c.is_classifier() { b } else { n };
-        let f = a.ffn_width;
-        if dlogits.len() != rows * outs
-            || a.x_in.len() > c.layers
-            || f > c.ffn
-            || a.heads == 0
-            || a.heads > c.heads
-        {
+        if dlogits.len() != rows * outs || a.blocks.depth > c.layers {
             return Err("backward: activations or dlogits do not match this model".into());
         }
-        let shape = MhaShape {
-            b,
-            t,
-            d,
-            heads: c.heads,
-            active: a.heads,
-            causal: c.causal,
-        };
         let e = |e: modula_core::kernels::KernelError| e.to_string();
         let p = &mut self.params;
         // head
@@ -944,79 +784,15 @@ impl DenseModel {
             add(p.grad_mut(self.lnf_g), &dg);
             add(p.grad_mut(self.lnf_b), &db);
         }
-        for (l, blk) in self.blocks[..a.x_in.len()].iter().enumerate().rev() {
-            // FFN: x = x_mid + down(act(up(ln2(x_mid)))) + down_b
-            let mut db = vec![0f32; d];
-            for row in dx.chunks_exact(d) {
-                add(&mut db, row);
-            }
-            add(p.grad_mut(blk.down_b), &db);
-            let mut dact = vec![0f32; n * f];
-            linear(
-                &dx,
-                d,
-                n,
-                &MatRef::f32(&p.value(blk.down_t)[..f * d], f, d).map_err(e)?,
-                None,
-                &mut dact,
-                f,
-            )
-            .map_err(e)?;
-            matmul_tn_acc(
-                &a.act[l],
-                &dx,
-                n,
-                f,
-                d,
-                &mut p.grad_mut(blk.down_t)[..f * d],
-            )
-            .map_err(e)?;
-            let mut dup = vec![0f32; n * f];
-            if !a.emoe_keep[l].is_empty() {
-                for (g, kv) in dact.iter_mut().zip(&a.emoe_keep[l]) {
-                    *g *= kv;
-                }
-            }
-            activation_backward(Activation::Gelu, &dact, &a.up[l], &mut dup);
-            let mut dh2 = vec![0f32; n * d];
-            let (w, dw) = p.value_grad(blk.up_w, blk.up_w);
-            let mut dbu = vec![0f32; f];
-            linear_backward(
-                &dup,
-                &a.ln2[l],
-                &w[..f * d],
-                n,
-                f,
-                d,
-                Some(&mut dh2),
-                &mut dw[..f * d],
-                Some(&mut dbu),
-            )
-            .map_err(e)?;
-            if let Some(g) = a.emoe_aux_dh.get(l).filter(|g| !g.is_empty()) {
-                for (x, v) in dh2.iter_mut().zip(g) {
-                    *x += aux_scale * v;
-                }
-            }
-            add(&mut p.grad_mut(blk.up_b)[..f], &dbu);
-            let (mut dg, mut dbb) = (vec![0f32; d], vec![0f32; d]);
-            layernorm_backward(
-                &dh2,
-                &a.x_mid[l],
-                n,
-                d,
-                p.value(blk.ln2_g),
-                &a.ln2_stats[l].0,
-                &a.ln2_stats[l].1,
-                &mut dx,
-                &mut dg,
-                &mut dbb,
-            );
-            add(p.grad_mut(blk.ln2_g), &dg);
-            add(p.grad_mut(blk.ln2_b), &dbb);
-            // attention: x_mid = x_in + proj(attn(ln1(x_in)))
-            mha_backward(p, &blk.attn, shape, &a.mha[l], &a.x_in[l], &mut dx, true)?;
-        }
+        self.stack.backward(
+            p,
+            &a.blocks,
+            &mut dx,
+            Grads {
+                params: true,
+                aux_scale,
+            },
+        )?;
         if let Some(pos) = self.pos {
             let gp = p.grad_mut(pos);
             for (i, row) in dx.chunks_exact(d).enumerate() {

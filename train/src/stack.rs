@@ -1156,3 +1156,272 @@ impl Stack {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::check_grad_steps;
+    use crate::layers::rand_vec;
+    use crate::params::ParamTable;
+    use modula_core::arch::{AttentionSpec, FfnSpec, RouterKind};
+
+    const LN: NormSpec = NormSpec {
+        kind: NormKind::LayerNorm,
+        eps: 1e-5,
+    };
+
+    /// Block 0: attention + a 3-expert top-2 mixture (biases); block 1: attention + an FFN
+    /// without biases (tanh GELU); block 2: attention + a 4-expert EMoE FFN.
+    fn specs(d: usize, f: usize) -> (Vec<BlockSpec>, Vec<TensorSpec>) {
+        let attn = MixerSpec::Attention(AttentionSpec {
+            heads: 2,
+            kv_heads: 2,
+            head_dim: d / 2,
+            causal: true,
+            bias: true,
+            layout: AttnLayout::Qkv,
+        });
+        let ffn = |kind, bias, act| {
+            Some((
+                LN,
+                FfnSpec {
+                    width: f,
+                    act,
+                    gated: false,
+                    bias,
+                    kind,
+                },
+            ))
+        };
+        let moe = FfnKind::Moe {
+            experts: 3,
+            top_k: 2,
+            router: RouterKind::Linear,
+            renormalize: true,
+        };
+        let emoe = FfnKind::Emoe {
+            experts: 4,
+            top_k: 2,
+        };
+        let blocks = vec![
+            BlockSpec {
+                norm: LN,
+                mixer: attn,
+                ffn: ffn(moe, true, Act::Gelu),
+            },
+            BlockSpec {
+                norm: LN,
+                mixer: attn,
+                ffn: ffn(FfnKind::Dense, false, Act::GeluTanh),
+            },
+            BlockSpec {
+                norm: LN,
+                mixer: attn,
+                ffn: ffn(emoe, true, Act::Gelu),
+            },
+        ];
+        let mut ts = Vec::new();
+        for j in 0..3 {
+            let mut add = |name: String, role, expert, shape: Vec<usize>, layout| {
+                ts.push(TensorSpec {
+                    name,
+                    role,
+                    block: Some(j),
+                    expert,
+                    shape,
+                    layout,
+                })
+            };
+            let b = |s: &str| format!("blk.{j}.{s}");
+            let (v, m) = (Layout::Vector, Layout::OutIn);
+            add(b("attn_norm.weight"), Role::AttnNorm, None, vec![d], v);
+            add(b("attn_norm.bias"), Role::AttnNormBias, None, vec![d], v);
+            add(b("attn_qkv.weight"), Role::AttnQkv, None, vec![3 * d, d], m);
+            add(b("attn_qkv.bias"), Role::AttnQkvBias, None, vec![3 * d], v);
+            add(b("attn_output.weight"), Role::AttnOut, None, vec![d, d], m);
+            add(b("attn_output.bias"), Role::AttnOutBias, None, vec![d], v);
+            add(b("ffn_norm.weight"), Role::FfnNorm, None, vec![d], v);
+            add(b("ffn_norm.bias"), Role::FfnNormBias, None, vec![d], v);
+            match j {
+                0 => {
+                    add(b("gate.weight"), Role::Router, None, vec![3, d], m);
+                    add(b("gate.bias"), Role::RouterBias, None, vec![3], v);
+                    for e in 0..3 {
+                        let x = Some(e);
+                        add(b(&format!("up.{e}.weight")), Role::FfnUp, x, vec![f, d], m);
+                        add(b(&format!("up.{e}.bias")), Role::FfnUpBias, x, vec![f], v);
+                        add(
+                            b(&format!("down.{e}.weight")),
+                            Role::FfnDown,
+                            x,
+                            vec![d, f],
+                            m,
+                        );
+                        add(
+                            b(&format!("down.{e}.bias")),
+                            Role::FfnDownBias,
+                            x,
+                            vec![d],
+                            v,
+                        );
+                    }
+                }
+                1 => {
+                    add(b("up.weight"), Role::FfnUp, None, vec![f, d], m);
+                    add(b("down.weight"), Role::FfnDown, None, vec![d, f], m);
+                }
+                _ => {
+                    add(b("up.weight"), Role::FfnUp, None, vec![f, d], m);
+                    add(b("up.bias"), Role::FfnUpBias, None, vec![f], v);
+                    add(
+                        b("down_t.weight"),
+                        Role::FfnDown,
+                        None,
+                        vec![f, d],
+                        Layout::InOut,
+                    );
+                    add(b("down.bias"), Role::FfnDownBias, None, vec![d], v);
+                }
+            }
+        }
+        (blocks, ts)
+    }
+
+    fn build(d: usize, f: usize) -> (Stack, ParamStore) {
+        let (blocks, ts) = specs(d, f);
+        let mut t = ParamTable::new();
+        t.add_tensors(&ts, "m.").unwrap();
+        let stack = Stack::bind(&blocks, &ts, t.specs(), "m.").unwrap();
+        let mut p = t.build();
+        let n = p.values.len();
+        for (v, r) in p.values.iter_mut().zip(rand_vec(5, n)) {
+            *v = 0.4 * r;
+        }
+        (stack, p)
+    }
+
+    #[test]
+    fn a_mixed_stack_matches_finite_differences_and_can_be_frozen() {
+        let (d, f) = (8, 8);
+        let (stack, mut p) = build(d, f);
+        let r = Rows { b: 2, t: 5, d };
+        let n = r.n();
+        let x0 = rand_vec(7, n * d);
+        let w = rand_vec(9, n * d);
+        // the mixture's choices of a first forward, held fixed under the probes
+        let mut x = x0.clone();
+        let s = stack.forward(&p, r, &Run::default(), 3, &mut x).unwrap();
+        let Saved::Moe(m) = &s.saved[1] else {
+            panic!("block 0's FFN is a mixture")
+        };
+        let forced = vec![(0usize, m.sel.clone())];
+        // EMoE's auxiliary loss reaches the FFN input, not the gates (as published), so
+        // the parameters are checked without it and the input with it
+        for aux in [0.0, 0.05] {
+            let run = Run {
+                emoe: Some(EmoeRun {
+                    aux,
+                    ..EmoeRun::default()
+                }),
+                forced: &forced,
+                ..Run::default()
+            };
+            let loss = |p: &ParamStore, x0: &[f32]| -> (f64, StackSaved) {
+                let mut x = x0.to_vec();
+                let s = stack.forward(p, r, &run, 3, &mut x).unwrap();
+                let l = x.iter().zip(&w).map(|(a, b)| f64::from(a * b)).sum::<f64>() + s.aux();
+                (l, s)
+            };
+            let (_, s) = loss(&p, &x0);
+            let keep = s.ffn(2, 2).unwrap().keep.clone();
+            assert!(keep.iter().any(|&k| k == 0.0), "EMoE drops some units");
+            p.grads.fill(0.0);
+            let mut dx = w.clone();
+            stack
+                .backward(&mut p, &s, &mut dx, Grads::default())
+                .unwrap();
+            let steps = [1e-2, 3e-3];
+            if aux == 0.0 {
+                let grads = p.grads.clone();
+                let mut vals = p.values.clone();
+                let probe = p.clone();
+                check_grad_steps(
+                    "stack parameters",
+                    &mut vals,
+                    &grads,
+                    |v| {
+                        let mut q = probe.clone();
+                        q.values.copy_from_slice(v);
+                        let (l, s) = loss(&q, &x0);
+                        assert_eq!(s.ffn(2, 2).unwrap().keep, keep, "routing moved");
+                        l
+                    },
+                    &steps,
+                    2e-2,
+                    1e-2,
+                )
+                .unwrap();
+            }
+            let mut xv = x0.clone();
+            check_grad_steps(
+                "stack input",
+                &mut xv,
+                &dx,
+                |v| loss(&p, v).0,
+                &steps,
+                2e-2,
+                1e-2,
+            )
+            .unwrap();
+            // frozen: the same input gradient, no parameter gradient
+            let before = p.grads.clone();
+            let mut dx2 = w.clone();
+            let g = Grads {
+                params: false,
+                aux_scale: 1.0,
+            };
+            stack.backward(&mut p, &s, &mut dx2, g).unwrap();
+            assert_eq!(p.grads, before, "a frozen backward leaves the gradients");
+            assert_eq!(dx2, dx, "and passes the same gradient to its input");
+        }
+    }
+
+    #[test]
+    fn nested_prefixes_and_bad_bindings_are_checked() {
+        let (d, f) = (8, 8);
+        let (stack, p) = build(d, f);
+        let r = Rows { b: 1, t: 3, d };
+        let mut x = rand_vec(3, 3 * d);
+        // a width prefix needs [ffn, d] down projections and no EMoE: block 1 refuses
+        let run = Run {
+            ffn: Some(4),
+            ..Run::default()
+        };
+        let e = stack.forward(&p, r, &run, 3, &mut x.clone()).unwrap_err();
+        assert!(e.contains("nested FFN width"), "{e}");
+        let run = Run {
+            heads: Some(3),
+            ..Run::default()
+        };
+        assert!(stack.forward(&p, r, &run, 1, &mut x.clone()).is_err());
+        assert!(stack.forward(&p, r, &Run::default(), 4, &mut x).is_err());
+        // depth 1 runs only block 0
+        let s = stack.forward(&p, r, &Run::default(), 1, &mut x).unwrap();
+        assert_eq!(s.saved.len(), 2);
+        // bindings: a missing tensor, a wrong shape, a mixer the trainer lacks
+        let (blocks, ts) = specs(d, f);
+        let mut t = ParamTable::new();
+        t.add_tensors(&ts[1..], "").unwrap();
+        let e = Stack::bind(&blocks, &ts, t.specs(), "").unwrap_err();
+        assert!(e.contains("blk.0.attn_norm.weight"), "{e}");
+        let mut bad = ts.clone();
+        bad[2].shape = vec![3 * d, d + 1];
+        let mut t = ParamTable::new();
+        t.add_tensors(&ts, "").unwrap();
+        let e = Stack::bind(&blocks, &bad, t.specs(), "").unwrap_err();
+        assert!(e.contains("blk.0.attn_qkv.weight"), "{e}");
+        let mut rms = blocks.clone();
+        rms[1].norm.kind = NormKind::RmsNorm;
+        assert!(Stack::bind(&rms, &ts, t.specs(), "").is_err());
+    }
+}

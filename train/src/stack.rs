@@ -89,6 +89,13 @@ pub struct Run<'a> {
     /// Fixed expert choices `[n·k]` per block index for mixture layers (a gradient check
     /// holds the piecewise-constant choices fixed).
     pub forced: &'a [(usize, Vec<u32>)],
+    /// Rows that are real tokens, not padding (`[n]`; SeqBoat layers zero the others'
+    /// inputs and never activate them).
+    pub keep: &'a [bool],
+    /// SeqBoat's inference-time bias towards "skip" (0 in training).
+    pub act_bias: f32,
+    /// Fixed SeqBoat activation decisions per block (`[n]` each; empty: the gate's).
+    pub forced_act: &'a [Vec<bool>],
 }
 
 /// What a backward does besides passing the gradient to the input.
@@ -882,6 +889,8 @@ pub enum Saved {
     Ffn(FfnSaved),
     /// Mixture of expert FFNs.
     Moe(MoeSaved),
+    /// A SeqBoat layer.
+    SeqBoat(Box<crate::model::seqboat::LayerActs>),
 }
 
 /// One sub-layer of the stack.
@@ -893,6 +902,8 @@ pub enum Sublayer {
     Ffn(Ffn),
     /// Mixture of expert FFNs.
     Moe(Moe),
+    /// A SeqBoat layer (EMA, gate, gated attention on activated tokens; its own norm).
+    SeqBoat(Box<crate::model::seqboat::SbLayer>),
 }
 
 impl Sublayer {
@@ -901,6 +912,7 @@ impl Sublayer {
             Sublayer::Attention(l) => l,
             Sublayer::Ffn(l) => l,
             Sublayer::Moe(l) => l,
+            Sublayer::SeqBoat(l) => &**l,
         }
     }
 }

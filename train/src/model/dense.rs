@@ -560,7 +560,7 @@ impl DenseModel {
                 capacity: self.emoe_capacity,
                 aux: self.emoe_aux,
             }),
-            forced: &[],
+            ..Run::default()
         }
     }
 

@@ -27,6 +27,7 @@ use crate::layers::linear::{linear_backward, linear_forward};
 use crate::layers::loss::cross_entropy;
 use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::params::{ParamStore, ParamTable};
+use crate::stack::{Grads, Layer as StackLayer, Rows, Run, Saved, Stack, StackSaved, Sublayer};
 use modula_core::kernels::elementwise::{gelu1, silu1};
 use modula_core::kernels::expert_ffn::Activation;
 use modula_core::kernels::par;
@@ -277,7 +278,7 @@ impl SbConfig {
 
 /// Parameter indices of one layer.
 #[derive(Clone, Copy, Debug)]
-struct Layer {
+pub struct SbIdx {
     norm_g: usize,
     norm_b: usize,
     delta: usize,
@@ -304,7 +305,9 @@ pub struct SbModel {
     pub cfg: SbConfig,
     /// Parameters.
     pub params: ParamStore,
-    layers: Vec<Layer>,
+    layers: Vec<SbIdx>,
+    /// The layers as the trainer's block stack (one SeqBoat sub-layer per block).
+    stack: Stack,
     embd: usize,
     final_norm: Option<(usize, usize)>,
     cls: Option<(usize, usize, usize)>,
@@ -320,8 +323,9 @@ pub struct SbModel {
 
 /// What one layer's forward keeps.
 #[derive(Clone, Debug, Default)]
-struct LayerActs {
-    x: Vec<f32>,
+pub struct LayerActs {
+    act_bias: f32,
+    keep: Vec<bool>,
     ln_mean: Vec<f32>,
     ln_rstd: Vec<f32>,
     xs: Vec<f32>,
@@ -353,7 +357,7 @@ struct LayerActs {
 pub struct SbActivations {
     b: usize,
     t: usize,
-    layers: Vec<LayerActs>,
+    blocks: StackSaved,
     last: Vec<f32>,
     lnf_mean: Vec<f32>,
     lnf_rstd: Vec<f32>,
@@ -366,6 +370,14 @@ pub struct SbActivations {
 }
 
 impl SbActivations {
+    /// Each layer's saved state, in order.
+    fn layers(&self) -> impl Iterator<Item = &LayerActs> {
+        self.blocks.saved.iter().filter_map(|s| match s {
+            Saved::SeqBoat(l) => Some(&**l),
+            _ => None,
+        })
+    }
+
     /// The logits: `[b·t, vocab]` (LM) or `[b, classes]`.
     pub fn logits(&self) -> &[f32] {
         &self.logits
@@ -374,8 +386,7 @@ impl SbActivations {
     /// Per layer: activated tokens / non-pad tokens.
     pub fn activation_ratio(&self) -> Vec<f32> {
         let real = self.keep.iter().filter(|&&k| k).count().max(1);
-        self.layers
-            .iter()
+        self.layers()
             .map(|l| l.rows.len() as f32 / real as f32)
             .collect()
     }
@@ -383,8 +394,7 @@ impl SbActivations {
     /// Per layer: the mean original-position distance between an activated query and the
     /// keys of its compressed band (the "attention span"; 0 where nothing is activated).
     pub fn mean_span(&self, cfg: &SbConfig) -> Vec<f32> {
-        self.layers
-            .iter()
+        self.layers()
             .map(|l| {
                 let (mut sum, mut cnt) = (0f64, 0usize);
                 for s in 0..self.b {
@@ -466,7 +476,7 @@ impl SbModel {
         for i in 0..c.layers {
             let p = |s: &str| format!("blk.{i}.{s}");
             let er = c.ema_rows();
-            layers.push(Layer {
+            layers.push(SbIdx {
                 norm_g: t.add(&p("norm.weight"), &[d], false)?,
                 norm_b: t.add(&p("norm.bias"), &[d], false)?,
                 delta: t.add(&p("ema.delta"), &[er, n], false)?,
@@ -503,10 +513,18 @@ impl SbModel {
         } else {
             None
         };
+        let stack = Stack {
+            blocks: layers
+                .iter()
+                .enumerate()
+                .map(|(block, &idx)| vec![Sublayer::SeqBoat(Box::new(SbLayer { cfg, idx, block }))])
+                .collect(),
+        };
         let mut m = SbModel {
             cfg,
             params: t.build(),
             layers,
+            stack,
             embd,
             final_norm,
             cls,
@@ -638,11 +656,16 @@ impl SbModel {
                 *o = s * scale;
             }
         }
-        for li in 0..depth {
-            let (la, next) = self.layer_forward(li, x, &a.keep, b, t)?;
-            a.layers.push(la);
-            x = next;
-        }
+        let forced = self.forced.as_deref().unwrap_or(&[]);
+        let run = Run {
+            keep: &a.keep,
+            act_bias: self.act_bias,
+            forced_act: forced,
+            ..Run::default()
+        };
+        a.blocks = self
+            .stack
+            .forward(p, Rows { b, t, d }, &run, depth, &mut x)?;
         // final norm (pre-norm models)
         let feats = if let Some((g, bb)) = self.final_norm {
             let (y, mean, rstd) = ln_rows(&x, rows, d, p.value(g), p.value(bb))?;
@@ -701,11 +724,150 @@ impl SbModel {
         Ok((loss, a, dlogits))
     }
 
+    /// Backward from ∂L/∂logits (already scaled by the caller), accumulating into the
+    /// parameter gradients.
+    pub fn backward(
+        &mut self,
+        tokens: &[u32],
+        a: &SbActivations,
+        dlogits: &[f32],
+    ) -> Result<(), String> {
+        let c = self.cfg;
+        let (b, t, d) = (a.b, a.t, c.d);
+        let rows = b * t;
+        let out = c.outputs();
+        if dlogits.len() != a.logits.len() || tokens.len() != rows {
+            return Err("backward: logits or tokens do not match the forward".into());
+        }
+        let mut dfeat = vec![0f32; rows * d];
+        if let Some((w1, b1, w2)) = self.cls {
+            let mut dhidden = vec![0f32; b * 2 * d];
+            let (wv, gw) = self.params.value_grad(w2, w2);
+            let wv = wv.to_vec();
+            linear_backward(
+                dlogits,
+                &a.cls_hidden,
+                &wv,
+                b,
+                out,
+                2 * d,
+                Some(&mut dhidden),
+                gw,
+                None,
+            )
+            .map_err(ke)?;
+            let dpre: Vec<f32> = dhidden
+                .iter()
+                .zip(&a.cls_pre)
+                .map(|(g, &u)| g * derivative(Activation::Gelu, u))
+                .collect();
+            let mut dpooled = vec![0f32; b * d];
+            let w1v = self.params.value(w1).to_vec();
+            linear_backward(
+                &dpre,
+                &a.pooled,
+                &w1v,
+                b,
+                2 * d,
+                d,
+                Some(&mut dpooled),
+                self.params.grad_mut(w1),
+                None,
+            )
+            .map_err(ke)?;
+            let gb = self.params.grad_mut(b1);
+            for row in dpre.chunks_exact(2 * d) {
+                for (g, v) in gb.iter_mut().zip(row) {
+                    *g += v;
+                }
+            }
+            for s in 0..b {
+                let cnt = (0..t).filter(|&i| a.keep[s * t + i]).count().max(1);
+                let inv = 1.0 / cnt as f32;
+                for i in 0..t {
+                    if a.keep[s * t + i] {
+                        let r = s * t + i;
+                        for j in 0..d {
+                            dfeat[r * d + j] = dpooled[s * d + j] * inv;
+                        }
+                    }
+                }
+            }
+        } else {
+            let emb = self.params.value(self.embd).to_vec();
+            linear_backward(
+                dlogits,
+                &a.feats,
+                &emb,
+                rows,
+                out,
+                d,
+                Some(&mut dfeat),
+                self.params.grad_mut(self.embd),
+                None,
+            )
+            .map_err(ke)?;
+        }
+        let mut dx = if let Some((g, bb)) = self.final_norm {
+            let mut dx = vec![0f32; rows * d];
+            let gv = self.params.value(g).to_vec();
+            let mut dg = vec![0f32; d];
+            let mut db = vec![0f32; d];
+            layernorm_backward(
+                &dfeat,
+                &a.last,
+                rows,
+                d,
+                &gv,
+                &a.lnf_mean,
+                &a.lnf_rstd,
+                &mut dx,
+                &mut dg,
+                &mut db,
+            );
+            add(self.params.grad_mut(g), &dg);
+            add(self.params.grad_mut(bb), &db);
+            dx
+        } else {
+            dfeat
+        };
+        self.stack
+            .backward(&mut self.params, &a.blocks, &mut dx, Grads::default())?;
+        let scale = if c.classes == 0 {
+            (d as f32).sqrt()
+        } else {
+            1.0
+        };
+        let ge = self.params.grad_mut(self.embd);
+        for (r, &tok) in tokens.iter().enumerate() {
+            let dst = &mut ge[tok as usize * d..(tok as usize + 1) * d];
+            for (g, v) in dst.iter_mut().zip(&dx[r * d..(r + 1) * d]) {
+                *g += v * scale;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One SeqBoat layer as a sub-layer of the trainer's block stack ([`crate::stack`]): its
+/// shape, parameter indices and block index (keys [`Run::forced_act`]). It reads the pad
+/// mask ([`Run::keep`]) and the inference bias ([`Run::act_bias`]) from the run.
+#[derive(Clone, Copy, Debug)]
+pub struct SbLayer {
+    /// Shape.
+    pub cfg: SbConfig,
+    /// Parameters.
+    pub idx: SbIdx,
+    /// Block index.
+    pub block: usize,
+}
+
+impl SbLayer {
     /// The EMA coefficients of layer `li`: forward direction, and the reverse one for a
     /// bidirectional model.
-    fn coefs(&self, l: &Layer) -> (EmaCoef, Option<EmaCoef>) {
+    fn coefs(&self, p: &ParamStore) -> (EmaCoef, Option<EmaCoef>) {
         let c = self.cfg;
-        let p = &self.params;
+        let l = &self.idx;
         let dn = c.d * c.ndim;
         let part = |idx: usize, h: usize| &p.value(idx)[h * dn..(h + 1) * dn];
         let one = |h: usize| {
@@ -720,27 +882,188 @@ impl SbModel {
         (one(0), (!c.causal).then(|| one(1)))
     }
 
-    fn layer_forward(
+    /// Band attention of one sequence's compressed tokens (`rows` are global row ids;
+    /// original positions are `row − base`).
+    fn attend(
         &self,
-        li: usize,
-        x: Vec<f32>,
-        keep: &[bool],
-        b: usize,
-        t: usize,
-    ) -> Result<(LayerActs, Vec<f32>), String> {
+        q: &[f32],
+        k: &[f32],
+        zrv: &[f32],
+        rows: &[u32],
+        rel: &[f32],
+        base: usize,
+    ) -> SeqAtt {
+        let c = self.cfg;
+        let (z, e) = (c.z, c.e);
+        let zw = z + 2 * e;
+        let lc = rows.len();
+        let alpha = c.score_scale();
+        let mut out = SeqAtt {
+            att: Vec::with_capacity(lc),
+            scores: Vec::with_capacity(lc),
+            o: vec![0f32; lc * e],
+        };
+        for qi in 0..lc {
+            let (lo, hi) = c.band(qi, lc);
+            let pk = rows[qi] as usize - base;
+            let s: Vec<f32> = (lo..=hi)
+                .map(|j| {
+                    let pj = rows[j] as usize - base;
+                    alpha * dot(&q[qi * z..(qi + 1) * z], &k[j * z..(j + 1) * z])
+                        + rel[c.bias_index(pk, pj)]
+                })
+                .collect();
+            let a: Vec<f32> = match c.attn {
+                SbAttn::Softmax => {
+                    let mx = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let ex: Vec<f32> = s.iter().map(|&v| (v - mx).exp()).collect();
+                    let sum: f32 = ex.iter().sum();
+                    ex.iter().map(|v| v / sum).collect()
+                }
+                SbAttn::Relu2 => s.iter().map(|&v| v.max(0.0) * v.max(0.0)).collect(),
+            };
+            let orow = &mut out.o[qi * e..(qi + 1) * e];
+            for (jj, &w) in a.iter().enumerate() {
+                let v = &zrv[(lo + jj) * zw + z + e..(lo + jj) * zw + z + 2 * e];
+                for (o, vv) in orow.iter_mut().zip(v) {
+                    *o += w * vv;
+                }
+            }
+            out.att.push(a);
+            out.scores.push(s);
+        }
+        out
+    }
+
+    /// Backward of [`SbLayer::attend`] for one sequence, from `dO: [lc, e]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_backward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        zrv: &[f32],
+        rows: &[u32],
+        base: usize,
+        att: &[Vec<f32>],
+        scores: &[Vec<f32>],
+        d_o: &[f32],
+    ) -> SeqAttGrad {
+        let c = self.cfg;
+        let (z, e) = (c.z, c.e);
+        let zw = z + 2 * e;
+        let lc = rows.len();
+        let alpha = c.score_scale();
+        let mut g = SeqAttGrad {
+            dq: vec![0f32; lc * z],
+            dk: vec![0f32; lc * z],
+            dv: vec![0f32; lc * e],
+            drel: Vec::new(),
+        };
+        for qi in 0..lc {
+            let (lo, _) = c.band(qi, lc);
+            let a = &att[qi];
+            let dorow = &d_o[qi * e..(qi + 1) * e];
+            let da: Vec<f32> = (0..a.len())
+                .map(|jj| {
+                    let j = lo + jj;
+                    dot(dorow, &zrv[j * zw + z + e..j * zw + z + 2 * e])
+                })
+                .collect();
+            for (jj, &w) in a.iter().enumerate() {
+                let j = lo + jj;
+                for (dv, dd) in g.dv[j * e..(j + 1) * e].iter_mut().zip(dorow) {
+                    *dv += w * dd;
+                }
+            }
+            let ds: Vec<f32> = match c.attn {
+                SbAttn::Softmax => {
+                    let inner: f32 = a.iter().zip(&da).map(|(x, y)| x * y).sum();
+                    a.iter().zip(&da).map(|(x, y)| x * (y - inner)).collect()
+                }
+                SbAttn::Relu2 => scores[qi]
+                    .iter()
+                    .zip(&da)
+                    .map(|(s, y)| 2.0 * s.max(0.0) * y)
+                    .collect(),
+            };
+            let pk = rows[qi] as usize - base;
+            for (jj, &dsv) in ds.iter().enumerate() {
+                let j = lo + jj;
+                let pj = rows[j] as usize - base;
+                g.drel.push((c.bias_index(pk, pj), dsv));
+                for i in 0..z {
+                    g.dq[qi * z + i] += alpha * dsv * k[j * z + i];
+                    g.dk[j * z + i] += alpha * dsv * q[qi * z + i];
+                }
+            }
+        }
+        g
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ln_backward(
+        &self,
+        p: &mut ParamStore,
+        dy: &[f32],
+        x: &[f32],
+        la: &LayerActs,
+        rows: usize,
+        dx: &mut [f32],
+    ) {
+        let d = self.cfg.d;
+        let gv = p.value(self.idx.norm_g).to_vec();
+        let mut dg = vec![0f32; d];
+        let mut db = vec![0f32; d];
+        layernorm_backward(
+            dy,
+            x,
+            rows,
+            d,
+            &gv,
+            &la.ln_mean,
+            &la.ln_rstd,
+            dx,
+            &mut dg,
+            &mut db,
+        );
+        add(p.grad_mut(self.idx.norm_g), &dg);
+        add(p.grad_mut(self.idx.norm_b), &db);
+    }
+}
+
+impl StackLayer for SbLayer {
+    fn forward(
+        &self,
+        p: &ParamStore,
+        r: Rows,
+        run: &Run<'_>,
+        x: &mut [f32],
+    ) -> Result<Saved, String> {
         let c = self.cfg;
         let (d, n) = (c.d, c.ndim);
+        let (b, t) = (r.b, r.t);
         let rows = b * t;
-        let l = self.layers[li];
-        let p = &self.params;
-        let mut la = LayerActs::default();
+        let l = self.idx;
+        let keep = run.keep;
+        if keep.len() != rows || x.len() != rows * d {
+            return Err(format!(
+                "SeqBoat layer: {} rows and a pad mask of {}, not [{b}·{t}, {d}]",
+                x.len() / d.max(1),
+                keep.len()
+            ));
+        }
+        let mut la = LayerActs {
+            act_bias: run.act_bias,
+            keep: keep.to_vec(),
+            ..LayerActs::default()
+        };
         // 1. input norm and pad masking
         let mut xs = if c.prenorm {
             let (y, mean, rstd) = ln_rows(&x, rows, d, p.value(l.norm_g), p.value(l.norm_b))?;
             (la.ln_mean, la.ln_rstd) = (mean, rstd);
             y
         } else {
-            x.clone()
+            x.to_vec()
         };
         for (r, &k) in keep.iter().enumerate() {
             if !k {
@@ -748,7 +1071,7 @@ impl SbModel {
             }
         }
         // 2. EMA (one task per sequence) + skip
-        let (cf, cr) = self.coefs(&l);
+        let (cf, cr) = self.coefs(p);
         let dn = d * n;
         let per: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = par::map_indexed(b, |s| {
             let xseq = &xs[s * t * d..(s + 1) * t * d];
@@ -794,7 +1117,7 @@ impl SbModel {
         la.pi1 = vec![0.0; rows];
         la.gate = vec![0.0; rows];
         for r in 0..rows {
-            let diff = uc[r * uw + 1] - (uc[r * uw] + self.act_bias);
+            let diff = uc[r * uw + 1] - (uc[r * uw] + run.act_bias);
             let pi1 = 1.0 / (1.0 + (-diff / tau).exp());
             la.pi1[r] = pi1;
             let act = match c.gate {
@@ -802,8 +1125,8 @@ impl SbModel {
                 SbGate::AlwaysOn => true,
                 SbGate::Off => false,
             };
-            let act = match &self.forced {
-                Some(f) => f[li][r],
+            let act = match run.forced_act.get(self.block) {
+                Some(f) => f[r],
                 None => act,
             } && keep[r];
             la.act[r] = act;
@@ -916,7 +1239,6 @@ impl SbModel {
             (la.ln_mean, la.ln_rstd) = (mean, rstd);
             y
         };
-        la.x = x;
         la.xs = xs;
         la.y = y;
         la.m = m;
@@ -930,295 +1252,35 @@ impl SbModel {
         la.h = h;
         la.pre = pre;
         la.out = out;
-        Ok((la, next))
+        x.copy_from_slice(&next);
+        Ok(Saved::SeqBoat(Box::new(la)))
     }
 
-    /// Band attention of one sequence's compressed tokens (`rows` are global row ids;
-    /// original positions are `row − base`).
-    fn attend(
+    fn backward(
         &self,
-        q: &[f32],
-        k: &[f32],
-        zrv: &[f32],
-        rows: &[u32],
-        rel: &[f32],
-        base: usize,
-    ) -> SeqAtt {
-        let c = self.cfg;
-        let (z, e) = (c.z, c.e);
-        let zw = z + 2 * e;
-        let lc = rows.len();
-        let alpha = c.score_scale();
-        let mut out = SeqAtt {
-            att: Vec::with_capacity(lc),
-            scores: Vec::with_capacity(lc),
-            o: vec![0f32; lc * e],
-        };
-        for qi in 0..lc {
-            let (lo, hi) = c.band(qi, lc);
-            let pk = rows[qi] as usize - base;
-            let s: Vec<f32> = (lo..=hi)
-                .map(|j| {
-                    let pj = rows[j] as usize - base;
-                    alpha * dot(&q[qi * z..(qi + 1) * z], &k[j * z..(j + 1) * z])
-                        + rel[c.bias_index(pk, pj)]
-                })
-                .collect();
-            let a: Vec<f32> = match c.attn {
-                SbAttn::Softmax => {
-                    let mx = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let ex: Vec<f32> = s.iter().map(|&v| (v - mx).exp()).collect();
-                    let sum: f32 = ex.iter().sum();
-                    ex.iter().map(|v| v / sum).collect()
-                }
-                SbAttn::Relu2 => s.iter().map(|&v| v.max(0.0) * v.max(0.0)).collect(),
-            };
-            let orow = &mut out.o[qi * e..(qi + 1) * e];
-            for (jj, &w) in a.iter().enumerate() {
-                let v = &zrv[(lo + jj) * zw + z + e..(lo + jj) * zw + z + 2 * e];
-                for (o, vv) in orow.iter_mut().zip(v) {
-                    *o += w * vv;
-                }
-            }
-            out.att.push(a);
-            out.scores.push(s);
-        }
-        out
-    }
-
-    /// Backward of [`SbModel::attend`] for one sequence, from `dO: [lc, e]`.
-    #[allow(clippy::too_many_arguments)]
-    fn attend_backward(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        zrv: &[f32],
-        rows: &[u32],
-        base: usize,
-        att: &[Vec<f32>],
-        scores: &[Vec<f32>],
-        d_o: &[f32],
-    ) -> SeqAttGrad {
-        let c = self.cfg;
-        let (z, e) = (c.z, c.e);
-        let zw = z + 2 * e;
-        let lc = rows.len();
-        let alpha = c.score_scale();
-        let mut g = SeqAttGrad {
-            dq: vec![0f32; lc * z],
-            dk: vec![0f32; lc * z],
-            dv: vec![0f32; lc * e],
-            drel: Vec::new(),
-        };
-        for qi in 0..lc {
-            let (lo, _) = c.band(qi, lc);
-            let a = &att[qi];
-            let dorow = &d_o[qi * e..(qi + 1) * e];
-            let da: Vec<f32> = (0..a.len())
-                .map(|jj| {
-                    let j = lo + jj;
-                    dot(dorow, &zrv[j * zw + z + e..j * zw + z + 2 * e])
-                })
-                .collect();
-            for (jj, &w) in a.iter().enumerate() {
-                let j = lo + jj;
-                for (dv, dd) in g.dv[j * e..(j + 1) * e].iter_mut().zip(dorow) {
-                    *dv += w * dd;
-                }
-            }
-            let ds: Vec<f32> = match c.attn {
-                SbAttn::Softmax => {
-                    let inner: f32 = a.iter().zip(&da).map(|(x, y)| x * y).sum();
-                    a.iter().zip(&da).map(|(x, y)| x * (y - inner)).collect()
-                }
-                SbAttn::Relu2 => scores[qi]
-                    .iter()
-                    .zip(&da)
-                    .map(|(s, y)| 2.0 * s.max(0.0) * y)
-                    .collect(),
-            };
-            let pk = rows[qi] as usize - base;
-            for (jj, &dsv) in ds.iter().enumerate() {
-                let j = lo + jj;
-                let pj = rows[j] as usize - base;
-                g.drel.push((c.bias_index(pk, pj), dsv));
-                for i in 0..z {
-                    g.dq[qi * z + i] += alpha * dsv * k[j * z + i];
-                    g.dk[j * z + i] += alpha * dsv * q[qi * z + i];
-                }
-            }
-        }
-        g
-    }
-
-    /// Backward from ∂L/∂logits (already scaled by the caller), accumulating into the
-    /// parameter gradients.
-    pub fn backward(
-        &mut self,
-        tokens: &[u32],
-        a: &SbActivations,
-        dlogits: &[f32],
+        p: &mut ParamStore,
+        r: Rows,
+        saved: &Saved,
+        x_in: &[f32],
+        dx_io: &mut [f32],
+        g: Grads,
     ) -> Result<(), String> {
         let c = self.cfg;
-        let (b, t, d) = (a.b, a.t, c.d);
-        let rows = b * t;
-        let out = c.outputs();
-        if dlogits.len() != a.logits.len() || tokens.len() != rows {
-            return Err("backward: logits or tokens do not match the forward".into());
-        }
-        let mut dfeat = vec![0f32; rows * d];
-        if let Some((w1, b1, w2)) = self.cls {
-            let mut dhidden = vec![0f32; b * 2 * d];
-            let (wv, gw) = self.params.value_grad(w2, w2);
-            let wv = wv.to_vec();
-            linear_backward(
-                dlogits,
-                &a.cls_hidden,
-                &wv,
-                b,
-                out,
-                2 * d,
-                Some(&mut dhidden),
-                gw,
-                None,
-            )
-            .map_err(ke)?;
-            let dpre: Vec<f32> = dhidden
-                .iter()
-                .zip(&a.cls_pre)
-                .map(|(g, &u)| g * derivative(Activation::Gelu, u))
-                .collect();
-            let mut dpooled = vec![0f32; b * d];
-            let w1v = self.params.value(w1).to_vec();
-            linear_backward(
-                &dpre,
-                &a.pooled,
-                &w1v,
-                b,
-                2 * d,
-                d,
-                Some(&mut dpooled),
-                self.params.grad_mut(w1),
-                None,
-            )
-            .map_err(ke)?;
-            let gb = self.params.grad_mut(b1);
-            for row in dpre.chunks_exact(2 * d) {
-                for (g, v) in gb.iter_mut().zip(row) {
-                    *g += v;
-                }
-            }
-            for s in 0..b {
-                let cnt = (0..t).filter(|&i| a.keep[s * t + i]).count().max(1);
-                let inv = 1.0 / cnt as f32;
-                for i in 0..t {
-                    if a.keep[s * t + i] {
-                        let r = s * t + i;
-                        for j in 0..d {
-                            dfeat[r * d + j] = dpooled[s * d + j] * inv;
-                        }
-                    }
-                }
-            }
-        } else {
-            let emb = self.params.value(self.embd).to_vec();
-            linear_backward(
-                dlogits,
-                &a.feats,
-                &emb,
-                rows,
-                out,
-                d,
-                Some(&mut dfeat),
-                self.params.grad_mut(self.embd),
-                None,
-            )
-            .map_err(ke)?;
-        }
-        let mut dx = if let Some((g, bb)) = self.final_norm {
-            let mut dx = vec![0f32; rows * d];
-            let gv = self.params.value(g).to_vec();
-            let mut dg = vec![0f32; d];
-            let mut db = vec![0f32; d];
-            layernorm_backward(
-                &dfeat,
-                &a.last,
-                rows,
-                d,
-                &gv,
-                &a.lnf_mean,
-                &a.lnf_rstd,
-                &mut dx,
-                &mut dg,
-                &mut db,
-            );
-            add(self.params.grad_mut(g), &dg);
-            add(self.params.grad_mut(bb), &db);
-            dx
-        } else {
-            dfeat
-        };
-        for li in (0..a.layers.len()).rev() {
-            dx = self.layer_backward(li, &a.layers[li], dx, b, t, &a.keep)?;
-        }
-        let scale = if c.classes == 0 {
-            (d as f32).sqrt()
-        } else {
-            1.0
-        };
-        let ge = self.params.grad_mut(self.embd);
-        for (r, &tok) in tokens.iter().enumerate() {
-            let dst = &mut ge[tok as usize * d..(tok as usize + 1) * d];
-            for (g, v) in dst.iter_mut().zip(&dx[r * d..(r + 1) * d]) {
-                *g += v * scale;
-            }
-        }
-        Ok(())
-    }
-
-    fn ln_backward(
-        &mut self,
-        l: &Layer,
-        dy: &[f32],
-        x: &[f32],
-        la: &LayerActs,
-        rows: usize,
-        dx: &mut [f32],
-    ) {
-        let d = self.cfg.d;
-        let gv = self.params.value(l.norm_g).to_vec();
-        let mut dg = vec![0f32; d];
-        let mut db = vec![0f32; d];
-        layernorm_backward(
-            dy,
-            x,
-            rows,
-            d,
-            &gv,
-            &la.ln_mean,
-            &la.ln_rstd,
-            dx,
-            &mut dg,
-            &mut db,
-        );
-        add(self.params.grad_mut(l.norm_g), &dg);
-        add(self.params.grad_mut(l.norm_b), &db);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn layer_backward(
-        &mut self,
-        li: usize,
-        la: &LayerActs,
-        dnext: Vec<f32>,
-        b: usize,
-        t: usize,
-        keep: &[bool],
-    ) -> Result<Vec<f32>, String> {
-        let c = self.cfg;
         let (d, n, z, e) = (c.d, c.ndim, c.z, c.e);
+        let Saved::SeqBoat(la) = saved else {
+            return Err("SeqBoat backward: saved activations of another layer".into());
+        };
+        if !g.params {
+            return Err("SeqBoat layers always train their parameters".into());
+        }
+        let (b, t) = (r.b, r.t);
         let rows = b * t;
-        let l = self.layers[li];
+        let keep = &la.keep;
+        if dx_io.len() != rows * d || keep.len() != rows || x_in.len() != rows * d {
+            return Err("SeqBoat backward: saved activations do not match the shape".into());
+        }
+        let dnext = dx_io.to_vec();
+        let l = self.idx;
         let uw = 2 + d;
         let zw = z + 2 * e;
         let lc = la.rows.len();
@@ -1227,7 +1289,7 @@ impl SbModel {
             dnext
         } else {
             let mut g = vec![0f32; rows * d];
-            self.ln_backward(&l, &dnext, &la.out, la, rows, &mut g);
+            self.ln_backward(p, &dnext, &la.out, la, rows, &mut g);
             g
         };
         let dpre: Vec<f32> = dout
@@ -1242,7 +1304,7 @@ impl SbModel {
         for r in 0..rows {
             duc[r * uw + 2..(r + 1) * uw].copy_from_slice(&dpre[r * d..(r + 1) * d]);
         }
-        let tau = self.params.value(l.log_temp)[0].exp();
+        let tau = p.value(l.log_temp)[0].exp();
         let mut dtheta = 0f32;
         let mut dh = vec![0f32; lc * d];
         for (k, &r) in la.rows.iter().enumerate() {
@@ -1258,13 +1320,13 @@ impl SbModel {
                 let (p1, p0) = (la.pi1[r], 1.0 - la.pi1[r]);
                 duc[r * uw + 1] += s * p1 * p0 / tau;
                 duc[r * uw] -= s * p1 * p0 / tau;
-                let diff = la.uc[r * uw + 1] - (la.uc[r * uw] + self.act_bias);
+                let diff = la.uc[r * uw + 1] - (la.uc[r * uw] + la.act_bias);
                 dtheta -= s * p1 * p0 * diff / tau;
             }
         }
-        self.params.grad_mut(l.log_temp)[0] += dtheta;
+        p.grad_mut(l.log_temp)[0] += dtheta;
         let mut dm = vec![0f32; rows * d];
-        let wu = self.params.value(l.gate_w).to_vec();
+        let wu = p.value(l.gate_w).to_vec();
         {
             let mut gw = vec![0f32; uw * d];
             let mut gb = vec![0f32; uw];
@@ -1280,13 +1342,13 @@ impl SbModel {
                 Some(&mut gb),
             )
             .map_err(ke)?;
-            add(self.params.grad_mut(l.gate_w), &gw);
-            add(self.params.grad_mut(l.gate_b), &gb);
+            add(p.grad_mut(l.gate_w), &gw);
+            add(p.grad_mut(l.gate_b), &gb);
         }
         if lc > 0 {
             // GAU output projection
             let mut dor = vec![0f32; lc * e];
-            let wh = self.params.value(l.out_w).to_vec();
+            let wh = p.value(l.out_w).to_vec();
             let mut gw = vec![0f32; d * e];
             let mut gb = vec![0f32; d];
             linear_backward(
@@ -1301,8 +1363,8 @@ impl SbModel {
                 Some(&mut gb),
             )
             .map_err(ke)?;
-            add(self.params.grad_mut(l.out_w), &gw);
-            add(self.params.grad_mut(l.out_b), &gb);
+            add(p.grad_mut(l.out_w), &gw);
+            add(p.grad_mut(l.out_b), &gb);
             let mut dzrv = vec![0f32; lc * zw];
             let mut d_o = vec![0f32; lc * e];
             for k in 0..lc {
@@ -1332,7 +1394,7 @@ impl SbModel {
             let mut dq = Vec::with_capacity(lc * z);
             let mut dk = Vec::with_capacity(lc * z);
             {
-                let grel = self.params.grad_mut(l.rel);
+                let grel = p.grad_mut(l.rel);
                 for (s, g) in grads.iter().enumerate() {
                     let a0 = la.seq_off[s];
                     dq.extend_from_slice(&g.dq);
@@ -1347,7 +1409,7 @@ impl SbModel {
                 }
             }
             // shared Z with per-dimension scale/offset
-            let ks = self.params.value(l.qk_scale).to_vec();
+            let ks = p.value(l.qk_scale).to_vec();
             let mut dks = vec![0f32; 2 * z];
             let mut dko = vec![0f32; 2 * z];
             for k in 0..lc {
@@ -1361,8 +1423,8 @@ impl SbModel {
                     dzrv[k * zw + i] = gq * ks[i] + gk * ks[z + i];
                 }
             }
-            add(self.params.grad_mut(l.qk_scale), &dks);
-            add(self.params.grad_mut(l.qk_offset), &dko);
+            add(p.grad_mut(l.qk_scale), &dks);
+            add(p.grad_mut(l.qk_offset), &dko);
             // SiLU of the projections, then the projection itself
             for (g, &u) in dzrv.iter_mut().zip(&la.zrv_pre) {
                 *g *= silu_grad(u);
@@ -1372,7 +1434,7 @@ impl SbModel {
                 let r = r as usize;
                 mh[k * d..(k + 1) * d].copy_from_slice(&la.m[r * d..(r + 1) * d]);
             }
-            let wm = self.params.value(l.in_w).to_vec();
+            let wm = p.value(l.in_w).to_vec();
             let mut dmh = vec![0f32; lc * d];
             let mut gw = vec![0f32; zw * d];
             let mut gb = vec![0f32; zw];
@@ -1388,8 +1450,8 @@ impl SbModel {
                 Some(&mut gb),
             )
             .map_err(ke)?;
-            add(self.params.grad_mut(l.in_w), &gw);
-            add(self.params.grad_mut(l.in_b), &gb);
+            add(p.grad_mut(l.in_w), &gw);
+            add(p.grad_mut(l.in_b), &gb);
             for (k, &r) in la.rows.iter().enumerate() {
                 let r = r as usize;
                 add(&mut dm[r * d..(r + 1) * d], &dmh[k * d..(k + 1) * d]);
@@ -1404,7 +1466,7 @@ impl SbModel {
         // skip ω⊙x̃
         let mut dxs = vec![0f32; rows * d];
         {
-            let omega = self.params.value(l.omega).to_vec();
+            let omega = p.value(l.omega).to_vec();
             let mut dom = vec![0f32; d];
             for r in 0..rows {
                 for j in 0..d {
@@ -1413,10 +1475,10 @@ impl SbModel {
                     dom[j] += g * la.xs[r * d + j];
                 }
             }
-            add(self.params.grad_mut(l.omega), &dom);
+            add(p.grad_mut(l.omega), &dom);
         }
         // EMA scans (one task per sequence)
-        let (cf, cr) = self.coefs(&l);
+        let (cf, cr) = self.coefs(p);
         let dn = d * n;
         let per: Vec<(Vec<f32>, EmaCoefGrad, Option<EmaCoefGrad>)> = par::map_indexed(b, |s| {
             let xseq = &la.xs[s * t * d..(s + 1) * t * d];
@@ -1447,7 +1509,7 @@ impl SbModel {
             None => vec![(cf, gf)],
         };
         for (h, (coef, g)) in halves.iter().enumerate() {
-            let beta = self.params.value(l.beta)[h * dn..(h + 1) * dn].to_vec();
+            let beta = p.value(l.beta)[h * dn..(h + 1) * dn].to_vec();
             let mut raw = [
                 vec![0f32; dn],
                 vec![0f32; dn],
@@ -1457,7 +1519,7 @@ impl SbModel {
             let [r0, r1, r2, r3] = &mut raw;
             g.to_raw(coef, &beta, n, r0, r1, r2, r3);
             for (idx, r) in [l.delta, l.ahat, l.beta, l.eta].into_iter().zip(&raw) {
-                add(&mut self.params.grad_mut(idx)[h * dn..(h + 1) * dn], r);
+                add(&mut p.grad_mut(idx)[h * dn..(h + 1) * dn], r);
             }
         }
         // pads: x̃ was zeroed
@@ -1467,11 +1529,12 @@ impl SbModel {
             }
         }
         if c.prenorm {
-            self.ln_backward(&l, &dxs, &la.x, la, rows, &mut dx);
+            self.ln_backward(p, &dxs, x_in, la, rows, &mut dx);
         } else {
             add(&mut dx, &dxs);
         }
-        Ok(dx)
+        dx_io.copy_from_slice(&dx);
+        Ok(())
     }
 }
 
@@ -1541,7 +1604,7 @@ mod tests {
             (0..b * t).map(|i| (i * 3 % 7) as u32).collect()
         };
         let (_, acts, dl) = m.forward(&tokens, &targets, b, t).unwrap();
-        let forced: Vec<Vec<bool>> = acts.layers.iter().map(|l| l.act.clone()).collect();
+        let forced: Vec<Vec<bool>> = acts.layers().map(|l| l.act.clone()).collect();
         // both decisions present in every layer
         for f in &forced {
             assert!(f.iter().any(|&x| x), "{name}: some token activated");

@@ -94,6 +94,9 @@ pub struct Run<'a> {
     pub keep: &'a [bool],
     /// SeqBoat's inference-time bias towards "skip" (0 in training).
     pub act_bias: f32,
+    /// Experts in use per mixture (ModuleFormer's nested prefix: attention, FFN; `None`:
+    /// all).
+    pub experts: Option<(usize, usize)>,
     /// Fixed SeqBoat activation decisions per block (`[n]` each; empty: the gate's).
     pub forced_act: &'a [Vec<bool>],
 }
@@ -891,6 +894,8 @@ pub enum Saved {
     Moe(MoeSaved),
     /// A SeqBoat layer.
     SeqBoat(Box<crate::model::seqboat::LayerActs>),
+    /// A ModuleFormer mixture (attention or FFN experts).
+    Mf(Box<crate::model::moduleformer::BlockActs>),
 }
 
 /// One sub-layer of the stack.
@@ -904,6 +909,10 @@ pub enum Sublayer {
     Moe(Moe),
     /// A SeqBoat layer (EMA, gate, gated attention on activated tokens; its own norm).
     SeqBoat(Box<crate::model::seqboat::SbLayer>),
+    /// ModuleFormer's mixture of stick-breaking attention experts.
+    MfAttention(Box<crate::model::moduleformer::MfMixture<false>>),
+    /// ModuleFormer's mixture of FFN experts.
+    MfFfn(Box<crate::model::moduleformer::MfMixture<true>>),
 }
 
 impl Sublayer {
@@ -913,6 +922,8 @@ impl Sublayer {
             Sublayer::Ffn(l) => l,
             Sublayer::Moe(l) => l,
             Sublayer::SeqBoat(l) => &**l,
+            Sublayer::MfAttention(l) => &**l,
+            Sublayer::MfFfn(l) => &**l,
         }
     }
 }

@@ -32,6 +32,7 @@ use crate::layers::router::{
 };
 use crate::layers::stickbreak::{stickbreak_backward, stickbreak_forward};
 use crate::params::{ParamStore, ParamTable};
+use crate::stack::{Grads, Layer as StackLayer, Rows, Run, Saved, Stack, StackSaved, Sublayer};
 use modula_core::kernels::expert_ffn::Activation;
 use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::par;
@@ -243,7 +244,8 @@ pub struct MfModel {
     /// Parameters, gradients, optimiser moments.
     pub params: ParamStore,
     pub(crate) embed: usize,
-    pub(crate) blocks: Vec<MfBlock>,
+    /// The blocks as the trainer's block stack (attention mixture, FFN mixture).
+    stack: Stack,
     pub(crate) lnf_g: usize,
     pub(crate) lnf_b: usize,
     pub(crate) head: usize,
@@ -271,9 +273,13 @@ struct RouteSaved {
     ent: RouterEntropy,
 }
 
+/// What one mixture's forward keeps for its backward.
 #[derive(Clone, Debug, Default)]
-struct BlockActs {
-    x_in: Vec<f32>,
+pub struct BlockActs {
+    /// The FFN mixture (false: the attention mixture).
+    ffn: bool,
+    /// Experts in use (attention, FFN).
+    experts: (usize, usize),
     h1: Vec<f32>,
     ln1: (Vec<f32>, Vec<f32>),
     r1: RouteSaved,
@@ -285,7 +291,6 @@ struct BlockActs {
     o: Vec<f32>,
     /// `[n·k, d]` ungated expert outputs (attention).
     ya: Vec<f32>,
-    x_mid: Vec<f32>,
     h2: Vec<f32>,
     ln2: (Vec<f32>, Vec<f32>),
     r2: RouteSaved,
@@ -301,7 +306,7 @@ struct BlockActs {
 pub struct MfActivations {
     b: usize,
     t: usize,
-    blocks: Vec<BlockActs>,
+    blocks: StackSaved,
     x_out: Vec<f32>,
     lnf: Vec<f32>,
     lnf_stats: (Vec<f32>, Vec<f32>),
@@ -312,7 +317,26 @@ pub struct MfActivations {
     experts: (usize, usize),
 }
 
+impl BlockActs {
+    /// This mixture's routing.
+    fn route(&self) -> &RouteSaved {
+        if self.ffn {
+            &self.r2
+        } else {
+            &self.r1
+        }
+    }
+}
+
 impl MfActivations {
+    /// The mixtures' saved states in order (block 0 attention, block 0 FFN, …).
+    fn mixtures(&self) -> impl Iterator<Item = &BlockActs> {
+        self.blocks.saved.iter().filter_map(|s| match s {
+            Saved::Mf(b) => Some(&**b),
+            _ => None,
+        })
+    }
+
     /// `[b·t, vocab]` logits.
     pub fn logits(&self) -> &[f32] {
         &self.logits
@@ -321,26 +345,19 @@ impl MfActivations {
     /// Per router, in order (block 0 attention, block 0 FFN, block 1 attention, …): the
     /// entropies of this batch.
     pub fn router_entropies(&self) -> Vec<RouterEntropy> {
-        self.blocks
-            .iter()
-            .flat_map(|b| [b.r1.ent, b.r2.ent])
-            .collect()
+        self.mixtures().map(|b| b.route().ent).collect()
     }
 
     /// Per router: how many (token, slot) pairs each expert received.
     pub fn expert_counts(&self) -> Vec<Vec<u32>> {
-        self.blocks
-            .iter()
-            .flat_map(|b| [b.r1.disp.counts.clone(), b.r2.disp.counts.clone()])
+        self.mixtures()
+            .map(|b| b.route().disp.counts.clone())
             .collect()
     }
 
     /// Per router: chosen experts `[n, k]`.
     pub fn selections(&self) -> Vec<&[u32]> {
-        self.blocks
-            .iter()
-            .flat_map(|b| [b.r1.sel.as_slice(), b.r2.sel.as_slice()])
-            .collect()
+        self.mixtures().map(|b| b.route().sel.as_slice()).collect()
     }
 }
 
@@ -524,11 +541,23 @@ impl MfModel {
                 v.iter_mut().for_each(|x| *x = 0.02 * normal(&mut rng));
             }
         }
+        let stack = Stack {
+            blocks: blocks
+                .iter()
+                .enumerate()
+                .map(|(block, &blk)| {
+                    vec![
+                        Sublayer::MfAttention(Box::new(MfMixture { cfg, blk, block })),
+                        Sublayer::MfFfn(Box::new(MfMixture { cfg, blk, block })),
+                    ]
+                })
+                .collect(),
+        };
         Ok(MfModel {
             cfg,
             params,
             embed,
-            blocks,
+            stack,
             lnf_g,
             lnf_b,
             head,
@@ -536,29 +565,6 @@ impl MfModel {
             #[cfg(test)]
             forced: None,
         })
-    }
-
-    /// Row length of a router's output layer (`G`, or `d` for a linear router).
-    fn router_cols(&self) -> usize {
-        if self.cfg.router_hidden > 0 {
-            self.cfg.router_hidden
-        } else {
-            self.cfg.d
-        }
-    }
-
-    /// A router's weights, its output layer restricted to the first `e` experts.
-    fn router_weights(&self, r: RouterIdx, e: usize) -> RouterWeights<'_> {
-        let p = &self.params;
-        let out = &p.value(r.out)[..e * self.router_cols()];
-        match r.hid {
-            Some((hw, hb)) => RouterWeights::Mlp {
-                w1: p.value(hw),
-                b1: p.value(hb),
-                w2: out,
-            },
-            None => RouterWeights::Linear { w: out },
-        }
     }
 
     /// The experts in use per mixture: all, or the nested prefix ([`MfModel::nested`]).
@@ -576,52 +582,6 @@ impl MfModel {
                 Ok((ea, ef))
             }
         }
-    }
-
-    fn route(
-        &self,
-        which: usize,
-        r: RouterIdx,
-        h: &[f32],
-        n: usize,
-        e: usize,
-        k: usize,
-    ) -> Result<RouteSaved, String> {
-        let mut logits = vec![0f32; n * e];
-        let saved = router_forward(self.router_weights(r, e), h, n, self.cfg.d, e, &mut logits)
-            .map_err(ke)?;
-        if logits.iter().any(|v| !v.is_finite()) {
-            return Err("router logits are not finite; lower the learning rate".into());
-        }
-        #[allow(unused_mut)]
-        let mut routing = route(logits, n, e, k, self.cfg.renormalize).map_err(ke)?;
-        #[cfg(test)]
-        if let Some(f) = &self.forced {
-            routing.experts.clone_from(&f[which]);
-            for tok in 0..n {
-                let row = &routing.probs[tok * e..(tok + 1) * e];
-                let sel = &routing.experts[tok * k..(tok + 1) * k];
-                let sum: f32 = sel.iter().map(|&x| row[x as usize]).sum();
-                for (g, &x) in routing.gates[tok * k..(tok + 1) * k].iter_mut().zip(sel) {
-                    *g = if self.cfg.renormalize {
-                        row[x as usize] / sum
-                    } else {
-                        row[x as usize]
-                    };
-                }
-            }
-        }
-        let _ = which;
-        let disp = Dispatch::new(&routing.experts, e).map_err(ke)?;
-        let (ent, _) = crate::layers::router::router_entropy(&routing.probs, n, e);
-        Ok(RouteSaved {
-            saved,
-            probs: routing.probs,
-            sel: routing.experts,
-            gates: routing.gates,
-            disp,
-            ent,
-        })
     }
 
     /// Forward over `b` sequences of `t` tokens; returns the mean CE against `targets`
@@ -649,9 +609,7 @@ impl MfModel {
                 c.vocab
             ));
         }
-        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
-        let dh = da / c.heads;
-        let scale = 1.0 / (dh as f32).sqrt();
+        let d = c.d;
         let p = &self.params;
         let mut acts = MfActivations {
             b,
@@ -681,136 +639,19 @@ impl MfModel {
             .map_err(ke)?;
             Ok((h, (mu, rs)))
         };
-        for blk in &self.blocks {
-            let mut ba = BlockActs {
-                x_in: x.clone(),
-                ..BlockActs::default()
-            };
-            // ---- mixture of stick-breaking attention heads
-            let (h1, st1) = ln(&x, blk.ln1_g, blk.ln1_b)?;
-            let (ea, ka) = (acts.experts.0, c.att_k);
-            let r1 = self.route(2 * acts.blocks.len(), blk.att_router, &h1, n, ea, ka)?;
-            if let Some((kw, kb, vw, vb)) = blk.kv {
-                ba.k = vec![0f32; n * da];
-                ba.v = vec![0f32; n * da];
-                linear_forward(&h1, n, p.value(kw), Some(p.value(kb)), da, d, &mut ba.k)
-                    .map_err(ke)?;
-                linear_forward(&h1, n, p.value(vw), Some(p.value(vb)), da, d, &mut ba.v)
-                    .map_err(ke)?;
-            }
-            let (kk, vv): (&[f32], &[f32]) = if blk.kv.is_some() {
-                (&ba.k, &ba.v)
-            } else {
-                (&h1, &h1)
-            };
-            // map: q per (token, slot) by its expert's query projection
-            let mut q = vec![0f32; n * ka * da];
-            let wq = p.value(blk.q_exps);
-            let qs = per_expert(&r1.disp, ea, |e, pairs| {
-                let xe = gather(&h1, d, pairs, ka);
-                let mut qe = vec![0f32; pairs.len() * da];
-                let w = &wq[e * da * d..(e + 1) * da * d];
-                linear_forward(&xe, pairs.len(), w, None, da, d, &mut qe).map_err(ke)?;
-                Ok(qe)
-            })?;
-            for (e, qe) in qs.iter().enumerate() {
-                if let Some(qe) = qe {
-                    scatter_rows(&mut q, da, r1.disp.pairs(e), qe);
-                }
-            }
-            // attend: one task per (sequence, slot, head)
-            let heads = c.heads;
-            let outs = par::map_indexed(b * ka * heads, |task| {
-                let (s, rest) = (task / (ka * heads), task % (ka * heads));
-                let (slot, hh) = (rest / heads, rest % heads);
-                let mut qh = vec![0f32; t * dh];
-                let mut kh = vec![0f32; t * dh];
-                let mut vh = vec![0f32; t * dh];
-                for i in 0..t {
-                    let tok = s * t + i;
-                    let pr = tok * ka + slot;
-                    qh[i * dh..(i + 1) * dh]
-                        .copy_from_slice(&q[pr * da + hh * dh..pr * da + (hh + 1) * dh]);
-                    kh[i * dh..(i + 1) * dh]
-                        .copy_from_slice(&kk[tok * da + hh * dh..tok * da + (hh + 1) * dh]);
-                    vh[i * dh..(i + 1) * dh]
-                        .copy_from_slice(&vv[tok * da + hh * dh..tok * da + (hh + 1) * dh]);
-                }
-                let mut o = vec![0f32; t * dh];
-                stickbreak_forward(&qh, &kh, &vh, t, dh, scale, &mut o).map(|()| o)
-            });
-            let mut o = vec![0f32; n * ka * da];
-            for (task, r) in outs.into_iter().enumerate() {
-                let oh = r.map_err(ke)?;
-                let (s, rest) = (task / (ka * heads), task % (ka * heads));
-                let (slot, hh) = (rest / heads, rest % heads);
-                for i in 0..t {
-                    let pr = (s * t + i) * ka + slot;
-                    o[pr * da + hh * dh..pr * da + (hh + 1) * dh]
-                        .copy_from_slice(&oh[i * dh..(i + 1) * dh]);
-                }
-            }
-            // reduce: each expert's output projection, gated, added to the residual
-            let mut ya = vec![0f32; n * ka * d];
-            let wo = p.value(blk.o_exps);
-            let ys = per_expert(&r1.disp, ea, |e, pairs| {
-                let oe = gather(&o, da, pairs, 1);
-                let mut ye = vec![0f32; pairs.len() * d];
-                let w = MatRef::f32(&wo[e * da * d..(e + 1) * da * d], da, d).map_err(ke)?;
-                matmul_rows(&oe, da, pairs.len(), &w, &mut ye, d, false).map_err(ke)?;
-                Ok(ye)
-            })?;
-            for (e, ye) in ys.iter().enumerate() {
-                if let Some(ye) = ye {
-                    scatter_rows(&mut ya, d, r1.disp.pairs(e), ye);
-                }
-            }
-            add_gated(&mut x, &ya, &r1.gates, d, ka);
-            ba.h1 = h1;
-            ba.ln1 = st1;
-            ba.r1 = r1;
-            ba.q = q;
-            ba.o = o;
-            ba.ya = ya;
-            ba.x_mid = x.clone();
-            // ---- mixture of FFN experts
-            let (h2, st2) = ln(&x, blk.ln2_g, blk.ln2_b)?;
-            let (ef, kf) = (acts.experts.1, c.ffn_k);
-            let r2 = self.route(2 * acts.blocks.len() + 1, blk.ffn_router, &h2, n, ef, kf)?;
-            let mut u = vec![0f32; n * kf * df];
-            let mut act = vec![0f32; n * kf * df];
-            let mut yf = vec![0f32; n * kf * d];
-            let (wu, wd) = (p.value(blk.up_exps), p.value(blk.down_exps));
-            let outs = per_expert(&r2.disp, ef, |e, pairs| {
-                let m = pairs.len();
-                let xe = gather(&h2, d, pairs, kf);
-                let mut ue = vec![0f32; m * df];
-                let w = &wu[e * df * d..(e + 1) * df * d];
-                linear_forward(&xe, m, w, None, df, d, &mut ue).map_err(ke)?;
-                let mut ae = ue.clone();
-                activation_forward(Activation::GeluTanh, &mut ae);
-                let mut ye = vec![0f32; m * d];
-                let w = MatRef::f32(&wd[e * df * d..(e + 1) * df * d], df, d).map_err(ke)?;
-                matmul_rows(&ae, df, m, &w, &mut ye, d, false).map_err(ke)?;
-                Ok((ue, ae, ye))
-            })?;
-            for (e, out) in outs.iter().enumerate() {
-                if let Some((ue, ae, ye)) = out {
-                    let pairs = r2.disp.pairs(e);
-                    scatter_rows(&mut u, df, pairs, ue);
-                    scatter_rows(&mut act, df, pairs, ae);
-                    scatter_rows(&mut yf, d, pairs, ye);
-                }
-            }
-            add_gated(&mut x, &yf, &r2.gates, d, kf);
-            ba.h2 = h2;
-            ba.ln2 = st2;
-            ba.r2 = r2;
-            ba.u = u;
-            ba.act = act;
-            ba.yf = yf;
-            acts.blocks.push(ba);
-        }
+        #[cfg(test)]
+        let forced: Vec<(usize, Vec<u32>)> =
+            self.forced.iter().flatten().cloned().enumerate().collect();
+        #[cfg(not(test))]
+        let forced: Vec<(usize, Vec<u32>)> = Vec::new();
+        let run = Run {
+            experts: Some(acts.experts),
+            forced: &forced,
+            ..Run::default()
+        };
+        acts.blocks = self
+            .stack
+            .forward(p, Rows { b, t, d }, &run, c.layers, &mut x)?;
         let (hf, stf) = ln(&x, self.lnf_g, self.lnf_b)?;
         let mut logits = vec![0f32; n * c.vocab];
         linear(
@@ -828,8 +669,8 @@ impl MfModel {
             .map_err(|e: LossError| e.to_string())?;
         // weighted auxiliary losses (values only; gradients are added in the backward)
         let mut aux = 0.0;
-        for ba in &acts.blocks {
-            for r in [&ba.r1, &ba.r2] {
+        for ba in acts.mixtures() {
+            for r in [ba.route()] {
                 let (mi, lc) = (f64::from(c.aux_mi), f64::from(c.aux_lc));
                 aux += mi * (r.ent.conditional - r.ent.marginal) + lc * r.ent.marginal;
             }
@@ -840,79 +681,6 @@ impl MfModel {
         acts.lnf_stats = stf;
         acts.logits = logits;
         Ok((loss, acts, dlogits))
-    }
-
-    /// Router backward for one mixture: the gate gradient from `dy` (the block output's
-    /// gradient) and the ungated expert outputs `y: [n·k, d]`, plus `scale ×` the
-    /// auxiliary-loss gradient; accumulates into the router's weights and `dh: [n, d]`.
-    #[allow(clippy::too_many_arguments)]
-    fn mixture_router_backward(
-        &mut self,
-        r: RouterIdx,
-        rs: &RouteSaved,
-        h: &[f32],
-        dy: &[f32],
-        y: &[f32],
-        n: usize,
-        e: usize,
-        k: usize,
-        aux_scale: f32,
-        dh: &mut [f32],
-    ) -> Result<(), String> {
-        let (d, c) = (self.cfg.d, self.cfg);
-        let mut dl = vec![0f32; n * e];
-        let mut a = vec![0f32; k];
-        for tok in 0..n {
-            for (slot, av) in a.iter_mut().enumerate() {
-                let pr = tok * k + slot;
-                *av = dot(&dy[tok * d..(tok + 1) * d], &y[pr * d..(pr + 1) * d]);
-            }
-            gate_backward(
-                &rs.probs[tok * e..(tok + 1) * e],
-                &rs.sel[tok * k..(tok + 1) * k],
-                &a,
-                c.renormalize,
-                &mut dl[tok * e..(tok + 1) * e],
-            );
-        }
-        aux_loss(&rs.probs, n, e, c.aux_mi, c.aux_lc, aux_scale, &mut dl);
-        // split borrows: weights read, gradients written
-        let p = &mut self.params;
-        let cols = if c.router_hidden > 0 {
-            c.router_hidden
-        } else {
-            d
-        };
-        let full_out = p.specs()[r.out].range.clone();
-        let specs_out = full_out.start..full_out.start + e * cols;
-        match r.hid {
-            Some((hw, hb)) => {
-                let (rw1, rb1) = (p.specs()[hw].range.clone(), p.specs()[hb].range.clone());
-                let (vals, grads) = (&p.values, &mut p.grads);
-                let w = RouterWeights::Mlp {
-                    w1: &vals[rw1.clone()],
-                    b1: &vals[rb1.clone()],
-                    w2: &vals[specs_out.clone()],
-                };
-                let (g_lo, g_hi) = split3(grads, rw1, rb1, specs_out);
-                let gr = RouterGrads::Mlp {
-                    dw1: g_lo.0,
-                    db1: g_lo.1,
-                    dw2: g_hi,
-                };
-                router_backward(w, gr, &rs.saved, h, n, d, e, &dl, dh).map_err(ke)
-            }
-            None => {
-                let (vals, grads) = (&p.values, &mut p.grads);
-                let w = RouterWeights::Linear {
-                    w: &vals[specs_out.clone()],
-                };
-                let gr = RouterGrads::Linear {
-                    dw: &mut grads[specs_out],
-                };
-                router_backward(w, gr, &rs.saved, h, n, d, e, &dl, dh).map_err(ke)
-            }
-        }
     }
 
     /// Backward from `dlogits` (possibly scaled by `aux_scale` for gradient accumulation;
@@ -928,10 +696,8 @@ impl MfModel {
         let c = self.cfg;
         let (b, t) = (a.b, a.t);
         let n = b * t;
-        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
-        let dh_ = da / c.heads;
-        let scale = 1.0 / (dh_ as f32).sqrt();
-        if dlogits.len() != n * c.vocab || a.blocks.len() != c.layers || tokens.len() != n {
+        let d = c.d;
+        if dlogits.len() != n * c.vocab || a.blocks.depth != c.layers || tokens.len() != n {
             return Err("backward: activations or dlogits do not match this model".into());
         }
         let mut dhf = vec![0f32; n * d];
@@ -942,7 +708,10 @@ impl MfModel {
                 .map_err(ke)?;
         }
         let mut dx = vec![0f32; n * d];
-        self.ln_backward(
+        let c = self.cfg;
+        ln_backward(
+            &c,
+            &mut self.params,
             &dhf,
             &a.x_out,
             self.lnf_g,
@@ -951,197 +720,15 @@ impl MfModel {
             n,
             &mut dx,
         );
-        for (l, ba) in a.blocks.iter().enumerate().rev() {
-            let blk = self.blocks[l];
-            // ---- FFN mixture: x_out = x_mid + Σ g·yf
-            let (ef, kf) = (a.experts.1, c.ffn_k);
-            let mut dh2 = vec![0f32; n * d];
-            self.mixture_router_backward(
-                blk.ffn_router,
-                &ba.r2,
-                &ba.h2,
-                &dx,
-                &ba.yf,
-                n,
-                ef,
-                kf,
+        self.stack.backward(
+            &mut self.params,
+            &a.blocks,
+            &mut dx,
+            Grads {
+                params: true,
                 aux_scale,
-                &mut dh2,
-            )?;
-            {
-                let p = &mut self.params;
-                let ru = p.specs()[blk.up_exps].range.clone();
-                let rd = p.specs()[blk.down_exps].range.clone();
-                let vals = &p.values;
-                let res = per_expert(&ba.r2.disp, ef, |e, pairs| {
-                    let m = pairs.len();
-                    let dye = gated_rows(&dx, d, pairs, kf, &ba.r2.gates);
-                    let ae = gather(&ba.act, df, pairs, 1);
-                    let ue = gather(&ba.u, df, pairs, 1);
-                    let xe = gather(&ba.h2, d, pairs, kf);
-                    let wd = &vals[rd.start + e * df * d..rd.start + (e + 1) * df * d];
-                    let mut dae = vec![0f32; m * df];
-                    let wdm = MatRef::f32(wd, df, d).map_err(ke)?;
-                    linear(&dye, d, m, &wdm, None, &mut dae, df).map_err(ke)?;
-                    let mut gd = vec![0f32; df * d];
-                    matmul_tn_acc(&ae, &dye, m, df, d, &mut gd).map_err(ke)?;
-                    let mut due = vec![0f32; m * df];
-                    activation_backward(Activation::GeluTanh, &dae, &ue, &mut due);
-                    let mut dxe = vec![0f32; m * d];
-                    let wu = &vals[ru.start + e * df * d..ru.start + (e + 1) * df * d];
-                    let mut gu = vec![0f32; df * d];
-                    linear_backward(&due, &xe, wu, m, df, d, Some(&mut dxe), &mut gu, None)
-                        .map_err(ke)?;
-                    Ok((dxe, gu, gd))
-                })?;
-                for (e, r) in res.iter().enumerate() {
-                    let Some((dxe, gu, gd)) = r else { continue };
-                    add(
-                        &mut p.grads[ru.start + e * df * d..ru.start + (e + 1) * df * d],
-                        gu,
-                    );
-                    add(
-                        &mut p.grads[rd.start + e * df * d..rd.start + (e + 1) * df * d],
-                        gd,
-                    );
-                    scatter_add(&mut dh2, d, ba.r2.disp.pairs(e), kf, dxe);
-                }
-            }
-            self.ln_backward(&dh2, &ba.x_mid, blk.ln2_g, blk.ln2_b, &ba.ln2, n, &mut dx);
-            // ---- attention mixture: x_mid = x_in + Σ g·ya
-            let (ea, ka) = (a.experts.0, c.att_k);
-            let mut dh1 = vec![0f32; n * d];
-            self.mixture_router_backward(
-                blk.att_router,
-                &ba.r1,
-                &ba.h1,
-                &dx,
-                &ba.ya,
-                n,
-                ea,
-                ka,
-                aux_scale,
-                &mut dh1,
-            )?;
-            // reduce backward → dO per pair
-            let mut dobuf = vec![0f32; n * ka * da];
-            {
-                let p = &mut self.params;
-                let ro = p.specs()[blk.o_exps].range.clone();
-                let vals = &p.values;
-                let res = per_expert(&ba.r1.disp, ea, |e, pairs| {
-                    let m = pairs.len();
-                    let dye = gated_rows(&dx, d, pairs, ka, &ba.r1.gates);
-                    let oe = gather(&ba.o, da, pairs, 1);
-                    let wo = &vals[ro.start + e * da * d..ro.start + (e + 1) * da * d];
-                    let mut doe = vec![0f32; m * da];
-                    let wom = MatRef::f32(wo, da, d).map_err(ke)?;
-                    linear(&dye, d, m, &wom, None, &mut doe, da).map_err(ke)?;
-                    let mut go = vec![0f32; da * d];
-                    matmul_tn_acc(&oe, &dye, m, da, d, &mut go).map_err(ke)?;
-                    Ok((doe, go))
-                })?;
-                for (e, r) in res.iter().enumerate() {
-                    let Some((doe, go)) = r else { continue };
-                    add(
-                        &mut p.grads[ro.start + e * da * d..ro.start + (e + 1) * da * d],
-                        go,
-                    );
-                    scatter_rows(&mut dobuf, da, ba.r1.disp.pairs(e), doe);
-                }
-            }
-            // stick-breaking backward per (sequence, slot, head)
-            let (kk, vv): (&[f32], &[f32]) = if blk.kv.is_some() {
-                (&ba.k, &ba.v)
-            } else {
-                (&ba.h1, &ba.h1)
-            };
-            let heads = c.heads;
-            let dh = dh_;
-            let grads = par::map_indexed(b * ka * heads, |task| {
-                let (s, rest) = (task / (ka * heads), task % (ka * heads));
-                let (slot, hh) = (rest / heads, rest % heads);
-                let mut bufs: [Vec<f32>; 4] = core::array::from_fn(|_| vec![0f32; t * dh]);
-                for i in 0..t {
-                    let tok = s * t + i;
-                    let pr = tok * ka + slot;
-                    let (qo, ko) = (pr * da + hh * dh, tok * da + hh * dh);
-                    bufs[0][i * dh..(i + 1) * dh].copy_from_slice(&ba.q[qo..qo + dh]);
-                    bufs[1][i * dh..(i + 1) * dh].copy_from_slice(&kk[ko..ko + dh]);
-                    bufs[2][i * dh..(i + 1) * dh].copy_from_slice(&vv[ko..ko + dh]);
-                    bufs[3][i * dh..(i + 1) * dh].copy_from_slice(&dobuf[qo..qo + dh]);
-                }
-                let [qh, kh, vh, doh] = bufs;
-                let mut g: [Vec<f32>; 3] = core::array::from_fn(|_| vec![0f32; t * dh]);
-                let [dq, dk, dv] = &mut g;
-                stickbreak_backward(&doh, &qh, &kh, &vh, t, dh, scale, dq, dk, dv).map(|()| g)
-            });
-            let mut dq = vec![0f32; n * ka * da];
-            let (mut dk, mut dv) = (vec![0f32; n * da], vec![0f32; n * da]);
-            for (task, g) in grads.into_iter().enumerate() {
-                let [gq, gk, gv] = g.map_err(ke)?;
-                let (s, rest) = (task / (ka * heads), task % (ka * heads));
-                let (slot, hh) = (rest / heads, rest % heads);
-                for i in 0..t {
-                    let tok = s * t + i;
-                    let pr = tok * ka + slot;
-                    let (qo, ko) = (pr * da + hh * dh, tok * da + hh * dh);
-                    dq[qo..qo + dh].copy_from_slice(&gq[i * dh..(i + 1) * dh]);
-                    add(&mut dk[ko..ko + dh], &gk[i * dh..(i + 1) * dh]);
-                    add(&mut dv[ko..ko + dh], &gv[i * dh..(i + 1) * dh]);
-                }
-            }
-            {
-                let p = &mut self.params;
-                let rq = p.specs()[blk.q_exps].range.clone();
-                let vals = &p.values;
-                let res = per_expert(&ba.r1.disp, ea, |e, pairs| {
-                    let m = pairs.len();
-                    let dqe = gather(&dq, da, pairs, 1);
-                    let xe = gather(&ba.h1, d, pairs, ka);
-                    let mut dxe = vec![0f32; m * d];
-                    let wq = &vals[rq.start + e * da * d..rq.start + (e + 1) * da * d];
-                    let mut gq = vec![0f32; da * d];
-                    linear_backward(&dqe, &xe, wq, m, da, d, Some(&mut dxe), &mut gq, None)
-                        .map_err(ke)?;
-                    Ok((dxe, gq))
-                })?;
-                for (e, r) in res.iter().enumerate() {
-                    let Some((dxe, gq)) = r else { continue };
-                    add(
-                        &mut p.grads[rq.start + e * da * d..rq.start + (e + 1) * da * d],
-                        gq,
-                    );
-                    scatter_add(&mut dh1, d, ba.r1.disp.pairs(e), ka, dxe);
-                }
-                match blk.kv {
-                    Some((kw, kb, vw, vb)) => {
-                        for (wi, bi, g) in [(kw, kb, &dk), (vw, vb, &dv)] {
-                            let mut db = vec![0f32; da];
-                            let (w, gw) = p.value_grad(wi, wi);
-                            linear_backward(
-                                g,
-                                &ba.h1,
-                                w,
-                                n,
-                                da,
-                                d,
-                                Some(&mut dh1),
-                                gw,
-                                Some(&mut db),
-                            )
-                            .map_err(ke)?;
-                            add(p.grad_mut(bi), &db);
-                        }
-                    }
-                    None => {
-                        add(&mut dh1, &dk);
-                        add(&mut dh1, &dv);
-                    }
-                }
-            }
-            self.ln_backward(&dh1, &ba.x_in, blk.ln1_g, blk.ln1_b, &ba.ln1, n, &mut dx);
-        }
+            },
+        )?;
         let gw = self.params.grad_mut(self.embed);
         for (i, &tok) in tokens.iter().enumerate() {
             add(
@@ -1151,35 +738,665 @@ impl MfModel {
         }
         Ok(())
     }
+}
 
-    /// LayerNorm backward: `dx += LN'(dy)`, parameter gradients accumulated.
-    #[allow(clippy::too_many_arguments)]
-    fn ln_backward(
-        &mut self,
-        dy: &[f32],
-        x: &[f32],
-        g: usize,
-        bb: usize,
-        stats: &(Vec<f32>, Vec<f32>),
-        n: usize,
-        dx: &mut [f32],
-    ) {
-        let d = self.cfg.d;
-        let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
-        layernorm_backward(
-            dy,
-            x,
-            n,
-            d,
-            self.params.value(g),
-            &stats.0,
-            &stats.1,
-            dx,
-            &mut dg,
-            &mut db,
+// ---------------------------------------------------------------------------------------
+// the two mixtures of a block as sub-layers of the trainer's block stack
+
+/// Row length of a router's output layer (`G`, or `d` for a linear router).
+fn router_cols(c: &MfConfig) -> usize {
+    if c.router_hidden > 0 {
+        c.router_hidden
+    } else {
+        c.d
+    }
+}
+
+/// A router's weights, its output layer restricted to the first `e` experts.
+fn router_weights<'a>(
+    c: &MfConfig,
+    p: &'a ParamStore,
+    r: RouterIdx,
+    e: usize,
+) -> RouterWeights<'a> {
+    let out = &p.value(r.out)[..e * router_cols(c)];
+    match r.hid {
+        Some((hw, hb)) => RouterWeights::Mlp {
+            w1: p.value(hw),
+            b1: p.value(hb),
+            w2: out,
+        },
+        None => RouterWeights::Linear { w: out },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mixture_route(
+    c: &MfConfig,
+    p: &ParamStore,
+    run: &Run<'_>,
+    which: usize,
+    r: RouterIdx,
+    h: &[f32],
+    n: usize,
+    e: usize,
+    k: usize,
+) -> Result<RouteSaved, String> {
+    let mut logits = vec![0f32; n * e];
+    let saved =
+        router_forward(router_weights(c, p, r, e), h, n, c.d, e, &mut logits).map_err(ke)?;
+    if logits.iter().any(|v| !v.is_finite()) {
+        return Err("router logits are not finite; lower the learning rate".into());
+    }
+    let mut routing = route(logits, n, e, k, c.renormalize).map_err(ke)?;
+    if let Some((_, f)) = run.forced.iter().find(|(i, _)| *i == which) {
+        routing.experts.clone_from(f);
+        for tok in 0..n {
+            let row = &routing.probs[tok * e..(tok + 1) * e];
+            let sel = &routing.experts[tok * k..(tok + 1) * k];
+            let sum: f32 = sel.iter().map(|&x| row[x as usize]).sum();
+            for (g, &x) in routing.gates[tok * k..(tok + 1) * k].iter_mut().zip(sel) {
+                *g = if c.renormalize {
+                    row[x as usize] / sum
+                } else {
+                    row[x as usize]
+                };
+            }
+        }
+    }
+    let disp = Dispatch::new(&routing.experts, e).map_err(ke)?;
+    let (ent, _) = crate::layers::router::router_entropy(&routing.probs, n, e);
+    Ok(RouteSaved {
+        saved,
+        probs: routing.probs,
+        sel: routing.experts,
+        gates: routing.gates,
+        disp,
+        ent,
+    })
+}
+
+/// Router backward for one mixture: the gate gradient from `dy` (the block output's
+/// gradient) and the ungated expert outputs `y: [n·k, d]`, plus `scale ×` the
+/// auxiliary-loss gradient; accumulates into the router's weights and `dh: [n, d]`.
+#[allow(clippy::too_many_arguments)]
+fn mixture_router_backward(
+    c: &MfConfig,
+    p: &mut ParamStore,
+    r: RouterIdx,
+    rs: &RouteSaved,
+    h: &[f32],
+    dy: &[f32],
+    y: &[f32],
+    n: usize,
+    e: usize,
+    k: usize,
+    aux_scale: f32,
+    dh: &mut [f32],
+) -> Result<(), String> {
+    let d = c.d;
+    let mut dl = vec![0f32; n * e];
+    let mut a = vec![0f32; k];
+    for tok in 0..n {
+        for (slot, av) in a.iter_mut().enumerate() {
+            let pr = tok * k + slot;
+            *av = dot(&dy[tok * d..(tok + 1) * d], &y[pr * d..(pr + 1) * d]);
+        }
+        gate_backward(
+            &rs.probs[tok * e..(tok + 1) * e],
+            &rs.sel[tok * k..(tok + 1) * k],
+            &a,
+            c.renormalize,
+            &mut dl[tok * e..(tok + 1) * e],
         );
-        add(self.params.grad_mut(g), &dg);
-        add(self.params.grad_mut(bb), &db);
+    }
+    aux_loss(&rs.probs, n, e, c.aux_mi, c.aux_lc, aux_scale, &mut dl);
+    // split borrows: weights read, gradients written
+    let cols = if c.router_hidden > 0 {
+        c.router_hidden
+    } else {
+        d
+    };
+    let full_out = p.specs()[r.out].range.clone();
+    let specs_out = full_out.start..full_out.start + e * cols;
+    match r.hid {
+        Some((hw, hb)) => {
+            let (rw1, rb1) = (p.specs()[hw].range.clone(), p.specs()[hb].range.clone());
+            let (vals, grads) = (&p.values, &mut p.grads);
+            let w = RouterWeights::Mlp {
+                w1: &vals[rw1.clone()],
+                b1: &vals[rb1.clone()],
+                w2: &vals[specs_out.clone()],
+            };
+            let (g_lo, g_hi) = split3(grads, rw1, rb1, specs_out);
+            let gr = RouterGrads::Mlp {
+                dw1: g_lo.0,
+                db1: g_lo.1,
+                dw2: g_hi,
+            };
+            router_backward(w, gr, &rs.saved, h, n, d, e, &dl, dh).map_err(ke)
+        }
+        None => {
+            let (vals, grads) = (&p.values, &mut p.grads);
+            let w = RouterWeights::Linear {
+                w: &vals[specs_out.clone()],
+            };
+            let gr = RouterGrads::Linear {
+                dw: &mut grads[specs_out],
+            };
+            router_backward(w, gr, &rs.saved, h, n, d, e, &dl, dh).map_err(ke)
+        }
+    }
+}
+
+/// LayerNorm backward: `dx += LN'(dy)`, parameter gradients accumulated.
+#[allow(clippy::too_many_arguments)]
+fn ln_backward(
+    c: &MfConfig,
+    p: &mut ParamStore,
+    dy: &[f32],
+    x: &[f32],
+    g: usize,
+    bb: usize,
+    stats: &(Vec<f32>, Vec<f32>),
+    n: usize,
+    dx: &mut [f32],
+) {
+    let d = c.d;
+    let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
+    layernorm_backward(
+        dy,
+        x,
+        n,
+        d,
+        p.value(g),
+        &stats.0,
+        &stats.1,
+        dx,
+        &mut dg,
+        &mut db,
+    );
+    add(p.grad_mut(g), &dg);
+    add(p.grad_mut(bb), &db);
+}
+
+/// One of a ModuleFormer block's two mixtures as a sub-layer of the trainer's block stack
+/// ([`crate::stack`]): stick-breaking attention experts (`FFN = false`) or FFN experts
+/// (`FFN = true`), each with its router and pre-LN. The active experts (SortedNet nesting)
+/// come from [`Run::experts`]; fixed choices for a gradient check from [`Run::forced`]
+/// keyed by router index (`2·block` attention, `2·block + 1` FFN).
+#[derive(Clone, Copy, Debug)]
+pub struct MfMixture<const FFN: bool> {
+    /// Shape and options.
+    pub cfg: MfConfig,
+    pub(crate) blk: MfBlock,
+    /// Block index.
+    pub block: usize,
+}
+
+impl StackLayer for MfMixture<false> {
+    fn forward(
+        &self,
+        p: &ParamStore,
+        r: Rows,
+        run: &Run<'_>,
+        x: &mut [f32],
+    ) -> Result<Saved, String> {
+        const FFN: bool = false;
+        let c = self.cfg;
+        let blk = self.blk;
+        let (b, t) = (r.b, r.t);
+        let n = b * t;
+        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
+        let _ = (da, df);
+        let experts = run.experts.unwrap_or((c.att_experts, c.ffn_experts));
+        if x.len() != n * d {
+            return Err(format!(
+                "ModuleFormer block: {} values, not [{n}, {d}]",
+                x.len()
+            ));
+        }
+        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), String> {
+            let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
+            layernorm_forward(
+                x,
+                n,
+                d,
+                p.value(g),
+                p.value(bb),
+                LN_EPS,
+                &mut h,
+                &mut mu,
+                &mut rs,
+            )
+            .map_err(ke)?;
+            Ok((h, (mu, rs)))
+        };
+        let mut ba = BlockActs {
+            ffn: FFN,
+            experts,
+            ..BlockActs::default()
+        };
+        let dh = da / c.heads;
+        let scale = 1.0 / (dh as f32).sqrt();
+        // ---- mixture of stick-breaking attention heads
+        let (h1, st1) = ln(&x, blk.ln1_g, blk.ln1_b)?;
+        let (ea, ka) = (experts.0, c.att_k);
+        let r1 = mixture_route(&c, p, run, 2 * self.block, blk.att_router, &h1, n, ea, ka)?;
+        if let Some((kw, kb, vw, vb)) = blk.kv {
+            ba.k = vec![0f32; n * da];
+            ba.v = vec![0f32; n * da];
+            linear_forward(&h1, n, p.value(kw), Some(p.value(kb)), da, d, &mut ba.k).map_err(ke)?;
+            linear_forward(&h1, n, p.value(vw), Some(p.value(vb)), da, d, &mut ba.v).map_err(ke)?;
+        }
+        let (kk, vv): (&[f32], &[f32]) = if blk.kv.is_some() {
+            (&ba.k, &ba.v)
+        } else {
+            (&h1, &h1)
+        };
+        // map: q per (token, slot) by its expert's query projection
+        let mut q = vec![0f32; n * ka * da];
+        let wq = p.value(blk.q_exps);
+        let qs = per_expert(&r1.disp, ea, |e, pairs| {
+            let xe = gather(&h1, d, pairs, ka);
+            let mut qe = vec![0f32; pairs.len() * da];
+            let w = &wq[e * da * d..(e + 1) * da * d];
+            linear_forward(&xe, pairs.len(), w, None, da, d, &mut qe).map_err(ke)?;
+            Ok(qe)
+        })?;
+        for (e, qe) in qs.iter().enumerate() {
+            if let Some(qe) = qe {
+                scatter_rows(&mut q, da, r1.disp.pairs(e), qe);
+            }
+        }
+        // attend: one task per (sequence, slot, head)
+        let heads = c.heads;
+        let outs = par::map_indexed(b * ka * heads, |task| {
+            let (s, rest) = (task / (ka * heads), task % (ka * heads));
+            let (slot, hh) = (rest / heads, rest % heads);
+            let mut qh = vec![0f32; t * dh];
+            let mut kh = vec![0f32; t * dh];
+            let mut vh = vec![0f32; t * dh];
+            for i in 0..t {
+                let tok = s * t + i;
+                let pr = tok * ka + slot;
+                qh[i * dh..(i + 1) * dh]
+                    .copy_from_slice(&q[pr * da + hh * dh..pr * da + (hh + 1) * dh]);
+                kh[i * dh..(i + 1) * dh]
+                    .copy_from_slice(&kk[tok * da + hh * dh..tok * da + (hh + 1) * dh]);
+                vh[i * dh..(i + 1) * dh]
+                    .copy_from_slice(&vv[tok * da + hh * dh..tok * da + (hh + 1) * dh]);
+            }
+            let mut o = vec![0f32; t * dh];
+            stickbreak_forward(&qh, &kh, &vh, t, dh, scale, &mut o).map(|()| o)
+        });
+        let mut o = vec![0f32; n * ka * da];
+        for (task, r) in outs.into_iter().enumerate() {
+            let oh = r.map_err(ke)?;
+            let (s, rest) = (task / (ka * heads), task % (ka * heads));
+            let (slot, hh) = (rest / heads, rest % heads);
+            for i in 0..t {
+                let pr = (s * t + i) * ka + slot;
+                o[pr * da + hh * dh..pr * da + (hh + 1) * dh]
+                    .copy_from_slice(&oh[i * dh..(i + 1) * dh]);
+            }
+        }
+        // reduce: each expert's output projection, gated, added to the residual
+        let mut ya = vec![0f32; n * ka * d];
+        let wo = p.value(blk.o_exps);
+        let ys = per_expert(&r1.disp, ea, |e, pairs| {
+            let oe = gather(&o, da, pairs, 1);
+            let mut ye = vec![0f32; pairs.len() * d];
+            let w = MatRef::f32(&wo[e * da * d..(e + 1) * da * d], da, d).map_err(ke)?;
+            matmul_rows(&oe, da, pairs.len(), &w, &mut ye, d, false).map_err(ke)?;
+            Ok(ye)
+        })?;
+        for (e, ye) in ys.iter().enumerate() {
+            if let Some(ye) = ye {
+                scatter_rows(&mut ya, d, r1.disp.pairs(e), ye);
+            }
+        }
+        add_gated(x, &ya, &r1.gates, d, ka);
+        ba.h1 = h1;
+        ba.ln1 = st1;
+        ba.r1 = r1;
+        ba.q = q;
+        ba.o = o;
+        ba.ya = ya;
+        Ok(Saved::Mf(Box::new(ba)))
+    }
+
+    fn backward(
+        &self,
+        p: &mut ParamStore,
+        r: Rows,
+        saved: &Saved,
+        x_in: &[f32],
+        dx: &mut [f32],
+        g: Grads,
+    ) -> Result<(), String> {
+        const FFN: bool = false;
+        let Saved::Mf(ba) = saved else {
+            return Err("ModuleFormer backward: saved activations of another layer".into());
+        };
+        if !g.params {
+            return Err("ModuleFormer mixtures always train their parameters".into());
+        }
+        let c = self.cfg;
+        let blk = self.blk;
+        let (b, t) = (r.b, r.t);
+        let n = b * t;
+        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
+        let _ = (da, df, b, t);
+        if dx.len() != n * d || x_in.len() != n * d || ba.ffn != FFN {
+            return Err("ModuleFormer backward: saved activations do not match the shape".into());
+        }
+        let dh_ = da / c.heads;
+        let scale = 1.0 / (dh_ as f32).sqrt();
+        // ---- attention mixture: x_mid = x_in + Σ g·ya
+        let (ea, ka) = (ba.experts.0, c.att_k);
+        let mut dh1 = vec![0f32; n * d];
+        mixture_router_backward(
+            &c,
+            p,
+            blk.att_router,
+            &ba.r1,
+            &ba.h1,
+            dx,
+            &ba.ya,
+            n,
+            ea,
+            ka,
+            g.aux_scale,
+            &mut dh1,
+        )?;
+        // reduce backward → dO per pair
+        let mut dobuf = vec![0f32; n * ka * da];
+        {
+            let p = &mut *p;
+            let ro = p.specs()[blk.o_exps].range.clone();
+            let vals = &p.values;
+            let res = per_expert(&ba.r1.disp, ea, |e, pairs| {
+                let m = pairs.len();
+                let dye = gated_rows(dx, d, pairs, ka, &ba.r1.gates);
+                let oe = gather(&ba.o, da, pairs, 1);
+                let wo = &vals[ro.start + e * da * d..ro.start + (e + 1) * da * d];
+                let mut doe = vec![0f32; m * da];
+                let wom = MatRef::f32(wo, da, d).map_err(ke)?;
+                linear(&dye, d, m, &wom, None, &mut doe, da).map_err(ke)?;
+                let mut go = vec![0f32; da * d];
+                matmul_tn_acc(&oe, &dye, m, da, d, &mut go).map_err(ke)?;
+                Ok((doe, go))
+            })?;
+            for (e, r) in res.iter().enumerate() {
+                let Some((doe, go)) = r else { continue };
+                add(
+                    &mut p.grads[ro.start + e * da * d..ro.start + (e + 1) * da * d],
+                    go,
+                );
+                scatter_rows(&mut dobuf, da, ba.r1.disp.pairs(e), doe);
+            }
+        }
+        // stick-breaking backward per (sequence, slot, head)
+        let (kk, vv): (&[f32], &[f32]) = if blk.kv.is_some() {
+            (&ba.k, &ba.v)
+        } else {
+            (&ba.h1, &ba.h1)
+        };
+        let heads = c.heads;
+        let dh = dh_;
+        let grads = par::map_indexed(b * ka * heads, |task| {
+            let (s, rest) = (task / (ka * heads), task % (ka * heads));
+            let (slot, hh) = (rest / heads, rest % heads);
+            let mut bufs: [Vec<f32>; 4] = core::array::from_fn(|_| vec![0f32; t * dh]);
+            for i in 0..t {
+                let tok = s * t + i;
+                let pr = tok * ka + slot;
+                let (qo, ko) = (pr * da + hh * dh, tok * da + hh * dh);
+                bufs[0][i * dh..(i + 1) * dh].copy_from_slice(&ba.q[qo..qo + dh]);
+                bufs[1][i * dh..(i + 1) * dh].copy_from_slice(&kk[ko..ko + dh]);
+                bufs[2][i * dh..(i + 1) * dh].copy_from_slice(&vv[ko..ko + dh]);
+                bufs[3][i * dh..(i + 1) * dh].copy_from_slice(&dobuf[qo..qo + dh]);
+            }
+            let [qh, kh, vh, doh] = bufs;
+            let mut g: [Vec<f32>; 3] = core::array::from_fn(|_| vec![0f32; t * dh]);
+            let [dq, dk, dv] = &mut g;
+            stickbreak_backward(&doh, &qh, &kh, &vh, t, dh, scale, dq, dk, dv).map(|()| g)
+        });
+        let mut dq = vec![0f32; n * ka * da];
+        let (mut dk, mut dv) = (vec![0f32; n * da], vec![0f32; n * da]);
+        for (task, g) in grads.into_iter().enumerate() {
+            let [gq, gk, gv] = g.map_err(ke)?;
+            let (s, rest) = (task / (ka * heads), task % (ka * heads));
+            let (slot, hh) = (rest / heads, rest % heads);
+            for i in 0..t {
+                let tok = s * t + i;
+                let pr = tok * ka + slot;
+                let (qo, ko) = (pr * da + hh * dh, tok * da + hh * dh);
+                dq[qo..qo + dh].copy_from_slice(&gq[i * dh..(i + 1) * dh]);
+                add(&mut dk[ko..ko + dh], &gk[i * dh..(i + 1) * dh]);
+                add(&mut dv[ko..ko + dh], &gv[i * dh..(i + 1) * dh]);
+            }
+        }
+        {
+            let p = &mut *p;
+            let rq = p.specs()[blk.q_exps].range.clone();
+            let vals = &p.values;
+            let res = per_expert(&ba.r1.disp, ea, |e, pairs| {
+                let m = pairs.len();
+                let dqe = gather(&dq, da, pairs, 1);
+                let xe = gather(&ba.h1, d, pairs, ka);
+                let mut dxe = vec![0f32; m * d];
+                let wq = &vals[rq.start + e * da * d..rq.start + (e + 1) * da * d];
+                let mut gq = vec![0f32; da * d];
+                linear_backward(&dqe, &xe, wq, m, da, d, Some(&mut dxe), &mut gq, None)
+                    .map_err(ke)?;
+                Ok((dxe, gq))
+            })?;
+            for (e, r) in res.iter().enumerate() {
+                let Some((dxe, gq)) = r else { continue };
+                add(
+                    &mut p.grads[rq.start + e * da * d..rq.start + (e + 1) * da * d],
+                    gq,
+                );
+                scatter_add(&mut dh1, d, ba.r1.disp.pairs(e), ka, dxe);
+            }
+            match blk.kv {
+                Some((kw, kb, vw, vb)) => {
+                    for (wi, bi, g) in [(kw, kb, &dk), (vw, vb, &dv)] {
+                        let mut db = vec![0f32; da];
+                        let (w, gw) = p.value_grad(wi, wi);
+                        linear_backward(g, &ba.h1, w, n, da, d, Some(&mut dh1), gw, Some(&mut db))
+                            .map_err(ke)?;
+                        add(p.grad_mut(bi), &db);
+                    }
+                }
+                None => {
+                    add(&mut dh1, &dk);
+                    add(&mut dh1, &dv);
+                }
+            }
+        }
+        ln_backward(&c, p, &dh1, x_in, blk.ln1_g, blk.ln1_b, &ba.ln1, n, dx);
+        Ok(())
+    }
+}
+
+impl StackLayer for MfMixture<true> {
+    fn forward(
+        &self,
+        p: &ParamStore,
+        r: Rows,
+        run: &Run<'_>,
+        x: &mut [f32],
+    ) -> Result<Saved, String> {
+        const FFN: bool = true;
+        let c = self.cfg;
+        let blk = self.blk;
+        let (b, t) = (r.b, r.t);
+        let n = b * t;
+        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
+        let _ = (da, df);
+        let experts = run.experts.unwrap_or((c.att_experts, c.ffn_experts));
+        if x.len() != n * d {
+            return Err(format!(
+                "ModuleFormer block: {} values, not [{n}, {d}]",
+                x.len()
+            ));
+        }
+        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), String> {
+            let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
+            layernorm_forward(
+                x,
+                n,
+                d,
+                p.value(g),
+                p.value(bb),
+                LN_EPS,
+                &mut h,
+                &mut mu,
+                &mut rs,
+            )
+            .map_err(ke)?;
+            Ok((h, (mu, rs)))
+        };
+        let mut ba = BlockActs {
+            ffn: FFN,
+            experts,
+            ..BlockActs::default()
+        };
+        // ---- mixture of FFN experts
+        let (h2, st2) = ln(&x, blk.ln2_g, blk.ln2_b)?;
+        let (ef, kf) = (experts.1, c.ffn_k);
+        let r2 = mixture_route(
+            &c,
+            p,
+            run,
+            2 * self.block + 1,
+            blk.ffn_router,
+            &h2,
+            n,
+            ef,
+            kf,
+        )?;
+        let mut u = vec![0f32; n * kf * df];
+        let mut act = vec![0f32; n * kf * df];
+        let mut yf = vec![0f32; n * kf * d];
+        let (wu, wd) = (p.value(blk.up_exps), p.value(blk.down_exps));
+        let outs = per_expert(&r2.disp, ef, |e, pairs| {
+            let m = pairs.len();
+            let xe = gather(&h2, d, pairs, kf);
+            let mut ue = vec![0f32; m * df];
+            let w = &wu[e * df * d..(e + 1) * df * d];
+            linear_forward(&xe, m, w, None, df, d, &mut ue).map_err(ke)?;
+            let mut ae = ue.clone();
+            activation_forward(Activation::GeluTanh, &mut ae);
+            let mut ye = vec![0f32; m * d];
+            let w = MatRef::f32(&wd[e * df * d..(e + 1) * df * d], df, d).map_err(ke)?;
+            matmul_rows(&ae, df, m, &w, &mut ye, d, false).map_err(ke)?;
+            Ok((ue, ae, ye))
+        })?;
+        for (e, out) in outs.iter().enumerate() {
+            if let Some((ue, ae, ye)) = out {
+                let pairs = r2.disp.pairs(e);
+                scatter_rows(&mut u, df, pairs, ue);
+                scatter_rows(&mut act, df, pairs, ae);
+                scatter_rows(&mut yf, d, pairs, ye);
+            }
+        }
+        add_gated(x, &yf, &r2.gates, d, kf);
+        ba.h2 = h2;
+        ba.ln2 = st2;
+        ba.r2 = r2;
+        ba.u = u;
+        ba.act = act;
+        ba.yf = yf;
+        Ok(Saved::Mf(Box::new(ba)))
+    }
+
+    fn backward(
+        &self,
+        p: &mut ParamStore,
+        r: Rows,
+        saved: &Saved,
+        x_in: &[f32],
+        dx: &mut [f32],
+        g: Grads,
+    ) -> Result<(), String> {
+        const FFN: bool = true;
+        let Saved::Mf(ba) = saved else {
+            return Err("ModuleFormer backward: saved activations of another layer".into());
+        };
+        if !g.params {
+            return Err("ModuleFormer mixtures always train their parameters".into());
+        }
+        let c = self.cfg;
+        let blk = self.blk;
+        let (b, t) = (r.b, r.t);
+        let n = b * t;
+        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
+        let _ = (da, df, b, t);
+        if dx.len() != n * d || x_in.len() != n * d || ba.ffn != FFN {
+            return Err("ModuleFormer backward: saved activations do not match the shape".into());
+        }
+        // ---- FFN mixture: x_out = x_mid + Σ g·yf
+        let (ef, kf) = (ba.experts.1, c.ffn_k);
+        let mut dh2 = vec![0f32; n * d];
+        mixture_router_backward(
+            &c,
+            p,
+            blk.ffn_router,
+            &ba.r2,
+            &ba.h2,
+            dx,
+            &ba.yf,
+            n,
+            ef,
+            kf,
+            g.aux_scale,
+            &mut dh2,
+        )?;
+        {
+            let p = &mut *p;
+            let ru = p.specs()[blk.up_exps].range.clone();
+            let rd = p.specs()[blk.down_exps].range.clone();
+            let vals = &p.values;
+            let res = per_expert(&ba.r2.disp, ef, |e, pairs| {
+                let m = pairs.len();
+                let dye = gated_rows(dx, d, pairs, kf, &ba.r2.gates);
+                let ae = gather(&ba.act, df, pairs, 1);
+                let ue = gather(&ba.u, df, pairs, 1);
+                let xe = gather(&ba.h2, d, pairs, kf);
+                let wd = &vals[rd.start + e * df * d..rd.start + (e + 1) * df * d];
+                let mut dae = vec![0f32; m * df];
+                let wdm = MatRef::f32(wd, df, d).map_err(ke)?;
+                linear(&dye, d, m, &wdm, None, &mut dae, df).map_err(ke)?;
+                let mut gd = vec![0f32; df * d];
+                matmul_tn_acc(&ae, &dye, m, df, d, &mut gd).map_err(ke)?;
+                let mut due = vec![0f32; m * df];
+                activation_backward(Activation::GeluTanh, &dae, &ue, &mut due);
+                let mut dxe = vec![0f32; m * d];
+                let wu = &vals[ru.start + e * df * d..ru.start + (e + 1) * df * d];
+                let mut gu = vec![0f32; df * d];
+                linear_backward(&due, &xe, wu, m, df, d, Some(&mut dxe), &mut gu, None)
+                    .map_err(ke)?;
+                Ok((dxe, gu, gd))
+            })?;
+            for (e, r) in res.iter().enumerate() {
+                let Some((dxe, gu, gd)) = r else { continue };
+                add(
+                    &mut p.grads[ru.start + e * df * d..ru.start + (e + 1) * df * d],
+                    gu,
+                );
+                add(
+                    &mut p.grads[rd.start + e * df * d..rd.start + (e + 1) * df * d],
+                    gd,
+                );
+                scatter_add(&mut dh2, d, ba.r2.disp.pairs(e), kf, dxe);
+            }
+        }
+        ln_backward(&c, p, &dh2, x_in, blk.ln2_g, blk.ln2_b, &ba.ln2, n, dx);
+        Ok(())
     }
 }
 

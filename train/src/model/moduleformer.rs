@@ -947,8 +947,7 @@ impl StackLayer for MfMixture<false> {
         let blk = self.blk;
         let (b, t) = (r.b, r.t);
         let n = b * t;
-        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
-        let _ = (da, df);
+        let (d, da) = (c.d, c.att_hidden);
         let experts = run.experts.unwrap_or((c.att_experts, c.ffn_experts));
         if x.len() != n * d {
             return Err(format!(
@@ -1086,8 +1085,7 @@ impl StackLayer for MfMixture<false> {
         let blk = self.blk;
         let (b, t) = (r.b, r.t);
         let n = b * t;
-        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
-        let _ = (da, df, b, t);
+        let (d, da) = (c.d, c.att_hidden);
         if dx.len() != n * d || x_in.len() != n * d || ba.ffn != FFN {
             return Err("ModuleFormer backward: saved activations do not match the shape".into());
         }
@@ -1235,8 +1233,7 @@ impl StackLayer for MfMixture<true> {
         let blk = self.blk;
         let (b, t) = (r.b, r.t);
         let n = b * t;
-        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
-        let _ = (da, df);
+        let (d, df) = (c.d, c.ffn_hidden);
         let experts = run.experts.unwrap_or((c.att_experts, c.ffn_experts));
         if x.len() != n * d {
             return Err(format!(
@@ -1334,8 +1331,7 @@ impl StackLayer for MfMixture<true> {
         let blk = self.blk;
         let (b, t) = (r.b, r.t);
         let n = b * t;
-        let (d, da, df) = (c.d, c.att_hidden, c.ffn_hidden);
-        let _ = (da, df, b, t);
+        let (d, df) = (c.d, c.ffn_hidden);
         if dx.len() != n * d || x_in.len() != n * d || ba.ffn != FFN {
             return Err("ModuleFormer backward: saved activations do not match the shape".into());
         }

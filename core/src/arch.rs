@@ -64,7 +64,20 @@ pub enum Task {
     Classify {
         /// Classes.
         classes: usize,
+        /// How the sequence is pooled before the head.
+        pool: Pool,
     },
+}
+
+/// How a classifier pools a sequence's features (`modula.classify.pool`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    /// Mean over the positions (SeqBoat: over the non-pad positions).
+    Mean,
+    /// The first position.
+    First,
+    /// The last position.
+    Last,
 }
 
 /// What goes in: tokens of a vocabulary or feature vectors (image patches).
@@ -971,7 +984,7 @@ impl ModelDesc {
                 vec![self.vocab(), d],
                 Layout::OutIn,
             )),
-            (Head::Classifier, Task::Classify { classes }) => match self.family {
+            (Head::Classifier, Task::Classify { classes, .. }) => match self.family {
                 Family::SeqBoat => {
                     out.push(t(
                         "cls.0.weight".into(),
@@ -1103,6 +1116,15 @@ fn task<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<Task> {
         None | Some("lm") => Ok(Task::Lm),
         Some("classify") => Ok(Task::Classify {
             classes: r.u32("modula.num_classes")?,
+            pool: r.choice(
+                "modula.classify.pool",
+                &[
+                    ("mean", Pool::Mean),
+                    ("first", Pool::First),
+                    ("last", Pool::Last),
+                ],
+                Some(Pool::Mean),
+            )?,
         }),
         Some(o) => Err(Error::metadata(
             "modula.task",
@@ -1122,13 +1144,6 @@ fn dense<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
             vocab: r.u32("modula.vocab_size")?,
         }
     };
-    if let Task::Classify { .. } = task {
-        r.choice(
-            "modula.classify.pool",
-            &[("mean", ()), ("first", ()), ("last", ())],
-            Some(()),
-        )?;
-    }
     let d = r.u32("modula.embedding_length")?;
     let layers = r.u32("modula.block_count")?;
     let heads = r.u32("modula.attention.head_count")?;
@@ -1479,7 +1494,10 @@ fn seqboat<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
     let classes = r.u32_or("modula.num_classes", 0)?;
     let task = match r.str("modula.task") {
         None | Some("lm") if classes == 0 => Task::Lm,
-        None | Some("classify") if classes > 0 => Task::Classify { classes },
+        None | Some("classify") if classes > 0 => Task::Classify {
+            classes,
+            pool: Pool::Mean,
+        },
         o => {
             return Err(Error::metadata(
                 "modula.task",

@@ -256,6 +256,16 @@ fn unknown_values_are_errors_naming_the_key() {
     let silu = Model::open(&ps).unwrap();
     let mut c = modula_core::engine::DenseEngine::new(&silu, 8).unwrap();
     assert_ne!(c.step(3).unwrap(), &la[..]);
+    // the trainer reads through the same loader and refuses, naming the key, what it
+    // does not train (rather than fine-tuning a 1e-3 / silu model as 1e-5 / GELU)
+    for (file, key) in [
+        (&other, "modula.norm_epsilon"),
+        (&silu, "modula.activation"),
+    ] {
+        let e = DenseModel::read_gguf(file).unwrap_err();
+        assert!(e.contains(key), "{e}");
+    }
+    assert!(DenseModel::read_gguf(&m).is_ok());
     for p in [p, ps] {
         std::fs::remove_file(p).unwrap();
     }

@@ -88,7 +88,7 @@ impl SbSpec {
         let mut s = SbSpec {
             vocab: desc.vocab(),
             classes: match desc.task {
-                Task::Classify { classes } => classes,
+                Task::Classify { classes, .. } => classes,
                 Task::Lm => 0,
             },
             d: desc.d,

@@ -23,6 +23,9 @@ use modula_core::kernels::expert_ffn::Activation;
 use modula_core::kernels::linear::MatRef;
 use modula_core::rng::SplitMix64;
 
+/// The LayerNorm epsilon the trainer trains with (files with another are refused).
+pub const LN_EPS_TRAINED: f32 = LN_EPS;
+
 /// How a classifier head pools the sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pool {
@@ -260,6 +263,101 @@ impl DenseConfig {
         }
     }
 
+    /// The trainable shape of a dense file's description (the one reader,
+    /// [`ModelDesc::from_model`], parses the metadata). The trainer trains LayerNorm with
+    /// ε = 1e-5 and GELU; a file with another norm, epsilon or activation is refused by
+    /// name rather than fine-tuned as something it is not.
+    pub fn from_desc(desc: &ModelDesc) -> Result<DenseConfig, String> {
+        if desc.family != arch::Family::Dense {
+            return Err(format!("not a dense model ({} file)", desc.family.name()));
+        }
+        let b0 = desc
+            .blocks
+            .first()
+            .ok_or("a dense model needs at least one block")?;
+        let arch::MixerSpec::Attention(a) = b0.mixer else {
+            return Err("a dense model's blocks are softmax attention".into());
+        };
+        let Some((fnorm, ffn)) = b0.ffn else {
+            return Err("a dense model's blocks have an FFN".into());
+        };
+        for (what, norm) in [("block", b0.norm), ("FFN", fnorm)]
+            .into_iter()
+            .chain(desc.final_norm.map(|n| ("final", n)))
+        {
+            if norm.kind != NormKind::LayerNorm || norm.eps != LN_EPS {
+                return Err(format!(
+                    "the trainer trains LayerNorm with epsilon {LN_EPS}; this file's {what} norm is {:?} with epsilon {} (modula.norm, modula.norm_epsilon)",
+                    norm.kind, norm.eps
+                ));
+            }
+        }
+        if ffn.act != Activation::Gelu {
+            return Err(format!(
+                "the trainer trains GELU FFNs; this file's activation is {} (modula.activation)",
+                arch::act_name(ffn.act)
+            ));
+        }
+        let (vocab, patch_dim) = match desc.input {
+            arch::Input::Tokens { vocab } => (vocab, 0),
+            arch::Input::Patches { dim } => (0, dim),
+        };
+        let (classes, pool) = match desc.task {
+            arch::Task::Lm => (0, Pool::Mean),
+            arch::Task::Classify { classes, pool } => (
+                classes,
+                match pool {
+                    arch::Pool::Mean => Pool::Mean,
+                    arch::Pool::First => Pool::First,
+                    arch::Pool::Last => Pool::Last,
+                },
+            ),
+        };
+        let mut cfg = DenseConfig {
+            vocab,
+            d: desc.d,
+            layers: desc.blocks.len(),
+            heads: a.heads,
+            ffn: ffn.width,
+            max_seq: match desc.positions {
+                arch::Positions::Learned { rows } => rows,
+                arch::Positions::None => 0,
+            },
+            causal: a.causal,
+            patch_dim,
+            classes,
+            pool,
+            ..DenseConfig::lm(vocab, desc.d, desc.blocks.len(), a.heads, ffn.width)
+        };
+        for (l, b) in desc.blocks.iter().enumerate() {
+            if let Some((
+                _,
+                arch::FfnSpec {
+                    kind: arch::FfnKind::Emoe { experts, top_k },
+                    ..
+                },
+            )) = b.ffn
+            {
+                cfg.emoe_layers |= 1 << l;
+                cfg.emoe_experts = experts;
+                cfg.emoe_top_k = top_k;
+            }
+        }
+        let n = &desc.nesting;
+        let below = |v: &[usize], full: usize| -> Vec<usize> {
+            v.iter().copied().filter(|&x| x < full).collect()
+        };
+        let (depths, widths) = (below(&n.depths, cfg.layers), below(&n.ffn_widths, cfg.ffn));
+        if !depths.is_empty() || !widths.is_empty() {
+            cfg = cfg.with_nested(&depths, &widths)?;
+        }
+        let heads = below(&n.heads, cfg.heads);
+        if !heads.is_empty() {
+            cfg = cfg.with_nested_heads(&heads)?;
+        }
+        Ok(cfg)
+    }
+
     /// The description of this model in the trainer's own layout (attention q | k | v
     /// rows; files of head-nested models store it head-major, `model::io`): the blocks
     /// the trainer's [`Stack`] is bound from, with the norm epsilon and activation the
@@ -269,6 +367,11 @@ impl DenseConfig {
             task: if self.is_classifier() {
                 arch::Task::Classify {
                     classes: self.classes,
+                    pool: match self.pool {
+                        Pool::Mean => arch::Pool::Mean,
+                        Pool::First => arch::Pool::First,
+                        Pool::Last => arch::Pool::Last,
+                    },
                 }
             } else {
                 arch::Task::Lm

@@ -30,8 +30,9 @@
 //! | `output.weight` (`.bias` for classifiers) | `[outputs, d]` | `nn.Linear(d, outputs)` |
 
 use super::dense::{DenseConfig, DenseModel, Pool};
+use modula_core::arch::{AttentionSpec, AttnLayout, MixerSpec, ModelDesc};
 use modula_core::gguf::GgufWriter;
-use modula_core::{MetaValue, Model, Value};
+use modula_core::{MetaValue, Model};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -137,6 +138,28 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
             Some(_) => opt(k),
         }
     };
+    // what the trainer trains; another norm, epsilon or activation is refused by key
+    for (k, want) in [
+        ("modula.norm", "layernorm"),
+        ("modula.activation", "gelu"),
+        ("modula.attention.kind", "softmax"),
+    ] {
+        if let Some(v) = get(k) {
+            if v != want {
+                return Err(format!(
+                    "{k} = '{v}': the trainer trains {want} dense models"
+                ));
+            }
+        }
+    }
+    if let Some(v) = get("modula.norm_epsilon") {
+        if v.parse::<f32>().ok() != Some(super::dense::LN_EPS_TRAINED) {
+            return Err(format!(
+                "modula.norm_epsilon = '{v}': the trainer trains LayerNorm with epsilon {}",
+                super::dense::LN_EPS_TRAINED
+            ));
+        }
+    }
     let patch_dim = opt("modula.input.patch_dim")?;
     let pool = match get("modula.classify.pool") {
         Some(p) => Pool::parse(&p)?,
@@ -370,32 +393,17 @@ impl DenseModel {
     /// f32, e.g. to evaluate a quantised file). Optimiser moments start at zero. Returns
     /// the model and its context length.
     pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(DenseModel, usize), String> {
-        let get = |k: &str| -> Option<String> {
-            Some(match m.get(k)? {
-                Value::U32(v) => v.to_string(),
-                Value::Bool(b) => b.to_string(),
-                Value::Str(s) => s.to_string(),
-                Value::Array(a) => a
-                    .iter()
-                    .map(|v| match v {
-                        Value::U32(x) => x.to_string(),
-                        other => format!("{other:?}"),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(","),
-                other => format!("{other:?}"),
-            })
-        };
-        let (cfg, ctx) = config_from(&get)?;
-        let head_major = match get("modula.attention.layout").as_deref() {
-            None | Some("qkv") => false,
-            Some("head_major") => true,
-            Some(other) => {
-                return Err(format!(
-                    "modula.attention.layout = '{other}' is not 'qkv' or 'head_major'"
-                ))
-            }
-        };
+        // the one metadata reader (every key read, unknown values refused by key)
+        let desc = ModelDesc::from_model(m).map_err(|e| e.to_string())?;
+        let cfg = DenseConfig::from_desc(&desc)?;
+        let ctx = desc.context_length.unwrap_or(0);
+        let head_major = matches!(
+            desc.blocks.first().map(|b| b.mixer),
+            Some(MixerSpec::Attention(AttentionSpec {
+                layout: AttnLayout::HeadMajor,
+                ..
+            }))
+        );
         let (d, heads) = (cfg.d, cfg.heads);
         let model = fill(cfg, &|name| {
             let form = if head_major { file_form(name) } else { None };
@@ -573,7 +581,7 @@ mod tests {
         let file = Model::open(&p).unwrap();
         assert!(matches!(
             file.get("modula.attention.layout"),
-            Some(Value::Str("head_major"))
+            Some(modula_core::Value::Str("head_major"))
         ));
         let (back, _) = DenseModel::read_gguf(&file).unwrap();
         assert_eq!(back.cfg.nested_head_list(), vec![1, 2, 4]);

@@ -584,6 +584,22 @@ impl<'m, B: AsRef<[u8]>> Meta<'m, B> {
     }
     /// A string key that must be one of `options` (`default` when absent; required when
     /// `None`): anything else is an error naming the key, the value and the choices.
+    /// `modula.block_count`, refused when 0 or larger than the file's tensor count (every
+    /// block stores at least one tensor) — before anything is allocated per block.
+    fn block_count(&self) -> Result<usize> {
+        let layers = self.u32("modula.block_count")?;
+        if layers == 0 || layers > self.m.tensor_count() {
+            return Err(Error::metadata(
+                "modula.block_count",
+                format!(
+                    "modula.block_count = {layers}: the file holds {} tensors (at least one per block)",
+                    self.m.tensor_count()
+                ),
+            ));
+        }
+        Ok(layers)
+    }
+
     fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)], default: Option<T>) -> Result<T> {
         let names = || {
             options
@@ -1145,7 +1161,7 @@ fn dense<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
         }
     };
     let d = r.u32("modula.embedding_length")?;
-    let layers = r.u32("modula.block_count")?;
+    let layers = r.block_count()?;
     let heads = r.u32("modula.attention.head_count")?;
     let ffn = r.u32("modula.feed_forward_length")?;
     let positions = r.u32_or("modula.position_length", 0)?;
@@ -1389,7 +1405,7 @@ fn moduleformer<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
     };
     let vocab = r.u32("modula.vocab_size")?;
     let d = r.u32("modula.embedding_length")?;
-    let layers = r.u32("modula.block_count")?;
+    let layers = r.block_count()?;
     let renormalize = r.flag("modula.expert.renormalize")?;
     let moa = MoaSpec {
         experts: r.u32("modula.attention.expert_count")?,
@@ -1537,7 +1553,7 @@ fn seqboat<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
     };
     let vocab = r.u32("modula.vocab_size")?;
     let d = r.u32("modula.embedding_length")?;
-    let layers = r.u32("modula.block_count")?;
+    let layers = r.block_count()?;
     let bad = vocab == 0
         || d == 0
         || layers == 0

@@ -217,6 +217,18 @@ fn unknown_values_are_errors_naming_the_key() {
     let s = |v: &str| MetaValue::String(v.into());
     let cases = [
         ("dense", "modula.activation", s("swish")),
+        // a block count no file can hold is refused before anything is allocated per block
+        ("dense", "modula.block_count", MetaValue::U32(4_000_000_000)),
+        (
+            "moduleformer",
+            "modula.block_count",
+            MetaValue::U32(4_000_000_000),
+        ),
+        (
+            "seqboat",
+            "modula.block_count",
+            MetaValue::U32(4_000_000_000),
+        ),
         ("dense", "modula.norm", s("batchnorm")),
         ("dense", "modula.norm_epsilon", MetaValue::F32(f32::NAN)),
         ("dense", "modula.attention.kind", s("stick_breaking")),
@@ -266,6 +278,33 @@ fn unknown_values_are_errors_naming_the_key() {
         assert!(e.contains(key), "{e}");
     }
     assert!(DenseModel::read_gguf(&m).is_ok());
+    for (i, family) in ["moduleformer", "seqboat"].into_iter().enumerate() {
+        let src = src(family);
+        let p = with_meta(
+            &src,
+            "modula.norm_epsilon",
+            MetaValue::F32(1e-3),
+            &format!("e{i}"),
+        );
+        let f = Model::open(&p).unwrap();
+        let e = match family {
+            "moduleformer" => MfModel::read_gguf(&f).map(|_| ()).unwrap_err(),
+            _ => SbModel::read_gguf(&f).map(|_| ()).unwrap_err(),
+        };
+        assert!(e.contains("modula.norm_epsilon"), "{family}: {e}");
+        std::fs::remove_file(p).unwrap();
+    }
+    let pm = with_meta(
+        &src("moduleformer"),
+        "modula.activation",
+        s("silu"),
+        "mfsilu",
+    );
+    let e = MfModel::read_gguf(&Model::open(&pm).unwrap())
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.contains("modula.activation"), "{e}");
+    std::fs::remove_file(pm).unwrap();
     for p in [p, ps] {
         std::fs::remove_file(p).unwrap();
     }

@@ -18,6 +18,7 @@
 //! stored.
 
 use super::moduleformer::{MfConfig, MfModel};
+use modula_core::engine::MfSpec;
 use modula_core::gguf::GgufWriter;
 use modula_core::{MetaValue, Model};
 use std::path::Path;
@@ -91,68 +92,53 @@ pub fn mf_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfConfig, usize),
             m.get_str("modula.model")
         ));
     }
-    let need = |k: &str| -> Result<usize, String> {
-        m.get(k)
-            .and_then(|v| v.as_u32())
-            .map(|v| v as usize)
-            .ok_or_else(|| format!("missing or non-integer {k}"))
-    };
-    let flag = |k: &str| -> Result<bool, String> {
-        m.get(k)
-            .and_then(|v| v.as_bool())
-            .ok_or_else(|| format!("missing or non-bool {k}"))
-    };
-    let heads = need("modula.attention.head_count")?;
-    let router_hidden = match m.get_str("modula.expert.router") {
-        Some("mlp") => need("modula.expert.gating_size")?,
-        Some("linear") => 0,
-        other => {
-            return Err(format!(
-                "modula.expert.router = {other:?}: use mlp or linear"
-            ))
-        }
-    };
-    let head_dim = need("modula.attention.head_dim")?;
+    // the one metadata reader (through the engine's spec, as for SeqBoat)
+    let s = MfSpec::from_model(m)?;
+    if s.eps != super::moduleformer::LN_EPS {
+        return Err(format!(
+            "modula.norm_epsilon = {}: the trainer trains LayerNorm with epsilon {}",
+            s.eps,
+            super::moduleformer::LN_EPS
+        ));
+    }
+    if s.act != modula_core::kernels::expert_ffn::Activation::GeluTanh {
+        return Err(format!(
+            "modula.activation = {}: the trainer trains ModuleFormer experts with gelu_tanh",
+            modula_core::arch::act_name(s.act)
+        ));
+    }
     let cfg = MfConfig {
-        vocab: need("modula.vocab_size")?,
-        d: need("modula.embedding_length")?,
-        layers: need("modula.block_count")?,
-        att_experts: need("modula.attention.expert_count")?,
-        att_k: need("modula.attention.expert_used_count")?,
-        att_hidden: heads
-            .checked_mul(head_dim)
+        vocab: s.vocab,
+        d: s.d,
+        layers: s.layers,
+        att_experts: s.att_experts,
+        att_k: s.att_k,
+        att_hidden: s
+            .heads
+            .checked_mul(s.head_dim)
             .ok_or("attention width overflows")?,
-        heads,
-        kv_proj: !flag("modula.attention.shared_kv")?,
-        ffn_experts: need("modula.expert.count")?,
-        ffn_k: need("modula.expert.used_count")?,
-        ffn_hidden: need("modula.feed_forward_length")?,
-        router_hidden,
-        renormalize: flag("modula.expert.renormalize")?,
+        heads: s.heads,
+        kv_proj: !s.shared_kv,
+        ffn_experts: s.ffn_experts,
+        ffn_k: s.ffn_k,
+        ffn_hidden: s.ffn_hidden,
+        router_hidden: s.router_hidden,
+        renormalize: s.renormalize,
         aux_mi: 0.0,
         aux_lc: 0.0,
         nested_experts: [0; 8],
     };
     cfg.validate()?;
-    let cfg = match m.get("modula.nested.expert_counts") {
-        Some(modula_core::Value::Array(a)) => {
-            let mut counts = Vec::new();
-            for v in a.iter() {
-                match v {
-                    modula_core::Value::U32(x) => counts.push(x as usize),
-                    other => {
-                        return Err(format!("modula.nested.expert_counts: bad entry {other:?}"))
-                    }
-                }
-            }
-            cfg.with_nested_experts(&counts)?
-        }
-        Some(other) => {
-            return Err(format!(
-                "modula.nested.expert_counts: not an array: {other:?}"
-            ))
-        }
-        None => cfg,
+    let counts: Vec<usize> = s
+        .nested_experts
+        .iter()
+        .filter(|&&x| x > 0)
+        .map(|&x| x as usize)
+        .collect();
+    let cfg = if counts.is_empty() {
+        cfg
+    } else {
+        cfg.with_nested_experts(&counts)?
     };
     // refuse absurd sizes before allocating: the parameters the header describes cannot
     // outnumber what the file can hold (at most ~1.8 weights per byte, Q4_0)
@@ -550,7 +536,9 @@ mod tests {
             let bytes = w.to_bytes().unwrap();
             let e = MfModel::read_gguf(&Model::from_bytes(bytes.as_slice()).unwrap()).unwrap_err();
             assert!(
-                e.contains("parameters") || e.contains("overflows"),
+                e.contains("parameters")
+                    || e.contains("overflows")
+                    || e.contains("at least one per block"),
                 "{k}: {e}"
             );
         }

@@ -39,7 +39,7 @@ use modula_core::kernels::par;
 use modula_core::kernels::routing::{route, Dispatch};
 use modula_core::rng::SplitMix64;
 
-const LN_EPS: f32 = 1e-5;
+pub(crate) const LN_EPS: f32 = 1e-5;
 
 /// LayerNorm mean and reciprocal standard deviation per row.
 type LnStats = (Vec<f32>, Vec<f32>);

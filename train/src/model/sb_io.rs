@@ -81,6 +81,13 @@ fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaV
 /// the engine's [`SbSpec`], one reader for both).
 pub fn sb_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbConfig, usize), String> {
     let s = SbSpec::from_model(m)?;
+    if s.eps != super::seqboat::LN_EPS {
+        return Err(format!(
+            "modula.norm_epsilon = {}: the trainer trains LayerNorm with epsilon {}",
+            s.eps,
+            super::seqboat::LN_EPS
+        ));
+    }
     let cfg = SbConfig {
         vocab: s.vocab,
         classes: s.classes,

@@ -670,10 +670,9 @@ impl MfModel {
         // weighted auxiliary losses (values only; gradients are added in the backward)
         let mut aux = 0.0;
         for ba in acts.mixtures() {
-            for r in [ba.route()] {
-                let (mi, lc) = (f64::from(c.aux_mi), f64::from(c.aux_lc));
-                aux += mi * (r.ent.conditional - r.ent.marginal) + lc * r.ent.marginal;
-            }
+            let r = ba.route();
+            let (mi, lc) = (f64::from(c.aux_mi), f64::from(c.aux_lc));
+            aux += mi * (r.ent.conditional - r.ent.marginal) + lc * r.ent.marginal;
         }
         acts.aux = aux;
         acts.x_out = x;
@@ -979,7 +978,7 @@ impl StackLayer for MfMixture<false> {
         let dh = da / c.heads;
         let scale = 1.0 / (dh as f32).sqrt();
         // ---- mixture of stick-breaking attention heads
-        let (h1, st1) = ln(&x, blk.ln1_g, blk.ln1_b)?;
+        let (h1, st1) = ln(x, blk.ln1_g, blk.ln1_b)?;
         let (ea, ka) = (experts.0, c.att_k);
         let r1 = mixture_route(&c, p, run, 2 * self.block, blk.att_router, &h1, n, ea, ka)?;
         if let Some((kw, kb, vw, vb)) = blk.kv {
@@ -1263,7 +1262,7 @@ impl StackLayer for MfMixture<true> {
             ..BlockActs::default()
         };
         // ---- mixture of FFN experts
-        let (h2, st2) = ln(&x, blk.ln2_g, blk.ln2_b)?;
+        let (h2, st2) = ln(x, blk.ln2_g, blk.ln2_b)?;
         let (ef, kf) = (experts.1, c.ffn_k);
         let r2 = mixture_route(
             &c,

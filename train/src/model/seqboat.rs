@@ -1059,7 +1059,7 @@ impl StackLayer for SbLayer {
         };
         // 1. input norm and pad masking
         let mut xs = if c.prenorm {
-            let (y, mean, rstd) = ln_rows(&x, rows, d, p.value(l.norm_g), p.value(l.norm_b))?;
+            let (y, mean, rstd) = ln_rows(x, rows, d, p.value(l.norm_g), p.value(l.norm_b))?;
             (la.ln_mean, la.ln_rstd) = (mean, rstd);
             y
         } else {
@@ -1376,7 +1376,7 @@ impl StackLayer for SbLayer {
             }
             // attention
             let grads: Vec<SeqAttGrad> = {
-                let this = &*self;
+                let this = self;
                 par::map_indexed(b, |s| {
                     let (a0, a1) = (la.seq_off[s], la.seq_off[s + 1]);
                     this.attend_backward(

@@ -1,0 +1,30 @@
+//! `modula convert`: GGUF ⇄ safetensors.
+
+use super::*;
+
+/// Arguments of `modula convert`.
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Input model (.gguf or .safetensors).
+    #[arg(long = "in")]
+    pub(crate) input: PathBuf,
+    /// Output model (.gguf or .safetensors, by extension).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+}
+
+/// Run `modula convert`.
+pub fn convert(a: &ConvertArgs) -> Result<(), String> {
+    let (model, ctx) = load_model(&a.input)?;
+    if a.out.extension().is_some_and(|e| e == "safetensors") {
+        model.write_safetensors(&a.out, ctx)?;
+    } else {
+        model.write_gguf(&a.out, ctx, "modula dense model")?;
+    }
+    println!(
+        "wrote {} ({} parameters)",
+        a.out.display(),
+        model.params.len()
+    );
+    Ok(())
+}

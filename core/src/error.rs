@@ -61,6 +61,12 @@ pub enum Error {
         /// Where.
         message: String,
     },
+    /// The operating system refused a file operation (open, read, write, rename), or a
+    /// file of another format was not what it claims to be (safetensors, JSON).
+    Io {
+        /// What, with the path.
+        message: String,
+    },
 }
 
 impl Error {
@@ -89,6 +95,13 @@ impl Error {
     /// A [`Error::NonFinite`].
     pub fn non_finite(message: impl Into<String>) -> Self {
         Error::NonFinite {
+            message: message.into(),
+        }
+    }
+
+    /// A [`Error::Io`].
+    pub fn io(message: impl Into<String>) -> Self {
+        Error::Io {
             message: message.into(),
         }
     }
@@ -152,6 +165,7 @@ impl fmt::Display for Error {
                 }
             }
             Error::NonFinite { message } => f.write_str(message),
+            Error::Io { message } => f.write_str(message),
         }
     }
 }

@@ -370,7 +370,10 @@ impl M2mArgs {
     }
 
     /// Run `f` on the pipeline these settings describe.
-    fn with<R>(&self, f: impl FnOnce(&Pipeline<'_>) -> Result<R, String>) -> Result<R, String> {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&Pipeline<'_>) -> Result<R, modula_core::Error>,
+    ) -> Result<R, String> {
         modula_core::kernels::par::set_threads(self.threads);
         crate::train::select_device(&self.device)?;
         let cfg = self.cfg()?;
@@ -415,7 +418,7 @@ impl M2mArgs {
         if let Some(g) = modula_train::compute::report() {
             eprintln!("{g}");
         }
-        r
+        Ok(r?)
     }
 }
 
@@ -491,7 +494,7 @@ pub fn run(cmd: &M2mCommand) -> Result<(), String> {
         M2mCommand::Teacher(a) => a.with(|p| {
             p.teacher()?;
             let text = std::fs::read_to_string(p.dir.join("teacher.json"))
-                .map_err(|e| format!("teacher.json: {e}"))?;
+                .map_err(|e| modula_core::Error::io(format!("teacher.json: {e}")))?;
             println!("{text}");
             Ok(())
         }),
@@ -535,7 +538,7 @@ pub fn run(cmd: &M2mCommand) -> Result<(), String> {
                 let t = table(&p.results()?);
                 let tp = p.dir.join("table.md");
                 modula_core::io::atomic_write(&tp, |w| w.write_all(t.as_bytes()))
-                    .map_err(|e| format!("{}: {e}", tp.display()))?;
+                    .map_err(|e| modula_core::Error::io(format!("{}: {e}", tp.display())))?;
                 println!("\n{t}");
                 Ok(())
             })

@@ -248,7 +248,9 @@ fn mf_usage<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Usage, Str
                 None => sz.parse().ok().map(|n: usize| (n, n)),
             };
             parsed.ok_or_else(|| {
-                format!("--sizes {sz}: for a ModuleFormer file use N (experts) or ATTxFFN")
+                modula_core::Error::input(format!(
+                    "--sizes {sz}: for a ModuleFormer file use N (experts) or ATTxFFN"
+                ))
             })
         })?
     };
@@ -294,19 +296,19 @@ fn dense_usage<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Usage, 
                 Some(&[dp, f]) => (dp, f, s.heads),
                 Some(&[dp, f, h]) => (dp, f, h),
                 _ => {
-                    return Err(format!(
+                    return Err(modula_core::Error::input(format!(
                         "--sizes {sz}: for a dense file use DEPTHxFFN or DEPTHxFFNxHEADS"
-                    ))
+                    )))
                 }
             };
             if !(1..=s.layers).contains(&dp) || !(1..=s.ffn).contains(&f) {
-                return Err(format!(
+                return Err(modula_core::Error::input(format!(
                     "--sizes {sz}: the model has {} blocks and {} FFN units",
                     s.layers, s.ffn
-                ));
+                )));
             }
             if !(1..=s.heads).contains(&h) || (h < s.heads && !s.head_major) {
-                return Err(format!(
+                return Err(modula_core::Error::input(format!(
                     "--sizes {sz}: the model has {} heads{}",
                     s.heads,
                     if s.head_major {
@@ -314,7 +316,7 @@ fn dense_usage<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Usage, 
                     } else {
                         " and does not nest them"
                     }
-                ));
+                )));
             }
             Ok((dp, f, h))
         })?
@@ -344,10 +346,10 @@ fn seqboat_usage<B: AsRef<[u8]>>(a: &QuantizeArgs, m: &Model<B>) -> Result<Usage
                 .ok()
                 .filter(|d| (1..=s.layers).contains(d))
                 .ok_or_else(|| {
-                    format!(
+                    modula_core::Error::input(format!(
                         "--sizes {sz}: for a SeqBoat file use a depth in 1..={}",
                         s.layers
-                    )
+                    ))
                 })
         })?
     };

@@ -11,6 +11,7 @@ use crate::params::ParamStore;
 use crate::trainer::TrainState;
 use modula_core::gguf::GgufWriter;
 use modula_core::rng::SplitMix64;
+use modula_core::Error;
 use modula_core::{MetaValue, Model};
 use std::path::Path;
 
@@ -25,7 +26,7 @@ pub fn save_dense(
     model: &DenseModel,
     state: &TrainState,
     context_length: usize,
-) -> Result<u64, String> {
+) -> Result<u64, Error> {
     let w = model.writer(context_length, "modula dense checkpoint")?;
     save_with(path, w, &model.params, state)
 }
@@ -36,14 +37,14 @@ pub fn save_mf(
     model: &MfModel,
     state: &TrainState,
     context_length: usize,
-) -> Result<u64, String> {
+) -> Result<u64, Error> {
     let w = model.writer(context_length, "modula moduleformer checkpoint")?;
     save_with(path, w, &model.params, state)
 }
 
 /// Load a checkpoint written by [`save_mf`].
-pub fn load_mf(path: &Path) -> Result<(MfModel, TrainState, usize), String> {
-    let file = Model::open(path).map_err(|e| e.to_string())?;
+pub fn load_mf(path: &Path) -> Result<(MfModel, TrainState, usize), Error> {
+    let file = Model::open(path)?;
     let (mut model, ctx) = MfModel::read_gguf(&file)?;
     let state = load_state(path, &file, &mut model.params)?;
     Ok((model, state, ctx))
@@ -55,14 +56,14 @@ pub fn save_sb(
     model: &SbModel,
     state: &TrainState,
     context_length: usize,
-) -> Result<u64, String> {
+) -> Result<u64, Error> {
     let w = model.writer(context_length, "modula seqboat checkpoint")?;
     save_with(path, w, &model.params, state)
 }
 
 /// Load a checkpoint written by [`save_sb`].
-pub fn load_sb(path: &Path) -> Result<(SbModel, TrainState, usize), String> {
-    let file = Model::open(path).map_err(|e| e.to_string())?;
+pub fn load_sb(path: &Path) -> Result<(SbModel, TrainState, usize), Error> {
+    let file = Model::open(path)?;
     let (mut model, ctx) = SbModel::read_gguf(&file)?;
     let state = load_state(path, &file, &mut model.params)?;
     Ok((model, state, ctx))
@@ -73,23 +74,19 @@ fn save_with<'a>(
     mut w: GgufWriter<'a>,
     params: &'a ParamStore,
     state: &TrainState,
-) -> Result<u64, String> {
-    w.set(STEP_KEY, MetaValue::U64(state.step))
-        .map_err(|e| e.to_string())?;
-    w.set(RNG_KEY, MetaValue::U64(state.rng.0))
-        .map_err(|e| e.to_string())?;
+) -> Result<u64, Error> {
+    w.set(STEP_KEY, MetaValue::U64(state.step))?;
+    w.set(RNG_KEY, MetaValue::U64(state.rng.0))?;
     let n = params.len();
-    w.add_f32("optimizer.adam_m", &[n], &params.m)
-        .map_err(|e| e.to_string())?;
-    w.add_f32("optimizer.adam_v", &[n], &params.v)
-        .map_err(|e| e.to_string())?;
-    w.write_to(path).map_err(|e| e.to_string())
+    w.add_f32("optimizer.adam_m", &[n], &params.m)?;
+    w.add_f32("optimizer.adam_v", &[n], &params.v)?;
+    w.write_to(path).map_err(Error::from)
 }
 
 /// Load a checkpoint written by [`save_dense`]: the model with its moments, the training
 /// state and the context length.
-pub fn load_dense(path: &Path) -> Result<(DenseModel, TrainState, usize), String> {
-    let file = Model::open(path).map_err(|e| e.to_string())?;
+pub fn load_dense(path: &Path) -> Result<(DenseModel, TrainState, usize), Error> {
+    let file = Model::open(path)?;
     let (mut model, ctx) = DenseModel::read_gguf(&file)?;
     let state = load_state(path, &file, &mut model.params)?;
     Ok((model, state, ctx))
@@ -100,10 +97,13 @@ fn load_state(
     path: &Path,
     file: &Model<impl AsRef<[u8]>>,
     params: &mut ParamStore,
-) -> Result<TrainState, String> {
+) -> Result<TrainState, Error> {
     let u64_key = |k: &str| match file.get(k).and_then(|v| v.as_u64()) {
         Some(v) => Ok(v),
-        None => Err(format!("{}: not a checkpoint (no '{k}')", path.display())),
+        None => Err(Error::input(format!(
+            "{}: not a checkpoint (no '{k}')",
+            path.display()
+        ))),
     };
     let state = TrainState {
         step: u64_key(STEP_KEY)?,
@@ -114,13 +114,13 @@ fn load_state(
         ("optimizer.adam_m", &mut params.m),
         ("optimizer.adam_v", &mut params.v),
     ] {
-        let t = file.tensor(name).map_err(|e| e.to_string())?;
-        let src = t.as_f32_slice().map_err(|e| e.to_string())?;
+        let t = file.tensor(name)?;
+        let src = t.as_f32_slice()?;
         if src.len() != n {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "{name} has {} values for {n} parameters",
                 src.len()
-            ));
+            )));
         }
         dst.copy_from_slice(src);
     }
@@ -182,7 +182,10 @@ mod tests {
         // a model file without training state is refused as a checkpoint
         let plain = dir.join("plain.gguf");
         a.write_gguf(&plain, 16, "x").unwrap();
-        assert!(load_dense(&plain).unwrap_err().contains("not a checkpoint"));
+        assert!(load_dense(&plain)
+            .unwrap_err()
+            .to_string()
+            .contains("not a checkpoint"));
         assert!(load_dense(&dir.join("missing.gguf")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -14,6 +14,7 @@
 
 use modula_core::kernels::linear::{self as cpu, MatRef};
 use modula_core::kernels::KernelError;
+use modula_core::Error;
 
 /// Where to train (`modula train --device`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,12 +29,14 @@ pub enum Device {
 
 impl Device {
     /// `cpu`, `gpu` or `auto`.
-    pub fn parse(s: &str) -> Result<Device, String> {
+    pub fn parse(s: &str) -> Result<Device, Error> {
         match s {
             "cpu" => Ok(Device::Cpu),
             "gpu" => Ok(Device::Gpu),
             "auto" => Ok(Device::Auto),
-            _ => Err(format!("unknown device '{s}' (cpu, gpu or auto)")),
+            _ => Err(Error::input(format!(
+                "unknown device '{s}' (cpu, gpu or auto)"
+            ))),
         }
     }
 }
@@ -48,7 +51,7 @@ pub const DEFAULT_MIN_MACS: usize = 1 << 21;
 /// Select the device for training's products; returns the line to show the user. `Gpu`
 /// in a build without the `gpu` feature is an error (rebuild with it); `Gpu` or `Auto`
 /// with no usable adapter falls back to the CPU and says why.
-pub fn select(device: Device) -> Result<String, String> {
+pub fn select(device: Device) -> Result<String, Error> {
     imp::select(device)
 }
 
@@ -237,7 +240,7 @@ mod imp {
         active().is_some()
     }
 
-    pub(super) fn select(device: Device) -> Result<String, String> {
+    pub(super) fn select(device: Device) -> Result<String, Error> {
         if device == Device::Cpu {
             set_active(None);
             return Ok("device: CPU".into());
@@ -370,13 +373,14 @@ mod imp {
     pub(super) fn report() -> Option<String> {
         None
     }
-    pub(super) fn select(device: Device) -> Result<String, String> {
+    pub(super) fn select(device: Device) -> Result<String, modula_core::Error> {
         match device {
             Device::Cpu => Ok("device: CPU".into()),
             Device::Auto => Ok("device: CPU (this build has no `gpu` feature)".into()),
-            Device::Gpu => Err("--device gpu: this build has no GPU support; rebuild with \
-                 `cargo build --release -p edge-demo --features gpu` (wgpu: Vulkan, Metal, DX12)"
-                .into()),
+            Device::Gpu => Err(modula_core::Error::unsupported(
+                "--device gpu: this build has no GPU support; rebuild with \
+                 `cargo build --release -p edge-demo --features gpu` (wgpu: Vulkan, Metal, DX12)",
+            )),
         }
     }
 }

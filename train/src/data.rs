@@ -49,6 +49,15 @@ impl std::fmt::Display for DataError {
 
 impl std::error::Error for DataError {}
 
+impl From<DataError> for modula_core::Error {
+    fn from(e: DataError) -> Self {
+        match e {
+            DataError::Io { .. } => modula_core::Error::io(e.to_string()),
+            _ => modula_core::Error::input(e.to_string()),
+        }
+    }
+}
+
 /// Which part of the data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {

@@ -22,15 +22,16 @@
 
 use crate::model::dense::DenseModel;
 use modula_core::rng::SplitMix64;
+use modula_core::Error;
 
 /// Exact balanced assignment of `n` points to `k` clusters of `n / k` points each,
 /// minimising `Σ cost[i][label_i]` (`cost` is `[n][k]`, row-major). `n` must be a multiple
 /// of `k`.
-pub fn balanced_assign(cost: &[i64], n: usize, k: usize) -> Result<Vec<usize>, String> {
+pub fn balanced_assign(cost: &[i64], n: usize, k: usize) -> Result<Vec<usize>, Error> {
     if k == 0 || !n.is_multiple_of(k) || cost.len() != n * k {
-        return Err(format!(
+        return Err(Error::input(format!(
             "balanced assignment needs n ({n}) to be a multiple of k ({k}) and an n x k cost"
-        ));
+        )));
     }
     let cap = n / k;
     let mut label = vec![usize::MAX; n];
@@ -84,7 +85,7 @@ pub fn balanced_assign(cost: &[i64], n: usize, k: usize) -> Result<Vec<usize>, S
         let t = (0..k)
             .filter(|&e| members[e].len() < cap)
             .min_by_key(|&e| (dist[e], e))
-            .ok_or("balanced assignment: no cluster has room")?;
+            .ok_or_else(|| Error::input("balanced assignment: no cluster has room"))?;
         // walk back: each step moves one member into the next cluster
         let mut b = t;
         let mut guard = 0;
@@ -97,7 +98,9 @@ pub fn balanced_assign(cost: &[i64], n: usize, k: usize) -> Result<Vec<usize>, S
             b = a;
             guard += 1;
             if guard > k {
-                return Err("balanced assignment: cycle in the augmenting path".into());
+                return Err(Error::input(
+                    "balanced assignment: cycle in the augmenting path",
+                ));
             }
         }
         members[b].push(i);
@@ -128,14 +131,16 @@ pub fn balanced_kmeans(
     restarts: usize,
     max_iter: usize,
     seed: u64,
-) -> Result<(Vec<usize>, f64), String> {
+) -> Result<(Vec<usize>, f64), Error> {
     if points.len() != n * d || k == 0 || !n.is_multiple_of(k) {
-        return Err(format!(
+        return Err(Error::input(format!(
             "balanced k-means: {n} points of {d} must split into {k} equal clusters"
-        ));
+        )));
     }
     if points.iter().any(|v| !v.is_finite()) {
-        return Err("balanced k-means: points contain NaN or infinity".into());
+        return Err(Error::input(
+            "balanced k-means: points contain NaN or infinity",
+        ));
     }
     // mean-centre (distances unchanged; better conditioned)
     let mut mean = vec![0f64; d];
@@ -221,7 +226,7 @@ pub fn balanced_kmeans(
             best = Some((labels, inertia));
         }
     }
-    best.ok_or_else(|| "balanced k-means: no run".to_string())
+    best.ok_or_else(|| Error::input("balanced k-means: no run"))
 }
 
 /// What a conversion did to one layer.
@@ -244,19 +249,19 @@ pub fn convert_layer(
     experts: usize,
     restarts: usize,
     seed: u64,
-) -> Result<LayerConversion, String> {
+) -> Result<LayerConversion, Error> {
     let c = model.cfg;
     if layer >= c.layers {
-        return Err(format!(
+        return Err(Error::input(format!(
             "layer {layer} does not exist (the model has {})",
             c.layers
-        ));
+        )));
     }
     if experts < 2 || !c.ffn.is_multiple_of(experts) {
-        return Err(format!(
+        return Err(Error::input(format!(
             "{experts} experts must divide the FFN width {} (and be at least 2)",
             c.ffn
-        ));
+        )));
     }
     let (f, d) = (c.ffn, c.d);
     let up = model

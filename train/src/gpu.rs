@@ -15,6 +15,7 @@
 //! only activations (and the products' results) cross per product. Buffers are pooled by
 //! power-of-two size, so a step allocates no device memory once the pools are warm.
 
+use modula_core::Error;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
@@ -166,7 +167,7 @@ impl Gpu {
     /// Open the first adapter of `backends` (`None`: `WGPU_BACKEND` from the environment,
     /// else every native backend), preferring a high-performance one. The error says
     /// why there is none.
-    pub fn open(backends: Option<wgpu::Backends>) -> Result<Gpu, String> {
+    pub fn open(backends: Option<wgpu::Backends>) -> Result<Gpu, Error> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         if let Some(b) = backends {
             desc.backends = b;
@@ -176,7 +177,7 @@ impl Gpu {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
         }))
-        .map_err(|e| format!("no GPU adapter found ({e})"))?;
+        .map_err(|e| Error::input(format!("no GPU adapter found ({e})")))?;
         let info = adapter.get_info();
         let name = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
         let limits = adapter.limits();
@@ -185,7 +186,7 @@ impl Gpu {
             required_limits: limits.clone(),
             ..Default::default()
         }))
-        .map_err(|e| format!("GPU adapter {name}: cannot open a device ({e})"))?;
+        .map_err(|e| Error::input(format!("GPU adapter {name}: cannot open a device ({e})")))?;
         // Errors are caught per product by error scopes; anything else is reported
         // instead of wgpu's default panic.
         device.on_uncaptured_error(Arc::new(|e| eprintln!("modula: GPU error: {e}")));
@@ -203,9 +204,9 @@ impl Gpu {
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "GPU adapter {name}: the matmul kernel does not build: {e}"
-            ));
+            )));
         }
         let layout = pipeline.get_bind_group_layout(0);
         Ok(Gpu {
@@ -344,19 +345,19 @@ impl Gpu {
         n: usize,
         k: usize,
         out: &mut [f32],
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         if !self.fits(m, n, k) || out.len() < m * n {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "product {m}x{k} by {k}x{n} does not fit the device"
-            ));
+            )));
         }
         let (ea, eb) = (a.extent(m, k), b.extent(k, n));
         if ea > a.data.len() || eb > b.data.len() {
-            return Err("operand shorter than its strides".into());
+            return Err(Error::input("operand shorter than its strides"));
         }
         let too_big = |e: usize| (e as u64) * 4 > self.max_binding;
         if too_big(ea) || too_big(eb) {
-            return Err("operand larger than one device binding".into());
+            return Err(Error::input("operand larger than one device binding"));
         }
         let u32_of = |v: usize| u32::try_from(v).map_err(|_| "index beyond 32 bits".to_string());
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -449,17 +450,17 @@ impl Gpu {
         let scoped = pollster::block_on(scope.pop());
         let result = (|| {
             if let Some(e) = scoped {
-                return Err(format!("GPU validation: {e}"));
+                return Err(Error::input(format!("GPU validation: {e}")));
             }
-            polled.map_err(|e| format!("GPU wait: {e}"))?;
+            polled.map_err(|e| Error::input(format!("GPU wait: {e}")))?;
             rx.recv()
-                .map_err(|e| format!("GPU read-back: {e}"))?
-                .map_err(|e| format!("GPU read-back: {e}"))?;
+                .map_err(|e| Error::input(format!("GPU read-back: {e}")))?
+                .map_err(|e| Error::input(format!("GPU read-back: {e}")))?;
             {
                 let view = stage
                     .slice(..out_bytes)
                     .get_mapped_range()
-                    .map_err(|e| format!("GPU read-back: {e}"))?;
+                    .map_err(|e| Error::input(format!("GPU read-back: {e}")))?;
                 // (byte-wise: a mapped range need not be aligned for f32)
                 for (o, ch) in out[..m * n].iter_mut().zip(view.chunks_exact(4)) {
                     *o = f32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);

@@ -7,6 +7,7 @@
 //! ~1e-4 and f32 rounding noise ~1e-5 relative; each op documents the bound it is held to.
 //! Every layer of every later issue plugs into [`check_grad`].
 
+use modula_core::Error;
 /// Settings of one check.
 #[derive(Clone, Copy, Debug)]
 pub struct GradCheck {
@@ -50,7 +51,7 @@ pub fn check_grad(
     analytic: &[f32],
     loss: impl FnMut(&[f32]) -> f64,
     cfg: GradCheck,
-) -> Result<GradReport, String> {
+) -> Result<GradReport, Error> {
     check_grad_steps(name, param, analytic, loss, &[cfg.eps], cfg.tol, cfg.floor)
 }
 
@@ -66,14 +67,14 @@ pub fn check_grad_steps(
     steps: &[f32],
     tol: f64,
     floor: f64,
-) -> Result<GradReport, String> {
+) -> Result<GradReport, Error> {
     if param.len() != analytic.len() || steps.is_empty() {
-        return Err(format!(
+        return Err(Error::input(format!(
             "{name}: {} parameters, {} gradients, {} step sizes",
             param.len(),
             analytic.len(),
             steps.len()
-        ));
+        )));
     }
     let mut worst = GradReport {
         max_err: 0.0,
@@ -110,10 +111,10 @@ pub fn check_grad_steps(
     if worst.max_err <= tol {
         Ok(worst)
     } else {
-        Err(format!(
+        Err(Error::input(format!(
             "{name}: element {} analytic {} vs numeric {} (error {:.2e} > {:.0e})",
             worst.index, worst.analytic, worst.numeric, worst.max_err, tol
-        ))
+        )))
     }
 }
 
@@ -140,7 +141,7 @@ mod tests {
         let mut bad = good.clone();
         bad[1] *= 1.1;
         let e = check_grad("cube", &mut p, &bad, loss, GradCheck::default()).unwrap_err();
-        assert!(e.contains("element 1"), "{e}");
+        assert!(e.to_string().contains("element 1"), "{e}");
         assert_eq!(p, vec![0.5, -1.0, 2.0], "parameters restored");
     }
 }

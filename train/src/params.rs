@@ -2,6 +2,7 @@
 //! table (the llm.c pattern): a tensor is a name, a shape and an offset; a checkpoint is one
 //! write per buffer; the optimiser is one loop.
 
+use modula_core::Error;
 use std::ops::Range;
 
 /// One named tensor in the table.
@@ -49,14 +50,18 @@ impl ParamTable {
     }
 
     /// Add a tensor; returns its index. Names must be unique.
-    pub fn add(&mut self, name: &str, shape: &[usize], decay: bool) -> Result<usize, String> {
+    pub fn add(&mut self, name: &str, shape: &[usize], decay: bool) -> Result<usize, Error> {
         if self.specs.iter().any(|s| s.name == name) {
-            return Err(format!("parameter '{name}' is declared twice"));
+            return Err(Error::input(format!(
+                "parameter '{name}' is declared twice"
+            )));
         }
         let n = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| format!("parameter '{name}': shape {shape:?} overflows"))?;
+            .ok_or_else(|| {
+                Error::input(format!("parameter '{name}': shape {shape:?} overflows"))
+            })?;
         let range = self.len..self.len + n;
         self.len += n;
         self.specs.push(ParamSpec {
@@ -79,7 +84,7 @@ impl ParamTable {
         &mut self,
         tensors: &[modula_core::arch::TensorSpec],
         prefix: &str,
-    ) -> Result<Vec<usize>, String> {
+    ) -> Result<Vec<usize>, Error> {
         tensors
             .iter()
             .map(|t| {

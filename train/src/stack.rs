@@ -34,10 +34,7 @@ use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::par;
 use modula_core::kernels::routing::top_k;
 use modula_core::rng::SplitMix64;
-
-fn ke(e: modula_core::kernels::KernelError) -> String {
-    e.to_string()
-}
+use modula_core::Error;
 
 fn add(dst: &mut [f32], src: &[f32]) {
     for (a, b) in dst.iter_mut().zip(src) {
@@ -130,7 +127,7 @@ pub trait Layer {
         r: Rows,
         run: &Run<'_>,
         x: &mut [f32],
-    ) -> Result<Saved, String>;
+    ) -> Result<Saved, Error>;
     /// Backward: `dx` holds the gradient of the output and becomes the gradient of the
     /// input `x_in`; parameter gradients accumulate when `g.params`.
     fn backward(
@@ -141,7 +138,7 @@ pub trait Layer {
         x_in: &[f32],
         dx: &mut [f32],
         g: Grads,
-    ) -> Result<(), String>;
+    ) -> Result<(), Error>;
 }
 
 /// A LayerNorm's parameters.
@@ -172,7 +169,7 @@ impl Norm {
         x: &[f32],
         n: usize,
         w: usize,
-    ) -> Result<NormSaved, String> {
+    ) -> Result<NormSaved, Error> {
         let mut s = NormSaved {
             y: vec![0f32; n * w],
             mu: vec![0f32; n],
@@ -188,8 +185,7 @@ impl Norm {
             &mut s.y,
             &mut s.mu,
             &mut s.rs,
-        )
-        .map_err(ke)?;
+        )?;
         Ok(s)
     }
 
@@ -270,7 +266,7 @@ impl Layer for Attention {
         r: Rows,
         run: &Run<'_>,
         x: &mut [f32],
-    ) -> Result<Saved, String> {
+    ) -> Result<Saved, Error> {
         let s = self.shape(r, run);
         Ok(Saved::Attention(mha_forward(p, &self.idx, s, x)?, s.active))
     }
@@ -283,9 +279,11 @@ impl Layer for Attention {
         x_in: &[f32],
         dx: &mut [f32],
         g: Grads,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let Saved::Attention(s, active) = saved else {
-            return Err("attention backward: saved activations of another layer".into());
+            return Err(Error::input(
+                "attention backward: saved activations of another layer",
+            ));
         };
         let mut shape = self.shape(r, &Run::default());
         shape.active = *active;
@@ -369,16 +367,19 @@ fn normal(rng: &mut SplitMix64) -> f32 {
 
 impl Ffn {
     /// The width a run uses, checked.
-    fn active(&self, run: &Run<'_>) -> Result<usize, String> {
+    fn active(&self, run: &Run<'_>) -> Result<usize, Error> {
         let f = run.ffn.unwrap_or(self.width);
         if f == 0 || f > self.width {
-            return Err(format!("FFN width {f} is outside 1..={}", self.width));
+            return Err(Error::input(format!(
+                "FFN width {f} is outside 1..={}",
+                self.width
+            )));
         }
         if f < self.width && (self.down.layout != Layout::InOut || self.emoe.is_some()) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "a nested FFN width ({f} of {}) needs the down projection stored [ffn, d] and no EMoE layer",
                 self.width
-            ));
+            )));
         }
         Ok(f)
     }
@@ -394,21 +395,12 @@ impl Ffn {
         h: &[f32],
         n: usize,
         d: usize,
-    ) -> Result<(Vec<f32>, Vec<u32>, Vec<f32>, f64), String> {
+    ) -> Result<(Vec<f32>, Vec<u32>, Vec<f32>, f64), Error> {
         let f = self.width;
         let m = f / e_n;
         let g = emoe_gates(p.value(self.up.w), e_n, d);
         let mut scores = vec![0f32; n * e_n];
-        linear(
-            h,
-            d,
-            n,
-            &MatRef::f32(&g, e_n, d).map_err(ke)?,
-            None,
-            &mut scores,
-            e_n,
-        )
-        .map_err(ke)?;
+        linear(h, d, n, &MatRef::f32(&g, e_n, d)?, None, &mut scores, e_n)?;
         let noisy = o.noise > 0.0 && o.noise_seed.is_some();
         if let (true, Some(seed)) = (o.noise > 0.0, o.noise_seed) {
             let mut rng =
@@ -428,8 +420,7 @@ impl Ffn {
                 k,
                 &mut sel[i * k..(i + 1) * k],
                 &mut val,
-            )
-            .map_err(ke)?;
+            )?;
             best[i] = val[0];
         }
         // which (token, slot) pairs are kept: all, or up to each expert's capacity
@@ -471,12 +462,11 @@ impl Ffn {
                 &ds,
                 e_n,
                 n,
-                &MatRef::f32(&g, e_n, d).map_err(ke)?,
+                &MatRef::f32(&g, e_n, d)?,
                 &mut aux_dh,
                 d,
                 false,
-            )
-            .map_err(ke)?;
+            )?;
         }
         Ok((keep, sel, aux_dh, aux))
     }
@@ -489,13 +479,13 @@ impl Layer for Ffn {
         r: Rows,
         run: &Run<'_>,
         x: &mut [f32],
-    ) -> Result<Saved, String> {
+    ) -> Result<Saved, Error> {
         let (d, n) = (r.d, r.n());
         let f = self.active(run)?;
         let norm = self.norm.forward(p, x, n, d)?;
         let mut up = vec![0f32; n * f];
         let ub = self.up.b.map(|b| &p.value(b)[..f]);
-        linear_forward(&norm.y, n, &p.value(self.up.w)[..f * d], ub, f, d, &mut up).map_err(ke)?;
+        linear_forward(&norm.y, n, &p.value(self.up.w)[..f * d], ub, f, d, &mut up)?;
         let mut act = up.clone();
         activation_forward(self.act, &mut act);
         let mut s = FfnSaved {
@@ -512,8 +502,8 @@ impl Layer for Ffn {
         match self.down.layout {
             Layout::InOut => {
                 let mut down = vec![0f32; n * d];
-                let w = MatRef::f32(&p.value(self.down.w)[..f * d], f, d).map_err(ke)?;
-                matmul_rows(&act, f, n, &w, &mut down, d, false).map_err(ke)?;
+                let w = MatRef::f32(&p.value(self.down.w)[..f * d], f, d)?;
+                matmul_rows(&act, f, n, &w, &mut down, d, false)?;
                 match self.down.b {
                     Some(b) => {
                         let db = p.value(b);
@@ -529,7 +519,7 @@ impl Layer for Ffn {
             _ => {
                 let mut y = vec![0f32; n * d];
                 let b = self.down.b.map(|b| p.value(b));
-                linear_forward(&act, n, p.value(self.down.w), b, d, f, &mut y).map_err(ke)?;
+                linear_forward(&act, n, p.value(self.down.w), b, d, f, &mut y)?;
                 add(x, &y);
             }
         }
@@ -545,13 +535,17 @@ impl Layer for Ffn {
         x_in: &[f32],
         dx: &mut [f32],
         g: Grads,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let Saved::Ffn(s) = saved else {
-            return Err("FFN backward: saved activations of another layer".into());
+            return Err(Error::input(
+                "FFN backward: saved activations of another layer",
+            ));
         };
         let (d, n, f, pg) = (r.d, r.n(), s.width, g.params);
         if f == 0 || f > self.width || s.up.len() != n * f || dx.len() != n * d {
-            return Err("FFN backward: saved activations do not match the shape".into());
+            return Err(Error::input(
+                "FFN backward: saved activations do not match the shape",
+            ));
         }
         let mut dact = vec![0f32; n * f];
         match self.down.layout {
@@ -563,18 +557,18 @@ impl Layer for Ffn {
                     }
                     add(p.grad_mut(b), &db);
                 }
-                let w = MatRef::f32(&p.value(self.down.w)[..f * d], f, d).map_err(ke)?;
-                linear(dx, d, n, &w, None, &mut dact, f).map_err(ke)?;
+                let w = MatRef::f32(&p.value(self.down.w)[..f * d], f, d)?;
+                linear(dx, d, n, &w, None, &mut dact, f)?;
                 if pg {
                     let gw = &mut p.grad_mut(self.down.w)[..f * d];
-                    matmul_tn_acc(&s.act, dx, n, f, d, gw).map_err(ke)?;
+                    matmul_tn_acc(&s.act, dx, n, f, d, gw)?;
                 }
             }
             _ => {
                 let mut db = vec![0f32; d];
                 let (w, dw) = p.value_grad(self.down.w, self.down.w);
                 let gr = pg.then_some((dw, self.down.b.map(|_| &mut db[..])));
-                linear_backward_maybe(dx, &s.act, w, n, d, f, &mut dact, gr).map_err(ke)?;
+                linear_backward_maybe(dx, &s.act, w, n, d, f, &mut dact, gr)?;
                 if let (Some(b), true) = (self.down.b, pg) {
                     add(p.grad_mut(b), &db);
                 }
@@ -592,8 +586,7 @@ impl Layer for Ffn {
             let mut dbu = vec![0f32; f];
             let (w, dw) = p.value_grad(self.up.w, self.up.w);
             let gr = pg.then_some((&mut dw[..f * d], self.up.b.map(|_| &mut dbu[..])));
-            linear_backward_maybe(&dup, &s.norm.y, &w[..f * d], n, f, d, &mut dh, gr)
-                .map_err(ke)?;
+            linear_backward_maybe(&dup, &s.norm.y, &w[..f * d], n, f, d, &mut dh, gr)?;
             if !s.aux_dh.is_empty() {
                 for (xv, v) in dh.iter_mut().zip(&s.aux_dh) {
                     *xv += g.aux_scale * v;
@@ -657,7 +650,7 @@ fn lin_fwd(
     n: usize,
     out: usize,
     inp: usize,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<f32>, Error> {
     let mut y = vec![0f32; n * out];
     linear_forward(
         x,
@@ -667,8 +660,7 @@ fn lin_fwd(
         out,
         inp,
         &mut y,
-    )
-    .map_err(ke)?;
+    )?;
     Ok(y)
 }
 
@@ -679,7 +671,7 @@ impl Layer for Moe {
         r: Rows,
         run: &Run<'_>,
         x: &mut [f32],
-    ) -> Result<Saved, String> {
+    ) -> Result<Saved, Error> {
         let (e_n, k, d, f, n) = (self.experts.len(), self.top_k, r.d, self.width, r.n());
         let forced = run
             .forced
@@ -706,8 +698,8 @@ impl Layer for Moe {
             let s = &mut sel[i * k..(i + 1) * k];
             match forced {
                 Some(f) if f.len() == n * k => s.copy_from_slice(&f[i * k..(i + 1) * k]),
-                Some(_) => return Err("forced expert choices of the wrong length".into()),
-                None => top_k(&logits[i * e_n..(i + 1) * e_n], k, s, &mut val).map_err(ke)?,
+                Some(_) => return Err(Error::input("forced expert choices of the wrong length")),
+                None => top_k(&logits[i * e_n..(i + 1) * e_n], k, s, &mut val)?,
             }
             let pr = &probs[i * e_n..(i + 1) * e_n];
             let sum: f32 = s.iter().map(|&e| pr[e as usize]).sum();
@@ -719,7 +711,7 @@ impl Layer for Moe {
         for (pr, &e) in sel.iter().enumerate() {
             pairs[e as usize].push(pr as u32);
         }
-        let res = par::map_indexed(e_n, |e| -> Result<_, String> {
+        let res = par::map_indexed(e_n, |e| -> Result<_, Error> {
             let rows = &pairs[e];
             let mut he = Vec::with_capacity(rows.len() * d);
             for &pr in rows {
@@ -767,9 +759,11 @@ impl Layer for Moe {
         x_in: &[f32],
         dx: &mut [f32],
         g: Grads,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let Saved::Moe(m) = saved else {
-            return Err("mixture backward: saved activations of another layer".into());
+            return Err(Error::input(
+                "mixture backward: saved activations of another layer",
+            ));
         };
         let (e_n, k, d, f, n, pg) = (
             self.experts.len(),
@@ -780,13 +774,15 @@ impl Layer for Moe {
             g.params,
         );
         if m.experts.len() != e_n || m.sel.len() != n * k || dx.len() != n * d {
-            return Err("mixture backward: saved activations do not match the shape".into());
+            return Err(Error::input(
+                "mixture backward: saved activations do not match the shape",
+            ));
         }
         let h = &m.norm.y;
         let dy: &[f32] = dx;
         let mut dh = vec![0f32; n * d];
         let pv: &ParamStore = p;
-        let res = par::map_indexed(e_n, |e| -> Result<Option<ExpertGrad>, String> {
+        let res = par::map_indexed(e_n, |e| -> Result<Option<ExpertGrad>, Error> {
             let (rows, u, act, y) = &m.experts[e];
             let r = rows.len();
             if r == 0 {
@@ -823,13 +819,13 @@ impl Layer for Moe {
             let mut dact = vec![0f32; r * f];
             let wd = pv.value(down.w);
             let gg = pg.then_some((&mut gdw[..], down.b.map(|_| &mut gdb[..])));
-            linear_backward_maybe(&dye, act, wd, r, d, f, &mut dact, gg).map_err(ke)?;
+            linear_backward_maybe(&dye, act, wd, r, d, f, &mut dact, gg)?;
             let mut du = vec![0f32; r * f];
             activation_backward(self.act, &dact, u, &mut du);
             let mut dhe = vec![0f32; r * d];
             let wu = pv.value(up.w);
             let gg = pg.then_some((&mut guw[..], up.b.map(|_| &mut gub[..])));
-            linear_backward_maybe(&du, &he, wu, r, f, d, &mut dhe, gg).map_err(ke)?;
+            linear_backward_maybe(&du, &he, wu, r, f, d, &mut dhe, gg)?;
             Ok(Some((e, dhe, a, gr)))
         });
         let mut a_all = vec![0f32; n * k];
@@ -870,7 +866,7 @@ impl Layer for Moe {
             let mut db = vec![0f32; e_n];
             let (w, dw) = p.value_grad(self.gate.w, self.gate.w);
             let gg = pg.then_some((dw, self.gate.b.map(|_| &mut db[..])));
-            linear_backward_maybe(&dlogits, h, w, n, e_n, d, &mut dh, gg).map_err(ke)?;
+            linear_backward_maybe(&dlogits, h, w, n, e_n, d, &mut dh, gg)?;
             if let (Some(b), true) = (self.gate.b, pg) {
                 add(p.grad_mut(b), &db);
             }
@@ -976,15 +972,15 @@ impl Stack {
         run: &Run<'_>,
         depth: usize,
         x: &mut [f32],
-    ) -> Result<StackSaved, String> {
+    ) -> Result<StackSaved, Error> {
         if depth > self.blocks.len() || x.len() != r.n() * r.d {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "stack: {depth} of {} blocks over {} values (not [{}, {}])",
                 self.blocks.len(),
                 x.len(),
                 r.n(),
                 r.d
-            ));
+            )));
         }
         let mut s = StackSaved {
             rows: Some(r),
@@ -1008,14 +1004,18 @@ impl Stack {
         s: &StackSaved,
         dx: &mut [f32],
         g: Grads,
-    ) -> Result<(), String> {
-        let r = s.rows.ok_or("stack backward without a forward")?;
+    ) -> Result<(), Error> {
+        let r = s
+            .rows
+            .ok_or_else(|| Error::input("stack backward without a forward"))?;
         let layers: Vec<&Sublayer> = self.blocks[..s.depth.min(self.blocks.len())]
             .iter()
             .flatten()
             .collect();
         if layers.len() != s.saved.len() || dx.len() != r.n() * r.d {
-            return Err("stack backward: saved activations do not match the stack".into());
+            return Err(Error::input(
+                "stack backward: saved activations do not match the stack",
+            ));
         }
         for (i, l) in layers.iter().enumerate().rev() {
             l.layer().backward(p, r, &s.saved[i], &s.inputs[i], dx, g)?;
@@ -1031,11 +1031,11 @@ impl Stack {
         tensors: &[TensorSpec],
         params: &[ParamSpec],
         prefix: &str,
-    ) -> Result<Stack, String> {
+    ) -> Result<Stack, Error> {
         let find = |l: usize,
                     role: Role,
                     expert: Option<usize>|
-         -> Result<Option<(usize, Layout)>, String> {
+         -> Result<Option<(usize, Layout)>, Error> {
             match tensors
                 .iter()
                 .find(|t| t.block == Some(l) && t.role == role && t.expert == expert)
@@ -1043,28 +1043,31 @@ impl Stack {
                 None => Ok(None),
                 Some(t) => {
                     let name = format!("{prefix}{}", t.name);
-                    let i = params
-                        .iter()
-                        .position(|s| s.name == name)
-                        .ok_or_else(|| format!("the trainer has no tensor '{name}'"))?;
+                    let i = params.iter().position(|s| s.name == name).ok_or_else(|| {
+                        Error::input(format!("the trainer has no tensor '{name}'"))
+                    })?;
                     if params[i].shape != t.shape {
-                        return Err(format!(
+                        return Err(Error::input(format!(
                             "tensor '{name}' is {:?}; the description needs {:?}",
                             params[i].shape, t.shape
-                        ));
+                        )));
                     }
                     Ok(Some((i, t.layout)))
                 }
             }
         };
         let need =
-            |l: usize, role: Role, expert: Option<usize>| -> Result<(usize, Layout), String> {
-                find(l, role, expert)?
-                    .ok_or_else(|| format!("block {l} has no tensor of role {role:?}"))
+            |l: usize, role: Role, expert: Option<usize>| -> Result<(usize, Layout), Error> {
+                find(l, role, expert)?.ok_or_else(|| {
+                    Error::input(format!("block {l} has no tensor of role {role:?}"))
+                })
             };
-        let norm = |l: usize, g: Role, b: Role, spec: NormSpec| -> Result<Norm, String> {
+        let norm = |l: usize, g: Role, b: Role, spec: NormSpec| -> Result<Norm, Error> {
             if spec.kind != NormKind::LayerNorm {
-                return Err(format!("block {l}: the trainer has no {:?}", spec.kind));
+                return Err(Error::input(format!(
+                    "block {l}: the trainer has no {:?}",
+                    spec.kind
+                )));
             }
             Ok(Norm {
                 g: need(l, g, None)?.0,
@@ -1072,7 +1075,7 @@ impl Stack {
                 eps: spec.eps,
             })
         };
-        let lin = |l: usize, w: Role, b: Role, e: Option<usize>| -> Result<Lin, String> {
+        let lin = |l: usize, w: Role, b: Role, e: Option<usize>| -> Result<Lin, Error> {
             Ok(Lin {
                 w: need(l, w, e)?.0,
                 b: find(l, b, e)?.map(|x| x.0),
@@ -1084,9 +1087,9 @@ impl Stack {
             match spec.mixer {
                 MixerSpec::Attention(a) => {
                     if a.layout != AttnLayout::Qkv || a.kv_heads != a.heads || !a.bias {
-                        return Err(format!(
+                        return Err(Error::input(format!(
                             "block {l}: the trainer's attention has fused q|k|v rows with biases and no grouped heads"
-                        ));
+                        )));
                     }
                     let n = norm(l, Role::AttnNorm, Role::AttnNormBias, spec.norm)?;
                     subs.push(Sublayer::Attention(Attention {
@@ -1104,19 +1107,21 @@ impl Stack {
                     }));
                 }
                 other => {
-                    return Err(format!(
+                    return Err(Error::input(format!(
                         "block {l}: the block stack does not train a {} mixer yet",
                         match other {
                             MixerSpec::StickBreaking(_) => "stick-breaking",
                             MixerSpec::SeqBoat(_) => "SeqBoat",
                             MixerSpec::Attention(_) => "attention",
                         }
-                    ))
+                    )))
                 }
             }
             if let Some((ns, f)) = spec.ffn {
                 if f.gated {
-                    return Err(format!("block {l}: the trainer has no gated FFN yet"));
+                    return Err(Error::input(format!(
+                        "block {l}: the trainer has no gated FFN yet"
+                    )));
                 }
                 let n = norm(l, Role::FfnNorm, Role::FfnNormBias, ns)?;
                 match f.kind {
@@ -1146,18 +1151,18 @@ impl Stack {
                         ..
                     } => {
                         if !renormalize {
-                            return Err(format!(
+                            return Err(Error::input(format!(
                                 "block {l}: the trainer's FFN mixture renormalises its gates"
-                            ));
+                            )));
                         }
                         let mut ex = Vec::with_capacity(experts);
                         for e in 0..experts {
                             let up = lin(l, Role::FfnUp, Role::FfnUpBias, Some(e))?;
                             let (dw, layout) = need(l, Role::FfnDown, Some(e))?;
                             if layout != Layout::OutIn {
-                                return Err(format!(
+                                return Err(Error::input(format!(
                                     "block {l}: the trainer's mixture stores expert down projections [d, ffn]"
-                                ));
+                                )));
                             }
                             let db = find(l, Role::FfnDownBias, Some(e))?.map(|x| x.0);
                             ex.push((up, Lin { w: dw, b: db }));
@@ -1421,7 +1426,7 @@ mod tests {
             ..Run::default()
         };
         let e = stack.forward(&p, r, &run, 3, &mut x.clone()).unwrap_err();
-        assert!(e.contains("nested FFN width"), "{e}");
+        assert!(e.to_string().contains("nested FFN width"), "{e}");
         let run = Run {
             heads: Some(3),
             ..Run::default()
@@ -1436,13 +1441,13 @@ mod tests {
         let mut t = ParamTable::new();
         t.add_tensors(&ts[1..], "").unwrap();
         let e = Stack::bind(&blocks, &ts, t.specs(), "").unwrap_err();
-        assert!(e.contains("blk.0.attn_norm.weight"), "{e}");
+        assert!(e.to_string().contains("blk.0.attn_norm.weight"), "{e}");
         let mut bad = ts.clone();
         bad[2].shape = vec![3 * d, d + 1];
         let mut t = ParamTable::new();
         t.add_tensors(&ts, "").unwrap();
         let e = Stack::bind(&blocks, &bad, t.specs(), "").unwrap_err();
-        assert!(e.contains("blk.0.attn_qkv.weight"), "{e}");
+        assert!(e.to_string().contains("blk.0.attn_qkv.weight"), "{e}");
         let mut rms = blocks.clone();
         rms[1].norm.kind = NormKind::RmsNorm;
         assert!(Stack::bind(&rms, &ts, t.specs(), "").is_err());

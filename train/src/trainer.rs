@@ -14,6 +14,7 @@ use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::params::ParamStore;
 use crate::tasks::{Batch, Dataset};
 use modula_core::rng::SplitMix64;
+use modula_core::Error;
 
 /// A model the loop can train: a forward that returns the task loss, the saved activations
 /// and `∂loss/∂logits`; a backward that accumulates gradients (scaled by `scale` for
@@ -37,7 +38,7 @@ pub trait Trainable {
     /// evaluation has) turns it off.
     fn set_noise(&mut self, _seed: Option<u64>) {}
     /// Forward.
-    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String>;
+    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), Error>;
     /// The logits of a forward.
     fn logits(acts: &Self::Acts) -> &[f32];
     /// Backward.
@@ -47,7 +48,7 @@ pub trait Trainable {
         acts: &Self::Acts,
         dlogits: &[f32],
         scale: f32,
-    ) -> Result<(), String>;
+    ) -> Result<(), Error>;
     /// Auxiliary (routing) loss of a forward, already weighted (0 for dense models).
     fn aux_loss(_acts: &Self::Acts) -> f64 {
         0.0
@@ -98,7 +99,7 @@ impl Trainable for DenseModel {
         self.nested = size.map(|[d, f, _]| (d, f));
         self.nested_heads = size.map(|[_, _, h]| h);
     }
-    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String> {
+    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), Error> {
         self.forward(batch.input(), &batch.targets, batch.b, batch.t)
     }
     fn logits(acts: &Self::Acts) -> &[f32] {
@@ -110,7 +111,7 @@ impl Trainable for DenseModel {
         acts: &Self::Acts,
         dlogits: &[f32],
         scale: f32,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         self.backward_scaled(batch.input(), acts, dlogits, scale)
     }
     fn aux_loss(acts: &Self::Acts) -> f64 {
@@ -118,12 +119,12 @@ impl Trainable for DenseModel {
     }
 }
 
-fn mf_tokens(batch: &Batch) -> Result<&[u32], String> {
+fn mf_tokens(batch: &Batch) -> Result<&[u32], Error> {
     match batch.input() {
         Input::Tokens(t) => Ok(t),
-        Input::Features(_) => {
-            Err("ModuleFormer models take tokens, not feature vectors (images)".into())
-        }
+        Input::Features(_) => Err(Error::input(
+            "ModuleFormer models take tokens, not feature vectors (images)",
+        )),
     }
 }
 
@@ -138,9 +139,11 @@ impl Trainable for MfModel {
     fn outputs(&self) -> usize {
         self.cfg.vocab
     }
-    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String> {
+    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), Error> {
         if batch.targets.len() != batch.b * batch.t {
-            return Err("ModuleFormer models are language models: one target per position".into());
+            return Err(Error::input(
+                "ModuleFormer models are language models: one target per position",
+            ));
         }
         self.forward(mf_tokens(batch)?, &batch.targets, batch.b, batch.t)
     }
@@ -153,7 +156,7 @@ impl Trainable for MfModel {
         acts: &Self::Acts,
         dlogits: &[f32],
         scale: f32,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         self.backward(mf_tokens(batch)?, acts, dlogits, scale)
     }
     fn aux_loss(acts: &Self::Acts) -> f64 {
@@ -203,7 +206,7 @@ impl Trainable for SbModel {
     fn outputs(&self) -> usize {
         self.cfg.outputs()
     }
-    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), String> {
+    fn forward_batch(&self, batch: &Batch) -> Result<(f64, Self::Acts, Vec<f32>), Error> {
         self.forward(sb_tokens(batch.input())?, &batch.targets, batch.b, batch.t)
     }
     fn logits(acts: &Self::Acts) -> &[f32] {
@@ -215,7 +218,7 @@ impl Trainable for SbModel {
         acts: &Self::Acts,
         dlogits: &[f32],
         _scale: f32,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         self.backward(sb_tokens(batch.input())?, acts, dlogits)
     }
     fn activation(&self, acts: &Self::Acts) -> Vec<f32> {
@@ -282,21 +285,21 @@ pub struct Distill {
 
 impl Distill {
     /// `α` or `α:τ` (τ defaults to 1).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Error> {
         let (a, t) = s.split_once(':').unwrap_or((s, "1"));
         let alpha: f32 = a
             .trim()
             .parse()
-            .map_err(|_| format!("'{s}': use α or α:τ, e.g. 0.5 or 0.5:2"))?;
+            .map_err(|_| Error::input(format!("'{s}': use α or α:τ, e.g. 0.5 or 0.5:2")))?;
         let tau: f32 = t
             .trim()
             .parse()
-            .map_err(|_| format!("'{s}': use α or α:τ, e.g. 0.5 or 0.5:2"))?;
+            .map_err(|_| Error::input(format!("'{s}': use α or α:τ, e.g. 0.5 or 0.5:2")))?;
         if !(alpha > 0.0 && alpha <= 1.0) {
-            return Err(format!("'{s}': α must be in (0, 1]"));
+            return Err(Error::input(format!("'{s}': α must be in (0, 1]")));
         }
         if !(tau > 0.0 && tau.is_finite()) {
-            return Err(format!("'{s}': τ must be positive"));
+            return Err(Error::input(format!("'{s}': τ must be positive")));
         }
         Ok(Distill { alpha, tau })
     }
@@ -319,7 +322,7 @@ pub enum Sorted {
 
 impl Sorted {
     /// Parse `off`, `uniform:N`, `all` or `matformer`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "off" => Ok(Sorted::Off),
             "all" => Ok(Sorted::All),
@@ -331,8 +334,10 @@ impl Sorted {
                     .and_then(|n| n.parse().ok())
                     .filter(|&n: &usize| n > 0)
                     .map(Sorted::Uniform)
-                    .ok_or_else(|| format!("'{s}': use uniform:N with N >= 1")),
-                None => Err(format!("'{s}': use off, uniform:N, all or matformer")),
+                    .ok_or_else(|| Error::input(format!("'{s}': use uniform:N with N >= 1"))),
+                None => Err(Error::input(format!(
+                    "'{s}': use off, uniform:N, all or matformer"
+                ))),
             },
         }
     }
@@ -439,7 +444,7 @@ pub fn train_dense(
     data: &dyn Dataset,
     cfg: &TrainConfig,
     on_step: impl FnMut(&StepInfo),
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let mut state = TrainState::new(cfg.seed);
     train_dense_from(model, data, cfg, &mut state, cfg.steps, on_step)
 }
@@ -453,7 +458,7 @@ pub fn train_dense_from(
     state: &mut TrainState,
     until: u64,
     on_step: impl FnMut(&StepInfo),
-) -> Result<(), String> {
+) -> Result<(), Error> {
     train_from(model, data, cfg, state, until, on_step)
 }
 
@@ -465,15 +470,17 @@ pub fn train_from<M: Trainable>(
     state: &mut TrainState,
     until: u64,
     mut on_step: impl FnMut(&StepInfo),
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if until > cfg.steps {
-        return Err(format!(
+        return Err(Error::input(format!(
             "cannot train to step {until} of a {}-step run",
             cfg.steps
-        ));
+        )));
     }
     if cfg.batch == 0 || cfg.accum == 0 || cfg.seq == 0 {
-        return Err("batch, accumulation and sequence length must be at least 1".into());
+        return Err(Error::input(
+            "batch, accumulation and sequence length must be at least 1",
+        ));
     }
     let inv = 1.0 / cfg.accum as f32;
     // On a GPU: frozen parameters cross once per run, trained ones once per step.
@@ -489,9 +496,7 @@ pub fn train_from<M: Trainable>(
         let (mut loss, mut aux, mut usage) = (0.0, 0.0, Vec::<(f32, f32)>::new());
         let mut activation = Vec::<f32>::new();
         for micro in 0..cfg.accum as u64 {
-            let batch = data
-                .batch(Split::Train, cfg.batch, cfg.seq, &mut state.rng)
-                .map_err(|e| e.to_string())?;
+            let batch = data.batch(Split::Train, cfg.batch, cfg.seq, &mut state.rng)?;
             // EMoE routing noise (if enabled) differs per step and micro-batch, and is a
             // function of the step, so a resumed run sees the same noise
             let noise =
@@ -519,9 +524,9 @@ pub fn train_from<M: Trainable>(
                 let r = model.forward_batch(&batch);
                 let r = r.and_then(|(l, acts, mut dl)| {
                     if !l.is_finite() {
-                        return Err(format!(
+                        return Err(Error::input(format!(
                             "step {step}: sub-model {sub:?} loss is {l}; lower the learning rate"
-                        ));
+                        )));
                     }
                     if let (Some(d), Some((_, full_acts, _))) = (distill, &full) {
                         dl.iter_mut().for_each(|g| *g *= 1.0 - d.alpha);
@@ -535,7 +540,9 @@ pub fn train_from<M: Trainable>(
                             d.alpha,
                             &mut dl,
                         )
-                        .map_err(|e| format!("step {step}: distilling {sub:?}: {e}"))?;
+                        .map_err(|e| {
+                            Error::input(format!("step {step}: distilling {sub:?}: {e}"))
+                        })?;
                     }
                     dl.iter_mut().for_each(|g| *g *= share);
                     model.backward_batch(&batch, &acts, &dl, share)
@@ -548,7 +555,9 @@ pub fn train_from<M: Trainable>(
                 None => full_forward(model)?,
             };
             if !l.is_finite() {
-                return Err(format!("step {step}: loss is {l}; lower the learning rate"));
+                return Err(Error::input(format!(
+                    "step {step}: loss is {l}; lower the learning rate"
+                )));
             }
             if share != 1.0 {
                 dlogits.iter_mut().for_each(|g| *g *= share);
@@ -582,9 +591,9 @@ pub fn train_from<M: Trainable>(
         model.params_mut().mask_frozen_grads();
         let norm = clip_grad_norm(model.params_mut(), cfg.clip);
         if !norm.is_finite() {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "step {step}: gradient norm is {norm}; lower the learning rate"
-            ));
+            )));
         }
         let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr, cfg.min_lr);
         cfg.opt.step(model.params_mut(), step, lr);
@@ -631,7 +640,7 @@ pub fn eval_dense(
     batch: usize,
     seq: usize,
     seed: u64,
-) -> Result<EvalResult, String> {
+) -> Result<EvalResult, Error> {
     eval_model(model, data, batches, batch, seq, seed)
 }
 
@@ -644,7 +653,7 @@ pub fn eval_model<M: Trainable>(
     batch: usize,
     seq: usize,
     seed: u64,
-) -> Result<EvalResult, String> {
+) -> Result<EvalResult, Error> {
     eval_model_with(model, data, batches, batch, seq, seed, |_| {})
 }
 
@@ -658,17 +667,14 @@ pub fn eval_model_with<M: Trainable>(
     seq: usize,
     seed: u64,
     mut on_batch: impl FnMut(&M::Acts),
-) -> Result<EvalResult, String> {
+) -> Result<EvalResult, Error> {
     let outs = model.outputs();
     let _on_device: Vec<ParamsOnDevice> = std::iter::once(&model.params().values[..])
         .chain(model.frozen_values())
         .map(ParamsOnDevice::bind)
         .collect();
     let (mut total, mut correct, mut count) = (0.0f64, 0usize, 0usize);
-    for b in data
-        .eval_batches(batch, seq, batches, seed)
-        .map_err(|e| e.to_string())?
-    {
+    for b in data.eval_batches(batch, seq, batches, seed)? {
         let (loss, acts, _) = model.forward_batch(&b)?;
         let logits = M::logits(&acts);
         let mut n = 0;
@@ -689,7 +695,7 @@ pub fn eval_model_with<M: Trainable>(
         on_batch(&acts);
     }
     if count == 0 {
-        return Err("the validation data has no targets".into());
+        return Err(Error::input("the validation data has no targets"));
     }
     Ok(EvalResult {
         loss: total / count as f64,

@@ -36,7 +36,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<(), String> {
     let (mut model, mut state) = start(
         a,
         seq,
-        load_dense,
+        |p| Ok(load_dense(p)?),
         |p| load_model(p).map(|(m, _)| m),
         || {
             let causal = match a.attention.as_deref() {
@@ -62,7 +62,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<(), String> {
                 pool,
                 ..DenseConfig::lm(0, 0, 0, 0, 0)
             };
-            DenseModel::new(cfg, a.seed)
+            Ok(DenseModel::new(cfg, a.seed)?)
         },
     )?;
     model.emoe_mask = parse_mask(&a.emoe.emoe_mask)?;

@@ -5,7 +5,7 @@
 //!
 //! One file per part: [`data`] (the data flags, shared with `eval`), [`dense`] (the dense
 //! model, EMoE fine-tuning and SortedNet nesting), [`moduleformer`], [`seqboat`] (each
-//! architecture's flag group and model construction), [`eval`], [`convert`]; this file
+//! architecture's flag group and model construction), [`mod@eval`], [`mod@convert`]; this file
 //! holds the flags every architecture shares, the SortedNet flag group, and the training
 //! loop ([`fit`]) all of them run.
 
@@ -293,10 +293,10 @@ pub(crate) trait CliModel: Trainable {
 
 impl CliModel for DenseModel {
     fn save_checkpoint(&self, p: &Path, st: &TrainState, seq: usize) -> Result<u64, String> {
-        save_dense(p, self, st, seq)
+        Ok(save_dense(p, self, st, seq)?)
     }
     fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String> {
-        self.write_gguf(p, seq, "modula dense baseline")
+        Ok(self.write_gguf(p, seq, "modula dense baseline")?)
     }
     fn size_label(&self) -> &'static str {
         if self.cfg.heads_nested() {
@@ -309,10 +309,10 @@ impl CliModel for DenseModel {
 
 impl CliModel for MfModel {
     fn save_checkpoint(&self, p: &Path, st: &TrainState, seq: usize) -> Result<u64, String> {
-        save_mf(p, self, st, seq)
+        Ok(save_mf(p, self, st, seq)?)
     }
     fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String> {
-        self.write_gguf(p, seq, "modula moduleformer")
+        Ok(self.write_gguf(p, seq, "modula moduleformer")?)
     }
     fn size_label(&self) -> &'static str {
         "attention x FFN experts"
@@ -321,10 +321,10 @@ impl CliModel for MfModel {
 
 impl CliModel for SbModel {
     fn save_checkpoint(&self, p: &Path, st: &TrainState, seq: usize) -> Result<u64, String> {
-        save_sb(p, self, st, seq)
+        Ok(save_sb(p, self, st, seq)?)
     }
     fn write_model(&self, p: &Path, seq: usize) -> Result<u64, String> {
-        self.write_gguf(p, seq, "modula seqboat")
+        Ok(self.write_gguf(p, seq, "modula seqboat")?)
     }
     fn size_label(&self) -> &'static str {
         "depth x width"

@@ -94,11 +94,13 @@ pub(crate) fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
     let (mut model, mut state) = start(
         a,
         seq,
-        load_mf,
+        |p| Ok(load_mf(p)?),
         |p| {
             let at = |e: String| format!("{}: {e}", p.display());
             let f = Model::open(p).map_err(|e| at(e.to_string()))?;
-            MfModel::read_gguf(&f).map(|(m, _)| m).map_err(at)
+            MfModel::read_gguf(&f)
+                .map(|(m, _)| m)
+                .map_err(|e| at(e.to_string()))
         },
         || {
             let cfg = MfConfig {
@@ -119,7 +121,7 @@ pub(crate) fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
                 aux_lc: a.mf.aux_lc,
                 nested_experts: [0; 8],
             };
-            MfModel::new(cfg, a.seed)
+            Ok(MfModel::new(cfg, a.seed)?)
         },
     )?;
     model.cfg.aux_mi = a.mf.aux_mi;

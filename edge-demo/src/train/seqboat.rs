@@ -68,11 +68,13 @@ pub(crate) fn run(a: &TrainArgs) -> Result<(), String> {
     let (mut model, mut state) = start(
         a,
         seq,
-        load_sb,
+        |p| Ok(load_sb(p)?),
         |p| {
             let at = |e: String| format!("{}: {e}", p.display());
             let f = Model::open(p).map_err(|e| at(e.to_string()))?;
-            SbModel::read_gguf(&f).map(|(m, _)| m).map_err(at)
+            SbModel::read_gguf(&f)
+                .map(|(m, _)| m)
+                .map_err(|e| at(e.to_string()))
         },
         || {
             let lm = shape.classes == 0;
@@ -109,7 +111,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<(), String> {
                 pad: (a.data.data == "listops").then_some(0),
                 nested_depths: 0,
             };
-            SbModel::new(cfg, a.seed)
+            Ok(SbModel::new(cfg, a.seed)?)
         },
     )?;
     if let Some(list) = &a.sortednet.nested_depths {

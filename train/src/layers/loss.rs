@@ -48,6 +48,15 @@ impl core::fmt::Display for LossError {
 
 impl std::error::Error for LossError {}
 
+impl From<LossError> for modula_core::Error {
+    fn from(e: LossError) -> Self {
+        match e {
+            LossError::NonFinite { .. } => modula_core::Error::non_finite(e.to_string()),
+            _ => modula_core::Error::input(e.to_string()),
+        }
+    }
+}
+
 /// A target that contributes no loss (e.g. the prompt half of a copy task).
 pub const IGNORE: u32 = u32::MAX;
 

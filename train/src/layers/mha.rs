@@ -14,6 +14,7 @@ use crate::compute::matmul_rows;
 use crate::params::ParamStore;
 use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::{par, KernelError};
+use modula_core::Error;
 
 /// LayerNorm ε of every block.
 pub const LN_EPS: f32 = 1e-5;
@@ -68,10 +69,6 @@ pub struct MhaSaved {
     attn: Vec<f32>,
 }
 
-fn ke(e: KernelError) -> String {
-    e.to_string()
-}
-
 /// `dx += dy W` (`dy: [m, n]`, `w: [n, k]`, `dx: [m, k]`) and, when `grads` is given,
 /// `dw += dyᵀ x`, `db += Σ dy` — the backward of a linear layer whose weights may be frozen.
 #[allow(clippy::too_many_arguments)]
@@ -97,7 +94,7 @@ pub fn mha_forward(
     ix: &MhaIdx,
     s: MhaShape,
     x: &mut [f32],
-) -> Result<MhaSaved, String> {
+) -> Result<MhaSaved, Error> {
     let MhaShape {
         b,
         t,
@@ -107,15 +104,15 @@ pub fn mha_forward(
         causal,
     } = s;
     if heads == 0 || d % heads != 0 || x.len() != b * t * d {
-        return Err(format!(
+        return Err(Error::input(format!(
             "attention: input of {} values is not [{b}·{t}, {d}] with {heads} heads dividing d",
             x.len()
-        ));
+        )));
     }
     if active == 0 || active > heads {
-        return Err(format!(
+        return Err(Error::input(format!(
             "attention: {active} active heads is outside 1..={heads}"
-        ));
+        )));
     }
     let (n, hd) = (b * t, d / heads);
     let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
@@ -129,8 +126,7 @@ pub fn mha_forward(
         &mut h,
         &mut mu,
         &mut rs,
-    )
-    .map_err(ke)?;
+    )?;
     let mut qkv = vec![0f32; n * 3 * d];
     linear_forward(
         &h,
@@ -140,8 +136,7 @@ pub fn mha_forward(
         3 * d,
         d,
         &mut qkv,
-    )
-    .map_err(ke)?;
+    )?;
     let scale = 1.0 / (hd as f32).sqrt();
     let results = par::map_indexed(b * active, |task| {
         let (sq, hh) = (task / active, task % active);
@@ -156,7 +151,7 @@ pub fn mha_forward(
         let [qh, kh, vh] = qkvh;
         let (mut o, mut pr) = (vec![0f32; t * hd], vec![0f32; t * t]);
         let r = attention_forward(&qh, &kh, &vh, t, hd, scale, causal, &mut o, &mut pr);
-        r.map(|()| ([qh, kh, vh, pr], o)).map_err(ke)
+        r.map(|()| ([qh, kh, vh, pr], o)).map_err(Error::from)
     });
     let mut attn = vec![0f32; n * d];
     let mut saved = Vec::with_capacity(b * active);
@@ -178,8 +173,7 @@ pub fn mha_forward(
         d,
         d,
         &mut proj,
-    )
-    .map_err(ke)?;
+    )?;
     for (xv, pv) in x.iter_mut().zip(&proj) {
         *xv += pv;
     }
@@ -204,7 +198,7 @@ pub fn mha_backward(
     x_in: &[f32],
     dx: &mut [f32],
     param_grads: bool,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let MhaShape {
         b,
         t,
@@ -220,7 +214,9 @@ pub fn mha_backward(
         || dx.len() != n * d
         || x_in.len() != n * d
     {
-        return Err("attention backward: saved activations do not match the shape".into());
+        return Err(Error::input(
+            "attention backward: saved activations do not match the shape",
+        ));
     }
     let scale = 1.0 / (hd as f32).sqrt();
     let mut dattn = vec![0f32; n * d];
@@ -228,7 +224,7 @@ pub fn mha_backward(
         let (w, dw) = p.value_grad(ix.proj_w, ix.proj_w);
         let mut dbp = vec![0f32; d];
         let g = param_grads.then_some((dw, Some(&mut dbp[..])));
-        linear_backward_maybe(dx, &saved.attn, w, n, d, d, &mut dattn, g).map_err(ke)?;
+        linear_backward_maybe(dx, &saved.attn, w, n, d, d, &mut dattn, g)?;
         if param_grads {
             add(p.grad_mut(ix.proj_b), &dbp);
         }
@@ -247,7 +243,7 @@ pub fn mha_backward(
     });
     let mut dqkv = vec![0f32; n * 3 * d];
     for (task, g) in grads.into_iter().enumerate() {
-        let g = g.map_err(ke)?;
+        let g = g?;
         let (sq, hh) = (task / active, task % active);
         for i in 0..t {
             let row = &mut dqkv[(sq * t + i) * 3 * d..(sq * t + i + 1) * 3 * d];
@@ -262,7 +258,7 @@ pub fn mha_backward(
         let (w, dw) = p.value_grad(ix.qkv_w, ix.qkv_w);
         let mut dbq = vec![0f32; 3 * d];
         let g = param_grads.then_some((dw, Some(&mut dbq[..])));
-        linear_backward_maybe(&dqkv, &saved.ln, w, n, 3 * d, d, &mut dh, g).map_err(ke)?;
+        linear_backward_maybe(&dqkv, &saved.ln, w, n, 3 * d, d, &mut dh, g)?;
         if param_grads {
             add(p.grad_mut(ix.qkv_b), &dbq);
         }

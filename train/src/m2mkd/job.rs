@@ -20,6 +20,7 @@ use super::net::{Net, StageActs, StageInput};
 use crate::params::ParamStore;
 use crate::tasks::Batch;
 use crate::trainer::Trainable;
+use modula_core::Error;
 
 /// The teacher of a job.
 #[derive(Clone, Debug)]
@@ -121,33 +122,37 @@ impl Job {
         self.student.first_module()
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Error> {
         let a = self.loss.alpha;
         if !(0.0..=1.0).contains(&a) {
-            return Err(format!("α = {a} must be in [0, 1]"));
+            return Err(Error::input(format!("α = {a} must be in [0, 1]")));
         }
         if a > 0.0 && matches!(self.teacher, Teacher::None) && !self.eval {
-            return Err("α > 0 needs a teacher".into());
+            return Err(Error::input("α > 0 needs a teacher"));
         }
         if let Some(meta) = &self.meta {
             if self.student.stages.len() != 1 {
-                return Err("a hybrid trains exactly one module".into());
+                return Err(Error::input("a hybrid trains exactly one module"));
             }
             if meta.first_module() != 0 || meta.stages.len() != meta.stages[0].cfg.of {
-                return Err("the meta model must hold every module".into());
+                return Err(Error::input("the meta model must hold every module"));
             }
             if self.student.stages[0].cfg.of != meta.stages.len() {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "the module belongs to a {}-module network, the meta model has {}",
                     self.student.stages[0].cfg.of,
                     meta.stages.len()
-                ));
+                )));
             }
             if matches!(self.teacher, Teacher::Full(_)) {
-                return Err("a hybrid takes the teacher's module, not the whole teacher".into());
+                return Err(Error::input(
+                    "a hybrid takes the teacher's module, not the whole teacher",
+                ));
             }
         } else if matches!(self.teacher, Teacher::Module(_)) {
-            return Err("a teacher module needs the meta model (hybrid training)".into());
+            return Err(Error::input(
+                "a teacher module needs the meta model (hybrid training)",
+            ));
         }
         Ok(())
     }
@@ -158,7 +163,7 @@ impl Job {
         range: std::ops::Range<usize>,
         batch: &Batch,
         mut h: Vec<f32>,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, Error> {
         for m in range {
             let inp = if m == 0 {
                 StageInput::Batch(batch)
@@ -198,7 +203,7 @@ impl Trainable for Job {
         self.student.outputs()
     }
 
-    fn forward_batch(&self, batch: &Batch) -> Result<(f64, JobActs, Vec<f32>), String> {
+    fn forward_batch(&self, batch: &Batch) -> Result<(f64, JobActs, Vec<f32>), Error> {
         self.check()?;
         let (b, t) = (batch.b, batch.t);
         let l = self.loss;
@@ -242,7 +247,7 @@ impl Trainable for Job {
                             let s_out = &a.student[0].out;
                             let mut g = vec![0f32; s_out.len()];
                             a.teacher_loss = mse(s_out, &t_out, alpha, &mut g).map_err(|e| {
-                                format!("hidden-state MSE (teacher and student module outputs must have the same width): {e}")
+                                Error::input(format!("hidden-state MSE (teacher and student module outputs must have the same width): {e}"))
                             })?;
                             a.d_hidden = g;
                             None
@@ -295,7 +300,7 @@ impl Trainable for Job {
         acts: &JobActs,
         dlogits: &[f32],
         scale: f32,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         match &mut self.meta {
             None => {
                 self.student.backward_all(
@@ -318,7 +323,7 @@ impl Trainable for Job {
                     };
                     g = meta
                         .backward_stage(m, StageInput::Hidden(inp), sa, &g, false, true)?
-                        .ok_or("meta suffix gave no input gradient")?;
+                        .ok_or_else(|| Error::input("meta suffix gave no input gradient"))?;
                 }
                 for (gv, hv) in g.iter_mut().zip(&acts.d_hidden) {
                     *gv += scale * hv;

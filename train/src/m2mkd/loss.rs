@@ -4,6 +4,7 @@
 //! *adds* its weighted gradient to the caller's buffer.
 
 use crate::layers::loss::IGNORE;
+use modula_core::Error;
 
 /// How the KL sum is normalised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,11 +17,13 @@ pub enum KlNorm {
 
 impl KlNorm {
     /// Parse `logit` or `row`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "logit" => Ok(KlNorm::PerLogit),
             "row" => Ok(KlNorm::PerRow),
-            _ => Err(format!("unknown KL normalisation '{s}' (logit | row)")),
+            _ => Err(Error::input(format!(
+                "unknown KL normalisation '{s}' (logit | row)"
+            ))),
         }
     }
     /// Name for files and logs.
@@ -42,23 +45,23 @@ fn softmax_row(z: &[f32], tau: f32, out: &mut [f64]) {
     out.iter_mut().for_each(|o| *o /= s);
 }
 
-fn check(logits: &[f32], c: usize, targets: &[u32]) -> Result<usize, String> {
+fn check(logits: &[f32], c: usize, targets: &[u32]) -> Result<usize, Error> {
     if c == 0 || logits.len() != targets.len() * c {
-        return Err(format!(
+        return Err(Error::input(format!(
             "{} logits do not make {} rows of {c}",
             logits.len(),
             targets.len()
-        ));
+        )));
     }
     if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
-        return Err(format!("logit {i} is {}", logits[i]));
+        return Err(Error::input(format!("logit {i} is {}", logits[i])));
     }
     if let Some(&t) = targets.iter().find(|&&t| t != IGNORE && t as usize >= c) {
-        return Err(format!("target {t} is outside 0..{c}"));
+        return Err(Error::input(format!("target {t} is outside 0..{c}")));
     }
     let rows = targets.iter().filter(|&&t| t != IGNORE).count();
     if rows == 0 {
-        return Err("no targets".into());
+        return Err(Error::input("no targets"));
     }
     Ok(rows)
 }
@@ -73,7 +76,7 @@ pub fn soft_ce(
     eps: f32,
     weight: f32,
     dlogits: &mut [f32],
-) -> Result<f64, String> {
+) -> Result<f64, Error> {
     let rows = check(logits, c, targets)?;
     let mut p = vec![0f64; c];
     let mut loss = 0.0f64;
@@ -105,11 +108,11 @@ pub fn kd_kl(
     norm: KlNorm,
     weight: f32,
     dlogits: &mut [f32],
-) -> Result<f64, String> {
+) -> Result<f64, Error> {
     let rows = check(student, c, targets)?;
     check(teacher, c, targets)?;
     if tau.partial_cmp(&0.0) != Some(core::cmp::Ordering::Greater) || !tau.is_finite() {
-        return Err(format!("temperature {tau} must be positive"));
+        return Err(Error::input(format!("temperature {tau} must be positive")));
     }
     let nrm = match norm {
         KlNorm::PerLogit => (rows * c) as f64,
@@ -138,9 +141,13 @@ pub fn kd_kl(
 }
 
 /// `mean((a − b)²)` over all elements; adds `weight·2(a − b)/numel` to `da`.
-pub fn mse(a: &[f32], b: &[f32], weight: f32, da: &mut [f32]) -> Result<f64, String> {
+pub fn mse(a: &[f32], b: &[f32], weight: f32, da: &mut [f32]) -> Result<f64, Error> {
     if a.len() != b.len() || a.is_empty() || da.len() != a.len() {
-        return Err(format!("MSE of {} and {} values", a.len(), b.len()));
+        return Err(Error::input(format!(
+            "MSE of {} and {} values",
+            a.len(),
+            b.len()
+        )));
     }
     let n = a.len() as f64;
     let mut s = 0.0f64;

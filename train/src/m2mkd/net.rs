@@ -22,6 +22,7 @@ use modula_core::arch::{
     Act, AttentionSpec, AttnLayout, BlockSpec, FfnKind, FfnSpec, Layout, MixerSpec, NormKind,
     NormSpec, Role, RouterKind, TensorSpec,
 };
+use modula_core::Error;
 
 /// Shape of one module.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,42 +72,47 @@ impl StageCfg {
     fn stitch_out(&self) -> bool {
         !self.last() && self.out_width != self.d
     }
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Error> {
         let i = self.index;
         if self.of == 0 || i >= self.of {
-            return Err(format!("module {i} of {} does not exist", self.of));
+            return Err(Error::input(format!(
+                "module {i} of {} does not exist",
+                self.of
+            )));
         }
         if self.d == 0 || self.heads == 0 || !self.d.is_multiple_of(self.heads) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "module {i}: width {} must be a positive multiple of the {} heads",
                 self.d, self.heads
-            ));
+            )));
         }
         if self.blocks == 0 || self.blocks > 64 || self.ffn == 0 {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "module {i}: {} blocks (1..=64) with FFN width {} (> 0)",
                 self.blocks, self.ffn
-            ));
+            )));
         }
         if self.blocks < 64 && self.moe >> self.blocks != 0 {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "module {i}: MoE mask names blocks it does not have"
-            ));
+            )));
         }
         if self.of > 4096 || self.experts > 4096 {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "module {i}: {} modules and {} experts (at most 4096 each)",
                 self.of, self.experts
-            ));
+            )));
         }
         if self.moe != 0 && (self.experts < 2 || self.top_k == 0 || self.top_k > self.experts) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "module {i}: {} experts with top-{} (need >= 2 experts, 1 <= k <= experts)",
                 self.experts, self.top_k
-            ));
+            )));
         }
         if (!self.first() && self.in_width == 0) || (!self.last() && self.out_width == 0) {
-            return Err(format!("module {i}: interface widths must be positive"));
+            return Err(Error::input(format!(
+                "module {i}: interface widths must be positive"
+            )));
         }
         Ok(())
     }
@@ -237,17 +243,13 @@ impl StageActs {
     }
 }
 
-fn ke(e: modula_core::kernels::KernelError) -> String {
-    e.to_string()
-}
-
 fn add(dst: &mut [f32], src: &[f32]) {
     for (a, b) in dst.iter_mut().zip(src) {
         *a += b;
     }
 }
 
-fn ln_fwd(p: &ParamStore, ln: Lin, x: &[f32], n: usize, d: usize) -> Result<LnSaved, String> {
+fn ln_fwd(p: &ParamStore, ln: Lin, x: &[f32], n: usize, d: usize) -> Result<LnSaved, Error> {
     let mut s = LnSaved {
         y: vec![0f32; n * d],
         mu: vec![0f32; n],
@@ -263,8 +265,7 @@ fn ln_fwd(p: &ParamStore, ln: Lin, x: &[f32], n: usize, d: usize) -> Result<LnSa
         &mut s.y,
         &mut s.mu,
         &mut s.rs,
-    )
-    .map_err(ke)?;
+    )?;
     Ok(s)
 }
 
@@ -307,9 +308,9 @@ fn lin_fwd(
     n: usize,
     out: usize,
     inp: usize,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<f32>, Error> {
     let mut y = vec![0f32; n * out];
-    linear_forward(x, n, p.value(l.w), Some(p.value(l.b)), out, inp, &mut y).map_err(ke)?;
+    linear_forward(x, n, p.value(l.w), Some(p.value(l.b)), out, inp, &mut y)?;
     Ok(y)
 }
 
@@ -325,16 +326,16 @@ fn lin_bwd(
     dy: &[f32],
     dx: Option<&mut [f32]>,
     pg: bool,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let mut db = vec![0f32; out];
     let (w, dw) = p.value_grad(l.w, l.w);
     match (dx, pg) {
         (Some(dx), pg) => {
             let g = pg.then_some((dw, Some(&mut db[..])));
-            linear_backward_maybe(dy, x, w, n, out, inp, dx, g).map_err(ke)?;
+            linear_backward_maybe(dy, x, w, n, out, inp, dx, g)?;
         }
         (None, true) => {
-            linear_backward(dy, x, w, n, out, inp, None, dw, Some(&mut db)).map_err(ke)?;
+            linear_backward(dy, x, w, n, out, inp, None, dw, Some(&mut db))?;
         }
         (None, false) => return Ok(()),
     }
@@ -344,14 +345,14 @@ fn lin_bwd(
     Ok(())
 }
 
-fn lin(t: &mut ParamTable, pre: &str, name: &str, out: usize, inp: usize) -> Result<Lin, String> {
+fn lin(t: &mut ParamTable, pre: &str, name: &str, out: usize, inp: usize) -> Result<Lin, Error> {
     Ok(Lin {
         w: t.add(&format!("{pre}{name}.weight"), &[out, inp], true)?,
         b: t.add(&format!("{pre}{name}.bias"), &[out], false)?,
     })
 }
 
-fn norm(t: &mut ParamTable, pre: &str, name: &str, w: usize) -> Result<Lin, String> {
+fn norm(t: &mut ParamTable, pre: &str, name: &str, w: usize) -> Result<Lin, Error> {
     Ok(Lin {
         w: t.add(&format!("{pre}{name}.weight"), &[w], false)?,
         b: t.add(&format!("{pre}{name}.bias"), &[w], false)?,
@@ -471,7 +472,7 @@ impl Net {
     /// A network of the modules `cfgs` (consecutive indices of one whole network) for
     /// `task`, initialised deterministically from `seed` (N(0, 0.02); residual output
     /// projections scaled by 1/√(2·blocks); norms γ = 1, β = 0; biases 0).
-    pub fn new(task: TaskShape, cfgs: &[StageCfg], seed: u64) -> Result<Net, String> {
+    pub fn new(task: TaskShape, cfgs: &[StageCfg], seed: u64) -> Result<Net, Error> {
         let (t, stages) = Self::layout(task, cfgs)?;
         let mut params = t.build();
         let blocks: usize = cfgs.iter().map(|c| c.blocks).sum::<usize>() * cfgs[0].of / cfgs.len();
@@ -485,22 +486,22 @@ impl Net {
     }
 
     /// The parameter table and module indices of a network (nothing allocated).
-    fn layout(task: TaskShape, cfgs: &[StageCfg]) -> Result<(ParamTable, Vec<Stage>), String> {
+    fn layout(task: TaskShape, cfgs: &[StageCfg]) -> Result<(ParamTable, Vec<Stage>), Error> {
         if cfgs.is_empty() {
-            return Err("a network needs at least one module".into());
+            return Err(Error::input("a network needs at least one module"));
         }
         if task.seq.is_none() || task.seq == Some(0) {
-            return Err("m2mKD networks need a fixed sequence length".into());
+            return Err(Error::input("m2mKD networks need a fixed sequence length"));
         }
         for (a, b) in cfgs.iter().zip(cfgs.iter().skip(1)) {
             if b.index != a.index + 1 || a.of != b.of {
-                return Err("modules of a network must be consecutive".into());
+                return Err(Error::input("modules of a network must be consecutive"));
             }
             if a.out_width != b.in_width {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "module {} emits width {} but module {} takes {}",
                     a.index, a.out_width, b.index, b.in_width
-                ));
+                )));
             }
         }
         let mut t = ParamTable::new();
@@ -587,16 +588,16 @@ impl Net {
 }
 
 impl Net {
-    fn stage_pos(&self, module: usize) -> Result<usize, String> {
+    fn stage_pos(&self, module: usize) -> Result<usize, Error> {
         let first = self.first_module();
         module
             .checked_sub(first)
             .filter(|&s| s < self.stages.len())
             .ok_or_else(|| {
-                format!(
+                Error::input(format!(
                     "module {module} is not in this network (modules {first}..{})",
                     first + self.stages.len()
-                )
+                ))
             })
     }
 
@@ -608,16 +609,16 @@ impl Net {
         input: StageInput<'_>,
         b: usize,
         t: usize,
-    ) -> Result<StageActs, String> {
+    ) -> Result<StageActs, Error> {
         let st = &self.stages[self.stage_pos(module)?];
         let c = &st.cfg;
         let p = &self.params;
         let (d, n) = (c.d, b * t);
         if Some(t) != self.task.seq {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "sequences of {t} positions; this network takes {:?}",
                 self.task.seq
-            ));
+            )));
         }
         let mut a = StageActs {
             b,
@@ -627,22 +628,24 @@ impl Net {
         let mut x = match (input, st.embed) {
             (StageInput::Batch(batch), Some(emb)) => {
                 if (batch.b, batch.t) != (b, t) {
-                    return Err("batch shape does not match".into());
+                    return Err(Error::input("batch shape does not match"));
                 }
                 let mut x = vec![0f32; n * d];
                 match emb {
                     Embed::Tokens(table) => {
                         if batch.tokens.len() != n {
-                            return Err(format!(
+                            return Err(Error::input(format!(
                                 "expected {n} tokens, got {} (is the input an image?)",
                                 batch.tokens.len()
-                            ));
+                            )));
                         }
                         let tab = p.value(table);
                         for (i, &tok) in batch.tokens.iter().enumerate() {
                             let r = tok as usize;
                             if r >= self.task.vocab {
-                                return Err(format!("token {tok} is outside the vocabulary"));
+                                return Err(Error::input(format!(
+                                    "token {tok} is outside the vocabulary"
+                                )));
                             }
                             x[i * d..(i + 1) * d].copy_from_slice(&tab[r * d..(r + 1) * d]);
                         }
@@ -650,10 +653,10 @@ impl Net {
                     Embed::Patches(l) => {
                         let pd = self.task.patch_dim;
                         if batch.features.len() != n * pd {
-                            return Err(format!(
+                            return Err(Error::input(format!(
                                 "expected {n}x{pd} features, got {}",
                                 batch.features.len()
-                            ));
+                            )));
                         }
                         x = lin_fwd(p, l, &batch.features, n, d, pd)?;
                     }
@@ -668,12 +671,12 @@ impl Net {
             }
             (StageInput::Hidden(h), None) => {
                 if h.len() != n * c.in_width {
-                    return Err(format!(
+                    return Err(Error::input(format!(
                         "module {}: hidden input of {} values is not [{n}, {}]",
                         c.index,
                         h.len(),
                         c.in_width
-                    ));
+                    )));
                 }
                 match &st.stitch_in {
                     Some(s) => {
@@ -686,7 +689,7 @@ impl Net {
                 }
             }
             _ => {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "module {} takes {}",
                     c.index,
                     if c.first() {
@@ -694,7 +697,7 @@ impl Net {
                     } else {
                         "a hidden stream"
                     }
-                ))
+                )))
             }
         };
         let forced: Vec<(usize, Vec<u32>)> = self
@@ -746,7 +749,7 @@ impl Net {
         dout: &[f32],
         param_grads: bool,
         want_input: bool,
-    ) -> Result<Option<Vec<f32>>, String> {
+    ) -> Result<Option<Vec<f32>>, Error> {
         let si = self.stage_pos(module)?;
         let st = self.stages[si].clone();
         let c = &st.cfg;
@@ -757,10 +760,10 @@ impl Net {
         let (b, t, d) = (acts.b, acts.t, c.d);
         let n = b * t;
         if dout.len() != acts.out.len() || acts.blocks.depth != st.stack.blocks.len() {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "module {}: backward does not match the forward",
                 c.index
-            ));
+            )));
         }
         let mut dx = vec![0f32; n * d];
         if let (Some(hl), Some(head), Some(ln)) = (st.head_ln, st.head, &acts.head_ln) {
@@ -838,7 +841,7 @@ impl Net {
                 }
                 _ => Ok(want_input.then_some(dx)),
             },
-            _ => Err("input kind does not match the module".into()),
+            _ => Err(Error::input("input kind does not match the module")),
         }
     }
 }
@@ -851,7 +854,7 @@ impl Net {
         input: StageInput<'_>,
         b: usize,
         t: usize,
-    ) -> Result<Vec<StageActs>, String> {
+    ) -> Result<Vec<StageActs>, Error> {
         let mut acts: Vec<StageActs> = Vec::with_capacity(self.stages.len());
         for s in 0..self.stages.len() {
             let module = self.first_module() + s;
@@ -873,9 +876,9 @@ impl Net {
         dout: &[f32],
         param_grads: bool,
         want_input: bool,
-    ) -> Result<Option<Vec<f32>>, String> {
+    ) -> Result<Option<Vec<f32>>, Error> {
         if acts.len() != self.stages.len() {
-            return Err("backward: activations of another network".into());
+            return Err(Error::input("backward: activations of another network"));
         }
         let mut g = dout.to_vec();
         for s in (0..self.stages.len()).rev() {
@@ -897,7 +900,7 @@ impl Net {
     /// Copy every tensor of `src` whose name this network also has (same shape required).
     /// Returns the names of `src` that were not copied (not in this network). Fails when a
     /// tensor of this network is missing from `src` unless `allow_missing`.
-    pub fn load_from(&mut self, src: &Net, allow_missing: bool) -> Result<Vec<String>, String> {
+    pub fn load_from(&mut self, src: &Net, allow_missing: bool) -> Result<Vec<String>, Error> {
         let mut dropped = Vec::new();
         let mut filled = vec![false; self.params.specs().len()];
         for (i, s) in src.params.specs().iter().enumerate() {
@@ -905,10 +908,10 @@ impl Net {
                 Some(j) => {
                     let want = &self.params.specs()[j].shape;
                     if want != &s.shape {
-                        return Err(format!(
+                        return Err(Error::input(format!(
                             "tensor '{}' is {:?} in the source and {:?} here",
                             s.name, s.shape, want
-                        ));
+                        )));
                     }
                     self.params
                         .value_mut(j)
@@ -920,12 +923,12 @@ impl Net {
         }
         if !allow_missing {
             if let Some(j) = filled.iter().position(|f| !f) {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "tensor '{}' is not in the source network ({} of {} missing)",
                     self.params.specs()[j].name,
                     filled.iter().filter(|f| !**f).count(),
                     filled.len()
-                ));
+                )));
             }
         }
         Ok(dropped)
@@ -944,16 +947,16 @@ impl Net {
         dense: &crate::model::dense::DenseModel,
         task: TaskShape,
         modules: usize,
-    ) -> Result<Net, String> {
+    ) -> Result<Net, Error> {
         let c = dense.cfg;
         if c.emoe_layers != 0 {
-            return Err("an EMoE model is not a dense teacher".into());
+            return Err(Error::input("an EMoE model is not a dense teacher"));
         }
         if modules == 0 || !c.layers.is_multiple_of(modules) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "{} blocks do not split into {modules} modules of equal size",
                 c.layers
-            ));
+            )));
         }
         let outs = if task.classes > 0 {
             task.classes
@@ -968,10 +971,10 @@ impl Net {
             && (c.classes == 0 || c.pool == task.pool)
             && (c.max_seq == 0 || Some(c.max_seq) >= task.seq);
         if !fits {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "the dense model (vocab {}, patches {}, classes {}, causal {}, pool {}, positions {}) does not fit the data {task:?}",
                 c.vocab, c.patch_dim, c.classes, c.causal, c.pool.name(), c.max_seq
-            ));
+            )));
         }
         let k = c.layers / modules;
         let cfgs: Vec<StageCfg> = (0..modules)
@@ -997,12 +1000,18 @@ impl Net {
                 .name
                 .strip_prefix("mod.")
                 .and_then(|r| r.split_once('.'))
-                .ok_or("unexpected tensor name")?;
-            let m: usize = m.parse().map_err(|_| "unexpected tensor name")?;
+                .ok_or_else(|| Error::input("unexpected tensor name"))?;
+            let m: usize = m
+                .parse()
+                .map_err(|_| Error::input("unexpected tensor name"))?;
             let src = match rest.strip_prefix("blk.") {
                 Some(b) => {
-                    let (j, t) = b.split_once('.').ok_or("unexpected tensor name")?;
-                    let l = m * k + j.parse::<usize>().map_err(|_| "unexpected tensor name")?;
+                    let (j, t) = b
+                        .split_once('.')
+                        .ok_or_else(|| Error::input("unexpected tensor name"))?;
+                    let l = m * k
+                        + j.parse::<usize>()
+                            .map_err(|_| Error::input("unexpected tensor name"))?;
                     format!(
                         "blk.{l}.{}",
                         t.replace("ffn_down.weight", "ffn_down_t.weight")
@@ -1026,11 +1035,11 @@ impl Net {
                     } else if v.len() == dst.len() {
                         dst.copy_from_slice(v);
                     } else {
-                        return Err(format!("tensor '{src}' has another size"));
+                        return Err(Error::input(format!("tensor '{src}' has another size")));
                     }
                 }
                 None if src == "position_embd.weight" || src == "output.bias" => dst.fill(0.0),
-                None => return Err(format!("the dense model has no '{src}'")),
+                None => return Err(Error::input(format!("the dense model has no '{src}'"))),
             }
         }
         Ok(net)
@@ -1044,7 +1053,7 @@ impl Net {
     /// Write the network (its task, modules and parameters) atomically to `path` as GGUF:
     /// `modula.model = "m2mkd-net"`, `modula.m2m.task` and `modula.m2m.modules` (JSON),
     /// one f32 tensor per parameter under its `mod.{i}.…` name.
-    pub fn write_gguf(&self, path: &std::path::Path) -> Result<u64, String> {
+    pub fn write_gguf(&self, path: &std::path::Path) -> Result<u64, Error> {
         use modula_core::gguf::GgufWriter;
         use modula_core::MetaValue;
         let t = self.task;
@@ -1065,7 +1074,7 @@ impl Net {
             })
             .collect();
         let mut w = GgufWriter::new();
-        let e = |e: modula_core::gguf::GgufError| e.to_string();
+        let e = |e: modula_core::gguf::GgufError| Error::from(e);
         w.set("general.architecture", MetaValue::String("modula".into()))
             .map_err(e)?;
         w.set("modula.model", MetaValue::String(KIND.into()))
@@ -1086,10 +1095,10 @@ impl Net {
 
     /// Read a network written by [`Net::write_gguf`]; every tensor must be present with
     /// its shape and finite, and nothing else may be in the file.
-    pub fn read_gguf(path: &std::path::Path) -> Result<Net, String> {
-        let ctx = |m: String| format!("{}: {m}", path.display());
+    pub fn read_gguf(path: &std::path::Path) -> Result<Net, Error> {
+        let ctx = |m: String| Error::input(format!("{}: {m}", path.display()));
         let file = modula_core::Model::open(path).map_err(|e| ctx(e.to_string()))?;
-        let s = |k: &str| -> Result<String, String> {
+        let s = |k: &str| -> Result<String, Error> {
             file.get(k)
                 .and_then(|v| v.as_str().map(str::to_string))
                 .ok_or_else(|| ctx(format!("no '{k}' string (not an m2mKD network file)")))
@@ -1097,11 +1106,11 @@ impl Net {
         if s("modula.model")? != KIND {
             return Err(ctx(format!("not an m2mKD network ('{KIND}')")));
         }
-        let parse = |k: &str| -> Result<serde_json::Value, String> {
+        let parse = |k: &str| -> Result<serde_json::Value, Error> {
             serde_json::from_str(&s(k)?).map_err(|e| ctx(format!("'{k}': {e}")))
         };
         let (task, mods) = (parse("modula.m2m.task")?, parse("modula.m2m.modules")?);
-        let num = |v: &serde_json::Value, k: &str| -> Result<usize, String> {
+        let num = |v: &serde_json::Value, k: &str| -> Result<usize, Error> {
             v.get(k)
                 .and_then(serde_json::Value::as_u64)
                 .and_then(|x| usize::try_from(x).ok())
@@ -1123,7 +1132,7 @@ impl Net {
                     .and_then(serde_json::Value::as_str)
                     .unwrap_or(""),
             )
-            .map_err(ctx)?,
+            .map_err(|e| ctx(e.to_string()))?,
         };
         let list = mods
             .as_array()
@@ -1151,7 +1160,10 @@ impl Net {
             });
         }
         // the declared sizes must fit the file before anything is allocated
-        let declared = Net::layout(shape, &cfgs).map_err(ctx)?.0.elements() as u128;
+        let declared = Net::layout(shape, &cfgs)
+            .map_err(|e| ctx(e.to_string()))?
+            .0
+            .elements() as u128;
         let bytes = std::fs::metadata(path)
             .map_err(|e| ctx(e.to_string()))?
             .len();
@@ -1160,7 +1172,7 @@ impl Net {
                 "the header declares {declared} parameters, more than the file's {bytes} bytes hold"
             )));
         }
-        let mut net = Net::new(shape, &cfgs, 0).map_err(ctx)?;
+        let mut net = Net::new(shape, &cfgs, 0).map_err(|e| ctx(e.to_string()))?;
         let specs = net.params.specs().to_vec();
         for (i, sp) in specs.iter().enumerate() {
             let t = file.tensor(&sp.name).map_err(|e| ctx(e.to_string()))?;
@@ -1547,26 +1559,29 @@ pub(crate) mod tests {
         };
         let huge = modules.replace("\"d\":4", "\"d\":65536");
         let e = write(&huge, "huge.gguf").unwrap_err();
-        assert!(e.contains("declares"), "{e}");
+        assert!(e.to_string().contains("declares"), "{e}");
         let e = write("[{\"index\": 0}]", "partial.gguf").unwrap_err();
-        assert!(e.contains("missing"), "{e}");
+        assert!(e.to_string().contains("missing"), "{e}");
         let e = write("not json", "junk.gguf").unwrap_err();
-        assert!(e.contains("modula.m2m.modules"), "{e}");
+        assert!(e.to_string().contains("modula.m2m.modules"), "{e}");
         let e = write(
             &modules.replace("\"experts\":3", "\"experts\":16000000"),
             "e.gguf",
         )
         .unwrap_err();
-        assert!(e.contains("at most 4096"), "{e}");
+        assert!(e.to_string().contains("at most 4096"), "{e}");
         let e = write("[]", "none.gguf").unwrap_err();
-        assert!(e.contains("modules"), "{e}");
+        assert!(e.to_string().contains("modules"), "{e}");
         let e = write(&modules.replace("\"of\":2", "\"of\":1"), "of.gguf").unwrap_err();
-        assert!(e.contains("module"), "{e}");
+        assert!(e.to_string().contains("module"), "{e}");
         // a NaN weight is refused
         let mut bad = net.clone();
         bad.params.values[3] = f32::NAN;
         bad.write_gguf(&p).unwrap();
-        assert!(Net::read_gguf(&p).unwrap_err().contains("non-finite"));
+        assert!(Net::read_gguf(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("non-finite"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

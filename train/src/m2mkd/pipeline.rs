@@ -27,6 +27,7 @@ use crate::optim::AdamW;
 use crate::tasks::{Dataset, TaskShape};
 use crate::trainer::{eval_model, train_from, TrainConfig, TrainState};
 use modula_core::kernels::par;
+use modula_core::Error;
 use std::path::{Path, PathBuf};
 
 /// The shape of one kind of network (meta, teacher or student).
@@ -210,14 +211,14 @@ impl Variant {
     }
 
     /// Parse [`Variant::name`].
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Error> {
         Self::ALL
             .iter()
             .copied()
             .find(|v| v.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Self::ALL.iter().map(|v| v.name()).collect();
-                format!("unknown variant '{s}' ({})", names.join(" | "))
+                Error::input(format!("unknown variant '{s}' ({})", names.join(" | ")))
             })
     }
 
@@ -347,35 +348,37 @@ impl std::fmt::Debug for Pipeline<'_> {
     }
 }
 
-fn file_err(p: &Path, e: impl std::fmt::Display) -> String {
-    format!("{}: {e}", p.display())
+fn file_err(p: &Path, e: impl std::fmt::Display) -> Error {
+    Error::io(format!("{}: {e}", p.display()))
 }
 
 impl Pipeline<'_> {
-    fn task(&self) -> Result<TaskShape, String> {
+    fn task(&self) -> Result<TaskShape, Error> {
         let t = self.data.shape();
         match t.seq {
             Some(s) if s > 0 => Ok(t),
-            _ => Err("m2mKD needs a data set with a fixed sequence length".into()),
+            _ => Err(Error::input(
+                "m2mKD needs a data set with a fixed sequence length",
+            )),
         }
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Error> {
         let c = &self.cfg;
         if c.modules == 0 || c.modules > 16 {
-            return Err(format!("{} modules (1..=16)", c.modules));
+            return Err(Error::input(format!("{} modules (1..=16)", c.modules)));
         }
         if c.meta.d != c.teacher.d {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "the meta model's width {} must equal the teacher's {} (teacher modules plug into it)",
                 c.meta.d, c.teacher.d
-            ));
+            )));
         }
         if c.meta.blocks != 1 {
-            return Err("the meta model has one block per module".into());
+            return Err(Error::input("the meta model has one block per module"));
         }
         if c.batch == 0 {
-            return Err("batch must be at least 1".into());
+            return Err(Error::input("batch must be at least 1"));
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| file_err(&self.dir, e))?;
         // the phase files of a directory belong to one setting: refuse to mix
@@ -392,11 +395,11 @@ impl Pipeline<'_> {
         let p = self.dir.join("settings.txt");
         match std::fs::read_to_string(&p) {
             Ok(have) if have == want => Ok(()),
-            Ok(_) => Err(format!(
+            Ok(_) => Err(Error::input(format!(
                 "{} holds a run with other settings (see {}); use another directory",
                 self.dir.display(),
                 p.display()
-            )),
+            ))),
             Err(_) => modula_core::io::atomic_write(&p, |w| w.write_all(want.as_bytes()))
                 .map_err(|e| file_err(&p, e)),
         }
@@ -430,7 +433,7 @@ impl Pipeline<'_> {
         }
     }
 
-    fn whole(&self, arch: Arch, seed: u64) -> Result<Net, String> {
+    fn whole(&self, arch: Arch, seed: u64) -> Result<Net, Error> {
         let cfgs: Vec<StageCfg> = (0..self.cfg.modules)
             .map(|i| self.module_cfg(arch, i, arch.d))
             .collect();
@@ -470,7 +473,7 @@ impl Pipeline<'_> {
         }
     }
 
-    fn run_job(&self, job: &mut Job, steps: u64, seed: u64, what: &str) -> Result<(), String> {
+    fn run_job(&self, job: &mut Job, steps: u64, seed: u64, what: &str) -> Result<(), Error> {
         let tc = self.train_cfg(steps, seed);
         let mut state = TrainState::new(seed);
         let every = (steps / 4).max(1);
@@ -494,7 +497,7 @@ impl Pipeline<'_> {
                 ));
             }
         })
-        .map_err(|e| format!("{what}: {e}"))?;
+        .map_err(|e| Error::input(format!("{what}: {e}")))?;
         let secs = t0.elapsed().as_secs_f64();
         (self.log)(&format!(
             "  {what}: {steps} steps in {secs:.1} s ({:.1} ms/step)",
@@ -503,7 +506,7 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    fn eval_on(&self, job: &Job, data: &dyn Dataset) -> Result<(f64, f64), String> {
+    fn eval_on(&self, job: &Job, data: &dyn Dataset) -> Result<(f64, f64), Error> {
         let mut j = job.clone();
         j.eval = true;
         j.teacher = Teacher::None;
@@ -512,11 +515,7 @@ impl Pipeline<'_> {
         Ok((r.accuracy, r.loss))
     }
 
-    fn load_or(
-        &self,
-        name: &str,
-        make: impl FnOnce() -> Result<Net, String>,
-    ) -> Result<Net, String> {
+    fn load_or(&self, name: &str, make: impl FnOnce() -> Result<Net, Error>) -> Result<Net, Error> {
         let p = self.dir.join(name);
         if p.exists() {
             return Net::read_gguf(&p);
@@ -527,7 +526,7 @@ impl Pipeline<'_> {
     }
 
     /// PT: the meta model.
-    pub fn meta(&self) -> Result<Net, String> {
+    pub fn meta(&self) -> Result<Net, Error> {
         self.check()?;
         self.load_or("meta.gguf", || {
             (self.log)("PT: meta model");
@@ -549,16 +548,16 @@ impl Pipeline<'_> {
     }
 
     /// MT: the teacher modules incubated in the meta model (in parallel).
-    pub fn incubated(&self, meta: &Net) -> Result<Vec<Net>, String> {
+    pub fn incubated(&self, meta: &Net) -> Result<Vec<Net>, Error> {
         let c = self.cfg;
         let init = match self.teacher_init {
             Some(t) => {
                 let want = self.whole(c.teacher, 0)?;
                 if t.task != want.task || t.params.specs() != want.params.specs() {
-                    return Err(format!(
+                    return Err(Error::input(format!(
                         "the dense teacher does not have the teacher's shape ({} modules x {} blocks, width {}, FFN {})",
                         c.modules, c.teacher.blocks, c.teacher.d, c.teacher.ffn
-                    ));
+                    )));
                 }
                 t.clone()
             }
@@ -585,7 +584,7 @@ impl Pipeline<'_> {
 
     /// FT: the teacher (incubated modules assembled and fine-tuned), with the teacher
     /// side's health checks written to `teacher.json`.
-    pub fn teacher(&self) -> Result<Net, String> {
+    pub fn teacher(&self) -> Result<Net, Error> {
         let meta = self.meta()?;
         let p = self.dir.join("teacher.gguf");
         if p.exists() {
@@ -597,11 +596,11 @@ impl Pipeline<'_> {
         for m in &mt {
             m.load_from_check(&mut t)?;
         }
-        let eval_net = |n: &Net| -> Result<(f64, Option<f64>), String> {
+        let eval_net = |n: &Net| -> Result<(f64, Option<f64>), Error> {
             let j = Job::end_to_end(n.clone(), self.loss(0.0));
             self.measure(&j).map(|(iid, _, ood)| (iid, ood))
         };
-        let hybrids = |mods: &[Net]| -> Result<Vec<f64>, String> {
+        let hybrids = |mods: &[Net]| -> Result<Vec<f64>, Error> {
             mods.iter()
                 .map(|m| {
                     let j = self.hybrid(&meta, m.clone(), Teacher::None, self.loss(0.0));
@@ -638,7 +637,7 @@ impl Pipeline<'_> {
     }
 
     /// Module `i` of a whole network of shape `arch`, as its own network.
-    fn split(&self, whole: &Net, arch: Arch, i: usize) -> Result<Net, String> {
+    fn split(&self, whole: &Net, arch: Arch, i: usize) -> Result<Net, Error> {
         let mut m = Net::new(self.task()?, &[self.module_cfg(arch, i, arch.d)], 0)?;
         m.load_from(whole, false)?;
         Ok(m)
@@ -646,22 +645,24 @@ impl Pipeline<'_> {
 
     /// Test accuracy, test loss and shifted-test accuracy of a whole network (e.g. a
     /// student or teacher file); checks that it fits the data.
-    pub fn evaluate(&self, net: &Net) -> Result<(f64, f64, Option<f64>), String> {
+    pub fn evaluate(&self, net: &Net) -> Result<(f64, f64, Option<f64>), Error> {
         let t = self.task()?;
         if net.task != t {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "the network was built for {:?}, the data is {:?}",
                 net.task, t
-            ));
+            )));
         }
         if net.first_module() != 0 || net.stages.len() != net.stages[0].cfg.of {
-            return Err("not a whole network (a single module needs its meta model)".into());
+            return Err(Error::input(
+                "not a whole network (a single module needs its meta model)",
+            ));
         }
         self.measure(&Job::end_to_end(net.clone(), self.loss(0.0)))
     }
 
     /// Test accuracy, test loss and shifted-test accuracy of a job's network.
-    fn measure(&self, job: &Job) -> Result<(f64, f64, Option<f64>), String> {
+    fn measure(&self, job: &Job) -> Result<(f64, f64, Option<f64>), Error> {
         let (iid, loss) = self.eval_on(job, self.data)?;
         let ood = match self.shifted {
             Some(s) => Some(self.eval_on(job, s)?.0),
@@ -675,7 +676,7 @@ impl Pipeline<'_> {
     }
 
     /// Results recorded so far.
-    pub fn results(&self) -> Result<Vec<StudentResult>, String> {
+    pub fn results(&self) -> Result<Vec<StudentResult>, Error> {
         let p = self.results_path();
         if !p.exists() {
             return Ok(Vec::new());
@@ -693,7 +694,7 @@ impl Pipeline<'_> {
     }
 
     /// The initial student of `seed` (every variant of the seed starts from it).
-    fn init(&self, seed: u64) -> Result<Net, String> {
+    fn init(&self, seed: u64) -> Result<Net, Error> {
         self.whole(
             self.cfg.student,
             seed.wrapping_mul(0x9e37_79b9).wrapping_add(17),
@@ -702,7 +703,7 @@ impl Pipeline<'_> {
 
     /// K: every student module of a modular variant trained in its hybrid (in parallel),
     /// or loaded from its file.
-    pub fn distill(&self, v: Variant, seed: u64) -> Result<Vec<Net>, String> {
+    pub fn distill(&self, v: Variant, seed: u64) -> Result<Vec<Net>, Error> {
         self.check()?;
         let meta = self.meta()?;
         self.distill_with(v, seed, &meta, &self.init(seed)?)
@@ -715,9 +716,12 @@ impl Pipeline<'_> {
         seed: u64,
         meta: &Net,
         init: &Net,
-    ) -> Result<Vec<Net>, String> {
+    ) -> Result<Vec<Net>, Error> {
         if !v.modular() {
-            return Err(format!("variant '{}' has no K phase", v.name()));
+            return Err(Error::input(format!(
+                "variant '{}' has no K phase",
+                v.name()
+            )));
         }
         let c = self.cfg;
         let teacher: Option<Vec<Net>> = match v {
@@ -771,7 +775,7 @@ impl Pipeline<'_> {
     }
 
     /// Train (or load the result of) one student variant for one seed.
-    pub fn student(&self, variant: Variant, seed: u64) -> Result<StudentResult, String> {
+    pub fn student(&self, variant: Variant, seed: u64) -> Result<StudentResult, Error> {
         self.check()?;
         if let Some(r) = self
             .results()?
@@ -852,12 +856,12 @@ impl Pipeline<'_> {
 impl Net {
     /// Assembly: copy this module's tensors into the whole network `dst` (stitches are
     /// the only tensors allowed to be left behind; every block tensor must land).
-    pub fn load_from_check(&self, dst: &mut Net) -> Result<(), String> {
+    pub fn load_from_check(&self, dst: &mut Net) -> Result<(), Error> {
         let dropped = dst.load_from(self, true)?;
         if let Some(n) = dropped.iter().find(|n| !n.contains(".stitch_")) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "assembly: tensor '{n}' of the module has no place in the network"
-            ));
+            )));
         }
         Ok(())
     }

@@ -13,7 +13,7 @@
 
 use crate::compute::linear;
 use crate::layers::linear::{linear_backward, linear_forward};
-use crate::layers::loss::{cross_entropy, LossError};
+use crate::layers::loss::cross_entropy;
 use crate::layers::mha::LN_EPS;
 use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::params::{ParamStore, ParamTable};
@@ -22,6 +22,7 @@ use modula_core::arch::{self, AttnLayout, DenseShape, ModelDesc, NormKind, NormS
 use modula_core::kernels::expert_ffn::Activation;
 use modula_core::kernels::linear::MatRef;
 use modula_core::rng::SplitMix64;
+use modula_core::Error;
 
 /// The LayerNorm epsilon the trainer trains with (files with another are refused).
 pub const LN_EPS_TRAINED: f32 = LN_EPS;
@@ -48,12 +49,14 @@ impl Pool {
     }
 
     /// Parse [`Pool::name`].
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "mean" => Ok(Pool::Mean),
             "first" => Ok(Pool::First),
             "last" => Ok(Pool::Last),
-            _ => Err(format!("unknown pooling '{s}' (mean | first | last)")),
+            _ => Err(Error::input(format!(
+                "unknown pooling '{s}' (mean | first | last)"
+            ))),
         }
     }
 }
@@ -176,24 +179,28 @@ impl DenseConfig {
     }
 
     /// Set the nested head counts (all heads implied), checking them against the shape.
-    pub fn with_nested_heads(mut self, heads: &[usize]) -> Result<Self, String> {
+    pub fn with_nested_heads(mut self, heads: &[usize]) -> Result<Self, Error> {
         self.nested_heads = 0;
         for &h in heads {
             if h == 0 || h > self.heads {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "nested head count {h} is outside 1..={}",
                     self.heads
-                ));
+                )));
             }
             if h < self.heads {
                 if h > 64 {
-                    return Err(format!("nested head count {h}: at most 64 heads nest"));
+                    return Err(Error::input(format!(
+                        "nested head count {h}: at most 64 heads nest"
+                    )));
                 }
                 self.nested_heads |= 1 << (h - 1);
             }
         }
         if self.nested_heads != 0 && self.emoe_layers != 0 {
-            return Err("nested sub-models of EMoE models are not supported".into());
+            return Err(Error::input(
+                "nested sub-models of EMoE models are not supported",
+            ));
         }
         Ok(self)
     }
@@ -208,11 +215,14 @@ impl DenseConfig {
 
     /// Set the nested sizes (depths and FFN widths; the full ones are implied), checking
     /// them against the shape.
-    pub fn with_nested(mut self, depths: &[usize], ffn: &[usize]) -> Result<Self, String> {
+    pub fn with_nested(mut self, depths: &[usize], ffn: &[usize]) -> Result<Self, Error> {
         self.nested_depths = 0;
         for &l in depths {
             if l == 0 || l > self.layers || l > 64 {
-                return Err(format!("nested depth {l} is outside 1..={}", self.layers));
+                return Err(Error::input(format!(
+                    "nested depth {l} is outside 1..={}",
+                    self.layers
+                )));
             }
             if l < self.layers {
                 self.nested_depths |= 1 << (l - 1);
@@ -222,17 +232,25 @@ impl DenseConfig {
         w.sort_unstable();
         w.dedup();
         if w.len() > 8 {
-            return Err("at most 8 nested FFN widths besides the full one".into());
+            return Err(Error::input(
+                "at most 8 nested FFN widths besides the full one",
+            ));
         }
         self.nested_ffn = [0; 8];
         for (i, &f) in w.iter().enumerate() {
             if f == 0 || f > self.ffn {
-                return Err(format!("nested FFN width {f} is outside 1..={}", self.ffn));
+                return Err(Error::input(format!(
+                    "nested FFN width {f} is outside 1..={}",
+                    self.ffn
+                )));
             }
-            self.nested_ffn[i] = u32::try_from(f).map_err(|_| "FFN width too large")?;
+            self.nested_ffn[i] =
+                u32::try_from(f).map_err(|_| Error::input("FFN width too large"))?;
         }
         if (self.nested_depths != 0 || w.iter().any(|&f| f < self.ffn)) && self.emoe_layers != 0 {
-            return Err("nested sub-models of EMoE models are not supported".into());
+            return Err(Error::input(
+                "nested sub-models of EMoE models are not supported",
+            ));
         }
         Ok(self)
     }
@@ -267,36 +285,39 @@ impl DenseConfig {
     /// [`ModelDesc::from_model`], parses the metadata). The trainer trains LayerNorm with
     /// ε = 1e-5 and GELU; a file with another norm, epsilon or activation is refused by
     /// name rather than fine-tuned as something it is not.
-    pub fn from_desc(desc: &ModelDesc) -> Result<DenseConfig, String> {
+    pub fn from_desc(desc: &ModelDesc) -> Result<DenseConfig, Error> {
         if desc.family != arch::Family::Dense {
-            return Err(format!("not a dense model ({} file)", desc.family.name()));
+            return Err(Error::metadata(
+                "modula.model",
+                format!("not a dense model ({} file)", desc.family.name()),
+            ));
         }
         let b0 = desc
             .blocks
             .first()
-            .ok_or("a dense model needs at least one block")?;
+            .ok_or_else(|| Error::input("a dense model needs at least one block"))?;
         let arch::MixerSpec::Attention(a) = b0.mixer else {
-            return Err("a dense model's blocks are softmax attention".into());
+            return Err(Error::input("a dense model's blocks are softmax attention"));
         };
         let Some((fnorm, ffn)) = b0.ffn else {
-            return Err("a dense model's blocks have an FFN".into());
+            return Err(Error::input("a dense model's blocks have an FFN"));
         };
         for (what, norm) in [("block", b0.norm), ("FFN", fnorm)]
             .into_iter()
             .chain(desc.final_norm.map(|n| ("final", n)))
         {
             if norm.kind != NormKind::LayerNorm || norm.eps != LN_EPS {
-                return Err(format!(
+                return Err(Error::unsupported(format!(
                     "the trainer trains LayerNorm with epsilon {LN_EPS}; this file's {what} norm is {:?} with epsilon {} (modula.norm, modula.norm_epsilon)",
                     norm.kind, norm.eps
-                ));
+                )));
             }
         }
         if ffn.act != Activation::Gelu {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "the trainer trains GELU FFNs; this file's activation is {} (modula.activation)",
                 arch::act_name(ffn.act)
-            ));
+            )));
         }
         let (vocab, patch_dim) = match desc.input {
             arch::Input::Tokens { vocab } => (vocab, 0),
@@ -505,38 +526,42 @@ impl Activations {
 impl DenseModel {
     /// A model with GPT-2-style initialisation (N(0, 0.02); residual projections scaled by
     /// 1/√(2L); norms at γ = 1, β = 0), deterministic in `seed`.
-    pub fn new(cfg: DenseConfig, seed: u64) -> Result<Self, String> {
+    pub fn new(cfg: DenseConfig, seed: u64) -> Result<Self, Error> {
         if cfg.heads == 0 || !cfg.d.is_multiple_of(cfg.heads) || cfg.d == 0 {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "d = {} must be a positive multiple of heads = {}",
                 cfg.d, cfg.heads
-            ));
+            )));
         }
         if cfg.patch_dim == 0 && cfg.vocab == 0 {
-            return Err("a token model needs a vocabulary of at least 1".into());
+            return Err(Error::input(
+                "a token model needs a vocabulary of at least 1",
+            ));
         }
         if cfg.emoe_layers != 0 {
             if cfg.layers < 64 && cfg.emoe_layers >> cfg.layers != 0 {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "EMoE layer mask {:#x} names blocks beyond the {} the model has",
                     cfg.emoe_layers, cfg.layers
-                ));
+                )));
             }
             if cfg.emoe_experts < 2 || !cfg.ffn.is_multiple_of(cfg.emoe_experts) {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "EMoE: {} experts must be at least 2 and divide the FFN width {}",
                     cfg.emoe_experts, cfg.ffn
-                ));
+                )));
             }
             if cfg.emoe_top_k == 0 || cfg.emoe_top_k > cfg.emoe_experts {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "EMoE: top-k {} must be in 1..={}",
                     cfg.emoe_top_k, cfg.emoe_experts
-                ));
+                )));
             }
         }
         if cfg.patch_dim > 0 && cfg.classes == 0 {
-            return Err("a patch (image) model needs a classifier head (classes > 0)".into());
+            return Err(Error::input(
+                "a patch (image) model needs a classifier head (classes > 0)",
+            ));
         }
         let d = cfg.d;
         let mut t = ParamTable::new();
@@ -596,19 +621,21 @@ impl DenseModel {
 
     /// The (depth, FFN width) the forward runs: [`DenseModel::nested`] checked against the
     /// shape, or the full model.
-    pub fn active(&self) -> Result<(usize, usize), String> {
+    pub fn active(&self) -> Result<(usize, usize), Error> {
         let c = self.cfg;
         match self.nested {
             None => Ok((c.layers, c.ffn)),
             Some((depth, f)) => {
                 if depth == 0 || depth > c.layers || f == 0 || f > c.ffn {
-                    return Err(format!(
+                    return Err(Error::input(format!(
                         "nested sub-model (depth {depth}, FFN {f}) is outside the model (depth {}, FFN {})",
                         c.layers, c.ffn
-                    ));
+                    )));
                 }
                 if c.emoe_layers != 0 && (depth, f) != (c.layers, c.ffn) {
-                    return Err("nested sub-models of EMoE models are not supported".into());
+                    return Err(Error::input(
+                        "nested sub-models of EMoE models are not supported",
+                    ));
                 }
                 Ok((depth, f))
             }
@@ -617,29 +644,29 @@ impl DenseModel {
 
     /// The attention heads the forward runs: [`DenseModel::nested_heads`] checked against
     /// the shape, or all heads.
-    pub fn active_heads(&self) -> Result<usize, String> {
+    pub fn active_heads(&self) -> Result<usize, Error> {
         let c = self.cfg;
         match self.nested_heads {
             None => Ok(c.heads),
-            Some(h) if h == 0 || h > c.heads => Err(format!(
+            Some(h) if h == 0 || h > c.heads => Err(Error::input(format!(
                 "nested sub-model with {h} heads is outside the model ({} heads)",
                 c.heads
+            ))),
+            Some(h) if h < c.heads && c.emoe_layers != 0 => Err(Error::input(
+                "nested sub-models of EMoE models are not supported",
             )),
-            Some(h) if h < c.heads && c.emoe_layers != 0 => {
-                Err("nested sub-models of EMoE models are not supported".into())
-            }
             Some(h) => Ok(h),
         }
     }
 
     /// Parameter index of block `layer`'s tensor `name` (e.g. `"ffn_up.weight"`).
-    pub fn ffn_index(&self, layer: usize, name: &str) -> Result<usize, String> {
+    pub fn ffn_index(&self, layer: usize, name: &str) -> Result<usize, Error> {
         let full = format!("blk.{layer}.{name}");
         self.params
             .specs()
             .iter()
             .position(|s| s.name == full)
-            .ok_or_else(|| format!("no tensor {full}"))
+            .ok_or_else(|| Error::input(format!("no tensor {full}")))
     }
 
     /// The avg-k gates of EMoE block `l`: `G[e] = mean of the raw keys (rows of ffn_up) of
@@ -674,51 +701,57 @@ impl DenseModel {
         targets: &[u32],
         b: usize,
         t: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let c = self.cfg;
         let n = b * t;
         if b == 0 || t == 0 {
-            return Err("empty batch".into());
+            return Err(Error::input("empty batch"));
         }
         match (input, c.patch_dim) {
             (Input::Tokens(x), 0) => {
                 if x.len() != n {
-                    return Err(format!("tokens must be [{b}, {t}], got {} values", x.len()));
+                    return Err(Error::input(format!(
+                        "tokens must be [{b}, {t}], got {} values",
+                        x.len()
+                    )));
                 }
                 if let Some(&bad) = x.iter().find(|&&v| v as usize >= c.vocab) {
-                    return Err(format!(
+                    return Err(Error::input(format!(
                         "token {bad} is outside the vocabulary of {}",
                         c.vocab
-                    ));
+                    )));
                 }
             }
             (Input::Features(x), p) if p > 0 => {
                 if x.len() != n * p {
-                    return Err(format!(
+                    return Err(Error::input(format!(
                         "features must be [{b}, {t}, {p}], got {} values",
                         x.len()
-                    ));
+                    )));
                 }
                 if x.iter().any(|v| !v.is_finite()) {
-                    return Err("input features contain NaN or infinity".into());
+                    return Err(Error::input("input features contain NaN or infinity"));
                 }
             }
             (Input::Tokens(_), _) => {
-                return Err("this model takes feature vectors, not tokens".into())
+                return Err(Error::input("this model takes feature vectors, not tokens"))
             }
             (Input::Features(_), _) => {
-                return Err("this model takes tokens, not feature vectors".into())
+                return Err(Error::input("this model takes tokens, not feature vectors"))
             }
         }
         if c.max_seq > 0 && t > c.max_seq {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "sequence length {t} exceeds the position table ({} positions)",
                 c.max_seq
-            ));
+            )));
         }
         let want = if c.is_classifier() { b } else { n };
         if targets.len() != want {
-            return Err(format!("expected {want} targets, got {}", targets.len()));
+            return Err(Error::input(format!(
+                "expected {want} targets, got {}",
+                targets.len()
+            )));
         }
         Ok(())
     }
@@ -733,12 +766,11 @@ impl DenseModel {
         targets: &[u32],
         b: usize,
         t: usize,
-    ) -> Result<(f64, Activations, Vec<f32>), String> {
+    ) -> Result<(f64, Activations, Vec<f32>), Error> {
         self.check_input(input, targets, b, t)?;
         let c = self.cfg;
         let (d, n) = (c.d, b * t);
         let p = &self.params;
-        let ke = |e: modula_core::kernels::KernelError| e.to_string();
         let (depth, f) = self.active()?;
         let heads = self.active_heads()?;
         let mut a = Activations {
@@ -757,8 +789,7 @@ impl DenseModel {
             }
             Input::Features(f) => {
                 let bias = self.embed_b.map(|i| p.value(i));
-                linear_forward(f, n, p.value(self.embed), bias, d, c.patch_dim, &mut x)
-                    .map_err(ke)?;
+                linear_forward(f, n, p.value(self.embed), bias, d, c.patch_dim, &mut x)?;
             }
         }
         if let Some(pos) = self.pos {
@@ -783,8 +814,7 @@ impl DenseModel {
             &mut hf,
             &mut muf,
             &mut rsf,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let outs = c.outputs();
         let (rows, feats): (usize, &[f32]) = if c.is_classifier() {
             a.pooled = pool_forward(c.pool, &hf, b, t, d);
@@ -797,15 +827,13 @@ impl DenseModel {
             feats,
             d,
             rows,
-            &MatRef::f32(p.value(self.head), outs, d).map_err(ke)?,
+            &MatRef::f32(p.value(self.head), outs, d)?,
             self.head_b.map(|i| p.value(i)),
             &mut logits,
             outs,
-        )
-        .map_err(ke)?;
+        )?;
         let mut dlogits = vec![0f32; rows * outs];
-        let loss = cross_entropy(&logits, targets, outs, &mut dlogits)
-            .map_err(|e: LossError| e.to_string())?;
+        let loss = cross_entropy(&logits, targets, outs, &mut dlogits)?;
         a.x_out = x;
         a.lnf = hf;
         a.lnf_stats = (muf, rsf);
@@ -820,7 +848,7 @@ impl DenseModel {
         input: Input<'_>,
         a: &Activations,
         dlogits: &[f32],
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         self.backward_scaled(input, a, dlogits, 1.0)
     }
 
@@ -832,16 +860,18 @@ impl DenseModel {
         a: &Activations,
         dlogits: &[f32],
         aux_scale: f32,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let c = self.cfg;
         let (b, t) = (a.b, a.t);
         let (d, n) = (c.d, b * t);
         let outs = c.outputs();
         let rows = if c.is_classifier() { b } else { n };
         if dlogits.len() != rows * outs || a.blocks.depth > c.layers {
-            return Err("backward: activations or dlogits do not match this model".into());
+            return Err(Error::input(
+                "backward: activations or dlogits do not match this model",
+            ));
         }
-        let e = |e: modula_core::kernels::KernelError| e.to_string();
+        let e = |e: modula_core::kernels::KernelError| Error::from(e);
         let p = &mut self.params;
         // head
         let mut dx_f = vec![0f32; n * d];
@@ -1348,6 +1378,7 @@ mod tests {
         assert!(m
             .forward(tok(&[1, 2, 3]), &[1, 2, 3], 1, 3)
             .unwrap_err()
+            .to_string()
             .contains("position"));
         assert!(m
             .forward(Input::Features(&[0.0; 4]), &[1, 2], 1, 2)

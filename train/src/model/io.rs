@@ -32,6 +32,7 @@
 use super::dense::{DenseConfig, DenseModel, Pool};
 use modula_core::arch::{AttentionSpec, AttnLayout, MixerSpec, ModelDesc};
 use modula_core::gguf::GgufWriter;
+use modula_core::Error;
 use modula_core::{MetaValue, Model};
 use std::collections::HashMap;
 use std::path::Path;
@@ -41,11 +42,11 @@ fn config_meta(
     c: &DenseConfig,
     context_length: usize,
     name: &str,
-) -> Result<Vec<(&'static str, MetaValue)>, String> {
+) -> Result<Vec<(&'static str, MetaValue)>, Error> {
     let u = |v: usize| {
         u32::try_from(v)
             .map(MetaValue::U32)
-            .map_err(|_| format!("{v} does not fit in u32"))
+            .map_err(|_| Error::input(format!("{v} does not fit in u32")))
     };
     let task = if c.is_classifier() { "classify" } else { "lm" };
     let mut meta = vec![
@@ -86,7 +87,7 @@ fn config_meta(
         meta.push(("modula.expert.router", MetaValue::String("avgk".into())));
     }
     if c.nested_depths != 0 || c.nested_ffn.iter().any(|&w| w > 0) {
-        let list = |v: Vec<usize>| -> Result<MetaValue, String> {
+        let list = |v: Vec<usize>| -> Result<MetaValue, Error> {
             Ok(MetaValue::Array(
                 modula_core::ValueType::U32,
                 v.into_iter().map(u).collect::<Result<Vec<_>, _>>()?,
@@ -117,24 +118,27 @@ fn config_meta(
 }
 
 /// The architecture from metadata looked up as strings; returns it with the context length.
-fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usize), String> {
+fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usize), Error> {
     if get("modula.model").as_deref() != Some("dense") {
-        return Err(format!(
-            "not a dense model (modula.model = {:?})",
-            get("modula.model")
+        return Err(Error::metadata(
+            "modula.model",
+            format!(
+                "not a dense model (modula.model = {:?})",
+                get("modula.model")
+            ),
         ));
     }
-    let opt = |k: &str| -> Result<usize, String> {
+    let opt = |k: &str| -> Result<usize, Error> {
         match get(k) {
             None => Ok(0),
             Some(v) => v
                 .parse::<usize>()
-                .map_err(|_| format!("{k} = '{v}' is not a count")),
+                .map_err(|_| Error::input(format!("{k} = '{v}' is not a count"))),
         }
     };
-    let need = |k: &str| -> Result<usize, String> {
+    let need = |k: &str| -> Result<usize, Error> {
         match get(k) {
-            None => Err(format!("missing {k}")),
+            None => Err(Error::input(format!("missing {k}"))),
             Some(_) => opt(k),
         }
     };
@@ -146,18 +150,18 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
     ] {
         if let Some(v) = get(k) {
             if v != want {
-                return Err(format!(
+                return Err(Error::unsupported(format!(
                     "{k} = '{v}': the trainer trains {want} dense models"
-                ));
+                )));
             }
         }
     }
     if let Some(v) = get("modula.norm_epsilon") {
         if v.parse::<f32>().ok() != Some(super::dense::LN_EPS_TRAINED) {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "modula.norm_epsilon = '{v}': the trainer trains LayerNorm with epsilon {}",
                 super::dense::LN_EPS_TRAINED
-            ));
+            )));
         }
     }
     let patch_dim = opt("modula.input.patch_dim")?;
@@ -168,7 +172,11 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
     let causal = match get("modula.attention.causal").as_deref() {
         None | Some("true") => true,
         Some("false") => false,
-        Some(v) => return Err(format!("modula.attention.causal = '{v}' is not a bool")),
+        Some(v) => {
+            return Err(Error::input(format!(
+                "modula.attention.causal = '{v}' is not a bool"
+            )))
+        }
     };
     let cfg = DenseConfig {
         vocab: if patch_dim > 0 {
@@ -195,19 +203,20 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
     let mut cfg = cfg;
     if let Some(list) = get("modula.emoe.layers") {
         for v in list.split(',').filter(|v| !v.is_empty()) {
-            let l: usize = v
-                .trim()
-                .parse()
-                .map_err(|_| format!("modula.emoe.layers: '{v}' is not a block index"))?;
+            let l: usize = v.trim().parse().map_err(|_| {
+                Error::input(format!("modula.emoe.layers: '{v}' is not a block index"))
+            })?;
             if l >= 64 {
-                return Err(format!("modula.emoe.layers: block {l} is out of range"));
+                return Err(Error::input(format!(
+                    "modula.emoe.layers: block {l} is out of range"
+                )));
             }
             cfg.emoe_layers |= 1 << l;
         }
         cfg.emoe_experts = need("modula.expert.count")?;
         cfg.emoe_top_k = need("modula.expert.used_count")?;
     }
-    let parse_list = |k: &str| -> Result<Vec<usize>, String> {
+    let parse_list = |k: &str| -> Result<Vec<usize>, Error> {
         match get(k) {
             None => Ok(Vec::new()),
             Some(list) => list
@@ -216,7 +225,7 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
                 .map(|v| {
                     v.trim()
                         .parse::<usize>()
-                        .map_err(|_| format!("{k}: '{v}' is not a size"))
+                        .map_err(|_| Error::input(format!("{k}: '{v}' is not a size")))
                 })
                 .collect(),
         }
@@ -231,10 +240,10 @@ fn config_from(get: &dyn Fn(&str) -> Option<String>) -> Result<(DenseConfig, usi
     let heads = parse_list("modula.nested.head_counts")?;
     if !heads.is_empty() {
         if cfg.heads == 0 || !cfg.d.is_multiple_of(cfg.heads) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "d = {} is not a multiple of {} heads",
                 cfg.d, cfg.heads
-            ));
+            )));
         }
         cfg = cfg.with_nested_heads(&heads)?;
     }
@@ -305,25 +314,26 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// A named tensor's shape and values, widened to f32.
-type Loaded = Result<(Vec<usize>, Vec<f32>), String>;
+type Loaded = Result<(Vec<usize>, Vec<f32>), Error>;
 
 /// Copy named tensors into a fresh model, checking every name and shape.
-fn fill(cfg: DenseConfig, tensor: &dyn Fn(&str) -> Loaded) -> Result<DenseModel, String> {
+fn fill(cfg: DenseConfig, tensor: &dyn Fn(&str) -> Loaded) -> Result<DenseModel, Error> {
     let mut model = DenseModel::new(cfg, 0)?;
     for i in 0..model.params.specs().len() {
         let spec = model.params.specs()[i].clone();
         let (shape, data) = tensor(&spec.name)?;
         if shape != spec.shape {
-            return Err(format!(
-                "tensor '{}' has shape {:?}, expected {:?}",
-                spec.name, shape, spec.shape
-            ));
+            return Err(Error::Shape {
+                tensor: spec.name.clone(),
+                expected: spec.shape.clone(),
+                got: shape,
+            });
         }
         if let Some(j) = data.iter().position(|v| !v.is_finite()) {
-            return Err(format!(
+            return Err(Error::non_finite(format!(
                 "tensor '{}' holds a non-finite value at {j}",
                 spec.name
-            ));
+            )));
         }
         model.params.value_mut(i).copy_from_slice(&data);
     }
@@ -332,15 +342,10 @@ fn fill(cfg: DenseConfig, tensor: &dyn Fn(&str) -> Loaded) -> Result<DenseModel,
 
 impl DenseModel {
     /// Write the parameters and the architecture metadata atomically to `path`.
-    pub fn write_gguf(
-        &self,
-        path: &Path,
-        context_length: usize,
-        name: &str,
-    ) -> Result<u64, String> {
+    pub fn write_gguf(&self, path: &Path, context_length: usize, name: &str) -> Result<u64, Error> {
         self.writer(context_length, name)?
             .write_to(path)
-            .map_err(|e| e.to_string())
+            .map_err(Error::from)
     }
 
     /// A GGUF writer holding the architecture metadata and the parameters (borrowed).
@@ -348,18 +353,17 @@ impl DenseModel {
         &self,
         context_length: usize,
         name: &str,
-    ) -> Result<GgufWriter<'_>, String> {
+    ) -> Result<GgufWriter<'_>, Error> {
         let mut w = GgufWriter::new();
         for (k, v) in config_meta(&self.cfg, context_length, name)? {
-            w.set(k, v).map_err(|e| e.to_string())?;
+            w.set(k, v)?;
         }
         let head_major = self.cfg.heads_nested();
         if head_major {
             w.set(
                 "modula.attention.layout",
                 MetaValue::String("head_major".into()),
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
         }
         let (d, heads) = (self.cfg.d, self.cfg.heads);
         for (i, s) in self.params.specs().iter().enumerate() {
@@ -379,10 +383,10 @@ impl DenseModel {
                 _ => None,
             };
             match relaid {
-                Some((name, bytes)) => w
-                    .add_tensor(&name, modula_core::DType::F32, &s.shape, bytes)
-                    .map_err(|e| e.to_string())?,
-                None => w.add_f32(&s.name, &s.shape, v).map_err(|e| e.to_string())?,
+                Some((name, bytes)) => {
+                    w.add_tensor(&name, modula_core::DType::F32, &s.shape, bytes)?
+                }
+                None => w.add_f32(&s.name, &s.shape, v)?,
             }
         }
         Ok(w)
@@ -392,9 +396,9 @@ impl DenseModel {
     /// keys and tensor names/shapes; F16, BF16, Q8_0 and Q4_0 tensors are dequantised to
     /// f32, e.g. to evaluate a quantised file). Optimiser moments start at zero. Returns
     /// the model and its context length.
-    pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(DenseModel, usize), String> {
+    pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(DenseModel, usize), Error> {
         // the one metadata reader (every key read, unknown values refused by key)
-        let desc = ModelDesc::from_model(m).map_err(|e| e.to_string())?;
+        let desc = ModelDesc::from_model(m)?;
         let cfg = DenseConfig::from_desc(&desc)?;
         let ctx = desc.context_length.unwrap_or(0);
         let head_major = matches!(
@@ -411,9 +415,9 @@ impl DenseModel {
                 Some(Relaid::Proj) => proj_t_name(name),
                 _ => name.to_string(),
             };
-            let t = m.tensor(&stored).map_err(|e| e.to_string())?;
+            let t = m.tensor(&stored)?;
             // quantised / half-precision files are dequantised (the trainer computes in f32)
-            let data = t.to_f32_vec().map_err(|e| e.to_string())?;
+            let data = t.to_f32_vec()?;
             let shape = t.shape().to_vec();
             let data = match form {
                 Some(Relaid::Qkv) if data.len() % (3 * d) == 0 && d % heads == 0 => {
@@ -429,7 +433,7 @@ impl DenseModel {
 
     /// Write the parameters as f32 safetensors (names and layouts in the module docs; the
     /// architecture in `__metadata__`), atomically.
-    pub fn write_safetensors(&self, path: &Path, context_length: usize) -> Result<(), String> {
+    pub fn write_safetensors(&self, path: &Path, context_length: usize) -> Result<(), Error> {
         let mut info = HashMap::new();
         for (k, v) in config_meta(&self.cfg, context_length, "modula dense model")? {
             let s = match v {
@@ -471,26 +475,27 @@ impl DenseModel {
                     .map(|v| (n.clone(), v))
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let out = safetensors::serialize(views, Some(info)).map_err(|e| e.to_string())?;
+            .map_err(|e| Error::io(e.to_string()))?;
+        let out =
+            safetensors::serialize(views, Some(info)).map_err(|e| Error::io(e.to_string()))?;
         modula_core::io::atomic_write(path, |w| w.write_all(&out))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
     }
 
     /// Read a model from safetensors bytes written by [`DenseModel::write_safetensors`]
     /// or by the PyTorch reference (`tests/reference/dense_reference.py`): f32, f16 or
     /// bf16 tensors. Returns the model and its context length.
-    pub fn read_safetensors(bytes: &[u8]) -> Result<(DenseModel, usize), String> {
+    pub fn read_safetensors(bytes: &[u8]) -> Result<(DenseModel, usize), Error> {
         let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| format!("not a safetensors file: {e}"))?;
+            .map_err(|e| Error::input(format!("not a safetensors file: {e}")))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| format!("not a safetensors file: {e}"))?;
+            .map_err(|e| Error::input(format!("not a safetensors file: {e}")))?;
         let info = meta.metadata().clone().unwrap_or_default();
         let (cfg, ctx) = config_from(&|k| info.get(k).cloned())?;
         let model = fill(cfg, &|name| {
             let t = st
                 .tensor(name)
-                .map_err(|_| format!("missing tensor '{name}'"))?;
+                .map_err(|_| Error::input(format!("missing tensor '{name}'")))?;
             Ok((t.shape().to_vec(), widen(name, t.dtype(), t.data())?))
         })?;
         Ok((model, ctx))
@@ -498,7 +503,7 @@ impl DenseModel {
 }
 
 /// Widen little-endian f32/f16/bf16 tensor bytes.
-pub(crate) fn widen(name: &str, dt: safetensors::Dtype, b: &[u8]) -> Result<Vec<f32>, String> {
+pub(crate) fn widen(name: &str, dt: safetensors::Dtype, b: &[u8]) -> Result<Vec<f32>, Error> {
     use safetensors::Dtype;
     Ok(match dt {
         Dtype::F32 => b
@@ -514,9 +519,9 @@ pub(crate) fn widen(name: &str, dt: safetensors::Dtype, b: &[u8]) -> Result<Vec<
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         other => {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "tensor '{name}' has dtype {other:?}; use f32, f16 or bf16"
-            ))
+            )))
         }
     })
 }

@@ -16,6 +16,7 @@ use super::moduleformer::{MfConfig, MfModel};
 use crate::tasks::Dataset;
 use crate::trainer::Trainable;
 use modula_core::rng::SplitMix64;
+use modula_core::Error;
 use std::ops::Range;
 
 pub use super::mixed::{plan_mixed_units, MixedPlan};
@@ -49,9 +50,11 @@ impl MfModel {
     /// A copy with `new` experts appended to every attention and FFN mixture (fresh
     /// weights from `seed`), and the element ranges that should train: the new experts and
     /// the new rows of the router output layers.
-    pub fn extend(&self, new: usize, seed: u64) -> Result<(MfModel, Vec<Range<usize>>), String> {
+    pub fn extend(&self, new: usize, seed: u64) -> Result<(MfModel, Vec<Range<usize>>), Error> {
         if new == 0 {
-            return Err("extension needs at least one new expert per mixture".into());
+            return Err(Error::input(
+                "extension needs at least one new expert per mixture",
+            ));
         }
         let c = self.cfg;
         let cfg = MfConfig {
@@ -63,10 +66,9 @@ impl MfModel {
         let mut train = Vec::new();
         let old_n = [c.att_experts, c.ffn_experts];
         for (i, spec) in self.params.specs().iter().enumerate() {
-            let j = out
-                .params
-                .index_of(&spec.name)
-                .ok_or_else(|| format!("internal: {} missing after extension", spec.name))?;
+            let j = out.params.index_of(&spec.name).ok_or_else(|| {
+                Error::input(format!("internal: {} missing after extension", spec.name))
+            })?;
             let old = self.params.value(i);
             let dst_range = out.params.specs()[j].range.clone();
             // old values go first: experts and router rows are outermost, so the old
@@ -77,7 +79,10 @@ impl MfModel {
                 let start = dst_range.start + old.len();
                 train.push(start..start + new * per);
             } else if old.len() != dst_range.len() {
-                return Err(format!("internal: {} changed size", spec.name));
+                return Err(Error::input(format!(
+                    "internal: {} changed size",
+                    spec.name
+                )));
             }
         }
         out.params.set_trainable(train.clone());
@@ -107,13 +112,13 @@ impl MfModel {
         &self,
         keep_att: &[Vec<usize>],
         keep_ffn: &[Vec<usize>],
-    ) -> Result<MfModel, String> {
+    ) -> Result<MfModel, Error> {
         let c = self.cfg;
         if keep_att.len() != c.layers || keep_ffn.len() != c.layers {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "pruning needs a list of kept experts for each of {} blocks",
                 c.layers
-            ));
+            )));
         }
         let (na, nf) = (keep_att[0].len(), keep_ffn[0].len());
         for (lists, n, total, what) in [
@@ -123,13 +128,15 @@ impl MfModel {
             for l in lists {
                 let mut seen = vec![false; total];
                 if l.len() != n {
-                    return Err(format!(
+                    return Err(Error::input(format!(
                         "every block must keep the same number of {what} experts"
-                    ));
+                    )));
                 }
                 for &e in l {
                     if e >= total || std::mem::replace(&mut seen[e], true) {
-                        return Err(format!("{what} expert {e}: out of range or listed twice"));
+                        return Err(Error::input(format!(
+                            "{what} expert {e}: out of range or listed twice"
+                        )));
                     }
                 }
             }
@@ -140,17 +147,16 @@ impl MfModel {
             ..c
         };
         if cfg.att_k > na || cfg.ffn_k > nf {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "keeping {na} attention / {nf} FFN experts is fewer than top-k ({} / {})",
                 c.att_k, c.ffn_k
-            ));
+            )));
         }
         let mut out = MfModel::new(cfg, 0)?;
         for (i, spec) in self.params.specs().iter().enumerate() {
-            let j = out
-                .params
-                .index_of(&spec.name)
-                .ok_or_else(|| format!("internal: {} missing after pruning", spec.name))?;
+            let j = out.params.index_of(&spec.name).ok_or_else(|| {
+                Error::input(format!("internal: {} missing after pruning", spec.name))
+            })?;
             let old = self.params.value(i);
             match mixture_of(&spec.name) {
                 None => out.params.value_mut(j).copy_from_slice(old),
@@ -160,7 +166,9 @@ impl MfModel {
                         .strip_prefix("blk.")
                         .and_then(|r| r.split('.').next())
                         .and_then(|v| v.parse().ok())
-                        .ok_or_else(|| format!("internal: no block index in {}", spec.name))?;
+                        .ok_or_else(|| {
+                            Error::input(format!("internal: no block index in {}", spec.name))
+                        })?;
                     let (keep, total) = if mix == 0 {
                         (&keep_att[l], c.att_experts)
                     } else {
@@ -188,15 +196,12 @@ impl MfModel {
         batch: usize,
         seq: usize,
         seed: u64,
-    ) -> Result<Vec<Vec<u64>>, String> {
+    ) -> Result<Vec<Vec<u64>>, Error> {
         let c = self.cfg;
         let mut usage: Vec<Vec<u64>> = (0..c.layers)
             .flat_map(|_| [vec![0u64; c.att_experts], vec![0u64; c.ffn_experts]])
             .collect();
-        for b in data
-            .eval_batches(batch, seq, batches, seed)
-            .map_err(|e| e.to_string())?
-        {
+        for b in data.eval_batches(batch, seq, batches, seed)? {
             let (_, acts, _) = self.forward_batch(&b)?;
             for (u, counts) in usage.iter_mut().zip(acts.expert_counts()) {
                 u.iter_mut()
@@ -290,7 +295,7 @@ pub fn plan_mixed(
     hot: modula_core::DType,
     cold: modula_core::DType,
     base: modula_core::DType,
-) -> Result<MixedPlan, String> {
+) -> Result<MixedPlan, Error> {
     let share = super::mixed::expert_shares(&[(usage.to_vec(), 1.0)]);
     plan_mixed_units(
         tensors,
@@ -396,7 +401,7 @@ mod tests {
         assert_eq!(p.hot, vec![(1, 2), (1, 0)]);
         let e =
             plan_mixed(&t, &usage, base - 1, DType::Q8_0, DType::Q4_0, DType::Q8_0).unwrap_err();
-        assert!(e.contains("impossible budget"), "{e}");
+        assert!(e.to_string().contains("impossible budget"), "{e}");
         assert_eq!(p.units, 4);
         assert_eq!(
             expert_of_tensor("blk.3.attn_output_t.7.weight"),

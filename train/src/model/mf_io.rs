@@ -20,6 +20,7 @@
 use super::moduleformer::{MfConfig, MfModel};
 use modula_core::engine::MfSpec;
 use modula_core::gguf::GgufWriter;
+use modula_core::Error;
 use modula_core::{MetaValue, Model};
 use std::path::Path;
 
@@ -31,11 +32,11 @@ const EXPERT_TENSORS: [(&str, &str, &str); 4] = [
     ("ffn_down_t_exps.weight", "ffn_down_t", "ffn_expert"),
 ];
 
-fn meta(c: &MfConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaValue)>, String> {
+fn meta(c: &MfConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaValue)>, Error> {
     let u = |v: usize| {
         u32::try_from(v)
             .map(MetaValue::U32)
-            .map_err(|_| format!("{v} does not fit in u32"))
+            .map_err(|_| Error::input(format!("{v} does not fit in u32")))
     };
     let mut m = vec![
         ("general.name", MetaValue::String(name.to_string())),
@@ -85,27 +86,30 @@ fn meta(c: &MfConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaV
 }
 
 /// The architecture of a ModuleFormer file (auxiliary-loss weights: 0).
-pub fn mf_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfConfig, usize), String> {
+pub fn mf_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfConfig, usize), Error> {
     if m.get_str("modula.model") != Some("moduleformer") {
-        return Err(format!(
-            "not a ModuleFormer model (modula.model = {:?})",
-            m.get_str("modula.model")
+        return Err(Error::metadata(
+            "modula.model",
+            format!(
+                "not a ModuleFormer model (modula.model = {:?})",
+                m.get_str("modula.model")
+            ),
         ));
     }
     // the one metadata reader (through the engine's spec, as for SeqBoat)
     let s = MfSpec::from_model(m)?;
     if s.eps != super::moduleformer::LN_EPS {
-        return Err(format!(
+        return Err(Error::unsupported(format!(
             "modula.norm_epsilon = {}: the trainer trains LayerNorm with epsilon {}",
             s.eps,
             super::moduleformer::LN_EPS
-        ));
+        )));
     }
     if s.act != modula_core::kernels::expert_ffn::Activation::GeluTanh {
-        return Err(format!(
+        return Err(Error::unsupported(format!(
             "modula.activation = {}: the trainer trains ModuleFormer experts with gelu_tanh",
             modula_core::arch::act_name(s.act)
-        ));
+        )));
     }
     let cfg = MfConfig {
         vocab: s.vocab,
@@ -116,7 +120,7 @@ pub fn mf_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfConfig, usize),
         att_hidden: s
             .heads
             .checked_mul(s.head_dim)
-            .ok_or("attention width overflows")?,
+            .ok_or_else(|| Error::input("attention width overflows"))?,
         heads: s.heads,
         kv_proj: !s.shared_kv,
         ffn_experts: s.ffn_experts,
@@ -167,26 +171,22 @@ pub fn mf_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfConfig, usize),
     let total = per_layer
         .and_then(|p| p.checked_mul(c.layers))
         .and_then(|p| p.checked_add(c.vocab.checked_mul(c.d)?.checked_mul(2)?))
-        .ok_or("the header's model size overflows")?;
+        .ok_or_else(|| Error::input("the header's model size overflows"))?;
     let room = m.bytes().len().saturating_mul(2).saturating_add(1 << 20);
     if total > room {
-        return Err(format!(
+        return Err(Error::input(format!(
             "the header describes {total} parameters but the file holds only {} bytes",
             m.bytes().len()
-        ));
+        )));
     }
-    Ok((
-        cfg,
-        m.get_u32("modula.context_length")
-            .map_err(|e| e.to_string())? as usize,
-    ))
+    Ok((cfg, m.get_u32("modula.context_length")? as usize))
 }
 
 impl MfModel {
     /// A GGUF writer with the architecture and every tensor (borrowed), experts split into
     /// per-expert tensors in their own page groups.
-    pub fn writer(&self, ctx: usize, name: &str) -> Result<GgufWriter<'_>, String> {
-        let e2s = |e: modula_core::GgufError| e.to_string();
+    pub fn writer(&self, ctx: usize, name: &str) -> Result<GgufWriter<'_>, Error> {
+        let e2s = |e: modula_core::GgufError| Error::from(e);
         let mut w = GgufWriter::new();
         for (k, v) in meta(&self.cfg, ctx, name)? {
             w.set(k, v).map_err(e2s)?;
@@ -220,7 +220,7 @@ impl MfModel {
                         let i = *pending_experts
                             .iter()
                             .find(|&&i| specs[i].name == name)
-                            .ok_or_else(|| format!("internal: no tensor {name}"))?;
+                            .ok_or_else(|| Error::input(format!("internal: no tensor {name}")))?;
                         let (rows, cols) = (specs[i].shape[1], specs[i].shape[2]);
                         let v = &self.params.value(i)[e * rows * cols..(e + 1) * rows * cols];
                         w.add_f32(&format!("blk.{l}.{file}.{e}.weight"), &[rows, cols], v)
@@ -234,29 +234,30 @@ impl MfModel {
     }
 
     /// Write the model atomically; returns the bytes written.
-    pub fn write_gguf(&self, path: &Path, ctx: usize, name: &str) -> Result<u64, String> {
-        self.writer(ctx, name)?
-            .write_to(path)
-            .map_err(|e| e.to_string())
+    pub fn write_gguf(&self, path: &Path, ctx: usize, name: &str) -> Result<u64, Error> {
+        self.writer(ctx, name)?.write_to(path).map_err(Error::from)
     }
 
     /// Read a model written by [`MfModel::write_gguf`] (F16/BF16/Q8_0/Q4_0 tensors are
     /// dequantised); every name, shape and value is checked. Returns it with its context
     /// length.
-    pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfModel, usize), String> {
+    pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(MfModel, usize), Error> {
         let (cfg, ctx) = mf_config_from(m)?;
         let mut model = MfModel::new(cfg, 0)?;
-        let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
-            let t = m.tensor(name).map_err(|e| e.to_string())?;
+        let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>, Error> {
+            let t = m.tensor(name)?;
             if t.shape() != shape {
-                return Err(format!(
-                    "tensor '{name}' has shape {:?}, expected {shape:?}",
-                    t.shape()
-                ));
+                return Err(Error::Shape {
+                    tensor: name.to_string(),
+                    expected: shape.to_vec(),
+                    got: t.shape().to_vec(),
+                });
             }
-            let v = t.to_f32_vec().map_err(|e| e.to_string())?;
+            let v = t.to_f32_vec()?;
             if let Some(j) = v.iter().position(|x| !x.is_finite()) {
-                return Err(format!("tensor '{name}' holds a non-finite value at {j}"));
+                return Err(Error::non_finite(format!(
+                    "tensor '{name}' holds a non-finite value at {j}"
+                )));
             }
             Ok(v)
         };
@@ -293,14 +294,14 @@ impl MfModel {
 /// (`gate_type = "mlp"`, every MoLM checkpoint) with `gelu_new` experts; anything else is
 /// refused with a message. Buffers (`attn.mask`, `attn.cum_weight`) are ignored. Returns
 /// the model and its context length (`block_size`).
-pub fn read_molm(config_json: &str, safetensors_bytes: &[u8]) -> Result<(MfModel, usize), String> {
+pub fn read_molm(config_json: &str, safetensors_bytes: &[u8]) -> Result<(MfModel, usize), Error> {
     let cfg: serde_json::Value =
-        serde_json::from_str(config_json).map_err(|e| format!("config.json: {e}"))?;
-    let num = |k: &str| -> Result<usize, String> {
+        serde_json::from_str(config_json).map_err(|e| Error::input(format!("config.json: {e}")))?;
+    let num = |k: &str| -> Result<usize, Error> {
         cfg.get(k)
             .and_then(|v| v.as_u64())
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| format!("config.json: missing or non-integer '{k}'"))
+            .ok_or_else(|| Error::input(format!("config.json: missing or non-integer '{k}'")))
     };
     let text = |k: &str, default: &str| -> String {
         cfg.get(k)
@@ -310,20 +311,22 @@ pub fn read_molm(config_json: &str, safetensors_bytes: &[u8]) -> Result<(MfModel
     };
     if let Some(t) = cfg.get("model_type").and_then(|v| v.as_str()) {
         if t != "moduleformer" {
-            return Err(format!("config.json: model_type '{t}' is not moduleformer"));
+            return Err(Error::input(format!(
+                "config.json: model_type '{t}' is not moduleformer"
+            )));
         }
     }
     let gate = text("gate_type", "mlp");
     if gate != "mlp" {
-        return Err(format!(
+        return Err(Error::input(format!(
             "config.json: gate_type '{gate}' is not supported (MoLM checkpoints use 'mlp')"
-        ));
+        )));
     }
     let act = text("activation_function", "gelu_new");
     if !["gelu_new", "gelu_pytorch_tanh", "gelu_fast"].contains(&act.as_str()) {
-        return Err(format!(
+        return Err(Error::input(format!(
             "config.json: activation_function '{act}' is not supported (experts run tanh-GELU, 'gelu_new')"
-        ));
+        )));
     }
     let (d, heads, da) = (num("n_embd")?, num("n_head")?, num("att_hidden")?);
     let mf = MfConfig {
@@ -346,13 +349,13 @@ pub fn read_molm(config_json: &str, safetensors_bytes: &[u8]) -> Result<(MfModel
     };
     mf.validate()?;
     if mf.router_hidden == 0 {
-        return Err("config.json: gating_size must be at least 1".into());
+        return Err(Error::input("config.json: gating_size must be at least 1"));
     }
     let ctx = num("block_size")
         .or_else(|_| num("n_positions"))
         .unwrap_or(0);
     let st = safetensors::SafeTensors::deserialize(safetensors_bytes)
-        .map_err(|e| format!("model.safetensors: {e}"))?;
+        .map_err(|e| Error::input(format!("model.safetensors: {e}")))?;
     // refuse a header that describes far more weights than the file holds, before
     // allocating them
     // experts per layer × layers, plus embedding and head (safetensors holds at least 2
@@ -366,25 +369,28 @@ pub fn read_molm(config_json: &str, safetensors_bytes: &[u8]) -> Result<(MfModel
         .saturating_mul(mf.layers)
         .saturating_add(mf.vocab.saturating_mul(d).saturating_mul(2));
     if described > safetensors_bytes.len() {
-        return Err(format!(
+        return Err(Error::input(format!(
             "config.json describes {described} parameters; model.safetensors holds only {} bytes",
             safetensors_bytes.len()
-        ));
+        )));
     }
     let mut model = MfModel::new(mf, 0)?;
-    let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
+    let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>, Error> {
         let t = st
             .tensor(name)
-            .map_err(|_| format!("model.safetensors: missing tensor '{name}'"))?;
+            .map_err(|_| Error::input(format!("model.safetensors: missing tensor '{name}'")))?;
         if t.shape() != shape {
-            return Err(format!(
-                "tensor '{name}' has shape {:?}, expected {shape:?}",
-                t.shape()
-            ));
+            return Err(Error::Shape {
+                tensor: name.to_string(),
+                expected: shape.to_vec(),
+                got: t.shape().to_vec(),
+            });
         }
         let v = super::io::widen(name, t.dtype(), t.data())?;
         if let Some(j) = v.iter().position(|x| !x.is_finite()) {
-            return Err(format!("tensor '{name}' holds a non-finite value at {j}"));
+            return Err(Error::non_finite(format!(
+                "tensor '{name}' holds a non-finite value at {j}"
+            )));
         }
         Ok(v)
     };
@@ -408,11 +414,11 @@ pub fn read_molm(config_json: &str, safetensors_bytes: &[u8]) -> Result<(MfModel
         mf.ffn_hidden,
         mf.router_hidden,
     );
-    let mut put = |ours: &str, v: Vec<f32>| -> Result<(), String> {
+    let mut put = |ours: &str, v: Vec<f32>| -> Result<(), Error> {
         let i = model
             .params
             .index_of(ours)
-            .ok_or_else(|| format!("internal: no parameter {ours}"))?;
+            .ok_or_else(|| Error::input(format!("internal: no parameter {ours}")))?;
         model.params.value_mut(i).copy_from_slice(&v);
         Ok(())
     };
@@ -536,9 +542,9 @@ mod tests {
             let bytes = w.to_bytes().unwrap();
             let e = MfModel::read_gguf(&Model::from_bytes(bytes.as_slice()).unwrap()).unwrap_err();
             assert!(
-                e.contains("parameters")
-                    || e.contains("overflows")
-                    || e.contains("at least one per block"),
+                e.to_string().contains("parameters")
+                    || e.to_string().contains("overflows")
+                    || e.to_string().contains("at least one per block"),
                 "{k}: {e}"
             );
         }
@@ -551,12 +557,15 @@ mod tests {
         w.set("modula.expert.count", MetaValue::U32(3)).unwrap();
         let bytes = w.to_bytes().unwrap();
         let e = MfModel::read_gguf(&Model::from_bytes(bytes.as_slice()).unwrap()).unwrap_err();
-        assert!(e.contains("ffn_up.2") || e.contains("shape"), "{e}");
+        assert!(
+            e.to_string().contains("ffn_up.2") || matches!(e, modula_core::Error::Shape { .. }),
+            "{e}"
+        );
         let mut w = m.writer(16, "t").unwrap();
         w.set("modula.model", MetaValue::String("dense".into()))
             .unwrap();
         let bytes = w.to_bytes().unwrap();
         let e = MfModel::read_gguf(&Model::from_bytes(bytes.as_slice()).unwrap()).unwrap_err();
-        assert!(e.contains("not a ModuleFormer"), "{e}");
+        assert!(e.to_string().contains("not a ModuleFormer"), "{e}");
     }
 }

@@ -16,6 +16,7 @@
 
 use modula_core::quantize::bytes_as;
 use modula_core::DType;
+use modula_core::Error;
 use std::collections::{BTreeMap, HashMap};
 
 /// A unit of weights that gets one precision: `(router, expert)` for ModuleFormer
@@ -59,7 +60,7 @@ pub fn plan_mixed_units(
     hot: DType,
     cold: DType,
     base: DType,
-) -> Result<MixedPlan, String> {
+) -> Result<MixedPlan, Error> {
     let mut types = HashMap::new();
     let mut total = 0u64;
     // unit -> (extra bytes when upgraded, elements)
@@ -93,11 +94,11 @@ pub fn plan_mixed_units(
         }
     }
     if total > budget_bytes {
-        return Err(format!(
+        return Err(Error::input(format!(
             "impossible budget: {:.2} MiB, but even with every unit at {cold} the tensors need {:.2} MiB ({total} bytes)",
             budget_bytes as f64 / 1048576.0,
             total as f64 / 1048576.0
-        ));
+        )));
     }
     let mut order: Vec<Unit> = upgrade
         .keys()
@@ -221,12 +222,12 @@ pub fn depth_share((l, _): Unit, mix: &[(usize, f64)]) -> f64 {
 /// and finite), each SIZE by `one`.
 pub fn parse_mix<S>(
     spec: &str,
-    one: &dyn Fn(&str) -> Result<S, String>,
-) -> Result<Vec<(S, f64)>, String> {
+    one: &dyn Fn(&str) -> Result<S, Error>,
+) -> Result<Vec<(S, f64)>, Error> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim) {
         if part.is_empty() {
-            return Err(format!("--sizes {spec}: an empty entry"));
+            return Err(Error::input(format!("--sizes {spec}: an empty entry")));
         }
         let (size, w) = match part.split_once(':') {
             Some((s, w)) => {
@@ -236,7 +237,9 @@ pub fn parse_mix<S>(
                     .ok()
                     .filter(|w: &f64| w.is_finite() && *w > 0.0)
                     .ok_or_else(|| {
-                        format!("--sizes {spec}: weight '{w}' is not a positive number")
+                        Error::input(format!(
+                            "--sizes {spec}: weight '{w}' is not a positive number"
+                        ))
                     })?;
                 (s.trim(), w)
             }
@@ -364,12 +367,15 @@ mod tests {
             DType::Q8_0,
         )
         .unwrap_err();
-        assert!(e.contains("impossible budget"), "{e}");
+        assert!(e.to_string().contains("impossible budget"), "{e}");
     }
 
     #[test]
     fn mixes_parse_and_refuse_bad_weights() {
-        let one = |s: &str| s.parse::<usize>().map_err(|_| format!("bad size {s}"));
+        let one = |s: &str| {
+            s.parse::<usize>()
+                .map_err(|_| Error::input(format!("bad size {s}")))
+        };
         assert_eq!(parse_mix("2:3, 4", &one).unwrap(), vec![(2, 3.0), (4, 1.0)]);
         for bad in ["2:0", "2:-1", "2:nan", "2:x", "2,,4", "x:1"] {
             assert!(parse_mix(bad, &one).is_err(), "{bad}");

@@ -24,7 +24,7 @@ use super::dense::normal;
 use crate::compute::{linear, matmul_rows, matmul_tn_acc};
 use crate::layers::activation::{activation_backward, activation_forward};
 use crate::layers::linear::{linear_backward, linear_forward};
-use crate::layers::loss::{cross_entropy, LossError};
+use crate::layers::loss::cross_entropy;
 use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::layers::router::{
     aux_loss, gate_backward, router_backward, router_forward, RouterEntropy, RouterGrads,
@@ -38,6 +38,7 @@ use modula_core::kernels::linear::MatRef;
 use modula_core::kernels::par;
 use modula_core::kernels::routing::{route, Dispatch};
 use modula_core::rng::SplitMix64;
+use modula_core::Error;
 
 pub(crate) const LN_EPS: f32 = 1e-5;
 
@@ -109,37 +110,39 @@ impl MfConfig {
     }
 
     /// Check the shape; a clear message otherwise.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.vocab == 0 || self.d == 0 || self.layers == 0 {
-            return Err("vocabulary, width and depth must be at least 1".into());
+            return Err(Error::input(
+                "vocabulary, width and depth must be at least 1",
+            ));
         }
         if self.heads == 0 || self.att_hidden == 0 || !self.att_hidden.is_multiple_of(self.heads) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "attention width {} must be a positive multiple of heads {}",
                 self.att_hidden, self.heads
-            ));
+            )));
         }
         if !self.kv_proj && self.att_hidden != self.d {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "K = V = LN1(x) needs the attention width ({}) to equal d ({}); enable the key/value projections otherwise",
                 self.att_hidden, self.d
-            ));
+            )));
         }
         for (what, e, k) in [
             ("attention", self.att_experts, self.att_k),
             ("FFN", self.ffn_experts, self.ffn_k),
         ] {
             if e == 0 || k == 0 || k > e {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "{what} mixture: top-k {k} must be in 1..={e} experts"
-                ));
+                )));
             }
         }
         if self.ffn_hidden == 0 {
-            return Err("FFN expert width must be at least 1".into());
+            return Err(Error::input("FFN expert width must be at least 1"));
         }
         if !(self.aux_mi.is_finite() && self.aux_lc.is_finite()) {
-            return Err("auxiliary loss weights must be finite".into());
+            return Err(Error::input("auxiliary loss weights must be finite"));
         }
         Ok(())
     }
@@ -161,9 +164,11 @@ impl MfConfig {
 
     /// Declare nested expert counts (the full count is implied); each must be at least both
     /// top-k values; attention and FFN mixtures must have the same number of experts.
-    pub fn with_nested_experts(mut self, counts: &[usize]) -> Result<Self, String> {
+    pub fn with_nested_experts(mut self, counts: &[usize]) -> Result<Self, Error> {
         if self.att_experts != self.ffn_experts {
-            return Err("nested experts need as many attention as FFN experts".into());
+            return Err(Error::input(
+                "nested experts need as many attention as FFN experts",
+            ));
         }
         let mut v: Vec<usize> = counts
             .iter()
@@ -173,16 +178,18 @@ impl MfConfig {
         v.sort_unstable();
         v.dedup();
         if v.len() > 8 {
-            return Err("at most 8 nested expert counts besides the full one".into());
+            return Err(Error::input(
+                "at most 8 nested expert counts besides the full one",
+            ));
         }
         self.nested_experts = [0; 8];
         for (i, &c) in v.iter().enumerate() {
             if c < self.att_k.max(self.ffn_k) || c > self.ffn_experts {
-                return Err(format!(
+                return Err(Error::input(format!(
                     "nested expert count {c} must be in {}..={}",
                     self.att_k.max(self.ffn_k),
                     self.ffn_experts
-                ));
+                )));
             }
             self.nested_experts[i] = c as u32;
         }
@@ -361,10 +368,6 @@ impl MfActivations {
     }
 }
 
-fn ke(e: modula_core::kernels::KernelError) -> String {
-    e.to_string()
-}
-
 fn add(dst: &mut [f32], src: &[f32]) {
     for (a, b) in dst.iter_mut().zip(src) {
         *a += b;
@@ -380,8 +383,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn per_expert<R: Send>(
     disp: &Dispatch,
     experts: usize,
-    f: impl Fn(usize, &[u32]) -> Result<R, String> + Sync,
-) -> Result<Vec<Option<R>>, String> {
+    f: impl Fn(usize, &[u32]) -> Result<R, Error> + Sync,
+) -> Result<Vec<Option<R>>, Error> {
     par::map_indexed(experts, |e| {
         let pairs = disp.pairs(e);
         if pairs.is_empty() {
@@ -449,12 +452,12 @@ impl MfModel {
     /// A model initialised as the released code does: embedding, head and routers
     /// N(0, 0.02) (router biases 0), expert weights Uniform(±1/fan_in), K/V projections
     /// N(0, 0.02), norms γ = 1, β = 0. Deterministic in `seed`.
-    pub fn new(cfg: MfConfig, seed: u64) -> Result<Self, String> {
+    pub fn new(cfg: MfConfig, seed: u64) -> Result<Self, Error> {
         cfg.validate()?;
         let (d, da, df) = (cfg.d, cfg.att_hidden, cfg.ffn_hidden);
         let mut t = ParamTable::new();
         let embed = t.add("token_embd.weight", &[cfg.vocab, d], true)?;
-        let router = |t: &mut ParamTable, name: &str, e: usize| -> Result<RouterIdx, String> {
+        let router = |t: &mut ParamTable, name: &str, e: usize| -> Result<RouterIdx, Error> {
             if cfg.router_hidden > 0 {
                 let g = cfg.router_hidden;
                 let hw = t.add(&format!("{name}_hid.weight"), &[g, d], true)?;
@@ -568,16 +571,16 @@ impl MfModel {
     }
 
     /// The experts in use per mixture: all, or the nested prefix ([`MfModel::nested`]).
-    pub fn active_experts(&self) -> Result<(usize, usize), String> {
+    pub fn active_experts(&self) -> Result<(usize, usize), Error> {
         let c = self.cfg;
         match self.nested {
             None => Ok((c.att_experts, c.ffn_experts)),
             Some((ea, ef)) => {
                 if ea < c.att_k || ea > c.att_experts || ef < c.ffn_k || ef > c.ffn_experts {
-                    return Err(format!(
+                    return Err(Error::input(format!(
                         "nested sub-model of {ea} attention / {ef} FFN experts is outside {}..={} / {}..={}",
                         c.att_k, c.att_experts, c.ffn_k, c.ffn_experts
-                    ));
+                    )));
                 }
                 Ok((ea, ef))
             }
@@ -593,21 +596,21 @@ impl MfModel {
         targets: &[u32],
         b: usize,
         t: usize,
-    ) -> Result<(f64, MfActivations, Vec<f32>), String> {
+    ) -> Result<(f64, MfActivations, Vec<f32>), Error> {
         let c = self.cfg;
         let n = b * t;
         if tokens.len() != n || targets.len() != n {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "expected {n} tokens and targets ({b} x {t}), got {} and {}",
                 tokens.len(),
                 targets.len()
-            ));
+            )));
         }
         if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= c.vocab) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "token {bad} is outside the vocabulary of {}",
                 c.vocab
-            ));
+            )));
         }
         let d = c.d;
         let p = &self.params;
@@ -623,7 +626,7 @@ impl MfModel {
             let r = tok as usize * d;
             x[i * d..(i + 1) * d].copy_from_slice(&emb[r..r + d]);
         }
-        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), String> {
+        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), Error> {
             let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
             layernorm_forward(
                 x,
@@ -635,8 +638,7 @@ impl MfModel {
                 &mut h,
                 &mut mu,
                 &mut rs,
-            )
-            .map_err(ke)?;
+            )?;
             Ok((h, (mu, rs)))
         };
         #[cfg(test)]
@@ -658,15 +660,13 @@ impl MfModel {
             &hf,
             d,
             n,
-            &MatRef::f32(p.value(self.head), c.vocab, d).map_err(ke)?,
+            &MatRef::f32(p.value(self.head), c.vocab, d)?,
             None,
             &mut logits,
             c.vocab,
-        )
-        .map_err(ke)?;
+        )?;
         let mut dlogits = vec![0f32; n * c.vocab];
-        let loss = cross_entropy(&logits, targets, c.vocab, &mut dlogits)
-            .map_err(|e: LossError| e.to_string())?;
+        let loss = cross_entropy(&logits, targets, c.vocab, &mut dlogits)?;
         // weighted auxiliary losses (values only; gradients are added in the backward)
         let mut aux = 0.0;
         for ba in acts.mixtures() {
@@ -691,20 +691,21 @@ impl MfModel {
         a: &MfActivations,
         dlogits: &[f32],
         aux_scale: f32,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let c = self.cfg;
         let (b, t) = (a.b, a.t);
         let n = b * t;
         let d = c.d;
         if dlogits.len() != n * c.vocab || a.blocks.depth != c.layers || tokens.len() != n {
-            return Err("backward: activations or dlogits do not match this model".into());
+            return Err(Error::input(
+                "backward: activations or dlogits do not match this model",
+            ));
         }
         let mut dhf = vec![0f32; n * d];
         {
             let p = &mut self.params;
             let (w, gw) = p.value_grad(self.head, self.head);
-            linear_backward(dlogits, &a.lnf, w, n, c.vocab, d, Some(&mut dhf), gw, None)
-                .map_err(ke)?;
+            linear_backward(dlogits, &a.lnf, w, n, c.vocab, d, Some(&mut dhf), gw, None)?;
         }
         let mut dx = vec![0f32; n * d];
         let c = self.cfg;
@@ -780,14 +781,15 @@ fn mixture_route(
     n: usize,
     e: usize,
     k: usize,
-) -> Result<RouteSaved, String> {
+) -> Result<RouteSaved, Error> {
     let mut logits = vec![0f32; n * e];
-    let saved =
-        router_forward(router_weights(c, p, r, e), h, n, c.d, e, &mut logits).map_err(ke)?;
+    let saved = router_forward(router_weights(c, p, r, e), h, n, c.d, e, &mut logits)?;
     if logits.iter().any(|v| !v.is_finite()) {
-        return Err("router logits are not finite; lower the learning rate".into());
+        return Err(Error::input(
+            "router logits are not finite; lower the learning rate",
+        ));
     }
-    let mut routing = route(logits, n, e, k, c.renormalize).map_err(ke)?;
+    let mut routing = route(logits, n, e, k, c.renormalize)?;
     if let Some((_, f)) = run.forced.iter().find(|(i, _)| *i == which) {
         routing.experts.clone_from(f);
         for tok in 0..n {
@@ -803,7 +805,7 @@ fn mixture_route(
             }
         }
     }
-    let disp = Dispatch::new(&routing.experts, e).map_err(ke)?;
+    let disp = Dispatch::new(&routing.experts, e)?;
     let (ent, _) = crate::layers::router::router_entropy(&routing.probs, n, e);
     Ok(RouteSaved {
         saved,
@@ -832,7 +834,7 @@ fn mixture_router_backward(
     k: usize,
     aux_scale: f32,
     dh: &mut [f32],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let d = c.d;
     let mut dl = vec![0f32; n * e];
     let mut a = vec![0f32; k];
@@ -873,7 +875,7 @@ fn mixture_router_backward(
                 db1: g_lo.1,
                 dw2: g_hi,
             };
-            router_backward(w, gr, &rs.saved, h, n, d, e, &dl, dh).map_err(ke)
+            router_backward(w, gr, &rs.saved, h, n, d, e, &dl, dh).map_err(Error::from)
         }
         None => {
             let (vals, grads) = (&p.values, &mut p.grads);
@@ -883,7 +885,7 @@ fn mixture_router_backward(
             let gr = RouterGrads::Linear {
                 dw: &mut grads[specs_out],
             };
-            router_backward(w, gr, &rs.saved, h, n, d, e, &dl, dh).map_err(ke)
+            router_backward(w, gr, &rs.saved, h, n, d, e, &dl, dh).map_err(Error::from)
         }
     }
 }
@@ -940,7 +942,7 @@ impl StackLayer for MfMixture<false> {
         r: Rows,
         run: &Run<'_>,
         x: &mut [f32],
-    ) -> Result<Saved, String> {
+    ) -> Result<Saved, Error> {
         const FFN: bool = false;
         let c = self.cfg;
         let blk = self.blk;
@@ -949,12 +951,12 @@ impl StackLayer for MfMixture<false> {
         let (d, da) = (c.d, c.att_hidden);
         let experts = run.experts.unwrap_or((c.att_experts, c.ffn_experts));
         if x.len() != n * d {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "ModuleFormer block: {} values, not [{n}, {d}]",
                 x.len()
-            ));
+            )));
         }
-        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), String> {
+        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), Error> {
             let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
             layernorm_forward(
                 x,
@@ -966,8 +968,7 @@ impl StackLayer for MfMixture<false> {
                 &mut h,
                 &mut mu,
                 &mut rs,
-            )
-            .map_err(ke)?;
+            )?;
             Ok((h, (mu, rs)))
         };
         let mut ba = BlockActs {
@@ -984,8 +985,8 @@ impl StackLayer for MfMixture<false> {
         if let Some((kw, kb, vw, vb)) = blk.kv {
             ba.k = vec![0f32; n * da];
             ba.v = vec![0f32; n * da];
-            linear_forward(&h1, n, p.value(kw), Some(p.value(kb)), da, d, &mut ba.k).map_err(ke)?;
-            linear_forward(&h1, n, p.value(vw), Some(p.value(vb)), da, d, &mut ba.v).map_err(ke)?;
+            linear_forward(&h1, n, p.value(kw), Some(p.value(kb)), da, d, &mut ba.k)?;
+            linear_forward(&h1, n, p.value(vw), Some(p.value(vb)), da, d, &mut ba.v)?;
         }
         let (kk, vv): (&[f32], &[f32]) = if blk.kv.is_some() {
             (&ba.k, &ba.v)
@@ -999,7 +1000,7 @@ impl StackLayer for MfMixture<false> {
             let xe = gather(&h1, d, pairs, ka);
             let mut qe = vec![0f32; pairs.len() * da];
             let w = &wq[e * da * d..(e + 1) * da * d];
-            linear_forward(&xe, pairs.len(), w, None, da, d, &mut qe).map_err(ke)?;
+            linear_forward(&xe, pairs.len(), w, None, da, d, &mut qe)?;
             Ok(qe)
         })?;
         for (e, qe) in qs.iter().enumerate() {
@@ -1030,7 +1031,7 @@ impl StackLayer for MfMixture<false> {
         });
         let mut o = vec![0f32; n * ka * da];
         for (task, r) in outs.into_iter().enumerate() {
-            let oh = r.map_err(ke)?;
+            let oh = r?;
             let (s, rest) = (task / (ka * heads), task % (ka * heads));
             let (slot, hh) = (rest / heads, rest % heads);
             for i in 0..t {
@@ -1045,8 +1046,8 @@ impl StackLayer for MfMixture<false> {
         let ys = per_expert(&r1.disp, ea, |e, pairs| {
             let oe = gather(&o, da, pairs, 1);
             let mut ye = vec![0f32; pairs.len() * d];
-            let w = MatRef::f32(&wo[e * da * d..(e + 1) * da * d], da, d).map_err(ke)?;
-            matmul_rows(&oe, da, pairs.len(), &w, &mut ye, d, false).map_err(ke)?;
+            let w = MatRef::f32(&wo[e * da * d..(e + 1) * da * d], da, d)?;
+            matmul_rows(&oe, da, pairs.len(), &w, &mut ye, d, false)?;
             Ok(ye)
         })?;
         for (e, ye) in ys.iter().enumerate() {
@@ -1072,13 +1073,17 @@ impl StackLayer for MfMixture<false> {
         x_in: &[f32],
         dx: &mut [f32],
         g: Grads,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         const FFN: bool = false;
         let Saved::Mf(ba) = saved else {
-            return Err("ModuleFormer backward: saved activations of another layer".into());
+            return Err(Error::input(
+                "ModuleFormer backward: saved activations of another layer",
+            ));
         };
         if !g.params {
-            return Err("ModuleFormer mixtures always train their parameters".into());
+            return Err(Error::input(
+                "ModuleFormer mixtures always train their parameters",
+            ));
         }
         let c = self.cfg;
         let blk = self.blk;
@@ -1086,7 +1091,9 @@ impl StackLayer for MfMixture<false> {
         let n = b * t;
         let (d, da) = (c.d, c.att_hidden);
         if dx.len() != n * d || x_in.len() != n * d || ba.ffn != FFN {
-            return Err("ModuleFormer backward: saved activations do not match the shape".into());
+            return Err(Error::input(
+                "ModuleFormer backward: saved activations do not match the shape",
+            ));
         }
         let dh_ = da / c.heads;
         let scale = 1.0 / (dh_ as f32).sqrt();
@@ -1119,10 +1126,10 @@ impl StackLayer for MfMixture<false> {
                 let oe = gather(&ba.o, da, pairs, 1);
                 let wo = &vals[ro.start + e * da * d..ro.start + (e + 1) * da * d];
                 let mut doe = vec![0f32; m * da];
-                let wom = MatRef::f32(wo, da, d).map_err(ke)?;
-                linear(&dye, d, m, &wom, None, &mut doe, da).map_err(ke)?;
+                let wom = MatRef::f32(wo, da, d)?;
+                linear(&dye, d, m, &wom, None, &mut doe, da)?;
                 let mut go = vec![0f32; da * d];
-                matmul_tn_acc(&oe, &dye, m, da, d, &mut go).map_err(ke)?;
+                matmul_tn_acc(&oe, &dye, m, da, d, &mut go)?;
                 Ok((doe, go))
             })?;
             for (e, r) in res.iter().enumerate() {
@@ -1163,7 +1170,7 @@ impl StackLayer for MfMixture<false> {
         let mut dq = vec![0f32; n * ka * da];
         let (mut dk, mut dv) = (vec![0f32; n * da], vec![0f32; n * da]);
         for (task, g) in grads.into_iter().enumerate() {
-            let [gq, gk, gv] = g.map_err(ke)?;
+            let [gq, gk, gv] = g?;
             let (s, rest) = (task / (ka * heads), task % (ka * heads));
             let (slot, hh) = (rest / heads, rest % heads);
             for i in 0..t {
@@ -1186,8 +1193,7 @@ impl StackLayer for MfMixture<false> {
                 let mut dxe = vec![0f32; m * d];
                 let wq = &vals[rq.start + e * da * d..rq.start + (e + 1) * da * d];
                 let mut gq = vec![0f32; da * d];
-                linear_backward(&dqe, &xe, wq, m, da, d, Some(&mut dxe), &mut gq, None)
-                    .map_err(ke)?;
+                linear_backward(&dqe, &xe, wq, m, da, d, Some(&mut dxe), &mut gq, None)?;
                 Ok((dxe, gq))
             })?;
             for (e, r) in res.iter().enumerate() {
@@ -1203,8 +1209,7 @@ impl StackLayer for MfMixture<false> {
                     for (wi, bi, g) in [(kw, kb, &dk), (vw, vb, &dv)] {
                         let mut db = vec![0f32; da];
                         let (w, gw) = p.value_grad(wi, wi);
-                        linear_backward(g, &ba.h1, w, n, da, d, Some(&mut dh1), gw, Some(&mut db))
-                            .map_err(ke)?;
+                        linear_backward(g, &ba.h1, w, n, da, d, Some(&mut dh1), gw, Some(&mut db))?;
                         add(p.grad_mut(bi), &db);
                     }
                 }
@@ -1226,7 +1231,7 @@ impl StackLayer for MfMixture<true> {
         r: Rows,
         run: &Run<'_>,
         x: &mut [f32],
-    ) -> Result<Saved, String> {
+    ) -> Result<Saved, Error> {
         const FFN: bool = true;
         let c = self.cfg;
         let blk = self.blk;
@@ -1235,12 +1240,12 @@ impl StackLayer for MfMixture<true> {
         let (d, df) = (c.d, c.ffn_hidden);
         let experts = run.experts.unwrap_or((c.att_experts, c.ffn_experts));
         if x.len() != n * d {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "ModuleFormer block: {} values, not [{n}, {d}]",
                 x.len()
-            ));
+            )));
         }
-        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), String> {
+        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), Error> {
             let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
             layernorm_forward(
                 x,
@@ -1252,8 +1257,7 @@ impl StackLayer for MfMixture<true> {
                 &mut h,
                 &mut mu,
                 &mut rs,
-            )
-            .map_err(ke)?;
+            )?;
             Ok((h, (mu, rs)))
         };
         let mut ba = BlockActs {
@@ -1284,12 +1288,12 @@ impl StackLayer for MfMixture<true> {
             let xe = gather(&h2, d, pairs, kf);
             let mut ue = vec![0f32; m * df];
             let w = &wu[e * df * d..(e + 1) * df * d];
-            linear_forward(&xe, m, w, None, df, d, &mut ue).map_err(ke)?;
+            linear_forward(&xe, m, w, None, df, d, &mut ue)?;
             let mut ae = ue.clone();
             activation_forward(Activation::GeluTanh, &mut ae);
             let mut ye = vec![0f32; m * d];
-            let w = MatRef::f32(&wd[e * df * d..(e + 1) * df * d], df, d).map_err(ke)?;
-            matmul_rows(&ae, df, m, &w, &mut ye, d, false).map_err(ke)?;
+            let w = MatRef::f32(&wd[e * df * d..(e + 1) * df * d], df, d)?;
+            matmul_rows(&ae, df, m, &w, &mut ye, d, false)?;
             Ok((ue, ae, ye))
         })?;
         for (e, out) in outs.iter().enumerate() {
@@ -1318,13 +1322,17 @@ impl StackLayer for MfMixture<true> {
         x_in: &[f32],
         dx: &mut [f32],
         g: Grads,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         const FFN: bool = true;
         let Saved::Mf(ba) = saved else {
-            return Err("ModuleFormer backward: saved activations of another layer".into());
+            return Err(Error::input(
+                "ModuleFormer backward: saved activations of another layer",
+            ));
         };
         if !g.params {
-            return Err("ModuleFormer mixtures always train their parameters".into());
+            return Err(Error::input(
+                "ModuleFormer mixtures always train their parameters",
+            ));
         }
         let c = self.cfg;
         let blk = self.blk;
@@ -1332,7 +1340,9 @@ impl StackLayer for MfMixture<true> {
         let n = b * t;
         let (d, df) = (c.d, c.ffn_hidden);
         if dx.len() != n * d || x_in.len() != n * d || ba.ffn != FFN {
-            return Err("ModuleFormer backward: saved activations do not match the shape".into());
+            return Err(Error::input(
+                "ModuleFormer backward: saved activations do not match the shape",
+            ));
         }
         // ---- FFN mixture: x_out = x_mid + Σ g·yf
         let (ef, kf) = (ba.experts.1, c.ffn_k);
@@ -1364,17 +1374,16 @@ impl StackLayer for MfMixture<true> {
                 let xe = gather(&ba.h2, d, pairs, kf);
                 let wd = &vals[rd.start + e * df * d..rd.start + (e + 1) * df * d];
                 let mut dae = vec![0f32; m * df];
-                let wdm = MatRef::f32(wd, df, d).map_err(ke)?;
-                linear(&dye, d, m, &wdm, None, &mut dae, df).map_err(ke)?;
+                let wdm = MatRef::f32(wd, df, d)?;
+                linear(&dye, d, m, &wdm, None, &mut dae, df)?;
                 let mut gd = vec![0f32; df * d];
-                matmul_tn_acc(&ae, &dye, m, df, d, &mut gd).map_err(ke)?;
+                matmul_tn_acc(&ae, &dye, m, df, d, &mut gd)?;
                 let mut due = vec![0f32; m * df];
                 activation_backward(Activation::GeluTanh, &dae, &ue, &mut due);
                 let mut dxe = vec![0f32; m * d];
                 let wu = &vals[ru.start + e * df * d..ru.start + (e + 1) * df * d];
                 let mut gu = vec![0f32; df * d];
-                linear_backward(&due, &xe, wu, m, df, d, Some(&mut dxe), &mut gu, None)
-                    .map_err(ke)?;
+                linear_backward(&due, &xe, wu, m, df, d, Some(&mut dxe), &mut gu, None)?;
                 Ok((dxe, gu, gd))
             })?;
             for (e, r) in res.iter().enumerate() {
@@ -1643,16 +1652,23 @@ mod tests {
     fn bad_shapes_are_errors() {
         let mut c = MfConfig::lm(11, 8, 1, 4, 6);
         c.att_k = 5;
-        assert!(MfModel::new(c, 1).unwrap_err().contains("top-k"));
+        assert!(MfModel::new(c, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("top-k"));
         let c = MfConfig {
             att_hidden: 6,
             ..MfConfig::lm(11, 8, 1, 4, 6)
         };
-        assert!(MfModel::new(c, 1).unwrap_err().contains("K = V"));
+        assert!(MfModel::new(c, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("K = V"));
         let m = MfModel::new(MfConfig::lm(11, 8, 1, 4, 6), 1).unwrap();
         assert!(m
             .forward(&[1, 99], &[1, 2], 1, 2)
             .unwrap_err()
+            .to_string()
             .contains("vocabulary"));
         assert!(m.forward(&[1], &[1, 2], 1, 2).is_err());
     }

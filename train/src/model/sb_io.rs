@@ -12,14 +12,15 @@
 use super::seqboat::{SbAttn, SbConfig, SbGate, SbModel};
 use modula_core::engine::SbSpec;
 use modula_core::gguf::GgufWriter;
+use modula_core::Error;
 use modula_core::{MetaValue, Model};
 use std::path::Path;
 
-fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaValue)>, String> {
+fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaValue)>, Error> {
     let u = |v: usize| {
         u32::try_from(v)
             .map(MetaValue::U32)
-            .map_err(|_| format!("{v} does not fit in u32"))
+            .map_err(|_| Error::input(format!("{v} does not fit in u32")))
     };
     let s = |v: &str| MetaValue::String(v.into());
     let mut m = vec![
@@ -79,14 +80,14 @@ fn meta(c: &SbConfig, ctx: usize, name: &str) -> Result<Vec<(&'static str, MetaV
 
 /// The architecture of a SeqBoat file and its context length (the metadata is parsed by
 /// the engine's [`SbSpec`], one reader for both).
-pub fn sb_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbConfig, usize), String> {
+pub fn sb_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbConfig, usize), Error> {
     let s = SbSpec::from_model(m)?;
     if s.eps != super::seqboat::LN_EPS {
-        return Err(format!(
+        return Err(Error::unsupported(format!(
             "modula.norm_epsilon = {}: the trainer trains LayerNorm with epsilon {}",
             s.eps,
             super::seqboat::LN_EPS
-        ));
+        )));
     }
     let cfg = SbConfig {
         vocab: s.vocab,
@@ -127,22 +128,18 @@ pub fn sb_config_from<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbConfig, usize),
         .saturating_add(c.classes.saturating_mul(2 * c.d));
     let room = m.bytes().len().saturating_mul(2).saturating_add(1 << 20);
     if total > room {
-        return Err(format!(
+        return Err(Error::input(format!(
             "the header describes {total} parameters but the file holds only {} bytes",
             m.bytes().len()
-        ));
+        )));
     }
-    Ok((
-        cfg,
-        m.get_u32("modula.context_length")
-            .map_err(|e| e.to_string())? as usize,
-    ))
+    Ok((cfg, m.get_u32("modula.context_length")? as usize))
 }
 
 impl SbModel {
     /// A GGUF writer with the architecture and every tensor (borrowed).
-    pub fn writer(&self, ctx: usize, name: &str) -> Result<GgufWriter<'_>, String> {
-        let e2s = |e: modula_core::GgufError| e.to_string();
+    pub fn writer(&self, ctx: usize, name: &str) -> Result<GgufWriter<'_>, Error> {
+        let e2s = |e: modula_core::GgufError| Error::from(e);
         let mut w = GgufWriter::new();
         for (k, v) in meta(&self.cfg, ctx, name)? {
             w.set(k, v).map_err(e2s)?;
@@ -155,34 +152,31 @@ impl SbModel {
     }
 
     /// Write the model atomically; returns the bytes written.
-    pub fn write_gguf(&self, path: &Path, ctx: usize, name: &str) -> Result<u64, String> {
-        self.writer(ctx, name)?
-            .write_to(path)
-            .map_err(|e| e.to_string())
+    pub fn write_gguf(&self, path: &Path, ctx: usize, name: &str) -> Result<u64, Error> {
+        self.writer(ctx, name)?.write_to(path).map_err(Error::from)
     }
 
     /// Read a model written by [`SbModel::write_gguf`] (quantised tensors are
     /// dequantised); names, shapes and finiteness are checked.
-    pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbModel, usize), String> {
+    pub fn read_gguf<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(SbModel, usize), Error> {
         let (cfg, ctx) = sb_config_from(m)?;
         let mut model = SbModel::new(cfg, 0)?;
         for i in 0..model.params.specs().len() {
             let spec = model.params.specs()[i].clone();
-            let t = m.tensor(&spec.name).map_err(|e| e.to_string())?;
+            let t = m.tensor(&spec.name)?;
             if t.shape() != spec.shape.as_slice() {
-                return Err(format!(
-                    "tensor '{}' has shape {:?}, expected {:?}",
-                    spec.name,
-                    t.shape(),
-                    spec.shape
-                ));
+                return Err(Error::Shape {
+                    tensor: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                    got: t.shape().to_vec(),
+                });
             }
-            let v = t.to_f32_vec().map_err(|e| e.to_string())?;
+            let v = t.to_f32_vec()?;
             if let Some(j) = v.iter().position(|x| !x.is_finite()) {
-                return Err(format!(
+                return Err(Error::non_finite(format!(
                     "tensor '{}' holds a non-finite value at {j}",
                     spec.name
-                ));
+                )));
             }
             model.params.value_mut(i).copy_from_slice(&v);
         }
@@ -213,7 +207,7 @@ mod tests {
         assert_eq!(back.params.values, m.params.values);
         for cut in [bytes.len() / 2, bytes.len() - 3] {
             let r = Model::from_bytes(bytes[..cut].to_vec())
-                .map_err(|e| e.to_string())
+                .map_err(Error::from)
                 .and_then(|f| SbModel::read_gguf(&f).map(|_| ()));
             assert!(r.is_err(), "truncated at {cut}");
         }

@@ -32,6 +32,7 @@ use modula_core::kernels::elementwise::{gelu1, silu1};
 use modula_core::kernels::expert_ffn::Activation;
 use modula_core::kernels::par;
 use modula_core::rng::SplitMix64;
+use modula_core::Error;
 
 /// LayerNorm epsilon (every SeqBoat norm uses 1e-5, spec A8).
 pub const LN_EPS: f32 = 1e-5;
@@ -68,12 +69,14 @@ impl SbGate {
     }
 
     /// Parse [`SbGate::name`].
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Error> {
         match s {
             "learned" => Ok(SbGate::Learned),
             "always" => Ok(SbGate::AlwaysOn),
             "off" => Ok(SbGate::Off),
-            _ => Err(format!("unknown gate '{s}' (learned | always | off)")),
+            _ => Err(Error::input(format!(
+                "unknown gate '{s}' (learned | always | off)"
+            ))),
         }
     }
 }
@@ -166,31 +169,46 @@ impl SbConfig {
     }
 
     /// Check the shape.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         let c = self;
         if c.vocab == 0 || c.d == 0 || c.layers == 0 || c.ndim == 0 || c.z == 0 || c.e == 0 {
-            return Err("vocab, d, layers, ndim, z and e must be at least 1".into());
+            return Err(Error::input(
+                "vocab, d, layers, ndim, z and e must be at least 1",
+            ));
         }
         if c.max_pos == 0 || c.max_pos > 1 << 20 {
-            return Err(format!("max_pos {} must be in 1..=2^20", c.max_pos));
+            return Err(Error::input(format!(
+                "max_pos {} must be in 1..=2^20",
+                c.max_pos
+            )));
         }
         if !(c.temp_scale.is_finite() && c.temp_scale > 0.0) {
-            return Err(format!("temp_scale {} must be positive", c.temp_scale));
+            return Err(Error::input(format!(
+                "temp_scale {} must be positive",
+                c.temp_scale
+            )));
         }
         if c.classes == 0 && !c.causal {
-            return Err("a language model (classes = 0) must be causal".into());
+            return Err(Error::input(
+                "a language model (classes = 0) must be causal",
+            ));
         }
         if c.layers < 64 && c.nested_depths >> (c.layers - 1) != 0 {
-            return Err(format!("nested depths beyond the {} layers", c.layers));
+            return Err(Error::input(format!(
+                "nested depths beyond the {} layers",
+                c.layers
+            )));
         }
         if let Some(p) = c.pad {
             if p as usize >= c.vocab {
-                return Err(format!("pad token {p} is outside the vocabulary"));
+                return Err(Error::input(format!(
+                    "pad token {p} is outside the vocabulary"
+                )));
             }
         }
         let big = [c.vocab, c.d, c.z, c.e, c.ndim, c.layers, c.window];
         if big.iter().any(|&v| v > 1 << 24) {
-            return Err("a dimension is implausibly large".into());
+            return Err(Error::input("a dimension is implausibly large"));
         }
         Ok(())
     }
@@ -205,11 +223,14 @@ impl SbConfig {
     }
 
     /// Set the nested depths (the full depth is implied), checking them.
-    pub fn with_nested_depths(mut self, depths: &[usize]) -> Result<Self, String> {
+    pub fn with_nested_depths(mut self, depths: &[usize]) -> Result<Self, Error> {
         self.nested_depths = 0;
         for &l in depths {
             if l == 0 || l > self.layers || l > 64 {
-                return Err(format!("nested depth {l} is outside 1..={}", self.layers));
+                return Err(Error::input(format!(
+                    "nested depth {l} is outside 1..={}",
+                    self.layers
+                )));
             }
             if l < self.layers {
                 self.nested_depths |= 1 << (l - 1);
@@ -417,18 +438,14 @@ impl SbActivations {
     }
 }
 
-fn ke(e: modula_core::kernels::KernelError) -> String {
-    e.to_string()
-}
-
 /// A LayerNorm's output and its saved mean and 1/std per row.
 type Normed = (Vec<f32>, Vec<f32>, Vec<f32>);
 
 /// LayerNorm of `rows` rows.
-fn ln_rows(x: &[f32], rows: usize, d: usize, g: &[f32], b: &[f32]) -> Result<Normed, String> {
+fn ln_rows(x: &[f32], rows: usize, d: usize, g: &[f32], b: &[f32]) -> Result<Normed, Error> {
     let mut y = vec![0f32; rows * d];
     let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
-    layernorm_forward(x, rows, d, g, b, LN_EPS, &mut y, &mut mean, &mut rstd).map_err(ke)?;
+    layernorm_forward(x, rows, d, g, b, LN_EPS, &mut y, &mut mean, &mut rstd)?;
     Ok((y, mean, rstd))
 }
 
@@ -466,7 +483,7 @@ struct SeqAttGrad {
 
 impl SbModel {
     /// A freshly initialised model (spec A2 initialisation: truncated normals).
-    pub fn new(cfg: SbConfig, seed: u64) -> Result<Self, String> {
+    pub fn new(cfg: SbConfig, seed: u64) -> Result<Self, Error> {
         cfg.validate()?;
         let c = cfg;
         let (d, n) = (c.d, c.ndim);
@@ -571,7 +588,7 @@ impl SbModel {
 
     /// Rebuild the index tables of a model whose parameter values come from elsewhere
     /// (a checkpoint); `params` must have exactly this configuration's tensors.
-    pub fn from_params(cfg: SbConfig, params: ParamStore) -> Result<Self, String> {
+    pub fn from_params(cfg: SbConfig, params: ParamStore) -> Result<Self, Error> {
         let mut m = SbModel::new(cfg, 0)?;
         let want: Vec<_> = m
             .params
@@ -585,7 +602,9 @@ impl SbModel {
             .map(|s| (s.name.clone(), s.shape.clone()))
             .collect();
         if want != got {
-            return Err("the parameters do not match the SeqBoat configuration".into());
+            return Err(Error::input(
+                "the parameters do not match the SeqBoat configuration",
+            ));
         }
         m.params = params;
         Ok(m)
@@ -599,18 +618,18 @@ impl SbModel {
         targets: &[u32],
         b: usize,
         t: usize,
-    ) -> Result<(f64, SbActivations, Vec<f32>), String> {
+    ) -> Result<(f64, SbActivations, Vec<f32>), Error> {
         let c = self.cfg;
         let rows = b * t;
         if tokens.len() != rows {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "expected {rows} tokens ({b} x {t}), got {}",
                 tokens.len()
-            ));
+            )));
         }
         let want_targets = if c.classes > 0 { b } else { rows };
         if targets.len() != want_targets {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "expected {want_targets} targets, got {} ({})",
                 targets.len(),
                 if c.classes > 0 {
@@ -618,21 +637,24 @@ impl SbModel {
                 } else {
                     "one next token per position"
                 }
-            ));
+            )));
         }
         if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= c.vocab) {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "token {bad} is outside the vocabulary of {}",
                 c.vocab
-            ));
+            )));
         }
         let depth = self.depth.unwrap_or(c.layers);
         if depth == 0 || depth > c.layers {
-            return Err(format!("depth {depth} is outside 1..={}", c.layers));
+            return Err(Error::input(format!(
+                "depth {depth} is outside 1..={}",
+                c.layers
+            )));
         }
         if let Some(f) = &self.forced {
             if f.len() < depth || f.iter().any(|v| v.len() != rows) {
-                return Err("forced decisions must be [layers][b·t]".into());
+                return Err(Error::input("forced decisions must be [layers][b·t]"));
             }
         }
         let d = c.d;
@@ -682,7 +704,7 @@ impl SbModel {
             for s in 0..b {
                 let cnt = (0..t).filter(|&i| a.keep[s * t + i]).count();
                 if cnt == 0 {
-                    return Err(format!("sequence {s} is all padding"));
+                    return Err(Error::input(format!("sequence {s} is all padding")));
                 }
                 let inv = 1.0 / cnt as f32;
                 for i in 0..t {
@@ -703,24 +725,22 @@ impl SbModel {
                 2 * d,
                 d,
                 &mut pre,
-            )
-            .map_err(ke)?;
+            )?;
             let hidden: Vec<f32> = pre.iter().map(|&v| gelu1(v)).collect();
             let mut logits = vec![0f32; b * out];
-            linear_forward(&hidden, b, p.value(w2), None, out, 2 * d, &mut logits).map_err(ke)?;
+            linear_forward(&hidden, b, p.value(w2), None, out, 2 * d, &mut logits)?;
             a.pooled = pooled;
             a.cls_pre = pre;
             a.cls_hidden = hidden;
             a.logits = logits;
         } else {
             let mut logits = vec![0f32; rows * out];
-            linear_forward(&feats, rows, emb, None, out, d, &mut logits).map_err(ke)?;
+            linear_forward(&feats, rows, emb, None, out, d, &mut logits)?;
             a.logits = logits;
         }
         a.feats = feats;
         let mut dlogits = vec![0f32; a.logits.len()];
-        let loss =
-            cross_entropy(&a.logits, targets, out, &mut dlogits).map_err(|e| e.to_string())?;
+        let loss = cross_entropy(&a.logits, targets, out, &mut dlogits)?;
         Ok((loss, a, dlogits))
     }
 
@@ -731,13 +751,15 @@ impl SbModel {
         tokens: &[u32],
         a: &SbActivations,
         dlogits: &[f32],
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let c = self.cfg;
         let (b, t, d) = (a.b, a.t, c.d);
         let rows = b * t;
         let out = c.outputs();
         if dlogits.len() != a.logits.len() || tokens.len() != rows {
-            return Err("backward: logits or tokens do not match the forward".into());
+            return Err(Error::input(
+                "backward: logits or tokens do not match the forward",
+            ));
         }
         let mut dfeat = vec![0f32; rows * d];
         if let Some((w1, b1, w2)) = self.cls {
@@ -754,8 +776,7 @@ impl SbModel {
                 Some(&mut dhidden),
                 gw,
                 None,
-            )
-            .map_err(ke)?;
+            )?;
             let dpre: Vec<f32> = dhidden
                 .iter()
                 .zip(&a.cls_pre)
@@ -773,8 +794,7 @@ impl SbModel {
                 Some(&mut dpooled),
                 self.params.grad_mut(w1),
                 None,
-            )
-            .map_err(ke)?;
+            )?;
             let gb = self.params.grad_mut(b1);
             for row in dpre.chunks_exact(2 * d) {
                 for (g, v) in gb.iter_mut().zip(row) {
@@ -805,8 +825,7 @@ impl SbModel {
                 Some(&mut dfeat),
                 self.params.grad_mut(self.embd),
                 None,
-            )
-            .map_err(ke)?;
+            )?;
         }
         let mut dx = if let Some((g, bb)) = self.final_norm {
             let mut dx = vec![0f32; rows * d];
@@ -1038,7 +1057,7 @@ impl StackLayer for SbLayer {
         r: Rows,
         run: &Run<'_>,
         x: &mut [f32],
-    ) -> Result<Saved, String> {
+    ) -> Result<Saved, Error> {
         let c = self.cfg;
         let (d, n) = (c.d, c.ndim);
         let (b, t) = (r.b, r.t);
@@ -1046,11 +1065,11 @@ impl StackLayer for SbLayer {
         let l = self.idx;
         let keep = run.keep;
         if keep.len() != rows || x.len() != rows * d {
-            return Err(format!(
+            return Err(Error::input(format!(
                 "SeqBoat layer: {} rows and a pad mask of {}, not [{b}·{t}, {d}]",
                 x.len() / d.max(1),
                 keep.len()
-            ));
+            )));
         }
         let mut la = LayerActs {
             act_bias: run.act_bias,
@@ -1110,8 +1129,7 @@ impl StackLayer for SbLayer {
             uw,
             d,
             &mut uc,
-        )
-        .map_err(ke)?;
+        )?;
         let tau = p.value(l.log_temp)[0].exp();
         la.act = vec![false; rows];
         la.pi1 = vec![0.0; rows];
@@ -1163,8 +1181,7 @@ impl StackLayer for SbLayer {
                 zw,
                 d,
                 &mut zrv_pre,
-            )
-            .map_err(ke)?;
+            )?;
         }
         let zrv: Vec<f32> = zrv_pre.iter().map(|&v| silu1(v)).collect();
         let (ks, ko) = (p.value(l.qk_scale), p.value(l.qk_offset));
@@ -1214,8 +1231,7 @@ impl StackLayer for SbLayer {
                 d,
                 e,
                 &mut h,
-            )
-            .map_err(ke)?;
+            )?;
         }
         // 6. extract, gate, residual, SiLU
         let mut pre = vec![0f32; rows * d];
@@ -1264,20 +1280,24 @@ impl StackLayer for SbLayer {
         x_in: &[f32],
         dx_io: &mut [f32],
         g: Grads,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let c = self.cfg;
         let (d, n, z, e) = (c.d, c.ndim, c.z, c.e);
         let Saved::SeqBoat(la) = saved else {
-            return Err("SeqBoat backward: saved activations of another layer".into());
+            return Err(Error::input(
+                "SeqBoat backward: saved activations of another layer",
+            ));
         };
         if !g.params {
-            return Err("SeqBoat layers always train their parameters".into());
+            return Err(Error::input("SeqBoat layers always train their parameters"));
         }
         let (b, t) = (r.b, r.t);
         let rows = b * t;
         let keep = &la.keep;
         if dx_io.len() != rows * d || keep.len() != rows || x_in.len() != rows * d {
-            return Err("SeqBoat backward: saved activations do not match the shape".into());
+            return Err(Error::input(
+                "SeqBoat backward: saved activations do not match the shape",
+            ));
         }
         let dnext = dx_io.to_vec();
         let l = self.idx;
@@ -1340,8 +1360,7 @@ impl StackLayer for SbLayer {
                 Some(&mut dm),
                 &mut gw,
                 Some(&mut gb),
-            )
-            .map_err(ke)?;
+            )?;
             add(p.grad_mut(l.gate_w), &gw);
             add(p.grad_mut(l.gate_b), &gb);
         }
@@ -1361,8 +1380,7 @@ impl StackLayer for SbLayer {
                 Some(&mut dor),
                 &mut gw,
                 Some(&mut gb),
-            )
-            .map_err(ke)?;
+            )?;
             add(p.grad_mut(l.out_w), &gw);
             add(p.grad_mut(l.out_b), &gb);
             let mut dzrv = vec![0f32; lc * zw];
@@ -1448,8 +1466,7 @@ impl StackLayer for SbLayer {
                 Some(&mut dmh),
                 &mut gw,
                 Some(&mut gb),
-            )
-            .map_err(ke)?;
+            )?;
             add(p.grad_mut(l.in_w), &gw);
             add(p.grad_mut(l.in_b), &gb);
             for (k, &r) in la.rows.iter().enumerate() {
@@ -1545,10 +1562,12 @@ fn add(dst: &mut [f32], src: &[f32]) {
 }
 
 /// The tokens of a batch (SeqBoat models take token ids).
-pub fn sb_tokens(input: Input<'_>) -> Result<&[u32], String> {
+pub fn sb_tokens(input: Input<'_>) -> Result<&[u32], Error> {
     match input {
         Input::Tokens(t) => Ok(t),
-        Input::Features(_) => Err("SeqBoat models take tokens, not feature vectors".into()),
+        Input::Features(_) => Err(Error::input(
+            "SeqBoat models take tokens, not feature vectors",
+        )),
     }
 }
 

@@ -952,6 +952,50 @@ impl Stack<'_> {
                     s.act.apply(&mut r[..f]);
                 }
                 matmul_rows(u, ulen, n, &down, tmp, d, false)?;
+            } else if n > 1 {
+                // EMoE over a prompt: each row's top-k experts by the same per-row scores
+                // as a step, then one product per expert over the rows that chose it (an
+                // expert's rows are read once per prompt, not once per row)
+                let (e_n, k) = (s.emoe_experts, s.emoe_top_k);
+                let per = s.ffn / e_n;
+                let g = MatRef::f32(&bw.gates, e_n, d)?;
+                let mut chosen: Vec<Vec<u32>> = vec![Vec::new(); e_n];
+                for i in 0..n {
+                    let hr = &h[i * d..(i + 1) * d];
+                    linear(hr, d, 1, &g, None, &mut b.scores[..e_n], e_n)?;
+                    top_k(&b.scores[..e_n], k, &mut b.chosen, &mut b.chosen_val)?;
+                    for &e in &b.chosen {
+                        chosen[e as usize].push(i as u32);
+                    }
+                }
+                tmp.fill(0.0);
+                let (mut hg, mut ug, mut yg) = (Vec::new(), Vec::new(), Vec::new());
+                for (e, rows) in chosen.iter().enumerate() {
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let m = rows.len();
+                    hg.clear();
+                    for &i in rows {
+                        hg.extend_from_slice(&h[i as usize * d..(i as usize + 1) * d]);
+                    }
+                    let r0 = e * per;
+                    let up = bw.up.rows_range(r0, per)?;
+                    let down = bw.down_t.rows_range(r0, per)?;
+                    ug.resize(m * per, 0.0);
+                    linear(&hg, d, m, &up, Some(&bw.up_b[r0..r0 + per]), &mut ug, per)?;
+                    for r in ug.chunks_exact_mut(per) {
+                        s.act.apply(r);
+                    }
+                    yg.resize(m * d, 0.0);
+                    matmul_rows(&ug, per, m, &down, &mut yg, d, false)?;
+                    for (j, &i) in rows.iter().enumerate() {
+                        let out = &mut tmp[i as usize * d..(i as usize + 1) * d];
+                        for (o, v) in out.iter_mut().zip(&yg[j * d..(j + 1) * d]) {
+                            *o += v;
+                        }
+                    }
+                }
             } else {
                 // EMoE: per row, only the top-k experts' rows are read
                 let (e_n, k) = (s.emoe_experts, s.emoe_top_k);

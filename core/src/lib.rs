@@ -34,4 +34,7 @@ pub use arch::{Family, ModelDesc};
 pub use error::Error;
 pub use gguf::{GgufError, MetaValue, Value, ValueType};
 pub use model::{Model, NestedSpec, PageGroup, SubModel, TensorView};
+/// A model file mapped read-only from disk (what [`Model::open`] returns).
+#[cfg(feature = "std")]
+pub type MappedModel = Model<memmap2::Mmap>;
 pub use modula_quant::DType;

@@ -247,6 +247,17 @@ pub(crate) fn train_config(a: &TrainArgs, seq: usize) -> Result<TrainConfig, Str
 /// The model to train: resumed from `--resume` (its context must be `seq` and its step
 /// below `--steps`), read from `--init` (fine-tuning: fresh optimiser and schedule; `init`
 /// names the file in its errors), or made by `fresh`.
+/// `--init FILE` read by a family's reader, the path in its error.
+pub(crate) fn init_from<M>(
+    p: &Path,
+    read: fn(&modula_core::MappedModel) -> Result<(M, usize), modula_core::Error>,
+) -> Result<M, String> {
+    let f = Model::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    read(&f)
+        .map(|(m, _)| m)
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
 pub(crate) fn start<M>(
     a: &TrainArgs,
     seq: usize,

@@ -95,13 +95,7 @@ pub(crate) fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
         a,
         seq,
         |p| Ok(load_mf(p)?),
-        |p| {
-            let at = |e: String| format!("{}: {e}", p.display());
-            let f = Model::open(p).map_err(|e| at(e.to_string()))?;
-            MfModel::read_gguf(&f)
-                .map(|(m, _)| m)
-                .map_err(|e| at(e.to_string()))
-        },
+        |p| init_from(p, MfModel::read_gguf),
         || {
             let cfg = MfConfig {
                 vocab: shape.vocab,

@@ -69,13 +69,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<(), String> {
         a,
         seq,
         |p| Ok(load_sb(p)?),
-        |p| {
-            let at = |e: String| format!("{}: {e}", p.display());
-            let f = Model::open(p).map_err(|e| at(e.to_string()))?;
-            SbModel::read_gguf(&f)
-                .map(|(m, _)| m)
-                .map_err(|e| at(e.to_string()))
-        },
+        |p| init_from(p, SbModel::read_gguf),
         || {
             let lm = shape.classes == 0;
             let causal = match a.attention.as_deref() {

@@ -14,9 +14,8 @@
 
 use crate::layers::linear::{linear_backward, linear_forward};
 use crate::layers::mha::{linear_backward_maybe, LN_EPS};
-use crate::layers::norm::{layernorm_backward, layernorm_forward};
 use crate::params::{ParamStore, ParamTable};
-use crate::stack::{Grads, Rows, Run, Saved, Stack, StackSaved};
+use crate::stack::{Grads, Norm, NormSaved, Rows, Run, Saved, Stack, StackSaved};
 use crate::tasks::{Batch, TaskShape};
 use modula_core::arch::{
     Act, AttentionSpec, AttnLayout, BlockSpec, FfnKind, FfnSpec, Layout, MixerSpec, NormKind,
@@ -177,12 +176,8 @@ pub enum StageInput<'a> {
     Hidden(&'a [f32]),
 }
 
-#[derive(Clone, Debug, Default)]
-struct LnSaved {
-    y: Vec<f32>,
-    mu: Vec<f32>,
-    rs: Vec<f32>,
-}
+/// A LayerNorm's output and statistics (the block stack's).
+type LnSaved = NormSaved;
 
 /// What one module's forward keeps for its backward, and its output.
 #[derive(Clone, Debug, Default)]
@@ -249,24 +244,17 @@ fn add(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// The block stack's LayerNorm over a stitch's or the head's norm parameters.
+fn norm_of(ln: Lin) -> Norm {
+    Norm {
+        g: ln.w,
+        b: ln.b,
+        eps: LN_EPS,
+    }
+}
+
 fn ln_fwd(p: &ParamStore, ln: Lin, x: &[f32], n: usize, d: usize) -> Result<LnSaved, Error> {
-    let mut s = LnSaved {
-        y: vec![0f32; n * d],
-        mu: vec![0f32; n],
-        rs: vec![0f32; n],
-    };
-    layernorm_forward(
-        x,
-        n,
-        d,
-        p.value(ln.w),
-        p.value(ln.b),
-        LN_EPS,
-        &mut s.y,
-        &mut s.mu,
-        &mut s.rs,
-    )?;
-    Ok(s)
+    norm_of(ln).forward(p, x, n, d)
 }
 
 /// `dx += LN backward(dy)`; parameter gradients when `pg`.
@@ -282,23 +270,7 @@ fn ln_bwd(
     dx: &mut [f32],
     pg: bool,
 ) {
-    let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
-    layernorm_backward(
-        dy,
-        x,
-        n,
-        d,
-        p.value(ln.w),
-        &s.mu,
-        &s.rs,
-        dx,
-        &mut dg,
-        &mut db,
-    );
-    if pg {
-        add(p.grad_mut(ln.w), &dg);
-        add(p.grad_mut(ln.b), &db);
-    }
+    norm_of(ln).backward(p, s, x, n, d, dy, dx, pg);
 }
 
 fn lin_fwd(

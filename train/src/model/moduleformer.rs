@@ -626,21 +626,7 @@ impl MfModel {
             let r = tok as usize * d;
             x[i * d..(i + 1) * d].copy_from_slice(&emb[r..r + d]);
         }
-        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), Error> {
-            let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-            layernorm_forward(
-                x,
-                n,
-                d,
-                p.value(g),
-                p.value(bb),
-                LN_EPS,
-                &mut h,
-                &mut mu,
-                &mut rs,
-            )?;
-            Ok((h, (mu, rs)))
-        };
+        let ln = |x: &[f32], g: usize, bb: usize| ln_rows(p, x, n, d, g, bb);
         #[cfg(test)]
         let forced: Vec<(usize, Vec<u32>)> =
             self.forced.iter().flatten().cloned().enumerate().collect();
@@ -935,6 +921,78 @@ pub struct MfMixture<const FFN: bool> {
     pub block: usize,
 }
 
+impl<const FFN: bool> MfMixture<FFN> {
+    /// A forward's experts in use and its empty saved state, the input checked.
+    fn begin(&self, r: Rows, run: &Run<'_>, x: &[f32]) -> Result<BlockActs, Error> {
+        let c = self.cfg;
+        if x.len() != r.n() * c.d {
+            return Err(Error::input(format!(
+                "ModuleFormer block: {} values, not [{}, {}]",
+                x.len(),
+                r.n(),
+                c.d
+            )));
+        }
+        Ok(BlockActs {
+            ffn: FFN,
+            experts: run.experts.unwrap_or((c.att_experts, c.ffn_experts)),
+            ..BlockActs::default()
+        })
+    }
+
+    /// A backward's saved state, checked against this mixture and the shapes.
+    fn saved<'s>(
+        &self,
+        r: Rows,
+        saved: &'s Saved,
+        x_in: &[f32],
+        dx: &[f32],
+        g: Grads,
+    ) -> Result<&'s BlockActs, Error> {
+        let Saved::Mf(ba) = saved else {
+            return Err(Error::input(
+                "ModuleFormer backward: saved activations of another layer",
+            ));
+        };
+        if !g.params {
+            return Err(Error::input(
+                "ModuleFormer mixtures always train their parameters",
+            ));
+        }
+        let nd = r.n() * self.cfg.d;
+        if dx.len() != nd || x_in.len() != nd || ba.ffn != FFN {
+            return Err(Error::input(
+                "ModuleFormer backward: saved activations do not match the shape",
+            ));
+        }
+        Ok(ba)
+    }
+}
+
+/// LayerNorm of `n` rows of width `d` with the trainer's epsilon: output and statistics.
+fn ln_rows(
+    p: &ParamStore,
+    x: &[f32],
+    n: usize,
+    d: usize,
+    g: usize,
+    b: usize,
+) -> Result<(Vec<f32>, LnStats), Error> {
+    let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
+    layernorm_forward(
+        x,
+        n,
+        d,
+        p.value(g),
+        p.value(b),
+        LN_EPS,
+        &mut h,
+        &mut mu,
+        &mut rs,
+    )?;
+    Ok((h, (mu, rs)))
+}
+
 impl StackLayer for MfMixture<false> {
     fn forward(
         &self,
@@ -943,39 +1001,12 @@ impl StackLayer for MfMixture<false> {
         run: &Run<'_>,
         x: &mut [f32],
     ) -> Result<Saved, Error> {
-        const FFN: bool = false;
-        let c = self.cfg;
-        let blk = self.blk;
+        let mut ba = self.begin(r, run, x)?;
+        let (c, blk, experts) = (self.cfg, self.blk, ba.experts);
         let (b, t) = (r.b, r.t);
         let n = b * t;
         let (d, da) = (c.d, c.att_hidden);
-        let experts = run.experts.unwrap_or((c.att_experts, c.ffn_experts));
-        if x.len() != n * d {
-            return Err(Error::input(format!(
-                "ModuleFormer block: {} values, not [{n}, {d}]",
-                x.len()
-            )));
-        }
-        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), Error> {
-            let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-            layernorm_forward(
-                x,
-                n,
-                d,
-                p.value(g),
-                p.value(bb),
-                LN_EPS,
-                &mut h,
-                &mut mu,
-                &mut rs,
-            )?;
-            Ok((h, (mu, rs)))
-        };
-        let mut ba = BlockActs {
-            ffn: FFN,
-            experts,
-            ..BlockActs::default()
-        };
+        let ln = |x: &[f32], g: usize, bb: usize| ln_rows(p, x, n, d, g, bb);
         let dh = da / c.heads;
         let scale = 1.0 / (dh as f32).sqrt();
         // ---- mixture of stick-breaking attention heads
@@ -1074,27 +1105,11 @@ impl StackLayer for MfMixture<false> {
         dx: &mut [f32],
         g: Grads,
     ) -> Result<(), Error> {
-        const FFN: bool = false;
-        let Saved::Mf(ba) = saved else {
-            return Err(Error::input(
-                "ModuleFormer backward: saved activations of another layer",
-            ));
-        };
-        if !g.params {
-            return Err(Error::input(
-                "ModuleFormer mixtures always train their parameters",
-            ));
-        }
-        let c = self.cfg;
-        let blk = self.blk;
+        let ba = self.saved(r, saved, x_in, dx, g)?;
+        let (c, blk) = (self.cfg, self.blk);
         let (b, t) = (r.b, r.t);
         let n = b * t;
         let (d, da) = (c.d, c.att_hidden);
-        if dx.len() != n * d || x_in.len() != n * d || ba.ffn != FFN {
-            return Err(Error::input(
-                "ModuleFormer backward: saved activations do not match the shape",
-            ));
-        }
         let dh_ = da / c.heads;
         let scale = 1.0 / (dh_ as f32).sqrt();
         // ---- attention mixture: x_mid = x_in + Σ g·ya
@@ -1232,39 +1247,12 @@ impl StackLayer for MfMixture<true> {
         run: &Run<'_>,
         x: &mut [f32],
     ) -> Result<Saved, Error> {
-        const FFN: bool = true;
-        let c = self.cfg;
-        let blk = self.blk;
+        let mut ba = self.begin(r, run, x)?;
+        let (c, blk, experts) = (self.cfg, self.blk, ba.experts);
         let (b, t) = (r.b, r.t);
         let n = b * t;
         let (d, df) = (c.d, c.ffn_hidden);
-        let experts = run.experts.unwrap_or((c.att_experts, c.ffn_experts));
-        if x.len() != n * d {
-            return Err(Error::input(format!(
-                "ModuleFormer block: {} values, not [{n}, {d}]",
-                x.len()
-            )));
-        }
-        let ln = |x: &[f32], g: usize, bb: usize| -> Result<(Vec<f32>, LnStats), Error> {
-            let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-            layernorm_forward(
-                x,
-                n,
-                d,
-                p.value(g),
-                p.value(bb),
-                LN_EPS,
-                &mut h,
-                &mut mu,
-                &mut rs,
-            )?;
-            Ok((h, (mu, rs)))
-        };
-        let mut ba = BlockActs {
-            ffn: FFN,
-            experts,
-            ..BlockActs::default()
-        };
+        let ln = |x: &[f32], g: usize, bb: usize| ln_rows(p, x, n, d, g, bb);
         // ---- mixture of FFN experts
         let (h2, st2) = ln(x, blk.ln2_g, blk.ln2_b)?;
         let (ef, kf) = (experts.1, c.ffn_k);
@@ -1323,27 +1311,11 @@ impl StackLayer for MfMixture<true> {
         dx: &mut [f32],
         g: Grads,
     ) -> Result<(), Error> {
-        const FFN: bool = true;
-        let Saved::Mf(ba) = saved else {
-            return Err(Error::input(
-                "ModuleFormer backward: saved activations of another layer",
-            ));
-        };
-        if !g.params {
-            return Err(Error::input(
-                "ModuleFormer mixtures always train their parameters",
-            ));
-        }
-        let c = self.cfg;
-        let blk = self.blk;
+        let ba = self.saved(r, saved, x_in, dx, g)?;
+        let (c, blk) = (self.cfg, self.blk);
         let (b, t) = (r.b, r.t);
         let n = b * t;
         let (d, df) = (c.d, c.ffn_hidden);
-        if dx.len() != n * d || x_in.len() != n * d || ba.ffn != FFN {
-            return Err(Error::input(
-                "ModuleFormer backward: saved activations do not match the shape",
-            ));
-        }
         // ---- FFN mixture: x_out = x_mid + Σ g·yf
         let (ef, kf) = (ba.experts.1, c.ffn_k);
         let mut dh2 = vec![0f32; n * d];

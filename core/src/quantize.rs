@@ -9,8 +9,9 @@
 //! (`modula.nested.*`) that do not fall on block boundaries is refused, since a nested
 //! sub-model must be a prefix of whole blocks.
 
+use crate::arch::Layout;
 use crate::gguf::{GgufError, GgufWriter};
-use crate::{DType, MetaValue, Model, Value};
+use crate::{DType, MetaValue, Model, ModelDesc, Value};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -149,11 +150,33 @@ pub fn bytes_as(t: DType, n: u64, cols: usize) -> Option<u64> {
     t.bytes_for(n)
 }
 
-/// Weight matrices are the tensors named `*.weight`; other 2-D tensors are per-channel
-/// parameter tables (SeqBoat's EMA coefficients `[d, N]`, Q/K scales `[2, z]`) that the
-/// engines read as f32 and that are too small to be worth quantising.
-fn is_matrix(name: &str) -> bool {
-    name.ends_with(".weight")
+/// Which tensors are weight matrices: by the model description's tensor table when the
+/// file has one (a tensor whose stored layout is `OutIn`, `InOut` or `Table`; `Vector`
+/// tensors — norms, biases and per-channel parameter tables such as SeqBoat's EMA
+/// coefficients `[d, N]` and Q/K scales `[2, z]` — stay f32), else by name (`*.weight`).
+/// A tensor the table does not list falls back to the name rule.
+struct Matrices {
+    layouts: Option<std::collections::BTreeMap<String, Layout>>,
+}
+
+impl Matrices {
+    fn of<B: AsRef<[u8]>>(model: &Model<B>) -> Self {
+        Matrices {
+            layouts: ModelDesc::from_model(model).ok().map(|d| {
+                d.tensors()
+                    .into_iter()
+                    .map(|t| (t.name, t.layout))
+                    .collect()
+            }),
+        }
+    }
+
+    fn is_matrix(&self, name: &str) -> bool {
+        match self.layouts.as_ref().and_then(|l| l.get(name)) {
+            Some(layout) => *layout != Layout::Vector,
+            None => name.ends_with(".weight"),
+        }
+    }
 }
 
 /// Quantise each weight matrix of `model` to the type `choose(name)` gives (`F32` keeps
@@ -166,9 +189,10 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
     choose: &dyn Fn(&str) -> DType,
     file_type: DType,
 ) -> Result<(GgufWriter<'static>, Vec<TensorReport>), String> {
+    let matrices = Matrices::of(model);
     let block = model
         .tensors()
-        .filter(|t| t.shape().len() >= 2 && t.dtype() == DType::F32 && is_matrix(t.name()))
+        .filter(|t| t.shape().len() >= 2 && t.dtype() == DType::F32 && matrices.is_matrix(t.name()))
         .map(|t| choose(t.name()).block_len())
         .max()
         .unwrap_or(1);
@@ -245,8 +269,8 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
             Some("vector (norm, bias) stays f32".to_string())
         } else if t.name().starts_with("optimizer.") {
             Some("optimiser state stays f32".to_string())
-        } else if !is_matrix(t.name()) {
-            Some("parameter table (not a `.weight` matrix) stays f32".to_string())
+        } else if !matrices.is_matrix(t.name()) {
+            Some("parameter table (not a weight matrix) stays f32".to_string())
         } else if target == DType::F32 {
             Some("kept f32 by the plan".to_string())
         } else if cols % block != 0 {

@@ -375,3 +375,42 @@ fn a_missing_or_misshapen_tensor_is_a_typed_error() {
         std::fs::remove_file(p).unwrap();
     }
 }
+
+#[test]
+fn the_quantiser_picks_matrices_by_role() {
+    // every family's file: the tensors the quantiser converts (chosen by the description's
+    // layouts) are exactly the 2-D `*.weight` matrices of whole 32-weight rows — the name
+    // rule files without a description still use — and every vector-layout table stays f32
+    let fs = files();
+    for (tag, p) in &fs {
+        let m = Model::open(p).unwrap();
+        let desc = ModelDesc::from_model(&m).unwrap();
+        let vectors: BTreeSet<String> = desc
+            .tensors()
+            .into_iter()
+            .filter(|t| t.layout == modula_core::arch::Layout::Vector)
+            .map(|t| t.name)
+            .collect();
+        let (_, reports) =
+            modula_core::quantize::quantize_model(&m, modula_core::DType::Q8_0).unwrap();
+        for r in &reports {
+            let t = m.tensor(&r.name).unwrap();
+            let by_name = t.shape().len() >= 2
+                && r.name.ends_with(".weight")
+                && t.shape().last().unwrap() % 32 == 0;
+            assert_eq!(
+                r.kept.is_none(),
+                by_name,
+                "{tag}: {} ({:?})",
+                r.name,
+                r.kept
+            );
+            if vectors.contains(&r.name) {
+                assert!(r.kept.is_some(), "{tag}: {} is a vector", r.name);
+            }
+        }
+    }
+    for (_, p) in fs {
+        std::fs::remove_file(p).unwrap();
+    }
+}

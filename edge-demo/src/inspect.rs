@@ -47,6 +47,37 @@ pub fn report<B: AsRef<[u8]>>(model: &Model<B>, all: bool) -> String {
             let _ = writeln!(s, "  {k:<40} {:<14} {v}{known}", v.type_description());
         }
     }
+    // the architecture as the one loader reads it, and each tensor's role in it
+    let desc = modula_core::ModelDesc::from_model(model);
+    let roles: std::collections::BTreeMap<String, String> = match &desc {
+        Ok(d) => {
+            let _ = writeln!(
+                s,
+                "\narchitecture: {} · d {} · {} blocks · {:?} · {:?}",
+                d.family.name(),
+                d.d,
+                d.blocks.len(),
+                d.task,
+                d.input
+            );
+            match d.check_tensors(model) {
+                Ok(()) => {
+                    let _ = writeln!(s, "  every described tensor is in the file, as described");
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "  tensors do not match the description: {e}");
+                }
+            }
+            d.tensors()
+                .into_iter()
+                .map(|t| (t.name, format!("{:?}/{:?}", t.role, t.layout)))
+                .collect()
+        }
+        Err(e) => {
+            let _ = writeln!(s, "\narchitecture: no model description ({e})");
+            Default::default()
+        }
+    };
     let groups: Vec<_> = model.page_groups().collect();
     if !groups.is_empty() {
         let _ = writeln!(s, "\npage groups (page size {}):", model.page_size());
@@ -66,8 +97,8 @@ pub fn report<B: AsRef<[u8]>>(model: &Model<B>, all: bool) -> String {
     let _ = writeln!(s, "\ntensors:");
     let _ = writeln!(
         s,
-        "  {:<36} {:<5} {:<20} {:>12} {:>12} {:>7}  group",
-        "name", "type", "shape", "bytes", "offset", "align"
+        "  {:<36} {:<5} {:<20} {:>12} {:>12} {:>7}  {:<22} group",
+        "name", "type", "shape", "bytes", "offset", "align", "role/layout"
     );
     let mut group_of = vec!["-"; model.tensor_count()];
     for g in &groups {
@@ -81,13 +112,14 @@ pub fn report<B: AsRef<[u8]>>(model: &Model<B>, all: bool) -> String {
         total += t.bytes().len();
         let _ = writeln!(
             s,
-            "  {:<36} {:<5} {:<20} {:>12} {:>12} {:>7}  {}",
+            "  {:<36} {:<5} {:<20} {:>12} {:>12} {:>7}  {:<22} {}",
             t.name(),
             t.dtype().to_string(),
             format!("{:?}", t.shape()),
             t.bytes().len(),
             t.file_offset(),
             alignment_of(t.file_offset()),
+            roles.get(t.name()).map_or("-", |r| r.as_str()),
             group
         );
     }

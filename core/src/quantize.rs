@@ -190,6 +190,23 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
     file_type: DType,
 ) -> Result<(GgufWriter<'static>, Vec<TensorReport>), String> {
     let matrices = Matrices::of(model);
+    // a file whose weight matrices are all quantised already cannot be quantised again
+    // (the report would say "1.00x smaller" and the copy be the same file)
+    let weight = |t: &crate::TensorView<'_>| {
+        t.shape().len() >= 2 && matrices.is_matrix(t.name()) && !t.name().starts_with("optimizer.")
+    };
+    if !model
+        .tensors()
+        .any(|t| weight(&t) && t.dtype() == DType::F32)
+    {
+        if let Some(t) = model.tensors().find(|t| weight(t)) {
+            return Err(format!(
+                "the weight matrices are {} already (e.g. '{}'), not f32: quantise the f32 original instead",
+                t.dtype(),
+                t.name()
+            ));
+        }
+    }
     let block = model
         .tensors()
         .filter(|t| t.shape().len() >= 2 && t.dtype() == DType::F32 && matrices.is_matrix(t.name()))

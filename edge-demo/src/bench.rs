@@ -64,6 +64,9 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Run `modula bench`.
 pub fn run(a: &BenchArgs) -> Result<(), String> {
+    if let Some(csv) = &a.csv {
+        crate::paths::refuse_overwrite(("--csv", csv), &[("--model", &a.model)])?;
+    }
     if let Some(t) = a.threads {
         par::set_threads(t);
     }

@@ -50,6 +50,7 @@ pub fn run(cmd: &EmoeCommand) -> Result<(), String> {
 }
 
 fn convert(a: &ConvertArgs) -> Result<(), String> {
+    crate::paths::refuse_overwrite(("--out", &a.out), &[("--in", &a.input)])?;
     let (mut model, ctx) = load_model(&a.input)?;
     if model.cfg.emoe_layers != 0 {
         return Err(format!("{} is already an EMoE model", a.input.display()));

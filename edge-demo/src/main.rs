@@ -8,6 +8,7 @@ mod emoe;
 mod inspect;
 mod m2mkd;
 mod moduleformer;
+mod paths;
 mod plan;
 mod quantize;
 mod run;

@@ -97,6 +97,8 @@ fn open(p: &PathBuf) -> Result<(MfModel, usize), String> {
 }
 
 fn prune(a: &PruneArgs) -> Result<(), String> {
+    let data = std::path::Path::new(&a.data.data);
+    crate::paths::refuse_overwrite(("--out", &a.out), &[("--in", &a.input), ("--data", data)])?;
     if let Some(t) = a.threads {
         par::set_threads(t);
     }
@@ -170,6 +172,10 @@ fn prune(a: &PruneArgs) -> Result<(), String> {
 fn import(a: &ImportArgs) -> Result<(), String> {
     let cfg_path = a.hf.join("config.json");
     let st_path = a.hf.join("model.safetensors");
+    crate::paths::refuse_overwrite(
+        ("--out", &a.out),
+        &[("--hf", &cfg_path), ("--hf", &st_path)],
+    )?;
     let cfg = std::fs::read_to_string(&cfg_path)
         .map_err(|e| format!("cannot read {}: {e}", cfg_path.display()))?;
     let bytes =

@@ -73,6 +73,10 @@ fn human(b: u64) -> String {
 
 /// Run `modula quantize`.
 pub fn run(a: &QuantizeArgs) -> Result<(), String> {
+    let calib = a.calib.as_deref().map(std::path::Path::new);
+    let mut inputs = vec![("--in", a.input.as_path())];
+    inputs.extend(calib.map(|c| ("--calib", c)));
+    crate::paths::refuse_overwrite(("--out", &a.out), &inputs)?;
     let m = Model::open(&a.input).map_err(|e| format!("{}: {e}", a.input.display()))?;
     let (w, reports) = if a.ty == "mixed" {
         mixed(a, &m)?

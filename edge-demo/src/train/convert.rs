@@ -15,6 +15,7 @@ pub struct ConvertArgs {
 
 /// Run `modula convert`.
 pub fn convert(a: &ConvertArgs) -> Result<(), String> {
+    crate::paths::refuse_overwrite(("--out", &a.out), &[("--in", &a.input)])?;
     let (model, ctx) = load_model(&a.input)?;
     if a.out.extension().is_some_and(|e| e == "safetensors") {
         model.write_safetensors(&a.out, ctx)?;

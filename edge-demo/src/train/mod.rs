@@ -205,8 +205,85 @@ pub fn select_device(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+/// Every numeric flag of `modula train` checked in one place, before any work: a negative or
+/// non-finite learning rate would train the wrong way or fail only after a step.
+pub(crate) fn validate(a: &TrainArgs) -> Result<(), String> {
+    let finite = |flag: &str, v: f32, ok: bool, want: &str| -> Result<(), String> {
+        if v.is_finite() && ok {
+            Ok(())
+        } else {
+            Err(format!("{flag} {v}: must be {want}"))
+        }
+    };
+    finite("--lr", a.lr, a.lr > 0.0, "a positive number")?;
+    finite(
+        "--weight-decay",
+        a.weight_decay,
+        a.weight_decay >= 0.0,
+        ">= 0",
+    )?;
+    for (flag, v) in [
+        ("--emoe-noise", a.emoe.emoe_noise),
+        ("--emoe-capacity", a.emoe.emoe_capacity),
+        ("--emoe-aux", a.emoe.emoe_aux),
+        ("--aux-mi", a.mf.aux_mi),
+        ("--aux-lc", a.mf.aux_lc),
+    ] {
+        finite(flag, v, v >= 0.0, ">= 0")?;
+    }
+    if let Some(s) = a.sb.temp_scale {
+        finite("--temp-scale", s, s > 0.0, "a positive number")?;
+    }
+    for (flag, v) in [
+        ("--steps", a.steps as usize),
+        ("--batch", a.batch),
+        ("--accum", a.accum),
+        ("--seq", a.data.seq),
+        ("--d", a.d),
+        ("--layers", a.layers),
+        ("--heads", a.heads),
+        ("--ffn", a.ffn),
+        ("--eval-batches", a.eval_batches),
+    ] {
+        if v == 0 {
+            return Err(format!("{flag} 0: must be positive"));
+        }
+    }
+    if a.eval_every == Some(0) || a.checkpoint_every == Some(0) {
+        return Err("--eval-every and --checkpoint-every must be positive".into());
+    }
+    Ok(())
+}
+
+/// `--out`, its sidecars and `--checkpoint` must not be any input (`--data`, `--init`,
+/// `--resume`) nor each other.
+pub(crate) fn refuse_overwrites(a: &TrainArgs) -> Result<(), String> {
+    let data = Path::new(&a.data.data);
+    let mut inputs = vec![("--data", data)];
+    inputs.extend(a.init.as_deref().map(|p| ("--init", p)));
+    inputs.extend(a.resume.as_deref().map(|p| ("--resume", p)));
+    let metrics = with_suffix(&a.out, ".metrics.jsonl");
+    let plot = with_suffix(&a.out, ".loss.svg");
+    for out in [
+        ("--out", a.out.as_path()),
+        ("--out (metrics)", &metrics),
+        ("--out (plot)", &plot),
+    ] {
+        crate::paths::refuse_overwrite(out, &inputs)?;
+    }
+    if let Some(c) = &a.checkpoint {
+        let mut all = inputs.clone();
+        all.retain(|(flag, _)| *flag != "--resume");
+        all.push(("--out", a.out.as_path()));
+        crate::paths::refuse_overwrite(("--checkpoint", c), &all)?;
+    }
+    Ok(())
+}
+
 /// Run `modula train`.
 pub fn run(a: &TrainArgs) -> Result<(), String> {
+    validate(a)?;
+    refuse_overwrites(a)?;
     select_device(&a.device)?;
     match a.arch.as_str() {
         "dense" => dense::run(a),

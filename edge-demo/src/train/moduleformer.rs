@@ -51,6 +51,8 @@ pub fn run_extend(a: &TrainArgs, new: usize) -> Result<(), String> {
     if a.init.is_none() {
         return Err("extension needs the trained model (--init MODEL.gguf)".into());
     }
+    super::validate(a)?;
+    super::refuse_overwrites(a)?;
     run_mf_with(a, new)
 }
 

@@ -1,0 +1,197 @@
+//! Issue #32's reproductions, as a new user runs them: each is now a clear error with a
+//! non-zero exit (and no file lost) or the right result.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn modula() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_modula"))
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("modula-hard-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A failed run: non-zero exit, stderr naming every `needles`.
+fn refused(r: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "expected a failure; stderr: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+const TINY: [&str; 14] = [
+    "--steps", "2", "--batch", "2", "--seq", "16", "--d", "16", "--layers", "1", "--heads", "2",
+    "--ffn", "32",
+];
+
+fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    modula()
+        .arg("train")
+        .args(TINY)
+        .args(["--threads", "1", "--quiet", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused_everywhere() {
+    let d = tmpdir("same");
+    let text = d.join("data.txt");
+    let body = "hello modular world. ".repeat(60);
+    std::fs::write(&text, &body).unwrap();
+    // train --out = --data (by name, through a relative path, a symlink and a hard link)
+    refused(&train(&text, &text, &[]), &["--out", "--data", "destroy"]);
+    refused(
+        &train(&text, &d.join(".").join("data.txt"), &[]),
+        &["--data"],
+    );
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&text, d.join("link.gguf")).unwrap();
+        std::fs::hard_link(&text, d.join("hard.gguf")).unwrap();
+        refused(&train(&text, &d.join("link.gguf"), &[]), &["--data"]);
+        refused(&train(&text, &d.join("hard.gguf"), &[]), &["--data"]);
+    }
+    // the sidecars too: OUT.metrics.jsonl = --data
+    let side = d.join("x.gguf.metrics.jsonl");
+    std::fs::write(&side, &body).unwrap();
+    refused(
+        &train(&side, &d.join("x.gguf"), &[]),
+        &["metrics", "--data"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&text).unwrap(),
+        body,
+        "the data survived"
+    );
+    assert_eq!(std::fs::read_to_string(&side).unwrap(), body);
+    // a model to work on; --checkpoint = --out is refused too
+    let m = d.join("m.gguf");
+    let r = train(&text, &m, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let ck = ["--checkpoint", m.to_str().unwrap()];
+    refused(&train(&text, &m, &ck), &["--checkpoint", "--out"]);
+    refused(
+        &train(&text, &m, &["--init", m.to_str().unwrap()]),
+        &["--out", "--init"],
+    );
+    let before = std::fs::read(&m).unwrap();
+    // quantize, convert, emoe convert: --out = --in
+    for args in [
+        vec!["quantize", "--type", "q8_0", "--in"],
+        vec!["convert", "--in"],
+        vec!["emoe", "convert", "--experts", "4", "--top-k", "2", "--in"],
+    ] {
+        let r = modula()
+            .args(&args)
+            .arg(&m)
+            .arg("--out")
+            .arg(&m)
+            .output()
+            .unwrap();
+        refused(&r, &["--out", "--in", "destroy"]);
+    }
+    assert_eq!(std::fs::read(&m).unwrap(), before, "the model survived");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn numeric_flags_are_checked_before_any_work() {
+    let d = tmpdir("flags");
+    let text = d.join("data.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let out = d.join("m.gguf");
+    for (flag, value) in [
+        ("--lr", "-1"),
+        ("--lr", "NaN"),
+        ("--lr", "0"),
+        ("--weight-decay", "NaN"),
+        ("--weight-decay", "-0.1"),
+        ("--aux-mi", "inf"),
+        ("--emoe-noise", "-1"),
+        ("--temp-scale", "0"),
+        ("--eval-every", "0"),
+    ] {
+        let r = train(&text, &out, &[&format!("{flag}={value}")]);
+        refused(&r, &[flag]);
+        // refused before training: no model, no metrics written
+        assert!(!out.exists(), "{flag} {value}: a model was written");
+        assert!(!d.join("m.gguf.metrics.jsonl").exists(), "{flag} {value}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_quantised_file_is_not_quantised_again() {
+    let d = tmpdir("requant");
+    let text = d.join("data.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let m = d.join("m.gguf");
+    let r = modula()
+        .arg("train")
+        .args([
+            "--steps", "2", "--batch", "2", "--seq", "16", "--d", "32", "--layers", "1",
+        ])
+        .args([
+            "--heads",
+            "2",
+            "--ffn",
+            "64",
+            "--threads",
+            "1",
+            "--quiet",
+            "--data",
+        ])
+        .arg(&text)
+        .arg("--out")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let q8 = d.join("q8.gguf");
+    let r = modula()
+        .args(["quantize", "--type", "q8_0", "--in"])
+        .arg(&m)
+        .arg("--out")
+        .arg(&q8)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // q4_0 of the Q8_0 file: a clear error, no "1.00x smaller" copy
+    let q4 = d.join("q4.gguf");
+    let r = modula()
+        .args(["quantize", "--type", "q4_0", "--in"])
+        .arg(&q8)
+        .arg("--out")
+        .arg(&q4)
+        .output()
+        .unwrap();
+    refused(&r, &["q8_0 already", "f32 original"]);
+    assert!(!q4.exists());
+    // bench refuses to label Q8_0 rows as q4_0
+    let r = modula()
+        .args([
+            "bench",
+            "--types",
+            "file,q4_0",
+            "--rounds",
+            "1",
+            "--tokens",
+            "2",
+        ])
+        .args(["--prompt", "2", "--model"])
+        .arg(&q8)
+        .output()
+        .unwrap();
+    refused(&r, &["q8_0 already"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}

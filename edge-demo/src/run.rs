@@ -542,8 +542,36 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Consume `ids` from the engine's current position: one batched prefill, or token by token
+/// under expert paging (a batched prefill reads every expert its tokens choose at once; one
+/// at a time the resident set stays within the budget from the first token). Returns the
+/// logits after the last id.
+fn feed(
+    e: &mut Engine<'_>,
+    pager: &mut Option<&mut modula_core::engine::paging::ExpertPager<'_>>,
+    ids: &[u32],
+) -> Result<Vec<f32>, String> {
+    match pager.as_deref_mut() {
+        Some(p) => {
+            let mut last = Vec::new();
+            for &t in ids {
+                last.clear();
+                last.extend_from_slice(e.step(t)?);
+                if let Some(mf) = e.moduleformer() {
+                    p.after_step(mf)?;
+                }
+            }
+            Ok(last)
+        }
+        None => Ok(e.prefill(ids)?.to_vec()),
+    }
+}
+
 /// One request: `prompt`, then `--tokens` sampled bytes, streamed to `out` (unless
-/// `--quiet`), and the timing line on stderr. The engine starts a new sequence.
+/// `--quiet`), and the timing line on stderr. The engine starts a new sequence. When the
+/// generation outgrows a dense or ModuleFormer model's context, the window slides: the
+/// sequence restarts from the last half-context of the text (said once on stderr); a
+/// prompt longer than the context is refused before any work.
 fn serve(
     e: &mut Engine<'_>,
     mut pager: Option<&mut modula_core::engine::paging::ExpertPager<'_>>,
@@ -554,13 +582,20 @@ fn serve(
     if prompt.is_empty() {
         return Err("the prompt must not be empty".into());
     }
-    if let Some(ctx) = e.max_context() {
-        if prompt.len() + a.tokens > ctx {
+    let ctx = e.max_context();
+    if let Some(c) = ctx {
+        if prompt.len() > c {
             return Err(format!(
-                "prompt ({} bytes) + --tokens {} exceed the context of {ctx} positions",
-                prompt.len(),
-                a.tokens
+                "the prompt ({} bytes) is longer than the model's context of {c} positions",
+                prompt.len()
             ));
+        }
+        if prompt.len() + a.tokens > c {
+            eprintln!(
+                "note: the context is {c} positions; past it the window slides (the sequence \
+                 restarts from the last {} bytes)",
+                (c / 2).max(1)
+            );
         }
     }
     e.reset();
@@ -569,26 +604,15 @@ fn serve(
     }
     let t0 = Instant::now();
     let ids: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
-    let mut logits = match pager.as_deref_mut() {
-        // under expert paging the prompt goes token by token, so the resident set stays
-        // within the budget from the first token (a batched prefill reads every expert
-        // its tokens choose at once)
-        Some(p) => {
-            p.drop_all()?;
-            let mut last = Vec::new();
-            for &t in &ids {
-                last.clear();
-                last.extend_from_slice(e.step(t)?);
-                if let Some(mf) = e.moduleformer() {
-                    p.after_step(mf)?;
-                }
-            }
-            last
-        }
-        None => e.prefill(&ids)?.to_vec(),
-    };
+    if let Some(p) = pager.as_deref_mut() {
+        p.drop_all()?;
+    }
+    let mut logits = feed(e, &mut pager, &ids)?;
     let prefill = t0.elapsed().as_secs_f64();
     let mut rng = SplitMix64(a.seed);
+    let mut text = ids;
+    let mut used = text.len();
+    let mut slides = 0usize;
     let t1 = Instant::now();
     for _ in 0..a.tokens {
         let next = sample(&logits, a.temperature, a.top_k, &mut rng);
@@ -596,7 +620,20 @@ fn serve(
             out.write_all(&[next as u8]).map_err(|x| x.to_string())?;
             out.flush().map_err(|x| x.to_string())?;
         }
+        text.push(next);
+        if let Some(c) = ctx.filter(|&c| used >= c) {
+            // slide: restart from the last half-context, `next` then steps as usual
+            e.reset();
+            let keep = (c / 2).max(1);
+            let start = text.len() - keep;
+            if keep > 1 {
+                feed(e, &mut pager, &text[start..text.len() - 1])?;
+            }
+            used = keep - 1;
+            slides += 1;
+        }
         logits.copy_from_slice(e.step(next)?);
+        used += 1;
         if let (Some(p), Some(mf)) = (pager.as_deref_mut(), e.moduleformer()) {
             p.after_step(mf)?;
         }
@@ -606,13 +643,18 @@ fn serve(
         writeln!(out).map_err(|x| x.to_string())?;
     }
     eprintln!(
-        "prefill {} tokens: {:.1} tokens/s; decode {} tokens: {:.1} tokens/s ({:.3} ms/token); {} threads",
+        "prefill {} tokens: {:.1} tokens/s; decode {} tokens: {:.1} tokens/s ({:.3} ms/token); {} threads{}",
         prompt.len(),
         prompt.len() as f64 / prefill.max(1e-9),
         a.tokens,
         a.tokens as f64 / decode.max(1e-9),
         1e3 * decode / a.tokens.max(1) as f64,
-        par::threads()
+        par::threads(),
+        if slides > 0 {
+            format!("; the window slid {slides} times (context {})", ctx.unwrap_or(0))
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -331,8 +331,30 @@ fn train_writes_a_model_that_inspect_reads_and_bad_data_is_refused() {
     let g = gen(&out);
     assert!(g.starts_with(b"hello") && g.len() == 5 + 5 + 1, "{g:?}");
     assert_eq!(gen(&out), g, "greedy decoding is deterministic");
+    // past the context the window slides (issue #32: the default --tokens 200 on a model
+    // trained with a short --seq); a prompt longer than the context is refused
+    let r = modula()
+        .arg("run")
+        .arg("--model")
+        .arg(&out)
+        .args(["--prompt", "hello", "--tokens", "100", "--temperature", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert_eq!(r.stdout.len(), 5 + 100 + 1, "{err}");
+    assert!(
+        err.contains("window slides") && err.contains("window slid"),
+        "{err}"
+    );
     for (args, needle) in [
-        (vec!["--tokens", "100"], "exceed the context"),
+        (
+            vec![
+                "--prompt",
+                "a prompt that is much longer than sixteen bytes",
+            ],
+            "longer than the model's context",
+        ),
         (vec!["--temperature=-1"], "--temperature"),
         (vec!["--prompt", ""], "must not be empty"),
     ] {

@@ -567,3 +567,54 @@ fn batched_prefill_equals_token_by_token_steps() {
         }
     }
 }
+
+#[test]
+fn non_finite_logits_are_an_error_in_every_engine() {
+    use modula_core::Error;
+    use modula_train::model::moduleformer::{MfConfig, MfModel};
+    use modula_train::model::seqboat::{SbConfig, SbModel};
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    // one NaN in a weight every token's path reads (the output norm's gain)
+    let poison = |p: &mut modula_train::params::ParamStore, name: &str| {
+        let i = p.index_of(name).unwrap_or_else(|| panic!("no {name}"));
+        p.value_mut(i)[0] = f32::NAN;
+    };
+    let mut dense = DenseModel::new(DenseConfig::lm(40, 16, 1, 2, 32), 1).unwrap();
+    poison(&mut dense.params, "output_norm.weight");
+    let pd = dir.join(format!("modula-nan-dense-{pid}.gguf"));
+    dense.write_gguf(&pd, 16, "t").unwrap();
+    let mut mf = MfModel::new(MfConfig::lm(40, 16, 1, 4, 16), 1).unwrap();
+    poison(&mut mf.params, "output_norm.weight");
+    let pm = dir.join(format!("modula-nan-mf-{pid}.gguf"));
+    mf.write_gguf(&pm, 16, "t").unwrap();
+    let mut sb = SbModel::new(SbConfig::lm(40, 16, 1, 8), 1).unwrap();
+    let name = sb
+        .params
+        .specs()
+        .iter()
+        .find(|s| s.name.starts_with("output_norm") || s.name.contains("final_norm"))
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| "token_embd.weight".into());
+    poison(&mut sb.params, &name);
+    let ps = dir.join(format!("modula-nan-sb-{pid}.gguf"));
+    sb.write_gguf(&ps, 16, "t").unwrap();
+    for p in [&pd, &pm, &ps] {
+        let m = Model::open(p).unwrap();
+        let mut e = modula_core::engine::open(&m, None, None).unwrap();
+        let step = e.step(3).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(step, Error::NonFinite { .. }),
+            "{}: {step:?}",
+            p.display()
+        );
+        e.reset();
+        let pre = e.prefill(&[1, 2, 3]).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(pre, Error::NonFinite { .. }),
+            "{}: {pre:?}",
+            p.display()
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+}

@@ -791,6 +791,17 @@ impl<'a> DenseEngine<'a> {
     }
 }
 
+/// Non-finite logits (NaN or infinite weights or activations) are an error in every engine,
+/// never sampled from.
+pub(crate) fn finite_logits(logits: &[f32]) -> Result<(), Error> {
+    if logits.iter().any(|v| !v.is_finite()) {
+        return Err(Error::non_finite(
+            "the logits are not finite (NaN or infinite weights or activations)",
+        ));
+    }
+    Ok(())
+}
+
 impl Stack<'_> {
     /// Final norm and head for row `r` of `b.x` into `logits`.
     fn logits(&self, b: &mut Rows, r: usize, logits: &mut [f32]) -> Result<(), Error> {
@@ -805,12 +816,7 @@ impl Stack<'_> {
             h,
         )?;
         linear(h, d, 1, &self.head, None, logits, vocab)?;
-        if logits.iter().any(|v| !v.is_finite()) {
-            return Err(Error::non_finite(
-                "the logits are not finite (NaN or infinite weights or activations)",
-            ));
-        }
-        Ok(())
+        finite_logits(logits)
     }
 
     /// The block stack over `tokens` at positions `pos..pos + n`: embeddings into `b.x`,

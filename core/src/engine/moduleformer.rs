@@ -768,6 +768,7 @@ impl<'a> MfEngine<'a> {
             &mut self.h,
         )?;
         linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab)?;
+        super::finite_logits(&self.logits)?;
         Ok(&self.logits)
     }
 
@@ -867,6 +868,7 @@ impl<'a> MfEngine<'a> {
             &mut self.h,
         )?;
         linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab)?;
+        super::finite_logits(&self.logits)?;
         self.len += 1;
         Ok(&self.logits)
     }

@@ -629,6 +629,7 @@ impl<'a> SbEngine<'a> {
             &mut self.logits,
             s.vocab,
         )?;
+        super::finite_logits(&self.logits)?;
         Ok(&self.logits)
     }
 
@@ -842,6 +843,7 @@ impl<'a> SbEngine<'a> {
             &mut self.logits,
             s.vocab,
         )?;
+        super::finite_logits(&self.logits)?;
         Ok(&self.logits)
     }
 
@@ -890,6 +892,7 @@ impl<'a> SbEngine<'a> {
             &mut self.logits,
             s.classes,
         )?;
+        super::finite_logits(&self.logits)?;
         Ok(&self.logits)
     }
 }

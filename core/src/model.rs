@@ -271,8 +271,14 @@ impl Model<memmap2::Mmap> {
         let path = path.as_ref();
         let io_err = |e: std::io::Error| GgufError::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message: alloc::format!("cannot open the model file: {e}"),
         };
+        if path.is_dir() {
+            return Err(GgufError::Io {
+                path: path.display().to_string(),
+                message: "is a directory, not a model file".into(),
+            });
+        }
         let file = std::fs::File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         if len == 0 {
@@ -322,7 +328,7 @@ impl Model<memmap2::Mmap> {
             };
             r.map_err(|e| GgufError::Io {
                 path: "(mapped model)".to_string(),
-                message: e.to_string(),
+                message: alloc::format!("cannot advise the kernel on its pages: {e}"),
             })?;
         }
         #[cfg(not(unix))]
@@ -341,7 +347,7 @@ impl Model<memmap2::Mmap> {
                 .advise(memmap2::Advice::Random)
                 .map_err(|e| GgufError::Io {
                     path: "(mapped model)".to_string(),
-                    message: e.to_string(),
+                    message: alloc::format!("cannot advise the kernel on its pages: {e}"),
                 })?;
         }
         Ok(())

@@ -247,10 +247,13 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
     if a.steps == 0 || a.batch == 0 || a.eval_windows == 0 {
         return Err("--steps, --batch and --eval-windows must be positive".into());
     }
-    if !a.ffn.is_multiple_of(128) || a.layers == 0 {
+    if a.layers == 0 {
+        return Err("--layers 0: the model needs at least one block".into());
+    }
+    if !a.ffn.is_multiple_of(128) || a.ffn == 0 {
         return Err(format!(
-            "--ffn {} must be a multiple of 128 (its quarter and half are nested widths on \
-             32-value quantisation blocks) and --layers positive",
+            "--ffn {} must be a positive multiple of 128 (its quarter and half are nested \
+             widths on 32-value quantisation blocks)",
             a.ffn
         ));
     }

@@ -66,6 +66,12 @@ fn convert(a: &ConvertArgs) -> Result<(), String> {
             })
             .collect::<Result<_, _>>()?,
     };
+    if a.experts < 2 {
+        return Err(format!(
+            "--experts {}: an FFN splits into at least 2 experts",
+            a.experts
+        ));
+    }
     if a.top_k == 0 || a.top_k > a.experts {
         return Err(format!("--top-k {} must be in 1..={}", a.top_k, a.experts));
     }

@@ -63,9 +63,10 @@ pub struct M2mArgs {
     /// Directory holding kjv.txt and fashion-mnist/ (default: $MODULA_DATA or ./data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Image patch side (divides the image side).
-    #[arg(long, default_value_t = 7)]
-    patch: usize,
+    /// Image patch side, dividing the image side (default: 7 for Fashion-MNIST's 28x28, 2 for
+    /// the generated 8x8 images).
+    #[arg(long)]
+    patch: Option<usize>,
     /// Training images used (0 = all).
     #[arg(long, default_value_t = 0)]
     train_images: usize,
@@ -239,14 +240,21 @@ impl M2mArgs {
                         self.test_images
                     },
                 );
-                let patch = if 8 % self.patch == 0 { self.patch } else { 2 };
+                let patch = self.patch.unwrap_or(2);
+                if patch == 0 || 8 % patch != 0 {
+                    return Err(format!(
+                        "--patch {patch}: the generated images are 8x8; use a patch side that divides 8 (1, 2, 4 or 8)"
+                    ));
+                }
                 images(FashionMnist::generated(tr, te, 1, patch).map_err(e)?)
             }
             "fashion-mnist" => {
                 let p = self.data_dir().join("fashion-mnist");
-                images(FashionMnist::from_dir(&p, self.patch).map_err(|x| {
-                    format!("{}; run scripts/get-data.sh (or pass --data-dir)", e(x))
-                })?)
+                images(
+                    FashionMnist::from_dir(&p, self.patch.unwrap_or(7)).map_err(|x| {
+                        format!("{}; run scripts/get-data.sh (or pass --data-dir)", e(x))
+                    })?,
+                )
             }
             text => {
                 let path = if text == "kjv" {

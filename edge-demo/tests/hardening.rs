@@ -195,3 +195,59 @@ fn a_quantised_file_is_not_quantised_again() {
     refused(&r, &["q8_0 already"]);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn messages_name_the_flag_at_fault() {
+    let d = tmpdir("msgs");
+    let text = d.join("data.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let m = d.join("m.gguf");
+    assert!(train(&text, &m, &[]).status.success());
+    // emoe convert --experts 0 blamed --top-k
+    let r = modula()
+        .args(["emoe", "convert", "--experts", "0", "--in"])
+        .arg(&m)
+        .arg("--out")
+        .arg(d.join("e.gguf"))
+        .output()
+        .unwrap();
+    refused(&r, &["--experts 0"]);
+    // train --arch moduleformer --experts 0 likewise
+    let r = train(
+        &text,
+        &d.join("mf.gguf"),
+        &["--arch", "moduleformer", "--experts", "0"],
+    );
+    refused(&r, &["0 experts"]);
+    // demo --layers 0 blamed --ffn
+    let r = modula()
+        .args(["demo", "--layers", "0", "--dir"])
+        .arg(d.join("demo"))
+        .output()
+        .unwrap();
+    refused(&r, &["--layers 0"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!err.contains("--ffn"), "{err}");
+    // a directory as the model: says so ("No such device" before)
+    let r = modula().arg("run").arg("--model").arg(&d).output().unwrap();
+    refused(&r, &["is a directory"]);
+    // an output that cannot be written does not say "cannot open model file"
+    let r = modula()
+        .args(["quantize", "--type", "q8_0", "--in"])
+        .arg(&m)
+        .arg("--out")
+        .arg(d.join("no-such-dir").join("q.gguf"))
+        .output()
+        .unwrap();
+    refused(&r, &["cannot write"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!err.contains("cannot open model file"), "{err}");
+    // m2mkd run --patch 3 silently used 2x2 patches
+    let r = modula()
+        .args(["m2mkd", "run", "--patch", "3", "--dir"])
+        .arg(d.join("m2m"))
+        .output()
+        .unwrap();
+    refused(&r, &["--patch 3", "8x8"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}

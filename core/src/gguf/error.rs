@@ -256,7 +256,7 @@ impl fmt::Display for GgufError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use GgufError::*;
         match self {
-            Io { path, message } => write!(f, "cannot open model file '{path}': {message}"),
+            Io { path, message } => write!(f, "'{path}': {message}"),
             Truncated {
                 what,
                 offset,

@@ -390,7 +390,7 @@ impl<'a> GgufWriter<'a> {
         let lay = self.layout()?;
         let io = |e: io::Error| GgufError::Io {
             path: "<stream>".into(),
-            message: e.to_string(),
+            message: format!("cannot write: {e}"),
         };
         let zeros = [0u8; 4096];
         let pad = |w: &mut dyn Write, n: usize| -> io::Result<()> {
@@ -442,7 +442,7 @@ impl<'a> GgufWriter<'a> {
         }
         r.map_err(|e| GgufError::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message: format!("cannot write the model file: {e}"),
         })?;
         Ok(n)
     }

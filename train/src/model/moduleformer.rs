@@ -132,7 +132,13 @@ impl MfConfig {
             ("attention", self.att_experts, self.att_k),
             ("FFN", self.ffn_experts, self.ffn_k),
         ] {
-            if e == 0 || k == 0 || k > e {
+            if e == 0 {
+                return Err(Error::input(format!(
+                    "{what} mixture: 0 experts (--experts / --{}-experts must be positive)",
+                    if what == "FFN" { "ffn" } else { "att" }
+                )));
+            }
+            if k == 0 || k > e {
                 return Err(Error::input(format!(
                     "{what} mixture: top-k {k} must be in 1..={e} experts"
                 )));

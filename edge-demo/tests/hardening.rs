@@ -251,3 +251,76 @@ fn messages_name_the_flag_at_fault() {
     refused(&r, &["--patch 3", "8x8"]);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_resumed_run_repeats_the_settings_the_checkpoint_recorded() {
+    let d = tmpdir("resume");
+    let text = d.join("data.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let (m, ck) = (d.join("m.gguf"), d.join("ck.gguf"));
+    let train = |_: &Path, out: &Path, extra: &[&str]| -> Output {
+        let mut c = modula();
+        c.args([
+            "train", "--seq", "16", "--d", "16", "--layers", "1", "--heads", "2",
+        ])
+        .args(["--ffn", "32", "--threads", "1", "--quiet", "--data"])
+        .arg(&text)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+        if !extra.contains(&"--batch") {
+            c.args(["--batch", "2"]);
+        }
+        c.output().unwrap()
+    };
+    let ckf = ck.to_str().unwrap();
+    let first = train(
+        &text,
+        &m,
+        &["--steps", "4", "--checkpoint", ckf, "--stop-after", "2"],
+    );
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // --lr, --batch and --steps changed: refused, naming each, before any work
+    let r = train(
+        &text,
+        &m,
+        &[
+            "--steps", "6", "--resume", ckf, "--lr", "0.01", "--batch", "3",
+        ],
+    );
+    refused(
+        &r,
+        &[
+            "--lr",
+            "--batch",
+            "--steps 4 -> 6",
+            "--allow-changed-settings",
+        ],
+    );
+    // the same settings continue; changed ones only with the flag
+    let r = train(
+        &text,
+        &m,
+        &["--steps", "4", "--resume", ckf, "--checkpoint", ckf],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = train(
+        &text,
+        &m,
+        &[
+            "--steps",
+            "6",
+            "--resume",
+            ckf,
+            "--lr",
+            "0.01",
+            "--allow-changed-settings",
+        ],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    std::fs::remove_dir_all(&d).unwrap();
+}

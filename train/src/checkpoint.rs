@@ -19,6 +19,8 @@ use std::path::Path;
 pub const STEP_KEY: &str = "modula.train.step";
 /// Metadata key of the batch sampler's state.
 pub const RNG_KEY: &str = "modula.train.rng_state";
+/// Metadata key of the run's settings (`TrainState::settings`).
+pub const SETTINGS_KEY: &str = "modula.train.settings";
 
 /// Save `model`, its Adam moments and `state` to `path` atomically.
 pub fn save_dense(
@@ -77,6 +79,9 @@ fn save_with<'a>(
 ) -> Result<u64, Error> {
     w.set(STEP_KEY, MetaValue::U64(state.step))?;
     w.set(RNG_KEY, MetaValue::U64(state.rng.0))?;
+    if !state.settings.is_empty() {
+        w.set(SETTINGS_KEY, MetaValue::String(state.settings.clone()))?;
+    }
     let n = params.len();
     w.add_f32("optimizer.adam_m", &[n], &params.m)?;
     w.add_f32("optimizer.adam_v", &[n], &params.v)?;
@@ -108,6 +113,7 @@ fn load_state(
     let state = TrainState {
         step: u64_key(STEP_KEY)?,
         rng: SplitMix64(u64_key(RNG_KEY)?),
+        settings: file.get_str(SETTINGS_KEY).unwrap_or("").to_string(),
     };
     let n = params.len();
     for (name, dst) in [

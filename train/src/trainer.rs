@@ -424,6 +424,9 @@ pub struct TrainState {
     pub step: u64,
     /// Batch sampler.
     pub rng: SplitMix64,
+    /// The settings of the run that wrote a checkpoint (`name=value; …`, what a resumed
+    /// run must repeat; empty: not recorded, a checkpoint from before they were).
+    pub settings: String,
 }
 
 impl TrainState {
@@ -431,6 +434,7 @@ impl TrainState {
     pub fn new(seed: u64) -> Self {
         TrainState {
             step: 0,
+            settings: String::new(),
             rng: SplitMix64(seed),
         }
     }

@@ -126,6 +126,10 @@ pub struct TrainArgs {
     /// shape, including EMoE layers, comes from the file; .gguf or .safetensors).
     #[arg(long, conflicts_with = "resume")]
     pub(crate) init: Option<PathBuf>,
+    /// With --resume: continue although the run's settings (steps, batch, learning rate,
+    /// data, …) differ from those the checkpoint recorded (otherwise an error listing them).
+    #[arg(long, requires = "resume")]
+    pub(crate) allow_changed_settings: bool,
     #[command(flatten)]
     pub(crate) emoe: EmoeArgs,
     #[command(flatten)]
@@ -335,6 +339,69 @@ pub(crate) fn init_from<M>(
         .map_err(|e| format!("{}: {e}", p.display()))
 }
 
+/// The settings a resumed run must repeat (the model's shape comes from the checkpoint;
+/// threads, evaluation and checkpoint cadence do not change the run), as `name=value; …`.
+pub(crate) fn settings(a: &TrainArgs) -> String {
+    let d = &a.data;
+    let e = &a.emoe;
+    let s = &a.sortednet;
+    let pairs: Vec<(&str, String)> = vec![
+        ("--arch", a.arch.clone()),
+        ("--data", d.data.clone()),
+        ("--data-slice", format!("{:?}", d.data_slice)),
+        ("--seq", d.seq.to_string()),
+        ("--patch", d.patch.to_string()),
+        ("--listops-depth", d.listops_depth.to_string()),
+        ("--listops-args", d.listops_args.to_string()),
+        ("--symbols", d.symbols.to_string()),
+        ("--pairs", d.pairs.to_string()),
+        ("--data-seed", d.data_seed.to_string()),
+        ("--steps", a.steps.to_string()),
+        ("--batch", a.batch.to_string()),
+        ("--accum", a.accum.to_string()),
+        ("--lr", a.lr.to_string()),
+        ("--weight-decay", a.weight_decay.to_string()),
+        ("--seed", a.seed.to_string()),
+        ("--device", a.device.clone()),
+        ("--emoe-mask", e.emoe_mask.clone()),
+        ("--emoe-noise", e.emoe_noise.to_string()),
+        ("--emoe-capacity", e.emoe_capacity.to_string()),
+        ("--emoe-aux", e.emoe_aux.to_string()),
+        ("--sorted", format!("{:?}", s.sorted)),
+        ("--sorted-distill", format!("{:?}", s.sorted_distill)),
+        ("--aux-mi", a.mf.aux_mi.to_string()),
+        ("--aux-lc", a.mf.aux_lc.to_string()),
+    ];
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The flags whose values differ between two settings strings (`name: was -> now`).
+fn changed_settings(was: &str, now: &str) -> Vec<String> {
+    let parse = |s: &str| -> Vec<(String, String)> {
+        s.split("; ")
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (was, now) = (parse(was), parse(now));
+    now.iter()
+        .filter_map(|(k, v)| {
+            let old = was
+                .iter()
+                .find(|(kk, _)| kk == k)
+                .map(|(_, vv)| vv.as_str());
+            match old {
+                Some(o) if o != v => Some(format!("{k} {o} -> {v}")),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 pub(crate) fn start<M>(
     a: &TrainArgs,
     seq: usize,
@@ -351,6 +418,24 @@ pub(crate) fn start<M>(
                     p.display()
                 ));
             }
+            let now = settings(a);
+            let changed = changed_settings(&st.settings, &now);
+            if !changed.is_empty() && !a.allow_changed_settings {
+                return Err(format!(
+                    "{} was written by a run with other settings ({}); repeat them, or pass \
+                     --allow-changed-settings to continue anyway",
+                    p.display(),
+                    changed.join(", ")
+                ));
+            }
+            if st.settings.is_empty() {
+                println!(
+                    "note: {} records no settings (an older checkpoint); they are not checked",
+                    p.display()
+                );
+            }
+            let mut st = st;
+            st.settings = now;
             if st.step >= a.steps {
                 return Err(format!(
                     "{} is already at step {} of --steps {}",
@@ -365,9 +450,15 @@ pub(crate) fn start<M>(
         (None, Some(p)) => {
             let m = init(p)?;
             println!("fine-tuning from {}", p.display());
-            Ok((m, TrainState::new(a.seed)))
+            let mut st = TrainState::new(a.seed);
+            st.settings = settings(a);
+            Ok((m, st))
         }
-        (None, None) => Ok((fresh()?, TrainState::new(a.seed))),
+        (None, None) => {
+            let mut st = TrainState::new(a.seed);
+            st.settings = settings(a);
+            Ok((fresh()?, st))
+        }
     }
 }
 

@@ -68,7 +68,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         crate::paths::refuse_overwrite(("--csv", csv), &[("--model", &a.model)])?;
     }
     if let Some(t) = a.threads {
-        par::set_threads(t);
+        crate::set_threads(t)?;
     }
     if a.prompt == 0 || a.tokens == 0 || a.rounds == 0 {
         return Err("--prompt, --tokens and --rounds must be positive".into());

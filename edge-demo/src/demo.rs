@@ -69,7 +69,7 @@ pub struct DemoArgs {
     /// Seed (data, initialisation, batches, sampling).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Threads for the kernels (default: RAYON_NUM_THREADS or all cores).
+    /// Threads for the kernels (default: MODULA_THREADS, or RAYON_NUM_THREADS, or all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// No progress bars (plain lines instead), e.g. for logs.
@@ -242,7 +242,7 @@ fn generate(
 pub fn run(a: &DemoArgs) -> Result<(), String> {
     let t_all = Instant::now();
     if let Some(t) = a.threads {
-        par::set_threads(t);
+        crate::set_threads(t)?;
     }
     if a.steps == 0 || a.batch == 0 || a.eval_windows == 0 {
         return Err("--steps, --batch and --eval-windows must be positive".into());

@@ -382,7 +382,7 @@ impl M2mArgs {
         &self,
         f: impl FnOnce(&Pipeline<'_>) -> Result<R, modula_core::Error>,
     ) -> Result<R, String> {
-        modula_core::kernels::par::set_threads(self.threads);
+        crate::set_threads(self.threads)?;
         crate::train::select_device(&self.device)?;
         let cfg = self.cfg()?;
         let data = self.load()?;

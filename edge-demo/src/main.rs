@@ -73,6 +73,19 @@ enum Command {
     },
 }
 
+/// `--threads N` of any subcommand: a count in `1..=MAX_THREADS` (0 keeps the default).
+pub(crate) fn set_threads(n: usize) -> Result<(), String> {
+    use modula_core::kernels::par::{self, MAX_THREADS};
+    if n > MAX_THREADS {
+        return Err(format!(
+            "--threads {n}: at most {MAX_THREADS} (this machine has {} cores)",
+            std::thread::available_parallelism().map_or(1, |c| c.get())
+        ));
+    }
+    par::set_threads(n);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Output piped into `head` and the like: end quietly on a closed pipe, as Unix tools
     // do, instead of panicking inside println!.
@@ -83,6 +96,11 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     modula_train::tune_allocator();
+    // a thread count in the environment that is not one is an error, not silently ignored
+    if let Err(e) = modula_core::kernels::par::env_threads() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         None => demo::run(&demo::DemoArgs::default()),
         Some(Command::Demo(a)) => demo::run(&a),

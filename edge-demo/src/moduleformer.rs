@@ -4,7 +4,6 @@
 
 use crate::train::{describe, run_extend, DataArgs, TrainArgs};
 use clap::{Args, Subcommand};
-use modula_core::kernels::par;
 use modula_core::Model;
 use modula_train::model::mf_edit::{most_used, random_experts};
 use modula_train::model::mf_io::read_molm;
@@ -100,7 +99,7 @@ fn prune(a: &PruneArgs) -> Result<(), String> {
     let data = std::path::Path::new(&a.data.data);
     crate::paths::refuse_overwrite(("--out", &a.out), &[("--in", &a.input), ("--data", data)])?;
     if let Some(t) = a.threads {
-        par::set_threads(t);
+        crate::set_threads(t)?;
     }
     let (m, ctx) = open(&a.input)?;
     let (data, seq) = a.data.load()?;

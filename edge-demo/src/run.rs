@@ -322,7 +322,7 @@ pub(crate) fn pick_by_latency(
 pub fn run(a: &RunArgs) -> Result<(), String> {
     let start_rss = if a.report_rss { own_rss() } else { None };
     if let Some(t) = a.threads {
-        par::set_threads(t);
+        crate::set_threads(t)?;
     }
     modula_core::kernels::linear::set_quantized_activations(!a.f32_activations);
     if !(a.temperature.is_finite() && a.temperature >= 0.0) {

@@ -324,3 +324,45 @@ fn a_resumed_run_repeats_the_settings_the_checkpoint_recorded() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn thread_counts_are_checked() {
+    let d = tmpdir("threads");
+    let text = d.join("data.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let m = d.join("m.gguf");
+    let r = modula()
+        .arg("train")
+        .args(TINY)
+        .args(["--threads", "100000", "--data"])
+        .arg(&text)
+        .arg("--out")
+        .arg(&m)
+        .output()
+        .unwrap();
+    refused(&r, &["--threads 100000", "at most"]);
+    for var in ["MODULA_THREADS", "RAYON_NUM_THREADS"] {
+        let r = modula()
+            .env(var, "abc")
+            .args(["inspect"])
+            .arg(&text)
+            .output()
+            .unwrap();
+        refused(&r, &[var, "abc"]);
+    }
+    // the Modula name works (and wins over the old one)
+    let r = modula()
+        .env("MODULA_THREADS", "1")
+        .env("RAYON_NUM_THREADS", "2")
+        .arg("train")
+        .args(TINY)
+        .args(["--data"])
+        .arg(&text)
+        .arg("--out")
+        .arg(&m)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success() && out.contains("1 threads"), "{out}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -1,7 +1,7 @@
 //! Coarse, deterministic parallelism for kernels.
 //!
-//! One process-wide thread count ([`set_threads`]; default `RAYON_NUM_THREADS` or all
-//! cores) and one helper, [`for_each_chunk_mut`], that splits an output buffer into
+//! One process-wide thread count ([`set_threads`]; default `MODULA_THREADS` (or its older
+//! name `RAYON_NUM_THREADS`) or all cores) and one helper, [`for_each_chunk_mut`], that splits an output buffer into
 //! contiguous chunks, one task each. Every output element is computed by exactly one task
 //! with the same code, so results are bit-identical for any thread count. The threads are
 //! a small team of our own (`team`): the caller works alongside `threads − 1` helpers,
@@ -287,11 +287,32 @@ mod imp {
     static REQUESTED: AtomicUsize = AtomicUsize::new(0);
     static TEAM: Mutex<Option<(usize, Arc<Team>)>> = Mutex::new(None);
 
-    /// Set the number of threads kernels may use (0 = default: `RAYON_NUM_THREADS` as it
-    /// was at the first call, else all cores). Takes effect at the next parallel kernel
-    /// call.
+    /// The most threads a team may have.
+    pub const MAX_THREADS: usize = 1024;
+
+    /// The thread count the environment asks for: `MODULA_THREADS`, else (the older name)
+    /// `RAYON_NUM_THREADS`; `Ok(None)` when neither is set; an error naming the variable
+    /// when it is not a count in `1..=MAX_THREADS` (a library caller falls back to all
+    /// cores; the command line refuses it).
+    pub fn env_threads() -> Result<Option<usize>, std::string::String> {
+        for var in ["MODULA_THREADS", "RAYON_NUM_THREADS"] {
+            if let Ok(v) = std::env::var(var) {
+                return match v.trim().parse::<usize>() {
+                    Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(Some(n)),
+                    _ => Err(std::format!(
+                        "{var}={v:?}: not a thread count in 1..={MAX_THREADS}"
+                    )),
+                };
+            }
+        }
+        Ok(None)
+    }
+
+    /// Set the number of threads kernels may use (0 = default: `MODULA_THREADS` — or
+    /// `RAYON_NUM_THREADS` — as it was at the first call, else all cores; at most
+    /// [`MAX_THREADS`]). Takes effect at the next parallel kernel call.
     pub fn set_threads(n: usize) {
-        REQUESTED.store(n, Ordering::Relaxed);
+        REQUESTED.store(n.min(MAX_THREADS), Ordering::Relaxed);
     }
 
     /// The thread count kernels use (1 inside a parallel kernel: nested loops run on the
@@ -305,10 +326,9 @@ mod imp {
         static DEFAULT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         match REQUESTED.load(Ordering::Relaxed) {
             0 => *DEFAULT.get_or_init(|| {
-                std::env::var("RAYON_NUM_THREADS")
+                env_threads()
                     .ok()
-                    .and_then(|v| v.parse().ok())
-                    .filter(|&n: &usize| n > 0)
+                    .flatten()
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             }),
             n => n,
@@ -469,6 +489,8 @@ mod imp {
     }
 }
 
+#[cfg(feature = "std")]
+pub use imp::{env_threads, MAX_THREADS};
 pub use imp::{set_threads, threads};
 
 /// Run `f(chunk_index, chunk)` over `data` split into chunks of `chunk` elements, in

@@ -29,7 +29,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<(), String> {
         return Err("--steps, --batch, --accum and --seq must be positive".into());
     }
     if let Some(t) = a.threads {
-        par::set_threads(t);
+        crate::set_threads(t)?;
     }
     let (data, seq) = a.data.load()?;
     let shape = data.shape();

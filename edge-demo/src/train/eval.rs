@@ -206,7 +206,7 @@ pub fn load_model(p: &Path) -> Result<(DenseModel, usize), String> {
 /// Run `modula eval`.
 pub fn eval(a: &EvalArgs) -> Result<(), String> {
     if let Some(t) = a.threads {
-        par::set_threads(t);
+        crate::set_threads(t)?;
     }
     if a.model.extension().is_none_or(|e| e != "safetensors") {
         let f = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;

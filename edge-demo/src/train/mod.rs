@@ -92,7 +92,7 @@ pub struct TrainArgs {
     /// Seed (initialisation and batches).
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
-    /// Threads for the kernels (default: RAYON_NUM_THREADS or all cores).
+    /// Threads for the kernels (default: MODULA_THREADS, or RAYON_NUM_THREADS, or all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
     /// Where the matrix products run: cpu, gpu (falls back to the CPU, saying why, when

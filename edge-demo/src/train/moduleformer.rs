@@ -83,7 +83,7 @@ pub(crate) fn run_mf_with(a: &TrainArgs, extend: usize) -> Result<(), String> {
         return Err("--aux-mi and --aux-lc must be finite and >= 0".into());
     }
     if let Some(t) = a.threads {
-        par::set_threads(t);
+        crate::set_threads(t)?;
     }
     let (data, seq) = a.data.load()?;
     let shape = data.shape();

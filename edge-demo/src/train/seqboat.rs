@@ -58,7 +58,7 @@ pub(crate) fn run(a: &TrainArgs) -> Result<(), String> {
         ));
     }
     if let Some(t) = a.threads {
-        par::set_threads(t);
+        crate::set_threads(t)?;
     }
     let (data, seq) = a.data.load()?;
     let shape = data.shape();

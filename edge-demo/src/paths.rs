@@ -33,8 +33,23 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Refuse `out` (named by its flag) when it is any of `inputs` (flag, path).
+/// Refuse `out` (named by its flag) when it is any of `inputs` (flag, path), or when it
+/// cannot be written where it is (a directory, or a parent directory that does not exist)
+/// — before the work that would produce it.
 pub fn refuse_overwrite(out: (&str, &Path), inputs: &[(&str, &Path)]) -> Result<(), String> {
+    if out.1.is_dir() {
+        return Err(format!("{} {} is a directory", out.0, out.1.display()));
+    }
+    if let Some(parent) = out.1.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(format!(
+                "{} {}: the directory {} does not exist",
+                out.0,
+                out.1.display(),
+                parent.display()
+            ));
+        }
+    }
     for (flag, input) in inputs {
         if same_file(out.1, input) {
             return Err(format!(

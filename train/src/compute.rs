@@ -240,7 +240,7 @@ mod imp {
         active().is_some()
     }
 
-    pub(super) fn select(device: Device) -> Result<String, Error> {
+    pub(super) fn select(device: Device) -> Result<String, modula_core::Error> {
         if device == Device::Cpu {
             set_active(None);
             return Ok("device: CPU".into());

@@ -359,7 +359,7 @@ impl Gpu {
         if too_big(ea) || too_big(eb) {
             return Err(Error::input("operand larger than one device binding"));
         }
-        let u32_of = |v: usize| u32::try_from(v).map_err(|_| "index beyond 32 bits".to_string());
+        let u32_of = |v: usize| u32::try_from(v).map_err(|_| Error::input("index beyond 32 bits"));
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut taken = Vec::new();
         let mut operand = |o: Operand<'_>, extent: usize| -> (wgpu::Buffer, usize) {

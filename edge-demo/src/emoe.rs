@@ -55,6 +55,18 @@ fn convert(a: &ConvertArgs) -> Result<(), String> {
     if model.cfg.emoe_layers != 0 {
         return Err(format!("{} is already an EMoE model", a.input.display()));
     }
+    let c = model.cfg;
+    if c.nested_depths != 0 || c.nested_ffn.iter().any(|&w| w > 0) || c.nested_heads != 0 {
+        return Err(format!(
+            "{} is a nested (SortedNet) model (depths {:?}, FFN widths {:?}, heads {:?}): EMoE \
+             experts would cut across its nested widths and no tool could read the result; \
+             convert the full model trained without nesting",
+            a.input.display(),
+            c.nested_depth_list(),
+            c.nested_ffn_list(),
+            c.nested_head_list()
+        ));
+    }
     let layers: Vec<usize> = match &a.layers {
         None => vec![model.cfg.layers.saturating_sub(1)],
         Some(s) => s

@@ -409,3 +409,43 @@ fn an_output_that_cannot_be_written_is_refused_before_the_work() {
     refused(&train(&text, &d, &[]), &["is a directory"]);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_failed_run_leaves_the_earlier_models_metrics() {
+    let d = tmpdir("sidecars");
+    let text = d.join("data.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let m = d.join("m.gguf");
+    assert!(train(&text, &m, &[]).status.success());
+    let metrics = d.join("m.gguf.metrics.jsonl");
+    let (model, old) = (std::fs::read(&m).unwrap(), std::fs::read(&metrics).unwrap());
+    assert!(!d.join("m.gguf.metrics.jsonl.partial").exists());
+    // a run that diverges fails after a step: the model and its metrics stay as they were
+    let r = train(&text, &m, &["--lr", "1e30"]);
+    refused(&r, &["NaN"]);
+    assert_eq!(std::fs::read(&m).unwrap(), model);
+    assert_eq!(std::fs::read(&metrics).unwrap(), old, "metrics overwritten");
+    assert!(d.join("m.gguf.metrics.jsonl.partial").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn emoe_convert_refuses_a_nested_model_up_front() {
+    let d = tmpdir("emoe-nested");
+    let text = d.join("data.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let m = d.join("m.gguf");
+    let r = train(&text, &m, &["--nested-depths", "1", "--nested-ffn", "16"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out = d.join("e.gguf");
+    let r = modula()
+        .args(["emoe", "convert", "--experts", "4", "--top-k", "2", "--in"])
+        .arg(&m)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    refused(&r, &["nested", "SortedNet"]);
+    assert!(!out.exists(), "no unreadable file is written");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -534,10 +534,14 @@ pub(crate) fn fit<M: CliModel>(
             t = d.tau
         );
     }
+    // the metrics go to OUT.metrics.jsonl.partial while training and take their final
+    // name only once the model is written: a failed or interrupted run leaves an earlier
+    // model's metrics as they were (and its own, named partial)
     let metrics_path = with_suffix(&a.out, ".metrics.jsonl");
+    let partial_path = with_suffix(&a.out, ".metrics.jsonl.partial");
     let mut metrics = std::io::BufWriter::new(
-        std::fs::File::create(&metrics_path)
-            .map_err(|e| format!("cannot create {}: {e}", metrics_path.display()))?,
+        std::fs::File::create(&partial_path)
+            .map_err(|e| format!("cannot create {}: {e}", partial_path.display()))?,
     );
     let pb = if a.quiet {
         ProgressBar::hidden()
@@ -601,7 +605,7 @@ pub(crate) fn fit<M: CliModel>(
                 s.step, s.loss, s.grad_norm, s.lr, tps, el
             );
             if let Err(e) = writeln!(metrics, "{line}") {
-                io_err.get_or_insert(format!("{}: {e}", metrics_path.display()));
+                io_err.get_or_insert(format!("{}: {e}", partial_path.display()));
             }
             pb.set_position(s.step);
             pb.set_message(format!("loss {:.4}  {:.0} pos/s", s.loss, tps));
@@ -644,7 +648,7 @@ pub(crate) fn fit<M: CliModel>(
                 "{{\"step\":{},\"val_loss\":{:.6},\"val_accuracy\":{:.6},\"val_targets\":{}}}",
                 state.step, r.loss, r.accuracy, r.targets
             )
-            .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;
+            .map_err(|e| format!("cannot write {}: {e}", partial_path.display()))?;
             pb.suspend(|| println!("step {:>6}: validation {}", state.step, describe(&r, lm)));
             let grid = model.nested_grid();
             if !grid.is_empty() {
@@ -675,7 +679,7 @@ pub(crate) fn fit<M: CliModel>(
                     state.step,
                     json.join(",")
                 )
-                .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;
+                .map_err(|e| format!("cannot write {}: {e}", partial_path.display()))?;
                 let label = model.size_label();
                 pb.suspend(|| {
                     println!(
@@ -704,12 +708,24 @@ pub(crate) fn fit<M: CliModel>(
     }
     metrics
         .flush()
-        .map_err(|e| format!("cannot write {}: {e}", metrics_path.display()))?;
+        .map_err(|e| format!("cannot write {}: {e}", partial_path.display()))?;
     let val = match val {
         Some(v) => v,
         None => eval_model(&*model, data, a.eval_batches, a.batch, seq, a.seed ^ 0x5eed)?,
     };
     let bytes = model.write_model(&a.out, seq)?;
+    metrics
+        .get_ref()
+        .sync_all()
+        .map_err(|e| format!("cannot write {}: {e}", partial_path.display()))?;
+    drop(metrics);
+    std::fs::rename(&partial_path, &metrics_path).map_err(|e| {
+        format!(
+            "cannot rename {} to {}: {e}",
+            partial_path.display(),
+            metrics_path.display()
+        )
+    })?;
     let svg_path = with_suffix(&a.out, ".loss.svg");
     let svg = line_chart(
         &format!("{title} on {}", a.data.data),

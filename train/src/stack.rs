@@ -157,8 +157,8 @@ pub struct Norm {
 pub struct NormSaved {
     /// Normed rows `[n, w]`.
     pub y: Vec<f32>,
-    mu: Vec<f32>,
-    rs: Vec<f32>,
+    pub(crate) mu: Vec<f32>,
+    pub(crate) rs: Vec<f32>,
 }
 
 impl Norm {
@@ -643,7 +643,8 @@ pub struct MoeSaved {
 /// Per expert's backward: (expert, dH rows, a = dy·y per pair, grads of up w/b, down w/b).
 type ExpertGrad = (usize, Vec<f32>, Vec<f32>, [Vec<f32>; 4]);
 
-fn lin_fwd(
+/// `y = x Wᵀ (+ b)` for `x: [n, inp]`, a fresh `[n, out]`.
+pub(crate) fn lin_fwd(
     p: &ParamStore,
     l: Lin,
     x: &[f32],
@@ -940,18 +941,22 @@ pub struct StackSaved {
     inputs: Vec<Vec<f32>>,
     /// Per sub-layer, in order.
     pub saved: Vec<Saved>,
+    /// The block of each saved sub-layer.
+    block_of: Vec<usize>,
 }
 
 impl StackSaved {
-    /// The FFN state of block `l` (its last FFN sub-layer), if it has one.
-    pub fn ffn(&self, l: usize, per_block: usize) -> Option<&FfnSaved> {
-        self.saved
-            .get(l * per_block..(l + 1) * per_block)?
-            .iter()
-            .find_map(|s| match s {
-                Saved::Ffn(f) => Some(f),
-                _ => None,
-            })
+    /// Each saved sub-layer with the index of its block.
+    pub fn by_block(&self) -> impl Iterator<Item = (usize, &Saved)> {
+        self.block_of.iter().copied().zip(&self.saved)
+    }
+
+    /// The FFN state of block `l`, if it has one.
+    pub fn ffn(&self, l: usize) -> Option<&FfnSaved> {
+        self.by_block().find_map(|(b, s)| match s {
+            Saved::Ffn(f) if b == l => Some(f),
+            _ => None,
+        })
     }
 
     /// Weighted auxiliary losses summed over sub-layers.
@@ -987,8 +992,9 @@ impl Stack {
             depth,
             ..StackSaved::default()
         };
-        for blk in &self.blocks[..depth] {
+        for (b, blk) in self.blocks[..depth].iter().enumerate() {
             for l in blk {
+                s.block_of.push(b);
                 s.inputs.push(x.to_vec());
                 s.saved.push(l.layer().forward(p, r, run, x)?);
             }
@@ -1361,7 +1367,7 @@ mod tests {
                 (l, s)
             };
             let (_, s) = loss(&p, &x0);
-            let keep = s.ffn(2, 2).unwrap().keep.clone();
+            let keep = s.ffn(2).unwrap().keep.clone();
             assert!(keep.contains(&0.0), "EMoE drops some units");
             p.grads.fill(0.0);
             let mut dx = w.clone();
@@ -1381,7 +1387,7 @@ mod tests {
                         let mut q = probe.clone();
                         q.values.copy_from_slice(v);
                         let (l, s) = loss(&q, &x0);
-                        assert_eq!(s.ffn(2, 2).unwrap().keep, keep, "routing moved");
+                        assert_eq!(s.ffn(2).unwrap().keep, keep, "routing moved");
                         l
                     },
                     &steps,

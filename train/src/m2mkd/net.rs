@@ -12,7 +12,7 @@
 //! Every forward keeps what its backward needs; the backward can skip parameter gradients
 //! (a frozen meta suffix only passes gradients through).
 
-use crate::layers::linear::{linear_backward, linear_forward};
+use crate::layers::linear::linear_backward;
 use crate::layers::mha::{linear_backward_maybe, LN_EPS};
 use crate::params::{ParamStore, ParamTable};
 use crate::stack::{Grads, Norm, NormSaved, Rows, Run, Saved, Stack, StackSaved};
@@ -227,14 +227,10 @@ impl StageActs {
 
     /// The mixture sub-layers' saved states with their block indices.
     fn moe(&self) -> impl Iterator<Item = (usize, &crate::stack::MoeSaved)> {
-        self.blocks
-            .saved
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match s {
-                Saved::Moe(m) => Some((i / 2, m)),
-                _ => None,
-            })
+        self.blocks.by_block().filter_map(|(j, s)| match s {
+            Saved::Moe(m) => Some((j, m)),
+            _ => None,
+        })
     }
 }
 
@@ -281,9 +277,11 @@ fn lin_fwd(
     out: usize,
     inp: usize,
 ) -> Result<Vec<f32>, Error> {
-    let mut y = vec![0f32; n * out];
-    linear_forward(x, n, p.value(l.w), Some(p.value(l.b)), out, inp, &mut y)?;
-    Ok(y)
+    let l = crate::stack::Lin {
+        w: l.w,
+        b: Some(l.b),
+    };
+    crate::stack::lin_fwd(p, l, x, n, out, inp)
 }
 
 /// `dx += dy W`; `dW, db` when `pg`.

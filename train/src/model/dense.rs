@@ -519,7 +519,7 @@ impl Activations {
     }
 
     fn ffn(&self, l: usize) -> Option<&FfnSaved> {
-        self.blocks.ffn(l, 2)
+        self.blocks.ffn(l)
     }
 }
 

@@ -25,7 +25,7 @@ use crate::compute::{linear, matmul_rows, matmul_tn_acc};
 use crate::layers::activation::{activation_backward, activation_forward};
 use crate::layers::linear::{linear_backward, linear_forward};
 use crate::layers::loss::cross_entropy;
-use crate::layers::norm::{layernorm_backward, layernorm_forward};
+use crate::layers::norm::layernorm_backward;
 use crate::layers::router::{
     aux_loss, gate_backward, router_backward, router_forward, RouterEntropy, RouterGrads,
     RouterSaved, RouterWeights,
@@ -984,19 +984,8 @@ fn ln_rows(
     g: usize,
     b: usize,
 ) -> Result<(Vec<f32>, LnStats), Error> {
-    let (mut h, mut mu, mut rs) = (vec![0f32; n * d], vec![0f32; n], vec![0f32; n]);
-    layernorm_forward(
-        x,
-        n,
-        d,
-        p.value(g),
-        p.value(b),
-        LN_EPS,
-        &mut h,
-        &mut mu,
-        &mut rs,
-    )?;
-    Ok((h, (mu, rs)))
+    let s = crate::stack::Norm { g, b, eps: LN_EPS }.forward(p, x, n, d)?;
+    Ok((s.y, (s.mu, s.rs)))
 }
 
 impl StackLayer for MfMixture<false> {

@@ -14,6 +14,7 @@ pub mod decoder;
 pub mod moduleformer;
 #[cfg(feature = "std")]
 pub mod paging;
+mod runner;
 pub mod seqboat;
 
 pub use decoder::{open, DecodeOptions, Decoder, Size};
@@ -31,6 +32,7 @@ use crate::ModelDesc;
 use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
+use runner::{Blocks, Ends, RunHead, Runner};
 
 /// Shape of a dense LM read from the file's `modula.*` metadata.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -106,29 +108,30 @@ impl ArenaPlan {
     }
 }
 
-/// The weights of a dense LM as one block stack: embedding (+ positions), blocks, final
-/// norm and head, borrowed from the mapped file.
+/// The blocks of a dense (or EMoE) LM for the [`Runner`]: their weights borrowed from the
+/// mapped file, each block's key/value caches (one per head), and the nested size in use.
 #[derive(Debug)]
-struct Stack<'a> {
+struct DenseBlocks<'a> {
     spec: DenseSpec,
-    emb: MatRef<'a>,
-    pos: Option<MatRef<'a>>,
     blocks: Vec<BlockW<'a>>,
-    lnf: (&'a [f32], &'a [f32]),
-    head: MatRef<'a>,
+    /// Per block and head.
+    caches: Vec<KvCache>,
+    /// The nested sub-model in use: (depth, FFN width).
+    active: (usize, usize),
+    /// Attention heads in use (all, or a prefix in head-major files).
+    heads: usize,
+    /// FFN buffer width per row.
+    u_len: usize,
+    max_context: usize,
 }
 
 /// Query rows of a prompt whose attention scores are computed in one product.
 const ATT_BLOCK: usize = 64;
 
-/// Work rows for `n` positions at once (`n = 1`: the decode step's buffers, allocated once;
-/// a prompt's rows: allocated by [`DenseEngine::prefill`]).
+/// The blocks' work rows for `n` positions at once (`n = 1`: the decode step's buffers,
+/// allocated once; a prompt's rows: allocated by [`DenseEngine::prefill`]).
 #[derive(Debug)]
 struct Rows {
-    /// Residual stream `[n, d]`.
-    x: Vec<f32>,
-    /// Normed input `[n, d]`.
-    h: Vec<f32>,
     /// Projected q, k, v `[n, 3d]`.
     qkv: Vec<f32>,
     /// Attention outputs `[n, d]`.
@@ -146,8 +149,6 @@ struct Rows {
 impl Rows {
     fn new(n: usize, d: usize, u_len: usize, scores: usize, top_k: usize) -> Self {
         Rows {
-            x: vec![0.0; n * d],
-            h: vec![0.0; n * d],
             qkv: vec![0.0; n * 3 * d],
             att: vec![0.0; n * d],
             tmp: vec![0.0; n * d],
@@ -160,9 +161,7 @@ impl Rows {
 
     fn heap_bytes(&self) -> u64 {
         let f4 = |v: &Vec<f32>| 4 * v.capacity() as u64;
-        f4(&self.x)
-            + f4(&self.h)
-            + f4(&self.qkv)
+        f4(&self.qkv)
             + f4(&self.att)
             + f4(&self.tmp)
             + f4(&self.u)
@@ -177,19 +176,9 @@ impl Rows {
 pub struct DenseEngine<'a> {
     spec: DenseSpec,
     max_context: usize,
-    w: Stack<'a>,
-    caches: Vec<KvCache>,
-    len: usize,
-    /// The nested sub-model in use: (depth, FFN width).
-    active: (usize, usize),
-    /// Attention heads in use (all, or a prefix in head-major files).
-    heads: usize,
     /// The largest sub-model this engine was built for.
     cap: (usize, usize),
-    /// FFN buffer width per row.
-    u_len: usize,
-    buf: Rows,
-    logits: Vec<f32>,
+    r: Runner<'a, DenseBlocks<'a>>,
 }
 
 /// The checks every decode step makes: the token is in the vocabulary and the context
@@ -427,7 +416,7 @@ impl DenseSpec {
         let top_k = self.emoe_top_k;
         Ok(ArenaPlan {
             kv_cache: (depth * self.heads * 2 * hd * ctx * 4) as u64,
-            work: 4 * (7 * d + u + ctx.max(self.emoe_experts) + 2 * top_k + self.vocab) as u64,
+            work: 4 * (8 * d + u + ctx.max(self.emoe_experts) + 2 * top_k + self.vocab) as u64,
             gates: (emoe_in * self.emoe_experts * d * 4) as u64,
             tables: (depth * core::mem::size_of::<BlockW<'_>>()
                 + depth * self.heads * core::mem::size_of::<KvCache>()) as u64,
@@ -611,34 +600,40 @@ impl<'a> DenseEngine<'a> {
             });
         }
         let hd = d / s.heads;
-        Ok(DenseEngine {
-            spec: s,
-            max_context,
-            w: Stack {
-                spec: s,
-                emb: matrix(m, "token_embd.weight", s.vocab, d)?,
-                pos: if s.positions > 0 {
-                    Some(matrix(m, "position_embd.weight", s.positions, d)?)
-                } else {
-                    None
-                },
-                blocks,
-                lnf: (
-                    vector(m, "output_norm.weight", d)?,
-                    vector(m, "output_norm.bias", d)?,
-                ),
-                head: matrix(m, "output.weight", s.vocab, d)?,
+        let ends = Ends {
+            vocab: s.vocab,
+            d,
+            emb: matrix(m, "token_embd.weight", s.vocab, d)?,
+            pos: if s.positions > 0 {
+                Some(matrix(m, "position_embd.weight", s.positions, d)?)
+            } else {
+                None
             },
+            scale: None,
+            norm: Some((
+                vector(m, "output_norm.weight", d)?,
+                vector(m, "output_norm.bias", d)?,
+            )),
+            eps: s.eps,
+            head: RunHead::Lm(matrix(m, "output.weight", s.vocab, d)?),
+        };
+        let blocks = DenseBlocks {
+            spec: s,
+            blocks,
             caches: (0..cap.0 * s.heads)
                 .map(|_| KvCache::new(hd, max_context))
                 .collect(),
-            len: 0,
             active: cap,
             heads: s.heads,
-            cap,
             u_len,
-            buf: Rows::new(1, d, u_len, max_context.max(s.emoe_experts), s.emoe_top_k),
-            logits: vec![0.0; s.vocab],
+            max_context,
+        };
+        let step = Rows::new(1, d, u_len, max_context.max(s.emoe_experts), s.emoe_top_k);
+        Ok(DenseEngine {
+            spec: s,
+            max_context,
+            cap,
+            r: Runner::new(ends, blocks, max_context, step),
         })
     }
 
@@ -649,7 +644,7 @@ impl<'a> DenseEngine<'a> {
 
     /// Positions consumed so far.
     pub fn position(&self) -> usize {
-        self.len
+        self.r.len
     }
 
     /// Capacity in positions.
@@ -659,8 +654,7 @@ impl<'a> DenseEngine<'a> {
 
     /// Start a new sequence (keeps every buffer).
     pub fn reset(&mut self) {
-        self.len = 0;
-        self.caches.iter_mut().for_each(KvCache::clear);
+        self.r.reset();
     }
 
     /// Run the nested sub-model `(depth, ffn)` from the next request on (`None`: the full
@@ -688,7 +682,7 @@ impl<'a> DenseEngine<'a> {
                 self.cap.0, self.cap.1
             )));
         }
-        self.active = (depth, f);
+        self.r.blocks.active = (depth, f);
         self.reset();
         Ok(())
     }
@@ -712,19 +706,19 @@ impl<'a> DenseEngine<'a> {
                 s.heads
             )));
         }
-        self.heads = h;
+        self.r.blocks.heads = h;
         self.reset();
         Ok(())
     }
 
     /// Attention heads in use.
     pub fn heads(&self) -> usize {
-        self.heads
+        self.r.blocks.heads
     }
 
     /// The sub-model in use: (depth, FFN width).
     pub fn submodel(&self) -> (usize, usize) {
-        self.active
+        self.r.blocks.active
     }
 
     /// The largest sub-model this engine can run: (depth, FFN width).
@@ -737,32 +731,20 @@ impl<'a> DenseEngine<'a> {
     /// are the mapped file).
     pub fn arena_bytes(&self) -> ArenaPlan {
         let f4 = |v: &Vec<f32>| 4 * v.capacity() as u64;
+        let b = &self.r.blocks;
         ArenaPlan {
-            kv_cache: self.caches.iter().map(KvCache::heap_bytes).sum(),
-            work: self.buf.heap_bytes() + f4(&self.logits),
-            gates: self.w.blocks.iter().map(|b| f4(&b.gates)).sum(),
-            tables: (self.w.blocks.capacity() * core::mem::size_of::<BlockW<'_>>()
-                + self.caches.capacity() * core::mem::size_of::<KvCache>())
-                as u64,
+            kv_cache: b.caches.iter().map(KvCache::heap_bytes).sum(),
+            work: self.r.heap_bytes() + self.r.step_work().heap_bytes(),
+            gates: b.blocks.iter().map(|b| f4(&b.gates)).sum(),
+            tables: (b.blocks.capacity() * core::mem::size_of::<BlockW<'_>>()
+                + b.caches.capacity() * core::mem::size_of::<KvCache>()) as u64,
         }
     }
 
     /// Consume one token; returns the logits for the next one. Errors (never panics) on a
     /// token outside the vocabulary or a full context. Allocates nothing.
     pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
-        check_step(token, self.spec.vocab, self.len, self.max_context)?;
-        let (active, heads) = (self.active, self.heads);
-        self.w.run(
-            &[token],
-            self.len,
-            active,
-            heads,
-            &mut self.caches,
-            &mut self.buf,
-        )?;
-        self.len += 1;
-        self.w.logits(&mut self.buf, 0, &mut self.logits)?;
-        Ok(&self.logits)
+        self.r.step(token)
     }
 
     /// Consume a prompt in one pass: every block runs its projections and FFN as matrix
@@ -772,22 +754,7 @@ impl<'a> DenseEngine<'a> {
     /// rounding (the products over many rows sum in another order). Allocates its rows
     /// (`n` × the step's work buffers); the decode loop that follows does not.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
-        let s = self.spec;
-        check_prompt(tokens, s.vocab, self.len, self.max_context)?;
-        let n = tokens.len();
-        let mut rows = Rows::new(
-            n,
-            s.d,
-            self.u_len,
-            (ATT_BLOCK * self.max_context).max(s.emoe_experts),
-            s.emoe_top_k,
-        );
-        let (active, heads) = (self.active, self.heads);
-        self.w
-            .run(tokens, self.len, active, heads, &mut self.caches, &mut rows)?;
-        self.len += n;
-        self.w.logits(&mut rows, n - 1, &mut self.logits)?;
-        Ok(&self.logits)
+        self.r.prefill(tokens)
     }
 }
 
@@ -802,54 +769,44 @@ pub(crate) fn finite_logits(logits: &[f32]) -> Result<(), Error> {
     Ok(())
 }
 
-impl Stack<'_> {
-    /// Final norm and head for row `r` of `b.x` into `logits`.
-    fn logits(&self, b: &mut Rows, r: usize, logits: &mut [f32]) -> Result<(), Error> {
-        let (d, vocab) = (self.spec.d, self.spec.vocab);
-        let (lnf_g, lnf_b) = self.lnf;
-        let h = &mut b.h[..d];
-        layer_norm(
-            &b.x[r * d..(r + 1) * d],
-            Some(lnf_g),
-            Some(lnf_b),
-            self.spec.eps,
-            h,
-        )?;
-        linear(h, d, 1, &self.head, None, logits, vocab)?;
-        finite_logits(logits)
+impl Blocks for DenseBlocks<'_> {
+    type Work = Rows;
+
+    fn work(&self, n: usize) -> Rows {
+        let s = self.spec;
+        Rows::new(
+            n,
+            s.d,
+            self.u_len,
+            (ATT_BLOCK * self.max_context).max(s.emoe_experts),
+            s.emoe_top_k,
+        )
     }
 
-    /// The block stack over `tokens` at positions `pos..pos + n`: embeddings into `b.x`,
-    /// then every active block (keys and values appended to `caches`), leaving the final
-    /// residual rows in `b.x`. `b` holds at least `n` rows.
+    fn depth(&self) -> usize {
+        self.active.0
+    }
+
+    fn reset(&mut self) {
+        self.caches.iter_mut().for_each(KvCache::clear);
+    }
+
+    /// Block `l` over `tokens` at positions `pos..pos + n` (keys and values appended to
+    /// its caches): attention then FFN, each pre-norm and added to the residual rows.
     fn run(
-        &self,
+        &mut self,
+        l: usize,
         tokens: &[u32],
         pos: usize,
-        active: (usize, usize),
-        nh: usize,
-        caches: &mut [KvCache],
+        x: &mut [f32],
+        h: &mut [f32],
         b: &mut Rows,
     ) -> Result<(), Error> {
         let s = self.spec;
         let (d, hd, n) = (s.d, s.d / s.heads, tokens.len());
-        let (depth, f) = active;
+        let (f, nh) = (self.active.1, self.heads);
         let ulen = b.u.len() / n;
-        let x = &mut b.x[..n * d];
-        let h = &mut b.h[..n * d];
         let tmp = &mut b.tmp[..n * d];
-        for (i, &t) in tokens.iter().enumerate() {
-            crate::kernels::linear::widen_row(&self.emb, t as usize, &mut x[i * d..(i + 1) * d]);
-        }
-        if let Some(p) = &self.pos {
-            for i in 0..n {
-                let row = &mut tmp[i * d..(i + 1) * d];
-                crate::kernels::linear::widen_row(p, pos + i, row);
-                for (a, v) in x[i * d..(i + 1) * d].iter_mut().zip(row.iter()) {
-                    *a += v;
-                }
-            }
-        }
         let scale = 1.0 / libm::sqrtf(hd as f32);
         let ln = |x: &[f32], g: (&[f32], &[f32]), h: &mut [f32]| -> Result<(), Error> {
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
@@ -857,7 +814,8 @@ impl Stack<'_> {
             }
             Ok(())
         };
-        for (l, bw) in self.blocks[..depth].iter().enumerate() {
+        let bw = &self.blocks[l];
+        {
             ln(x, bw.ln1, h)?;
             // q, k, v of every row: head-major files keep the first nh heads' q, k, v in
             // the first 3·nh·hd rows
@@ -880,7 +838,7 @@ impl Stack<'_> {
                 } else {
                     (hh * hd, d + hh * hd, 2 * d + hh * hd)
                 };
-                let c = &mut caches[l * s.heads + hh];
+                let c = &mut self.caches[l * s.heads + hh];
                 for i in 0..n {
                     let r = &qkv[i * w3..(i + 1) * w3];
                     c.append(&r[k0..k0 + hd], &r[v0..v0 + hd])?;

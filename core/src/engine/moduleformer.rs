@@ -16,7 +16,8 @@
 //! Stick-breaking attention can stop early once the remaining stick is below `e^{−τ}`
 //! ([`MfEngine::set_stop`]); off by default (exact, as the trainer).
 
-use super::{check_prompt, check_step, layernorm_block, matrix, not_family, vector};
+use super::runner::{Blocks, Ends, RunHead, Runner};
+use super::{layernorm_block, matrix, not_family, vector};
 use crate::arch::{Act, Family, FfnKind, FfnSpec, MixerSpec, RouterKind};
 use crate::error::Error;
 use crate::kernels::attention::stick_breaking;
@@ -163,7 +164,7 @@ impl MfSpec {
         let caches = if self.shared_kv { 1 } else { 2 };
         let f = size_of::<f32>();
         let work = f
-            * (4 * d
+            * (5 * d
                 + 2 * da
                 + 2 * da
                 + self.ffn_hidden
@@ -214,20 +215,21 @@ struct MfBlockW<'a> {
 /// A ModuleFormer LM ready to decode, borrowing its weights from a [`Model`].
 #[derive(Debug)]
 pub struct MfEngine<'a> {
+    r: Runner<'a, MfBlocks<'a>>,
+}
+
+/// The blocks of a ModuleFormer LM for the [`Runner`]: weights, per-layer key/value
+/// caches, the routers' counters and rankings, and the step's buffers.
+#[derive(Debug)]
+struct MfBlocks<'a> {
     spec: MfSpec,
     max_context: usize,
-    emb: MatRef<'a>,
     blocks: Vec<MfBlockW<'a>>,
-    lnf: (&'a [f32], &'a [f32]),
-    head: MatRef<'a>,
     /// Per layer: keys `[heads][max_context][head_dim]` (= the values when shared).
     keys: Vec<Vec<f32>>,
     /// Per layer: values (empty when K = V).
     values: Vec<Vec<f32>>,
-    len: usize,
     stop: Option<f32>,
-    x: Vec<f32>,
-    h: Vec<f32>,
     /// `h` quantised to Q8_0 once per sub-layer, for the router and the chosen experts.
     hq: QuantizedRow,
     kv_tmp: Vec<f32>,
@@ -241,7 +243,6 @@ pub struct MfEngine<'a> {
     chosen: Vec<u32>,
     chosen_val: Vec<f32>,
     sb_scratch: Vec<f32>,
-    logits: Vec<f32>,
     /// Per router (block-major, attention then FFN): times each expert was chosen.
     usage: Vec<Vec<u64>>,
     /// Experts in use per mixture (attention, FFN): all, or a nested prefix.
@@ -349,16 +350,23 @@ impl<'a> MfEngine<'a> {
             .ok_or_else(|| Error::input("context too large for this machine"))?;
         let e_max = s.att_experts.max(s.ffn_experts);
         let k_max = s.att_k.max(s.ffn_k);
-        Ok(MfEngine {
-            spec: s,
-            max_context,
+        let ends = Ends {
+            vocab: s.vocab,
+            d,
             emb: matrix(m, "token_embd.weight", s.vocab, d)?,
-            blocks,
-            lnf: (
+            pos: None,
+            scale: None,
+            norm: Some((
                 vector(m, "output_norm.weight", d)?,
                 vector(m, "output_norm.bias", d)?,
-            ),
-            head: matrix(m, "output.weight", s.vocab, d)?,
+            )),
+            eps: s.eps,
+            head: RunHead::Lm(matrix(m, "output.weight", s.vocab, d)?),
+        };
+        let b = MfBlocks {
+            spec: s,
+            max_context,
+            blocks,
             keys: (0..s.layers).map(|_| vec![0.0; cache]).collect(),
             values: (0..s.layers)
                 .map(|_| {
@@ -369,10 +377,7 @@ impl<'a> MfEngine<'a> {
                     }
                 })
                 .collect(),
-            len: 0,
             stop: None,
-            x: vec![0.0; d],
-            h: vec![0.0; d],
             hq: QuantizedRow::with_len(d),
             kv_tmp: vec![0.0; 2 * da],
             q: vec![0.0; da],
@@ -385,7 +390,6 @@ impl<'a> MfEngine<'a> {
             chosen: vec![0; k_max],
             chosen_val: vec![0.0; k_max],
             sb_scratch: vec![0.0; 128],
-            logits: vec![0.0; s.vocab],
             usage: (0..s.layers)
                 .flat_map(|_| [vec![0u64; s.att_experts], vec![0u64; s.ffn_experts]])
                 .collect(),
@@ -394,6 +398,9 @@ impl<'a> MfEngine<'a> {
             ranked_len: vec![0; 2 * s.layers],
             rank_w: (k_max + LOOKAHEAD).min(e_max),
             rank_val: vec![0.0; (k_max + LOOKAHEAD).min(e_max)],
+        };
+        Ok(MfEngine {
+            r: Runner::new(ends, b, max_context, FfnScratch::default()),
         })
     }
 
@@ -402,29 +409,28 @@ impl<'a> MfEngine<'a> {
     pub fn arena_bytes(&self) -> super::ArenaPlan {
         use core::mem::size_of;
         let f4 = |v: &Vec<f32>| (v.capacity() * size_of::<f32>()) as u64;
-        let kv: u64 = self.keys.iter().chain(&self.values).map(f4).sum();
-        let work = [
-            &self.x,
-            &self.h,
-            &self.kv_tmp,
-            &self.q,
-            &self.att,
-            &self.tmp,
-            &self.acc,
-            &self.u,
-            &self.router_scratch,
-            &self.probs,
-            &self.chosen_val,
-            &self.sb_scratch,
-            &self.logits,
-            &self.rank_val,
-        ]
-        .into_iter()
-        .map(f4)
-        .sum::<u64>()
-            + (self.chosen.capacity() * size_of::<u32>()) as u64
-            + self.hq.capacity_bytes() as u64;
-        let blocks: usize = self
+        let b = &self.r.blocks;
+        let kv: u64 = b.keys.iter().chain(&b.values).map(f4).sum();
+        let work = self.r.heap_bytes()
+            + [
+                &b.kv_tmp,
+                &b.q,
+                &b.att,
+                &b.tmp,
+                &b.acc,
+                &b.u,
+                &b.router_scratch,
+                &b.probs,
+                &b.chosen_val,
+                &b.sb_scratch,
+                &b.rank_val,
+            ]
+            .into_iter()
+            .map(f4)
+            .sum::<u64>()
+            + (b.chosen.capacity() * size_of::<u32>()) as u64
+            + b.hq.capacity_bytes() as u64;
+        let blocks: usize = b
             .blocks
             .iter()
             .map(|b| {
@@ -433,17 +439,16 @@ impl<'a> MfEngine<'a> {
                     + b.experts.capacity() * size_of::<Expert<'_>>()
             })
             .sum();
-        let tables = self.blocks.capacity() * size_of::<MfBlockW<'_>>()
+        let tables = b.blocks.capacity() * size_of::<MfBlockW<'_>>()
             + blocks
-            + (self.keys.capacity() + self.values.capacity()) * size_of::<Vec<f32>>()
-            + self.usage.capacity() * size_of::<Vec<u64>>()
-            + self
-                .usage
+            + (b.keys.capacity() + b.values.capacity()) * size_of::<Vec<f32>>()
+            + b.usage.capacity() * size_of::<Vec<u64>>()
+            + b.usage
                 .iter()
                 .map(|u| u.capacity() * size_of::<u64>())
                 .sum::<usize>()
-            + self.ranked.capacity() * size_of::<u32>()
-            + self.ranked_len.capacity() * size_of::<usize>();
+            + b.ranked.capacity() * size_of::<u32>()
+            + b.ranked_len.capacity() * size_of::<usize>();
         super::ArenaPlan {
             kv_cache: kv,
             work,
@@ -456,45 +461,46 @@ impl<'a> MfEngine<'a> {
     /// attention then FFN): the chosen experts first, then up to [`LOOKAHEAD`] runners-up
     /// by router probability. Empty before the first step and after a batched prefill.
     pub fn ranked(&self, slot: usize) -> &[u32] {
-        let w = self.rank_w;
-        &self.ranked[slot * w..slot * w + self.ranked_len[slot]]
+        let b = &self.r.blocks;
+        let w = b.rank_w;
+        &b.ranked[slot * w..slot * w + b.ranked_len[slot]]
     }
 
     /// The architecture.
     pub fn spec(&self) -> MfSpec {
-        self.spec
+        self.r.blocks.spec
     }
 
     /// Positions consumed so far.
     pub fn position(&self) -> usize {
-        self.len
+        self.r.len
     }
 
     /// Capacity in positions.
     pub fn max_context(&self) -> usize {
-        self.max_context
+        self.r.capacity
     }
 
     /// Stop each stick-breaking walk once the used stick exceeds `τ` (older keys then
     /// weigh at most `e^{−τ}` in total); `None` (default) walks the whole context.
     pub fn set_stop(&mut self, stop: Option<f32>) {
-        self.stop = stop;
+        self.r.blocks.stop = stop;
     }
 
     /// Per router (block 0 attention, block 0 FFN, block 1 attention, …): how often each
     /// expert was chosen since the engine was made (or [`MfEngine::clear_usage`]).
     pub fn usage(&self) -> &[Vec<u64>] {
-        &self.usage
+        &self.r.blocks.usage
     }
 
     /// Zero the usage counters.
     pub fn clear_usage(&mut self) {
-        self.usage.iter_mut().for_each(|u| u.fill(0));
+        self.r.blocks.usage.iter_mut().for_each(|u| u.fill(0));
     }
 
     /// Start a new sequence (keeps every buffer).
     pub fn reset(&mut self) {
-        self.len = 0;
+        self.r.reset();
     }
 
     /// Run the nested sub-model with the first `(attention, FFN)` experts of every mixture
@@ -503,7 +509,7 @@ impl<'a> MfEngine<'a> {
     /// loaded, copied or allocated; the pages of the other experts are never touched.
     /// Starts a new sequence.
     pub fn set_submodel(&mut self, experts: Option<(usize, usize)>) -> Result<(), Error> {
-        let s = self.spec;
+        let s = self.r.blocks.spec;
         let (ea, ef) = experts.unwrap_or((s.att_experts, s.ffn_experts));
         if ea < s.att_k || ea > s.att_experts || ef < s.ffn_k || ef > s.ffn_experts {
             return Err(Error::input(format!(
@@ -511,19 +517,21 @@ impl<'a> MfEngine<'a> {
                 s.att_k, s.att_experts, s.ffn_k, s.ffn_experts
             )));
         }
-        self.active = (ea, ef);
+        self.r.blocks.active = (ea, ef);
         self.reset();
         Ok(())
     }
 
     /// Experts in use per mixture (attention, FFN).
     pub fn submodel(&self) -> (usize, usize) {
-        self.active
+        self.r.blocks.active
     }
+}
 
-    /// Route `self.h`: softmax over all experts of router `r`, the top `k` into
-    /// `chosen`/`chosen_val` (the gates), counted in `usage[slot]`.
-    fn route(&mut self, l: usize, ffn: bool) -> Result<(), Error> {
+impl MfBlocks<'_> {
+    /// Route the normed row `h` (`hq`: it quantised): softmax over all experts of router
+    /// `r`, the top `k` into `chosen`/`chosen_val` (the gates), counted in `usage[slot]`.
+    fn route(&mut self, l: usize, ffn: bool, h: &[f32]) -> Result<(), Error> {
         let b = &self.blocks[l];
         let (r, e, k) = if ffn {
             (&b.ffn_router, self.active.1, self.spec.ffn_k)
@@ -532,7 +540,7 @@ impl<'a> MfEngine<'a> {
         };
         let router = restrict(&r.router, e)?;
         let probs = &mut self.probs[..e];
-        router.logits_row(&self.h, &self.hq, &mut self.router_scratch, probs)?;
+        router.logits_row(h, &self.hq, &mut self.router_scratch, probs)?;
         if probs.iter().any(|v| !v.is_finite()) {
             return Err(Error::input(format!(
                 "block {l}: router logits are not finite"
@@ -612,264 +620,289 @@ impl<'a> MfEngine<'a> {
         Ok((chosen, gates))
     }
 
-    /// Consume a prompt in one pass (every block processes all its positions with matrix
-    /// products, experts grouped); returns the logits after the last token — the same as
-    /// calling [`MfEngine::step`] for each token, faster. Allocates its work buffers (the
-    /// decode loop does not).
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
+    /// Block `l` over a prompt's rows (`n` > 1): every projection a product over the rows,
+    /// experts grouped.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_block(
+        &mut self,
+        l: usize,
+        pos: usize,
+        n: usize,
+        x: &mut [f32],
+        h: &mut [f32],
+        ffn_scratch: &mut FfnScratch,
+    ) -> Result<(), Error> {
         let s = self.spec;
-        let n = tokens.len();
-        check_prompt(tokens, s.vocab, self.len, self.max_context)?;
-        let (d, da, dh, cap, pos) = (s.d, s.att_hidden(), s.head_dim, self.max_context, self.len);
+        let (d, da, dh, cap) = (s.d, s.att_hidden(), s.head_dim, self.max_context);
         let tc = pos + n;
         let scale = 1.0 / libm::sqrtf(dh as f32);
-        let mut x = vec![0f32; n * d];
-        for (i, &t) in tokens.iter().enumerate() {
-            crate::kernels::linear::widen_row(&self.emb, t as usize, &mut x[i * d..(i + 1) * d]);
-        }
-        let mut h = vec![0f32; n * d];
         let ln = |x: &[f32], g: (&[f32], &[f32]), h: &mut [f32]| -> Result<(), Error> {
             for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 layer_norm(xr, Some(g.0), Some(g.1), s.eps, hr)?;
             }
             Ok(())
         };
-        let mut ffn_scratch = FfnScratch::default();
-        for l in 0..s.layers {
-            ln(&x, self.blocks[l].ln1, &mut h)?;
-            // keys/values of the new positions into the per-head caches
-            let kv = match &self.blocks[l].kv {
-                None => None,
-                Some((kw, kb, vw, vb)) => {
-                    let (mut k, mut v) = (vec![0f32; n * da], vec![0f32; n * da]);
-                    linear(&h, d, n, kw, Some(kb), &mut k, da)?;
-                    linear(&h, d, n, vw, Some(vb), &mut v, da)?;
-                    Some((k, v))
-                }
-            };
-            for i in 0..n {
-                for hh in 0..s.heads {
-                    let dst = (hh * cap + pos + i) * dh;
-                    let src = i * da + hh * dh;
-                    match &kv {
-                        None => self.keys[l][dst..dst + dh].copy_from_slice(&h[src..src + dh]),
-                        Some((k, v)) => {
-                            self.keys[l][dst..dst + dh].copy_from_slice(&k[src..src + dh]);
-                            self.values[l][dst..dst + dh].copy_from_slice(&v[src..src + dh]);
-                        }
+        ln(x, self.blocks[l].ln1, h)?;
+        // keys/values of the new positions into the per-head caches
+        let kv = match &self.blocks[l].kv {
+            None => None,
+            Some((kw, kb, vw, vb)) => {
+                let (mut k, mut v) = (vec![0f32; n * da], vec![0f32; n * da]);
+                linear(h, d, n, kw, Some(kb), &mut k, da)?;
+                linear(h, d, n, vw, Some(vb), &mut v, da)?;
+                Some((k, v))
+            }
+        };
+        for i in 0..n {
+            for hh in 0..s.heads {
+                let dst = (hh * cap + pos + i) * dh;
+                let src = i * da + hh * dh;
+                match &kv {
+                    None => self.keys[l][dst..dst + dh].copy_from_slice(&h[src..src + dh]),
+                    Some((k, v)) => {
+                        self.keys[l][dst..dst + dh].copy_from_slice(&k[src..src + dh]);
+                        self.values[l][dst..dst + dh].copy_from_slice(&v[src..src + dh]);
                     }
                 }
-            }
-            // attention mixture: queries per (token, slot) by expert, attend per slot and
-            // head over the cache, output projections by expert, gated
-            let ka = s.att_k;
-            let (chosen, gates) = self.route_batch(l, false, &h, n)?;
-            let disp = Dispatch::new(&chosen, self.active.0)?;
-            let b = &self.blocks[l];
-            let mut q = vec![0f32; n * ka * da];
-            for e in 0..self.active.0 {
-                let pairs = disp.pairs(e);
-                if pairs.is_empty() {
-                    continue;
-                }
-                let mut xe = Vec::with_capacity(pairs.len() * d);
-                for &p in pairs {
-                    let t = p as usize / ka;
-                    xe.extend_from_slice(&h[t * d..(t + 1) * d]);
-                }
-                let mut qe = vec![0f32; pairs.len() * da];
-                linear(&xe, d, pairs.len(), &b.q[e], None, &mut qe, da)?;
-                for (r, &p) in pairs.iter().enumerate() {
-                    let p = p as usize;
-                    q[p * da..(p + 1) * da].copy_from_slice(&qe[r * da..(r + 1) * da]);
-                }
-            }
-            let mut o = vec![0f32; n * ka * da];
-            let (mut qs, mut os) = (vec![0f32; n * dh], vec![0f32; n * dh]);
-            for slot in 0..ka {
-                for hh in 0..s.heads {
-                    for i in 0..n {
-                        let src = (i * ka + slot) * da + hh * dh;
-                        qs[i * dh..(i + 1) * dh].copy_from_slice(&q[src..src + dh]);
-                    }
-                    let base = hh * cap * dh;
-                    let keys = &self.keys[l][base..base + tc * dh];
-                    let vals = if s.shared_kv {
-                        keys
-                    } else {
-                        &self.values[l][base..base + tc * dh]
-                    };
-                    stick_breaking(
-                        &qs,
-                        n,
-                        keys,
-                        vals,
-                        tc,
-                        dh,
-                        scale,
-                        self.stop,
-                        &mut os,
-                        None,
-                        &mut self.sb_scratch,
-                    )?;
-                    for i in 0..n {
-                        let dst = (i * ka + slot) * da + hh * dh;
-                        o[dst..dst + dh].copy_from_slice(&os[i * dh..(i + 1) * dh]);
-                    }
-                }
-            }
-            for e in 0..self.active.0 {
-                let pairs = disp.pairs(e);
-                if pairs.is_empty() {
-                    continue;
-                }
-                let mut oe = Vec::with_capacity(pairs.len() * da);
-                for &p in pairs {
-                    let p = p as usize;
-                    oe.extend_from_slice(&o[p * da..(p + 1) * da]);
-                }
-                let mut ye = vec![0f32; pairs.len() * d];
-                matmul_rows(&oe, da, pairs.len(), &b.o[e], &mut ye, d, false)?;
-                for (r, &p) in pairs.iter().enumerate() {
-                    let (p, t) = (p as usize, p as usize / ka);
-                    let g = gates[p];
-                    for (xv, yv) in x[t * d..(t + 1) * d]
-                        .iter_mut()
-                        .zip(&ye[r * d..(r + 1) * d])
-                    {
-                        *xv += g * yv;
-                    }
-                }
-            }
-            // FFN mixture (the grouped expert kernel)
-            ln(&x, self.blocks[l].ln2, &mut h)?;
-            let (chosen, gates) = self.route_batch(l, true, &h, n)?;
-            let mut y = vec![0f32; n * d];
-            moe_ffn(
-                &h,
-                n,
-                &self.blocks[l].experts[..self.active.1],
-                &chosen,
-                &gates,
-                s.act,
-                &mut y,
-                &mut ffn_scratch,
-            )?;
-            for (xv, yv) in x.iter_mut().zip(&y) {
-                *xv += yv;
             }
         }
-        self.len = tc;
-        layer_norm(
-            &x[(n - 1) * d..],
-            Some(self.lnf.0),
-            Some(self.lnf.1),
-            s.eps,
-            &mut self.h,
+        // attention mixture: queries per (token, slot) by expert, attend per slot and
+        // head over the cache, output projections by expert, gated
+        let ka = s.att_k;
+        let (chosen, gates) = self.route_batch(l, false, h, n)?;
+        let disp = Dispatch::new(&chosen, self.active.0)?;
+        let b = &self.blocks[l];
+        let mut q = vec![0f32; n * ka * da];
+        for e in 0..self.active.0 {
+            let pairs = disp.pairs(e);
+            if pairs.is_empty() {
+                continue;
+            }
+            let mut xe = Vec::with_capacity(pairs.len() * d);
+            for &p in pairs {
+                let t = p as usize / ka;
+                xe.extend_from_slice(&h[t * d..(t + 1) * d]);
+            }
+            let mut qe = vec![0f32; pairs.len() * da];
+            linear(&xe, d, pairs.len(), &b.q[e], None, &mut qe, da)?;
+            for (r, &p) in pairs.iter().enumerate() {
+                let p = p as usize;
+                q[p * da..(p + 1) * da].copy_from_slice(&qe[r * da..(r + 1) * da]);
+            }
+        }
+        let mut o = vec![0f32; n * ka * da];
+        let (mut qs, mut os) = (vec![0f32; n * dh], vec![0f32; n * dh]);
+        for slot in 0..ka {
+            for hh in 0..s.heads {
+                for i in 0..n {
+                    let src = (i * ka + slot) * da + hh * dh;
+                    qs[i * dh..(i + 1) * dh].copy_from_slice(&q[src..src + dh]);
+                }
+                let base = hh * cap * dh;
+                let keys = &self.keys[l][base..base + tc * dh];
+                let vals = if s.shared_kv {
+                    keys
+                } else {
+                    &self.values[l][base..base + tc * dh]
+                };
+                stick_breaking(
+                    &qs,
+                    n,
+                    keys,
+                    vals,
+                    tc,
+                    dh,
+                    scale,
+                    self.stop,
+                    &mut os,
+                    None,
+                    &mut self.sb_scratch,
+                )?;
+                for i in 0..n {
+                    let dst = (i * ka + slot) * da + hh * dh;
+                    o[dst..dst + dh].copy_from_slice(&os[i * dh..(i + 1) * dh]);
+                }
+            }
+        }
+        for e in 0..self.active.0 {
+            let pairs = disp.pairs(e);
+            if pairs.is_empty() {
+                continue;
+            }
+            let mut oe = Vec::with_capacity(pairs.len() * da);
+            for &p in pairs {
+                let p = p as usize;
+                oe.extend_from_slice(&o[p * da..(p + 1) * da]);
+            }
+            let mut ye = vec![0f32; pairs.len() * d];
+            matmul_rows(&oe, da, pairs.len(), &b.o[e], &mut ye, d, false)?;
+            for (r, &p) in pairs.iter().enumerate() {
+                let (p, t) = (p as usize, p as usize / ka);
+                let g = gates[p];
+                for (xv, yv) in x[t * d..(t + 1) * d]
+                    .iter_mut()
+                    .zip(&ye[r * d..(r + 1) * d])
+                {
+                    *xv += g * yv;
+                }
+            }
+        }
+        // FFN mixture (the grouped expert kernel)
+        ln(x, self.blocks[l].ln2, h)?;
+        let (chosen, gates) = self.route_batch(l, true, h, n)?;
+        let mut y = vec![0f32; n * d];
+        moe_ffn(
+            h,
+            n,
+            &self.blocks[l].experts[..self.active.1],
+            &chosen,
+            &gates,
+            s.act,
+            &mut y,
+            ffn_scratch,
         )?;
-        linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab)?;
-        super::finite_logits(&self.logits)?;
-        Ok(&self.logits)
+        for (xv, yv) in x.iter_mut().zip(&y) {
+            *xv += yv;
+        }
+        Ok(())
+    }
+
+    /// Block `l` for one token at `pos` (the decode step): the normed row quantised once
+    /// for the router and the chosen experts. Allocates nothing.
+    fn step_block(
+        &mut self,
+        l: usize,
+        pos: usize,
+        x: &mut [f32],
+        h: &mut [f32],
+    ) -> Result<(), Error> {
+        let s = self.spec;
+        let (d, da, dh, df) = (s.d, s.att_hidden(), s.head_dim, s.ffn_hidden);
+        let cap = self.max_context;
+        let tc = pos + 1;
+        let scale = 1.0 / libm::sqrtf(dh as f32);
+        // ---- attention mixture
+        let b = &self.blocks[l];
+        layer_norm(x, Some(b.ln1.0), Some(b.ln1.1), s.eps, h)?;
+        // quantised once for the router and the chosen experts (as each product would)
+        self.hq.set(h);
+        // this token's key/value into the per-head caches
+        let (k_src, v_src): (&[f32], Option<&[f32]>) = match &b.kv {
+            None => (&*h, None),
+            Some((kw, kb, vw, vb)) => {
+                let (kt, vt) = self.kv_tmp.split_at_mut(da);
+                linear(h, d, 1, kw, Some(kb), kt, da)?;
+                linear(h, d, 1, vw, Some(vb), vt, da)?;
+                (&self.kv_tmp[..da], Some(&self.kv_tmp[da..]))
+            }
+        };
+        for hh in 0..s.heads {
+            let dst = (hh * cap + pos) * dh;
+            self.keys[l][dst..dst + dh].copy_from_slice(&k_src[hh * dh..(hh + 1) * dh]);
+            if let Some(v) = v_src {
+                self.values[l][dst..dst + dh].copy_from_slice(&v[hh * dh..(hh + 1) * dh]);
+            }
+        }
+        self.route(l, false, h)?;
+        self.acc.fill(0.0);
+        let b = &self.blocks[l];
+        for slot in 0..s.att_k {
+            let (e, g) = (self.chosen[slot] as usize, self.chosen_val[slot]);
+            linear_row(h, &self.hq, &b.q[e], None, &mut self.q[..da])?;
+            for hh in 0..s.heads {
+                let base = hh * cap * dh;
+                let keys = &self.keys[l][base..base + tc * dh];
+                let vals = if s.shared_kv {
+                    keys
+                } else {
+                    &self.values[l][base..base + tc * dh]
+                };
+                stick_breaking(
+                    &self.q[hh * dh..(hh + 1) * dh],
+                    1,
+                    keys,
+                    vals,
+                    tc,
+                    dh,
+                    scale,
+                    self.stop,
+                    &mut self.att[hh * dh..(hh + 1) * dh],
+                    None,
+                    &mut self.sb_scratch,
+                )?;
+            }
+            matmul_rows(&self.att, da, 1, &b.o[e], &mut self.tmp, d, false)?;
+            for (a, v) in self.acc.iter_mut().zip(&self.tmp) {
+                *a += g * v;
+            }
+        }
+        for (a, v) in x.iter_mut().zip(&self.acc) {
+            *a += v;
+        }
+        // ---- FFN mixture
+        layer_norm(x, Some(b.ln2.0), Some(b.ln2.1), s.eps, h)?;
+        self.hq.set(h);
+        self.route(l, true, h)?;
+        self.acc.fill(0.0);
+        let b = &self.blocks[l];
+        for slot in 0..s.ffn_k {
+            let (e, g) = (self.chosen[slot] as usize, self.chosen_val[slot]);
+            linear_row(h, &self.hq, &b.up[e], None, &mut self.u[..df])?;
+            s.act.apply(&mut self.u);
+            matmul_rows(&self.u, df, 1, &b.down[e], &mut self.tmp, d, false)?;
+            for (a, v) in self.acc.iter_mut().zip(&self.tmp) {
+                *a += g * v;
+            }
+        }
+        for (a, v) in x.iter_mut().zip(&self.acc) {
+            *a += v;
+        }
+        Ok(())
+    }
+}
+
+impl Blocks for MfBlocks<'_> {
+    type Work = FfnScratch;
+
+    fn work(&self, _n: usize) -> FfnScratch {
+        FfnScratch::default()
+    }
+
+    fn depth(&self) -> usize {
+        self.spec.layers
+    }
+
+    /// The caches are written position by position, so a new sequence overwrites them.
+    fn reset(&mut self) {}
+
+    fn run(
+        &mut self,
+        l: usize,
+        tokens: &[u32],
+        pos: usize,
+        x: &mut [f32],
+        h: &mut [f32],
+        w: &mut FfnScratch,
+    ) -> Result<(), Error> {
+        match tokens.len() {
+            1 => self.step_block(l, pos, x, h),
+            n => self.prefill_block(l, pos, n, x, h, w),
+        }
+    }
+}
+
+impl MfEngine<'_> {
+    /// Consume a prompt in one pass (every block processes all its positions with matrix
+    /// products, experts grouped); returns the logits after the last token — the same as
+    /// calling [`MfEngine::step`] for each token, faster. Allocates its work buffers (the
+    /// decode loop does not).
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
+        self.r.prefill(tokens)
     }
 
     /// Consume one token; returns the logits for the next one. Errors (never panics) on a
     /// token outside the vocabulary or a full context.
     pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
-        let s = self.spec;
-        let (d, da, dh, df) = (s.d, s.att_hidden(), s.head_dim, s.ffn_hidden);
-        check_step(token, s.vocab, self.len, self.max_context)?;
-        crate::kernels::linear::widen_row(&self.emb, token as usize, &mut self.x);
-        let (pos, cap) = (self.len, self.max_context);
-        let tc = pos + 1;
-        let scale = 1.0 / libm::sqrtf(dh as f32);
-        for l in 0..s.layers {
-            // ---- attention mixture
-            let b = &self.blocks[l];
-            layer_norm(&self.x, Some(b.ln1.0), Some(b.ln1.1), s.eps, &mut self.h)?;
-            // quantised once for the router and the chosen experts (as each product would)
-            self.hq.set(&self.h);
-            // this token's key/value into the per-head caches
-            let (k_src, v_src): (&[f32], Option<&[f32]>) = match &b.kv {
-                None => (&self.h, None),
-                Some((kw, kb, vw, vb)) => {
-                    let (kt, vt) = self.kv_tmp.split_at_mut(da);
-                    linear(&self.h, d, 1, kw, Some(kb), kt, da)?;
-                    linear(&self.h, d, 1, vw, Some(vb), vt, da)?;
-                    (&self.kv_tmp[..da], Some(&self.kv_tmp[da..]))
-                }
-            };
-            for hh in 0..s.heads {
-                let dst = (hh * cap + pos) * dh;
-                self.keys[l][dst..dst + dh].copy_from_slice(&k_src[hh * dh..(hh + 1) * dh]);
-                if let Some(v) = v_src {
-                    self.values[l][dst..dst + dh].copy_from_slice(&v[hh * dh..(hh + 1) * dh]);
-                }
-            }
-            self.route(l, false)?;
-            self.acc.fill(0.0);
-            let b = &self.blocks[l];
-            for slot in 0..s.att_k {
-                let (e, g) = (self.chosen[slot] as usize, self.chosen_val[slot]);
-                linear_row(&self.h, &self.hq, &b.q[e], None, &mut self.q[..da])?;
-                for hh in 0..s.heads {
-                    let base = hh * cap * dh;
-                    let keys = &self.keys[l][base..base + tc * dh];
-                    let vals = if s.shared_kv {
-                        keys
-                    } else {
-                        &self.values[l][base..base + tc * dh]
-                    };
-                    stick_breaking(
-                        &self.q[hh * dh..(hh + 1) * dh],
-                        1,
-                        keys,
-                        vals,
-                        tc,
-                        dh,
-                        scale,
-                        self.stop,
-                        &mut self.att[hh * dh..(hh + 1) * dh],
-                        None,
-                        &mut self.sb_scratch,
-                    )?;
-                }
-                matmul_rows(&self.att, da, 1, &b.o[e], &mut self.tmp, d, false)?;
-                for (a, v) in self.acc.iter_mut().zip(&self.tmp) {
-                    *a += g * v;
-                }
-            }
-            for (a, v) in self.x.iter_mut().zip(&self.acc) {
-                *a += v;
-            }
-            // ---- FFN mixture
-            layer_norm(&self.x, Some(b.ln2.0), Some(b.ln2.1), s.eps, &mut self.h)?;
-            self.hq.set(&self.h);
-            self.route(l, true)?;
-            self.acc.fill(0.0);
-            let b = &self.blocks[l];
-            for slot in 0..s.ffn_k {
-                let (e, g) = (self.chosen[slot] as usize, self.chosen_val[slot]);
-                linear_row(&self.h, &self.hq, &b.up[e], None, &mut self.u[..df])?;
-                s.act.apply(&mut self.u);
-                matmul_rows(&self.u, df, 1, &b.down[e], &mut self.tmp, d, false)?;
-                for (a, v) in self.acc.iter_mut().zip(&self.tmp) {
-                    *a += g * v;
-                }
-            }
-            for (a, v) in self.x.iter_mut().zip(&self.acc) {
-                *a += v;
-            }
-        }
-        layer_norm(
-            &self.x,
-            Some(self.lnf.0),
-            Some(self.lnf.1),
-            s.eps,
-            &mut self.h,
-        )?;
-        linear(&self.h, d, 1, &self.head, None, &mut self.logits, s.vocab)?;
-        super::finite_logits(&self.logits)?;
-        self.len += 1;
-        Ok(&self.logits)
+        self.r.step(token)
     }
 }

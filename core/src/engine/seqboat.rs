@@ -19,11 +19,12 @@
 //! Bidirectional models and models without a band (`w = 0`) cannot stream in constant
 //! memory and are refused.
 
+use super::runner::{Blocks, Ends, RunHead, Runner};
 use super::{layernorm_block, matrix, not_family, vector};
 use crate::arch::{Family, Gate, GauAttn, MixerSpec, Task};
 use crate::error::Error;
 use crate::kernels::attention::{gau_local, GauFn};
-use crate::kernels::elementwise::{gelu1, layer_norm, silu, softmax};
+use crate::kernels::elementwise::{layer_norm, silu, softmax};
 use crate::kernels::ema::{ema_scan, EmaCoefs};
 use crate::kernels::linear::{linear, linear_row, MatRef, QuantizedRow};
 use crate::model::Model;
@@ -140,9 +141,11 @@ impl SbSpec {
         let logits = self
             .classes
             .max(self.vocab * usize::from(self.classes == 0));
+        // a classifier's running sum of features and its hidden layer
+        let pool = if self.classes > 0 { 3 * d } else { 0 };
         super::ArenaPlan {
             kv_cache: (l * ((d * n + w * z + w * e) * f + w * size_of::<usize>())) as u64,
-            work: (f * (6 * d + (2 + d) + (z + 2 * e) + 2 * z + (w + 1) + e + 2 * d + logits)
+            work: (f * (5 * d + (2 + d) + (z + 2 * e) + 2 * z + (w + 1) + e + pool + logits)
                 + QuantizedRow::heap_bytes(d)) as u64,
             gates: (l * 3 * d * n * f) as u64,
             tables: (l * (size_of::<SbLayerW<'_>>() + size_of::<LayerState>())) as u64,
@@ -189,19 +192,19 @@ struct LayerState {
 /// A causal SeqBoat model ready to stream, borrowing its weights from a [`Model`].
 #[derive(Debug)]
 pub struct SbEngine<'a> {
+    r: Runner<'a, SbBlocks<'a>>,
+}
+
+/// The layers of a SeqBoat model for the [`Runner`]: weights, each layer's streaming
+/// state, and the step's buffers.
+#[derive(Debug)]
+struct SbBlocks<'a> {
     spec: SbSpec,
-    emb: MatRef<'a>,
     layers: Vec<SbLayerW<'a>>,
-    final_norm: Option<(&'a [f32], &'a [f32])>,
-    cls: Option<(MatRef<'a>, &'a [f32], MatRef<'a>)>,
     state: Vec<LayerState>,
     act_bias: f32,
     /// Layers in use (SortedNet: a nested depth).
     depth: usize,
-    len: usize,
-    real: u64,
-    x: Vec<f32>,
-    h: Vec<f32>,
     y: Vec<f32>,
     /// `y` quantised once for the gate and the GAU's input projection.
     yq: QuantizedRow,
@@ -212,10 +215,14 @@ pub struct SbEngine<'a> {
     scores: Vec<f32>,
     o: Vec<f32>,
     gh: Vec<f32>,
-    feats: Vec<f32>,
-    pooled: Vec<f32>,
-    cls_h: Vec<f32>,
-    logits: Vec<f32>,
+}
+
+/// A prompt's rows in a SeqBoat layer (empty for a step).
+#[derive(Debug, Default)]
+struct SbRows {
+    y: Vec<f32>,
+    uc: Vec<f32>,
+    out: Vec<f32>,
 }
 
 impl<'a> SbEngine<'a> {
@@ -312,19 +319,33 @@ impl<'a> SbEngine<'a> {
                 activated: 0,
             })
             .collect();
-        Ok(SbEngine {
+        let emb = matrix(m, "token_embd.weight", s.vocab, d)?;
+        let head = match cls {
+            Some((w1, b1, w2)) => RunHead::MeanPool {
+                w1,
+                b1,
+                w2,
+                classes: s.classes,
+                pad: s.pad,
+            },
+            None => RunHead::Lm(emb),
+        };
+        let ends = Ends {
+            vocab: s.vocab,
+            d,
+            emb,
+            pos: None,
+            scale: (s.classes == 0).then(|| libm::sqrtf(d as f32)),
+            norm: final_norm,
+            eps: s.eps,
+            head,
+        };
+        let b = SbBlocks {
             spec: s,
-            emb: matrix(m, "token_embd.weight", s.vocab, d)?,
             layers,
-            final_norm,
-            cls,
             state,
             act_bias: 0.0,
             depth: s.layers,
-            len: 0,
-            real: 0,
-            x: vec![0.0; d],
-            h: vec![0.0; d],
             y: vec![0.0; d],
             yq: QuantizedRow::with_len(d),
             uc: vec![0.0; 2 + d],
@@ -334,21 +355,20 @@ impl<'a> SbEngine<'a> {
             scores: vec![0.0; w + 1],
             o: vec![0.0; e],
             gh: vec![0.0; d],
-            feats: vec![0.0; d],
-            pooled: vec![0.0; d],
-            cls_h: vec![0.0; 2 * d],
-            logits: vec![0.0; s.classes.max(s.vocab * usize::from(s.classes == 0))],
+        };
+        Ok(SbEngine {
+            r: Runner::new(ends, b, u32::MAX as usize, SbRows::default()),
         })
     }
 
     /// The architecture.
     pub fn spec(&self) -> SbSpec {
-        self.spec
+        self.r.blocks.spec
     }
 
     /// Tokens consumed since the last reset.
     pub fn position(&self) -> usize {
-        self.len
+        self.r.len
     }
 
     /// Bias towards "skip" (`b_act`): a token runs the attention unit only if
@@ -357,7 +377,7 @@ impl<'a> SbEngine<'a> {
         if !b.is_finite() {
             return Err(Error::input(format!("activation bias {b} is not finite")));
         }
-        self.act_bias = b;
+        self.r.blocks.act_bias = b;
         Ok(())
     }
 
@@ -366,39 +386,32 @@ impl<'a> SbEngine<'a> {
     /// the other layers' weights are never read. Starts a new sequence. The depths the file
     /// declares (`modula.nested.depths`) are the ones trained for it.
     pub fn set_depth(&mut self, depth: Option<usize>) -> Result<(), Error> {
-        let d = depth.unwrap_or(self.spec.layers);
-        if d == 0 || d > self.spec.layers {
-            return Err(Error::input(format!(
-                "depth {d} is outside 1..={}",
-                self.spec.layers
-            )));
+        let layers = self.r.blocks.spec.layers;
+        let d = depth.unwrap_or(layers);
+        if d == 0 || d > layers {
+            return Err(Error::input(format!("depth {d} is outside 1..={layers}")));
         }
-        self.depth = d;
+        self.r.blocks.depth = d;
         self.reset();
         Ok(())
     }
 
     /// Layers in use.
     pub fn depth(&self) -> usize {
-        self.depth
+        self.r.blocks.depth
     }
 
     /// Start a new sequence.
     pub fn reset(&mut self) {
-        for st in &mut self.state {
-            st.ema.fill(0.0);
-            st.filled = 0;
-            st.next = 0;
-            st.activated = 0;
-        }
-        self.len = 0;
-        self.real = 0;
-        self.pooled.fill(0.0);
+        self.r.reset();
     }
 
     /// Per layer: tokens that ran the attention unit, and the non-pad tokens seen.
     pub fn activations(&self) -> (Vec<u64>, u64) {
-        (self.state.iter().map(|s| s.activated).collect(), self.real)
+        (
+            self.r.blocks.state.iter().map(|s| s.activated).collect(),
+            self.r.real,
+        )
     }
 
     /// The heap this engine holds, from its buffers' capacities (equal to
@@ -406,7 +419,8 @@ impl<'a> SbEngine<'a> {
     pub fn arena_bytes(&self) -> super::ArenaPlan {
         use core::mem::size_of;
         let f4 = |v: &Vec<f32>| (v.capacity() * size_of::<f32>()) as u64;
-        let kv = self
+        let b = &self.r.blocks;
+        let kv = b
             .state
             .iter()
             .map(|st| {
@@ -416,263 +430,188 @@ impl<'a> SbEngine<'a> {
                     + (st.pos.capacity() * size_of::<usize>()) as u64
             })
             .sum();
-        let work = [
-            &self.x,
-            &self.h,
-            &self.y,
-            &self.uc,
-            &self.zrv,
-            &self.qv,
-            &self.kv,
-            &self.scores,
-            &self.o,
-            &self.gh,
-            &self.feats,
-            &self.pooled,
-            &self.cls_h,
-            &self.logits,
-        ]
-        .into_iter()
-        .map(f4)
-        .sum::<u64>()
-            + self.yq.capacity_bytes() as u64;
+        let rows = self.r.step_work();
+        let work = self.r.heap_bytes()
+            + [
+                &b.y, &b.uc, &b.zrv, &b.qv, &b.kv, &b.scores, &b.o, &b.gh, &rows.y, &rows.uc,
+                &rows.out,
+            ]
+            .into_iter()
+            .map(f4)
+            .sum::<u64>()
+            + b.yq.capacity_bytes() as u64;
         super::ArenaPlan {
             kv_cache: kv,
             work,
-            gates: self.layers.iter().map(|l| l.ema.heap_bytes() as u64).sum(),
-            tables: (self.layers.capacity() * size_of::<SbLayerW<'_>>()
-                + self.state.capacity() * size_of::<LayerState>()) as u64,
+            gates: b.layers.iter().map(|l| l.ema.heap_bytes() as u64).sum(),
+            tables: (b.layers.capacity() * size_of::<SbLayerW<'_>>()
+                + b.state.capacity() * size_of::<LayerState>()) as u64,
         }
     }
 
     /// Bytes of streaming state per sequence (constant in the sequence length).
     pub fn state_bytes(&self) -> usize {
-        self.spec.state_floats() * 4
+        self.r.blocks.spec.state_floats() * 4
     }
+}
 
-    /// Consume one token. For a language model returns the next-token logits; for a
-    /// classifier returns an empty slice (see [`SbEngine::classify`]).
-    pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
+impl SbBlocks<'_> {
+    /// Layer `l` for one token at `pos` (the decode step). Allocates nothing.
+    fn step_layer(
+        &mut self,
+        l: usize,
+        token: u32,
+        pos: usize,
+        x: &mut [f32],
+        h: &mut [f32],
+    ) -> Result<(), Error> {
         let s = self.spec;
-        if token as usize >= s.vocab {
-            return Err(Error::input(format!(
-                "token {token} is outside the vocabulary of {}",
-                s.vocab
-            )));
-        }
         let (d, z, e) = (s.d, s.z, s.e);
         let pad = Some(token) == s.pad;
-        crate::kernels::linear::widen_row(&self.emb, token as usize, &mut self.x);
-        if s.classes == 0 {
-            let sc = libm::sqrtf(d as f32);
-            self.x.iter_mut().for_each(|v| *v *= sc);
-        }
-        let pos = self.len;
         let alpha = if s.relu2 {
             1.0 / s.window as f32
         } else {
             1.0 / libm::sqrtf(z as f32)
         };
-        for l in 0..self.depth {
-            let lw = &self.layers[l];
-            // input norm, pad masking
-            if s.prenorm {
-                layer_norm(
-                    &self.x,
-                    Some(lw.norm.0),
-                    Some(lw.norm.1),
-                    s.eps,
-                    &mut self.h,
-                )?;
+        let lw = &self.layers[l];
+        // input norm, pad masking
+        if s.prenorm {
+            layer_norm(x, Some(lw.norm.0), Some(lw.norm.1), s.eps, h)?;
+        } else {
+            h.copy_from_slice(x);
+        }
+        if pad {
+            h.fill(0.0);
+        }
+        let st = &mut self.state[l];
+        ema_scan(&lw.ema, h, 1, &mut st.ema, &mut self.y)?;
+        for ((yv, w), hv) in self.y.iter_mut().zip(lw.omega).zip(h.iter()) {
+            *yv += w * hv;
+        }
+        silu(&mut self.y);
+        // quantised once for the gate and (when the token is activated) the GAU input
+        self.yq.set(&self.y);
+        linear_row(
+            &self.y,
+            &self.yq,
+            &lw.gate_w,
+            Some(lw.gate_b),
+            &mut self.uc[..2 + d],
+        )?;
+        let diff = self.uc[1] - (self.uc[0] + self.act_bias);
+        let act = !pad
+            && match s.gate {
+                0 => diff > 0.0,
+                1 => true,
+                _ => false,
+            };
+        // SSM path + residual
+        for ((g, u), xv) in self.gh.iter_mut().zip(&self.uc[2..2 + d]).zip(x.iter()) {
+            *g = u + xv;
+        }
+        if act {
+            st.activated += 1;
+            let tau = libm::expf(lw.log_temp);
+            let g = if s.gate == 1 {
+                1.0
             } else {
-                self.h.copy_from_slice(&self.x);
-            }
-            if pad {
-                self.h.fill(0.0);
-            }
-            let st = &mut self.state[l];
-            ema_scan(&lw.ema, &self.h, 1, &mut st.ema, &mut self.y)?;
-            for j in 0..d {
-                self.y[j] += lw.omega[j] * self.h[j];
-            }
-            silu(&mut self.y);
-            // quantised once for the gate and (when the token is activated) the GAU input
-            self.yq.set(&self.y);
+                1.0 / (1.0 + libm::expf(-diff / tau))
+            };
             linear_row(
                 &self.y,
                 &self.yq,
-                &lw.gate_w,
-                Some(lw.gate_b),
-                &mut self.uc[..2 + d],
+                &lw.in_w,
+                Some(lw.in_b),
+                &mut self.zrv[..z + 2 * e],
             )?;
-            let diff = self.uc[1] - (self.uc[0] + self.act_bias);
-            let act = !pad
-                && match s.gate {
-                    0 => diff > 0.0,
-                    1 => true,
-                    _ => false,
-                };
-            // SSM path + residual
-            for j in 0..d {
-                self.gh[j] = self.uc[2 + j] + self.x[j];
+            silu(&mut self.zrv);
+            for i in 0..z {
+                let zv = self.zrv[i];
+                self.qv[i] = zv * lw.qk_scale[i] + lw.qk_offset[i];
+                self.kv[i] = zv * lw.qk_scale[z + i] + lw.qk_offset[z + i];
             }
-            if act {
-                st.activated += 1;
-                let tau = libm::expf(lw.log_temp);
-                let g = if s.gate == 1 {
-                    1.0
+            // keys: the ring, oldest first, then this token
+            let w = s.window;
+            let cnt = st.filled;
+            let oldest = (st.next + w - cnt) % w;
+            let m1 = s.max_pos as i64 - 1;
+            let bias = |pj: usize| {
+                let off = (pj as i64 - pos as i64).clamp(-m1, m1);
+                lw.rel[(m1 + off) as usize]
+            };
+            for i in 0..=cnt {
+                let (k, pj) = if i < cnt {
+                    let slot = (oldest + i) % w;
+                    (&st.keys[slot * z..(slot + 1) * z], st.pos[slot])
                 } else {
-                    1.0 / (1.0 + libm::expf(-diff / tau))
+                    (&self.kv[..], pos)
                 };
-                linear_row(
-                    &self.y,
-                    &self.yq,
-                    &lw.in_w,
-                    Some(lw.in_b),
-                    &mut self.zrv[..z + 2 * e],
-                )?;
-                silu(&mut self.zrv);
-                for i in 0..z {
-                    let zv = self.zrv[i];
-                    self.qv[i] = zv * lw.qk_scale[i] + lw.qk_offset[i];
-                    self.kv[i] = zv * lw.qk_scale[z + i] + lw.qk_offset[z + i];
-                }
-                // keys: the ring, oldest first, then this token
-                let w = s.window;
-                let cnt = st.filled;
-                let oldest = (st.next + w - cnt) % w;
-                let m1 = s.max_pos as i64 - 1;
-                let bias = |pj: usize| {
-                    let off = (pj as i64 - pos as i64).clamp(-m1, m1);
-                    lw.rel[(m1 + off) as usize]
-                };
-                for i in 0..=cnt {
-                    let (k, pj) = if i < cnt {
-                        let slot = (oldest + i) % w;
-                        (&st.keys[slot * z..(slot + 1) * z], st.pos[slot])
-                    } else {
-                        (&self.kv[..], pos)
-                    };
-                    let sc = alpha * dot(&self.qv, k) + bias(pj);
-                    self.scores[i] = sc;
-                }
-                let sc = &mut self.scores[..=cnt];
-                if s.relu2 {
-                    sc.iter_mut().for_each(|v| *v = v.max(0.0) * v.max(0.0));
-                } else {
-                    // the SIMD softmax (was a scalar `expf` per key)
-                    softmax(sc);
-                }
-                self.o.fill(0.0);
-                for i in 0..=cnt {
-                    let v = if i < cnt {
-                        let slot = (oldest + i) % w;
-                        &st.values[slot * e..(slot + 1) * e]
-                    } else {
-                        &self.zrv[z + e..z + 2 * e]
-                    };
-                    let a = self.scores[i];
-                    for (o, vv) in self.o.iter_mut().zip(v) {
-                        *o += a * vv;
-                    }
-                }
-                for i in 0..e {
-                    self.o[i] *= self.zrv[z + i];
-                }
-                linear(&self.o, e, 1, &lw.out_w, Some(lw.out_b), &mut self.y, d)?;
-                for j in 0..d {
-                    self.gh[j] += g * self.y[j];
-                }
-                // this token into the ring
-                let slot = st.next;
-                st.keys[slot * z..(slot + 1) * z].copy_from_slice(&self.kv);
-                st.values[slot * e..(slot + 1) * e].copy_from_slice(&self.zrv[z + e..z + 2 * e]);
-                st.pos[slot] = pos;
-                st.next = (slot + 1) % w;
-                st.filled = (cnt + 1).min(w);
+                let sc = alpha * dot(&self.qv, k) + bias(pj);
+                self.scores[i] = sc;
             }
-            self.h.copy_from_slice(&self.gh);
-            silu(&mut self.h);
-            if s.prenorm {
-                self.x.copy_from_slice(&self.h);
+            let sc = &mut self.scores[..=cnt];
+            if s.relu2 {
+                sc.iter_mut().for_each(|v| *v = v.max(0.0) * v.max(0.0));
             } else {
-                layer_norm(
-                    &self.h,
-                    Some(lw.norm.0),
-                    Some(lw.norm.1),
-                    s.eps,
-                    &mut self.x,
-                )?;
+                // the SIMD softmax (was a scalar `expf` per key)
+                softmax(sc);
             }
-        }
-        self.len += 1;
-        let x = core::mem::take(&mut self.x);
-        let r = self.final_features(&x);
-        self.x = x;
-        r?;
-        if s.classes > 0 {
-            if !pad {
-                self.real += 1;
-                for (p, f) in self.pooled.iter_mut().zip(&self.feats) {
-                    *p += f;
+            self.o.fill(0.0);
+            for i in 0..=cnt {
+                let v = if i < cnt {
+                    let slot = (oldest + i) % w;
+                    &st.values[slot * e..(slot + 1) * e]
+                } else {
+                    &self.zrv[z + e..z + 2 * e]
+                };
+                let a = self.scores[i];
+                for (o, vv) in self.o.iter_mut().zip(v) {
+                    *o += a * vv;
                 }
             }
-            return Ok(&[]);
+            for i in 0..e {
+                self.o[i] *= self.zrv[z + i];
+            }
+            linear(&self.o, e, 1, &lw.out_w, Some(lw.out_b), &mut self.y, d)?;
+            for j in 0..d {
+                self.gh[j] += g * self.y[j];
+            }
+            // this token into the ring
+            let slot = st.next;
+            st.keys[slot * z..(slot + 1) * z].copy_from_slice(&self.kv);
+            st.values[slot * e..(slot + 1) * e].copy_from_slice(&self.zrv[z + e..z + 2 * e]);
+            st.pos[slot] = pos;
+            st.next = (slot + 1) % w;
+            st.filled = (cnt + 1).min(w);
         }
-        self.real += 1;
-        linear(
-            &self.feats,
-            d,
-            1,
-            &self.emb,
-            None,
-            &mut self.logits,
-            s.vocab,
-        )?;
-        super::finite_logits(&self.logits)?;
-        Ok(&self.logits)
+        h.copy_from_slice(&self.gh);
+        silu(h);
+        if s.prenorm {
+            x.copy_from_slice(h);
+        } else {
+            layer_norm(h, Some(lw.norm.0), Some(lw.norm.1), s.eps, x)?;
+        }
+        Ok(())
     }
 
-    /// Consume a whole prompt at once — the same result as [`SbEngine::step`] on each
-    /// token (to float rounding), but layer by layer with batched kernels: the SIMD EMA
-    /// scan over all tokens, one matrix product for the gates, one for the activated
+    /// Layer `l` over a prompt's rows at positions `p0..`, with batched kernels: the SIMD
+    /// EMA scan over all tokens, one matrix product for the gates, one for the activated
     /// tokens' projections, the band-attention kernel over the ring plus the activated
-    /// tokens (parallel over queries), one for the outputs. The streaming state is left
-    /// exactly as after the steps. Returns the last token's logits (language models) or an
-    /// empty slice (classifiers). Allocates working buffers proportional to the prompt.
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
+    /// tokens, one for the outputs. The streaming state is left exactly as after the steps.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_layer(
+        &mut self,
+        l: usize,
+        tokens: &[u32],
+        p0: usize,
+        x: &mut [f32],
+        h: &mut [f32],
+        rows_buf: &mut SbRows,
+    ) -> Result<(), Error> {
         let s = self.spec;
-        if tokens.is_empty() {
-            return Err(Error::input("prefill needs at least one token"));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= s.vocab) {
-            return Err(Error::input(format!(
-                "token {bad} is outside the vocabulary of {}",
-                s.vocab
-            )));
-        }
         let t = tokens.len();
-        if self
-            .len
-            .checked_add(t)
-            .is_none_or(|end| end > u32::MAX as usize)
-        {
-            return Err(Error::input("positions beyond 2^32 are not supported"));
-        }
         let (d, z, e, w) = (s.d, s.z, s.e, s.window);
         let zw = z + 2 * e;
-        let pads: Vec<bool> = tokens.iter().map(|&tk| Some(tk) == s.pad).collect();
-        let mut x = vec![0f32; t * d];
-        let sc = if s.classes == 0 {
-            libm::sqrtf(d as f32)
-        } else {
-            1.0
-        };
-        for (r, &tk) in tokens.iter().enumerate() {
-            let row = &mut x[r * d..(r + 1) * d];
-            crate::kernels::linear::widen_row(&self.emb, tk as usize, row);
-            row.iter_mut().for_each(|v| *v *= sc);
-        }
         let f = if s.relu2 {
             GauFn::Relu2 { ell: w as f32 }
         } else {
@@ -680,220 +619,210 @@ impl<'a> SbEngine<'a> {
                 scale: 1.0 / libm::sqrtf(z as f32),
             }
         };
-        let mut xs = vec![0f32; t * d];
-        let mut y = vec![0f32; t * d];
-        let mut uc = vec![0f32; t * (2 + d)];
-        let mut out = vec![0f32; t * d];
-        for l in 0..self.depth {
-            let lw = &self.layers[l];
-            for r in 0..t {
-                let (src, dst) = (&x[r * d..(r + 1) * d], &mut xs[r * d..(r + 1) * d]);
-                if pads[r] {
-                    dst.fill(0.0);
-                } else if s.prenorm {
-                    layer_norm(src, Some(lw.norm.0), Some(lw.norm.1), s.eps, dst)?;
-                } else {
-                    dst.copy_from_slice(src);
-                }
-            }
-            let st = &mut self.state[l];
-            ema_scan(&lw.ema, &xs, t, &mut st.ema, &mut y)?;
-            for (r, yr) in y.chunks_exact_mut(d).enumerate() {
-                for j in 0..d {
-                    yr[j] += lw.omega[j] * xs[r * d + j];
-                }
-                // row by row, as `step` does (the SIMD tail falls on the same elements)
-                silu(yr);
-            }
-            linear(&y, d, t, &lw.gate_w, Some(lw.gate_b), &mut uc, 2 + d)?;
-            let tau = libm::expf(lw.log_temp);
-            let mut rows = Vec::new();
-            let mut gates = Vec::new();
-            for r in 0..t {
-                let u = &uc[r * (2 + d)..];
-                let diff = u[1] - (u[0] + self.act_bias);
-                let act = !pads[r]
-                    && match s.gate {
-                        0 => diff > 0.0,
-                        1 => true,
-                        _ => false,
-                    };
-                if act {
-                    rows.push(r);
-                    gates.push(if s.gate == 1 {
-                        1.0
-                    } else {
-                        1.0 / (1.0 + libm::expf(-diff / tau))
-                    });
-                }
-            }
-            let lc = rows.len();
-            st.activated += lc as u64;
-            // residual + SSM path
-            for r in 0..t {
-                for j in 0..d {
-                    out[r * d + j] = uc[r * (2 + d) + 2 + j] + x[r * d + j];
-                }
-            }
-            if lc > 0 {
-                let mut mh = vec![0f32; lc * d];
-                for (k, &r) in rows.iter().enumerate() {
-                    mh[k * d..(k + 1) * d].copy_from_slice(&y[r * d..(r + 1) * d]);
-                }
-                let mut zrv = vec![0f32; lc * zw];
-                linear(&mh, d, lc, &lw.in_w, Some(lw.in_b), &mut zrv, zw)?;
-                zrv.chunks_exact_mut(zw).for_each(silu);
-                // the ring (oldest first, no queries) followed by the new activated tokens
-                let cnt = st.filled;
-                let all = cnt + lc;
-                let mut q = vec![0f32; all * z];
-                let mut k = vec![0f32; all * z];
-                let mut v = vec![0f32; all * e];
-                let mut pos = vec![0u32; all];
-                let oldest = (st.next + w - cnt) % w;
-                for i in 0..cnt {
-                    let slot = (oldest + i) % w;
-                    k[i * z..(i + 1) * z].copy_from_slice(&st.keys[slot * z..(slot + 1) * z]);
-                    v[i * e..(i + 1) * e].copy_from_slice(&st.values[slot * e..(slot + 1) * e]);
-                    pos[i] = st.pos[slot] as u32;
-                }
-                for (kk, &r) in rows.iter().enumerate() {
-                    let i = cnt + kk;
-                    let zr = &zrv[kk * zw..(kk + 1) * zw];
-                    for c in 0..z {
-                        q[i * z + c] = zr[c] * lw.qk_scale[c] + lw.qk_offset[c];
-                        k[i * z + c] = zr[c] * lw.qk_scale[z + c] + lw.qk_offset[z + c];
-                    }
-                    v[i * e..(i + 1) * e].copy_from_slice(&zr[z + e..]);
-                    pos[i] = (self.len + r) as u32;
-                }
-                let mut o = vec![0f32; all * e];
-                let mut scratch = vec![0f32; (w + 1).min(all)];
-                gau_local(
-                    &q,
-                    &k,
-                    &v,
-                    &pos,
-                    z,
-                    e,
-                    w,
-                    true,
-                    f,
-                    Some(lw.rel),
-                    &mut o,
-                    &mut scratch,
-                )?;
-                let mut or = vec![0f32; lc * e];
-                for kk in 0..lc {
-                    for c in 0..e {
-                        or[kk * e + c] = o[(cnt + kk) * e + c] * zrv[kk * zw + z + c];
-                    }
-                }
-                let mut h = vec![0f32; lc * d];
-                linear(&or, e, lc, &lw.out_w, Some(lw.out_b), &mut h, d)?;
-                for (kk, &r) in rows.iter().enumerate() {
-                    for j in 0..d {
-                        out[r * d + j] += gates[kk] * h[kk * d + j];
-                    }
-                }
-                // the ring keeps the last w activated tokens
-                let keep = all.min(w);
-                for i in all - keep..all {
-                    let slot = st.next;
-                    st.keys[slot * z..(slot + 1) * z].copy_from_slice(&k[i * z..(i + 1) * z]);
-                    st.values[slot * e..(slot + 1) * e].copy_from_slice(&v[i * e..(i + 1) * e]);
-                    st.pos[slot] = pos[i] as usize;
-                    st.next = (slot + 1) % w;
-                }
-                st.filled = (cnt + lc).min(w);
-            }
-            for r in 0..t {
-                let o = &mut out[r * d..(r + 1) * d];
-                silu(o);
-                let xr = &mut x[r * d..(r + 1) * d];
-                if s.prenorm {
-                    xr.copy_from_slice(o);
-                } else {
-                    layer_norm(o, Some(lw.norm.0), Some(lw.norm.1), s.eps, xr)?;
-                }
+        let SbRows { y, uc, out } = rows_buf;
+        let (y, uc, out) = (&mut y[..], &mut uc[..], &mut out[..]);
+        let lw = &self.layers[l];
+        for r in 0..t {
+            let (src, dst) = (&x[r * d..(r + 1) * d], &mut h[r * d..(r + 1) * d]);
+            if Some(tokens[r]) == s.pad {
+                dst.fill(0.0);
+            } else if s.prenorm {
+                layer_norm(src, Some(lw.norm.0), Some(lw.norm.1), s.eps, dst)?;
+            } else {
+                dst.copy_from_slice(src);
             }
         }
-        self.len += t;
-        if s.classes > 0 {
-            for r in 0..t {
-                if !pads[r] {
-                    self.final_features(&x[r * d..(r + 1) * d])?;
-                    self.real += 1;
-                    for (p, f) in self.pooled.iter_mut().zip(&self.feats) {
-                        *p += f;
-                    }
+        let st = &mut self.state[l];
+        ema_scan(&lw.ema, h, t, &mut st.ema, y)?;
+        for (r, yr) in y.chunks_exact_mut(d).enumerate() {
+            for j in 0..d {
+                yr[j] += lw.omega[j] * h[r * d + j];
+            }
+            // row by row, as `step` does (the SIMD tail falls on the same elements)
+            silu(yr);
+        }
+        linear(y, d, t, &lw.gate_w, Some(lw.gate_b), uc, 2 + d)?;
+        let tau = libm::expf(lw.log_temp);
+        let mut rows = Vec::new();
+        let mut gates = Vec::new();
+        for r in 0..t {
+            let u = &uc[r * (2 + d)..];
+            let diff = u[1] - (u[0] + self.act_bias);
+            let act = Some(tokens[r]) != s.pad
+                && match s.gate {
+                    0 => diff > 0.0,
+                    1 => true,
+                    _ => false,
+                };
+            if act {
+                rows.push(r);
+                gates.push(if s.gate == 1 {
+                    1.0
+                } else {
+                    1.0 / (1.0 + libm::expf(-diff / tau))
+                });
+            }
+        }
+        let lc = rows.len();
+        st.activated += lc as u64;
+        // residual + SSM path
+        for r in 0..t {
+            for j in 0..d {
+                out[r * d + j] = uc[r * (2 + d) + 2 + j] + x[r * d + j];
+            }
+        }
+        if lc > 0 {
+            let mut mh = vec![0f32; lc * d];
+            for (k, &r) in rows.iter().enumerate() {
+                mh[k * d..(k + 1) * d].copy_from_slice(&y[r * d..(r + 1) * d]);
+            }
+            let mut zrv = vec![0f32; lc * zw];
+            linear(&mh, d, lc, &lw.in_w, Some(lw.in_b), &mut zrv, zw)?;
+            zrv.chunks_exact_mut(zw).for_each(silu);
+            // the ring (oldest first, no queries) followed by the new activated tokens
+            let cnt = st.filled;
+            let all = cnt + lc;
+            let mut q = vec![0f32; all * z];
+            let mut k = vec![0f32; all * z];
+            let mut v = vec![0f32; all * e];
+            let mut pos = vec![0u32; all];
+            let oldest = (st.next + w - cnt) % w;
+            for i in 0..cnt {
+                let slot = (oldest + i) % w;
+                k[i * z..(i + 1) * z].copy_from_slice(&st.keys[slot * z..(slot + 1) * z]);
+                v[i * e..(i + 1) * e].copy_from_slice(&st.values[slot * e..(slot + 1) * e]);
+                pos[i] = st.pos[slot] as u32;
+            }
+            for (kk, &r) in rows.iter().enumerate() {
+                let i = cnt + kk;
+                let zr = &zrv[kk * zw..(kk + 1) * zw];
+                for c in 0..z {
+                    q[i * z + c] = zr[c] * lw.qk_scale[c] + lw.qk_offset[c];
+                    k[i * z + c] = zr[c] * lw.qk_scale[z + c] + lw.qk_offset[z + c];
+                }
+                v[i * e..(i + 1) * e].copy_from_slice(&zr[z + e..]);
+                pos[i] = (p0 + r) as u32;
+            }
+            let mut o = vec![0f32; all * e];
+            let mut scratch = vec![0f32; (w + 1).min(all)];
+            gau_local(
+                &q,
+                &k,
+                &v,
+                &pos,
+                z,
+                e,
+                w,
+                true,
+                f,
+                Some(lw.rel),
+                &mut o,
+                &mut scratch,
+            )?;
+            let mut or = vec![0f32; lc * e];
+            for kk in 0..lc {
+                for c in 0..e {
+                    or[kk * e + c] = o[(cnt + kk) * e + c] * zrv[kk * zw + z + c];
                 }
             }
-            self.final_features(&x[(t - 1) * d..])?;
-            return Ok(&[]);
+            let mut h = vec![0f32; lc * d];
+            linear(&or, e, lc, &lw.out_w, Some(lw.out_b), &mut h, d)?;
+            for (kk, &r) in rows.iter().enumerate() {
+                for j in 0..d {
+                    out[r * d + j] += gates[kk] * h[kk * d + j];
+                }
+            }
+            // the ring keeps the last w activated tokens
+            let keep = all.min(w);
+            for i in all - keep..all {
+                let slot = st.next;
+                st.keys[slot * z..(slot + 1) * z].copy_from_slice(&k[i * z..(i + 1) * z]);
+                st.values[slot * e..(slot + 1) * e].copy_from_slice(&v[i * e..(i + 1) * e]);
+                st.pos[slot] = pos[i] as usize;
+                st.next = (slot + 1) % w;
+            }
+            st.filled = (cnt + lc).min(w);
         }
-        self.real += t as u64;
-        self.final_features(&x[(t - 1) * d..])?;
-        linear(
-            &self.feats,
-            d,
-            1,
-            &self.emb,
-            None,
-            &mut self.logits,
-            s.vocab,
-        )?;
-        super::finite_logits(&self.logits)?;
-        Ok(&self.logits)
+        for r in 0..t {
+            let o = &mut out[r * d..(r + 1) * d];
+            silu(o);
+            let xr = &mut x[r * d..(r + 1) * d];
+            if s.prenorm {
+                xr.copy_from_slice(o);
+            } else {
+                layer_norm(o, Some(lw.norm.0), Some(lw.norm.1), s.eps, xr)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Blocks for SbBlocks<'_> {
+    type Work = SbRows;
+
+    fn work(&self, n: usize) -> SbRows {
+        let d = self.spec.d;
+        SbRows {
+            y: vec![0.0; n * d],
+            uc: vec![0.0; n * (2 + d)],
+            out: vec![0.0; n * d],
+        }
     }
 
-    /// `feats` = the final norm of `row` (pre-norm models) or `row`.
-    fn final_features(&mut self, row: &[f32]) -> Result<(), Error> {
-        match self.final_norm {
-            Some((g, b)) => layer_norm(row, Some(g), Some(b), self.spec.eps, &mut self.feats)
-                .map(|_| ())
-                .map_err(Error::from),
-            None => {
-                self.feats.copy_from_slice(row);
-                Ok(())
-            }
+    fn depth(&self) -> usize {
+        self.depth
+    }
+
+    fn reset(&mut self) {
+        for st in &mut self.state {
+            st.ema.fill(0.0);
+            st.filled = 0;
+            st.next = 0;
+            st.activated = 0;
         }
+    }
+
+    fn run(
+        &mut self,
+        l: usize,
+        tokens: &[u32],
+        pos: usize,
+        x: &mut [f32],
+        h: &mut [f32],
+        w: &mut SbRows,
+    ) -> Result<(), Error> {
+        match tokens {
+            &[token] => self.step_layer(l, token, pos, x, h),
+            _ => self.prefill_layer(l, tokens, pos, x, h, w),
+        }
+    }
+}
+
+impl SbEngine<'_> {
+    /// Consume one token. For a language model returns the next-token logits; for a
+    /// classifier returns an empty slice (see [`SbEngine::classify`]).
+    pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
+        self.r.step(token)
+    }
+
+    /// Consume a whole prompt at once — the same result as [`SbEngine::step`] on each
+    /// token (to float rounding), but layer by layer with batched kernels (parallel over
+    /// queries in the band attention). The streaming state is left exactly as after the
+    /// steps. Returns the last token's logits (language models) or an empty slice
+    /// (classifiers). Allocates working buffers proportional to the prompt.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], Error> {
+        self.r.prefill(tokens)
     }
 
     /// The final features of the last token (after the final norm of pre-norm models).
     pub fn features(&self) -> &[f32] {
-        &self.feats
+        &self.r.feats
     }
 
     /// A classifier's logits for the sequence so far (mean of the final features over its
     /// non-pad tokens through the head).
     pub fn classify(&mut self) -> Result<&[f32], Error> {
-        let s = self.spec;
-        let Some((w1, b1, w2)) = self.cls else {
-            return Err(Error::input(
-                "this SeqBoat model is a language model, not a classifier",
-            ));
-        };
-        if self.real == 0 {
-            return Err(Error::input("no (non-pad) token has been seen"));
-        }
-        let inv = 1.0 / self.real as f32;
-        for (h, p) in self.h.iter_mut().zip(&self.pooled) {
-            *h = p * inv;
-        }
-        linear(&self.h, s.d, 1, &w1, Some(b1), &mut self.cls_h, 2 * s.d)?;
-        self.cls_h.iter_mut().for_each(|v| *v = gelu1(*v));
-        linear(
-            &self.cls_h,
-            2 * s.d,
-            1,
-            &w2,
-            None,
-            &mut self.logits,
-            s.classes,
-        )?;
-        super::finite_logits(&self.logits)?;
-        Ok(&self.logits)
+        self.r.classify()
     }
 }
 

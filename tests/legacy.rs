@@ -138,3 +138,46 @@ fn files_of_the_previous_version_load_and_generate_the_same() {
         vec!["dense", "moduleformer", "seqboat"]
     );
 }
+
+/// The engines bind every weight by role (and block, expert) from the description's table:
+/// for that to be one tensor, each (role, block, expert) must name exactly one tensor, and
+/// every tensor a file of each family holds must be in the table (none is read by a name of
+/// the engine's own, none is left unread).
+#[test]
+fn every_tensor_is_one_role_of_the_description() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/legacy");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_none_or(|e| e != "gguf") {
+            continue;
+        }
+        let m = Model::open(&p).unwrap();
+        let desc = ModelDesc::from_model(&m).unwrap();
+        let table = desc.tensors();
+        let mut seen = std::collections::HashSet::new();
+        for t in &table {
+            assert!(
+                seen.insert((format!("{:?}", t.role), t.block, t.expert)),
+                "{}: {:?} of block {:?}, expert {:?} names two tensors",
+                p.display(),
+                t.role,
+                t.block,
+                t.expert
+            );
+        }
+        let names: std::collections::HashSet<&str> =
+            table.iter().map(|t| t.name.as_str()).collect();
+        for t in m.tensors() {
+            assert!(
+                names.contains(t.name()),
+                "{}: tensor {} is not in the description",
+                p.display(),
+                t.name()
+            );
+        }
+        assert_eq!(names.len(), m.tensors().count(), "{}", p.display());
+        files += 1;
+    }
+    assert_eq!(files, 7);
+}

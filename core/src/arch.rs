@@ -387,8 +387,14 @@ pub enum Role {
     OutputNormBias,
     /// LM head.
     Output,
-    /// Classifier layers.
+    /// Classifier output layer.
     Classifier,
+    /// Its bias.
+    ClassifierBias,
+    /// A classifier's hidden layer (SeqBoat's two-layer head).
+    ClassifierHidden,
+    /// Its bias.
+    ClassifierHiddenBias,
     /// Norm before the mixer: gain / bias.
     AttnNorm,
     /// Its bias.
@@ -409,7 +415,13 @@ pub enum Role {
     AttnV,
     /// Its bias.
     AttnVBias,
-    /// A router (output layer).
+    /// The attention mixture's router (output layer; stick-breaking experts).
+    AttnRouter,
+    /// Its hidden layer.
+    AttnRouterHidden,
+    /// Its bias.
+    AttnRouterHiddenBias,
+    /// A router of FFN experts (output layer).
     Router,
     /// Its bias.
     RouterBias,
@@ -433,8 +445,36 @@ pub enum Role {
     FfnDown,
     /// Its bias.
     FfnDownBias,
-    /// SeqBoat tensors (EMA coefficients, gate, GAU projections, relative bias).
-    SeqBoat,
+    /// SeqBoat's damped EMA: δ, α, β, γ (`[d·directions, N]`, raw as trained).
+    EmaDelta,
+    /// α.
+    EmaAlpha,
+    /// β.
+    EmaBeta,
+    /// γ.
+    EmaGamma,
+    /// The EMA's skip `ω` (`[d]`).
+    EmaOmega,
+    /// SeqBoat's activation gate (`[2 + d, d]`: the two gate logits, then the SSM path).
+    SbGate,
+    /// Its bias.
+    SbGateBias,
+    /// The gate's log temperature (one value).
+    SbLogTemp,
+    /// The gated attention unit's input projection (`[z + 2e, d]`: Z, R, V).
+    GauIn,
+    /// Its bias.
+    GauInBias,
+    /// Per-dimension scales of the queries and keys (`[2, z]`).
+    GauQkScale,
+    /// Their offsets.
+    GauQkOffset,
+    /// Relative position bias (`[2·max_positions − 1]`).
+    GauRelBias,
+    /// The unit's output projection (`[d, e]`).
+    GauOut,
+    /// Its bias.
+    GauOutBias,
 }
 
 /// One tensor the description expects.
@@ -905,26 +945,37 @@ impl ModelDesc {
                     let dir = if s.causal { 1 } else { 2 };
                     out.push(v("norm.weight", Role::AttnNorm, d));
                     out.push(v("norm.bias", Role::AttnNormBias, d));
-                    for c in ["ema.delta", "ema.alpha", "ema.beta", "ema.gamma"] {
-                        out.push(mtx(c, Role::SeqBoat, dir * d, s.ndim, Layout::Vector));
+                    for (c, role) in [
+                        ("ema.delta", Role::EmaDelta),
+                        ("ema.alpha", Role::EmaAlpha),
+                        ("ema.beta", Role::EmaBeta),
+                        ("ema.gamma", Role::EmaGamma),
+                    ] {
+                        out.push(mtx(c, role, dir * d, s.ndim, Layout::Vector));
                     }
-                    out.push(v("ema.omega", Role::SeqBoat, d));
-                    out.push(mtx("gate.weight", Role::SeqBoat, 2 + d, d, Layout::OutIn));
-                    out.push(v("gate.bias", Role::SeqBoat, 2 + d));
-                    out.push(v("gate.log_temp", Role::SeqBoat, 1));
+                    out.push(v("ema.omega", Role::EmaOmega, d));
+                    out.push(mtx("gate.weight", Role::SbGate, 2 + d, d, Layout::OutIn));
+                    out.push(v("gate.bias", Role::SbGateBias, 2 + d));
+                    out.push(v("gate.log_temp", Role::SbLogTemp, 1));
                     out.push(mtx(
                         "gau_in.weight",
-                        Role::SeqBoat,
+                        Role::GauIn,
                         z + 2 * e,
                         d,
                         Layout::OutIn,
                     ));
-                    out.push(v("gau_in.bias", Role::SeqBoat, z + 2 * e));
-                    out.push(mtx("gau_qk.scale", Role::SeqBoat, 2, z, Layout::Vector));
-                    out.push(mtx("gau_qk.offset", Role::SeqBoat, 2, z, Layout::Vector));
-                    out.push(v("gau_rel_bias", Role::SeqBoat, 2 * s.max_pos - 1));
-                    out.push(mtx("gau_out.weight", Role::SeqBoat, d, e, Layout::OutIn));
-                    out.push(v("gau_out.bias", Role::SeqBoat, d));
+                    out.push(v("gau_in.bias", Role::GauInBias, z + 2 * e));
+                    out.push(mtx("gau_qk.scale", Role::GauQkScale, 2, z, Layout::Vector));
+                    out.push(mtx(
+                        "gau_qk.offset",
+                        Role::GauQkOffset,
+                        2,
+                        z,
+                        Layout::Vector,
+                    ));
+                    out.push(v("gau_rel_bias", Role::GauRelBias, 2 * s.max_pos - 1));
+                    out.push(mtx("gau_out.weight", Role::GauOut, d, e, Layout::OutIn));
+                    out.push(v("gau_out.bias", Role::GauOutBias, d));
                 }
             }
             if let Some((_, f)) = b.ffn {
@@ -1004,7 +1055,7 @@ impl ModelDesc {
                 Family::SeqBoat => {
                     out.push(t(
                         "cls.0.weight".into(),
-                        Role::Classifier,
+                        Role::ClassifierHidden,
                         None,
                         None,
                         vec![2 * d, d],
@@ -1012,7 +1063,7 @@ impl ModelDesc {
                     ));
                     out.push(t(
                         "cls.0.bias".into(),
-                        Role::Classifier,
+                        Role::ClassifierHiddenBias,
                         None,
                         None,
                         vec![2 * d],
@@ -1038,7 +1089,7 @@ impl ModelDesc {
                     ));
                     out.push(t(
                         "output.bias".into(),
-                        Role::Classifier,
+                        Role::ClassifierBias,
                         None,
                         None,
                         vec![classes],
@@ -1096,30 +1147,39 @@ fn router_tensors(
         shape,
         layout,
     };
+    let (hid, hid_b, out_role) = if prefix == "attn_router" {
+        (
+            Role::AttnRouterHidden,
+            Role::AttnRouterHiddenBias,
+            Role::AttnRouter,
+        )
+    } else {
+        (Role::RouterHidden, Role::RouterHiddenBias, Role::Router)
+    };
     match router {
         RouterKind::Mlp { hidden } => {
             out.push(mk(
                 format!("blk.{l}.{prefix}_hid.weight"),
-                Role::RouterHidden,
+                hid,
                 vec![hidden, d],
                 Layout::OutIn,
             ));
             out.push(mk(
                 format!("blk.{l}.{prefix}_hid.bias"),
-                Role::RouterHiddenBias,
+                hid_b,
                 vec![hidden],
                 Layout::Vector,
             ));
             out.push(mk(
                 format!("blk.{l}.{prefix}.weight"),
-                Role::Router,
+                out_role,
                 vec![experts, hidden],
                 Layout::OutIn,
             ));
         }
         RouterKind::Linear => out.push(mk(
             format!("blk.{l}.{prefix}.weight"),
-            Role::Router,
+            out_role,
             vec![experts, d],
             Layout::OutIn,
         )),

@@ -22,6 +22,7 @@ pub use moduleformer::{MfEngine, MfSpec};
 pub use seqboat::{SbEngine, SbSpec};
 
 use crate::arch::{Act, AttnLayout, Family, FfnKind, Input, MixerSpec, NormKind, Positions, Task};
+use crate::arch::{Layout, Role, TensorSpec};
 use crate::error::Error;
 use crate::kernels::attention::{causal_attention, KvCache};
 use crate::kernels::elementwise::{layer_norm, softmax};
@@ -30,6 +31,7 @@ use crate::kernels::routing::top_k;
 use crate::model::Model;
 use crate::ModelDesc;
 use alloc::format;
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use runner::{Blocks, Ends, RunHead, Runner};
@@ -266,6 +268,78 @@ pub(crate) fn matrix<'a, B: AsRef<[u8]>>(
         });
     }
     Ok(w)
+}
+
+/// The tensors of a model description, bound as stored: every engine looks its weights up
+/// here by role (and block, expert), never by a name of its own — the description's table
+/// is the one place that knows names, shapes and layouts.
+pub(crate) struct Bind<'m, B> {
+    m: &'m Model<B>,
+    specs: Vec<TensorSpec>,
+}
+
+impl<'m, B: AsRef<[u8]>> Bind<'m, B> {
+    /// The table of `desc` over the file `m`.
+    pub(crate) fn new(m: &'m Model<B>, desc: &ModelDesc) -> Self {
+        Bind {
+            m,
+            specs: desc.tensors(),
+        }
+    }
+
+    fn spec(
+        &self,
+        role: Role,
+        block: Option<usize>,
+        expert: Option<usize>,
+    ) -> Result<&TensorSpec, Error> {
+        self.specs
+            .iter()
+            .find(|t| t.role == role && t.block == block && t.expert == expert)
+            .ok_or_else(|| {
+                let at = match (block, expert) {
+                    (Some(l), Some(e)) => format!(" of block {l}, expert {e}"),
+                    (Some(l), None) => format!(" of block {l}"),
+                    _ => String::new(),
+                };
+                Error::unsupported(format!(
+                    "this engine needs a {role:?} tensor{at}, which this architecture does not have"
+                ))
+            })
+    }
+
+    /// The matrix of `role` in any supported type, as stored, with its layout.
+    pub(crate) fn matrix(
+        &self,
+        role: Role,
+        block: Option<usize>,
+        expert: Option<usize>,
+    ) -> Result<(MatRef<'m>, Layout), Error> {
+        let t = self.spec(role, block, expert)?;
+        let cols = t.shape.get(1).copied().unwrap_or(1);
+        Ok((matrix(self.m, &t.name, t.shape[0], cols)?, t.layout))
+    }
+
+    /// The model-level or block matrix of `role` (no expert).
+    pub(crate) fn mat(&self, role: Role, block: Option<usize>) -> Result<MatRef<'m>, Error> {
+        Ok(self.matrix(role, block, None)?.0)
+    }
+
+    /// The f32 vector of `role` (all its elements).
+    pub(crate) fn vector(&self, role: Role, block: Option<usize>) -> Result<&'m [f32], Error> {
+        let t = self.spec(role, block, None)?;
+        vector(self.m, &t.name, t.shape.iter().product())
+    }
+
+    /// A norm's gain and bias.
+    pub(crate) fn norm(
+        &self,
+        gain: Role,
+        bias: Role,
+        block: Option<usize>,
+    ) -> Result<(&'m [f32], &'m [f32]), Error> {
+        Ok((self.vector(gain, block)?, self.vector(bias, block)?))
+    }
 }
 
 /// "Not a `what` model": the error for a description of another family or block shape.
@@ -555,10 +629,11 @@ impl<'a> DenseEngine<'a> {
             cap.1
         };
         let f = s.ffn;
+        let t = Bind::new(m, &ModelDesc::from_model(m)?);
         let mut blocks = Vec::with_capacity(cap.0);
         for l in 0..cap.0 {
-            let n = |t: &str| format!("blk.{l}.{t}");
-            let up = matrix(m, &n("ffn_up.weight"), f, d)?;
+            let at = Some(l);
+            let up = t.mat(Role::FfnUp, at)?;
             let gates = if l < 64 && s.emoe_layers >> l & 1 == 1 {
                 // avg-k gates: block means of the keys (rows of ffn_up), computed once
                 let (e_n, per) = (s.emoe_experts, f / s.emoe_experts);
@@ -574,28 +649,26 @@ impl<'a> DenseEngine<'a> {
             } else {
                 Vec::new()
             };
+            // head-major files store the output projection [d_in, d_out] (InOut), so the
+            // first h heads are a row prefix; the FFN's down projection is InOut too
+            let (proj, proj_layout) = t.matrix(Role::AttnOut, at, None)?;
+            let (down_t, down_layout) = t.matrix(Role::FfnDown, at, None)?;
+            if (proj_layout == Layout::InOut) != s.head_major || down_layout != Layout::InOut {
+                return Err(Error::unsupported(format!(
+                    "block {l}: the dense engine runs attn_output as [out, in] (or transposed in head-major files) and ffn_down transposed; this file stores them {proj_layout:?} / {down_layout:?}"
+                )));
+            }
             blocks.push(BlockW {
-                ln1: (
-                    vector(m, &n("attn_norm.weight"), d)?,
-                    vector(m, &n("attn_norm.bias"), d)?,
-                ),
-                qkv: matrix(m, &n("attn_qkv.weight"), 3 * d, d)?,
-                qkv_b: vector(m, &n("attn_qkv.bias"), 3 * d)?,
-                // head-major files: [d_in, d_out], so the first h heads are a row prefix
-                proj: if s.head_major {
-                    matrix(m, &n("attn_output_t.weight"), d, d)?
-                } else {
-                    matrix(m, &n("attn_output.weight"), d, d)?
-                },
-                proj_b: vector(m, &n("attn_output.bias"), d)?,
-                ln2: (
-                    vector(m, &n("ffn_norm.weight"), d)?,
-                    vector(m, &n("ffn_norm.bias"), d)?,
-                ),
+                ln1: t.norm(Role::AttnNorm, Role::AttnNormBias, at)?,
+                qkv: t.mat(Role::AttnQkv, at)?,
+                qkv_b: t.vector(Role::AttnQkvBias, at)?,
+                proj,
+                proj_b: t.vector(Role::AttnOutBias, at)?,
+                ln2: t.norm(Role::FfnNorm, Role::FfnNormBias, at)?,
                 up,
-                up_b: vector(m, &n("ffn_up.bias"), f)?,
-                down_t: matrix(m, &n("ffn_down_t.weight"), f, d)?,
-                down_b: vector(m, &n("ffn_down.bias"), d)?,
+                up_b: t.vector(Role::FfnUpBias, at)?,
+                down_t,
+                down_b: t.vector(Role::FfnDownBias, at)?,
                 gates,
             });
         }
@@ -603,19 +676,16 @@ impl<'a> DenseEngine<'a> {
         let ends = Ends {
             vocab: s.vocab,
             d,
-            emb: matrix(m, "token_embd.weight", s.vocab, d)?,
+            emb: t.mat(Role::TokenEmbd, None)?,
             pos: if s.positions > 0 {
-                Some(matrix(m, "position_embd.weight", s.positions, d)?)
+                Some(t.mat(Role::PositionEmbd, None)?)
             } else {
                 None
             },
             scale: None,
-            norm: Some((
-                vector(m, "output_norm.weight", d)?,
-                vector(m, "output_norm.bias", d)?,
-            )),
+            norm: Some(t.norm(Role::OutputNorm, Role::OutputNormBias, None)?),
             eps: s.eps,
-            head: RunHead::Lm(matrix(m, "output.weight", s.vocab, d)?),
+            head: RunHead::Lm(t.mat(Role::Output, None)?),
         };
         let blocks = DenseBlocks {
             spec: s,

@@ -17,8 +17,8 @@
 //! ([`MfEngine::set_stop`]); off by default (exact, as the trainer).
 
 use super::runner::{Blocks, Ends, RunHead, Runner};
-use super::{layernorm_block, matrix, not_family, vector};
-use crate::arch::{Act, Family, FfnKind, FfnSpec, MixerSpec, RouterKind};
+use super::{layernorm_block, not_family, Bind};
+use crate::arch::{Act, Family, FfnKind, FfnSpec, MixerSpec, Role, RouterKind};
 use crate::error::Error;
 use crate::kernels::attention::stick_breaking;
 use crate::kernels::elementwise::{layer_norm, softmax};
@@ -273,22 +273,23 @@ fn restrict<'a>(r: &Router<'a>, e: usize) -> Result<Router<'a>, crate::kernels::
     })
 }
 
+/// Router `out` of block `l` (with its hidden layer `hid` in an MLP router), restricted
+/// later to the experts in use.
 fn router<'a, B: AsRef<[u8]>>(
-    m: &'a Model<B>,
+    t: &Bind<'a, B>,
     s: &MfSpec,
-    prefix: &str,
-    e: usize,
+    l: usize,
+    (hid, hid_b, out): (Role, Role, Role),
 ) -> Result<RouterW<'a>, Error> {
+    let at = Some(l);
     let router = if s.router_hidden > 0 {
         Router::Mlp {
-            w1: matrix(m, &format!("{prefix}_hid.weight"), s.router_hidden, s.d)?,
-            b1: vector(m, &format!("{prefix}_hid.bias"), s.router_hidden)?,
-            w2: matrix(m, &format!("{prefix}.weight"), e, s.router_hidden)?,
+            w1: t.mat(hid, at)?,
+            b1: t.vector(hid_b, at)?,
+            w2: t.mat(out, at)?,
         }
     } else {
-        Router::Linear {
-            w: matrix(m, &format!("{prefix}.weight"), e, s.d)?,
-        }
+        Router::Linear { w: t.mat(out, at)? }
     };
     Ok(RouterW { router })
 }
@@ -302,44 +303,51 @@ impl<'a> MfEngine<'a> {
             return Err(Error::input("the context must hold at least 1 position"));
         }
         let (d, da, df) = (s.d, s.att_hidden(), s.ffn_hidden);
+        let t = Bind::new(m, &ModelDesc::from_model(m)?);
         let mut blocks = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
-            let n = |t: &str| format!("blk.{l}.{t}");
-            let experts = |kind: &str, e: usize, rows: usize| -> Result<Vec<MatRef<'a>>, Error> {
-                (0..e)
-                    .map(|i| matrix(m, &format!("blk.{l}.{kind}.{i}.weight"), rows, d))
-                    .collect()
+            let at = Some(l);
+            let experts = |role: Role, e: usize| -> Result<Vec<MatRef<'a>>, Error> {
+                (0..e).map(|i| Ok(t.matrix(role, at, Some(i))?.0)).collect()
             };
-            let up = experts("ffn_up", s.ffn_experts, df)?;
-            let down = experts("ffn_down_t", s.ffn_experts, df)?;
+            let up = experts(Role::FfnUp, s.ffn_experts)?;
+            let down = experts(Role::FfnDown, s.ffn_experts)?;
             let grouped = up
                 .iter()
                 .zip(&down)
                 .map(|(u, w)| Expert::new(*u, *w).map_err(Error::from))
                 .collect::<Result<Vec<_>, _>>()?;
             blocks.push(MfBlockW {
-                ln1: (
-                    vector(m, &n("attn_norm.weight"), d)?,
-                    vector(m, &n("attn_norm.bias"), d)?,
-                ),
-                att_router: router(m, &s, &n("attn_router"), s.att_experts)?,
+                ln1: t.norm(Role::AttnNorm, Role::AttnNormBias, at)?,
+                att_router: router(
+                    &t,
+                    &s,
+                    l,
+                    (
+                        Role::AttnRouterHidden,
+                        Role::AttnRouterHiddenBias,
+                        Role::AttnRouter,
+                    ),
+                )?,
                 kv: if s.shared_kv {
                     None
                 } else {
                     Some((
-                        matrix(m, &n("attn_k.weight"), da, d)?,
-                        vector(m, &n("attn_k.bias"), da)?,
-                        matrix(m, &n("attn_v.weight"), da, d)?,
-                        vector(m, &n("attn_v.bias"), da)?,
+                        t.mat(Role::AttnK, at)?,
+                        t.vector(Role::AttnKBias, at)?,
+                        t.mat(Role::AttnV, at)?,
+                        t.vector(Role::AttnVBias, at)?,
                     ))
                 },
-                q: experts("attn_q", s.att_experts, da)?,
-                o: experts("attn_output_t", s.att_experts, da)?,
-                ln2: (
-                    vector(m, &n("ffn_norm.weight"), d)?,
-                    vector(m, &n("ffn_norm.bias"), d)?,
-                ),
-                ffn_router: router(m, &s, &n("ffn_router"), s.ffn_experts)?,
+                q: experts(Role::ExpertQ, s.att_experts)?,
+                o: experts(Role::ExpertOut, s.att_experts)?,
+                ln2: t.norm(Role::FfnNorm, Role::FfnNormBias, at)?,
+                ffn_router: router(
+                    &t,
+                    &s,
+                    l,
+                    (Role::RouterHidden, Role::RouterHiddenBias, Role::Router),
+                )?,
                 up,
                 down,
                 experts: grouped,
@@ -353,15 +361,12 @@ impl<'a> MfEngine<'a> {
         let ends = Ends {
             vocab: s.vocab,
             d,
-            emb: matrix(m, "token_embd.weight", s.vocab, d)?,
+            emb: t.mat(Role::TokenEmbd, None)?,
             pos: None,
             scale: None,
-            norm: Some((
-                vector(m, "output_norm.weight", d)?,
-                vector(m, "output_norm.bias", d)?,
-            )),
+            norm: Some(t.norm(Role::OutputNorm, Role::OutputNormBias, None)?),
             eps: s.eps,
-            head: RunHead::Lm(matrix(m, "output.weight", s.vocab, d)?),
+            head: RunHead::Lm(t.mat(Role::Output, None)?),
         };
         let b = MfBlocks {
             spec: s,

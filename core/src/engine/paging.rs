@@ -12,9 +12,9 @@
 //! resident set (checked in the tests through `/proc/self/smaps`).
 
 use super::moduleformer::{MfEngine, MfSpec};
+use crate::error::Error;
 use crate::Model;
 use alloc::collections::{BTreeMap, BTreeSet};
-use alloc::string::String;
 use alloc::vec::Vec;
 
 /// Counters of an [`ExpertPager`].
@@ -64,7 +64,7 @@ impl<'a> ExpertPager<'a> {
     /// A pager for `model` (a ModuleFormer file with one page group per expert) keeping at
     /// most `budget` bytes of experts resident. Refuses a budget below what one token
     /// needs (the `k` largest experts of every router), naming it.
-    pub fn new(model: &'a Model<memmap2::Mmap>, budget: u64) -> Result<Self, String> {
+    pub fn new(model: &'a Model<memmap2::Mmap>, budget: u64) -> Result<Self, Error> {
         let s = MfSpec::from_model(model)?;
         // page groups by name, once (not a scan of every group per expert)
         let by_name: BTreeMap<&str, core::ops::Range<usize>> =
@@ -82,9 +82,9 @@ impl<'a> ExpertPager<'a> {
                 for e in 0..count {
                     let name = alloc::format!("blk.{l}.{kind}.{e}");
                     let r = by_name.get(name.as_str()).cloned().ok_or_else(|| {
-                        alloc::format!(
+                        Error::unsupported(alloc::format!(
                             "no page group {name}: the experts are not paged in this file"
-                        )
+                        ))
                     })?;
                     groups.push((r.start, r.end - r.start));
                     sizes.push((r.end - r.start) as u64);
@@ -117,13 +117,13 @@ impl<'a> ExpertPager<'a> {
     }
 
     /// Change the budget (from the next step on); refused below one token's experts.
-    pub fn set_budget(&mut self, budget: u64) -> Result<(), String> {
+    pub fn set_budget(&mut self, budget: u64) -> Result<(), Error> {
         if budget < self.need {
-            return Err(alloc::format!(
+            return Err(Error::input(alloc::format!(
                 "impossible expert budget: {:.2} MiB, but one token's experts need {:.2} MiB",
                 budget as f64 / 1048576.0,
                 self.need as f64 / 1048576.0
-            ));
+            )));
         }
         self.budget = budget;
         Ok(())
@@ -151,7 +151,7 @@ impl<'a> ExpertPager<'a> {
 
     /// Drop every expert from the resident set (e.g. after a batched prefill, which reads
     /// the experts its tokens chose without the pager).
-    pub fn drop_all(&mut self) -> Result<(), String> {
+    pub fn drop_all(&mut self) -> Result<(), Error> {
         for i in 0..self.groups.len() {
             self.drop_expert(i)?;
             self.last_use[i] = 0;
@@ -187,7 +187,7 @@ impl<'a> ExpertPager<'a> {
 
     /// Drop the experts outside the resident set that lie within the fault-around window
     /// of expert `i`.
-    fn sweep_around(&mut self, i: usize) -> Result<(), String> {
+    fn sweep_around(&mut self, i: usize) -> Result<(), Error> {
         const WINDOW: usize = 64 << 10;
         let (off, len) = self.groups[i];
         let (lo, hi) = (off.saturating_sub(WINDOW), off + len + WINDOW);
@@ -211,16 +211,16 @@ impl<'a> ExpertPager<'a> {
         Ok(())
     }
 
-    fn drop_expert(&mut self, i: usize) -> Result<(), String> {
+    fn drop_expert(&mut self, i: usize) -> Result<(), Error> {
         let (off, len) = self.groups[i];
         self.model
             .advise_range(off, len, false)
-            .map_err(|e| alloc::format!("{e}"))
+            .map_err(Error::from)
     }
 
     /// Account for the experts `engine`'s last decode step chose, read in the runners-up
     /// the budget allows, and drop the least recently used experts beyond the budget.
-    pub fn after_step(&mut self, engine: &MfEngine<'_>) -> Result<(), String> {
+    pub fn after_step(&mut self, engine: &MfEngine<'_>) -> Result<(), Error> {
         let s = engine.spec();
         self.clock += 1;
         let now = self.clock;
@@ -259,9 +259,7 @@ impl<'a> ExpertPager<'a> {
                     continue;
                 }
                 let (off, l) = self.groups[i];
-                self.model
-                    .advise_range(off, l, true)
-                    .map_err(|e| alloc::format!("{e}"))?;
+                self.model.advise_range(off, l, true).map_err(Error::from)?;
                 self.stats.prefetched += 1;
                 self.ahead[i] = true;
                 self.mark_fresh(i);

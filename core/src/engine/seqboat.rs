@@ -20,8 +20,8 @@
 //! memory and are refused.
 
 use super::runner::{Blocks, Ends, RunHead, Runner};
-use super::{layernorm_block, matrix, not_family, vector};
-use crate::arch::{Family, Gate, GauAttn, MixerSpec, Task};
+use super::{layernorm_block, not_family, Bind};
+use crate::arch::{Family, Gate, GauAttn, MixerSpec, Role, Task};
 use crate::error::Error;
 use crate::kernels::attention::{gau_local, GauFn};
 use crate::kernels::elementwise::{layer_norm, silu, softmax};
@@ -254,55 +254,49 @@ impl<'a> SbEngine<'a> {
                 s.window
             )));
         }
+        let t = Bind::new(m, &ModelDesc::from_model(m)?);
         let mut layers = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
-            let nm = |t: &str| format!("blk.{l}.{t}");
-            let raw = |t: &str| vector(m, &nm(t), d * n);
+            let at = Some(l);
             let ema = EmaCoefs::from_raw(
                 d,
                 n,
-                raw("ema.delta")?,
-                raw("ema.alpha")?,
-                raw("ema.beta")?,
-                raw("ema.gamma")?,
+                t.vector(Role::EmaDelta, at)?,
+                t.vector(Role::EmaAlpha, at)?,
+                t.vector(Role::EmaBeta, at)?,
+                t.vector(Role::EmaGamma, at)?,
             )
             .map_err(Error::from)?;
-            let lt = vector(m, &nm("gate.log_temp"), 1)?[0];
+            let lt = t.vector(Role::SbLogTemp, at)?[0];
             if !lt.is_finite() {
                 return Err(Error::input(format!("blk.{l}.gate.log_temp is not finite")));
             }
             layers.push(SbLayerW {
-                norm: (
-                    vector(m, &nm("norm.weight"), d)?,
-                    vector(m, &nm("norm.bias"), d)?,
-                ),
+                norm: t.norm(Role::AttnNorm, Role::AttnNormBias, at)?,
                 ema,
-                omega: vector(m, &nm("ema.omega"), d)?,
-                gate_w: matrix(m, &nm("gate.weight"), 2 + d, d)?,
-                gate_b: vector(m, &nm("gate.bias"), 2 + d)?,
+                omega: t.vector(Role::EmaOmega, at)?,
+                gate_w: t.mat(Role::SbGate, at)?,
+                gate_b: t.vector(Role::SbGateBias, at)?,
                 log_temp: lt,
-                in_w: matrix(m, &nm("gau_in.weight"), zw, d)?,
-                in_b: vector(m, &nm("gau_in.bias"), zw)?,
-                qk_scale: vector(m, &nm("gau_qk.scale"), 2 * z)?,
-                qk_offset: vector(m, &nm("gau_qk.offset"), 2 * z)?,
-                rel: vector(m, &nm("gau_rel_bias"), 2 * s.max_pos - 1)?,
-                out_w: matrix(m, &nm("gau_out.weight"), d, e)?,
-                out_b: vector(m, &nm("gau_out.bias"), d)?,
+                in_w: t.mat(Role::GauIn, at)?,
+                in_b: t.vector(Role::GauInBias, at)?,
+                qk_scale: t.vector(Role::GauQkScale, at)?,
+                qk_offset: t.vector(Role::GauQkOffset, at)?,
+                rel: t.vector(Role::GauRelBias, at)?,
+                out_w: t.mat(Role::GauOut, at)?,
+                out_b: t.vector(Role::GauOutBias, at)?,
             });
         }
         let final_norm = if s.prenorm {
-            Some((
-                vector(m, "output_norm.weight", d)?,
-                vector(m, "output_norm.bias", d)?,
-            ))
+            Some(t.norm(Role::OutputNorm, Role::OutputNormBias, None)?)
         } else {
             None
         };
         let cls = if s.classes > 0 {
             Some((
-                matrix(m, "cls.0.weight", 2 * d, d)?,
-                vector(m, "cls.0.bias", 2 * d)?,
-                matrix(m, "cls.1.weight", s.classes, 2 * d)?,
+                t.mat(Role::ClassifierHidden, None)?,
+                t.vector(Role::ClassifierHiddenBias, None)?,
+                t.mat(Role::Classifier, None)?,
             ))
         } else {
             None
@@ -319,7 +313,7 @@ impl<'a> SbEngine<'a> {
                 activated: 0,
             })
             .collect();
-        let emb = matrix(m, "token_embd.weight", s.vocab, d)?;
+        let emb = t.mat(Role::TokenEmbd, None)?;
         let head = match cls {
             Some((w1, b1, w2)) => RunHead::MeanPool {
                 w1,

@@ -820,6 +820,13 @@ impl ModelDesc {
     /// shape and stored layout.
     pub fn tensors(&self) -> Vec<TensorSpec> {
         let mut out = Vec::new();
+        self.for_each_tensor(&mut |t| out.push(t));
+        out
+    }
+
+    /// [`ModelDesc::tensors`] one at a time, without collecting them (the engines bind
+    /// from it with no table of names on the heap).
+    pub fn for_each_tensor(&self, out: &mut dyn FnMut(TensorSpec)) {
         let d = self.d;
         let t = |name: String,
                  role: Role,
@@ -835,7 +842,7 @@ impl ModelDesc {
             layout,
         };
         match self.input {
-            Input::Tokens { vocab } => out.push(t(
+            Input::Tokens { vocab } => out(t(
                 "token_embd.weight".into(),
                 Role::TokenEmbd,
                 None,
@@ -844,7 +851,7 @@ impl ModelDesc {
                 Layout::Table,
             )),
             Input::Patches { dim } => {
-                out.push(t(
+                out(t(
                     "patch_embd.weight".into(),
                     Role::PatchEmbd,
                     None,
@@ -852,7 +859,7 @@ impl ModelDesc {
                     vec![d, dim],
                     Layout::OutIn,
                 ));
-                out.push(t(
+                out(t(
                     "patch_embd.bias".into(),
                     Role::PatchEmbd,
                     None,
@@ -863,7 +870,7 @@ impl ModelDesc {
             }
         }
         if let Positions::Learned { rows } = self.positions {
-            out.push(t(
+            out(t(
                 "position_embd.weight".into(),
                 Role::PositionEmbd,
                 None,
@@ -884,21 +891,21 @@ impl ModelDesc {
                 MixerSpec::Attention(a) => {
                     let w = a.heads * a.head_dim;
                     let qkv = w + 2 * a.kv_heads * a.head_dim;
-                    out.push(v("attn_norm.weight", Role::AttnNorm, d));
-                    out.push(v("attn_norm.bias", Role::AttnNormBias, d));
-                    out.push(mtx("attn_qkv.weight", Role::AttnQkv, qkv, d, Layout::OutIn));
+                    out(v("attn_norm.weight", Role::AttnNorm, d));
+                    out(v("attn_norm.bias", Role::AttnNormBias, d));
+                    out(mtx("attn_qkv.weight", Role::AttnQkv, qkv, d, Layout::OutIn));
                     if a.bias {
-                        out.push(v("attn_qkv.bias", Role::AttnQkvBias, qkv));
+                        out(v("attn_qkv.bias", Role::AttnQkvBias, qkv));
                     }
                     match a.layout {
-                        AttnLayout::Qkv => out.push(mtx(
+                        AttnLayout::Qkv => out(mtx(
                             "attn_output.weight",
                             Role::AttnOut,
                             d,
                             w,
                             Layout::OutIn,
                         )),
-                        AttnLayout::HeadMajor => out.push(mtx(
+                        AttnLayout::HeadMajor => out(mtx(
                             "attn_output_t.weight",
                             Role::AttnOut,
                             w,
@@ -907,22 +914,22 @@ impl ModelDesc {
                         )),
                     }
                     if a.bias {
-                        out.push(v("attn_output.bias", Role::AttnOutBias, d));
+                        out(v("attn_output.bias", Role::AttnOutBias, d));
                     }
                 }
                 MixerSpec::StickBreaking(a) => {
                     let da = a.heads * a.head_dim;
-                    out.push(v("attn_norm.weight", Role::AttnNorm, d));
-                    out.push(v("attn_norm.bias", Role::AttnNormBias, d));
-                    router_tensors(&mut out, l, "attn_router", a.router, a.experts, d);
+                    out(v("attn_norm.weight", Role::AttnNorm, d));
+                    out(v("attn_norm.bias", Role::AttnNormBias, d));
+                    router_tensors(out, l, "attn_router", a.router, a.experts, d);
                     if !a.shared_kv {
-                        out.push(mtx("attn_k.weight", Role::AttnK, da, d, Layout::OutIn));
-                        out.push(v("attn_k.bias", Role::AttnKBias, da));
-                        out.push(mtx("attn_v.weight", Role::AttnV, da, d, Layout::OutIn));
-                        out.push(v("attn_v.bias", Role::AttnVBias, da));
+                        out(mtx("attn_k.weight", Role::AttnK, da, d, Layout::OutIn));
+                        out(v("attn_k.bias", Role::AttnKBias, da));
+                        out(mtx("attn_v.weight", Role::AttnV, da, d, Layout::OutIn));
+                        out(v("attn_v.bias", Role::AttnVBias, da));
                     }
                     for e in 0..a.experts {
-                        out.push(t(
+                        out(t(
                             format!("blk.{l}.attn_q.{e}.weight"),
                             Role::ExpertQ,
                             Some(l),
@@ -930,7 +937,7 @@ impl ModelDesc {
                             vec![da, d],
                             Layout::OutIn,
                         ));
-                        out.push(t(
+                        out(t(
                             format!("blk.{l}.attn_output_t.{e}.weight"),
                             Role::ExpertOut,
                             Some(l),
@@ -943,51 +950,51 @@ impl ModelDesc {
                 MixerSpec::SeqBoat(s) => {
                     let (z, e) = (s.z, s.e);
                     let dir = if s.causal { 1 } else { 2 };
-                    out.push(v("norm.weight", Role::AttnNorm, d));
-                    out.push(v("norm.bias", Role::AttnNormBias, d));
+                    out(v("norm.weight", Role::AttnNorm, d));
+                    out(v("norm.bias", Role::AttnNormBias, d));
                     for (c, role) in [
                         ("ema.delta", Role::EmaDelta),
                         ("ema.alpha", Role::EmaAlpha),
                         ("ema.beta", Role::EmaBeta),
                         ("ema.gamma", Role::EmaGamma),
                     ] {
-                        out.push(mtx(c, role, dir * d, s.ndim, Layout::Vector));
+                        out(mtx(c, role, dir * d, s.ndim, Layout::Vector));
                     }
-                    out.push(v("ema.omega", Role::EmaOmega, d));
-                    out.push(mtx("gate.weight", Role::SbGate, 2 + d, d, Layout::OutIn));
-                    out.push(v("gate.bias", Role::SbGateBias, 2 + d));
-                    out.push(v("gate.log_temp", Role::SbLogTemp, 1));
-                    out.push(mtx(
+                    out(v("ema.omega", Role::EmaOmega, d));
+                    out(mtx("gate.weight", Role::SbGate, 2 + d, d, Layout::OutIn));
+                    out(v("gate.bias", Role::SbGateBias, 2 + d));
+                    out(v("gate.log_temp", Role::SbLogTemp, 1));
+                    out(mtx(
                         "gau_in.weight",
                         Role::GauIn,
                         z + 2 * e,
                         d,
                         Layout::OutIn,
                     ));
-                    out.push(v("gau_in.bias", Role::GauInBias, z + 2 * e));
-                    out.push(mtx("gau_qk.scale", Role::GauQkScale, 2, z, Layout::Vector));
-                    out.push(mtx(
+                    out(v("gau_in.bias", Role::GauInBias, z + 2 * e));
+                    out(mtx("gau_qk.scale", Role::GauQkScale, 2, z, Layout::Vector));
+                    out(mtx(
                         "gau_qk.offset",
                         Role::GauQkOffset,
                         2,
                         z,
                         Layout::Vector,
                     ));
-                    out.push(v("gau_rel_bias", Role::GauRelBias, 2 * s.max_pos - 1));
-                    out.push(mtx("gau_out.weight", Role::GauOut, d, e, Layout::OutIn));
-                    out.push(v("gau_out.bias", Role::GauOutBias, d));
+                    out(v("gau_rel_bias", Role::GauRelBias, 2 * s.max_pos - 1));
+                    out(mtx("gau_out.weight", Role::GauOut, d, e, Layout::OutIn));
+                    out(v("gau_out.bias", Role::GauOutBias, d));
                 }
             }
             if let Some((_, f)) = b.ffn {
-                out.push(v("ffn_norm.weight", Role::FfnNorm, d));
-                out.push(v("ffn_norm.bias", Role::FfnNormBias, d));
+                out(v("ffn_norm.weight", Role::FfnNorm, d));
+                out(v("ffn_norm.bias", Role::FfnNormBias, d));
                 match f.kind {
                     FfnKind::Dense | FfnKind::Emoe { .. } => {
-                        out.push(mtx("ffn_up.weight", Role::FfnUp, f.width, d, Layout::OutIn));
+                        out(mtx("ffn_up.weight", Role::FfnUp, f.width, d, Layout::OutIn));
                         if f.bias {
-                            out.push(v("ffn_up.bias", Role::FfnUpBias, f.width));
+                            out(v("ffn_up.bias", Role::FfnUpBias, f.width));
                         }
-                        out.push(mtx(
+                        out(mtx(
                             "ffn_down_t.weight",
                             Role::FfnDown,
                             f.width,
@@ -995,15 +1002,15 @@ impl ModelDesc {
                             Layout::InOut,
                         ));
                         if f.bias {
-                            out.push(v("ffn_down.bias", Role::FfnDownBias, d));
+                            out(v("ffn_down.bias", Role::FfnDownBias, d));
                         }
                     }
                     FfnKind::Moe {
                         experts, router, ..
                     } => {
-                        router_tensors(&mut out, l, "ffn_router", router, experts, d);
+                        router_tensors(out, l, "ffn_router", router, experts, d);
                         for e in 0..experts {
-                            out.push(t(
+                            out(t(
                                 format!("blk.{l}.ffn_up.{e}.weight"),
                                 Role::FfnUp,
                                 Some(l),
@@ -1011,7 +1018,7 @@ impl ModelDesc {
                                 vec![f.width, d],
                                 Layout::OutIn,
                             ));
-                            out.push(t(
+                            out(t(
                                 format!("blk.{l}.ffn_down_t.{e}.weight"),
                                 Role::FfnDown,
                                 Some(l),
@@ -1025,7 +1032,7 @@ impl ModelDesc {
             }
         }
         if self.final_norm.is_some() {
-            out.push(t(
+            out(t(
                 "output_norm.weight".into(),
                 Role::OutputNorm,
                 None,
@@ -1033,7 +1040,7 @@ impl ModelDesc {
                 vec![d],
                 Layout::Vector,
             ));
-            out.push(t(
+            out(t(
                 "output_norm.bias".into(),
                 Role::OutputNormBias,
                 None,
@@ -1043,7 +1050,7 @@ impl ModelDesc {
             ));
         }
         match (self.head, self.task) {
-            (Head::Separate, _) => out.push(t(
+            (Head::Separate, _) => out(t(
                 "output.weight".into(),
                 Role::Output,
                 None,
@@ -1053,7 +1060,7 @@ impl ModelDesc {
             )),
             (Head::Classifier, Task::Classify { classes, .. }) => match self.family {
                 Family::SeqBoat => {
-                    out.push(t(
+                    out(t(
                         "cls.0.weight".into(),
                         Role::ClassifierHidden,
                         None,
@@ -1061,7 +1068,7 @@ impl ModelDesc {
                         vec![2 * d, d],
                         Layout::OutIn,
                     ));
-                    out.push(t(
+                    out(t(
                         "cls.0.bias".into(),
                         Role::ClassifierHiddenBias,
                         None,
@@ -1069,7 +1076,7 @@ impl ModelDesc {
                         vec![2 * d],
                         Layout::Vector,
                     ));
-                    out.push(t(
+                    out(t(
                         "cls.1.weight".into(),
                         Role::Classifier,
                         None,
@@ -1079,7 +1086,7 @@ impl ModelDesc {
                     ));
                 }
                 _ => {
-                    out.push(t(
+                    out(t(
                         "output.weight".into(),
                         Role::Classifier,
                         None,
@@ -1087,7 +1094,7 @@ impl ModelDesc {
                         vec![classes, d],
                         Layout::OutIn,
                     ));
-                    out.push(t(
+                    out(t(
                         "output.bias".into(),
                         Role::ClassifierBias,
                         None,
@@ -1099,7 +1106,6 @@ impl ModelDesc {
             },
             _ => {}
         }
-        out
     }
 
     /// Check that the file holds every tensor of [`ModelDesc::tensors`] with its shape
@@ -1132,7 +1138,7 @@ impl ModelDesc {
 }
 
 fn router_tensors(
-    out: &mut Vec<TensorSpec>,
+    out: &mut dyn FnMut(TensorSpec),
     l: usize,
     prefix: &str,
     router: RouterKind,
@@ -1158,26 +1164,26 @@ fn router_tensors(
     };
     match router {
         RouterKind::Mlp { hidden } => {
-            out.push(mk(
+            out(mk(
                 format!("blk.{l}.{prefix}_hid.weight"),
                 hid,
                 vec![hidden, d],
                 Layout::OutIn,
             ));
-            out.push(mk(
+            out(mk(
                 format!("blk.{l}.{prefix}_hid.bias"),
                 hid_b,
                 vec![hidden],
                 Layout::Vector,
             ));
-            out.push(mk(
+            out(mk(
                 format!("blk.{l}.{prefix}.weight"),
                 out_role,
                 vec![experts, hidden],
                 Layout::OutIn,
             ));
         }
-        RouterKind::Linear => out.push(mk(
+        RouterKind::Linear => out(mk(
             format!("blk.{l}.{prefix}.weight"),
             out_role,
             vec![experts, d],

@@ -22,7 +22,7 @@ pub use moduleformer::{MfEngine, MfSpec};
 pub use seqboat::{SbEngine, SbSpec};
 
 use crate::arch::{Act, AttnLayout, Family, FfnKind, Input, MixerSpec, NormKind, Positions, Task};
-use crate::arch::{Layout, Role, TensorSpec};
+use crate::arch::{Layout, Role};
 use crate::error::Error;
 use crate::kernels::attention::{causal_attention, KvCache};
 use crate::kernels::elementwise::{layer_norm, softmax};
@@ -272,18 +272,53 @@ pub(crate) fn matrix<'a, B: AsRef<[u8]>>(
 
 /// The tensors of a model description, bound as stored: every engine looks its weights up
 /// here by role (and block, expert), never by a name of its own — the description's table
-/// is the one place that knows names, shapes and layouts.
+/// is the one place that knows names, shapes and layouts. Holds no names on the heap (each
+/// entry borrows its name from the mapped file), so binding a model leaves nothing behind
+/// in a bare-metal bump arena but this table.
 pub(crate) struct Bind<'m, B> {
     m: &'m Model<B>,
-    specs: Vec<TensorSpec>,
+    entries: Vec<Entry<'m>>,
+}
+
+struct Entry<'m> {
+    role: Role,
+    block: Option<usize>,
+    expert: Option<usize>,
+    name: &'m str,
+    /// Rows, columns (a vector: its length, 1).
+    shape: (usize, usize),
+    layout: Layout,
 }
 
 impl<'m, B: AsRef<[u8]>> Bind<'m, B> {
-    /// The table of `desc` over the file `m`.
-    pub(crate) fn new(m: &'m Model<B>, desc: &ModelDesc) -> Self {
-        Bind {
-            m,
-            specs: desc.tensors(),
+    /// The table of `desc` over the file `m`; a described tensor the file lacks is
+    /// [`Error::Container`] naming it.
+    pub(crate) fn new(m: &'m Model<B>, desc: &ModelDesc) -> Result<Self, Error> {
+        let mut entries = Vec::with_capacity(m.tensor_count());
+        let mut err = None;
+        desc.for_each_tensor(&mut |t| {
+            if err.is_some() {
+                return;
+            }
+            match m.tensor(&t.name) {
+                Ok(v) => entries.push(Entry {
+                    role: t.role,
+                    block: t.block,
+                    expert: t.expert,
+                    name: v.name(),
+                    shape: if t.layout == Layout::Vector {
+                        (t.shape.iter().product(), 1)
+                    } else {
+                        (t.shape[0], t.shape.get(1).copied().unwrap_or(1))
+                    },
+                    layout: t.layout,
+                }),
+                Err(e) => err = Some(Error::from(e)),
+            }
+        });
+        match err {
+            Some(e) => Err(e),
+            None => Ok(Bind { m, entries }),
         }
     }
 
@@ -292,8 +327,8 @@ impl<'m, B: AsRef<[u8]>> Bind<'m, B> {
         role: Role,
         block: Option<usize>,
         expert: Option<usize>,
-    ) -> Result<&TensorSpec, Error> {
-        self.specs
+    ) -> Result<&Entry<'m>, Error> {
+        self.entries
             .iter()
             .find(|t| t.role == role && t.block == block && t.expert == expert)
             .ok_or_else(|| {
@@ -316,8 +351,7 @@ impl<'m, B: AsRef<[u8]>> Bind<'m, B> {
         expert: Option<usize>,
     ) -> Result<(MatRef<'m>, Layout), Error> {
         let t = self.spec(role, block, expert)?;
-        let cols = t.shape.get(1).copied().unwrap_or(1);
-        Ok((matrix(self.m, &t.name, t.shape[0], cols)?, t.layout))
+        Ok((matrix(self.m, t.name, t.shape.0, t.shape.1)?, t.layout))
     }
 
     /// The model-level or block matrix of `role` (no expert).
@@ -328,7 +362,7 @@ impl<'m, B: AsRef<[u8]>> Bind<'m, B> {
     /// The f32 vector of `role` (all its elements).
     pub(crate) fn vector(&self, role: Role, block: Option<usize>) -> Result<&'m [f32], Error> {
         let t = self.spec(role, block, None)?;
-        vector(self.m, &t.name, t.shape.iter().product())
+        vector(self.m, t.name, t.shape.0 * t.shape.1)
     }
 
     /// A norm's gain and bias.
@@ -619,9 +653,12 @@ impl<'a> DenseEngine<'a> {
         max_context: usize,
         cap: (usize, usize),
     ) -> Result<Self, Error> {
-        let s = DenseSpec::from_model(m)?;
+        let desc = ModelDesc::from_model(m)?;
+        let s = DenseSpec::from_desc(&desc)?;
         let d = s.d;
         s.plan(max_context, cap)?;
+        let t = Bind::new(m, &desc)?;
+        drop(desc);
         let emoe_in = (0..cap.0).any(|l| l < 64 && s.emoe_layers >> l & 1 == 1);
         let u_len = if emoe_in {
             cap.1.max(s.ffn / s.emoe_experts)
@@ -629,7 +666,6 @@ impl<'a> DenseEngine<'a> {
             cap.1
         };
         let f = s.ffn;
-        let t = Bind::new(m, &ModelDesc::from_model(m)?);
         let mut blocks = Vec::with_capacity(cap.0);
         for l in 0..cap.0 {
             let at = Some(l);

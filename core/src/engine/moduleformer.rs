@@ -303,7 +303,7 @@ impl<'a> MfEngine<'a> {
             return Err(Error::input("the context must hold at least 1 position"));
         }
         let (d, da, df) = (s.d, s.att_hidden(), s.ffn_hidden);
-        let t = Bind::new(m, &ModelDesc::from_model(m)?);
+        let t = Bind::new(m, &ModelDesc::from_model(m)?)?;
         let mut blocks = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
             let at = Some(l);

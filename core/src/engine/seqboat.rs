@@ -254,7 +254,7 @@ impl<'a> SbEngine<'a> {
                 s.window
             )));
         }
-        let t = Bind::new(m, &ModelDesc::from_model(m)?);
+        let t = Bind::new(m, &ModelDesc::from_model(m)?)?;
         let mut layers = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
             let at = Some(l);

@@ -99,28 +99,29 @@ impl<B: AsRef<[u8]>> Model<B> {
                 None => return Err(bad("the file declares no modula.block_count".into())),
             }
         }
+        // which tensor is what: the description's roles (the one loader), not names
+        let desc = crate::ModelDesc::from_model(self).map_err(|e| bad(e.to_string()))?;
         let head_rows = match spec.heads {
             None => None,
             Some(h) => {
-                if !matches!(
-                    self.get("modula.attention.layout"),
-                    Some(Value::Str("head_major"))
-                ) {
+                let att = desc.blocks.first().and_then(|b| match b.mixer {
+                    crate::arch::MixerSpec::Attention(a) => Some(a),
+                    _ => None,
+                });
+                let Some(a) = att.filter(|a| a.layout == crate::arch::AttnLayout::HeadMajor) else {
                     return Err(bad(
                         "nested heads need a head-major file (modula.attention.layout = head_major)"
                             .into(),
                     ));
-                }
-                let (d, n) = (
-                    self.get_u32("modula.embedding_length").unwrap_or(0) as usize,
-                    self.get_u32("modula.attention.head_count").unwrap_or(0) as usize,
-                );
-                if n == 0 || d % n != 0 || h == 0 || h > n {
+                };
+                if h == 0 || h > a.heads {
                     return Err(bad(alloc::format!(
-                        "{h} heads is outside 1..={n} (width {d})"
+                        "{h} heads is outside 1..={} (width {})",
+                        a.heads,
+                        desc.d
                     )));
                 }
-                Some(h * (d / n))
+                Some(h * a.head_dim)
             }
         };
         for (what, v) in [
@@ -132,60 +133,40 @@ impl<B: AsRef<[u8]>> Model<B> {
                 return Err(bad(alloc::format!("{what} 0")));
             }
         }
-        // expert page groups: tensor position -> (attention?, expert index)
-        let mut expert_of = alloc::vec![None; self.tensor_count()];
-        for g in self.page_groups() {
-            let mut parts = g.name().split('.');
-            let (_, _, kind, e) = (parts.next(), parts.next(), parts.next(), parts.next());
-            let att = match kind {
-                Some("attn_expert") => true,
-                Some("ffn_expert") => false,
-                _ => continue,
-            };
-            if let Some(e) = e.and_then(|e| e.parse::<usize>().ok()) {
-                for &i in g.tensor_indices() {
-                    if let Some(slot) = expert_of.get_mut(i) {
-                        *slot = Some((att, e));
-                    }
-                }
-            }
-        }
+        let table = desc.tensors();
         let mut tensors = Vec::new();
-        for (i, t) in self.tensors().enumerate() {
-            let name = t.name();
-            if name.starts_with("optimizer.") {
+        for t in self.tensors() {
+            if t.name().starts_with("optimizer.") {
                 continue;
             }
-            if let (Some(l), Some(d)) = (block_of(name), spec.depth) {
-                if l >= d {
+            // a tensor the description does not know (none in a file Modula wrote) is kept whole
+            let Some(d) = table.iter().find(|d| d.name == t.name()) else {
+                tensors.push(t);
+                continue;
+            };
+            if let (Some(l), Some(depth)) = (d.block, spec.depth) {
+                if l >= depth {
                     continue;
                 }
             }
-            if let Some((att, e)) = expert_of[i] {
-                let count = if att {
-                    spec.att_experts
-                } else {
-                    spec.ffn_experts
+            use crate::arch::{Layout, Role};
+            if let Some(e) = d.expert {
+                let count = match d.role {
+                    Role::ExpertQ | Role::ExpertOut => spec.att_experts,
+                    _ => spec.ffn_experts,
                 };
                 if count.is_some_and(|c| e >= c) {
                     continue;
                 }
             }
-            let rows = if name.ends_with("ffn_up.weight")
-                || name.ends_with("ffn_up.bias")
-                || name.ends_with("ffn_down_t.weight")
-            {
-                spec.ffn
-            } else if name.ends_with("attn_router.weight") {
-                spec.att_experts
-            } else if name.ends_with("ffn_router.weight") {
-                spec.ffn_experts
-            } else if name.ends_with("attn_qkv.weight") || name.ends_with("attn_qkv.bias") {
-                head_rows.map(|r| 3 * r)
-            } else if name.ends_with("attn_output_t.weight") {
-                head_rows
-            } else {
-                None
+            let rows = match (d.role, d.expert, d.layout) {
+                (Role::FfnUp | Role::FfnUpBias, None, _) => spec.ffn,
+                (Role::FfnDown, None, Layout::InOut) => spec.ffn,
+                (Role::AttnRouter, ..) => spec.att_experts,
+                (Role::Router, ..) => spec.ffn_experts,
+                (Role::AttnQkv | Role::AttnQkvBias, ..) => head_rows.map(|r| 3 * r),
+                (Role::AttnOut, _, Layout::InOut) => head_rows,
+                _ => None,
             };
             tensors.push(match rows {
                 Some(r) => t.prefix(r)?,
@@ -463,11 +444,6 @@ impl<'a> SubModel<'a> {
         }
         out
     }
-}
-
-/// `blk.{l}.` → `l`.
-fn block_of(name: &str) -> Option<usize> {
-    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 /// A borrowed view of one tensor.

@@ -25,5 +25,11 @@ export WGPU_BACKEND=vulkan
 export REQUIRE_GPU_ADAPTER=1
 
 cargo clippy -p modula-train -p edge-demo --features modula-train/gpu,edge-demo/gpu --all-targets -- -D warnings
-cargo test -p modula-train --features gpu --test gpu
-cargo test -p edge-demo --features gpu --test cli train_device
+log=$(mktemp)
+cargo test -p modula-train --features gpu --test gpu 2>&1 | tee "$log"
+cargo test -p edge-demo --features gpu --test cli train_device 2>&1 | tee -a "$log"
+# a skipped GPU test says so (SKIPPED lines, see train/tests/gpu.rs): count them
+skipped=$(grep -c '^SKIPPED ' "$log" || true)
+echo "GPU tests: $skipped skipped (no adapter)"
+rm -f "$log"
+[ "$skipped" = 0 ] || { echo "GPU tests were skipped" >&2; exit 1; }

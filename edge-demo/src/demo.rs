@@ -119,6 +119,38 @@ fn bar(n: u64, quiet: bool, template: &str) -> Result<ProgressBar, String> {
     Ok(pb)
 }
 
+/// A memory budget is checked before the training: what a size needs (its weights in the
+/// target type + its arena) depends on the shapes only, so the untrained model, quantised
+/// the same way, gives the same answer the trained one will — an impossible budget is an
+/// error before any work.
+fn budget_fits(
+    model: &DenseModel,
+    target: modula_quant::DType,
+    dir: &std::path::Path,
+    mb: f64,
+) -> Result<(), String> {
+    let (f, q) = (
+        dir.join(".budget-check-f32.gguf"),
+        dir.join(".budget-check-q.gguf"),
+    );
+    let r = (|| -> Result<(), String> {
+        model
+            .write_gguf(&f, SEQ, "modula demo budget check")
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        let m = Model::open(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let (w, _) = quantize_model(&m, target)?;
+        w.write_to(&q)
+            .map_err(|e| format!("{}: {e}", q.display()))?;
+        let mq = Model::open(&q).map_err(|e| format!("{}: {e}", q.display()))?;
+        let spec = DenseSpec::from_model(&mq)?;
+        spec.pick_by_memory(&mq, (mb * 1048576.0) as u64, SEQ)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&f);
+    let _ = std::fs::remove_file(&q);
+    r.map_err(|e| format!("--budget-mb {mb}: {e}"))
+}
+
 fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0
 }
@@ -290,6 +322,9 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
     }
     .with_nested(&depths, &widths)?;
     let mut model = DenseModel::new(cfg, a.seed)?;
+    if let Some(mb) = a.budget_mb {
+        budget_fits(&model, target, &a.dir, mb)?;
+    }
     let grid = cfg.nested_grid();
     println!(
         "[2/6] training a byte LM (d {}, {} blocks, {} heads, FFN {}; {} parameters) with {} nested \
@@ -446,7 +481,7 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
         par::threads()
     );
     println!(
-        "      {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>15}",
+        "      {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:>13} {:>15}",
         "size",
         "params",
         "active",
@@ -454,10 +489,13 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
         "bpb f32",
         format!("bpb {}", a.quant),
         "acc",
-        "ms f32",
-        format!("ms {}", a.quant),
-        "wts+arena",
+        "ms/tok f32",
+        format!("ms/tok {}", a.quant),
+        "wts+arena MiB",
         "peak RSS MiB"
+    );
+    println!(
+        "      (size: depth x FFN width; MFLOP/t and ms/tok: per generated token; bpb:          validation bits per byte; acc: next-byte accuracy; MiB: 2^20 bytes)"
     );
     let mut csv = String::from(
         "depth,ffn,params,active_params_per_token,mflop_per_token,bits_per_byte_f32,bits_per_byte_quant,accuracy_quant,ms_per_token_f32,ms_per_token_quant,weights_bytes_quant,arena_bytes,start_rss_bytes,peak_rss_bytes\n",
@@ -467,7 +505,7 @@ pub fn run(a: &DemoArgs) -> Result<(), String> {
             format!("{:.1} (+{:.2})", mib(p), mib(p.saturating_sub(s)))
         });
         println!(
-            "      {:>7} {:>9} {:>9} {:>8.2} {:>8.3} {:>8.3} {:>6.1}% {:>8.4} {:>8.4} {:>7.2}Mi {:>15}",
+            "      {:>7} {:>9} {:>9} {:>8.2} {:>8.3} {:>8.3} {:>6.1}% {:>10.4} {:>10.4} {:>13.2} {:>15}",
             format!("{}x{}", r.size.0, r.size.1),
             r.params,
             r.active,

@@ -18,9 +18,9 @@ pub struct RunArgs {
     /// Model file (.gguf; F32, F16, BF16, Q8_0 or Q4_0 weights).
     #[arg(long)]
     model: PathBuf,
-    /// Prompt (bytes).
+    /// Prompt: its bytes as given (any bytes, UTF-8 or not: the models read bytes).
     #[arg(long, default_value = "And God said")]
-    prompt: String,
+    prompt: std::ffi::OsString,
     /// Requests, one per line, from a file (`-`: standard input), answered one after the
     /// other by the same mapped model: `@SIZE prompt` runs that nested size for this
     /// request (switched in place, nothing reloaded or copied), a plain line the size the
@@ -457,7 +457,13 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     }
     let mut out = std::io::stdout().lock();
     match &a.input {
-        None => serve(&mut e, pager.as_mut(), a.prompt.as_bytes(), a, &mut out)?,
+        None => serve(
+            &mut e,
+            pager.as_mut(),
+            a.prompt.as_encoded_bytes(),
+            a,
+            &mut out,
+        )?,
         Some(path) => {
             let mut served = 0usize;
             // a plain line runs the size the flags chose, whatever the line before ran

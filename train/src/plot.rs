@@ -23,6 +23,17 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// A tick label for `v` on ticks `step` apart: enough decimals that neighbouring ticks
+/// read differently (0.008 to 0.07 ms is not six zeros), at least `min`.
+fn tick(v: f64, step: f64, min: usize) -> String {
+    let dec = if step >= 1.0 || step <= 0.0 || !step.is_finite() {
+        0
+    } else {
+        ((-step.log10()).ceil() as usize + 1).min(9)
+    };
+    format!("{v:.*}", dec.max(min))
+}
+
 /// A 720×420 SVG chart of `series` with a title and axis labels.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
     let (w, h) = (720.0, 420.0);
@@ -86,10 +97,10 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             s,
             r#"<text x="{px}" y="{}" text-anchor="middle">{}</text><text x="{}" y="{}" text-anchor="end">{:.3}</text>"#,
             h - b + 18.0,
-            xv.round(),
+            tick(xv, (x1 - x0) / 5.0, 0),
             l - 8.0,
             py + 4.0,
-            yv
+            tick(yv, (y1 - y0) / 5.0, 3)
         );
     }
     let _ = writeln!(

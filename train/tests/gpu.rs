@@ -22,15 +22,22 @@ use std::sync::Mutex;
 /// The device is process-wide: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Select the GPU for this test (every product offloaded); `false`: no adapter, skip.
-fn gpu_on() -> bool {
+/// Select the GPU for test `what` (every product offloaded); `false`: no adapter, skip —
+/// said on the terminal as `SKIPPED what: …` (written to stderr directly, which the test
+/// harness does not capture, so a skip never reads as a pass; `scripts/test-gpu.sh` counts
+/// these lines in its summary).
+fn gpu_on(what: &str) -> bool {
     let line = compute::select(Device::Gpu).unwrap();
     if !compute::on_gpu() {
         assert!(
             std::env::var("REQUIRE_GPU_ADAPTER").as_deref() != Ok("1"),
             "REQUIRE_GPU_ADAPTER=1 but {line}"
         );
-        eprintln!("skipped: {line}");
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {what}: {line} (no GPU adapter; REQUIRE_GPU_ADAPTER=1 makes this a failure)"
+        );
         return false;
     }
     compute::set_min_macs(0);
@@ -62,7 +69,7 @@ fn close(what: &str, got: &[f32], want: &[f32], k: usize) {
 #[test]
 fn every_product_matches_the_cpu_on_ragged_shapes_and_strides() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !gpu_on() {
+    if !gpu_on("every_product_matches_the_cpu_on_ragged_shapes_and_strides") {
         return;
     }
     let mut rng = SplitMix64(42);
@@ -122,7 +129,7 @@ fn every_product_matches_the_cpu_on_ragged_shapes_and_strides() {
 #[test]
 fn resident_weights_are_read_in_place_and_only_activations_cross() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !gpu_on() {
+    if !gpu_on("resident_weights_are_read_in_place_and_only_activations_cross") {
         return;
     }
     let g = compute_gpu();
@@ -190,7 +197,7 @@ fn same_training<M: Trainable>(what: &str, make: impl Fn() -> M) {
     };
     let run = |gpu: bool| -> Option<(Vec<f64>, f64, GpuStats)> {
         if gpu {
-            if !gpu_on() {
+            if !gpu_on(what) {
                 return None;
             }
         } else {

@@ -15,9 +15,17 @@ pub struct ConvertArgs {
 
 /// Run `modula convert`.
 pub fn convert(a: &ConvertArgs) -> Result<(), String> {
+    // the output's extension decides the format: anything else is refused before the work
+    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext != "gguf" && ext != "safetensors" {
+        return Err(format!(
+            "--out {}: the extension decides the format and must be .gguf or .safetensors",
+            a.out.display()
+        ));
+    }
     crate::paths::refuse_overwrite(("--out", &a.out), &[("--in", &a.input)])?;
     let (model, ctx) = load_model(&a.input)?;
-    if a.out.extension().is_some_and(|e| e == "safetensors") {
+    if ext == "safetensors" {
         model.write_safetensors(&a.out, ctx)?;
     } else {
         model.write_gguf(&a.out, ctx, "modula dense model")?;

@@ -449,3 +449,53 @@ fn emoe_convert_refuses_a_nested_model_up_front() {
     assert!(!out.exists(), "no unreadable file is written");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn late_and_silent_choices_are_made_up_front() {
+    let d = tmpdir("upfront");
+    let text = d.join("data.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let m = d.join("m.gguf");
+    assert!(train(&text, &m, &[]).status.success());
+    // convert: the output's extension decides the format; another is refused, nothing written
+    let bin = d.join("x.bin");
+    let r = modula()
+        .args(["convert", "--in"])
+        .arg(&m)
+        .arg("--out")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    refused(&r, &["--out", ".gguf or .safetensors"]);
+    assert!(!bin.exists());
+    // run: a prompt is bytes, UTF-8 or not
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let r = modula()
+            .args(["run", "--tokens", "3", "--model"])
+            .arg(&m)
+            .arg("--prompt")
+            .arg(std::ffi::OsStr::from_bytes(b"\xff\xfehello"))
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert!(r.stdout.starts_with(b"\xff\xfehello"), "{:?}", r.stdout);
+    }
+    // demo: an impossible memory budget fails before the training
+    let start = std::time::Instant::now();
+    let r = modula()
+        .args(["demo", "--budget-mb", "0.00001", "--threads", "1", "--dir"])
+        .arg(d.join("demo"))
+        .output()
+        .unwrap();
+    refused(&r, &["--budget-mb", "impossible budget"]);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(!out.contains("[2/6]"), "trained before failing: {out}");
+    assert!(
+        !d.join("demo").join("model-f32.gguf").exists(),
+        "nothing is written"
+    );
+    assert!(start.elapsed().as_secs() < 60);
+    std::fs::remove_dir_all(&d).unwrap();
+}

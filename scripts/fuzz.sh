@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzz the GGUF reader with cargo-fuzz (libFuzzer + AddressSanitizer, nightly toolchain).
-# Usage: scripts/fuzz.sh [SECONDS]   (default 60)
+# Fuzz the GGUF reader and model construction (loader, nested views, every engine) with
+# cargo-fuzz (libFuzzer + AddressSanitizer, nightly toolchain).
+# Usage: scripts/fuzz.sh [SECONDS]   (default 60, per target)
 # Seeds: the hostile corpus and valid files written by Modula's writer; new interesting
 # inputs accumulate in fuzz/corpus/ (git-ignored), crashes in fuzz/artifacts/.
 set -euo pipefail
@@ -20,3 +21,10 @@ cp tests/corpus/hostile/*.gguf tests/corpus/valid/*.gguf "$seeds"/
 # -rss_limit_mb guards against over-allocation; -timeout against hangs.
 cargo +nightly fuzz run gguf_reader fuzz/corpus/gguf_reader "$seeds" -- \
   -max_total_time="$secs" -rss_limit_mb=512 -timeout=5 -max_len=65536 -print_final_stats=1
+# model construction: seeded with small models of every family (dense, nested, EMoE,
+# quantised, ModuleFormer, SeqBoat) from the legacy fixtures
+mseeds=fuzz/seeds-model
+rm -rf "$mseeds"; mkdir -p "$mseeds" fuzz/corpus/model_load
+cp tests/fixtures/legacy/*.gguf tests/corpus/valid/*.gguf "$mseeds"/
+cargo +nightly fuzz run model_load fuzz/corpus/model_load "$mseeds" -- \
+  -max_total_time="$secs" -rss_limit_mb=1024 -timeout=10 -max_len=262144 -print_final_stats=1

@@ -499,3 +499,30 @@ fn late_and_silent_choices_are_made_up_front() {
     assert!(start.elapsed().as_secs() < 60);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn eval_counts_and_contexts_of_zero_name_their_flag() {
+    let d = tmpdir("zeros");
+    let text = d.join("data.txt");
+    std::fs::write(&text, "hello modular world. ".repeat(60)).unwrap();
+    let m = d.join("m.gguf");
+    assert!(train(&text, &m, &[]).status.success());
+    for flag in ["--batch", "--batches", "--seq"] {
+        let r = modula()
+            .args(["eval", "--model"])
+            .arg(&m)
+            .arg("--data")
+            .arg(&text)
+            .args([flag, "0"])
+            .output()
+            .unwrap();
+        refused(&r, &[flag, "at least 1"]);
+    }
+    let r = modula()
+        .args(["run", "--context", "0", "--model"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    refused(&r, &["at least 1 position"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}

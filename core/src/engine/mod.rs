@@ -497,14 +497,13 @@ impl DenseSpec {
                 self.layers, self.ffn
             )));
         }
-        if ctx == 0 || (self.positions > 0 && ctx > self.positions) {
+        if ctx == 0 {
+            return Err(Error::input("the context must hold at least 1 position"));
+        }
+        if self.positions > 0 && ctx > self.positions {
             return Err(Error::input(format!(
                 "context {ctx} must be in 1..={} (the position table)",
-                if self.positions > 0 {
-                    self.positions
-                } else {
-                    usize::MAX
-                }
+                self.positions
             )));
         }
         let emoe_in = (0..depth)

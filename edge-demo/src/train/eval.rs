@@ -205,6 +205,15 @@ pub fn load_model(p: &Path) -> Result<(DenseModel, usize), String> {
 
 /// Run `modula eval`.
 pub fn eval(a: &EvalArgs) -> Result<(), String> {
+    for (flag, v) in [
+        ("--batch", a.batch),
+        ("--batches", a.batches),
+        ("--seq", a.data.seq),
+    ] {
+        if v == 0 {
+            return Err(format!("{flag} 0: must be at least 1"));
+        }
+    }
     if let Some(t) = a.threads {
         crate::set_threads(t)?;
     }

@@ -498,7 +498,7 @@ impl DenseSpec {
             )));
         }
         if ctx == 0 {
-            return Err(Error::input("the context must hold at least 1 position"));
+            return Err(Error::input("context 0: it must hold at least 1 position"));
         }
         if self.positions > 0 && ctx > self.positions {
             return Err(Error::input(format!(

@@ -42,6 +42,10 @@ pub enum Family {
     ModuleFormer,
     /// SeqBoat: damped EMA + gated attention unit on activated tokens.
     SeqBoat,
+    /// A Llama-family transformer from llama.cpp's GGUF (`general.architecture` = `llama`
+    /// or `qwen2`): RMSNorm, rotary positions, grouped-query attention (Qwen2: with q/k/v
+    /// biases), SwiGLU FFN, tied or separate head.
+    Llama,
 }
 
 impl Family {
@@ -51,6 +55,7 @@ impl Family {
             Family::Dense => "dense",
             Family::ModuleFormer => "moduleformer",
             Family::SeqBoat => "seqboat",
+            Family::Llama => "llama",
         }
     }
 }
@@ -127,7 +132,7 @@ pub fn act_name(a: Act) -> &'static str {
 }
 
 /// Where position information comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Positions {
     /// None in the embedding (stick-breaking attention and the EMA carry order).
     None,
@@ -136,6 +141,32 @@ pub enum Positions {
         /// Rows (the longest context).
         rows: usize,
     },
+    /// Rotary embeddings of the queries and keys in every attention block.
+    Rotary(Rope),
+}
+
+/// Which dimensions of a head rotary embeddings rotate together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i + 1)` — llama.cpp's `llama` architecture, whose converter
+    /// permutes the query and key rows of a Hugging Face checkpoint to match.
+    Adjacent,
+    /// The two halves `(i, i + head_dim/2)` (`rotate_half`, "NeoX") — Hugging Face's layout,
+    /// llama.cpp's `qwen2`.
+    Half,
+}
+
+/// Rotary position embeddings: pair `i` of a head turns by `pos / scale · θ^(−2i/dim)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    /// Base θ (`rope.freq_base`, Hugging Face's `rope_theta`).
+    pub theta: f32,
+    /// Rotated dimensions per head (all of them: partial rotary is refused).
+    pub dim: usize,
+    /// Pairing.
+    pub style: RopeStyle,
+    /// Linear position scaling factor (1: none; `rope.scaling.type = linear`).
+    pub scale: f32,
 }
 
 /// How a softmax attention's projections are stored.
@@ -146,6 +177,9 @@ pub enum AttnLayout {
     /// `attn_qkv` rows per head (q, k, v of head 0, then head 1, …) and `attn_output_t`
     /// the output projection transposed (in, out), so a head prefix is a row prefix.
     HeadMajor,
+    /// llama.cpp's separate `attn_q`, `attn_k`, `attn_v` (`[out, in]`; with `bias`, their
+    /// biases only) and `attn_output` `[d, heads·head_dim]`.
+    Split,
 }
 
 /// Multi-head softmax attention.
@@ -401,6 +435,10 @@ pub enum Role {
     AttnNormBias,
     /// Fused q, k, v projection.
     AttnQkv,
+    /// Query projection (separate q, k, v: Llama).
+    AttnQ,
+    /// Its bias (Qwen2).
+    AttnQBias,
     /// Its bias.
     AttnQkvBias,
     /// Attention output projection.
@@ -437,6 +475,8 @@ pub enum Role {
     FfnNorm,
     /// Its bias.
     FfnNormBias,
+    /// The gate projection of a gated FFN (`act(W_g x) ⊙ W_u x`).
+    FfnGate,
     /// FFN up projection (keys; an FFN expert's up projection).
     FfnUp,
     /// Its bias.
@@ -565,13 +605,36 @@ pub const SEQBOAT_KEYS: &[&str] = &[
 /// The `modula.*` keys a family's files may carry: [`COMMON_KEYS`] plus its own table
 /// (page-group keys belong to the container, not to the architecture).
 pub fn keys_of(f: Family) -> impl Iterator<Item = &'static str> {
-    let own = match f {
-        Family::Dense => DENSE_KEYS,
-        Family::ModuleFormer => MODULEFORMER_KEYS,
-        Family::SeqBoat => SEQBOAT_KEYS,
+    let (common, own): (&[&str], &[&str]) = match f {
+        Family::Dense => (COMMON_KEYS, DENSE_KEYS),
+        Family::ModuleFormer => (COMMON_KEYS, MODULEFORMER_KEYS),
+        Family::SeqBoat => (COMMON_KEYS, SEQBOAT_KEYS),
+        Family::Llama => (&[], LLAMA_KEYS),
     };
-    COMMON_KEYS.iter().chain(own).copied()
+    common.iter().chain(own).copied()
 }
+
+/// The architecture keys of llama.cpp's `llama` files that Modula reads (`qwen2` files
+/// carry the same under `qwen2.`); `general.architecture` names the prefix.
+pub const LLAMA_KEYS: &[&str] = &[
+    "general.architecture",
+    "llama.context_length",
+    "llama.embedding_length",
+    "llama.block_count",
+    "llama.feed_forward_length",
+    "llama.attention.head_count",
+    "llama.attention.head_count_kv",
+    "llama.attention.key_length",
+    "llama.attention.value_length",
+    "llama.attention.layer_norm_rms_epsilon",
+    "llama.attention.sliding_window",
+    "llama.rope.dimension_count",
+    "llama.rope.freq_base",
+    "llama.rope.scaling.type",
+    "llama.rope.scaling.factor",
+    "llama.expert_count",
+    "llama.vocab_size",
+];
 
 /// Reads metadata and remembers which keys were read (so a test can prove every key in a
 /// file is used).
@@ -605,6 +668,25 @@ impl<'m, B: AsRef<[u8]>> Meta<'m, B> {
                 key,
                 format!("{key}: required key is missing"),
             )),
+        }
+    }
+    fn f32(&self, key: &str) -> Result<f32> {
+        match self.get(key) {
+            Some(Value::F32(v)) if v.is_finite() => Ok(v),
+            Some(v) => Err(Error::metadata(
+                key,
+                format!("{key} must be a finite f32, found {v:?}"),
+            )),
+            None => Err(Error::metadata(
+                key,
+                format!("{key}: required key is missing"),
+            )),
+        }
+    }
+    fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(_) => self.f32(key),
         }
     }
     fn u32_or(&self, key: &str, default: usize) -> Result<usize> {
@@ -758,6 +840,20 @@ impl ModelDesc {
 
     fn read<B: AsRef<[u8]>>(m: &Model<B>) -> Result<(Self, Vec<String>)> {
         let r = Meta::new(m);
+        if r.str("modula.model").is_none() {
+            // a file from elsewhere: llama.cpp's architectures by `general.architecture`
+            match r.str("general.architecture") {
+                Some("llama") => return Ok((llama(&r, "llama")?, r.read.into_inner())),
+                Some("qwen2") => return Ok((llama(&r, "qwen2")?, r.read.into_inner())),
+                Some(o) => {
+                    return Err(Error::unsupported(format!(
+                        "general.architecture = \"{o}\" is not an architecture Modula runs \
+                         (Modula's own files; llama.cpp's llama, qwen2)"
+                    )))
+                }
+                None => {}
+            }
+        }
         let fam = match r.str("modula.model") {
             Some("dense") => Family::Dense,
             Some("moduleformer") => Family::ModuleFormer,
@@ -781,6 +877,7 @@ impl ModelDesc {
             Family::Dense => dense(&r)?,
             Family::ModuleFormer => moduleformer(&r)?,
             Family::SeqBoat => seqboat(&r)?,
+            Family::Llama => unreachable!("read from general.architecture above"),
         };
         let keys = r.read.into_inner();
         Ok((desc, keys))
@@ -888,6 +985,25 @@ impl ModelDesc {
                 t(n(s), role, Some(l), None, vec![rows, cols], lay)
             };
             match b.mixer {
+                MixerSpec::Attention(a) if a.layout == AttnLayout::Split => {
+                    // llama.cpp's names: RMSNorm gains only, separate q, k, v
+                    let (w, kv) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+                    out(v("attn_norm.weight", Role::AttnNorm, d));
+                    if b.norm.kind == NormKind::LayerNorm {
+                        out(v("attn_norm.bias", Role::AttnNormBias, d));
+                    }
+                    for (name, role, bias_role, rows) in [
+                        ("attn_q", Role::AttnQ, Role::AttnQBias, w),
+                        ("attn_k", Role::AttnK, Role::AttnKBias, kv),
+                        ("attn_v", Role::AttnV, Role::AttnVBias, kv),
+                    ] {
+                        out(mtx(&format!("{name}.weight"), role, rows, d, Layout::OutIn));
+                        if a.bias {
+                            out(v(&format!("{name}.bias"), bias_role, rows));
+                        }
+                    }
+                    out(mtx("attn_output.weight", Role::AttnOut, d, w, Layout::OutIn));
+                }
                 MixerSpec::Attention(a) => {
                     let w = a.heads * a.head_dim;
                     let qkv = w + 2 * a.kv_heads * a.head_dim;
@@ -905,7 +1021,7 @@ impl ModelDesc {
                             w,
                             Layout::OutIn,
                         )),
-                        AttnLayout::HeadMajor => out(mtx(
+                        AttnLayout::HeadMajor | AttnLayout::Split => out(mtx(
                             "attn_output_t.weight",
                             Role::AttnOut,
                             w,
@@ -985,10 +1101,18 @@ impl ModelDesc {
                     out(v("gau_out.bias", Role::GauOutBias, d));
                 }
             }
-            if let Some((_, f)) = b.ffn {
+            if let Some((fnorm, f)) = b.ffn {
                 out(v("ffn_norm.weight", Role::FfnNorm, d));
-                out(v("ffn_norm.bias", Role::FfnNormBias, d));
+                if fnorm.kind == NormKind::LayerNorm {
+                    out(v("ffn_norm.bias", Role::FfnNormBias, d));
+                }
                 match f.kind {
+                    FfnKind::Dense if f.gated => {
+                        // llama.cpp's SwiGLU: gate, up `[ffn, d]`, down `[d, ffn]`, all [out, in]
+                        out(mtx("ffn_gate.weight", Role::FfnGate, f.width, d, Layout::OutIn));
+                        out(mtx("ffn_up.weight", Role::FfnUp, f.width, d, Layout::OutIn));
+                        out(mtx("ffn_down.weight", Role::FfnDown, d, f.width, Layout::OutIn));
+                    }
                     FfnKind::Dense | FfnKind::Emoe { .. } => {
                         out(mtx("ffn_up.weight", Role::FfnUp, f.width, d, Layout::OutIn));
                         if f.bias {
@@ -1040,6 +1164,8 @@ impl ModelDesc {
                 vec![d],
                 Layout::Vector,
             ));
+        }
+        if self.final_norm.is_some_and(|n| n.kind == NormKind::LayerNorm) {
             out(t(
                 "output_norm.bias".into(),
                 Role::OutputNormBias,
@@ -1668,6 +1794,168 @@ fn seqboat<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
             ),
             ffn_widths: Vec::new(),
             heads: Vec::new(),
+            experts: Vec::new(),
+        },
+    })
+}
+
+/// A Llama-family file in llama.cpp's layout (`arch` = `llama` or `qwen2`: the key prefix).
+fn llama<B: AsRef<[u8]>>(r: &Meta<'_, B>, arch: &str) -> Result<ModelDesc> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let d = r.u32(&k("embedding_length"))?;
+    let layers = r.u32(&k("block_count"))?;
+    if layers == 0 || layers > r.m.tensor_count() {
+        return Err(Error::metadata(
+            &k("block_count"),
+            format!(
+                "{} = {layers}: the file holds {} tensors",
+                k("block_count"),
+                r.m.tensor_count()
+            ),
+        ));
+    }
+    let ffn = r.u32(&k("feed_forward_length"))?;
+    let heads = r.u32(&k("attention.head_count"))?;
+    let kv_heads = r.u32_or(&k("attention.head_count_kv"), heads)?;
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(Error::metadata(
+            &k("attention.head_count_kv"),
+            format!("{heads} query heads cannot share {kv_heads} key/value heads"),
+        ));
+    }
+    if d == 0 || d % heads != 0 {
+        return Err(Error::metadata(
+            &k("attention.head_count"),
+            format!("width {d} is not a multiple of {heads} heads"),
+        ));
+    }
+    let head_dim = r.u32_or(&k("attention.key_length"), d / heads)?;
+    if r.u32_or(&k("attention.value_length"), head_dim)? != head_dim || head_dim % 2 != 0 {
+        return Err(Error::unsupported(format!(
+            "{}: keys and values of different widths, or an odd head width, are not run",
+            k("attention.value_length")
+        )));
+    }
+    let rope_dim = r.u32_or(&k("rope.dimension_count"), head_dim)?;
+    if rope_dim != head_dim {
+        return Err(Error::unsupported(format!(
+            "{} = {rope_dim}: partial rotary embeddings (of {head_dim} dimensions) are not run",
+            k("rope.dimension_count")
+        )));
+    }
+    let theta = r.f32_or(&k("rope.freq_base"), 10000.0)?;
+    let eps = r.f32(&k("attention.layer_norm_rms_epsilon"))?;
+    if !(theta > 0.0 && eps > 0.0 && eps < 1.0) {
+        return Err(Error::metadata(
+            &k("rope.freq_base"),
+            format!("rope base {theta} and RMS epsilon {eps} must be positive (epsilon below 1)"),
+        ));
+    }
+    #[derive(Clone, Copy)]
+    enum Scaling {
+        None,
+        Linear,
+    }
+    let scale = match r.choice(
+        &k("rope.scaling.type"),
+        &[("none", Scaling::None), ("linear", Scaling::Linear)],
+        Some(Scaling::None),
+    )? {
+        Scaling::None => 1.0,
+        Scaling::Linear => {
+            let f = r.f32(&k("rope.scaling.factor"))?;
+            if f < 1.0 {
+                return Err(Error::metadata(
+                    &k("rope.scaling.factor"),
+                    format!("rope scaling factor {f} must be at least 1"),
+                ));
+            }
+            f
+        }
+    };
+    for unsupported in ["attention.sliding_window", "expert_count"] {
+        if r.get(&k(unsupported)).is_some() {
+            return Err(Error::unsupported(format!(
+                "{}: sliding-window attention and expert layers are not run for {arch} files",
+                k(unsupported)
+            )));
+        }
+    }
+    if r.m.tensor("rope_freqs.weight").is_ok() {
+        return Err(Error::unsupported(
+            "rope_freqs.weight: per-dimension rope factors (Llama 3.1's llama3 rope scaling) are not run yet",
+        ));
+    }
+    let emb = r.m.tensor("token_embd.weight")?.shape();
+    if emb.len() != 2 || emb[1] != d {
+        return Err(Error::Shape {
+            tensor: "token_embd.weight".into(),
+            expected: vec![0, d],
+            got: emb,
+        });
+    }
+    let vocab = emb[0];
+    if r.u32_or(&k("vocab_size"), vocab)? != vocab {
+        return Err(Error::metadata(
+            &k("vocab_size"),
+            format!("{} disagrees with token_embd.weight's {vocab} rows", k("vocab_size")),
+        ));
+    }
+    let context = r.u32_or(&k("context_length"), 0)?;
+    let bias = r.m.tensor("blk.0.attn_q.bias").is_ok();
+    let head = if r.m.tensor("output.weight").is_ok() {
+        Head::Separate
+    } else {
+        Head::Tied
+    };
+    let norm = NormSpec {
+        kind: NormKind::RmsNorm,
+        eps,
+    };
+    let block = BlockSpec {
+        norm,
+        mixer: MixerSpec::Attention(AttentionSpec {
+            heads,
+            kv_heads,
+            head_dim,
+            causal: true,
+            bias,
+            layout: AttnLayout::Split,
+        }),
+        ffn: Some((
+            norm,
+            FfnSpec {
+                width: ffn,
+                act: Act::Silu,
+                gated: true,
+                bias: false,
+                kind: FfnKind::Dense,
+            },
+        )),
+    };
+    Ok(ModelDesc {
+        family: Family::Llama,
+        task: Task::Lm,
+        input: Input::Tokens { vocab },
+        d,
+        context_length: (context > 0).then_some(context),
+        positions: Positions::Rotary(Rope {
+            theta,
+            dim: head_dim,
+            style: if arch == "qwen2" {
+                RopeStyle::Half
+            } else {
+                RopeStyle::Adjacent
+            },
+            scale,
+        }),
+        blocks: vec![block; layers],
+        final_norm: Some(norm),
+        head,
+        nesting: Nesting {
+            depths: vec![layers],
+            ffn_widths: vec![ffn],
+            heads: vec![heads],
             experts: Vec::new(),
         },
     })

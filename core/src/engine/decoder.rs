@@ -4,13 +4,14 @@
 //! Callers — `modula run`, `eval`, `bench`, the demo — hold a `Box<dyn Decoder>` and
 //! never match on the architecture.
 
-use super::{ArenaPlan, DenseEngine, MfEngine, SbEngine};
+use super::{ArenaPlan, DenseEngine, LlamaEngine, MfEngine, SbEngine};
 use crate::arch::{Family, ModelDesc};
 use crate::error::Error;
 use crate::model::{Model, NestedSpec};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
 /// A nested (SortedNet) size of a model, in the dimensions its family nests.
@@ -374,12 +375,47 @@ impl<'a> Decoder<'a> for SbEngine<'a> {
     }
 }
 
+impl<'a> Decoder<'a> for LlamaEngine<'a> {
+    forward_common!(LlamaEngine, Family::Llama);
+    fn full_heads(&self) -> usize {
+        self.spec().heads
+    }
+    fn max_context(&self) -> Option<usize> {
+        Some(LlamaEngine::max_context(self))
+    }
+    fn sizes(&self) -> Vec<Size> {
+        vec![Size::Depth(self.spec().layers)]
+    }
+    fn size(&self) -> Size {
+        Size::Depth(self.depth())
+    }
+    fn set_size(&mut self, size: Size) -> Result<(), Error> {
+        match size {
+            Size::Depth(d) => self.set_depth(Some(d)),
+            _ => Err(wrong(size, Family::Llama)),
+        }
+    }
+    fn parse_size(&self, sz: &str) -> Result<Size, Error> {
+        sz.parse().map(Size::Depth).map_err(|_| {
+            Error::input(format!(
+                "--size {sz}: for a Llama-family file use a depth N (its first N blocks)"
+            ))
+        })
+    }
+    fn configure(&mut self, o: &DecodeOptions) -> Result<(), Error> {
+        only(o, Family::Llama)
+    }
+}
+
 /// The context a decoder of `desc` gets when the caller names none: the position table
 /// (learned positions), else `default`.
 pub fn default_context(desc: &ModelDesc, default: usize) -> usize {
     match desc.positions {
         crate::arch::Positions::Learned { rows } => rows,
         crate::arch::Positions::None => default,
+        // a rotary model's trained context can be long (its KV cache grows with it): the
+        // default, within the trained context; `--context` asks for more
+        crate::arch::Positions::Rotary(_) => desc.context_length.map_or(default, |c| c.min(default)),
     }
 }
 
@@ -407,6 +443,14 @@ pub fn open<'a, B: AsRef<[u8]>>(
                 ));
             }
             let mut e: Box<dyn Decoder<'a> + 'a> = Box::new(e);
+            if let Some(c) = cap {
+                e.set_size(c)?;
+            }
+            Ok(e)
+        }
+        Family::Llama => {
+            let ctx = context.unwrap_or_else(|| default_context(&desc, 1024));
+            let mut e: Box<dyn Decoder<'a> + 'a> = Box::new(LlamaEngine::new(m, ctx)?);
             if let Some(c) = cap {
                 e.set_size(c)?;
             }

@@ -11,6 +11,7 @@
 //! in `modula-train`).
 
 pub mod decoder;
+pub mod llama;
 pub mod moduleformer;
 #[cfg(feature = "std")]
 pub mod paging;
@@ -18,6 +19,7 @@ mod runner;
 pub mod seqboat;
 
 pub use decoder::{open, DecodeOptions, Decoder, Size};
+pub use llama::{LlamaEngine, LlamaSpec};
 pub use moduleformer::{MfEngine, MfSpec};
 pub use seqboat::{SbEngine, SbSpec};
 
@@ -365,6 +367,15 @@ impl<'m, B: AsRef<[u8]>> Bind<'m, B> {
         vector(self.m, t.name, t.shape.0 * t.shape.1)
     }
 
+    /// The final LayerNorm (gain and bias), or RMSNorm (gain) when the file has no bias.
+    pub(crate) fn final_norm(&self) -> Result<runner::FinalNorm<'m>, Error> {
+        let g = self.vector(Role::OutputNorm, None)?;
+        Ok(match self.spec(Role::OutputNormBias, None, None) {
+            Ok(_) => runner::FinalNorm::Layer(g, self.vector(Role::OutputNormBias, None)?),
+            Err(_) => runner::FinalNorm::Rms(g),
+        })
+    }
+
     /// A norm's gain and bias.
     pub(crate) fn norm(
         &self,
@@ -450,6 +461,7 @@ impl DenseSpec {
             positions: match desc.positions {
                 Positions::Learned { rows } => rows,
                 Positions::None => 0,
+                Positions::Rotary(_) => return Err(not_family(desc, "dense")),
             },
             emoe_layers: 0,
             emoe_experts: 0,
@@ -718,7 +730,7 @@ impl<'a> DenseEngine<'a> {
                 None
             },
             scale: None,
-            norm: Some(t.norm(Role::OutputNorm, Role::OutputNormBias, None)?),
+            norm: Some(t.final_norm()?),
             eps: s.eps,
             head: RunHead::Lm(t.mat(Role::Output, None)?),
         };

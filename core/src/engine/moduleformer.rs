@@ -364,7 +364,7 @@ impl<'a> MfEngine<'a> {
             emb: t.mat(Role::TokenEmbd, None)?,
             pos: None,
             scale: None,
-            norm: Some(t.norm(Role::OutputNorm, Role::OutputNormBias, None)?),
+            norm: Some(t.final_norm()?),
             eps: s.eps,
             head: RunHead::Lm(t.mat(Role::Output, None)?),
         };

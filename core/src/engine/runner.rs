@@ -15,7 +15,7 @@
 
 use super::{check_prompt, check_step, finite_logits};
 use crate::error::Error;
-use crate::kernels::elementwise::layer_norm;
+use crate::kernels::elementwise::{layer_norm, rms_norm};
 use crate::kernels::linear::{linear, widen_row, MatRef};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -36,6 +36,15 @@ pub(crate) enum RunHead<'a> {
     },
 }
 
+/// The final norm.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FinalNorm<'a> {
+    /// LayerNorm: gain, bias.
+    Layer(&'a [f32], &'a [f32]),
+    /// RMSNorm: gain.
+    Rms(&'a [f32]),
+}
+
 /// The model-level ends of a decoder: how a token becomes a row, and a row the output.
 #[derive(Debug)]
 pub(crate) struct Ends<'a> {
@@ -49,8 +58,8 @@ pub(crate) struct Ends<'a> {
     pub(crate) pos: Option<MatRef<'a>>,
     /// Factor on the embedding row (SeqBoat language models: √d).
     pub(crate) scale: Option<f32>,
-    /// Final LayerNorm (gain, bias; `None`: the features are the last block's rows).
-    pub(crate) norm: Option<(&'a [f32], &'a [f32])>,
+    /// Final norm (`None`: the features are the last block's rows).
+    pub(crate) norm: Option<FinalNorm<'a>>,
     /// Its epsilon.
     pub(crate) eps: f32,
     /// The head.
@@ -213,8 +222,11 @@ impl<'a, B: Blocks> Runner<'a, B> {
     /// `feats` = the final norm of `row` (or `row`).
     fn features(&mut self, row: &[f32]) -> Result<(), Error> {
         match self.ends.norm {
-            Some((g, b)) => {
+            Some(FinalNorm::Layer(g, b)) => {
                 layer_norm(row, Some(g), Some(b), self.ends.eps, &mut self.feats)?;
+            }
+            Some(FinalNorm::Rms(g)) => {
+                rms_norm(row, Some(g), self.ends.eps, &mut self.feats)?;
             }
             None => self.feats.copy_from_slice(row),
         }

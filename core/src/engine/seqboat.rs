@@ -288,7 +288,7 @@ impl<'a> SbEngine<'a> {
             });
         }
         let final_norm = if s.prenorm {
-            Some(t.norm(Role::OutputNorm, Role::OutputNormBias, None)?)
+            Some(t.final_norm()?)
         } else {
             None
         };

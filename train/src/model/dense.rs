@@ -343,6 +343,11 @@ impl DenseConfig {
             max_seq: match desc.positions {
                 arch::Positions::Learned { rows } => rows,
                 arch::Positions::None => 0,
+                arch::Positions::Rotary(_) => {
+                    return Err(Error::unsupported(
+                        "rotary positions: the trainer does not train Llama-family models yet",
+                    ))
+                }
             },
             causal: a.causal,
             patch_dim,

@@ -1,0 +1,132 @@
+//! Llama-family files (llama.cpp's layout) against Hugging Face transformers: small
+//! random-weight `LlamaForCausalLM` / `Qwen2ForCausalLM` models (grouped-query attention,
+//! tied and separate heads, linear rope scaling, Qwen2's q/k/v biases) written as GGUF by
+//! gguf-py, with transformers' float64 logits and greedy continuation
+//! (`tests/reference/llama_reference.py`, checked in under `tests/fixtures/llama_parity/`).
+//! The decoder must give those logits within 1e-4 (relative to the largest), token by token
+//! and as one prefill, and the same 32 greedy tokens.
+#![allow(clippy::unwrap_used)]
+
+use modula_core::{engine, Family, Model, ModelDesc};
+use safetensors::SafeTensors;
+use std::path::{Path, PathBuf};
+
+const CASES: [&str; 3] = ["llama_gqa", "llama_tied_linear", "qwen2_bias"];
+
+fn dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/llama_parity")
+        .join(case)
+}
+
+struct Expect {
+    ids: Vec<u32>,
+    logits: Vec<f32>,
+    greedy: Vec<u32>,
+}
+
+fn expect(case: &str) -> Expect {
+    let bytes = std::fs::read(dir(case).join("expect.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let i32s = |n: &str| -> Vec<u32> {
+        st.tensor(n)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    let logits = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    Expect {
+        ids: i32s("input_ids"),
+        logits,
+        greedy: i32s("greedy"),
+    }
+}
+
+/// max |got − want| / max |want|.
+fn rel(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    l.iter()
+        .enumerate()
+        .fold(0, |b, (j, &v)| if v > l[b] { j } else { b }) as u32
+}
+
+/// Worst relative error of the step logits, of the prefill's, and the greedy tokens.
+fn run(file: &Path, e: &Expect) -> (f32, f32, Vec<u32>) {
+    let m = Model::open(file).unwrap();
+    assert_eq!(ModelDesc::from_model(&m).unwrap().family, Family::Llama);
+    let mut dec = engine::open(&m, Some(64), None).unwrap();
+    let v = dec.vocab();
+    let mut worst = 0f32;
+    for (t, &id) in e.ids.iter().enumerate() {
+        let l = dec.step(id).unwrap();
+        worst = worst.max(rel(l, &e.logits[t * v..(t + 1) * v]));
+    }
+    dec.reset();
+    let last = e.ids.len() - 1;
+    let l = dec.prefill(&e.ids).unwrap().to_vec();
+    let pre = rel(&l, &e.logits[last * v..(last + 1) * v]);
+    let mut tok = argmax(&l);
+    let mut greedy = vec![tok];
+    while greedy.len() < e.greedy.len() {
+        tok = argmax(dec.step(tok).unwrap());
+        greedy.push(tok);
+    }
+    (worst, pre, greedy)
+}
+
+#[test]
+fn llama_and_qwen2_files_give_transformers_logits_and_greedy_tokens() {
+    for case in CASES {
+        let e = expect(case);
+        let (steps, prefill, greedy) = run(&dir(case).join("model.gguf"), &e);
+        println!("{case}: F32 steps {steps:.2e}, prefill {prefill:.2e} (relative to the largest logit)");
+        assert!(steps <= 1e-4, "{case}: step logits off by {steps}");
+        assert!(prefill <= 1e-4, "{case}: prefill logits off by {prefill}");
+        assert_eq!(greedy, e.greedy, "{case}: greedy tokens");
+        // the F16 file: the weights rounded to 11 bits, the logits close, not the same
+        let (steps, prefill, greedy) = run(&dir(case).join("model-f16.gguf"), &e);
+        let same = greedy.iter().zip(&e.greedy).take_while(|(a, b)| a == b).count();
+        println!(
+            "{case}: F16 steps {steps:.2e}, prefill {prefill:.2e}; greedy agrees for {same} of {} tokens",
+            e.greedy.len()
+        );
+        assert!(steps <= 2e-2 && prefill <= 2e-2, "{case}: F16 {steps} {prefill}");
+    }
+}
+
+#[test]
+fn the_llama_arena_is_planned_exactly_and_bad_requests_are_errors() {
+    let m = Model::open(dir("llama_gqa").join("model.gguf")).unwrap();
+    let s = engine::LlamaSpec::from_model(&m).unwrap();
+    assert_eq!((s.heads, s.kv_heads, s.head_dim, s.tied), (4, 2, 16, false));
+    let e = engine::LlamaEngine::new(&m, 48).unwrap();
+    assert_eq!(e.arena_bytes(), s.plan(48).unwrap());
+    let mut dec = engine::open(&m, Some(4), None).unwrap();
+    assert!(dec.step(384).is_err(), "a token outside the vocabulary");
+    dec.prefill(&[1, 2, 3, 4]).unwrap();
+    assert!(matches!(
+        dec.step(5),
+        Err(modula_core::Error::ContextFull { .. })
+    ));
+    assert!(engine::open(&m, Some(0), None).is_err());
+    let tied = Model::open(dir("llama_tied_linear").join("model.gguf")).unwrap();
+    let t = engine::open(&tied, None, None).unwrap();
+    // no output.weight: the head is the embedding; the default context is the trained one
+    assert_eq!(t.max_context(), Some(256));
+}

@@ -1,0 +1,146 @@
+"""Hugging Face transformers reference for Modula's Llama-family engine (issue #30).
+
+For each case it builds a small random-weight model with transformers' own
+`LlamaForCausalLM` / `Qwen2ForCausalLM` (configuration variants: grouped-query attention,
+tied and separate heads, linear rope scaling, Qwen2's q/k/v biases), writes it as a
+llama.cpp-layout GGUF with gguf-py (llama.cpp's tensor and key names; for the `llama`
+architecture the query and key rows permuted as llama.cpp's converter does, so its
+adjacent-pair rotary embedding equals transformers' rotate-half), and the expected
+outputs computed by transformers in float64 from the float32 weights:
+
+    tests/fixtures/llama_parity/<case>/model.gguf          F32 weights
+    tests/fixtures/llama_parity/<case>/model-f16.gguf      F16 matrices, F32 norms
+    tests/fixtures/llama_parity/<case>/expect.safetensors  input_ids [T] (int32),
+        logits [T, vocab] (float32), greedy [32] (int32: transformers' greedy continuation)
+
+The Rust test `train/tests/llama_parity.rs` runs them with no Python. Run:
+
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch transformers gguf safetensors
+    /tmp/torchvenv/bin/python tests/reference/llama_reference.py
+"""
+import os
+
+import gguf
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "llama_parity")
+T, GEN = 20, 32
+
+CASES = {
+    # grouped-query attention (4 query heads on 2 key/value heads), separate head
+    "llama_gqa": ("llama", dict(vocab_size=384, hidden_size=64, intermediate_size=160,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=128,
+                                tie_word_embeddings=False)),
+    # SmolLM-style: tied embeddings, multi-head, a large base and linear rope scaling
+    "llama_tied_linear": ("llama", dict(vocab_size=320, hidden_size=48, intermediate_size=96,
+                                        num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=3,
+                                        rope_theta=500000.0, rms_norm_eps=1e-6, max_position_embeddings=256,
+                                        tie_word_embeddings=True,
+                                        rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    # Qwen2: q/k/v biases, grouped-query attention (6 on 2), rotate-half in the file
+    "qwen2_bias": ("qwen2", dict(vocab_size=352, hidden_size=96, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+                                 rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=128,
+                                 tie_word_embeddings=False)),
+}
+
+
+def permute(w, n_head):
+    """llama.cpp's converter: rotate-half rows → adjacent-pair rows, per head."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(path, arch, cfg, sd, f16):
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name(f"modula parity {os.path.basename(os.path.dirname(path))}")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    rs = cfg.rope_parameters  # transformers 5: rope_theta and the scaling in one dict
+    w.add_rope_freq_base(rs["rope_theta"])
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    if rs.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rs["factor"])
+    w.add_file_type(1 if f16 else 0)
+
+    def put(name, t, matrix=True):
+        a = t.detach().to(torch.float32).numpy()
+        if f16 and matrix and a.ndim == 2:
+            a = a.astype(np.float16)
+        w.add_tensor(name, a)
+
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    put("token_embd.weight", sd["model.embed_tokens.weight"])
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
+        if arch == "llama":
+            q, k = permute(q, nh), permute(k, nkv)
+        put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"], False)
+        put(f"blk.{i}.attn_q.weight", q)
+        put(f"blk.{i}.attn_k.weight", k)
+        put(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        if arch == "qwen2":
+            for n in "qkv":
+                put(f"blk.{i}.attn_{n}.bias", sd[p + f"self_attn.{n}_proj.bias"], False)
+        put(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], False)
+        put(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
+        put(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
+        put(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+    put("output_norm.weight", sd["model.norm.weight"], False)
+    if not cfg.tie_word_embeddings:
+        put("output.weight", sd["lm_head.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def main():
+    for seed, (case, (arch, kw)) in enumerate(sorted(CASES.items())):
+        torch.manual_seed(100 + seed)
+        if arch == "llama":
+            cfg, cls = LlamaConfig(**kw), LlamaForCausalLM
+        else:
+            cfg, cls = Qwen2Config(**kw), Qwen2ForCausalLM
+        cfg._attn_implementation = "eager"
+        model = cls(cfg).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                elif name.endswith("bias"):
+                    p.copy_(0.1 * torch.randn_like(p))
+                else:
+                    p.copy_(0.15 * torch.randn_like(p))
+        sd = {k: v.clone() for k, v in model.state_dict().items()}
+        d = os.path.join(OUT, case)
+        os.makedirs(d, exist_ok=True)
+        write_gguf(os.path.join(d, "model.gguf"), arch, cfg, sd, False)
+        write_gguf(os.path.join(d, "model-f16.gguf"), arch, cfg, sd, True)
+        ids = torch.randint(0, cfg.vocab_size, (1, T))
+        m64 = model.double()
+        with torch.no_grad():
+            logits = m64(ids).logits[0].float().numpy()
+            gen = m64.generate(ids, max_new_tokens=GEN, do_sample=False, min_new_tokens=GEN,
+                               pad_token_id=0, eos_token_id=None)[0, T:].numpy()
+        save_file({
+            "input_ids": ids[0].numpy().astype(np.int32),
+            "logits": logits.astype(np.float32),
+            "greedy": gen.astype(np.int32),
+        }, os.path.join(d, "expect.safetensors"))
+        print(case, arch, "logits", logits.shape, "greedy", gen[:8].tolist(), "...")
+
+
+if __name__ == "__main__":
+    main()

@@ -95,18 +95,27 @@ fn llama_and_qwen2_files_give_transformers_logits_and_greedy_tokens() {
     for case in CASES {
         let e = expect(case);
         let (steps, prefill, greedy) = run(&dir(case).join("model.gguf"), &e);
-        println!("{case}: F32 steps {steps:.2e}, prefill {prefill:.2e} (relative to the largest logit)");
+        println!(
+            "{case}: F32 steps {steps:.2e}, prefill {prefill:.2e} (relative to the largest logit)"
+        );
         assert!(steps <= 1e-4, "{case}: step logits off by {steps}");
         assert!(prefill <= 1e-4, "{case}: prefill logits off by {prefill}");
         assert_eq!(greedy, e.greedy, "{case}: greedy tokens");
         // the F16 file: the weights rounded to 11 bits, the logits close, not the same
         let (steps, prefill, greedy) = run(&dir(case).join("model-f16.gguf"), &e);
-        let same = greedy.iter().zip(&e.greedy).take_while(|(a, b)| a == b).count();
+        let same = greedy
+            .iter()
+            .zip(&e.greedy)
+            .take_while(|(a, b)| a == b)
+            .count();
         println!(
             "{case}: F16 steps {steps:.2e}, prefill {prefill:.2e}; greedy agrees for {same} of {} tokens",
             e.greedy.len()
         );
-        assert!(steps <= 2e-2 && prefill <= 2e-2, "{case}: F16 {steps} {prefill}");
+        assert!(
+            steps <= 2e-2 && prefill <= 2e-2,
+            "{case}: F16 {steps} {prefill}"
+        );
     }
 }
 

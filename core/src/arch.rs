@@ -1002,7 +1002,13 @@ impl ModelDesc {
                             out(v(&format!("{name}.bias"), bias_role, rows));
                         }
                     }
-                    out(mtx("attn_output.weight", Role::AttnOut, d, w, Layout::OutIn));
+                    out(mtx(
+                        "attn_output.weight",
+                        Role::AttnOut,
+                        d,
+                        w,
+                        Layout::OutIn,
+                    ));
                 }
                 MixerSpec::Attention(a) => {
                     let w = a.heads * a.head_dim;
@@ -1109,9 +1115,21 @@ impl ModelDesc {
                 match f.kind {
                     FfnKind::Dense if f.gated => {
                         // llama.cpp's SwiGLU: gate, up `[ffn, d]`, down `[d, ffn]`, all [out, in]
-                        out(mtx("ffn_gate.weight", Role::FfnGate, f.width, d, Layout::OutIn));
+                        out(mtx(
+                            "ffn_gate.weight",
+                            Role::FfnGate,
+                            f.width,
+                            d,
+                            Layout::OutIn,
+                        ));
                         out(mtx("ffn_up.weight", Role::FfnUp, f.width, d, Layout::OutIn));
-                        out(mtx("ffn_down.weight", Role::FfnDown, d, f.width, Layout::OutIn));
+                        out(mtx(
+                            "ffn_down.weight",
+                            Role::FfnDown,
+                            d,
+                            f.width,
+                            Layout::OutIn,
+                        ));
                     }
                     FfnKind::Dense | FfnKind::Emoe { .. } => {
                         out(mtx("ffn_up.weight", Role::FfnUp, f.width, d, Layout::OutIn));
@@ -1165,7 +1183,10 @@ impl ModelDesc {
                 Layout::Vector,
             ));
         }
-        if self.final_norm.is_some_and(|n| n.kind == NormKind::LayerNorm) {
+        if self
+            .final_norm
+            .is_some_and(|n| n.kind == NormKind::LayerNorm)
+        {
             out(t(
                 "output_norm.bias".into(),
                 Role::OutputNormBias,
@@ -1898,7 +1919,10 @@ fn llama<B: AsRef<[u8]>>(r: &Meta<'_, B>, arch: &str) -> Result<ModelDesc> {
     if r.u32_or(&k("vocab_size"), vocab)? != vocab {
         return Err(Error::metadata(
             &k("vocab_size"),
-            format!("{} disagrees with token_embd.weight's {vocab} rows", k("vocab_size")),
+            format!(
+                "{} disagrees with token_embd.weight's {vocab} rows",
+                k("vocab_size")
+            ),
         ));
     }
     let context = r.u32_or(&k("context_length"), 0)?;

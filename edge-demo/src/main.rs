@@ -71,6 +71,30 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Print the token ids of a text under a model file's own tokenizer, as JSON
+    /// (Modula's byte models: the bytes; llama.cpp files: their tokenizer.ggml.* BPE).
+    Tokenize {
+        /// Model file (.gguf).
+        #[arg(long)]
+        model: PathBuf,
+        /// The text (any bytes for a byte model; UTF-8 for a BPE tokenizer).
+        #[arg(long)]
+        text: std::ffi::OsString,
+        /// Prepend the beginning-of-sequence token when the file asks for one (as a
+        /// prompt is encoded).
+        #[arg(long)]
+        prompt: bool,
+    },
+}
+
+/// `modula tokenize`: the ids as one JSON object.
+fn tokenize(model: &std::path::Path, text: &[u8], prompt: bool) -> Result<(), String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", model.display());
+    let m = modula_core::Model::open(model).map_err(|e| at(&e))?;
+    let tok = modula_train::tokenizer::Tokenizer::from_model(&m).map_err(|e| at(&e))?;
+    let ids = tok.encode(text, prompt).map_err(|e| at(&e))?;
+    println!("{}", serde_json::json!({ "ids": ids, "count": ids.len() }));
+    Ok(())
 }
 
 /// `--threads N` of any subcommand: a count in `1..=MAX_THREADS` (0 keeps the default).
@@ -115,6 +139,11 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Plan(a)) => plan::run(&a),
+        Some(Command::Tokenize {
+            model,
+            text,
+            prompt,
+        }) => tokenize(&model, text.as_encoded_bytes(), prompt),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,9 @@
 //! serves every count, so the arena is the same and only the weights read differ).
 
 use clap::Args;
-use modula_core::engine::{ArenaPlan, DenseEngine, DenseSpec, MfEngine, MfSpec, SbEngine, SbSpec};
+use modula_core::engine::{
+    ArenaPlan, DenseEngine, DenseSpec, LlamaEngine, LlamaSpec, MfEngine, MfSpec, SbEngine, SbSpec,
+};
 use modula_core::{Model, NestedSpec};
 use std::path::PathBuf;
 
@@ -43,6 +45,7 @@ pub fn run(a: &PlanArgs) -> Result<(), String> {
                  (assemble an m2mKD network's modules and evaluate it with modula m2mkd)"
             )))
         }
+        None if m.get_str("general.architecture").is_some() => return plan_llama(a, &m),
         _ => {}
     }
     let spec = DenseSpec::from_model(&m).map_err(|e| at(e.to_string()))?;
@@ -190,6 +193,44 @@ fn plan_sb<B: AsRef<[u8]>>(a: &PlanArgs, m: &Model<B>) -> Result<(), String> {
     }
     println!("(SeqBoat: KV cache = the constant streaming state of every layer — EMA states and attention rings; gates = EMA coefficients)");
     print_rows(a, 0, &rows, "the engine (all depths share it)");
+    Ok(())
+}
+
+fn plan_llama<B: AsRef<[u8]>>(a: &PlanArgs, m: &Model<B>) -> Result<(), String> {
+    let at = |e: String| format!("{}: {e}", a.model.display());
+    let desc = modula_core::ModelDesc::from_model(m).map_err(|e| at(e.to_string()))?;
+    let spec = LlamaSpec::from_desc(&desc).map_err(|e| at(e.to_string()))?;
+    let ctx = a
+        .context
+        .unwrap_or_else(|| modula_core::engine::decoder::default_context(&desc, 1024));
+    let plan = spec.plan(ctx).map_err(|e| at(e.to_string()))?;
+    let e = LlamaEngine::new(m, ctx).map_err(|e| at(e.to_string()))?;
+    if e.arena_bytes() != plan {
+        return Err(format!(
+            "internal: the Llama engine holds {:?}, the plan says {plan:?}",
+            e.arena_bytes()
+        ));
+    }
+    let depth = if a.size == "all" {
+        spec.layers
+    } else {
+        a.size
+            .parse()
+            .map_err(|_| format!("--size {}: for a Llama-family file use a depth N", a.size))?
+    };
+    let sub = m
+        .submodel(NestedSpec {
+            depth: Some(depth),
+            ..Default::default()
+        })
+        .map_err(|e| at(e.to_string()))?;
+    println!("(Llama family: gates = the rotary cos/sin tables)");
+    print_rows(
+        a,
+        ctx,
+        &[(format!("depth {depth}"), sub.weight_bytes(), plan)],
+        "the engine",
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use modula_core::kernels::par;
 use modula_core::rng::SplitMix64;
 use modula_core::Family;
 use modula_core::Model;
+use modula_train::tokenizer::{StreamDecoder, Tokenizer};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -84,6 +85,10 @@ pub struct RunArgs {
     /// Print only the timing line (for benchmarks).
     #[arg(long)]
     quiet: bool,
+    /// Print each request's result as one JSON object (prompt and generated token ids,
+    /// generated text) instead of streaming the text.
+    #[arg(long)]
+    json: bool,
     /// Also print this process's resident memory (Linux: VmRSS when the run starts, before
     /// the model is opened, and the peak VmHWM at the end) as `rss_bytes START PEAK`.
     #[arg(long)]
@@ -379,6 +384,15 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
         None
     };
     let mut e = modula_core::engine::open(&m, a.context, cap).map_err(|e| at(&e))?;
+    // the file's own tokenizer (Modula's byte models: bytes); checked against the model
+    let tok = Tokenizer::from_model(&m).map_err(|e| at(&e))?;
+    if tok.vocab() > e.vocab() {
+        return Err(at(&format!(
+            "the tokenizer has {} tokens, the model's embedding {} rows",
+            tok.vocab(),
+            e.vocab()
+        )));
+    }
     e.configure(&DecodeOptions {
         sb_stop: a.sb_stop,
         act_bias: a.act_bias,
@@ -459,6 +473,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
     match &a.input {
         None => serve(
             &mut e,
+            &tok,
             pager.as_mut(),
             a.prompt.as_encoded_bytes(),
             a,
@@ -502,7 +517,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                     e.size().label(),
                     1e6 * switch
                 );
-                serve(&mut e, pager.as_mut(), prompt.as_bytes(), a, &mut out)
+                serve(&mut e, &tok, pager.as_mut(), prompt.as_bytes(), a, &mut out)
                     .map_err(|x| req(&x))?;
                 served += 1;
             }
@@ -580,6 +595,7 @@ fn feed(
 /// prompt longer than the context is refused before any work.
 fn serve(
     e: &mut Engine<'_>,
+    tok: &Tokenizer,
     mut pager: Option<&mut modula_core::engine::paging::ExpertPager<'_>>,
     prompt: &[u8],
     a: &RunArgs,
@@ -588,12 +604,16 @@ fn serve(
     if prompt.is_empty() {
         return Err("the prompt must not be empty".into());
     }
+    let ids = tok.encode(prompt, true).map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        return Err("the prompt has no tokens".into());
+    }
     let ctx = e.max_context();
     if let Some(c) = ctx {
-        if prompt.len() > c {
+        if ids.len() > c {
             return Err(format!(
-                "the prompt ({} bytes) is longer than the model's context of {c} positions",
-                prompt.len()
+                "the prompt ({} tokens) is longer than the model's context of {c} positions",
+                ids.len()
             ));
         }
         if prompt.len() + a.tokens > c {
@@ -605,11 +625,16 @@ fn serve(
         }
     }
     e.reset();
-    if !a.quiet {
+    let stream = !a.quiet && !a.json;
+    if stream {
         out.write_all(prompt).map_err(|x| x.to_string())?;
     }
     let t0 = Instant::now();
-    let ids: Vec<u32> = prompt.iter().map(|&b| u32::from(b)).collect();
+    let n_prompt = ids.len();
+    let mut dec = StreamDecoder::default();
+    let mut generated = String::new();
+    // a byte model's output: its bytes (text at the end, so no character is split)
+    let mut raw = Vec::new();
     if let Some(p) = pager.as_deref_mut() {
         p.drop_all()?;
     }
@@ -620,13 +645,28 @@ fn serve(
     let mut used = text.len();
     let mut slides = 0usize;
     let t1 = Instant::now();
+    let mut made = 0usize;
     for _ in 0..a.tokens {
         let next = sample(&logits, a.temperature, a.top_k, &mut rng);
-        if !a.quiet {
-            out.write_all(&[next as u8]).map_err(|x| x.to_string())?;
-            out.flush().map_err(|x| x.to_string())?;
+        made += 1;
+        if matches!(tok, Tokenizer::Bytes) {
+            if stream {
+                out.write_all(&[next as u8]).map_err(|x| x.to_string())?;
+                out.flush().map_err(|x| x.to_string())?;
+            }
+            raw.push(next as u8);
+        } else {
+            let piece = dec.push(tok, next);
+            if stream {
+                out.write_all(piece.as_bytes()).map_err(|x| x.to_string())?;
+                out.flush().map_err(|x| x.to_string())?;
+            }
+            generated.push_str(&piece);
         }
         text.push(next);
+        if tok.is_eos(next) {
+            break;
+        }
         if let Some(c) = ctx.filter(|&c| used >= c) {
             // slide: restart from the last half-context, `next` then steps as usual
             e.reset();
@@ -645,16 +685,28 @@ fn serve(
         }
     }
     let decode = t1.elapsed().as_secs_f64();
-    if !a.quiet {
+    let tail = dec.finish();
+    if stream {
+        out.write_all(tail.as_bytes()).map_err(|x| x.to_string())?;
         writeln!(out).map_err(|x| x.to_string())?;
+    }
+    generated.push_str(&tail);
+    generated.push_str(&String::from_utf8_lossy(&raw));
+    if a.json {
+        let v = serde_json::json!({
+            "prompt_ids": &text[..n_prompt],
+            "ids": &text[n_prompt..],
+            "text": generated,
+        });
+        writeln!(out, "{v}").map_err(|x| x.to_string())?;
     }
     eprintln!(
         "prefill {} tokens: {:.1} tokens/s; decode {} tokens: {:.1} tokens/s ({:.3} ms/token); {} threads{}",
-        prompt.len(),
-        prompt.len() as f64 / prefill.max(1e-9),
-        a.tokens,
-        a.tokens as f64 / decode.max(1e-9),
-        1e3 * decode / a.tokens.max(1) as f64,
+        n_prompt,
+        n_prompt as f64 / prefill.max(1e-9),
+        made,
+        made as f64 / decode.max(1e-9),
+        1e3 * decode / made.max(1) as f64,
         par::threads(),
         if slides > 0 {
             format!("; the window slid {slides} times (context {})", ctx.unwrap_or(0))

@@ -11,7 +11,13 @@ outputs computed by transformers in float64 from the float32 weights:
     tests/fixtures/llama_parity/<case>/model.gguf          F32 weights
     tests/fixtures/llama_parity/<case>/model-f16.gguf      F16 matrices, F32 norms
     tests/fixtures/llama_parity/<case>/expect.safetensors  input_ids [T] (int32),
-        logits [T, vocab] (float32), greedy [32] (int32: transformers' greedy continuation)
+        logits [T, vocab] (float32), greedy [32] (int32: transformers' greedy continuation),
+        prompt_ids, prompt_greedy [16]: PROMPT encoded by the model's tokenizer, and
+        transformers' greedy continuation of it
+
+Each GGUF carries a byte-level BPE tokenizer trained with `tokenizers` on a small text, as
+llama.cpp's tokenizer.ggml.* metadata (model gpt2), so `modula run` can be checked end to
+end: text in, the same greedy ids as transformers out.
 
 The Rust test `train/tests/llama_parity.rs` runs them with no Python. Run:
 
@@ -24,10 +30,14 @@ import gguf
 import numpy as np
 import torch
 from safetensors.numpy import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "llama_parity")
 T, GEN = 20, 32
+PROMPT = "Once upon a time, the old miller's daughter"
+TEXT = ("once upon a time there was an old miller who had a beautiful daughter. the king "
+        "came by one day and the miller said: my daughter can spin straw into gold! ") * 20
 
 CASES = {
     # grouped-query attention (4 query heads on 2 key/value heads), separate head
@@ -54,8 +64,38 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path, arch, cfg, sd, f16):
+def train_tokenizer(vocab):
+    """A byte-level BPE of at most `vocab` tokens (the first two: bos, eos)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def add_tokenizer(w, tok):
+    import json
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    tokens = [None] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        tokens[i] = t
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in ("<s>", "</s>") else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_add_bos_token(True)
+
+
+def write_gguf(path, arch, cfg, sd, f16, tok):
     w = gguf.GGUFWriter(path, arch)
+    add_tokenizer(w, tok)
     w.add_name(f"modula parity {os.path.basename(os.path.dirname(path))}")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -106,6 +146,16 @@ def write_gguf(path, arch, cfg, sd, f16):
     w.close()
 
 
+def greedy(model, ids, n):
+    """n greedy tokens after `ids`, one full forward pass per token (no generate(): it would
+    treat a token equal to the pad id as padding)."""
+    out = ids
+    for _ in range(n):
+        nxt = model(out).logits[0, -1].argmax()
+        out = torch.cat([out, nxt.view(1, 1)], dim=1)
+    return out[0, ids.shape[1]:].numpy()
+
+
 def main():
     for seed, (case, (arch, kw)) in enumerate(sorted(CASES.items())):
         torch.manual_seed(100 + seed)
@@ -126,18 +176,23 @@ def main():
         sd = {k: v.clone() for k, v in model.state_dict().items()}
         d = os.path.join(OUT, case)
         os.makedirs(d, exist_ok=True)
-        write_gguf(os.path.join(d, "model.gguf"), arch, cfg, sd, False)
-        write_gguf(os.path.join(d, "model-f16.gguf"), arch, cfg, sd, True)
+        tok = train_tokenizer(cfg.vocab_size)
+        write_gguf(os.path.join(d, "model.gguf"), arch, cfg, sd, False, tok)
+        write_gguf(os.path.join(d, "model-f16.gguf"), arch, cfg, sd, True, tok)
         ids = torch.randint(0, cfg.vocab_size, (1, T))
         m64 = model.double()
         with torch.no_grad():
             logits = m64(ids).logits[0].float().numpy()
-            gen = m64.generate(ids, max_new_tokens=GEN, do_sample=False, min_new_tokens=GEN,
-                               pad_token_id=0, eos_token_id=None)[0, T:].numpy()
+            gen = greedy(m64, ids, GEN)
+            # the prompt as `modula run` encodes it: bos, then the BPE ids
+            pids = torch.tensor([[0] + tok.encode(PROMPT, add_special_tokens=False).ids])
+            pgen = greedy(m64, pids, 16)
         save_file({
             "input_ids": ids[0].numpy().astype(np.int32),
             "logits": logits.astype(np.float32),
             "greedy": gen.astype(np.int32),
+            "prompt_ids": pids[0].numpy().astype(np.int32),
+            "prompt_greedy": pgen.astype(np.int32),
         }, os.path.join(d, "expect.safetensors"))
         print(case, arch, "logits", logits.shape, "greedy", gen[:8].tolist(), "...")
 

@@ -28,6 +28,7 @@ pub mod params;
 pub mod plot;
 pub mod stack;
 pub mod tasks;
+pub mod tokenizer;
 pub mod trainer;
 
 pub use modula_core as core;

@@ -415,7 +415,9 @@ pub fn default_context(desc: &ModelDesc, default: usize) -> usize {
         crate::arch::Positions::None => default,
         // a rotary model's trained context can be long (its KV cache grows with it): the
         // default, within the trained context; `--context` asks for more
-        crate::arch::Positions::Rotary(_) => desc.context_length.map_or(default, |c| c.min(default)),
+        crate::arch::Positions::Rotary(_) => {
+            desc.context_length.map_or(default, |c| c.min(default))
+        }
     }
 }
 

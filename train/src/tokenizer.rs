@@ -1,0 +1,453 @@
+//! Tokenizers: Modula's byte vocabulary and byte-level BPE (GPT-2's scheme, as llama.cpp's
+//! `tokenizer.ggml.model = "gpt2"` files and Hugging Face `tokenizers` define it), read
+//! from a GGUF file's `tokenizer.ggml.*` metadata.
+//!
+//! Byte-level BPE: the text is split at special (control and user-defined) tokens, which
+//! map to their ids whole; the rest is pre-tokenized with GPT-2's pattern (contractions,
+//! ` ?letters`, ` ?digits`, ` ?other`, whitespace runs — a run followed by a non-space
+//! leaves its last character to the next piece), each piece's UTF-8 bytes are mapped to
+//! GPT-2's printable byte alphabet, and adjacent symbols merge by the file's merge ranks,
+//! lowest first (leftmost on ties) until none applies. Decoding maps the symbols back to
+//! bytes; [`StreamDecoder`] never yields a split UTF-8 sequence.
+//!
+//! Checked against the `tokenizers` library on Unicode, emoji, digits, whitespace runs and
+//! special tokens (`train/tests/tokenizer.rs`, fixtures by
+//! `tests/reference/tokenizer_reference.py`).
+
+use crate::core::{Model, Value};
+use std::collections::HashMap;
+
+/// A problem with a file's tokenizer: a clear message naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizerError(pub String);
+
+impl std::fmt::Display for TokenizerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TokenizerError {}
+
+fn err<T>(m: impl Into<String>) -> Result<T, TokenizerError> {
+    Err(TokenizerError(m.into()))
+}
+
+/// How text becomes token ids.
+#[derive(Debug, Clone)]
+pub enum Tokenizer {
+    /// Modula's byte models: token = byte.
+    Bytes,
+    /// Byte-level BPE.
+    Bpe(Box<Bpe>),
+}
+
+/// A byte-level BPE vocabulary.
+#[derive(Debug, Clone)]
+pub struct Bpe {
+    tokens: Vec<String>,
+    /// (left, right) → (rank, merged id).
+    merges: HashMap<(u32, u32), (u32, u32)>,
+    /// Special tokens (control, user-defined), longest first.
+    specials: Vec<(String, u32)>,
+    is_special: Vec<bool>,
+    /// The id of each byte's symbol.
+    byte_id: [u32; 256],
+    /// Symbol char → byte.
+    char_byte: HashMap<char, u8>,
+    /// Beginning/end of sequence ids.
+    pub bos: Option<u32>,
+    /// End of sequence.
+    pub eos: Option<u32>,
+    /// Prepend `bos` when encoding a prompt (`tokenizer.ggml.add_bos_token`).
+    pub add_bos: bool,
+    pre: regex::Regex,
+}
+
+/// GPT-2's byte → printable char table: printable Latin-1 bytes map to themselves, the
+/// others to U+0100 onwards in byte order.
+fn byte_chars() -> [char; 256] {
+    let mut out = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..=255u32 {
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        out[b as usize] = if printable {
+            char::from_u32(b).unwrap_or('\0')
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap_or('\0')
+        };
+    }
+    out
+}
+
+/// GPT-2's pre-tokenizer pattern without its look-ahead (`\s+(?!\S)` is applied after the
+/// match, see [`Bpe::pieces`]).
+const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+
+fn strings(m: &Model<impl AsRef<[u8]>>, key: &str) -> Result<Vec<String>, TokenizerError> {
+    match m.get(key) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::Str(s) => Ok(s.to_string()),
+                o => err(format!(
+                    "{key}: an entry is {}, not a string",
+                    o.type_description()
+                )),
+            })
+            .collect(),
+        Some(o) => err(format!(
+            "{key} is {}, not an array of strings",
+            o.type_description()
+        )),
+        None => err(format!("{key}: required key is missing")),
+    }
+}
+
+fn id(m: &Model<impl AsRef<[u8]>>, key: &str, vocab: usize) -> Result<Option<u32>, TokenizerError> {
+    match m.get(key) {
+        None => Ok(None),
+        Some(Value::U32(v)) if (v as usize) < vocab => Ok(Some(v)),
+        Some(o) => err(format!("{key} = {o:?} is not a token id below {vocab}")),
+    }
+}
+
+impl Tokenizer {
+    /// The tokenizer of a model file: its `tokenizer.ggml.*` metadata, or Modula's byte
+    /// vocabulary for Modula's own files (`modula.model`) without one. A file from
+    /// elsewhere without a tokenizer, or with a kind Modula does not run, is an error that
+    /// names it.
+    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, TokenizerError> {
+        match m.get_str("tokenizer.ggml.model") {
+            None if m.get_str("modula.model").is_some() => Ok(Tokenizer::Bytes),
+            None => err(
+                "the file has no tokenizer (tokenizer.ggml.model is missing): Modula cannot \
+                 turn text into its token ids",
+            ),
+            Some("gpt2") => Ok(Tokenizer::Bpe(Box::new(Bpe::from_model(m)?))),
+            Some(o) => err(format!(
+                "tokenizer.ggml.model = \"{o}\" is not a tokenizer Modula runs yet (gpt2: \
+                 byte-level BPE)"
+            )),
+        }
+    }
+
+    /// Vocabulary size.
+    pub fn vocab(&self) -> usize {
+        match self {
+            Tokenizer::Bytes => 256,
+            Tokenizer::Bpe(b) => b.tokens.len(),
+        }
+    }
+
+    /// The ids of `text` (raw bytes for the byte vocabulary; BPE text must be UTF-8), with
+    /// the beginning-of-sequence token when the file asks for one and `prompt` is set.
+    pub fn encode(&self, text: &[u8], prompt: bool) -> Result<Vec<u32>, TokenizerError> {
+        match self {
+            Tokenizer::Bytes => Ok(text.iter().map(|&b| u32::from(b)).collect()),
+            Tokenizer::Bpe(b) => {
+                let s = std::str::from_utf8(text).map_err(|e| {
+                    TokenizerError(format!(
+                        "the text is not UTF-8 ({e}); this model's BPE tokenizer reads UTF-8"
+                    ))
+                })?;
+                let mut ids = Vec::new();
+                if prompt && b.add_bos {
+                    ids.extend(b.bos);
+                }
+                b.encode_into(s, &mut ids);
+                Ok(ids)
+            }
+        }
+    }
+
+    /// The bytes of `ids` (special tokens as their text).
+    pub fn decode(&self, ids: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &i in ids {
+            self.push_bytes(i, &mut out);
+        }
+        out
+    }
+
+    fn push_bytes(&self, id: u32, out: &mut Vec<u8>) {
+        match self {
+            Tokenizer::Bytes => out.push(id as u8),
+            Tokenizer::Bpe(b) => b.push_bytes(id, out),
+        }
+    }
+
+    /// Is `id` the end-of-sequence token?
+    pub fn is_eos(&self, id: u32) -> bool {
+        matches!(self, Tokenizer::Bpe(b) if b.eos == Some(id))
+    }
+}
+
+impl Bpe {
+    /// Byte-level BPE from `tokenizer.ggml.{tokens, token_type, merges, pre, bos_token_id,
+    /// eos_token_id, add_bos_token}`.
+    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, TokenizerError> {
+        match m.get_str("tokenizer.ggml.pre") {
+            None | Some("gpt2") | Some("default") => {}
+            Some(o) => {
+                return err(format!(
+                    "tokenizer.ggml.pre = \"{o}\": only GPT-2's pre-tokenizer (gpt2, default) \
+                     is run yet"
+                ))
+            }
+        }
+        let tokens = strings(m, "tokenizer.ggml.tokens")?;
+        let n = tokens.len();
+        if n == 0 || n > u32::MAX as usize {
+            return err("tokenizer.ggml.tokens is empty");
+        }
+        let types: Vec<i64> = match m.get("tokenizer.ggml.token_type") {
+            None => vec![1; n],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| match v {
+                    Value::I32(t) => Ok(i64::from(t)),
+                    Value::U32(t) => Ok(i64::from(t)),
+                    o => err(format!(
+                        "tokenizer.ggml.token_type: an entry is {}",
+                        o.type_description()
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(o) => {
+                return err(format!(
+                    "tokenizer.ggml.token_type is {}",
+                    o.type_description()
+                ))
+            }
+        };
+        if types.len() != n {
+            return err(format!(
+                "tokenizer.ggml.token_type has {} entries for {n} tokens",
+                types.len()
+            ));
+        }
+        let mut ids = HashMap::with_capacity(n);
+        for (i, t) in tokens.iter().enumerate() {
+            ids.entry(t.clone()).or_insert(i as u32);
+        }
+        let chars = byte_chars();
+        let mut byte_id = [0u32; 256];
+        let mut char_byte = HashMap::with_capacity(256);
+        for (b, &c) in chars.iter().enumerate() {
+            char_byte.insert(c, b as u8);
+            byte_id[b] = *ids.get(&c.to_string()).ok_or_else(|| {
+                TokenizerError(format!(
+                    "tokenizer.ggml.tokens lacks the symbol of byte {b:#04x} ('{c}'): not a byte-level BPE vocabulary"
+                ))
+            })?;
+        }
+        let mut merges = HashMap::new();
+        for (rank, line) in strings(m, "tokenizer.ggml.merges")?.iter().enumerate() {
+            let (a, b) = line.split_once(' ').ok_or_else(|| {
+                TokenizerError(format!(
+                    "tokenizer.ggml.merges[{rank}] = {line:?} is not \"left right\""
+                ))
+            })?;
+            let look = |s: &str| {
+                ids.get(s).copied().ok_or_else(|| {
+                    TokenizerError(format!(
+                        "tokenizer.ggml.merges[{rank}] = {line:?}: {s:?} is not a token"
+                    ))
+                })
+            };
+            let (l, r, j) = (look(a)?, look(b)?, look(&format!("{a}{b}"))?);
+            merges.entry((l, r)).or_insert((rank as u32, j));
+        }
+        // control (3) and user-defined (4) tokens are matched whole in the text
+        let mut specials: Vec<(String, u32)> = tokens
+            .iter()
+            .zip(&types)
+            .enumerate()
+            .filter(|(_, (t, &ty))| (ty == 3 || ty == 4) && !t.is_empty())
+            .map(|(i, (t, _))| (t.clone(), i as u32))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let is_special = types.iter().map(|&t| t == 3 || t == 4).collect();
+        let add_bos = match m.get("tokenizer.ggml.add_bos_token") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(o) => {
+                return err(format!(
+                    "tokenizer.ggml.add_bos_token is {}",
+                    o.type_description()
+                ))
+            }
+        };
+        let bos = id(m, "tokenizer.ggml.bos_token_id", n)?;
+        if add_bos && bos.is_none() {
+            return err(
+                "tokenizer.ggml.add_bos_token is set but tokenizer.ggml.bos_token_id is missing",
+            );
+        }
+        Ok(Bpe {
+            pre: regex::Regex::new(GPT2_PATTERN).map_err(|e| TokenizerError(e.to_string()))?,
+            eos: id(m, "tokenizer.ggml.eos_token_id", n)?,
+            bos,
+            add_bos,
+            tokens,
+            merges,
+            specials,
+            is_special,
+            byte_id,
+            char_byte,
+        })
+    }
+
+    /// `text` split at special tokens: (segment, Some(id)) for a special token.
+    fn split_special<'t>(&self, text: &'t str) -> Vec<(&'t str, Option<u32>)> {
+        let mut out = Vec::new();
+        let (mut start, mut i) = (0, 0);
+        let bytes = text.as_bytes();
+        while i < bytes.len() {
+            if let Some((s, id)) = self
+                .specials
+                .iter()
+                .find(|(s, _)| bytes[i..].starts_with(s.as_bytes()))
+            {
+                if start < i {
+                    out.push((&text[start..i], None));
+                }
+                out.push((&text[i..i + s.len()], Some(*id)));
+                i += s.len();
+                start = i;
+            } else {
+                i += 1;
+            }
+        }
+        if start < bytes.len() {
+            out.push((&text[start..], None));
+        }
+        out
+    }
+
+    /// GPT-2's pre-tokenization of `text` into pieces.
+    fn pieces<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let Some(m) = self.pre.find_at(text, at) else {
+                break;
+            };
+            let mut end = m.end();
+            let piece = &text[m.start()..end];
+            // `\s+(?!\S)`: a whitespace run followed by a non-space leaves its last
+            // character to the next piece (when the run is longer than one)
+            if piece.chars().all(char::is_whitespace) && end < text.len() {
+                let n = piece.chars().count();
+                if n > 1 {
+                    end -= piece.chars().last().map_or(0, char::len_utf8);
+                }
+            }
+            out.push(&text[m.start()..end]);
+            at = end;
+        }
+        out
+    }
+
+    fn encode_into(&self, text: &str, ids: &mut Vec<u32>) {
+        for (seg, special) in self.split_special(text) {
+            if let Some(id) = special {
+                ids.push(id);
+                continue;
+            }
+            for piece in self.pieces(seg) {
+                self.bpe(piece, ids);
+            }
+        }
+    }
+
+    /// Merge the byte symbols of one piece.
+    fn bpe(&self, piece: &str, ids: &mut Vec<u32>) {
+        let mut w: Vec<u32> = piece.bytes().map(|b| self.byte_id[b as usize]).collect();
+        loop {
+            let best = w
+                .windows(2)
+                .enumerate()
+                .filter_map(|(i, p)| self.merges.get(&(p[0], p[1])).map(|&(r, j)| (r, i, j)))
+                .min();
+            let Some((_, i, j)) = best else { break };
+            w[i] = j;
+            w.remove(i + 1);
+        }
+        ids.extend(w);
+    }
+
+    fn push_bytes(&self, id: u32, out: &mut Vec<u8>) {
+        let Some(t) = self.tokens.get(id as usize) else {
+            return;
+        };
+        if self.is_special[id as usize] {
+            out.extend_from_slice(t.as_bytes());
+            return;
+        }
+        for c in t.chars() {
+            match self.char_byte.get(&c) {
+                Some(&b) => out.push(b),
+                None => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// Decodes ids one at a time into text that never ends inside a UTF-8 sequence: bytes of an
+/// unfinished character wait for the next id ([`StreamDecoder::finish`] flushes them, as
+/// U+FFFD if they never complete).
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder {
+    /// The text that `id` completes (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+        tok.push_bytes(id, &mut self.pending);
+        let upto = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_some() => {
+                // invalid (not merely unfinished): replace it and go on
+                let s = String::from_utf8_lossy(&self.pending).into_owned();
+                self.pending.clear();
+                return s;
+            }
+            Err(e) => e.valid_up_to(),
+        };
+        let rest = self.pending.split_off(upto);
+        String::from_utf8(std::mem::replace(&mut self.pending, rest)).unwrap_or_default()
+    }
+
+    /// Whatever is left.
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_alphabet_is_a_bijection() {
+        let c = byte_chars();
+        let mut seen = std::collections::HashSet::new();
+        for (b, ch) in c.iter().enumerate() {
+            assert!(seen.insert(*ch), "byte {b}");
+            assert!(!ch.is_whitespace() && !ch.is_control(), "byte {b} → {ch:?}");
+        }
+        assert_eq!(c[b'A' as usize], 'A');
+        assert_eq!(c[b' ' as usize], 'Ġ');
+        assert_eq!(c[b'\n' as usize], 'Ċ');
+    }
+}

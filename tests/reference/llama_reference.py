@@ -13,7 +13,8 @@ outputs computed by transformers in float64 from the float32 weights:
     tests/fixtures/llama_parity/<case>/expect.safetensors  input_ids [T] (int32),
         logits [T, vocab] (float32), greedy [32] (int32: transformers' greedy continuation),
         prompt_ids, prompt_greedy [16]: PROMPT encoded by the model's tokenizer, and
-        transformers' greedy continuation of it
+        transformers' greedy continuation of it; eval_text (bytes), eval_tokens, eval_loss:
+        transformers' mean next-token NLL of EVAL as one window (bos first)
 
 Each GGUF carries a byte-level BPE tokenizer trained with `tokenizers` on a small text, as
 llama.cpp's tokenizer.ggml.* metadata (model gpt2), so `modula run` can be checked end to
@@ -36,6 +37,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "llama_parity")
 T, GEN = 20, 32
 PROMPT = "Once upon a time, the old miller's daughter"
+EVAL = "the king came by one day, and the miller said: my daughter can spin straw into gold."
 TEXT = ("once upon a time there was an old miller who had a beautiful daughter. the king "
         "came by one day and the miller said: my daughter can spin straw into gold! ") * 20
 
@@ -187,12 +189,18 @@ def main():
             # the prompt as `modula run` encodes it: bos, then the BPE ids
             pids = torch.tensor([[0] + tok.encode(PROMPT, add_special_tokens=False).ids])
             pgen = greedy(m64, pids, 16)
+            # eval: one window of EVAL's tokens (bos first), transformers' mean NLL
+            eids = torch.tensor([[0] + tok.encode(EVAL, add_special_tokens=False).ids])
+            eloss = m64(eids, labels=eids).loss.item()
         save_file({
             "input_ids": ids[0].numpy().astype(np.int32),
             "logits": logits.astype(np.float32),
             "greedy": gen.astype(np.int32),
             "prompt_ids": pids[0].numpy().astype(np.int32),
             "prompt_greedy": pgen.astype(np.int32),
+            "eval_text": np.frombuffer(EVAL.encode(), dtype=np.uint8).copy(),
+            "eval_tokens": np.array([eids.shape[1]], dtype=np.int32),
+            "eval_loss": np.array([eloss], dtype=np.float64),
         }, os.path.join(d, "expect.safetensors"))
         print(case, arch, "logits", logits.shape, "greedy", gen[:8].tolist(), "...")
 

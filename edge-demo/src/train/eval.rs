@@ -44,6 +44,81 @@ pub struct EvalArgs {
     /// (as `modula run --f32-activations`).
     #[arg(long, requires = "engine")]
     f32_activations: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A model with its own tokenizer (llama.cpp files) scored on a text file: the text's ids
+/// (the beginning-of-sequence token first, when the file asks for it) in windows of `--seq`
+/// tokens, each from a fresh state through the decode engine, every token after a window's
+/// first predicted. Mean negative log-likelihood per predicted token, and bits per byte of
+/// the predicted tokens' text.
+pub(crate) fn eval_tokenized<B: AsRef<[u8]>>(
+    a: &EvalArgs,
+    f: &Model<B>,
+    tok: &modula_train::tokenizer::Tokenizer,
+) -> Result<(), String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", a.model.display());
+    if a.act_bias.is_some() || a.size.is_some() || a.emoe_mask != "on" {
+        return Err("--act-bias, --size and --emoe-mask do not apply to this model".into());
+    }
+    let path = std::path::Path::new(&a.data.data);
+    let text = std::fs::read(path).map_err(|e| {
+        format!(
+            "--data {}: {e} (a model with its own tokenizer is scored on a text file)",
+            path.display()
+        )
+    })?;
+    let ids = tok.encode(&text, true).map_err(|e| at(&e))?;
+    if ids.len() < 2 {
+        return Err(format!("--data {}: fewer than 2 tokens", path.display()));
+    }
+    let seq = a.data.seq;
+    let mut e = crate::run::open_engine(f, Some(seq)).map_err(|e| at(&e))?;
+    let (mut nats, mut right, mut n, mut bytes) = (0.0f64, 0usize, 0usize, 0usize);
+    for w in ids.chunks(seq) {
+        e.reset();
+        for (t, &id) in w.iter().enumerate() {
+            let l = e.step(id).map_err(|e| at(&e))?;
+            let Some(&target) = w.get(t + 1) else { break };
+            let Some(&lt) = l.get(target as usize) else {
+                return Err(format!("token {target} is outside the model's vocabulary"));
+            };
+            nats += crate::run::log_sum_exp(l) - f64::from(lt);
+            right += usize::from(crate::run::greedy(l) == target);
+            bytes += tok.decode(&[target]).len();
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err("no token to predict (use a longer text or a larger --seq)".into());
+    }
+    let nll = nats / n as f64;
+    let bpb = nats / std::f64::consts::LN_2 / bytes.max(1) as f64;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "nll_per_token": nll,
+                "bits_per_byte": bpb,
+                "accuracy": right as f64 / n as f64,
+                "predicted_tokens": n,
+                "tokens": ids.len(),
+                "bytes": bytes,
+                "window": seq,
+            })
+        );
+    } else {
+        println!(
+            "{}: {} tokens of {} in windows of {seq}: {nll:.5} nats per token, {bpb:.4} bits per byte, accuracy {:.2}% ({n} predicted)",
+            a.model.display(),
+            ids.len(),
+            path.display(),
+            100.0 * right as f64 / n as f64
+        );
+    }
+    Ok(())
 }
 
 /// `modula eval --engine`: the validation windows of a plain `modula eval` scored by the
@@ -219,6 +294,11 @@ pub fn eval(a: &EvalArgs) -> Result<(), String> {
     }
     if a.model.extension().is_none_or(|e| e != "safetensors") {
         let f = Model::open(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
+        if f.get_str("tokenizer.ggml.model").is_some() || f.get_str("modula.model").is_none() {
+            let tok = modula_train::tokenizer::Tokenizer::from_model(&f)
+                .map_err(|e| format!("{}: {e}", a.model.display()))?;
+            return eval_tokenized(a, &f, &tok);
+        }
         if a.engine {
             return eval_engine(a, &f);
         }

@@ -139,3 +139,33 @@ fn the_llama_arena_is_planned_exactly_and_bad_requests_are_errors() {
     // no output.weight: the head is the embedding; the default context is the trained one
     assert_eq!(t.max_context(), Some(256));
 }
+
+/// Broken Llama files (`tests/reference/llama_reference.py`, `bad/`): each a clear error
+/// naming what is wrong, from opening the decoder or its first steps — never a panic or
+/// a silent wrong answer.
+#[test]
+fn broken_llama_files_are_clear_errors() {
+    let cases: [(&str, &[&str]); 5] = [
+        ("nan_weight", &["not finite"]),
+        ("misshapen_k", &["blk.0.attn_k.weight"]),
+        ("unknown_arch", &["general.architecture", "falcon"]),
+        ("yarn_rope", &["llama.rope.scaling.type", "yarn"]),
+        ("sliding_window", &["llama.attention.sliding_window"]),
+    ];
+    for (name, words) in cases {
+        let m = Model::open(dir("bad").join(format!("{name}.gguf"))).unwrap();
+        let err = (|| -> Result<(), modula_core::Error> {
+            let mut d = engine::open(&m, Some(8), None)?;
+            for t in 0..4 {
+                d.step(t)?;
+            }
+            d.prefill(&[1, 2])?;
+            Ok(())
+        })()
+        .expect_err(name)
+        .to_string();
+        for w in words {
+            assert!(err.contains(w), "{name}: {err:?} lacks {w:?}");
+        }
+    }
+}

@@ -95,9 +95,11 @@ def add_tokenizer(w, tok):
     w.add_add_bos_token(True)
 
 
-def write_gguf(path, arch, cfg, sd, f16, tok):
+def write_gguf(path, arch, cfg, sd, f16, tok, extra=None):
     w = gguf.GGUFWriter(path, arch)
     add_tokenizer(w, tok)
+    if extra:
+        extra(w)
     w.add_name(f"modula parity {os.path.basename(os.path.dirname(path))}")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -205,5 +207,40 @@ def main():
         print(case, arch, "logits", logits.shape, "greedy", gen[:8].tolist(), "...")
 
 
+def bad_files():
+    """Small llama files each broken one way, with the words the error must contain
+    (tests/fixtures/llama_parity/bad/cases.json)."""
+    import json
+    d = os.path.join(OUT, "bad")
+    os.makedirs(d, exist_ok=True)
+    torch.manual_seed(7)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                      tie_word_embeddings=True)
+    sd = {k: v.clone() for k, v in LlamaForCausalLM(cfg).state_dict().items()}
+    tok = train_tokenizer(64)
+    cases = {}
+
+    def make(name, words, edit=None, arch="llama", extra=None):
+        path = os.path.join(d, name + ".gguf")
+        s2 = {k: v.clone() for k, v in sd.items()}
+        if edit:
+            edit(s2)
+        write_gguf(path, arch, cfg, s2, False, tok, extra)
+        cases[name] = words
+
+    make("nan_weight", ["not finite"], lambda s2: s2["model.layers.0.mlp.up_proj.weight"].__setitem__((0, 0), float("nan")))
+    make("misshapen_k", ["blk.0.attn_k.weight"], lambda s2: s2.__setitem__(
+        "model.layers.0.self_attn.k_proj.weight", torch.zeros(16, 16)))
+    make("unknown_arch", ["general.architecture", "falcon"], arch="falcon")
+    make("yarn_rope", ["llama.rope.scaling.type", "yarn"],
+         extra=lambda w: (w.add_rope_scaling_type(gguf.RopeScalingType.YARN), w.add_rope_scaling_factor(4.0)))
+    make("sliding_window", ["llama.attention.sliding_window"],
+         extra=lambda w: w.add_uint32("llama.attention.sliding_window", 16))
+    with open(os.path.join(d, "cases.json"), "w") as f:
+        json.dump(cases, f, indent=1)
+
+
 if __name__ == "__main__":
     main()
+    bad_files()

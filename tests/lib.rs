@@ -505,9 +505,9 @@ pub fn hostile_cases() -> Vec<Hostile> {
         f.tensors[0].ty = 999;
         f.build()
     });
-    add("unsupported_q4_k.gguf", "UnsupportedTensorType", {
+    add("unsupported_q5_k.gguf", "UnsupportedTensorType", {
         let mut f = valid.clone();
-        f.tensors[0].ty = 12;
+        f.tensors[0].ty = 13;
         f.tensors[0].dims = vec![256];
         f.build()
     });

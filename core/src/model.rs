@@ -605,6 +605,8 @@ impl<'a> TensorView<'a> {
             DType::BF16 => WeightData::BF16(self.cast(DType::BF16)?),
             DType::Q8_0 => WeightData::Q8_0(self.cast(DType::Q8_0)?),
             DType::Q4_0 => WeightData::Q4_0(self.cast(DType::Q4_0)?),
+            DType::Q4K => WeightData::Q4K(self.cast(DType::Q4K)?),
+            DType::Q6K => WeightData::Q6K(self.cast(DType::Q6K)?),
         };
         MatRef::new(data, rows, cols, cols).map_err(|e| GgufError::InvalidInput {
             reason: alloc::format!("tensor '{}': {e}", self.name),
@@ -666,6 +668,18 @@ impl<'a> TensorView<'a> {
                 let r = self.as_q4_0()?;
                 let mut out = alloc::vec![0f32; r.blocks.len() * modula_quant::QK4_0];
                 dequantize_row_q4_0(r.blocks, &mut out);
+                out
+            }
+            DType::Q4K => {
+                let b = self.cast::<modula_quant::BlockQ4K>(DType::Q4K)?;
+                let mut out = alloc::vec![0f32; b.len() * modula_quant::QK_K];
+                modula_quant::quantize::dequantize_row_q4_k(b, &mut out);
+                out
+            }
+            DType::Q6K => {
+                let b = self.cast::<modula_quant::BlockQ6K>(DType::Q6K)?;
+                let mut out = alloc::vec![0f32; b.len() * modula_quant::QK_K];
+                modula_quant::quantize::dequantize_row_q6_k(b, &mut out);
                 out
             }
         })

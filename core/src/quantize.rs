@@ -17,9 +17,10 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use half::{bf16, f16};
-use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
+use modula_quant::blocks::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, QK_K};
 use modula_quant::quantize::{
-    dequantize_row_q4_0, dequantize_row_q8_0, quantize_row_q4_0, quantize_row_q8_0,
+    dequantize_row_q4_0, dequantize_row_q4_k, dequantize_row_q6_k, dequantize_row_q8_0,
+    quantize_row_q4_0, quantize_row_q4_k, quantize_row_q6_k, quantize_row_q8_0,
 };
 
 /// What a tensor became and how far it moved.
@@ -41,14 +42,18 @@ pub struct TensorReport {
     pub bytes: (u64, u64),
 }
 
-/// Parse a target type name: `q8_0`, `q4_0`, `f16` or `bf16`.
+/// Parse a target type name: `q8_0`, `q4_0`, `q4_k`, `q6_k`, `f16` or `bf16`.
 pub fn parse_target(s: &str) -> Result<DType, String> {
     match s {
         "q8_0" => Ok(DType::Q8_0),
         "q4_0" => Ok(DType::Q4_0),
+        "q4_k" => Ok(DType::Q4K),
+        "q6_k" => Ok(DType::Q6K),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
-        _ => Err(format!("unknown type '{s}' (q8_0 | q4_0 | f16 | bf16)")),
+        _ => Err(format!(
+            "unknown type '{s}' (q8_0 | q4_0 | q4_k | q6_k | f16 | bf16)"
+        )),
     }
 }
 
@@ -59,6 +64,8 @@ fn ggml_file_type(t: DType) -> u32 {
         DType::F16 => 1,
         DType::Q4_0 => 2,
         DType::Q8_0 => 7,
+        DType::Q4K => 14,
+        DType::Q6K => 18,
         DType::BF16 => 32,
     }
 }
@@ -91,6 +98,30 @@ fn convert(values: &[f32], target: DType) -> Result<(Vec<u8>, Vec<f32>), String>
             ];
             quantize_row_q4_0(values, &mut b).map_err(|e| e.to_string())?;
             dequantize_row_q4_0(&b, &mut back);
+            bytemuck::cast_slice(&b).to_vec()
+        }
+        DType::Q4K => {
+            let zero = BlockQ4K {
+                d: f16::ZERO,
+                dmin: f16::ZERO,
+                scales: [0; 12],
+                qs: [0; 128],
+            };
+            let mut b = vec![zero; n / QK_K];
+            quantize_row_q4_k(values, &mut b).map_err(|e| e.to_string())?;
+            dequantize_row_q4_k(&b, &mut back);
+            bytemuck::cast_slice(&b).to_vec()
+        }
+        DType::Q6K => {
+            let zero = BlockQ6K {
+                ql: [0; 128],
+                qh: [0; 64],
+                scales: [0; 16],
+                d: f16::ZERO,
+            };
+            let mut b = vec![zero; n / QK_K];
+            quantize_row_q6_k(values, &mut b).map_err(|e| e.to_string())?;
+            dequantize_row_q6_k(&b, &mut back);
             bytemuck::cast_slice(&b).to_vec()
         }
         DType::F16 => {

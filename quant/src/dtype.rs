@@ -22,6 +22,10 @@ pub enum DType {
     Q8_0,
     /// 4-bit blocks of 32 with an f16 scale (see [`crate::BlockQ4_0`]). GGML id 2.
     Q4_0,
+    /// 4-bit K-quant super-blocks of 256 (see [`crate::BlockQ4K`]). GGML id 12.
+    Q4K,
+    /// 6-bit K-quant super-blocks of 256 (see [`crate::BlockQ6K`]). GGML id 14.
+    Q6K,
 }
 
 /// Static facts about one [`DType`].
@@ -39,11 +43,13 @@ pub struct DTypeInfo {
 
 impl DType {
     /// Every supported type, in id order.
-    pub const ALL: [DType; 5] = [
+    pub const ALL: [DType; 7] = [
         DType::F32,
         DType::F16,
         DType::Q4_0,
         DType::Q8_0,
+        DType::Q4K,
+        DType::Q6K,
         DType::BF16,
     ];
 
@@ -73,6 +79,18 @@ impl DType {
                 name: "q8_0",
                 block_len: 32,
                 block_bytes: 34,
+            },
+            DType::Q4K => DTypeInfo {
+                id: 12,
+                name: "q4_k",
+                block_len: 256,
+                block_bytes: 144,
+            },
+            DType::Q6K => DTypeInfo {
+                id: 14,
+                name: "q6_k",
+                block_len: 256,
+                block_bytes: 210,
             },
             DType::BF16 => DTypeInfo {
                 id: 30,
@@ -135,16 +153,14 @@ impl fmt::Display for DType {
 /// The GGML name of a type id Modula does not support, for error messages
 /// (`None` if the id is not a GGML type at all).
 pub fn ggml_name_of_unsupported(id: GgmlTypeId) -> Option<&'static str> {
-    const NAMES: [(u32, &str); 24] = [
+    const NAMES: [(u32, &str); 22] = [
         (3, "q4_1"),
         (6, "q5_0"),
         (7, "q5_1"),
         (9, "q8_1"),
         (10, "q2_k"),
         (11, "q3_k"),
-        (12, "q4_k"),
         (13, "q5_k"),
-        (14, "q6_k"),
         (15, "q8_k"),
         (16, "iq2_xxs"),
         (17, "iq2_xs"),

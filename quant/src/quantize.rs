@@ -2,7 +2,7 @@
 //! `quantize_row_q4_0_ref`), so a block quantised here is byte-identical to one quantised by
 //! llama.cpp from the same f32 values; and whole-row dequantisers.
 
-use crate::blocks::{BlockQ4_0, BlockQ8_0, QK4_0, QK8_0};
+use crate::blocks::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, QK4_0, QK8_0, QK_K};
 use half::f16;
 
 /// Why a row could not be quantised.
@@ -124,6 +124,147 @@ pub fn dequantize_row_q8_0(blocks: &[BlockQ8_0], out: &mut [f32]) {
 pub fn dequantize_row_q4_0(blocks: &[BlockQ4_0], out: &mut [f32]) {
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK4_0)) {
         if let Ok(o) = <&mut [f32; QK4_0]>::try_from(o) {
+            b.dequantize(o);
+        }
+    }
+}
+
+/// Round half away from zero (libm-free, as the `no_std` build needs).
+fn round(v: f32) -> f32 {
+    if v >= 0.0 {
+        (v + 0.5) as i32 as f32
+    } else {
+        -((-v + 0.5) as i32 as f32)
+    }
+}
+
+/// Q4_K, round to nearest: per sub-block of 32 the range `[min(x, 0), max(x)]` in 15 steps;
+/// the eight scales and mins to 6 bits on the super-block's `d = max scale / 63`,
+/// `dmin = max min / 63`; each weight to the nearest of its sub-block's 16 levels. (ggml's
+/// own quantiser searches the scale; this one does not, so its blocks differ from ggml's
+/// but are read by any GGUF tool — dequantisation is the format.)
+pub fn quantize_row_q4_k(x: &[f32], out: &mut [BlockQ4K]) -> Result<(), QuantError> {
+    check(x, out.len(), QK_K)?;
+    for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let (mut sc, mut mn) = ([0f32; 8], [0f32; 8]);
+        for s in 0..8 {
+            let v = &xb[32 * s..32 * s + 32];
+            let lo = v.iter().fold(0f32, |m, &a| m.min(a));
+            let hi = v.iter().fold(lo, |m, &a| m.max(a));
+            sc[s] = (hi - lo) / 15.0;
+            mn[s] = -lo;
+        }
+        let smax = sc.iter().fold(0f32, |m, &a| m.max(a));
+        let mmax = mn.iter().fold(0f32, |m, &a| m.max(a));
+        let d = smax / 63.0;
+        let dmin = mmax / 63.0;
+        b.d = f16::from_f32(d);
+        b.dmin = f16::from_f32(dmin);
+        let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+        let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+        for s in 0..8 {
+            ls[s] = if d > 0.0 {
+                round(sc[s] / d).clamp(0.0, 63.0) as u8
+            } else {
+                0
+            };
+            lm[s] = if dmin > 0.0 {
+                round(mn[s] / dmin).clamp(0.0, 63.0) as u8
+            } else {
+                0
+            };
+        }
+        b.scales = [0; 12];
+        for j in 0..8 {
+            if j < 4 {
+                b.scales[j] = ls[j];
+                b.scales[j + 4] = lm[j];
+            } else {
+                b.scales[j + 4] = (ls[j] & 0x0f) | ((lm[j] & 0x0f) << 4);
+                b.scales[j - 4] |= (ls[j] >> 4) << 6;
+                b.scales[j] |= (lm[j] >> 4) << 6;
+            }
+        }
+        let mut q = [0u8; QK_K];
+        for s in 0..8 {
+            let (ds, ms) = (d * f32::from(ls[s]), dmin * f32::from(lm[s]));
+            for l in 0..32 {
+                let v = xb[32 * s + l];
+                q[32 * s + l] = if ds > 0.0 {
+                    round((v + ms) / ds).clamp(0.0, 15.0) as u8
+                } else {
+                    0
+                };
+            }
+        }
+        for g in 0..4 {
+            for l in 0..32 {
+                b.qs[32 * g + l] = q[64 * g + l] | (q[64 * g + 32 + l] << 4);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Q6_K, round to nearest: per sub-block of 16 `scale = max|x| / 31`; the sixteen scales to
+/// signed bytes on the super-block's `d = max scale / 127`; each weight to
+/// `round(x / (d·scale))` in `-32..=31`.
+pub fn quantize_row_q6_k(x: &[f32], out: &mut [BlockQ6K]) -> Result<(), QuantError> {
+    check(x, out.len(), QK_K)?;
+    for (b, xb) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let mut sc = [0f32; 16];
+        for (s, v) in xb.chunks_exact(16).enumerate() {
+            sc[s] = v.iter().fold(0f32, |m, &a| m.max(a.abs())) / 31.0;
+        }
+        let smax = sc.iter().fold(0f32, |m, &a| m.max(a));
+        b.d = f16::from_f32(smax / 127.0);
+        let d = b.d.to_f32();
+        let mut q = [0u8; QK_K];
+        for s in 0..16 {
+            let l = if d > 0.0 {
+                round(sc[s] / d).clamp(-128.0, 127.0) as i8
+            } else {
+                0
+            };
+            b.scales[s] = l;
+            let ds = d * f32::from(l);
+            for r in 0..16 {
+                let v = xb[16 * s + r];
+                let qv = if ds != 0.0 {
+                    round(v / ds).clamp(-32.0, 31.0)
+                } else {
+                    0.0
+                };
+                q[16 * s + r] = (qv as i32 + 32) as u8;
+            }
+        }
+        for h in 0..2 {
+            for l in 0..32 {
+                let at = |k: usize| q[128 * h + 32 * k + l];
+                let (q1, q2, q3, q4) = (at(0), at(1), at(2), at(3));
+                b.ql[64 * h + l] = (q1 & 0x0f) | ((q3 & 0x0f) << 4);
+                b.ql[64 * h + 32 + l] = (q2 & 0x0f) | ((q4 & 0x0f) << 4);
+                b.qh[32 * h + l] =
+                    (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dequantise a row of Q4_K blocks into `out` (`blocks × 256` values).
+pub fn dequantize_row_q4_k(blocks: &[BlockQ4K], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        if let Ok(o) = <&mut [f32; QK_K]>::try_from(o) {
+            b.dequantize(o);
+        }
+    }
+}
+
+/// Dequantise a row of Q6_K blocks into `out` (`blocks × 256` values).
+pub fn dequantize_row_q6_k(blocks: &[BlockQ6K], out: &mut [f32]) {
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        if let Ok(o) = <&mut [f32; QK_K]>::try_from(o) {
             b.dequantize(o);
         }
     }

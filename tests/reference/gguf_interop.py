@@ -34,7 +34,7 @@ def check(paths):
         alignment = int(align.parts[align.data[0]][0]) if align else 32
         n = 0
         for t in r.tensors:
-            assert t.tensor_type in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0), (t.name, t.tensor_type)
+            assert t.tensor_type in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_K, T.Q6_K), (t.name, t.tensor_type)
             assert t.data_offset % alignment == 0, (t.name, t.data_offset, alignment)
             nbytes = int(t.n_bytes)
             on_disk = raw[t.data_offset : t.data_offset + nbytes]
@@ -64,6 +64,29 @@ def quant(orig, paths):
             assert diff == 0, f"{path}: {t.name} ({t.tensor_type.name}): {diff} bytes differ"
             n += 1
         print(f"ok {path}: {n} quantised tensors byte-identical to gguf-py's quantisation")
+
+
+def kquant(orig, paths):
+    """Modula's Q4_K/Q6_K tensors, dequantised by gguf-py, against the f32 originals: the
+    format is read as Modula wrote it (Modula's round-to-nearest quantiser is not ggml's
+    scale search, so the bytes differ; the values must be within the types' error)."""
+    from gguf.quants import dequantize
+    src = {t.name: t for t in gguf.GGUFReader(orig).tensors}
+    worst = {T.Q4_K: 0.12, T.Q6_K: 0.03}
+    for path in paths:
+        n = 0
+        for t in gguf.GGUFReader(path).tensors:
+            if t.tensor_type not in worst:
+                continue
+            o = src[t.name]
+            x = np.asarray(o.data, dtype=np.float32).reshape(-1)
+            y = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(-1)
+            assert x.size == y.size, (t.name, x.size, y.size)
+            rel = float(np.sqrt(np.mean((x - y) ** 2) / max(np.mean(x ** 2), 1e-30)))
+            assert rel < worst[t.tensor_type], f"{path}: {t.name}: relative RMSE {rel}"
+            n += 1
+        assert n > 0, f"{path}: no K-quant tensor"
+        print(f"ok {path}: {n} K-quant tensors read by gguf-py within their types' error")
 
 
 def write(out):
@@ -96,6 +119,8 @@ if __name__ == "__main__":
         check(sys.argv[2:])
     elif len(sys.argv) >= 4 and sys.argv[1] == "quant":
         quant(sys.argv[2], sys.argv[3:])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "kquant":
+        kquant(sys.argv[2], sys.argv[3:])
     elif len(sys.argv) == 3 and sys.argv[1] == "write":
         write(sys.argv[2])
     else:

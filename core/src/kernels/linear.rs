@@ -20,7 +20,7 @@ use super::isa::{self, Isa};
 use super::par;
 use super::{exactly, need, KernelError};
 use half::{bf16, f16};
-use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
+use modula_quant::blocks::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, QK_K};
 use modula_quant::kernels as qk;
 use modula_quant::kernels::Q8Oct;
 
@@ -123,6 +123,10 @@ pub enum WeightData<'a> {
     Q8_0(&'a [BlockQ8_0]),
     /// GGUF Q4_0 blocks (32 weights each, row-major; rows start on block boundaries)
     Q4_0(&'a [BlockQ4_0]),
+    /// GGUF Q4_K super-blocks (256 weights each; rows start on super-block boundaries)
+    Q4K(&'a [BlockQ4K]),
+    /// GGUF Q6_K super-blocks (256 weights each)
+    Q6K(&'a [BlockQ6K]),
 }
 
 /// Weights per block of the quantised formats.
@@ -139,12 +143,33 @@ impl<'a> WeightData<'a> {
             // the callers' alignment of row and column blocks)
             WeightData::Q8_0(s) => WeightData::Q8_0(s.get(off / QB..).unwrap_or_default()),
             WeightData::Q4_0(s) => WeightData::Q4_0(s.get(off / QB..).unwrap_or_default()),
+            WeightData::Q4K(s) => WeightData::Q4K(s.get(off / QK_K..).unwrap_or_default()),
+            WeightData::Q6K(s) => WeightData::Q6K(s.get(off / QK_K..).unwrap_or_default()),
         }
+    }
+
+    /// Weights per block (1 for the float types).
+    pub fn block_len(&self) -> usize {
+        match self {
+            WeightData::F32(_) | WeightData::F16(_) | WeightData::BF16(_) => 1,
+            WeightData::Q8_0(_) | WeightData::Q4_0(_) => QB,
+            WeightData::Q4K(_) | WeightData::Q6K(_) => QK_K,
+        }
+    }
+
+    /// Whether the data are K-quant super-blocks (dequantised a super-block at a time).
+    pub fn is_kquant(&self) -> bool {
+        matches!(self, WeightData::Q4K(_) | WeightData::Q6K(_))
     }
 
     /// Whether the data are block-quantised.
     pub fn is_quantized(&self) -> bool {
         matches!(self, WeightData::Q8_0(_) | WeightData::Q4_0(_))
+    }
+
+    /// Whether the data are in blocks of any size (32-weight or 256-weight).
+    pub fn is_blocked(&self) -> bool {
+        self.block_len() > 1
     }
 
     fn len(&self) -> usize {
@@ -154,6 +179,8 @@ impl<'a> WeightData<'a> {
             WeightData::BF16(s) => s.len(),
             WeightData::Q8_0(s) => s.len() * QB,
             WeightData::Q4_0(s) => s.len() * QB,
+            WeightData::Q4K(s) => s.len() * QK_K,
+            WeightData::Q6K(s) => s.len() * QK_K,
         }
     }
 }
@@ -176,18 +203,19 @@ impl<'a> MatRef<'a> {
         ld: usize,
     ) -> Result<Self, KernelError> {
         need("MatRef", "row stride (>= cols)", cols, ld)?;
-        if data.is_quantized() {
+        let bl = data.block_len();
+        if bl > 1 {
             exactly(
                 "MatRef",
-                "cols % 32 (quantised rows are whole blocks)",
+                "cols % block length (quantised rows are whole blocks)",
                 0,
-                cols % QB,
+                cols % bl,
             )?;
             exactly(
                 "MatRef",
-                "ld % 32 (quantised rows are whole blocks)",
+                "ld % block length (quantised rows are whole blocks)",
                 0,
-                ld % QB,
+                ld % bl,
             )?;
         }
         let len = if rows == 0 { 0 } else { (rows - 1) * ld + cols };
@@ -209,8 +237,14 @@ impl<'a> MatRef<'a> {
     pub fn prefix(&self, rows: usize, cols: usize) -> Result<Self, KernelError> {
         need("MatRef::prefix", "available rows", rows, self.rows)?;
         need("MatRef::prefix", "available cols", cols, self.cols)?;
-        if self.data.is_quantized() {
-            exactly("MatRef::prefix", "cols % 32 (whole blocks)", 0, cols % QB)?;
+        let bl = self.data.block_len();
+        if bl > 1 {
+            exactly(
+                "MatRef::prefix",
+                "cols % block length (whole blocks)",
+                0,
+                cols % bl,
+            )?;
         }
         Ok(MatRef {
             rows,
@@ -358,6 +392,9 @@ fn skinny(
     y: &mut [f32],
     ldy: usize,
 ) {
+    if w.data.is_kquant() {
+        return skinny_kquant(x, ldx, m, w, y, ldy);
+    }
     if w.data.is_quantized() {
         return skinny_quant(isa, qact, x, ldx, m, w, y, ldy);
     }
@@ -1102,7 +1139,63 @@ pub fn widen_row_with(isa: Isa, w: &MatRef<'_>, j: usize, out: &mut [f32]) {
             let n = w.cols.min(out.len());
             dequant(isa, &qrow(w, j), &mut out[..n])
         }
+        WeightData::Q4K(_) | WeightData::Q6K(_) => {
+            let mut buf = [0f32; QK_K];
+            let n = w.cols.min(out.len());
+            for (b, o) in out[..n].chunks_mut(QK_K).enumerate() {
+                kblock(w, j, b, &mut buf);
+                o.copy_from_slice(&buf[..o.len()]);
+            }
+        }
     }
+}
+
+/// Super-block `b` of row `j` of K-quant weights, dequantised into `out`.
+fn kblock(w: &MatRef<'_>, j: usize, b: usize, out: &mut [f32; QK_K]) {
+    let i = j * w.ld / QK_K + b;
+    match w.data {
+        WeightData::Q4K(d) => d[i].dequantize(out),
+        WeightData::Q6K(d) => d[i].dequantize(out),
+        _ => out.fill(0.0),
+    }
+}
+
+/// The skinny product over K-quant weights: each super-block of a weight row is
+/// dequantised once (on the stack) and meets every activation row; no allocation.
+fn skinny_kquant(x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f32], ldy: usize) {
+    let (n, k) = (w.rows, w.cols);
+    let mut buf = [0f32; QK_K];
+    let mut acc = [0f32; SKINNY_MAX_ROWS];
+    for j in 0..n {
+        acc[..m].fill(0.0);
+        for b in 0..k / QK_K {
+            kblock(w, j, b, &mut buf);
+            for (i, a) in acc[..m].iter_mut().enumerate() {
+                let xr = &x[i * ldx + b * QK_K..i * ldx + (b + 1) * QK_K];
+                *a += dot8(&buf, xr);
+            }
+        }
+        for (i, a) in acc[..m].iter().enumerate() {
+            y[i * ldy + j] = *a;
+        }
+    }
+}
+
+/// `Σ a·b` over equal-length slices in eight lanes (vectorised by the compiler; the lane
+/// order is fixed, so the result does not depend on the ISA).
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut l = [0f32; 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for t in 0..8 {
+            l[t] += ca[t] * cb[t];
+        }
+    }
+    let mut s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    let r = a.len() / 8 * 8;
+    for (va, vb) in a[r..].iter().zip(&b[r..]) {
+        s += va * vb;
+    }
+    s
 }
 
 /// The scalar reference (the oracle every SIMD variant is tested against): f32
@@ -1126,6 +1219,17 @@ pub fn linear_scalar(x: &[f32], ldx: usize, m: usize, w: &MatRef<'_>, y: &mut [f
                     .map(|(a, b)| a * b.to_f32())
                     .sum(),
                 WeightData::Q8_0(_) | WeightData::Q4_0(_) => qdot(Isa::Scalar, &qrow(w, j), xr),
+                WeightData::Q4K(_) | WeightData::Q6K(_) => {
+                    let mut buf = [0f32; QK_K];
+                    let mut acc = 0f32;
+                    for b in 0..k / QK_K {
+                        kblock(w, j, b, &mut buf);
+                        for (a, v) in buf.iter().zip(&xr[b * QK_K..(b + 1) * QK_K]) {
+                            acc += a * v;
+                        }
+                    }
+                    acc
+                }
             };
             y[i * ldy + j] = acc;
         }
@@ -1201,6 +1305,24 @@ pub fn matmul_rows_mode(
         return Ok(());
     }
     let isa = if isa.is_supported() { isa } else { Isa::Scalar };
+    if w.data.is_kquant() {
+        // `W` stored [k, n] in K-quant super-blocks: each super-block of a row of W is
+        // dequantised once (on the stack) and added, times x[i, f], to every output row
+        let mut buf = [0f32; QK_K];
+        for f in 0..k {
+            for b in 0..n / QK_K {
+                kblock(w, f, b, &mut buf);
+                for i in 0..m {
+                    let a = x[i * ldx + f];
+                    let yr = &mut y[i * ldy + b * QK_K..i * ldy + (b + 1) * QK_K];
+                    for (yv, wv) in yr.iter_mut().zip(&buf) {
+                        *yv += a * wv;
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
     if let (true, WeightData::F32(wd)) = (m > SKINNY_MAX_ROWS, w.data) {
         let ld = w.ld;
         let gemm = |x: &[f32], m: usize, y: &mut [f32]| {

@@ -86,7 +86,7 @@ pub(crate) unsafe fn linear(
             WeightData::F16(d) => rows::<f16>(x, ldx, m, d.as_ptr(), ldw, n, k, y, ldy),
             WeightData::BF16(d) => rows::<bf16>(x, ldx, m, d.as_ptr(), ldw, n, k, y, ldy),
             // quantised weights take `linear::skinny_quant` before reaching here
-            WeightData::Q8_0(_) | WeightData::Q4_0(_) => {
+            WeightData::Q8_0(_) | WeightData::Q4_0(_) | WeightData::Q4K(_) | WeightData::Q6K(_) => {
                 crate::kernels::linear::linear_scalar(x, ldx, m, w, y, ldy)
             }
         }
@@ -276,7 +276,7 @@ pub(crate) unsafe fn matmul_rows(
                 axpy_rows::<bf16>(x, ldx, m, d.as_ptr(), w.ld(), w.rows(), w.cols(), y, ldy)
             }
             // quantised weights take `linear::rows_kernel`'s own path before reaching here
-            WeightData::Q8_0(_) | WeightData::Q4_0(_) => {
+            WeightData::Q8_0(_) | WeightData::Q4_0(_) | WeightData::Q4K(_) | WeightData::Q6K(_) => {
                 crate::kernels::linear::matmul_rows_scalar(x, ldx, m, w, y, ldy)
             }
         }

@@ -71,6 +71,17 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Import a Hugging Face checkpoint directory (Llama, Mistral without a sliding window,
+    /// Qwen2: config.json, model.safetensors or a sharded index, tokenizer.json) as a
+    /// llama.cpp-layout GGUF file.
+    Import {
+        /// The checkpoint directory.
+        #[arg(long)]
+        hf: PathBuf,
+        /// Output model (.gguf; written atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the token ids of a text under a model file's own tokenizer, as JSON
     /// (Modula's byte models: the bytes; llama.cpp files: their tokenizer.ggml.* BPE).
     Tokenize {
@@ -85,6 +96,28 @@ enum Command {
         #[arg(long)]
         prompt: bool,
     },
+}
+
+/// `modula import --hf DIR --out M.gguf`.
+fn import(dir: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+    if out.extension().is_none_or(|e| e != "gguf") {
+        return Err(format!(
+            "--out {}: the output is a .gguf file",
+            out.display()
+        ));
+    }
+    paths::refuse_overwrite(("--out", out), &[("--hf", dir)])?;
+    let w = modula_train::import::hf_to_gguf(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let n = w
+        .write_to(out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    println!(
+        "wrote {} ({} tensors, {:.2} MiB)",
+        out.display(),
+        w.tensor_count(),
+        n as f64 / 1048576.0
+    );
+    Ok(())
 }
 
 /// `modula tokenize`: the ids as one JSON object.
@@ -139,6 +172,7 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Plan(a)) => plan::run(&a),
+        Some(Command::Import { hf, out }) => import(&hf, &out),
         Some(Command::Tokenize {
             model,
             text,

@@ -110,3 +110,104 @@ fn eval_with_the_files_tokenizer_gives_transformers_loss() {
         println!("{name}: NLL {got:.6} vs transformers {want:.6}");
     }
 }
+
+fn step_logits(m: &modula_core::Model<Vec<u8>>, ids: &[u32]) -> Vec<f32> {
+    let mut e = modula_core::engine::open(m, Some(64), None).unwrap();
+    let mut all = Vec::new();
+    for &t in ids {
+        all.extend_from_slice(e.step(t).unwrap());
+    }
+    all
+}
+
+#[test]
+fn import_of_the_hugging_face_directory_gives_transformers_logits() {
+    for (name, tol) in [("llama_gqa", 1e-4f32), ("qwen2_bias", 3e-2)] {
+        let bytes = std::fs::read(case(name).join("expect.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let want: Vec<f32> = st
+            .tensor("logits")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let input: Vec<u32> = ids(&st, "input_ids").iter().map(|&v| v as u32).collect();
+        let out =
+            std::env::temp_dir().join(format!("modula-import-{name}-{}.gguf", std::process::id()));
+        let r = Command::new(env!("CARGO_BIN_EXE_modula"))
+            .args(["import", "--hf"])
+            .arg(case(name).join("hf"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let m = modula_core::Model::from_bytes(std::fs::read(&out).unwrap()).unwrap();
+        // the tokenizer came along: the same ids as the fixture's GGUF (written by gguf-py)
+        let tokenize = |model: &Path| {
+            let t = Command::new(env!("CARGO_BIN_EXE_modula"))
+                .args([
+                    "tokenize",
+                    "--text",
+                    "Once upon a time, the miller's 3 daughters!",
+                    "--model",
+                ])
+                .arg(model)
+                .output()
+                .unwrap();
+            assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+            t.stdout
+        };
+        assert_eq!(
+            tokenize(&out),
+            tokenize(&case(name).join("model.gguf")),
+            "{name}"
+        );
+        std::fs::remove_file(&out).unwrap();
+        let got = step_logits(&m, &input);
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
+            / scale;
+        println!("{name}: imported logits within {err:.2e} of transformers'");
+        assert!(err <= tol, "{name}: {err}");
+    }
+    // a shard index naming a missing file, an unknown architecture: clear errors
+    let dir = std::env::temp_dir().join(format!("modula-import-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = std::fs::read_to_string(case("qwen2_bias").join("hf/config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), &cfg).unwrap();
+    std::fs::copy(
+        case("qwen2_bias").join("hf/model.safetensors.index.json"),
+        dir.join("model.safetensors.index.json"),
+    )
+    .unwrap();
+    let run = |dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_modula"))
+            .args(["import", "--hf"])
+            .arg(dir)
+            .arg("--out")
+            .arg(dir.join("x.gguf"))
+            .output()
+            .unwrap()
+    };
+    let r = run(&dir);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("missing"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("Qwen2ForCausalLM", "FalconForCausalLM"),
+    )
+    .unwrap();
+    let r = run(&dir);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("FalconForCausalLM"));
+    assert!(!dir.join("x.gguf").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

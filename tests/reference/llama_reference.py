@@ -10,6 +10,9 @@ outputs computed by transformers in float64 from the float32 weights:
 
     tests/fixtures/llama_parity/<case>/model.gguf          F32 weights
     tests/fixtures/llama_parity/<case>/model-f16.gguf      F16 matrices, F32 norms
+    tests/fixtures/llama_parity/<case>/hf/                 for llama_gqa (f32, one file) and
+        qwen2_bias (bf16, sharded with model.safetensors.index.json): save_pretrained's
+        config.json and safetensors, and tokenizer.json
     tests/fixtures/llama_parity/<case>/expect.safetensors  input_ids [T] (int32),
         logits [T, vocab] (float32), greedy [32] (int32: transformers' greedy continuation),
         prompt_ids, prompt_greedy [16]: PROMPT encoded by the model's tokenizer, and
@@ -59,6 +62,10 @@ CASES = {
                                  rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=128,
                                  tie_word_embeddings=False)),
 }
+
+
+# cases also saved as Hugging Face directories: (dtype, max shard size)
+HF_DIRS = {"llama_gqa": (torch.float32, "10GB"), "qwen2_bias": (torch.bfloat16, "200KB")}
 
 
 def permute(w, n_head):
@@ -181,6 +188,14 @@ def main():
         d = os.path.join(OUT, case)
         os.makedirs(d, exist_ok=True)
         tok = train_tokenizer(cfg.vocab_size)
+        if case in HF_DIRS:
+            # the Hugging Face directory itself, for `modula import --hf`
+            hf = os.path.join(d, "hf")
+            dtype, shard = HF_DIRS[case]
+            m2 = cls(cfg).eval()
+            m2.load_state_dict(sd)
+            m2.to(dtype).save_pretrained(hf, safe_serialization=True, max_shard_size=shard)
+            tok.save(os.path.join(hf, "tokenizer.json"))
         write_gguf(os.path.join(d, "model.gguf"), arch, cfg, sd, False, tok)
         write_gguf(os.path.join(d, "model-f16.gguf"), arch, cfg, sd, True, tok)
         ids = torch.randint(0, cfg.vocab_size, (1, T))

@@ -20,6 +20,7 @@ pub mod emoe;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod gradcheck;
+pub mod import;
 pub mod layers;
 pub mod m2mkd;
 pub mod model;

@@ -1,0 +1,551 @@
+//! `modula import --hf DIR`: a Hugging Face Llama-family checkpoint directory
+//! (`config.json`; `model.safetensors` or a sharded `model.safetensors.index.json`;
+//! `tokenizer.json`) as a llama.cpp-layout GGUF file that every Modula command runs.
+//!
+//! The architectures `LlamaForCausalLM` (and `MistralForCausalLM` without a sliding window)
+//! become llama.cpp's `llama` (query and key rows permuted per head, as llama.cpp's
+//! converter does, for its adjacent-pair rotary embedding); `Qwen2ForCausalLM` becomes
+//! `qwen2` (rows as stored, q/k/v biases). Matrices keep their stored type (F32, F16, BF16);
+//! norm gains and biases are written as F32. A byte-level BPE `tokenizer.json` becomes
+//! `tokenizer.ggml.*` (model `gpt2`). Anything else — another architecture, rope scaling
+//! other than `linear`, attention or MLP biases Llama does not have, a tokenizer of another
+//! kind, a shard index naming a missing file, a tensor of the wrong shape — is an error
+//! naming it.
+
+use crate::core::gguf::GgufWriter;
+use crate::core::{DType, MetaValue, ValueType};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A clear message naming the file, key or tensor at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportError(pub String);
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+fn bad<T>(m: impl Into<String>) -> Result<T, ImportError> {
+    Err(ImportError(m.into()))
+}
+
+fn read_json(p: &Path) -> Result<Json, ImportError> {
+    let s = std::fs::read_to_string(p).map_err(|e| ImportError(format!("{}: {e}", p.display())))?;
+    serde_json::from_str(&s).map_err(|e| ImportError(format!("{}: {e}", p.display())))
+}
+
+/// The architecture of a `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfConfig {
+    /// `llama` or `qwen2` (llama.cpp's architecture name).
+    pub arch: &'static str,
+    /// Width.
+    pub d: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// FFN width.
+    pub ffn: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Vocabulary.
+    pub vocab: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// Rotary base.
+    pub theta: f32,
+    /// Linear rope scaling factor (1: none).
+    pub rope_linear: f32,
+    /// Trained context.
+    pub context: usize,
+    /// Tied embeddings.
+    pub tied: bool,
+    /// Beginning/end of sequence ids, when given.
+    pub bos: Option<u32>,
+    /// End of sequence.
+    pub eos: Option<u32>,
+}
+
+impl HfConfig {
+    /// Parse and check a `config.json`.
+    pub fn from_json(c: &Json) -> Result<Self, ImportError> {
+        let arch_name = c["architectures"][0].as_str().unwrap_or("");
+        let arch = match arch_name {
+            "LlamaForCausalLM" | "MistralForCausalLM" => "llama",
+            "Qwen2ForCausalLM" => "qwen2",
+            "" => return bad("config.json: no architectures entry"),
+            o => {
+                return bad(format!(
+                    "config.json: architectures = {o:?} is not imported (LlamaForCausalLM, \
+                     MistralForCausalLM, Qwen2ForCausalLM)"
+                ))
+            }
+        };
+        let num = |k: &str| -> Result<usize, ImportError> {
+            c[k].as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| ImportError(format!("config.json: {k} is missing or not a count")))
+        };
+        let (d, heads) = (num("hidden_size")?, num("num_attention_heads")?);
+        let kv_heads = c["num_key_value_heads"]
+            .as_u64()
+            .map_or(heads, |v| v as usize);
+        if heads == 0 || kv_heads == 0 || d % heads != 0 || heads % kv_heads != 0 {
+            return bad(format!(
+                "config.json: hidden_size {d}, {heads} heads, {kv_heads} key/value heads do not fit"
+            ));
+        }
+        if let Some(hd) = c["head_dim"].as_u64() {
+            if hd as usize != d / heads {
+                return bad(format!(
+                    "config.json: head_dim {hd} is not hidden_size / num_attention_heads = {}",
+                    d / heads
+                ));
+            }
+        }
+        if c["hidden_act"].as_str().unwrap_or("silu") != "silu" {
+            return bad(format!(
+                "config.json: hidden_act = {} (only silu is run)",
+                c["hidden_act"]
+            ));
+        }
+        for k in ["attention_bias", "mlp_bias"] {
+            if c[k].as_bool() == Some(true) {
+                return bad(format!("config.json: {k} = true is not run"));
+            }
+        }
+        // Qwen2 configs carry a sliding_window that is off unless use_sliding_window says so
+        let sliding = !c["sliding_window"].is_null()
+            && match arch_name {
+                "Qwen2ForCausalLM" => c["use_sliding_window"].as_bool() == Some(true),
+                _ => c["use_sliding_window"].as_bool() != Some(false),
+            };
+        if sliding {
+            return bad(format!(
+                "config.json: sliding_window = {} (sliding-window attention is not run)",
+                c["sliding_window"]
+            ));
+        }
+        // rope: transformers 5 keeps rope_theta and the scaling in rope_parameters, 4 in
+        // rope_theta and rope_scaling
+        let params = if c["rope_parameters"].is_object() {
+            c["rope_parameters"].clone()
+        } else {
+            let mut p = c["rope_scaling"].clone();
+            if !p.is_object() {
+                p = serde_json::json!({});
+            }
+            if let Some(t) = c["rope_theta"].as_f64() {
+                p["rope_theta"] = t.into();
+            }
+            p
+        };
+        let theta = params["rope_theta"].as_f64().unwrap_or(10000.0) as f32;
+        let kind = params["rope_type"]
+            .as_str()
+            .or(params["type"].as_str())
+            .unwrap_or("default");
+        let rope_linear = match kind {
+            "default" => 1.0,
+            "linear" => params["factor"]
+                .as_f64()
+                .filter(|f| *f >= 1.0)
+                .ok_or_else(|| {
+                    ImportError("config.json: linear rope scaling without a factor ≥ 1".into())
+                })? as f32,
+            o => {
+                return bad(format!(
+                    "config.json: rope scaling {o:?} is not run (default, linear)"
+                ))
+            }
+        };
+        let id = |k: &str| c[k].as_u64().map(|v| v as u32);
+        Ok(HfConfig {
+            arch,
+            d,
+            layers: num("num_hidden_layers")?,
+            ffn: num("intermediate_size")?,
+            heads,
+            kv_heads,
+            vocab: num("vocab_size")?,
+            eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
+            theta,
+            rope_linear,
+            context: c["max_position_embeddings"].as_u64().unwrap_or(0) as usize,
+            tied: c["tie_word_embeddings"].as_bool().unwrap_or(false),
+            bos: id("bos_token_id"),
+            eos: id("eos_token_id"),
+        })
+    }
+}
+
+/// One checkpoint tensor: type, shape, bytes.
+struct Tensor {
+    dtype: DType,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+/// Every tensor of the checkpoint's safetensors file(s).
+fn read_tensors(dir: &Path) -> Result<BTreeMap<String, Tensor>, ImportError> {
+    let files: Vec<PathBuf> = if dir.join("model.safetensors").exists() {
+        vec![dir.join("model.safetensors")]
+    } else if dir.join("model.safetensors.index.json").exists() {
+        let idx = read_json(&dir.join("model.safetensors.index.json"))?;
+        let Some(map) = idx["weight_map"].as_object() else {
+            return bad("model.safetensors.index.json: no weight_map");
+        };
+        let mut f: Vec<PathBuf> = map
+            .values()
+            .filter_map(|v| v.as_str())
+            .map(|s| dir.join(s))
+            .collect();
+        f.sort();
+        f.dedup();
+        for p in &f {
+            if !p.exists() {
+                return bad(format!(
+                    "model.safetensors.index.json names {}, which is missing",
+                    p.display()
+                ));
+            }
+        }
+        f
+    } else {
+        return bad(format!(
+            "{}: no model.safetensors or model.safetensors.index.json",
+            dir.display()
+        ));
+    };
+    let mut out = BTreeMap::new();
+    for p in files {
+        let bytes = std::fs::read(&p).map_err(|e| ImportError(format!("{}: {e}", p.display())))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| ImportError(format!("{}: {e}", p.display())))?;
+        for (name, v) in st.tensors() {
+            let dtype = match v.dtype() {
+                safetensors::Dtype::F32 => DType::F32,
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                o => {
+                    return bad(format!(
+                        "{}: tensor {name} is {o:?} (F32, F16, BF16 are imported)",
+                        p.display()
+                    ))
+                }
+            };
+            out.insert(
+                name,
+                Tensor {
+                    dtype,
+                    shape: v.shape().to_vec(),
+                    bytes: v.data().to_vec(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The values of a tensor as f32 (for norm gains and biases).
+fn as_f32(t: &Tensor) -> Vec<f32> {
+    match t.dtype {
+        DType::F16 => t
+            .bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => t
+            .bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => t
+            .bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    }
+}
+
+/// llama.cpp's converter permutation of a query/key matrix `[heads·hd, d]`: within each
+/// head, row `2i + h` of the result is row `h·hd/2 + i` of the rotate-half layout.
+fn permute_rows(t: &Tensor, heads: usize) -> Tensor {
+    let rows = t.shape[0];
+    let row_bytes = t.bytes.len() / rows;
+    let hd = rows / heads;
+    let mut out = vec![0u8; t.bytes.len()];
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            for half in 0..2 {
+                let src = h * hd + half * (hd / 2) + i;
+                let dst = h * hd + 2 * i + half;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&t.bytes[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Tensor {
+        dtype: t.dtype,
+        shape: t.shape.clone(),
+        bytes: out,
+    }
+}
+
+fn strings(v: &[String]) -> MetaValue {
+    MetaValue::Array(
+        ValueType::String,
+        v.iter().map(|s| MetaValue::String(s.clone())).collect(),
+    )
+}
+
+/// `tokenizer.json` (byte-level BPE) as `tokenizer.ggml.*` keys on `w`.
+fn add_tokenizer(w: &mut GgufWriter<'_>, t: &Json, cfg: &HfConfig) -> Result<(), ImportError> {
+    let m = &t["model"];
+    if m["type"].as_str() != Some("BPE") {
+        return bad(format!(
+            "tokenizer.json: model type {} is not imported (byte-level BPE)",
+            m["type"]
+        ));
+    }
+    let pre = &t["pre_tokenizer"];
+    let byte_level = pre["type"].as_str() == Some("ByteLevel")
+        || pre["pretokenizers"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["type"].as_str() == Some("ByteLevel")));
+    if !byte_level || pre["type"].as_str() != Some("ByteLevel") {
+        return bad(format!(
+            "tokenizer.json: pre-tokenizer {} is not imported yet (GPT-2's ByteLevel)",
+            pre["type"]
+        ));
+    }
+    let Some(vocab) = m["vocab"].as_object() else {
+        return bad("tokenizer.json: model.vocab is missing");
+    };
+    let mut tokens: Vec<Option<String>> = Vec::new();
+    let mut put = |id: usize, s: &str| {
+        if tokens.len() <= id {
+            tokens.resize(id + 1, None);
+        }
+        tokens[id] = Some(s.to_string());
+    };
+    for (s, id) in vocab {
+        put(id.as_u64().unwrap_or(u64::MAX) as usize, s);
+    }
+    let mut special = std::collections::HashSet::new();
+    for a in t["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(s)) = (a["id"].as_u64(), a["content"].as_str()) {
+            put(id as usize, s);
+            if a["special"].as_bool() == Some(true) {
+                special.insert(id as usize);
+            }
+        }
+    }
+    if tokens.len() > cfg.vocab {
+        return bad(format!(
+            "tokenizer.json has {} tokens, the model's vocab_size is {}",
+            tokens.len(),
+            cfg.vocab
+        ));
+    }
+    let Some(tokens) = tokens.into_iter().collect::<Option<Vec<String>>>() else {
+        return bad("tokenizer.json: the token ids are not 0..n without gaps");
+    };
+    let merges: Vec<String> = m["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| match v {
+            Json::String(s) => s.clone(),
+            Json::Array(p) => p
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        })
+        .collect();
+    let types: Vec<MetaValue> = (0..tokens.len())
+        .map(|i| MetaValue::I32(if special.contains(&i) { 3 } else { 1 }))
+        .collect();
+    let set = |w: &mut GgufWriter<'_>, k: &str, v: MetaValue| {
+        w.set(k, v).map_err(|e| ImportError(format!("{k}: {e}")))
+    };
+    set(w, "tokenizer.ggml.model", MetaValue::String("gpt2".into()))?;
+    set(w, "tokenizer.ggml.pre", MetaValue::String("gpt2".into()))?;
+    set(w, "tokenizer.ggml.tokens", strings(&tokens))?;
+    set(
+        w,
+        "tokenizer.ggml.token_type",
+        MetaValue::Array(ValueType::I32, types),
+    )?;
+    set(w, "tokenizer.ggml.merges", strings(&merges))?;
+    let n = tokens.len() as u32;
+    if let Some(b) = cfg.bos.filter(|&b| b < n) {
+        set(w, "tokenizer.ggml.bos_token_id", MetaValue::U32(b))?;
+    }
+    if let Some(e) = cfg.eos.filter(|&e| e < n) {
+        set(w, "tokenizer.ggml.eos_token_id", MetaValue::U32(e))?;
+    }
+    Ok(())
+}
+
+/// The GGUF file of a Hugging Face checkpoint directory (written by the caller, atomically).
+pub fn hf_to_gguf(dir: &Path) -> Result<GgufWriter<'static>, ImportError> {
+    let cfg = HfConfig::from_json(&read_json(&dir.join("config.json"))?)?;
+    let mut ts = read_tensors(dir)?;
+    let (d, hd) = (cfg.d, cfg.d / cfg.heads);
+    let mut w = GgufWriter::new();
+    let a = cfg.arch;
+    let set = |w: &mut GgufWriter<'_>, k: &str, v: MetaValue| {
+        w.set(k, v).map_err(|e| ImportError(format!("{k}: {e}")))
+    };
+    set(&mut w, "general.architecture", MetaValue::String(a.into()))?;
+    set(
+        &mut w,
+        "general.name",
+        MetaValue::String(format!("imported from {}", dir.display())),
+    )?;
+    for (k, v) in [
+        ("embedding_length", cfg.d),
+        ("block_count", cfg.layers),
+        ("feed_forward_length", cfg.ffn),
+        ("attention.head_count", cfg.heads),
+        ("attention.head_count_kv", cfg.kv_heads),
+        ("rope.dimension_count", hd),
+        ("context_length", cfg.context),
+    ] {
+        set(&mut w, &format!("{a}.{k}"), MetaValue::U32(v as u32))?;
+    }
+    set(
+        &mut w,
+        &format!("{a}.attention.layer_norm_rms_epsilon"),
+        MetaValue::F32(cfg.eps),
+    )?;
+    set(
+        &mut w,
+        &format!("{a}.rope.freq_base"),
+        MetaValue::F32(cfg.theta),
+    )?;
+    if cfg.rope_linear != 1.0 {
+        set(
+            &mut w,
+            &format!("{a}.rope.scaling.type"),
+            MetaValue::String("linear".into()),
+        )?;
+        set(
+            &mut w,
+            &format!("{a}.rope.scaling.factor"),
+            MetaValue::F32(cfg.rope_linear),
+        )?;
+    }
+    let tj = dir.join("tokenizer.json");
+    if tj.exists() {
+        add_tokenizer(&mut w, &read_json(&tj)?, &cfg)?;
+    }
+    let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, ImportError> {
+        let t = ts
+            .remove(name)
+            .ok_or_else(|| ImportError(format!("the checkpoint has no tensor {name}")))?;
+        if t.shape != shape {
+            return bad(format!(
+                "{name} is {:?}; the config needs {shape:?}",
+                t.shape
+            ));
+        }
+        Ok(t)
+    };
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let vector = |name: String, t: Tensor| {
+        let v = as_f32(&t);
+        (
+            name,
+            Tensor {
+                dtype: DType::F32,
+                shape: t.shape,
+                bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            },
+        )
+    };
+    let (qw, kvw) = (cfg.heads * hd, cfg.kv_heads * hd);
+    tensors.push((
+        "token_embd.weight".into(),
+        take("model.embed_tokens.weight", &[cfg.vocab, d])?,
+    ));
+    for l in 0..cfg.layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        let b = |s: &str| format!("blk.{l}.{s}");
+        tensors.push(vector(
+            b("attn_norm.weight"),
+            take(&p("input_layernorm.weight"), &[d])?,
+        ));
+        let (mut q, mut k) = (
+            take(&p("self_attn.q_proj.weight"), &[qw, d])?,
+            take(&p("self_attn.k_proj.weight"), &[kvw, d])?,
+        );
+        if a == "llama" {
+            q = permute_rows(&q, cfg.heads);
+            k = permute_rows(&k, cfg.kv_heads);
+        }
+        tensors.push((b("attn_q.weight"), q));
+        tensors.push((b("attn_k.weight"), k));
+        tensors.push((
+            b("attn_v.weight"),
+            take(&p("self_attn.v_proj.weight"), &[kvw, d])?,
+        ));
+        if a == "qwen2" {
+            for (n, rows) in [("q", qw), ("k", kvw), ("v", kvw)] {
+                let t = take(&p(&format!("self_attn.{n}_proj.bias")), &[rows])?;
+                tensors.push(vector(b(&format!("attn_{n}.bias")), t));
+            }
+        }
+        tensors.push((
+            b("attn_output.weight"),
+            take(&p("self_attn.o_proj.weight"), &[d, qw])?,
+        ));
+        tensors.push(vector(
+            b("ffn_norm.weight"),
+            take(&p("post_attention_layernorm.weight"), &[d])?,
+        ));
+        tensors.push((
+            b("ffn_gate.weight"),
+            take(&p("mlp.gate_proj.weight"), &[cfg.ffn, d])?,
+        ));
+        tensors.push((
+            b("ffn_up.weight"),
+            take(&p("mlp.up_proj.weight"), &[cfg.ffn, d])?,
+        ));
+        tensors.push((
+            b("ffn_down.weight"),
+            take(&p("mlp.down_proj.weight"), &[d, cfg.ffn])?,
+        ));
+    }
+    tensors.push(vector(
+        "output_norm.weight".into(),
+        take("model.norm.weight", &[d])?,
+    ));
+    if !cfg.tied {
+        tensors.push((
+            "output.weight".into(),
+            take("lm_head.weight", &[cfg.vocab, d])?,
+        ));
+    } else {
+        ts.remove("lm_head.weight");
+    }
+    if let Some(extra) = ts.keys().find(|k| !k.ends_with("rotary_emb.inv_freq")) {
+        return bad(format!(
+            "the checkpoint has a tensor this architecture does not use: {extra}"
+        ));
+    }
+    for (name, t) in tensors {
+        w.add_tensor(&name, t.dtype, &t.shape, t.bytes)
+            .map_err(|e| ImportError(format!("{name}: {e}")))?;
+    }
+    Ok(w)
+}

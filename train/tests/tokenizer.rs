@@ -58,8 +58,7 @@ fn bad_tokenizers_are_clear_errors() {
     assert!(e.to_string().contains("UTF-8"), "{e}");
     // a file from elsewhere without a tokenizer
     let m = Model::open(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/llama_parity/llama_gqa/model.gguf"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus/valid/minimal.gguf"),
     )
     .unwrap();
     let e = Tokenizer::from_model(&m).unwrap_err();

@@ -2,7 +2,7 @@
 //! file: no weight is copied, every supported weight type runs as stored, and after
 //! [`LlamaEngine::new`] a decode step allocates nothing.
 //!
-//! One block, on the [`Runner`]'s residual rows: RMSNorm; q, k, v (Qwen2: with biases) for
+//! One block, on the `Runner`'s residual rows: RMSNorm; q, k, v (Qwen2: with biases) for
 //! all rows in one product each; rotary embeddings of q and k at each row's position (the
 //! pairs the file's architecture uses: adjacent for `llama`, whose converter permutes the
 //! Hugging Face rows, halves for `qwen2`); k and v appended to the caches of the key/value
@@ -141,7 +141,7 @@ struct LBlockW<'a> {
     down: MatRef<'a>,
 }
 
-/// The blocks for the [`Runner`]: weights, the caches of every key/value head, the rotary
+/// The blocks for the `Runner`: weights, the caches of every key/value head, the rotary
 /// tables.
 #[derive(Debug)]
 struct LlamaBlocks<'a> {

@@ -12,12 +12,12 @@
 //! embedding when the file has no `output.weight`) are the runner's.
 
 use super::runner::{Blocks, Ends, RunHead, Runner};
-use super::{not_family, ArenaPlan, Bind};
+use super::{attend_cache, not_family, ArenaPlan, Bind, ATT_BLOCK};
 use crate::arch::{AttnLayout, Family, FfnKind, MixerSpec, NormKind, Positions, Role, RopeStyle};
 use crate::error::Error;
-use crate::kernels::attention::{causal_attention, KvCache};
-use crate::kernels::elementwise::{rms_norm, silu, softmax};
-use crate::kernels::linear::{linear, matmul_rows, MatRef};
+use crate::kernels::attention::KvCache;
+use crate::kernels::elementwise::{rms_norm, silu};
+use crate::kernels::linear::{linear, MatRef};
 use crate::model::Model;
 use crate::ModelDesc;
 use alloc::format;
@@ -169,9 +169,6 @@ struct LRows {
     scores: Vec<f32>,
 }
 
-/// Query rows of a prompt whose attention scores are one product.
-const ATT_BLOCK: usize = 64;
-
 impl LRows {
     fn new(s: &LlamaSpec, n: usize, scores: usize) -> Self {
         let (wq, wkv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
@@ -279,41 +276,18 @@ impl Blocks for LlamaBlocks<'_> {
         for hh in 0..nq {
             let c = &self.caches[l * nkv + hh / group];
             let q0 = hh * hd;
-            if n == 1 {
-                let tc = pos + 1;
-                causal_attention(
-                    &q[q0..q0 + hd],
-                    1,
-                    &c.keys()[..tc * hd],
-                    &c.values()[..tc * hd],
-                    tc,
-                    hd,
-                    scale,
-                    &mut att[q0..q0 + hd],
-                    &mut w.scores,
-                )?;
-                continue;
-            }
-            // a prompt: blocks of query rows; scores against the causal prefix in one
-            // product, each row's softmax over its own prefix, values in a second product
-            let mut i0 = 0;
-            while i0 < n {
-                let rows = ATT_BLOCK.min(n - i0);
-                let tc = pos + i0 + rows;
-                let keys = MatRef::f32(&c.keys()[..tc * hd], tc, hd)?;
-                let vals = MatRef::f32(&c.values()[..tc * hd], tc, hd)?;
-                let sc = &mut w.scores[..rows * tc];
-                linear(&q[i0 * wq + q0..], wq, rows, &keys, None, sc, tc)?;
-                for (r, row) in sc.chunks_exact_mut(tc).enumerate() {
-                    let seen = pos + i0 + r + 1;
-                    let (live, future) = row.split_at_mut(seen);
-                    live.iter_mut().for_each(|v| *v *= scale);
-                    softmax(live);
-                    future.fill(0.0);
-                }
-                matmul_rows(sc, tc, rows, &vals, &mut att[i0 * wq + q0..], wq, false)?;
-                i0 += rows;
-            }
+            attend_cache(
+                &q[q0..],
+                wq,
+                n,
+                pos,
+                c,
+                hd,
+                scale,
+                &mut att[q0..],
+                wq,
+                &mut w.scores,
+            )?;
         }
         let tmp = &mut w.tmp[..n * d];
         linear(att, wq, n, &bw.o, None, tmp, d)?;

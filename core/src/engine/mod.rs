@@ -132,6 +132,62 @@ struct DenseBlocks<'a> {
 /// Query rows of a prompt whose attention scores are computed in one product.
 const ATT_BLOCK: usize = 64;
 
+/// Causal attention of one head's `n` query rows (`q`, rows `ldq` apart, at positions
+/// `pos..pos + n`) over its cache `c` (which already holds them), into `out` (rows `ldo`
+/// apart); `scores` holds `ATT_BLOCK` × the context. One row (a decode step): the attention
+/// kernel over keys `0..=pos`. A prompt: blocks of `ATT_BLOCK` query rows at once — the
+/// scores of a block against every key up to its last row are one product, each row's
+/// softmax runs over its own causal prefix (row `i` sees keys `0..=pos + i`; the rest of its
+/// scores are zeroed), and the weighted sum of values is a second product.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_cache(
+    q: &[f32],
+    ldq: usize,
+    n: usize,
+    pos: usize,
+    c: &KvCache,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+    ldo: usize,
+    scores: &mut [f32],
+) -> Result<(), Error> {
+    if n == 1 {
+        let tc = pos + 1;
+        causal_attention(
+            &q[..hd],
+            1,
+            &c.keys()[..tc * hd],
+            &c.values()[..tc * hd],
+            tc,
+            hd,
+            scale,
+            &mut out[..hd],
+            scores,
+        )?;
+        return Ok(());
+    }
+    let mut i0 = 0;
+    while i0 < n {
+        let rows = ATT_BLOCK.min(n - i0);
+        let tc = pos + i0 + rows;
+        let keys = MatRef::f32(&c.keys()[..tc * hd], tc, hd)?;
+        let vals = MatRef::f32(&c.values()[..tc * hd], tc, hd)?;
+        let sc = &mut scores[..rows * tc];
+        linear(&q[i0 * ldq..], ldq, rows, &keys, None, sc, tc)?;
+        for (r, row) in sc.chunks_exact_mut(tc).enumerate() {
+            let seen = pos + i0 + r + 1;
+            let (live, future) = row.split_at_mut(seen);
+            live.iter_mut().for_each(|v| *v *= scale);
+            softmax(live);
+            future.fill(0.0);
+        }
+        matmul_rows(sc, tc, rows, &vals, &mut out[i0 * ldo..], ldo, false)?;
+        i0 += rows;
+    }
+    Ok(())
+}
+
 /// The blocks' work rows for `n` positions at once (`n = 1`: the decode step's buffers,
 /// allocated once; a prompt's rows: allocated by [`DenseEngine::prefill`]).
 #[derive(Debug)]
@@ -960,45 +1016,18 @@ impl Blocks for DenseBlocks<'_> {
                     let r = &qkv[i * w3..(i + 1) * w3];
                     c.append(&r[k0..k0 + hd], &r[v0..v0 + hd])?;
                 }
-                if n == 1 {
-                    // the decode step: one query at position pos over keys 0..=pos
-                    let tc = pos + 1;
-                    causal_attention(
-                        &qkv[q0..q0 + hd],
-                        1,
-                        &c.keys()[..tc * hd],
-                        &c.values()[..tc * hd],
-                        tc,
-                        hd,
-                        scale,
-                        &mut att[hh * hd..(hh + 1) * hd],
-                        &mut b.scores,
-                    )?;
-                    continue;
-                }
-                // a prompt: blocks of ATT_BLOCK query rows at once — the scores of a block
-                // against every key up to its last row are one product, each row's softmax
-                // runs over its own causal prefix (row i sits at position pos + i and sees
-                // keys 0..=pos + i; the rest of its scores are zeroed), and the weighted
-                // sum of values is a second product
-                let mut i0 = 0;
-                while i0 < n {
-                    let rows = ATT_BLOCK.min(n - i0);
-                    let tc = pos + i0 + rows;
-                    let keys = MatRef::f32(&c.keys()[..tc * hd], tc, hd)?;
-                    let vals = MatRef::f32(&c.values()[..tc * hd], tc, hd)?;
-                    let sc = &mut b.scores[..rows * tc];
-                    linear(&qkv[i0 * w3 + q0..], w3, rows, &keys, None, sc, tc)?;
-                    for (r, row) in sc.chunks_exact_mut(tc).enumerate() {
-                        let seen = pos + i0 + r + 1;
-                        let (live, future) = row.split_at_mut(seen);
-                        live.iter_mut().for_each(|v| *v *= scale);
-                        softmax(live);
-                        future.fill(0.0);
-                    }
-                    matmul_rows(sc, tc, rows, &vals, &mut att[i0 * d + hh * hd..], d, false)?;
-                    i0 += rows;
-                }
+                attend_cache(
+                    &qkv[q0..],
+                    w3,
+                    n,
+                    pos,
+                    c,
+                    hd,
+                    scale,
+                    &mut att[hh * hd..],
+                    d,
+                    &mut b.scores,
+                )?;
             }
             if s.head_major {
                 // transposed projection: the first nh·hd rows meet the heads that ran

@@ -298,12 +298,15 @@ impl<'a> MfEngine<'a> {
     /// Bind the weights of `m` (no copy) and allocate every buffer for up to
     /// `max_context` positions.
     pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>, max_context: usize) -> Result<Self, Error> {
-        let s = MfSpec::from_model(m)?;
+        // the description once: the spec and the tensor table both come from it
+        let desc = ModelDesc::from_model(m)?;
+        let s = MfSpec::from_desc(&desc)?;
         if max_context == 0 {
             return Err(Error::input("the context must hold at least 1 position"));
         }
         let (d, da, df) = (s.d, s.att_hidden(), s.ffn_hidden);
-        let t = Bind::new(m, &ModelDesc::from_model(m)?)?;
+        let t = Bind::new(m, &desc)?;
+        drop(desc);
         let mut blocks = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
             let at = Some(l);

@@ -229,7 +229,9 @@ impl<'a> SbEngine<'a> {
     /// Bind the weights of `m` (matrices in place, any supported type) and allocate the
     /// constant-size state.
     pub fn new<B: AsRef<[u8]>>(m: &'a Model<B>) -> Result<Self, Error> {
-        let s = SbSpec::from_model(m)?;
+        // the description once: the spec and the tensor table both come from it
+        let desc = ModelDesc::from_model(m)?;
+        let s = SbSpec::from_desc(&desc)?;
         if !s.causal {
             return Err(Error::unsupported(
                 "a bidirectional SeqBoat model cannot stream (its reverse EMA needs the future)",
@@ -254,7 +256,8 @@ impl<'a> SbEngine<'a> {
                 s.window
             )));
         }
-        let t = Bind::new(m, &ModelDesc::from_model(m)?)?;
+        let t = Bind::new(m, &desc)?;
+        drop(desc);
         let mut layers = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
             let at = Some(l);

@@ -1,8 +1,9 @@
-//! Llama-family files (llama.cpp's layout) against Hugging Face transformers: small
-//! random-weight `LlamaForCausalLM` / `Qwen2ForCausalLM` models (grouped-query attention,
-//! tied and separate heads, linear rope scaling, Qwen2's q/k/v biases) written as GGUF by
-//! gguf-py, with transformers' float64 logits and greedy continuation
-//! (`tests/reference/llama_reference.py`, checked in under `tests/fixtures/llama_parity/`).
+//! Llama-family and GPT-2 files (llama.cpp's layout) against Hugging Face transformers:
+//! small random-weight `LlamaForCausalLM` / `Qwen2ForCausalLM` models (grouped-query
+//! attention, tied and separate heads, linear rope scaling, Qwen2's q/k/v biases) and
+//! `GPT2LMHeadModel`s (tied and untied) written as GGUF by gguf-py, with transformers'
+//! float64 logits and greedy continuation (`tests/reference/llama_reference.py` and
+//! `gpt2_reference.py`, checked in under `tests/fixtures/{llama,gpt2}_parity/`).
 //! The decoder must give those logits within 1e-4 (relative to the largest), token by token
 //! and as one prefill, and the same 32 greedy tokens.
 #![allow(clippy::unwrap_used)]
@@ -11,11 +12,23 @@ use modula_core::{engine, Family, Model, ModelDesc};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 
-const CASES: [&str; 3] = ["llama_gqa", "llama_tied_linear", "qwen2_bias"];
+const CASES: [&str; 5] = [
+    "llama_gqa",
+    "llama_tied_linear",
+    "qwen2_bias",
+    "gpt2_tied",
+    "gpt2_untied",
+];
 
 fn dir(case: &str) -> PathBuf {
+    let set = if case.starts_with("gpt2") {
+        "gpt2_parity"
+    } else {
+        "llama_parity"
+    };
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/llama_parity")
+        .join("fixtures")
+        .join(set)
         .join(case)
 }
 
@@ -67,9 +80,9 @@ fn argmax(l: &[f32]) -> u32 {
 }
 
 /// Worst relative error of the step logits, of the prefill's, and the greedy tokens.
-fn run(file: &Path, e: &Expect) -> (f32, f32, Vec<u32>) {
+fn run(file: &Path, family: Family, e: &Expect) -> (f32, f32, Vec<u32>) {
     let m = Model::open(file).unwrap();
-    assert_eq!(ModelDesc::from_model(&m).unwrap().family, Family::Llama);
+    assert_eq!(ModelDesc::from_model(&m).unwrap().family, family);
     let mut dec = engine::open(&m, Some(64), None).unwrap();
     let v = dec.vocab();
     let mut worst = 0f32;
@@ -91,10 +104,15 @@ fn run(file: &Path, e: &Expect) -> (f32, f32, Vec<u32>) {
 }
 
 #[test]
-fn llama_and_qwen2_files_give_transformers_logits_and_greedy_tokens() {
+fn llama_qwen2_and_gpt2_files_give_transformers_logits_and_greedy_tokens() {
     for case in CASES {
         let e = expect(case);
-        let (steps, prefill, greedy) = run(&dir(case).join("model.gguf"), &e);
+        let family = if case.starts_with("gpt2") {
+            Family::Gpt2
+        } else {
+            Family::Llama
+        };
+        let (steps, prefill, greedy) = run(&dir(case).join("model.gguf"), family, &e);
         println!(
             "{case}: F32 steps {steps:.2e}, prefill {prefill:.2e} (relative to the largest logit)"
         );
@@ -102,7 +120,7 @@ fn llama_and_qwen2_files_give_transformers_logits_and_greedy_tokens() {
         assert!(prefill <= 1e-4, "{case}: prefill logits off by {prefill}");
         assert_eq!(greedy, e.greedy, "{case}: greedy tokens");
         // the F16 file: the weights rounded to 11 bits, the logits close, not the same
-        let (steps, prefill, greedy) = run(&dir(case).join("model-f16.gguf"), &e);
+        let (steps, prefill, greedy) = run(&dir(case).join("model-f16.gguf"), family, &e);
         let same = greedy
             .iter()
             .zip(&e.greedy)
@@ -168,4 +186,24 @@ fn broken_llama_files_are_clear_errors() {
             assert!(err.contains(w), "{name}: {err:?} lacks {w:?}");
         }
     }
+}
+
+#[test]
+fn gpt2_files_plan_exactly_and_refuse_a_context_beyond_their_positions() {
+    let m = Model::open(dir("gpt2_untied").join("model.gguf")).unwrap();
+    let s = engine::LlamaSpec::from_model(&m).unwrap();
+    assert_eq!(
+        (s.family, s.heads, s.ffn, s.positions, s.tied),
+        (Family::Gpt2, 3, 80, 96, false)
+    );
+    let e = engine::LlamaEngine::new(&m, 40).unwrap();
+    assert_eq!(e.arena_bytes(), s.plan(40).unwrap());
+    assert_eq!(e.arena_bytes().gates, 0, "no rotary tables");
+    let err = engine::open(&m, Some(97), None).err().unwrap().to_string();
+    assert!(err.contains("96 learned positions"), "{err}");
+    // the default context is the position table
+    let t = Model::open(dir("gpt2_tied").join("model.gguf")).unwrap();
+    let dec = engine::open(&t, None, None).unwrap();
+    assert_eq!((dec.max_context(), dec.family()), (Some(64), Family::Gpt2));
+    assert!(engine::LlamaSpec::from_model(&t).unwrap().tied);
 }

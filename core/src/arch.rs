@@ -46,6 +46,9 @@ pub enum Family {
     /// or `qwen2`): RMSNorm, rotary positions, grouped-query attention (Qwen2: with q/k/v
     /// biases), SwiGLU FFN, tied or separate head.
     Llama,
+    /// GPT-2 from llama.cpp's GGUF (`general.architecture` = `gpt2`): learned positions,
+    /// LayerNorm, fused q/k/v with biases, tanh-GELU FFN with biases, tied or separate head.
+    Gpt2,
 }
 
 impl Family {
@@ -56,6 +59,7 @@ impl Family {
             Family::ModuleFormer => "moduleformer",
             Family::SeqBoat => "seqboat",
             Family::Llama => "llama",
+            Family::Gpt2 => "gpt2",
         }
     }
 }
@@ -610,6 +614,7 @@ pub fn keys_of(f: Family) -> impl Iterator<Item = &'static str> {
         Family::ModuleFormer => (COMMON_KEYS, MODULEFORMER_KEYS),
         Family::SeqBoat => (COMMON_KEYS, SEQBOAT_KEYS),
         Family::Llama => (&[], LLAMA_KEYS),
+        Family::Gpt2 => (&[], GPT2_KEYS),
     };
     common.iter().chain(own).copied()
 }
@@ -634,6 +639,19 @@ pub const LLAMA_KEYS: &[&str] = &[
     "llama.rope.scaling.factor",
     "llama.expert_count",
     "llama.vocab_size",
+];
+
+/// Keys of llama.cpp's GPT-2 files.
+pub const GPT2_KEYS: &[&str] = &[
+    "general.architecture",
+    "gpt2.context_length",
+    "gpt2.embedding_length",
+    "gpt2.block_count",
+    "gpt2.feed_forward_length",
+    "gpt2.attention.head_count",
+    "gpt2.attention.head_count_kv",
+    "gpt2.attention.layer_norm_epsilon",
+    "gpt2.vocab_size",
 ];
 
 /// Reads metadata and remembers which keys were read (so a test can prove every key in a
@@ -845,10 +863,11 @@ impl ModelDesc {
             match r.str("general.architecture") {
                 Some("llama") => return Ok((llama(&r, "llama")?, r.read.into_inner())),
                 Some("qwen2") => return Ok((llama(&r, "qwen2")?, r.read.into_inner())),
+                Some("gpt2") => return Ok((gpt2(&r)?, r.read.into_inner())),
                 Some(o) => {
                     return Err(Error::unsupported(format!(
                         "general.architecture = \"{o}\" is not an architecture Modula runs \
-                         (Modula's own files; llama.cpp's llama, qwen2)"
+                         (Modula's own files; llama.cpp's llama, qwen2, gpt2)"
                     )))
                 }
                 None => {}
@@ -877,7 +896,9 @@ impl ModelDesc {
             Family::Dense => dense(&r)?,
             Family::ModuleFormer => moduleformer(&r)?,
             Family::SeqBoat => seqboat(&r)?,
-            Family::Llama => unreachable!("read from general.architecture above"),
+            Family::Llama | Family::Gpt2 => {
+                unreachable!("read from general.architecture above")
+            }
         };
         let keys = r.read.into_inner();
         Ok((desc, keys))
@@ -1130,6 +1151,19 @@ impl ModelDesc {
                             f.width,
                             Layout::OutIn,
                         ));
+                    }
+                    FfnKind::Dense if self.family == Family::Gpt2 => {
+                        // llama.cpp's GPT-2: up `[ffn, d]`, down `[d, ffn]`, both [out, in]
+                        out(mtx("ffn_up.weight", Role::FfnUp, f.width, d, Layout::OutIn));
+                        out(v("ffn_up.bias", Role::FfnUpBias, f.width));
+                        out(mtx(
+                            "ffn_down.weight",
+                            Role::FfnDown,
+                            d,
+                            f.width,
+                            Layout::OutIn,
+                        ));
+                        out(v("ffn_down.bias", Role::FfnDownBias, d));
                     }
                     FfnKind::Dense | FfnKind::Emoe { .. } => {
                         out(mtx("ffn_up.weight", Role::FfnUp, f.width, d, Layout::OutIn));
@@ -1907,24 +1941,7 @@ fn llama<B: AsRef<[u8]>>(r: &Meta<'_, B>, arch: &str) -> Result<ModelDesc> {
             "rope_freqs.weight: per-dimension rope factors (Llama 3.1's llama3 rope scaling) are not run yet",
         ));
     }
-    let emb = r.m.tensor("token_embd.weight")?.shape();
-    if emb.len() != 2 || emb[1] != d {
-        return Err(Error::Shape {
-            tensor: "token_embd.weight".into(),
-            expected: vec![0, d],
-            got: emb,
-        });
-    }
-    let vocab = emb[0];
-    if r.u32_or(&k("vocab_size"), vocab)? != vocab {
-        return Err(Error::metadata(
-            &k("vocab_size"),
-            format!(
-                "{} disagrees with token_embd.weight's {vocab} rows",
-                k("vocab_size")
-            ),
-        ));
-    }
+    let vocab = embedding_vocab(r, arch, d)?;
     let context = r.u32_or(&k("context_length"), 0)?;
     let bias = r.m.tensor("blk.0.attn_q.bias").is_ok();
     let head = if r.m.tensor("output.weight").is_ok() {
@@ -1976,6 +1993,128 @@ fn llama<B: AsRef<[u8]>>(r: &Meta<'_, B>, arch: &str) -> Result<ModelDesc> {
         blocks: vec![block; layers],
         final_norm: Some(norm),
         head,
+        nesting: Nesting {
+            depths: vec![layers],
+            ffn_widths: vec![ffn],
+            heads: vec![heads],
+            experts: Vec::new(),
+        },
+    })
+}
+
+/// The token embedding's rows, checked against `{arch}.vocab_size` when the file has it.
+fn embedding_vocab<B: AsRef<[u8]>>(r: &Meta<'_, B>, arch: &str, d: usize) -> Result<usize> {
+    let emb = r.m.tensor("token_embd.weight")?.shape();
+    if emb.len() != 2 || emb[1] != d {
+        return Err(Error::Shape {
+            tensor: "token_embd.weight".into(),
+            expected: vec![0, d],
+            got: emb,
+        });
+    }
+    let vocab = emb[0];
+    let key = format!("{arch}.vocab_size");
+    if r.u32_or(&key, vocab)? != vocab {
+        return Err(Error::metadata(
+            &key,
+            format!("{key} disagrees with token_embd.weight's {vocab} rows"),
+        ));
+    }
+    Ok(vocab)
+}
+
+/// A GPT-2 file in llama.cpp's layout: learned positions (`position_embd.weight`, one row
+/// per position of `gpt2.context_length`), pre-LayerNorm blocks with a fused q/k/v
+/// projection and biases on every product, a tanh-GELU FFN, a final LayerNorm and the head
+/// (`output.weight`, or the token embedding when the file has none).
+fn gpt2<B: AsRef<[u8]>>(r: &Meta<'_, B>) -> Result<ModelDesc> {
+    let d = r.u32("gpt2.embedding_length")?;
+    let layers = r.u32("gpt2.block_count")?;
+    if layers == 0 || layers > r.m.tensor_count() {
+        return Err(Error::metadata(
+            "gpt2.block_count",
+            format!(
+                "gpt2.block_count = {layers}: the file holds {} tensors",
+                r.m.tensor_count()
+            ),
+        ));
+    }
+    let ffn = r.u32("gpt2.feed_forward_length")?;
+    let heads = r.u32("gpt2.attention.head_count")?;
+    if heads == 0 || d == 0 || d % heads != 0 || ffn == 0 {
+        return Err(Error::metadata(
+            "gpt2.attention.head_count",
+            format!("width {d} is not a multiple of {heads} heads (FFN {ffn})"),
+        ));
+    }
+    if r.u32_or("gpt2.attention.head_count_kv", heads)? != heads {
+        return Err(Error::unsupported(
+            "gpt2.attention.head_count_kv: GPT-2 with grouped-query attention is not run",
+        ));
+    }
+    let eps = r.f32("gpt2.attention.layer_norm_epsilon")?;
+    if !(eps > 0.0 && eps < 1.0) {
+        return Err(Error::metadata(
+            "gpt2.attention.layer_norm_epsilon",
+            format!("LayerNorm epsilon {eps} must be in (0, 1)"),
+        ));
+    }
+    let vocab = embedding_vocab(r, "gpt2", d)?;
+    let pos = r.m.tensor("position_embd.weight")?.shape();
+    if pos.len() != 2 || pos[1] != d || pos[0] == 0 {
+        return Err(Error::Shape {
+            tensor: "position_embd.weight".into(),
+            expected: vec![0, d],
+            got: pos,
+        });
+    }
+    let rows = pos[0];
+    let context = r.u32_or("gpt2.context_length", rows)?;
+    if context > rows {
+        return Err(Error::metadata(
+            "gpt2.context_length",
+            format!("gpt2.context_length {context} exceeds position_embd.weight's {rows} rows"),
+        ));
+    }
+    let norm = NormSpec {
+        kind: NormKind::LayerNorm,
+        eps,
+    };
+    let block = BlockSpec {
+        norm,
+        mixer: MixerSpec::Attention(AttentionSpec {
+            heads,
+            kv_heads: heads,
+            head_dim: d / heads,
+            causal: true,
+            bias: true,
+            layout: AttnLayout::Qkv,
+        }),
+        ffn: Some((
+            norm,
+            FfnSpec {
+                width: ffn,
+                act: Act::GeluTanh,
+                gated: false,
+                bias: true,
+                kind: FfnKind::Dense,
+            },
+        )),
+    };
+    Ok(ModelDesc {
+        family: Family::Gpt2,
+        task: Task::Lm,
+        input: Input::Tokens { vocab },
+        d,
+        context_length: Some(context),
+        positions: Positions::Learned { rows },
+        blocks: vec![block; layers],
+        final_norm: Some(norm),
+        head: if r.m.tensor("output.weight").is_ok() {
+            Head::Separate
+        } else {
+            Head::Tied
+        },
         nesting: Nesting {
             depths: vec![layers],
             ffn_widths: vec![ffn],

@@ -214,9 +214,12 @@ fn plan_llama<B: AsRef<[u8]>>(a: &PlanArgs, m: &Model<B>) -> Result<(), String> 
     let depth = if a.size == "all" {
         spec.layers
     } else {
-        a.size
-            .parse()
-            .map_err(|_| format!("--size {}: for a Llama-family file use a depth N", a.size))?
+        a.size.parse().map_err(|_| {
+            format!(
+                "--size {}: for a Llama-family or GPT-2 file use a depth N",
+                a.size
+            )
+        })?
     };
     let sub = m
         .submodel(NestedSpec {
@@ -224,7 +227,11 @@ fn plan_llama<B: AsRef<[u8]>>(a: &PlanArgs, m: &Model<B>) -> Result<(), String> 
             ..Default::default()
         })
         .map_err(|e| at(e.to_string()))?;
-    println!("(Llama family: gates = the rotary cos/sin tables)");
+    if spec.positions == 0 {
+        println!("(Llama family: gates = the rotary cos/sin tables)");
+    } else {
+        println!("(GPT-2: learned positions, no rotary tables)");
+    }
     print_rows(
         a,
         ctx,

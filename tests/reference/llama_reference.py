@@ -93,7 +93,7 @@ def add_tokenizer(w, tok):
         tokens[i] = t
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
     w.add_token_types([3 if t in ("<s>", "</s>") else 1 for t in tokens])
     w.add_token_merges(merges)

@@ -1,4 +1,4 @@
-//! `modula import --hf DIR`: a Hugging Face Llama-family checkpoint directory
+//! `modula import --hf DIR`: a Hugging Face Llama-family or GPT-2 checkpoint directory
 //! (`config.json`; `model.safetensors` or a sharded `model.safetensors.index.json`;
 //! `tokenizer.json`) as a llama.cpp-layout GGUF file that every Modula command runs.
 //!
@@ -6,7 +6,9 @@
 //! become llama.cpp's `llama` (query and key rows permuted per head, as llama.cpp's
 //! converter does, for its adjacent-pair rotary embedding); `Qwen2ForCausalLM` becomes
 //! `qwen2` (rows as stored, q/k/v biases). Matrices keep their stored type (F32, F16, BF16);
-//! norm gains and biases are written as F32. A byte-level BPE `tokenizer.json` becomes
+//! norm gains and biases are written as F32. `GPT2LMHeadModel` becomes llama.cpp's `gpt2`
+//! (its Conv1D weights, stored `[in, out]`, transposed to `[out, in]` as llama.cpp's converter
+//! does; `transformer.` prefix or none). A byte-level BPE `tokenizer.json` becomes
 //! `tokenizer.ggml.*` (model `gpt2`). Anything else — another architecture, rope scaling
 //! other than `linear`, attention or MLP biases Llama does not have, a tokenizer of another
 //! kind, a shard index naming a missing file, a tensor of the wrong shape — is an error
@@ -42,7 +44,7 @@ fn read_json(p: &Path) -> Result<Json, ImportError> {
 /// The architecture of a `config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HfConfig {
-    /// `llama` or `qwen2` (llama.cpp's architecture name).
+    /// `llama`, `qwen2` or `gpt2` (llama.cpp's architecture name).
     pub arch: &'static str,
     /// Width.
     pub d: usize,
@@ -56,7 +58,7 @@ pub struct HfConfig {
     pub kv_heads: usize,
     /// Vocabulary.
     pub vocab: usize,
-    /// RMSNorm epsilon.
+    /// RMSNorm (GPT-2: LayerNorm) epsilon.
     pub eps: f32,
     /// Rotary base.
     pub theta: f32,
@@ -79,11 +81,12 @@ impl HfConfig {
         let arch = match arch_name {
             "LlamaForCausalLM" | "MistralForCausalLM" => "llama",
             "Qwen2ForCausalLM" => "qwen2",
+            "GPT2LMHeadModel" => "gpt2",
             "" => return bad("config.json: no architectures entry"),
             o => {
                 return bad(format!(
                     "config.json: architectures = {o:?} is not imported (LlamaForCausalLM, \
-                     MistralForCausalLM, Qwen2ForCausalLM)"
+                     MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)"
                 ))
             }
         };
@@ -92,6 +95,46 @@ impl HfConfig {
                 .map(|v| v as usize)
                 .ok_or_else(|| ImportError(format!("config.json: {k} is missing or not a count")))
         };
+        let id = |k: &str| c[k].as_u64().map(|v| v as u32);
+        if arch == "gpt2" {
+            let (d, heads) = (num("n_embd")?, num("n_head")?);
+            if heads == 0 || d == 0 || d % heads != 0 {
+                return bad(format!(
+                    "config.json: n_embd {d} is not a multiple of n_head {heads}"
+                ));
+            }
+            let act = c["activation_function"].as_str().unwrap_or("gelu_new");
+            if !matches!(act, "gelu_new" | "gelu_pytorch_tanh") {
+                return bad(format!(
+                    "config.json: activation_function = {act:?} (GPT-2's tanh GELU, gelu_new, is run)"
+                ));
+            }
+            for (k, want) in [
+                ("scale_attn_weights", true),
+                ("scale_attn_by_inverse_layer_idx", false),
+                ("add_cross_attention", false),
+            ] {
+                if c[k].as_bool().is_some_and(|v| v != want) {
+                    return bad(format!("config.json: {k} = {} is not run", !want));
+                }
+            }
+            return Ok(HfConfig {
+                arch,
+                d,
+                layers: num("n_layer")?,
+                ffn: c["n_inner"].as_u64().map_or(4 * d, |v| v as usize),
+                heads,
+                kv_heads: heads,
+                vocab: num("vocab_size")?,
+                eps: c["layer_norm_epsilon"].as_f64().unwrap_or(1e-5) as f32,
+                theta: 0.0,
+                rope_linear: 1.0,
+                context: num("n_positions")?,
+                tied: c["tie_word_embeddings"].as_bool().unwrap_or(true),
+                bos: id("bos_token_id"),
+                eos: id("eos_token_id"),
+            });
+        }
         let (d, heads) = (num("hidden_size")?, num("num_attention_heads")?);
         let kv_heads = c["num_key_value_heads"]
             .as_u64()
@@ -165,7 +208,6 @@ impl HfConfig {
                 ))
             }
         };
-        let id = |k: &str| c[k].as_u64().map(|v| v as u32);
         Ok(HfConfig {
             arch,
             d,
@@ -378,7 +420,7 @@ fn add_tokenizer(w: &mut GgufWriter<'_>, t: &Json, cfg: &HfConfig) -> Result<(),
         w.set(k, v).map_err(|e| ImportError(format!("{k}: {e}")))
     };
     set(w, "tokenizer.ggml.model", MetaValue::String("gpt2".into()))?;
-    set(w, "tokenizer.ggml.pre", MetaValue::String("gpt2".into()))?;
+    set(w, "tokenizer.ggml.pre", MetaValue::String("gpt-2".into()))?;
     set(w, "tokenizer.ggml.tokens", strings(&tokens))?;
     set(
         w,
@@ -400,6 +442,9 @@ fn add_tokenizer(w: &mut GgufWriter<'_>, t: &Json, cfg: &HfConfig) -> Result<(),
 pub fn hf_to_gguf(dir: &Path) -> Result<GgufWriter<'static>, ImportError> {
     let cfg = HfConfig::from_json(&read_json(&dir.join("config.json"))?)?;
     let mut ts = read_tensors(dir)?;
+    if cfg.arch == "gpt2" {
+        return gpt2_to_gguf(dir, &cfg, ts);
+    }
     let (d, hd) = (cfg.d, cfg.d / cfg.heads);
     let mut w = GgufWriter::new();
     let a = cfg.arch;
@@ -539,6 +584,158 @@ pub fn hf_to_gguf(dir: &Path) -> Result<GgufWriter<'static>, ImportError> {
         ts.remove("lm_head.weight");
     }
     if let Some(extra) = ts.keys().find(|k| !k.ends_with("rotary_emb.inv_freq")) {
+        return bad(format!(
+            "the checkpoint has a tensor this architecture does not use: {extra}"
+        ));
+    }
+    for (name, t) in tensors {
+        w.add_tensor(&name, t.dtype, &t.shape, t.bytes)
+            .map_err(|e| ImportError(format!("{name}: {e}")))?;
+    }
+    Ok(w)
+}
+
+/// A Conv1D weight `[in, out]` as `[out, in]`.
+fn transpose(t: &Tensor) -> Tensor {
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let es = t.bytes.len() / (r * c).max(1);
+    let mut out = vec![0u8; t.bytes.len()];
+    for i in 0..r {
+        for j in 0..c {
+            let (s, d) = ((i * c + j) * es, (j * r + i) * es);
+            out[d..d + es].copy_from_slice(&t.bytes[s..s + es]);
+        }
+    }
+    Tensor {
+        dtype: t.dtype,
+        shape: vec![c, r],
+        bytes: out,
+    }
+}
+
+/// `GPT2LMHeadModel` as llama.cpp's `gpt2` file.
+fn gpt2_to_gguf(
+    dir: &Path,
+    cfg: &HfConfig,
+    mut ts: BTreeMap<String, Tensor>,
+) -> Result<GgufWriter<'static>, ImportError> {
+    let (d, f) = (cfg.d, cfg.ffn);
+    let mut w = GgufWriter::new();
+    let set = |w: &mut GgufWriter<'_>, k: &str, v: MetaValue| {
+        w.set(k, v).map_err(|e| ImportError(format!("{k}: {e}")))
+    };
+    set(
+        &mut w,
+        "general.architecture",
+        MetaValue::String("gpt2".into()),
+    )?;
+    set(
+        &mut w,
+        "general.name",
+        MetaValue::String(format!("imported from {}", dir.display())),
+    )?;
+    for (k, v) in [
+        ("embedding_length", d),
+        ("block_count", cfg.layers),
+        ("feed_forward_length", f),
+        ("attention.head_count", cfg.heads),
+        ("context_length", cfg.context),
+    ] {
+        set(&mut w, &format!("gpt2.{k}"), MetaValue::U32(v as u32))?;
+    }
+    set(
+        &mut w,
+        "gpt2.attention.layer_norm_epsilon",
+        MetaValue::F32(cfg.eps),
+    )?;
+    let tj = dir.join("tokenizer.json");
+    if tj.exists() {
+        add_tokenizer(&mut w, &read_json(&tj)?, cfg)?;
+    }
+    // `save_pretrained` of GPT2LMHeadModel prefixes `transformer.`; GPT2Model's files do not
+    let prefix = if ts.contains_key("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    };
+    let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, ImportError> {
+        let full = format!("{prefix}{name}");
+        let t = ts
+            .remove(&full)
+            .ok_or_else(|| ImportError(format!("the checkpoint has no tensor {full}")))?;
+        if t.shape != shape {
+            return bad(format!(
+                "{full} is {:?}; the config needs {shape:?}",
+                t.shape
+            ));
+        }
+        Ok(t)
+    };
+    let vector = |t: Tensor| {
+        let v = as_f32(&t);
+        Tensor {
+            dtype: DType::F32,
+            shape: t.shape,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    };
+    let mut tensors: Vec<(String, Tensor)> = vec![
+        (
+            "token_embd.weight".into(),
+            take("wte.weight", &[cfg.vocab, d])?,
+        ),
+        (
+            "position_embd.weight".into(),
+            take("wpe.weight", &[cfg.context, d])?,
+        ),
+    ];
+    for l in 0..cfg.layers {
+        let p = |s: &str| format!("h.{l}.{s}");
+        let b = |s: &str| format!("blk.{l}.{s}");
+        // (HF name, llama.cpp name, Conv1D [in, out], bias length)
+        for (hf, cpp, conv, out) in [
+            ("ln_1", "attn_norm", None, d),
+            ("attn.c_attn", "attn_qkv", Some(d), 3 * d),
+            ("attn.c_proj", "attn_output", Some(d), d),
+            ("ln_2", "ffn_norm", None, d),
+            ("mlp.c_fc", "ffn_up", Some(d), f),
+            ("mlp.c_proj", "ffn_down", Some(f), d),
+        ] {
+            let wt = match conv {
+                Some(inp) => transpose(&take(&p(&format!("{hf}.weight")), &[inp, out])?),
+                None => vector(take(&p(&format!("{hf}.weight")), &[out])?),
+            };
+            tensors.push((b(&format!("{cpp}.weight")), wt));
+            let bias = take(&p(&format!("{hf}.bias")), &[out])?;
+            tensors.push((b(&format!("{cpp}.bias")), vector(bias)));
+        }
+    }
+    tensors.push((
+        "output_norm.weight".into(),
+        vector(take("ln_f.weight", &[d])?),
+    ));
+    tensors.push(("output_norm.bias".into(), vector(take("ln_f.bias", &[d])?)));
+    match ts.remove("lm_head.weight") {
+        Some(t) if !cfg.tied => {
+            if t.shape != [cfg.vocab, d] {
+                return bad(format!(
+                    "lm_head.weight is {:?}; the config needs {:?}",
+                    t.shape,
+                    [cfg.vocab, d]
+                ));
+            }
+            tensors.push(("output.weight".into(), t));
+        }
+        None if !cfg.tied => {
+            return bad("tie_word_embeddings = false, but the checkpoint has no lm_head.weight")
+        }
+        _ => {}
+    }
+    // the causal-mask buffers of older checkpoints are not weights
+    if let Some(extra) = ts
+        .keys()
+        .find(|k| !k.ends_with(".attn.bias") && !k.ends_with(".attn.masked_bias"))
+    {
         return bad(format!(
             "the checkpoint has a tensor this architecture does not use: {extra}"
         ));

@@ -190,11 +190,11 @@ impl Bpe {
     /// eos_token_id, add_bos_token}`.
     pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, TokenizerError> {
         match m.get_str("tokenizer.ggml.pre") {
-            None | Some("gpt2") | Some("default") => {}
+            // llama.cpp names GPT-2's "gpt-2"; "gpt2" is what Modula 0.1 wrote
+            None | Some("gpt-2") | Some("gpt2") => {}
             Some(o) => {
                 return err(format!(
-                    "tokenizer.ggml.pre = \"{o}\": only GPT-2's pre-tokenizer (gpt2, default) \
-                     is run yet"
+                    "tokenizer.ggml.pre = \"{o}\": only GPT-2's pre-tokenizer (gpt-2) is run yet"
                 ))
             }
         }

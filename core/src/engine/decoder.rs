@@ -188,7 +188,8 @@ fn wrong(size: Size, family: Family) -> Error {
 macro_rules! forward_common {
     ($ty:ident, $family:expr) => {
         fn family(&self) -> Family {
-            $family
+            let f: fn(&Self) -> Family = $family;
+            f(self)
         }
         fn vocab(&self) -> usize {
             self.spec().vocab
@@ -215,7 +216,7 @@ macro_rules! forward_common {
 }
 
 impl<'a> Decoder<'a> for DenseEngine<'a> {
-    forward_common!(DenseEngine, Family::Dense);
+    forward_common!(DenseEngine, |_| Family::Dense);
     fn full_heads(&self) -> usize {
         self.spec().heads
     }
@@ -278,7 +279,7 @@ fn only(o: &DecodeOptions, f: Family) -> Result<(), Error> {
 }
 
 impl<'a> Decoder<'a> for MfEngine<'a> {
-    forward_common!(MfEngine, Family::ModuleFormer);
+    forward_common!(MfEngine, |_| Family::ModuleFormer);
     fn full_heads(&self) -> usize {
         1
     }
@@ -329,7 +330,7 @@ impl<'a> Decoder<'a> for MfEngine<'a> {
 }
 
 impl<'a> Decoder<'a> for SbEngine<'a> {
-    forward_common!(SbEngine, Family::SeqBoat);
+    forward_common!(SbEngine, |_| Family::SeqBoat);
     fn full_heads(&self) -> usize {
         1
     }
@@ -376,7 +377,7 @@ impl<'a> Decoder<'a> for SbEngine<'a> {
 }
 
 impl<'a> Decoder<'a> for LlamaEngine<'a> {
-    forward_common!(LlamaEngine, Family::Llama);
+    forward_common!(LlamaEngine, LlamaEngine::family);
     fn full_heads(&self) -> usize {
         self.spec().heads
     }
@@ -392,18 +393,18 @@ impl<'a> Decoder<'a> for LlamaEngine<'a> {
     fn set_size(&mut self, size: Size) -> Result<(), Error> {
         match size {
             Size::Depth(d) => self.set_depth(Some(d)),
-            _ => Err(wrong(size, Family::Llama)),
+            _ => Err(wrong(size, self.spec().family)),
         }
     }
     fn parse_size(&self, sz: &str) -> Result<Size, Error> {
         sz.parse().map(Size::Depth).map_err(|_| {
             Error::input(format!(
-                "--size {sz}: for a Llama-family file use a depth N (its first N blocks)"
+                "--size {sz}: for a Llama-family or GPT-2 file use a depth N (its first N blocks)"
             ))
         })
     }
     fn configure(&mut self, o: &DecodeOptions) -> Result<(), Error> {
-        only(o, Family::Llama)
+        only(o, self.spec().family)
     }
 }
 
@@ -450,7 +451,7 @@ pub fn open<'a, B: AsRef<[u8]>>(
             }
             Ok(e)
         }
-        Family::Llama => {
+        Family::Llama | Family::Gpt2 => {
             let ctx = context.unwrap_or_else(|| default_context(&desc, 1024));
             let mut e: Box<dyn Decoder<'a> + 'a> = Box::new(LlamaEngine::new(m, ctx)?);
             if let Some(c) = cap {

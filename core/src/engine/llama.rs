@@ -1,6 +1,6 @@
-//! Llama-family decoding (llama.cpp's `llama` and `qwen2` files) straight from the mapped
-//! file: no weight is copied, every supported weight type runs as stored, and after
-//! [`LlamaEngine::new`] a decode step allocates nothing.
+//! Llama-family and GPT-2 decoding (llama.cpp's `llama`, `qwen2` and `gpt2` files) straight
+//! from the mapped file: no weight is copied, every supported weight type runs as stored,
+//! and after [`LlamaEngine::new`] a decode step allocates nothing.
 //!
 //! One block, on the `Runner`'s residual rows: RMSNorm; q, k, v (Qwen2: with biases) for
 //! all rows in one product each; rotary embeddings of q and k at each row's position (the
@@ -10,13 +10,20 @@
 //! shares (grouped-query attention); output projection; residual; RMSNorm;
 //! `down(silu(gate x) ⊙ up x)`; residual. Embedding, final RMSNorm and the head (tied to the
 //! embedding when the file has no `output.weight`) are the runner's.
+//!
+//! GPT-2 is the same block with its own choices: LayerNorm (gain and bias) for RMSNorm,
+//! learned positions (the runner adds `position_embd`) for rotary ones, q, k and v as the
+//! three row ranges of the fused `attn_qkv` (and of its bias), a bias on the output
+//! projection, and `down(gelu_tanh(up x + b)) + b` for SwiGLU.
 
 use super::runner::{Blocks, Ends, RunHead, Runner};
 use super::{attend_cache, not_family, ArenaPlan, Bind, ATT_BLOCK};
-use crate::arch::{AttnLayout, Family, FfnKind, MixerSpec, NormKind, Positions, Role, RopeStyle};
+use crate::arch::{
+    Act, AttnLayout, Family, FfnKind, MixerSpec, NormKind, Positions, Role, RopeStyle,
+};
 use crate::error::Error;
 use crate::kernels::attention::KvCache;
-use crate::kernels::elementwise::{rms_norm, silu};
+use crate::kernels::elementwise::{layer_norm, rms_norm};
 use crate::kernels::linear::{linear, MatRef};
 use crate::model::Model;
 use crate::ModelDesc;
@@ -24,9 +31,11 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
-/// Shape of a Llama-family model, from its description.
+/// Shape of a Llama-family or GPT-2 model, from its description.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LlamaSpec {
+    /// [`Family::Llama`] or [`Family::Gpt2`].
+    pub family: Family,
     /// Vocabulary.
     pub vocab: usize,
     /// Width.
@@ -41,8 +50,20 @@ pub struct LlamaSpec {
     pub head_dim: usize,
     /// FFN width.
     pub ffn: usize,
-    /// RMSNorm epsilon.
+    /// RMSNorm (Llama) or LayerNorm (GPT-2).
+    pub norm: NormKind,
+    /// Norm epsilon.
     pub eps: f32,
+    /// Rows of the learned position table (GPT-2; 0: rotary positions).
+    pub positions: usize,
+    /// q, k, v are the row ranges of one fused projection (GPT-2).
+    pub fused_qkv: bool,
+    /// The output projection and the FFN's products carry biases (GPT-2).
+    pub biases: bool,
+    /// FFN activation.
+    pub act: Act,
+    /// Gated FFN (`down(act(gate x) ⊙ up x)`; Llama) or plain (`down(act(up x))`; GPT-2).
+    pub gated: bool,
     /// Rotary base.
     pub theta: f32,
     /// Rotary pairing.
@@ -63,28 +84,52 @@ impl LlamaSpec {
         Self::from_desc(&ModelDesc::from_model(m)?)
     }
 
-    /// The spec of a Llama-family description.
+    /// The spec of a Llama-family or GPT-2 description.
     pub fn from_desc(desc: &ModelDesc) -> Result<Self, Error> {
-        if desc.family != Family::Llama {
+        if !matches!(desc.family, Family::Llama | Family::Gpt2) {
             return Err(not_family(desc, "llama"));
         }
         let b = desc
             .blocks
             .first()
             .ok_or_else(|| Error::metadata("llama.block_count", "a model of 0 blocks"))?;
-        let (MixerSpec::Attention(a), Some((_, f)), Positions::Rotary(rope)) =
-            (b.mixer, b.ffn, desc.positions)
-        else {
+        let (MixerSpec::Attention(a), Some((_, f))) = (b.mixer, b.ffn) else {
             return Err(not_family(desc, "llama"));
         };
-        if a.layout != AttnLayout::Split
-            || b.norm.kind != NormKind::RmsNorm
-            || !f.gated
-            || f.kind != FfnKind::Dense
-        {
-            return Err(not_family(desc, "llama"));
+        let gpt2 = desc.family == Family::Gpt2;
+        let (rope, positions) = match desc.positions {
+            Positions::Rotary(r) if !gpt2 => (r, 0),
+            Positions::Learned { rows } if gpt2 => (
+                crate::arch::Rope {
+                    theta: 10000.0,
+                    dim: a.head_dim,
+                    style: RopeStyle::Adjacent,
+                    scale: 1.0,
+                },
+                rows,
+            ),
+            _ => return Err(not_family(desc, desc.family.name())),
+        };
+        let ok = if gpt2 {
+            a.layout == AttnLayout::Qkv
+                && b.norm.kind == NormKind::LayerNorm
+                && !f.gated
+                && f.bias
+                && a.bias
+        } else {
+            a.layout == AttnLayout::Split && b.norm.kind == NormKind::RmsNorm && f.gated
+        };
+        if !ok || f.kind != FfnKind::Dense {
+            return Err(not_family(desc, desc.family.name()));
         }
         Ok(LlamaSpec {
+            family: desc.family,
+            norm: b.norm.kind,
+            positions,
+            fused_qkv: gpt2,
+            biases: gpt2,
+            act: f.act,
+            gated: f.gated,
             vocab: desc.vocab(),
             d: desc.d,
             layers: desc.layers(),
@@ -116,12 +161,18 @@ impl LlamaSpec {
             .checked_mul(hd)
             .and_then(|c| c.checked_mul(2 * 4 * self.layers * self.kv_heads))
             .ok_or_else(|| Error::input(format!("context {ctx} is too large for this machine")))?;
-        // runner: x, h, feats, logits; blocks' row: q, k, v, att, tmp, gate, up, scores
-        let work = 4 * (3 * d + self.vocab + 2 * wq + 2 * wkv + d + 2 * f + ctx);
+        // runner: x, h, feats, logits; blocks' row: q, k, v, att, tmp, gate (gated FFNs),
+        // up, scores
+        let gate = if self.gated { f } else { 0 };
+        let work = 4 * (3 * d + self.vocab + 2 * wq + 2 * wkv + d + gate + f + ctx);
         Ok(ArenaPlan {
             kv_cache: cache as u64,
             work: work as u64,
-            gates: (2 * ctx * (hd / 2) * 4) as u64,
+            gates: if self.positions > 0 {
+                0
+            } else {
+                (2 * ctx * (hd / 2) * 4) as u64
+            },
             tables: (self.layers * size_of::<LBlockW<'_>>()
                 + self.layers * self.kv_heads * size_of::<KvCache>()) as u64,
         })
@@ -130,15 +181,32 @@ impl LlamaSpec {
 
 #[derive(Debug)]
 struct LBlockW<'a> {
-    ln1: &'a [f32],
+    ln1: (&'a [f32], Option<&'a [f32]>),
     q: (MatRef<'a>, Option<&'a [f32]>),
     k: (MatRef<'a>, Option<&'a [f32]>),
     v: (MatRef<'a>, Option<&'a [f32]>),
-    o: MatRef<'a>,
-    ln2: &'a [f32],
-    gate: MatRef<'a>,
-    up: MatRef<'a>,
-    down: MatRef<'a>,
+    o: (MatRef<'a>, Option<&'a [f32]>),
+    ln2: (&'a [f32], Option<&'a [f32]>),
+    gate: Option<MatRef<'a>>,
+    up: (MatRef<'a>, Option<&'a [f32]>),
+    down: (MatRef<'a>, Option<&'a [f32]>),
+}
+
+/// The block's norm (gain, and bias for LayerNorm) of each row of `x` into `h`.
+fn norm_rows(
+    s: &LlamaSpec,
+    (g, b): (&[f32], Option<&[f32]>),
+    x: &[f32],
+    h: &mut [f32],
+) -> Result<(), Error> {
+    for (xr, hr) in x.chunks_exact(s.d).zip(h.chunks_exact_mut(s.d)) {
+        if s.norm == NormKind::LayerNorm {
+            layer_norm(xr, Some(g), b, s.eps, hr)?;
+        } else {
+            rms_norm(xr, Some(g), s.eps, hr)?;
+        }
+    }
+    Ok(())
 }
 
 /// The blocks for the `Runner`: weights, the caches of every key/value head, the rotary
@@ -178,7 +246,7 @@ impl LRows {
             v: vec![0.0; n * wkv],
             att: vec![0.0; n * wq],
             tmp: vec![0.0; n * s.d],
-            gate: vec![0.0; n * s.ffn],
+            gate: vec![0.0; if s.gated { n * s.ffn } else { 0 }],
             up: vec![0.0; n * s.ffn],
             scores: vec![0.0; scores],
         }
@@ -249,14 +317,12 @@ impl Blocks for LlamaBlocks<'_> {
         let half = hd / 2;
         let scale = 1.0 / libm::sqrtf(hd as f32);
         let bw = &self.blocks[l];
-        for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
-            rms_norm(xr, Some(bw.ln1), s.eps, hr)?;
-        }
+        norm_rows(&s, bw.ln1, x, h)?;
         let (q, k, v) = (&mut w.q[..n * wq], &mut w.k[..n * wkv], &mut w.v[..n * wkv]);
         linear(h, d, n, &bw.q.0, bw.q.1, q, wq)?;
         linear(h, d, n, &bw.k.0, bw.k.1, k, wkv)?;
         linear(h, d, n, &bw.v.0, bw.v.1, v, wkv)?;
-        for i in 0..n {
+        for i in (0..n).filter(|_| s.positions == 0) {
             let p = pos + i;
             let (c, sn) = (
                 &self.cos[p * half..(p + 1) * half],
@@ -290,21 +356,29 @@ impl Blocks for LlamaBlocks<'_> {
             )?;
         }
         let tmp = &mut w.tmp[..n * d];
-        linear(att, wq, n, &bw.o, None, tmp, d)?;
+        linear(att, wq, n, &bw.o.0, bw.o.1, tmp, d)?;
         for (a, b) in x.iter_mut().zip(tmp.iter()) {
             *a += b;
         }
-        for (xr, hr) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
-            rms_norm(xr, Some(bw.ln2), s.eps, hr)?;
-        }
-        let (gate, up) = (&mut w.gate[..n * f], &mut w.up[..n * f]);
-        linear(h, d, n, &bw.gate, None, gate, f)?;
-        linear(h, d, n, &bw.up, None, up, f)?;
-        silu(gate);
-        for (g, u) in gate.iter_mut().zip(up.iter()) {
-            *g *= u;
-        }
-        linear(gate, f, n, &bw.down, None, tmp, d)?;
+        norm_rows(&s, bw.ln2, x, h)?;
+        let up = &mut w.up[..n * f];
+        linear(h, d, n, &bw.up.0, bw.up.1, up, f)?;
+        let hidden = match &bw.gate {
+            Some(gw) => {
+                let gate = &mut w.gate[..n * f];
+                linear(h, d, n, gw, None, gate, f)?;
+                s.act.apply(gate);
+                for (g, u) in gate.iter_mut().zip(up.iter()) {
+                    *g *= u;
+                }
+                gate
+            }
+            None => {
+                s.act.apply(up);
+                up
+            }
+        };
+        linear(hidden, f, n, &bw.down.0, bw.down.1, tmp, d)?;
         for (a, b) in x.iter_mut().zip(tmp.iter()) {
             *a += b;
         }
@@ -328,37 +402,69 @@ impl<'a> LlamaEngine<'a> {
         let t = Bind::new(m, &desc)?;
         drop(desc);
         let (d, hd) = (s.d, s.head_dim);
-        let lin = |role: Role, bias: Role, l: usize| -> Result<_, Error> {
+        let lin = |role: Role, bias: Role, l: usize, has: bool| -> Result<_, Error> {
             let w = t.mat(role, Some(l))?;
-            let b = if s.qkv_bias {
+            let b = if has {
                 Some(t.vector(bias, Some(l))?)
             } else {
                 None
             };
             Ok((w, b))
         };
+        let norm = |gain: Role, bias: Role, l: usize| -> Result<_, Error> {
+            let b = if s.norm == NormKind::LayerNorm {
+                Some(t.vector(bias, Some(l))?)
+            } else {
+                None
+            };
+            Ok((t.vector(gain, Some(l))?, b))
+        };
+        let (wq, wkv) = (s.heads * hd, s.kv_heads * hd);
         let mut blocks = Vec::with_capacity(s.layers);
         for l in 0..s.layers {
             let at = Some(l);
+            let (q, k, v) = if s.fused_qkv {
+                // GPT-2: q, k, v are the row ranges of the fused projection and its bias
+                let w = t.mat(Role::AttnQkv, at)?;
+                let b = t.vector(Role::AttnQkvBias, at)?;
+                let part = |r0: usize, rows: usize| -> Result<_, Error> {
+                    Ok((w.rows_range(r0, rows)?, Some(&b[r0..r0 + rows])))
+                };
+                (part(0, wq)?, part(wq, wkv)?, part(wq + wkv, wkv)?)
+            } else {
+                (
+                    lin(Role::AttnQ, Role::AttnQBias, l, s.qkv_bias)?,
+                    lin(Role::AttnK, Role::AttnKBias, l, s.qkv_bias)?,
+                    lin(Role::AttnV, Role::AttnVBias, l, s.qkv_bias)?,
+                )
+            };
             blocks.push(LBlockW {
-                ln1: t.vector(Role::AttnNorm, at)?,
-                q: lin(Role::AttnQ, Role::AttnQBias, l)?,
-                k: lin(Role::AttnK, Role::AttnKBias, l)?,
-                v: lin(Role::AttnV, Role::AttnVBias, l)?,
-                o: t.mat(Role::AttnOut, at)?,
-                ln2: t.vector(Role::FfnNorm, at)?,
-                gate: t.mat(Role::FfnGate, at)?,
-                up: t.mat(Role::FfnUp, at)?,
-                down: t.mat(Role::FfnDown, at)?,
+                ln1: norm(Role::AttnNorm, Role::AttnNormBias, l)?,
+                q,
+                k,
+                v,
+                o: lin(Role::AttnOut, Role::AttnOutBias, l, s.biases)?,
+                ln2: norm(Role::FfnNorm, Role::FfnNormBias, l)?,
+                gate: if s.gated {
+                    Some(t.mat(Role::FfnGate, at)?)
+                } else {
+                    None
+                },
+                up: lin(Role::FfnUp, Role::FfnUpBias, l, s.biases)?,
+                down: lin(Role::FfnDown, Role::FfnDownBias, l, s.biases)?,
             });
         }
         // the rotary angles, in f64 then rounded: pair i turns by p / scale · θ^(−2i/hd)
         let half = hd / 2;
-        let (mut cos, mut sin) = (
-            vec![0f32; max_context * half],
-            vec![0f32; max_context * half],
-        );
-        for p in 0..max_context {
+        let rot = if s.positions > 0 { 0 } else { max_context };
+        if s.positions > 0 && max_context > s.positions {
+            return Err(Error::input(format!(
+                "context {max_context} exceeds the model's {} learned positions",
+                s.positions
+            )));
+        }
+        let (mut cos, mut sin) = (vec![0f32; rot * half], vec![0f32; rot * half]);
+        for p in 0..rot {
             for i in 0..half {
                 let inv = libm::pow(f64::from(s.theta), -((2 * i) as f64) / hd as f64);
                 let a = p as f64 / f64::from(s.rope_scale) * inv;
@@ -376,7 +482,11 @@ impl<'a> LlamaEngine<'a> {
             vocab: s.vocab,
             d,
             emb,
-            pos: None,
+            pos: if s.positions > 0 {
+                Some(t.mat(Role::PositionEmbd, None)?)
+            } else {
+                None
+            },
             scale: None,
             norm: Some(t.final_norm()?),
             eps: s.eps,
@@ -397,6 +507,11 @@ impl<'a> LlamaEngine<'a> {
         Ok(LlamaEngine {
             r: Runner::new(ends, b, max_context, step),
         })
+    }
+
+    /// [`Family::Llama`] or [`Family::Gpt2`].
+    pub fn family(&self) -> Family {
+        self.r.blocks.spec.family
     }
 
     /// The architecture.

@@ -15,7 +15,7 @@
 //! naming it.
 
 use crate::core::gguf::GgufWriter;
-use crate::core::{DType, MetaValue, ValueType};
+use crate::core::{DType, MetaValue};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -340,102 +340,37 @@ fn permute_rows(t: &Tensor, heads: usize) -> Tensor {
     }
 }
 
-fn strings(v: &[String]) -> MetaValue {
-    MetaValue::Array(
-        ValueType::String,
-        v.iter().map(|s| MetaValue::String(s.clone())).collect(),
-    )
-}
-
-/// `tokenizer.json` (byte-level BPE) as `tokenizer.ggml.*` keys on `w`.
-fn add_tokenizer(w: &mut GgufWriter<'_>, t: &Json, cfg: &HfConfig) -> Result<(), ImportError> {
-    let m = &t["model"];
-    if m["type"].as_str() != Some("BPE") {
-        return bad(format!(
-            "tokenizer.json: model type {} is not imported (byte-level BPE)",
-            m["type"]
-        ));
-    }
-    let pre = &t["pre_tokenizer"];
-    let byte_level = pre["type"].as_str() == Some("ByteLevel")
-        || pre["pretokenizers"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|p| p["type"].as_str() == Some("ByteLevel")));
-    if !byte_level || pre["type"].as_str() != Some("ByteLevel") {
-        return bad(format!(
-            "tokenizer.json: pre-tokenizer {} is not imported yet (GPT-2's ByteLevel)",
-            pre["type"]
-        ));
-    }
-    let Some(vocab) = m["vocab"].as_object() else {
-        return bad("tokenizer.json: model.vocab is missing");
-    };
-    let mut tokens: Vec<Option<String>> = Vec::new();
-    let mut put = |id: usize, s: &str| {
-        if tokens.len() <= id {
-            tokens.resize(id + 1, None);
-        }
-        tokens[id] = Some(s.to_string());
-    };
-    for (s, id) in vocab {
-        put(id.as_u64().unwrap_or(u64::MAX) as usize, s);
-    }
-    let mut special = std::collections::HashSet::new();
-    for a in t["added_tokens"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(s)) = (a["id"].as_u64(), a["content"].as_str()) {
-            put(id as usize, s);
-            if a["special"].as_bool() == Some(true) {
-                special.insert(id as usize);
-            }
-        }
-    }
-    if tokens.len() > cfg.vocab {
+/// `tokenizer.json` (byte-level BPE) as `tokenizer.ggml.*` keys on `w`; bos/eos from the
+/// config, `add_bos_token` from `tokenizer_config.json` where it says.
+fn add_tokenizer(
+    w: &mut GgufWriter<'_>,
+    dir: &Path,
+    t: &Json,
+    cfg: &HfConfig,
+) -> Result<(), ImportError> {
+    let mut spec = crate::tokenizer::BpeSpec::from_tokenizer_json(t)
+        .map_err(|e| ImportError(e.to_string()))?;
+    if spec.tokens.len() > cfg.vocab {
         return bad(format!(
             "tokenizer.json has {} tokens, the model's vocab_size is {}",
-            tokens.len(),
+            spec.tokens.len(),
             cfg.vocab
         ));
     }
-    let Some(tokens) = tokens.into_iter().collect::<Option<Vec<String>>>() else {
-        return bad("tokenizer.json: the token ids are not 0..n without gaps");
-    };
-    let merges: Vec<String> = m["merges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| match v {
-            Json::String(s) => s.clone(),
-            Json::Array(p) => p
-                .iter()
-                .filter_map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            _ => String::new(),
-        })
-        .collect();
-    let types: Vec<MetaValue> = (0..tokens.len())
-        .map(|i| MetaValue::I32(if special.contains(&i) { 3 } else { 1 }))
-        .collect();
-    let set = |w: &mut GgufWriter<'_>, k: &str, v: MetaValue| {
-        w.set(k, v).map_err(|e| ImportError(format!("{k}: {e}")))
-    };
-    set(w, "tokenizer.ggml.model", MetaValue::String("gpt2".into()))?;
-    set(w, "tokenizer.ggml.pre", MetaValue::String("gpt-2".into()))?;
-    set(w, "tokenizer.ggml.tokens", strings(&tokens))?;
-    set(
-        w,
-        "tokenizer.ggml.token_type",
-        MetaValue::Array(ValueType::I32, types),
-    )?;
-    set(w, "tokenizer.ggml.merges", strings(&merges))?;
-    let n = tokens.len() as u32;
+    let n = spec.tokens.len() as u32;
     if let Some(b) = cfg.bos.filter(|&b| b < n) {
-        set(w, "tokenizer.ggml.bos_token_id", MetaValue::U32(b))?;
+        spec.bos = Some(b);
     }
     if let Some(e) = cfg.eos.filter(|&e| e < n) {
-        set(w, "tokenizer.ggml.eos_token_id", MetaValue::U32(e))?;
+        spec.eos = Some(e);
     }
-    Ok(())
+    let tc = dir.join("tokenizer_config.json");
+    if tc.exists() {
+        if let Some(b) = read_json(&tc)?["add_bos_token"].as_bool() {
+            spec.add_bos = b && spec.bos.is_some();
+        }
+    }
+    spec.write(w).map_err(|e| ImportError(e.to_string()))
 }
 
 /// The GGUF file of a Hugging Face checkpoint directory (written by the caller, atomically).
@@ -492,7 +427,7 @@ pub fn hf_to_gguf(dir: &Path) -> Result<GgufWriter<'static>, ImportError> {
     }
     let tj = dir.join("tokenizer.json");
     if tj.exists() {
-        add_tokenizer(&mut w, &read_json(&tj)?, &cfg)?;
+        add_tokenizer(&mut w, dir, &read_json(&tj)?, &cfg)?;
     }
     let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, ImportError> {
         let t = ts
@@ -650,7 +585,7 @@ fn gpt2_to_gguf(
     )?;
     let tj = dir.join("tokenizer.json");
     if tj.exists() {
-        add_tokenizer(&mut w, &read_json(&tj)?, cfg)?;
+        add_tokenizer(&mut w, dir, &read_json(&tj)?, cfg)?;
     }
     // `save_pretrained` of GPT2LMHeadModel prefixes `transformer.`; GPT2Model's files do not
     let prefix = if ts.contains_key("transformer.wte.weight") {

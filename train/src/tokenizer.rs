@@ -1,11 +1,14 @@
 //! Tokenizers: Modula's byte vocabulary and byte-level BPE (GPT-2's scheme, as llama.cpp's
 //! `tokenizer.ggml.model = "gpt2"` files and Hugging Face `tokenizers` define it), read
-//! from a GGUF file's `tokenizer.ggml.*` metadata.
+//! from a GGUF file's `tokenizer.ggml.*` metadata or from a `tokenizer.json`.
 //!
 //! Byte-level BPE: the text is split at special (control and user-defined) tokens, which
-//! map to their ids whole; the rest is pre-tokenized with GPT-2's pattern (contractions,
-//! ` ?letters`, ` ?digits`, ` ?other`, whitespace runs — a run followed by a non-space
-//! leaves its last character to the next piece), each piece's UTF-8 bytes are mapped to
+//! map to their ids whole; the rest is pre-tokenized by the file's [`PreTokenizer`]
+//! (GPT-2's pattern: contractions, ` ?letters`, ` ?digits`, ` ?other`, whitespace runs — a
+//! run followed by a non-space leaves its last character to the next piece; Llama 3's and
+//! Qwen2's: letters with one leading non-letter, digits in threes or singly, punctuation
+//! with its newlines, newline runs; SmolLM's: single digits, then GPT-2's), each piece's
+//! UTF-8 bytes are mapped to
 //! GPT-2's printable byte alphabet, and adjacent symbols merge by the file's merge ranks,
 //! lowest first (leftmost on ties) until none applies. Decoding maps the symbols back to
 //! bytes; [`StreamDecoder`] never yields a split UTF-8 sequence.
@@ -42,6 +45,83 @@ pub enum Tokenizer {
     Bpe(Box<Bpe>),
 }
 
+/// How byte-level BPE text is split into pieces before merging (llama.cpp's
+/// `tokenizer.ggml.pre` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreTokenizer {
+    /// GPT-2's pattern (`gpt-2`).
+    Gpt2,
+    /// Llama 3's (`llama-bpe`, `llama3`, `llama-v3`): digits in runs of at most three.
+    Llama3,
+    /// Qwen2's (`qwen2`): Llama 3's with single digits.
+    Qwen2,
+    /// SmolLM's (`smollm`): every digit alone, then GPT-2's pattern between them.
+    SmolLm,
+}
+
+/// Llama 3's pattern; the regex crate has no look-ahead, so `\s+(?!\S)|\s+` is `\s+`
+/// with the run's last character given back (see [`Bpe::pieces`]); `(?i:'s|…)` as llama.cpp
+/// spells it (ASCII case only).
+const LLAMA3_PATTERN: &str = r"'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+";
+const QWEN2_PATTERN: &str = r"'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+";
+
+impl PreTokenizer {
+    /// The kind llama.cpp calls `name` (`None`: GPT-2's, as llama.cpp's default for files
+    /// without the key is closest to it — with a warning there).
+    pub fn from_name(name: Option<&str>) -> Result<Self, TokenizerError> {
+        Ok(match name {
+            // "gpt2" is what Modula 0.1 wrote for GPT-2's
+            None | Some("gpt-2") | Some("gpt2") => PreTokenizer::Gpt2,
+            Some("llama-bpe") | Some("llama3") | Some("llama-v3") => PreTokenizer::Llama3,
+            Some("qwen2") => PreTokenizer::Qwen2,
+            Some("smollm") => PreTokenizer::SmolLm,
+            Some(o) => {
+                return err(format!(
+                    "tokenizer.ggml.pre = \"{o}\" is not a pre-tokenizer Modula runs \
+                     (gpt-2, llama-bpe, qwen2, smollm)"
+                ))
+            }
+        })
+    }
+
+    /// llama.cpp's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PreTokenizer::Gpt2 => "gpt-2",
+            PreTokenizer::Llama3 => "llama-bpe",
+            PreTokenizer::Qwen2 => "qwen2",
+            PreTokenizer::SmolLm => "smollm",
+        }
+    }
+
+    fn pattern(self) -> &'static str {
+        match self {
+            PreTokenizer::Gpt2 | PreTokenizer::SmolLm => GPT2_PATTERN,
+            PreTokenizer::Llama3 => LLAMA3_PATTERN,
+            PreTokenizer::Qwen2 => QWEN2_PATTERN,
+        }
+    }
+}
+
+/// A byte-level BPE vocabulary as files store it: what `tokenizer.ggml.*` holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BpeSpec {
+    /// Token strings (byte-alphabet symbols; special tokens as their text).
+    pub tokens: Vec<String>,
+    /// llama.cpp token types (1 normal, 3 control, 4 user-defined, …).
+    pub types: Vec<i32>,
+    /// Merges, `"left right"`, by rank.
+    pub merges: Vec<String>,
+    /// Pre-tokenizer.
+    pub pre: PreTokenizer,
+    /// Beginning of sequence.
+    pub bos: Option<u32>,
+    /// End of sequence.
+    pub eos: Option<u32>,
+    /// Prepend `bos` to a prompt.
+    pub add_bos: bool,
+}
+
 /// A byte-level BPE vocabulary.
 #[derive(Debug, Clone)]
 pub struct Bpe {
@@ -62,6 +142,8 @@ pub struct Bpe {
     /// Prepend `bos` when encoding a prompt (`tokenizer.ggml.add_bos_token`).
     pub add_bos: bool,
     pre: regex::Regex,
+    kind: PreTokenizer,
+    digit: regex::Regex,
 }
 
 /// GPT-2's byte → printable char table: printable Latin-1 bytes map to themselves, the
@@ -134,6 +216,24 @@ impl Tokenizer {
         }
     }
 
+    /// The tokenizer of a Hugging Face `tokenizer.json` (byte-level BPE; see
+    /// [`BpeSpec::from_tokenizer_json`]); `bos`/`eos` as the model's config gives them.
+    pub fn from_tokenizer_json(
+        path: &std::path::Path,
+        bos: Option<u32>,
+        eos: Option<u32>,
+    ) -> Result<Self, TokenizerError> {
+        let at = |e: String| TokenizerError(format!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+        let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| at(e.to_string()))?;
+        let mut spec = BpeSpec::from_tokenizer_json(&j).map_err(|e| at(e.0))?;
+        spec.bos = bos.or(spec.bos);
+        spec.eos = eos.or(spec.eos);
+        Ok(Tokenizer::Bpe(Box::new(
+            Bpe::new(&spec).map_err(|e| at(e.0))?,
+        )))
+    }
+
     /// Vocabulary size.
     pub fn vocab(&self) -> usize {
         match self {
@@ -185,31 +285,23 @@ impl Tokenizer {
     }
 }
 
-impl Bpe {
-    /// Byte-level BPE from `tokenizer.ggml.{tokens, token_type, merges, pre, bos_token_id,
-    /// eos_token_id, add_bos_token}`.
+impl BpeSpec {
+    /// `tokenizer.ggml.{tokens, token_type, merges, pre, bos_token_id, eos_token_id,
+    /// add_bos_token}`.
     pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, TokenizerError> {
-        match m.get_str("tokenizer.ggml.pre") {
-            // llama.cpp names GPT-2's "gpt-2"; "gpt2" is what Modula 0.1 wrote
-            None | Some("gpt-2") | Some("gpt2") => {}
-            Some(o) => {
-                return err(format!(
-                    "tokenizer.ggml.pre = \"{o}\": only GPT-2's pre-tokenizer (gpt-2) is run yet"
-                ))
-            }
-        }
+        let pre = PreTokenizer::from_name(m.get_str("tokenizer.ggml.pre"))?;
         let tokens = strings(m, "tokenizer.ggml.tokens")?;
         let n = tokens.len();
         if n == 0 || n > u32::MAX as usize {
             return err("tokenizer.ggml.tokens is empty");
         }
-        let types: Vec<i64> = match m.get("tokenizer.ggml.token_type") {
+        let types: Vec<i32> = match m.get("tokenizer.ggml.token_type") {
             None => vec![1; n],
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|v| match v {
-                    Value::I32(t) => Ok(i64::from(t)),
-                    Value::U32(t) => Ok(i64::from(t)),
+                    Value::I32(t) => Ok(t),
+                    Value::U32(t) => Ok(t.min(i32::MAX as u32) as i32),
                     o => err(format!(
                         "tokenizer.ggml.token_type: an entry is {}",
                         o.type_description()
@@ -223,6 +315,231 @@ impl Bpe {
                 ))
             }
         };
+        let add_bos = match m.get("tokenizer.ggml.add_bos_token") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(o) => {
+                return err(format!(
+                    "tokenizer.ggml.add_bos_token is {}",
+                    o.type_description()
+                ))
+            }
+        };
+        Ok(BpeSpec {
+            merges: strings(m, "tokenizer.ggml.merges")?,
+            bos: id(m, "tokenizer.ggml.bos_token_id", n)?,
+            eos: id(m, "tokenizer.ggml.eos_token_id", n)?,
+            tokens,
+            types,
+            pre,
+            add_bos,
+        })
+    }
+
+    /// A Hugging Face `tokenizer.json` of a byte-level BPE: `model` (type BPE, vocab,
+    /// merges), `added_tokens` (special ones become control tokens), the pre-tokenizer
+    /// (GPT-2's ByteLevel; a Split by Llama 3's or Qwen2's pattern then ByteLevel; SmolLM's
+    /// single Digits then ByteLevel) and, for `add_bos`, a post-processor that puts a token
+    /// before `$A`. Ids for bos/eos are not in the file (the caller sets them from the
+    /// model's config).
+    pub fn from_tokenizer_json(t: &serde_json::Value) -> Result<Self, TokenizerError> {
+        use serde_json::Value as Json;
+        let m = &t["model"];
+        if m["type"].as_str() != Some("BPE") {
+            return err(format!(
+                "tokenizer.json: model type {} is not run (byte-level BPE)",
+                m["type"]
+            ));
+        }
+        if m["byte_fallback"].as_bool() == Some(true) {
+            return err(
+                "tokenizer.json: a BPE with byte_fallback (SentencePiece-style, Llama 2) is not run yet",
+            );
+        }
+        let pre = json_pre(&t["pre_tokenizer"])?;
+        let Some(vocab) = m["vocab"].as_object() else {
+            return err("tokenizer.json: model.vocab is missing");
+        };
+        let mut tokens: Vec<Option<String>> = Vec::new();
+        let mut put = |id: u64, s: &str| -> Result<usize, TokenizerError> {
+            let id = usize::try_from(id)
+                .ok()
+                .filter(|&i| i < (1 << 24))
+                .ok_or_else(|| TokenizerError(format!("tokenizer.json: token id {id} of {s:?}")))?;
+            if tokens.len() <= id {
+                tokens.resize(id + 1, None);
+            }
+            tokens[id] = Some(s.to_string());
+            Ok(id)
+        };
+        for (s, id) in vocab {
+            put(id.as_u64().unwrap_or(u64::MAX), s)?;
+        }
+        let mut special = std::collections::HashSet::new();
+        for a in t["added_tokens"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(s)) = (a["id"].as_u64(), a["content"].as_str()) {
+                let i = put(id, s)?;
+                // special tokens are control tokens; other added tokens user-defined
+                special.insert((i, a["special"].as_bool() == Some(true)));
+            }
+        }
+        let Some(tokens) = tokens.into_iter().collect::<Option<Vec<String>>>() else {
+            return err("tokenizer.json: the token ids are not 0..n without gaps");
+        };
+        let mut types = vec![1i32; tokens.len()];
+        for (i, sp) in special {
+            types[i] = if sp { 3 } else { 4 };
+        }
+        let merges: Vec<String> = m["merges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| match v {
+                Json::String(s) => s.clone(),
+                Json::Array(p) => p
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            })
+            .collect();
+        // TemplateProcessing with a special token before $A: a bos is prepended
+        let pp = &t["post_processor"];
+        let single = if pp["type"].as_str() == Some("Sequence") {
+            pp["processors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["type"].as_str() == Some("TemplateProcessing"))
+                .map(|p| p["single"].clone())
+        } else if pp["type"].as_str() == Some("TemplateProcessing") {
+            Some(pp["single"].clone())
+        } else {
+            None
+        };
+        let first_bos = single
+            .as_ref()
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.first())
+            .and_then(|p| p["SpecialToken"]["id"].as_str())
+            .and_then(|name| tokens.iter().position(|t| t == name));
+        Ok(BpeSpec {
+            add_bos: first_bos.is_some(),
+            bos: first_bos.map(|i| i as u32),
+            eos: None,
+            tokens,
+            types,
+            merges,
+            pre,
+        })
+    }
+
+    /// Write as `tokenizer.ggml.*` (model `gpt2`, llama.cpp's names and types).
+    pub fn write(&self, w: &mut crate::core::gguf::GgufWriter<'_>) -> Result<(), TokenizerError> {
+        use crate::core::{MetaValue, ValueType};
+        let strs = |v: &[String]| {
+            MetaValue::Array(
+                ValueType::String,
+                v.iter().map(|s| MetaValue::String(s.clone())).collect(),
+            )
+        };
+        let mut set =
+            |k: &str, v: MetaValue| w.set(k, v).map_err(|e| TokenizerError(format!("{k}: {e}")));
+        set("tokenizer.ggml.model", MetaValue::String("gpt2".into()))?;
+        set(
+            "tokenizer.ggml.pre",
+            MetaValue::String(self.pre.name().into()),
+        )?;
+        set("tokenizer.ggml.tokens", strs(&self.tokens))?;
+        set(
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(
+                ValueType::I32,
+                self.types.iter().map(|&t| MetaValue::I32(t)).collect(),
+            ),
+        )?;
+        set("tokenizer.ggml.merges", strs(&self.merges))?;
+        if let Some(b) = self.bos {
+            set("tokenizer.ggml.bos_token_id", MetaValue::U32(b))?;
+        }
+        if let Some(e) = self.eos {
+            set("tokenizer.ggml.eos_token_id", MetaValue::U32(e))?;
+        }
+        set(
+            "tokenizer.ggml.add_bos_token",
+            MetaValue::Bool(self.add_bos),
+        )?;
+        Ok(())
+    }
+}
+
+/// The pre-tokenizer of a `tokenizer.json`.
+fn json_pre(pre: &serde_json::Value) -> Result<PreTokenizer, TokenizerError> {
+    let ty = |p: &serde_json::Value| p["type"].as_str().unwrap_or("").to_string();
+    let parts: Vec<&serde_json::Value> = match pre["type"].as_str() {
+        Some("Sequence") => pre["pretokenizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect(),
+        Some(_) => vec![pre],
+        None => Vec::new(),
+    };
+    let byte_level = |p: &serde_json::Value, regex: bool| {
+        ty(p) == "ByteLevel"
+            && p["add_prefix_space"].as_bool() != Some(true)
+            && p["use_regex"].as_bool().unwrap_or(true) == regex
+    };
+    let split_pattern = |p: &serde_json::Value| -> Option<String> {
+        (ty(p) == "Split" && p["invert"].as_bool() != Some(true))
+            .then(|| p["pattern"]["Regex"].as_str().map(str::to_string))
+            .flatten()
+    };
+    let llama3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let qwen2 = llama3.replace(r"\p{N}{1,3}", r"\p{N}");
+    match parts.as_slice() {
+        [b] if byte_level(b, true) => Ok(PreTokenizer::Gpt2),
+        [s, b] if byte_level(b, false) && split_pattern(s).as_deref() == Some(llama3) => {
+            Ok(PreTokenizer::Llama3)
+        }
+        [s, b] if byte_level(b, false) && split_pattern(s).as_deref() == Some(&qwen2) => {
+            Ok(PreTokenizer::Qwen2)
+        }
+        [dg, b]
+            if ty(dg) == "Digits"
+                && dg["individual_digits"].as_bool() == Some(true)
+                && byte_level(b, true) =>
+        {
+            Ok(PreTokenizer::SmolLm)
+        }
+        _ => err(format!(
+            "tokenizer.json: pre-tokenizer {} is not one Modula runs (GPT-2's ByteLevel; \
+             Llama 3's or Qwen2's Split + ByteLevel; SmolLM's Digits + ByteLevel)",
+            serde_json::to_string(pre)
+                .unwrap_or_default()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        )),
+    }
+}
+
+impl Bpe {
+    /// Byte-level BPE from a file's `tokenizer.ggml.*` metadata.
+    pub fn from_model<B: AsRef<[u8]>>(m: &Model<B>) -> Result<Self, TokenizerError> {
+        Self::new(&BpeSpec::from_model(m)?)
+    }
+
+    /// Byte-level BPE from its stored form, checked: every byte has its symbol, every
+    /// merge names tokens, ids are in range.
+    pub fn new(spec: &BpeSpec) -> Result<Self, TokenizerError> {
+        let tokens = spec.tokens.clone();
+        let types = &spec.types;
+        let n = tokens.len();
+        if n == 0 || n > u32::MAX as usize {
+            return err("tokenizer.ggml.tokens is empty");
+        }
         if types.len() != n {
             return err(format!(
                 "tokenizer.ggml.token_type has {} entries for {n} tokens",
@@ -245,7 +562,7 @@ impl Bpe {
             })?;
         }
         let mut merges = HashMap::new();
-        for (rank, line) in strings(m, "tokenizer.ggml.merges")?.iter().enumerate() {
+        for (rank, line) in spec.merges.iter().enumerate() {
             let (a, b) = line.split_once(' ').ok_or_else(|| {
                 TokenizerError(format!(
                     "tokenizer.ggml.merges[{rank}] = {line:?} is not \"left right\""
@@ -264,32 +581,30 @@ impl Bpe {
         // control (3) and user-defined (4) tokens are matched whole in the text
         let mut specials: Vec<(String, u32)> = tokens
             .iter()
-            .zip(&types)
+            .zip(types)
             .enumerate()
             .filter(|(_, (t, &ty))| (ty == 3 || ty == 4) && !t.is_empty())
             .map(|(i, (t, _))| (t.clone(), i as u32))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         let is_special = types.iter().map(|&t| t == 3 || t == 4).collect();
-        let add_bos = match m.get("tokenizer.ggml.add_bos_token") {
-            None => false,
-            Some(Value::Bool(b)) => b,
-            Some(o) => {
-                return err(format!(
-                    "tokenizer.ggml.add_bos_token is {}",
-                    o.type_description()
-                ))
-            }
+        let add_bos = spec.add_bos;
+        let in_range = |k: &str, v: Option<u32>| match v {
+            Some(i) if i as usize >= n => err(format!("{k} = {i} is not a token id below {n}")),
+            _ => Ok(v),
         };
-        let bos = id(m, "tokenizer.ggml.bos_token_id", n)?;
+        let bos = in_range("tokenizer.ggml.bos_token_id", spec.bos)?;
         if add_bos && bos.is_none() {
             return err(
                 "tokenizer.ggml.add_bos_token is set but tokenizer.ggml.bos_token_id is missing",
             );
         }
         Ok(Bpe {
-            pre: regex::Regex::new(GPT2_PATTERN).map_err(|e| TokenizerError(e.to_string()))?,
-            eos: id(m, "tokenizer.ggml.eos_token_id", n)?,
+            pre: regex::Regex::new(spec.pre.pattern())
+                .map_err(|e| TokenizerError(e.to_string()))?,
+            kind: spec.pre,
+            digit: regex::Regex::new(r"\p{N}").map_err(|e| TokenizerError(e.to_string()))?,
+            eos: in_range("tokenizer.ggml.eos_token_id", spec.eos)?,
             bos,
             add_bos,
             tokens,
@@ -328,8 +643,28 @@ impl Bpe {
         out
     }
 
-    /// GPT-2's pre-tokenization of `text` into pieces.
+    /// The pre-tokenization of `text` into pieces.
     fn pieces<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        if self.kind != PreTokenizer::SmolLm {
+            return self.pattern_pieces(text);
+        }
+        // SmolLM: every digit a piece of its own, GPT-2's pattern on the text between
+        let mut out = Vec::new();
+        let mut at = 0;
+        for m in self.digit.find_iter(text) {
+            out.extend(self.pattern_pieces(&text[at..m.start()]));
+            out.push(m.as_str());
+            at = m.end();
+        }
+        out.extend(self.pattern_pieces(&text[at..]));
+        out
+    }
+
+    /// The pattern's pieces of `text`.
+    fn pattern_pieces<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        // Llama 3 / Qwen2: a whitespace run holding a newline is matched by `\s*[\r\n]+`,
+        // before the `\s+(?!\S)` branch, and gives nothing back
+        let newline_branch = matches!(self.kind, PreTokenizer::Llama3 | PreTokenizer::Qwen2);
         let mut out = Vec::new();
         let mut at = 0;
         while at < text.len() {
@@ -340,7 +675,10 @@ impl Bpe {
             let piece = &text[m.start()..end];
             // `\s+(?!\S)`: a whitespace run followed by a non-space leaves its last
             // character to the next piece (when the run is longer than one)
-            if piece.chars().all(char::is_whitespace) && end < text.len() {
+            if piece.chars().all(char::is_whitespace)
+                && end < text.len()
+                && !(newline_branch && piece.contains(['\r', '\n']))
+            {
                 let n = piece.chars().count();
                 if n > 1 {
                     end -= piece.chars().last().map_or(0, char::len_utf8);

@@ -1,15 +1,30 @@
-//! Modula's byte-level BPE against Hugging Face `tokenizers`: a tokenizer trained by the
-//! library (`tests/reference/tokenizer_reference.py`), read from llama.cpp-style
-//! `tokenizer.ggml.*` metadata, must give the library's ids on every case (Unicode, emoji,
-//! digits, whitespace runs, special tokens, contractions) and decode them back to the text.
+//! Modula's byte-level BPE against Hugging Face `tokenizers`: tokenizers trained by the
+//! library (`tests/reference/tokenizer_reference.py`) with GPT-2's, Llama 3's, Qwen2's and
+//! SmolLM's pre-tokenizers, read from llama.cpp-style `tokenizer.ggml.*` metadata and from
+//! the library's own `tokenizer.json`, must give the library's ids on every case (Unicode,
+//! emoji, digits, whitespace runs and newlines, special tokens, contractions) and decode
+//! them back to the text.
 #![allow(clippy::unwrap_used)]
 
 use modula_train::core::Model;
-use modula_train::tokenizer::{StreamDecoder, Tokenizer};
+use modula_train::tokenizer::{BpeSpec, PreTokenizer, StreamDecoder, Tokenizer};
 use std::path::Path;
 
+const KINDS: [(&str, PreTokenizer); 4] = [
+    ("bpe", PreTokenizer::Gpt2),
+    ("bpe-llama3", PreTokenizer::Llama3),
+    ("bpe-qwen2", PreTokenizer::Qwen2),
+    ("bpe-smollm", PreTokenizer::SmolLm),
+];
+
 fn fixture() -> (Tokenizer, serde_json::Value) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizer/bpe");
+    fixture_of("bpe")
+}
+
+fn fixture_of(kind: &str) -> (Tokenizer, serde_json::Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/tokenizer")
+        .join(kind);
     let m = Model::open(dir.join("vocab.gguf")).unwrap();
     let t = Tokenizer::from_model(&m).unwrap();
     let cases: serde_json::Value =
@@ -19,7 +34,31 @@ fn fixture() -> (Tokenizer, serde_json::Value) {
 
 #[test]
 fn bpe_ids_equal_the_tokenizers_library() {
-    let (t, cases) = fixture();
+    for (kind, pre) in KINDS {
+        let (t, cases) = fixture_of(kind);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/tokenizer")
+            .join(kind);
+        let m = Model::open(dir.join("vocab.gguf")).unwrap();
+        assert_eq!(BpeSpec::from_model(&m).unwrap().pre, pre, "{kind}");
+        check_cases(kind, &t, &cases);
+        // the library's own file: the same vocabulary, the same ids
+        let j = Tokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), None, None).unwrap();
+        check_cases(kind, &j, &cases);
+        let spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+                .unwrap();
+        let from_json = BpeSpec::from_tokenizer_json(&spec).unwrap();
+        let from_gguf = BpeSpec::from_model(&m).unwrap();
+        assert_eq!(
+            (&from_json.tokens, &from_json.merges, from_json.pre),
+            (&from_gguf.tokens, &from_gguf.merges, from_gguf.pre),
+            "{kind}"
+        );
+    }
+}
+
+fn check_cases(kind: &str, t: &Tokenizer, cases: &serde_json::Value) {
     assert_eq!(t.vocab() as u64, cases["vocab"].as_u64().unwrap());
     let mut n = 0;
     for c in cases["cases"].as_array().unwrap() {
@@ -31,7 +70,7 @@ fn bpe_ids_equal_the_tokenizers_library() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         let got = t.encode(text.as_bytes(), false).unwrap();
-        assert_eq!(got, want, "{text:?}");
+        assert_eq!(got, want, "{kind}: {text:?}");
         assert_eq!(
             String::from_utf8(t.decode(&got)).unwrap(),
             c["decoded"].as_str().unwrap(),
@@ -41,7 +80,7 @@ fn bpe_ids_equal_the_tokenizers_library() {
         let mut s = StreamDecoder::default();
         let mut out = String::new();
         for &id in &got {
-            out.push_str(&s.push(&t, id));
+            out.push_str(&s.push(t, id));
         }
         out.push_str(&s.finish());
         assert_eq!(out, c["decoded"].as_str().unwrap());
@@ -63,4 +102,23 @@ fn bad_tokenizers_are_clear_errors() {
     .unwrap();
     let e = Tokenizer::from_model(&m).unwrap_err();
     assert!(e.to_string().contains("tokenizer.ggml.model"), "{e}");
+}
+
+#[test]
+fn unknown_pre_tokenizers_and_tokenizer_kinds_are_named() {
+    let e = PreTokenizer::from_name(Some("default")).unwrap_err();
+    assert!(e.to_string().contains("\"default\""), "{e}");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizer/bpe-llama3");
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    // another Split pattern than Llama 3's or Qwen2's
+    j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\s+".into();
+    let e = BpeSpec::from_tokenizer_json(&j).unwrap_err();
+    assert!(e.to_string().contains("pre-tokenizer"), "{e}");
+    j["model"]["type"] = "Unigram".into();
+    let e = BpeSpec::from_tokenizer_json(&j).unwrap_err();
+    assert!(e.to_string().contains("Unigram"), "{e}");
+    let e = Tokenizer::from_tokenizer_json(&dir.join("missing.json"), None, None).unwrap_err();
+    assert!(e.to_string().contains("missing.json"), "{e}");
 }

@@ -149,6 +149,14 @@ def main():
         m2.load_state_dict(sd)
         m2.to(dtype).save_pretrained(hf, safe_serialization=True, max_shard_size=shard)
         tok.save(os.path.join(hf, "tokenizer.json"))
+        # the published GPT-2 configs carry n_ctx (= n_positions), which llama.cpp's
+        # converter reads and transformers 5 no longer writes
+        import json
+        with open(os.path.join(hf, "config.json")) as f:
+            c = json.load(f)
+        c["n_ctx"] = cfg.n_positions
+        with open(os.path.join(hf, "config.json"), "w") as f:
+            json.dump(c, f, indent=2, sort_keys=True)
         if dtype != torch.float32:
             # the reference is the stored (rounded) weights, as Modula imports them
             sd = {k: v.to(dtype).to(torch.float32) for k, v in sd.items()}

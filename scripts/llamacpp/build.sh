@@ -32,3 +32,8 @@ cmake --build "$DIR/build" -j "$JOBS" --target llama-simple llama-perplexity lla
   llama-bench llama-quantize
 echo "llama.cpp: $LC"
 echo "binaries:  $DIR/build/bin"
+# the small client the interop checks use (scripts/llamacpp/peer.cpp)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+g++ -O2 -std=c++17 -I"$LC/include" -I"$LC/ggml/include" "$HERE/peer.cpp" \
+  -L"$DIR/build/bin" -lllama -lggml -lggml-base -Wl,-rpath,"$DIR/build/bin" -o "$DIR/build/bin/peer"
+echo "peer:      $DIR/build/bin/peer"

@@ -63,6 +63,12 @@ int main(int argc, char **argv) {
     cp.n_batch = cp.n_ctx;
     cp.n_threads = 1;
     cp.n_threads_batch = 1;
+    // an f32 cache (llama.cpp's default is f16), so the comparison measures the arithmetic
+    cp.type_k = GGML_TYPE_F32;
+    cp.type_v = GGML_TYPE_F32;
+    // and no flash attention (on the CPU it rounds through f16); PEER_FLASH=1 turns it on
+    cp.flash_attn_type = std::getenv("PEER_FLASH") ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+                                                   : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     llama_context *ctx = llama_init_from_model(model, cp);
     if (!ctx) {
         std::fprintf(stderr, "peer: no context\n");

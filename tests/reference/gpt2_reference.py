@@ -58,18 +58,22 @@ def train_tokenizer(vocab):
     return tok
 
 
-def add_tokenizer(w, tok):
+def add_tokenizer(w, tok, n_vocab):
     import json
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
     tokens = [None] * (max(vocab.values()) + 1)
     for t, i in vocab.items():
         tokens[i] = t
+    # padded to the embedding's rows as llama.cpp's converter does
+    pad = len(tokens)
+    tokens += [f"[PAD{i}]" for i in range(pad, n_vocab)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
-    w.add_token_types([3 if t == "<|endoftext|>" else 1 for t in tokens])
+    w.add_token_types([3 if t == "<|endoftext|>" else 5 if i >= pad else 1
+                       for i, t in enumerate(tokens)])
     w.add_token_merges(merges)
     w.add_bos_token_id(0)
     w.add_eos_token_id(0)
@@ -78,7 +82,7 @@ def add_tokenizer(w, tok):
 
 def write_gguf(path, cfg, sd, f16, tok):
     w = gguf.GGUFWriter(path, "gpt2")
-    add_tokenizer(w, tok)
+    add_tokenizer(w, tok, cfg.vocab_size)
     w.add_name(f"modula parity {os.path.basename(os.path.dirname(path))}")
     w.add_context_length(cfg.n_positions)
     w.add_embedding_length(cfg.n_embd)

@@ -84,18 +84,23 @@ def train_tokenizer(vocab):
     return tok
 
 
-def add_tokenizer(w, tok):
+def add_tokenizer(w, tok, n_vocab):
     import json
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
     tokens = [None] * (max(vocab.values()) + 1)
     for t, i in vocab.items():
         tokens[i] = t
+    # padded to the embedding's rows as llama.cpp's converter does (llama.cpp needs one
+    # token per row)
+    pad = len(tokens)
+    tokens += [f"[PAD{i}]" for i in range(pad, n_vocab)]
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
-    w.add_token_types([3 if t in ("<s>", "</s>") else 1 for t in tokens])
+    w.add_token_types([3 if t in ("<s>", "</s>") else 5 if i >= pad else 1
+                       for i, t in enumerate(tokens)])
     w.add_token_merges(merges)
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
@@ -104,7 +109,7 @@ def add_tokenizer(w, tok):
 
 def write_gguf(path, arch, cfg, sd, f16, tok, extra=None):
     w = gguf.GGUFWriter(path, arch)
-    add_tokenizer(w, tok)
+    add_tokenizer(w, tok, cfg.vocab_size)
     if extra:
         extra(w)
     w.add_name(f"modula parity {os.path.basename(os.path.dirname(path))}")

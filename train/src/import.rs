@@ -358,6 +358,12 @@ fn add_tokenizer(
         ));
     }
     let n = spec.tokens.len() as u32;
+    // one token per embedding row, as llama.cpp's converter pads (llama.cpp refuses a file
+    // whose token list is shorter than token_embd.weight)
+    for i in spec.tokens.len()..cfg.vocab {
+        spec.tokens.push(format!("[PAD{i}]"));
+        spec.types.push(5);
+    }
     if let Some(b) = cfg.bos.filter(|&b| b < n) {
         spec.bos = Some(b);
     }

@@ -348,6 +348,9 @@ fn add_tokenizer(
     t: &Json,
     cfg: &HfConfig,
 ) -> Result<(), ImportError> {
+    if t["model"]["byte_fallback"].as_bool() == Some(true) {
+        return add_spm(w, dir, t, cfg);
+    }
     let mut spec = crate::tokenizer::BpeSpec::from_tokenizer_json(t)
         .map_err(|e| ImportError(e.to_string()))?;
     if spec.tokens.len() > cfg.vocab {
@@ -375,6 +378,42 @@ fn add_tokenizer(
         if let Some(b) = read_json(&tc)?["add_bos_token"].as_bool() {
             spec.add_bos = b && spec.bos.is_some();
         }
+    }
+    spec.write(w).map_err(|e| ImportError(e.to_string()))
+}
+
+/// A byte-fallback BPE `tokenizer.json` (Llama 2's, TinyLlama's) as a `llama` tokenizer:
+/// scores from the merge ranks, bos/eos from the config, `add_bos_token` from
+/// `tokenizer_config.json` (default: on, as Llama 2's).
+fn add_spm(
+    w: &mut GgufWriter<'_>,
+    dir: &Path,
+    t: &Json,
+    cfg: &HfConfig,
+) -> Result<(), ImportError> {
+    let mut spec = crate::tokenizer::SpmSpec::from_tokenizer_json(t)
+        .map_err(|e| ImportError(e.to_string()))?;
+    if spec.tokens.len() > cfg.vocab {
+        return bad(format!(
+            "tokenizer.json has {} tokens, the model's vocab_size is {}",
+            spec.tokens.len(),
+            cfg.vocab
+        ));
+    }
+    let n = spec.tokens.len() as u32;
+    spec.bos = cfg.bos.filter(|&b| b < n);
+    spec.eos = cfg.eos.filter(|&e| e < n);
+    spec.add_bos = spec.bos.is_some();
+    let tc = dir.join("tokenizer_config.json");
+    if tc.exists() {
+        if let Some(b) = read_json(&tc)?["add_bos_token"].as_bool() {
+            spec.add_bos = b && spec.bos.is_some();
+        }
+    }
+    for i in spec.tokens.len()..cfg.vocab {
+        spec.tokens.push(format!("[PAD{i}]"));
+        spec.scores.push(0.0);
+        spec.types.push(5);
     }
     spec.write(w).map_err(|e| ImportError(e.to_string()))
 }

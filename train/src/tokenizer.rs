@@ -20,6 +20,9 @@
 use crate::core::{Model, Value};
 use std::collections::HashMap;
 
+mod spm;
+pub use spm::{Spm, SpmSpec};
+
 /// A problem with a file's tokenizer: a clear message naming the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizerError(pub String);
@@ -43,6 +46,8 @@ pub enum Tokenizer {
     Bytes,
     /// Byte-level BPE.
     Bpe(Box<Bpe>),
+    /// SentencePiece-style BPE with byte fallback (llama.cpp's `llama` tokenizer).
+    Spm(Box<Spm>),
 }
 
 /// How byte-level BPE text is split into pieces before merging (llama.cpp's
@@ -209,9 +214,12 @@ impl Tokenizer {
                  turn text into its token ids",
             ),
             Some("gpt2") => Ok(Tokenizer::Bpe(Box::new(Bpe::from_model(m)?))),
+            Some("llama") => Ok(Tokenizer::Spm(Box::new(Spm::new(&SpmSpec::from_model(
+                m,
+            )?)?))),
             Some(o) => err(format!(
                 "tokenizer.ggml.model = \"{o}\" is not a tokenizer Modula runs yet (gpt2: \
-                 byte-level BPE)"
+                 byte-level BPE; llama: SentencePiece-style BPE with byte fallback)"
             )),
         }
     }
@@ -226,6 +234,15 @@ impl Tokenizer {
         let at = |e: String| TokenizerError(format!("{}: {e}", path.display()));
         let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
         let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| at(e.to_string()))?;
+        if j["model"]["byte_fallback"].as_bool() == Some(true) {
+            let mut spec = SpmSpec::from_tokenizer_json(&j).map_err(|e| at(e.0))?;
+            spec.bos = bos.or(spec.bos);
+            spec.eos = eos.or(spec.eos);
+            spec.add_bos = spec.bos.is_some();
+            return Ok(Tokenizer::Spm(Box::new(
+                Spm::new(&spec).map_err(|e| at(e.0))?,
+            )));
+        }
         let mut spec = BpeSpec::from_tokenizer_json(&j).map_err(|e| at(e.0))?;
         spec.bos = bos.or(spec.bos);
         spec.eos = eos.or(spec.eos);
@@ -239,6 +256,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Bytes => 256,
             Tokenizer::Bpe(b) => b.tokens.len(),
+            Tokenizer::Spm(s) => s.tokens.len(),
         }
     }
 
@@ -260,14 +278,47 @@ impl Tokenizer {
                 b.encode_into(s, &mut ids);
                 Ok(ids)
             }
+            Tokenizer::Spm(sp) => {
+                let s = std::str::from_utf8(text).map_err(|e| {
+                    TokenizerError(format!(
+                        "the text is not UTF-8 ({e}); this model's tokenizer reads UTF-8"
+                    ))
+                })?;
+                let mut ids = Vec::new();
+                if prompt && sp.add_bos {
+                    ids.extend(sp.bos);
+                }
+                // llama.cpp: a stretch of text first or after a special token gets the
+                // space prefix
+                let mut after_special = true;
+                for (seg, special) in split_special(&sp.specials, s) {
+                    match special {
+                        Some(id) => {
+                            ids.push(id);
+                            after_special = true;
+                        }
+                        None => {
+                            sp.encode_text(seg, after_special, &mut ids);
+                            after_special = false;
+                        }
+                    }
+                }
+                Ok(ids)
+            }
         }
     }
 
-    /// The bytes of `ids` (special tokens as their text).
+    /// The bytes of `ids` (special tokens as their text; a SentencePiece text without the
+    /// space its encoding prefixed).
     pub fn decode(&self, ids: &[u32]) -> Vec<u8> {
         let mut out = Vec::new();
         for &i in ids {
             self.push_bytes(i, &mut out);
+        }
+        if let Tokenizer::Spm(s) = self {
+            if s.add_space_prefix && out.first() == Some(&b' ') {
+                out.remove(0);
+            }
         }
         out
     }
@@ -276,12 +327,17 @@ impl Tokenizer {
         match self {
             Tokenizer::Bytes => out.push(id as u8),
             Tokenizer::Bpe(b) => b.push_bytes(id, out),
+            Tokenizer::Spm(s) => s.push_bytes(id, out),
         }
     }
 
     /// Is `id` the end-of-sequence token?
     pub fn is_eos(&self, id: u32) -> bool {
-        matches!(self, Tokenizer::Bpe(b) if b.eos == Some(id))
+        match self {
+            Tokenizer::Bytes => false,
+            Tokenizer::Bpe(b) => b.eos == Some(id),
+            Tokenizer::Spm(s) => s.eos == Some(id),
+        }
     }
 }
 
@@ -616,31 +672,8 @@ impl Bpe {
         })
     }
 
-    /// `text` split at special tokens: (segment, Some(id)) for a special token.
     fn split_special<'t>(&self, text: &'t str) -> Vec<(&'t str, Option<u32>)> {
-        let mut out = Vec::new();
-        let (mut start, mut i) = (0, 0);
-        let bytes = text.as_bytes();
-        while i < bytes.len() {
-            if let Some((s, id)) = self
-                .specials
-                .iter()
-                .find(|(s, _)| bytes[i..].starts_with(s.as_bytes()))
-            {
-                if start < i {
-                    out.push((&text[start..i], None));
-                }
-                out.push((&text[i..i + s.len()], Some(*id)));
-                i += s.len();
-                start = i;
-            } else {
-                i += 1;
-            }
-        }
-        if start < bytes.len() {
-            out.push((&text[start..], None));
-        }
-        out
+        split_special(&self.specials, text)
     }
 
     /// The pre-tokenization of `text` into pieces.
@@ -736,6 +769,32 @@ impl Bpe {
             }
         }
     }
+}
+
+/// `text` split at special tokens (longest first): (segment, Some(id)) for a special token.
+fn split_special<'t>(specials: &[(String, u32)], text: &'t str) -> Vec<(&'t str, Option<u32>)> {
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    let bytes = text.as_bytes();
+    while i < bytes.len() {
+        if let Some((s, id)) = specials
+            .iter()
+            .find(|(s, _)| bytes[i..].starts_with(s.as_bytes()))
+        {
+            if start < i {
+                out.push((&text[start..i], None));
+            }
+            out.push((&text[i..i + s.len()], Some(*id)));
+            i += s.len();
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    if start < bytes.len() {
+        out.push((&text[start..], None));
+    }
+    out
 }
 
 /// Decodes ids one at a time into text that never ends inside a UTF-8 sequence: bytes of an

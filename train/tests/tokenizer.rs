@@ -122,3 +122,82 @@ fn unknown_pre_tokenizers_and_tokenizer_kinds_are_named() {
     let e = Tokenizer::from_tokenizer_json(&dir.join("missing.json"), None, None).unwrap_err();
     assert!(e.to_string().contains("missing.json"), "{e}");
 }
+
+/// SentencePiece-style BPE with byte fallback (Llama 2's kind): from llama.cpp-style
+/// `tokenizer.ggml.*` (model `llama`, scores) and from the `tokenizers` library's own
+/// `tokenizer.json`, the library's ids — and llama.cpp's, recorded when the fixture was made
+/// (`tests/reference/spm_reference.py --peer`) — on every case, and decoded back.
+#[test]
+fn sentencepiece_ids_equal_the_tokenizers_library_and_llama_cpp() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizer/spm");
+    let m = Model::open(dir.join("vocab.gguf")).unwrap();
+    let gguf = Tokenizer::from_model(&m).unwrap();
+    assert!(matches!(gguf, Tokenizer::Spm(_)));
+    let json =
+        Tokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), Some(1), Some(2)).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let mut llamacpp = 0;
+    for t in [&gguf, &json] {
+        assert_eq!(t.vocab() as u64, cases["vocab"].as_u64().unwrap());
+        for c in cases["cases"].as_array().unwrap() {
+            let text = c["text"].as_str().unwrap();
+            let ids = |k: &str| -> Option<Vec<u32>> {
+                c[k].as_array()
+                    .map(|a| a.iter().map(|v| v.as_u64().unwrap() as u32).collect())
+            };
+            let got = t.encode(text.as_bytes(), false).unwrap();
+            assert_eq!(Some(&got), ids("ids").as_ref(), "{text:?}");
+            if let Some(l) = ids("llamacpp_ids") {
+                assert_eq!(got, l, "llama.cpp: {text:?}");
+                llamacpp += 1;
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&t.decode(&got)),
+                c["decoded"].as_str().unwrap(),
+                "{text:?}"
+            );
+            // a prompt starts with bos
+            assert_eq!(t.encode(text.as_bytes(), true).unwrap()[0], 1);
+        }
+    }
+    assert!(
+        llamacpp >= 40,
+        "llama.cpp's ids were recorded for the cases"
+    );
+}
+
+/// What Modula writes is what it reads: both kinds from `tokenizer.json` through
+/// `tokenizer.ggml.*` give the same ids.
+#[test]
+fn tokenizers_written_as_gguf_metadata_read_back_the_same() {
+    use modula_train::core::gguf::GgufWriter;
+    use modula_train::tokenizer::SpmSpec;
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizer");
+    let text = "Once upon a time 😀, naïve: 12345 <s>x</s>  \n y";
+    for kind in ["spm", "bpe", "bpe-llama3", "bpe-qwen2", "bpe-smollm"] {
+        let p = base.join(kind).join("tokenizer.json");
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let mut w = GgufWriter::new();
+        if kind == "spm" {
+            let mut s = SpmSpec::from_tokenizer_json(&j).unwrap();
+            s.bos = Some(1);
+            s.add_bos = true;
+            s.write(&mut w).unwrap();
+        } else {
+            BpeSpec::from_tokenizer_json(&j)
+                .unwrap()
+                .write(&mut w)
+                .unwrap();
+        }
+        let m = Model::from_bytes(w.to_bytes().unwrap()).unwrap();
+        let back = Tokenizer::from_model(&m).unwrap();
+        let direct = Tokenizer::from_tokenizer_json(&p, Some(1), None).unwrap();
+        assert_eq!(
+            back.encode(text.as_bytes(), false).unwrap(),
+            direct.encode(text.as_bytes(), false).unwrap(),
+            "{kind}"
+        );
+    }
+}

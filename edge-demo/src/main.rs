@@ -72,7 +72,7 @@ enum Command {
         all: bool,
     },
     /// Import a Hugging Face checkpoint directory (Llama, Mistral without a sliding window,
-    /// Qwen2: config.json, model.safetensors or a sharded index, tokenizer.json) as a
+    /// Qwen2, GPT-2: config.json, model.safetensors or a sharded index, tokenizer.json) as a
     /// llama.cpp-layout GGUF file.
     Import {
         /// The checkpoint directory.

@@ -89,6 +89,13 @@ pub struct RunArgs {
     /// generated text) instead of streaming the text.
     #[arg(long)]
     json: bool,
+    /// Treat the prompt (each --input line) as a user's message and apply the model's chat
+    /// template (`tokenizer.chat_template`) with the generation prompt.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     /// Also print this process's resident memory (Linux: VmRSS when the run starts, before
     /// the model is opened, and the peak VmHWM at the end) as `rss_bytes START PEAK`.
     #[arg(long)]
@@ -178,6 +185,38 @@ pub(crate) fn greedy(logits: &[f32]) -> u32 {
         .iter()
         .enumerate()
         .fold(0, |b, (j, &v)| if v > logits[b] { j } else { b }) as u32
+}
+
+/// The chat template of `--chat`, and `--system`.
+struct Chat<'t> {
+    template: Option<&'t str>,
+    system: Option<&'t str>,
+}
+
+impl Chat<'_> {
+    /// The conversation (system message, then `prompt` as the user's) rendered by the
+    /// template; and whether the text begins with the bos token.
+    fn render(&self, t: &str, tok: &Tokenizer, prompt: &[u8]) -> Result<(String, bool), String> {
+        use modula_train::chat::{render, Message};
+        let user = std::str::from_utf8(prompt)
+            .map_err(|e| format!("--chat: the prompt is not UTF-8 ({e})"))?;
+        let mut msgs = Vec::new();
+        if let Some(s) = self.system {
+            msgs.push(Message {
+                role: "system".into(),
+                content: s.into(),
+            });
+        }
+        msgs.push(Message {
+            role: "user".into(),
+            content: user.into(),
+        });
+        let (bos, eos) = tok.bos_eos();
+        let name = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("");
+        let text = render(t, &msgs, name(bos), name(eos), true)?;
+        let first = !name(bos).is_empty() && text.starts_with(name(bos));
+        Ok((text, first))
+    }
 }
 
 /// One timed sequence with `size`: a fresh sequence, `prompt` prefilled, then `steps`
@@ -471,6 +510,17 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             size.label()
         );
     }
+    let template = if a.chat {
+        Some(modula_train::chat::template_of(&m).ok_or_else(|| {
+            at(&"--chat: the file has no chat template (tokenizer.chat_template)")
+        })?)
+    } else {
+        None
+    };
+    let chat = Chat {
+        template: template.as_deref(),
+        system: a.system.as_deref(),
+    };
     let mut out = std::io::stdout().lock();
     match &a.input {
         None => serve(
@@ -478,6 +528,7 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
             &tok,
             pager.as_mut(),
             a.prompt.as_encoded_bytes(),
+            &chat,
             a,
             &mut out,
         )?,
@@ -519,8 +570,16 @@ pub fn run(a: &RunArgs) -> Result<(), String> {
                     e.size().label(),
                     1e6 * switch
                 );
-                serve(&mut e, &tok, pager.as_mut(), prompt.as_bytes(), a, &mut out)
-                    .map_err(|x| req(&x))?;
+                serve(
+                    &mut e,
+                    &tok,
+                    pager.as_mut(),
+                    prompt.as_bytes(),
+                    &chat,
+                    a,
+                    &mut out,
+                )
+                .map_err(|x| req(&x))?;
                 served += 1;
             }
             if served == 0 {
@@ -600,13 +659,24 @@ fn serve(
     tok: &Tokenizer,
     mut pager: Option<&mut modula_core::engine::paging::ExpertPager<'_>>,
     prompt: &[u8],
+    chat: &Chat<'_>,
     a: &RunArgs,
     out: &mut impl Write,
 ) -> Result<(), String> {
     if prompt.is_empty() {
         return Err("the prompt must not be empty".into());
     }
-    let ids = tok.encode(prompt, true).map_err(|e| e.to_string())?;
+    let rendered;
+    let (prompt, add_bos) = match chat.template {
+        None => (prompt, true),
+        Some(t) => {
+            let (text, bos_first) = chat.render(t, tok, prompt)?;
+            rendered = text;
+            // a template that writes the bos itself gets no second one
+            (rendered.as_bytes(), !bos_first)
+        }
+    };
+    let ids = tok.encode(prompt, add_bos).map_err(|e| e.to_string())?;
     if ids.is_empty() {
         return Err("the prompt has no tokens".into());
     }

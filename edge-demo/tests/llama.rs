@@ -232,3 +232,42 @@ fn import_of_the_hugging_face_directory_gives_transformers_logits() {
     assert!(!dir.join("x.gguf").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `modula run --chat`: the file's chat template rendered as transformers renders it
+/// (`tests/reference/llama_reference.py`: a TinyLlama-style template with the bos, a system
+/// message, `.strip()`), the same ids as the `tokenizers` library's, and transformers'
+/// greedy continuation; a file without a template is a clear error.
+#[test]
+fn chat_applies_the_files_template() {
+    let bytes = std::fs::read(case("llama_tied_linear").join("expect.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let chat = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_modula"))
+            .args(["run", "--chat", "--system", "You are a miller.", "--json"])
+            .args(["--temperature", "0", "--tokens", "12", "--threads", "1"])
+            .args(["--prompt", "  What can your daughter spin?  ", "--model"])
+            .arg(case(name).join("model.gguf"))
+            .output()
+            .unwrap()
+    };
+    let r = chat("llama_tied_linear");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let got = |k: &str| -> Vec<u64> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        got("prompt_ids"),
+        ids(&st, "chat_ids"),
+        "the rendered prompt"
+    );
+    assert_eq!(got("ids"), ids(&st, "chat_greedy"));
+    let r = chat("llama_gqa");
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("tokenizer.chat_template"), "{err}");
+}

@@ -64,6 +64,26 @@ CASES = {
 }
 
 
+# a TinyLlama-style chat template (bos written by the template, Python's .strip()), in
+# llama_tied_linear's files; rendered as transformers does (jinja2, trim_blocks, lstrip_blocks)
+CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}\n{% if message['role'] == 'user' %}\n"
+                 "{{ '<|user|>\n' + message['content'].strip() + eos_token }}\n"
+                 "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+                 "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n"
+                 "{% endfor %}")
+CHAT_SYSTEM, CHAT_USER = "You are a miller.", "  What can your daughter spin?  "
+
+
+def render_chat():
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    msgs = [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": CHAT_USER}]
+    return env.from_string(CHAT_TEMPLATE).render(messages=msgs, bos_token="<s>", eos_token="</s>",
+                                                 add_generation_prompt=True)
+
+
 # cases also saved as Hugging Face directories: (dtype, max shard size)
 HF_DIRS = {"llama_gqa": (torch.float32, "10GB"), "qwen2_bias": (torch.bfloat16, "200KB")}
 
@@ -201,7 +221,8 @@ def main():
             m2.load_state_dict(sd)
             m2.to(dtype).save_pretrained(hf, safe_serialization=True, max_shard_size=shard)
             tok.save(os.path.join(hf, "tokenizer.json"))
-        write_gguf(os.path.join(d, "model.gguf"), arch, cfg, sd, False, tok)
+        chat = (lambda w: w.add_chat_template(CHAT_TEMPLATE)) if case == "llama_tied_linear" else None
+        write_gguf(os.path.join(d, "model.gguf"), arch, cfg, sd, False, tok, chat)
         write_gguf(os.path.join(d, "model-f16.gguf"), arch, cfg, sd, True, tok)
         ids = torch.randint(0, cfg.vocab_size, (1, T))
         m64 = model.double()
@@ -214,7 +235,15 @@ def main():
             # eval: one window of EVAL's tokens (bos first), transformers' mean NLL
             eids = torch.tensor([[0] + tok.encode(EVAL, add_special_tokens=False).ids])
             eloss = m64(eids, labels=eids).loss.item()
+            extra = {}
+            if chat:
+                # the rendered conversation (it starts with <s>), and its greedy continuation
+                cids = torch.tensor([tok.encode(render_chat(), add_special_tokens=False).ids])
+                extra = {"chat_text": np.frombuffer(render_chat().encode(), dtype=np.uint8).copy(),
+                         "chat_ids": cids[0].numpy().astype(np.int32),
+                         "chat_greedy": greedy(m64, cids, 12).astype(np.int32)}
         save_file({
+            **extra,
             "input_ids": ids[0].numpy().astype(np.int32),
             "logits": logits.astype(np.float32),
             "greedy": gen.astype(np.int32),

@@ -12,6 +12,7 @@
 //! Status and what is not done yet: `docs/training.md`.
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod checkpoint;
 pub mod compute;
 pub mod corpus;

@@ -331,6 +331,24 @@ impl Tokenizer {
         }
     }
 
+    /// The stored text of token `id` (a special token's name, e.g. `<s>`).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        match self {
+            Tokenizer::Bytes => None,
+            Tokenizer::Bpe(b) => b.tokens.get(id as usize).map(String::as_str),
+            Tokenizer::Spm(s) => s.tokens.get(id as usize).map(String::as_str),
+        }
+    }
+
+    /// Beginning and end of sequence ids, where the file names them.
+    pub fn bos_eos(&self) -> (Option<u32>, Option<u32>) {
+        match self {
+            Tokenizer::Bytes => (None, None),
+            Tokenizer::Bpe(b) => (b.bos, b.eos),
+            Tokenizer::Spm(s) => (s.bos, s.eos),
+        }
+    }
+
     /// Is `id` the end-of-sequence token?
     pub fn is_eos(&self, id: u32) -> bool {
         match self {

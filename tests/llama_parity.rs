@@ -12,8 +12,9 @@ use modula_core::{engine, Family, Model, ModelDesc};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 6] = [
     "llama_gqa",
+    "llama3_rope",
     "llama_tied_linear",
     "qwen2_bias",
     "gpt2_tied",

@@ -171,6 +171,9 @@ pub struct Rope {
     pub style: RopeStyle,
     /// Linear position scaling factor (1: none; `rope.scaling.type = linear`).
     pub scale: f32,
+    /// Per-pair frequency divisors in `rope_freqs.weight` (`[dim / 2]`; Llama 3.1's `llama3`
+    /// scaling as llama.cpp's converter writes it).
+    pub factors: bool,
 }
 
 /// How a softmax attention's projections are stored.
@@ -519,6 +522,8 @@ pub enum Role {
     GauOut,
     /// Its bias.
     GauOutBias,
+    /// Per-pair rotary frequency divisors (`rope_freqs.weight`, `[head_dim / 2]`).
+    RopeFreqs,
 }
 
 /// One tensor the description expects.
@@ -986,6 +991,19 @@ impl ModelDesc {
                     Layout::Vector,
                 ));
             }
+        }
+        if let Positions::Rotary(Rope {
+            factors: true, dim, ..
+        }) = self.positions
+        {
+            out(t(
+                "rope_freqs.weight".into(),
+                Role::RopeFreqs,
+                None,
+                None,
+                vec![dim / 2],
+                Layout::Vector,
+            ));
         }
         if let Positions::Learned { rows } = self.positions {
             out(t(
@@ -1936,11 +1954,7 @@ fn llama<B: AsRef<[u8]>>(r: &Meta<'_, B>, arch: &str) -> Result<ModelDesc> {
             )));
         }
     }
-    if r.m.tensor("rope_freqs.weight").is_ok() {
-        return Err(Error::unsupported(
-            "rope_freqs.weight: per-dimension rope factors (Llama 3.1's llama3 rope scaling) are not run yet",
-        ));
-    }
+    let factors = r.m.tensor("rope_freqs.weight").is_ok();
     let vocab = embedding_vocab(r, arch, d)?;
     let context = r.u32_or(&k("context_length"), 0)?;
     let bias = r.m.tensor("blk.0.attn_q.bias").is_ok();
@@ -1989,6 +2003,7 @@ fn llama<B: AsRef<[u8]>>(r: &Meta<'_, B>, arch: &str) -> Result<ModelDesc> {
                 RopeStyle::Adjacent
             },
             scale,
+            factors,
         }),
         blocks: vec![block; layers],
         final_norm: Some(norm),

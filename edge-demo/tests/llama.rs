@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 6] = [
     "llama_gqa",
+    "llama3_rope",
     "llama_tied_linear",
     "qwen2_bias",
     "gpt2_tied",
@@ -140,6 +141,7 @@ fn import_of_the_hugging_face_directory_gives_transformers_logits() {
     // GPT-2 references are computed from the weights as stored
     for (name, tol) in [
         ("llama_gqa", 1e-4f32),
+        ("llama3_rope", 1e-4),
         ("qwen2_bias", 3e-2),
         ("gpt2_tied", 1e-4),
         ("gpt2_untied", 1e-4),

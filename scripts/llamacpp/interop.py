@@ -25,7 +25,7 @@ from safetensors.numpy import load_file
 peer, modula = sys.argv[1], sys.argv[2]
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 FIX = os.path.join(ROOT, "tests", "fixtures")
-CASES = [("llama_parity", "llama_gqa"), ("llama_parity", "llama_tied_linear"),
+CASES = [("llama_parity", "llama_gqa"), ("llama_parity", "llama3_rope"), ("llama_parity", "llama_tied_linear"),
          ("llama_parity", "qwen2_bias"), ("gpt2_parity", "gpt2_tied"), ("gpt2_parity", "gpt2_untied")]
 
 

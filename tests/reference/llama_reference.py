@@ -61,7 +61,18 @@ CASES = {
                                  num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
                                  rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=128,
                                  tie_word_embeddings=False)),
+    # Llama 3.1's rope scaling (per-pair divisors in rope_freqs.weight): head width 16 and a
+    # short original context, so the scaled, blended and unscaled pairs all occur
+    "llama3_rope": ("llama", dict(vocab_size=300, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=128,
+                                  tie_word_embeddings=True,
+                                  rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                "original_max_position_embeddings": 32})),
 }
+# each case's seed, fixed (adding a case changes no other fixture)
+SEEDS = {"llama_gqa": 100, "llama_tied_linear": 101, "qwen2_bias": 102, "llama3_rope": 103}
 
 
 # a TinyLlama-style chat template (bos written by the template, Python's .strip()), in
@@ -85,7 +96,8 @@ def render_chat():
 
 
 # cases also saved as Hugging Face directories: (dtype, max shard size)
-HF_DIRS = {"llama_gqa": (torch.float32, "10GB"), "qwen2_bias": (torch.bfloat16, "200KB")}
+HF_DIRS = {"llama_gqa": (torch.float32, "10GB"), "qwen2_bias": (torch.bfloat16, "200KB"),
+           "llama3_rope": (torch.float32, "10GB")}
 
 
 def permute(w, n_head):
@@ -146,6 +158,8 @@ def write_gguf(path, arch, cfg, sd, f16, tok, extra=None):
     if rs.get("rope_type") == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(rs["factor"])
+    if rs.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_factors(cfg))
     w.add_file_type(1 if f16 else 0)
 
     def put(name, t, matrix=True):
@@ -182,6 +196,27 @@ def write_gguf(path, arch, cfg, sd, f16, tok, extra=None):
     w.close()
 
 
+def llama3_factors(cfg):
+    """rope_freqs.weight as llama.cpp's converter computes it (conversion/llama.py)."""
+    import math
+    rs = cfg.rope_parameters
+    dim = cfg.hidden_size // cfg.num_attention_heads
+    freqs = 1.0 / (rs["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    old = rs["original_max_position_embeddings"]
+    out = []
+    for f in freqs:
+        wl = 2 * math.pi / f
+        if wl < old / high:
+            out.append(1.0)
+        elif wl > old / low:
+            out.append(factor)
+        else:
+            sm = (old / wl - low) / (high - low)
+            out.append(1 / ((1 - sm) / factor + sm))
+    return np.array(out, dtype=np.float32)
+
+
 def greedy(model, ids, n):
     """n greedy tokens after `ids`, one full forward pass per token (no generate(): it would
     treat a token equal to the pad id as padding)."""
@@ -193,8 +228,8 @@ def greedy(model, ids, n):
 
 
 def main():
-    for seed, (case, (arch, kw)) in enumerate(sorted(CASES.items())):
-        torch.manual_seed(100 + seed)
+    for case, (arch, kw) in sorted(CASES.items()):
+        torch.manual_seed(SEEDS[case])
         if arch == "llama":
             cfg, cls = LlamaConfig(**kw), LlamaForCausalLM
         else:

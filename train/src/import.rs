@@ -64,6 +64,8 @@ pub struct HfConfig {
     pub theta: f32,
     /// Linear rope scaling factor (1: none).
     pub rope_linear: f32,
+    /// Llama 3.1's `llama3` rope scaling: per-pair frequency divisors (`rope_freqs.weight`).
+    pub rope_factors: Option<Vec<f32>>,
     /// Trained context.
     pub context: usize,
     /// Tied embeddings.
@@ -129,6 +131,7 @@ impl HfConfig {
                 eps: c["layer_norm_epsilon"].as_f64().unwrap_or(1e-5) as f32,
                 theta: 0.0,
                 rope_linear: 1.0,
+                rope_factors: None,
                 context: num("n_positions")?,
                 tied: c["tie_word_embeddings"].as_bool().unwrap_or(true),
                 bos: id("bos_token_id"),
@@ -194,8 +197,13 @@ impl HfConfig {
             .as_str()
             .or(params["type"].as_str())
             .unwrap_or("default");
+        let rope_factors = if kind == "llama3" {
+            Some(llama3_factors(&params, c, theta)?)
+        } else {
+            None
+        };
         let rope_linear = match kind {
-            "default" => 1.0,
+            "default" | "llama3" => 1.0,
             "linear" => params["factor"]
                 .as_f64()
                 .filter(|f| *f >= 1.0)
@@ -204,7 +212,7 @@ impl HfConfig {
                 })? as f32,
             o => {
                 return bad(format!(
-                    "config.json: rope scaling {o:?} is not run (default, linear)"
+                    "config.json: rope scaling {o:?} is not run (default, linear, llama3)"
                 ))
             }
         };
@@ -219,12 +227,53 @@ impl HfConfig {
             eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
             theta,
             rope_linear,
+            rope_factors,
             context: c["max_position_embeddings"].as_u64().unwrap_or(0) as usize,
             tied: c["tie_word_embeddings"].as_bool().unwrap_or(false),
             bos: id("bos_token_id"),
             eos: id("eos_token_id"),
         })
     }
+}
+
+/// Llama 3.1's rope scaling as llama.cpp's converter writes it: for each rotary pair, 1
+/// (short wavelengths), `factor` (long ones) or the smooth blend between.
+fn llama3_factors(p: &Json, c: &Json, theta: f32) -> Result<Vec<f32>, ImportError> {
+    let f = |k: &str, d: f64| p[k].as_f64().unwrap_or(d);
+    let (factor, low, high) = (
+        f("factor", 8.0),
+        f("low_freq_factor", 1.0),
+        f("high_freq_factor", 4.0),
+    );
+    let old = f("original_max_position_embeddings", 8192.0);
+    if !(factor >= 1.0 && low > 0.0 && high > low && old > 0.0) {
+        return bad(format!(
+            "config.json: llama3 rope scaling with factor {factor}, low_freq_factor {low}, \
+             high_freq_factor {high}, original_max_position_embeddings {old} (needs factor ≥ 1, \
+             0 < low < high)"
+        ));
+    }
+    let (d, heads) = (
+        c["hidden_size"].as_u64().unwrap_or(0) as usize,
+        c["num_attention_heads"].as_u64().unwrap_or(1).max(1) as usize,
+    );
+    let dim = c["head_dim"].as_u64().map_or(d / heads, |v| v as usize);
+    let (low_wl, high_wl) = (old / low, old / high);
+    Ok((0..dim / 2)
+        .map(|i| {
+            // in f32 as the converter computes the frequencies
+            let freq = 1.0 / f64::from(theta.powf((2 * i) as f32 / dim as f32));
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            (if wavelen < high_wl {
+                1.0
+            } else if wavelen > low_wl {
+                factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }) as f32
+        })
+        .collect())
 }
 
 /// One checkpoint tensor: type, shape, bytes.
@@ -503,6 +552,16 @@ pub fn hf_to_gguf(dir: &Path) -> Result<GgufWriter<'static>, ImportError> {
         "token_embd.weight".into(),
         take("model.embed_tokens.weight", &[cfg.vocab, d])?,
     ));
+    if let Some(f) = &cfg.rope_factors {
+        tensors.push((
+            "rope_freqs.weight".into(),
+            Tensor {
+                dtype: DType::F32,
+                shape: vec![f.len()],
+                bytes: f.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            },
+        ));
+    }
     for l in 0..cfg.layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
         let b = |s: &str| format!("blk.{l}.{s}");

@@ -70,6 +70,8 @@ pub struct LlamaSpec {
     pub style: RopeStyle,
     /// Linear position scaling (1: none).
     pub rope_scale: f32,
+    /// Per-pair frequency divisors from `rope_freqs.weight` (Llama 3.1's scaling).
+    pub rope_factors: bool,
     /// q, k, v carry biases (Qwen2).
     pub qkv_bias: bool,
     /// The head is the token embedding.
@@ -105,6 +107,7 @@ impl LlamaSpec {
                     dim: a.head_dim,
                     style: RopeStyle::Adjacent,
                     scale: 1.0,
+                    factors: false,
                 },
                 rows,
             ),
@@ -141,6 +144,7 @@ impl LlamaSpec {
             theta: rope.theta,
             style: rope.style,
             rope_scale: rope.scale,
+            rope_factors: rope.factors,
             qkv_bias: a.bias,
             tied: desc.head == crate::arch::Head::Tied,
             context_length: desc.context_length,
@@ -464,9 +468,24 @@ impl<'a> LlamaEngine<'a> {
             )));
         }
         let (mut cos, mut sin) = (vec![0f32; rot * half], vec![0f32; rot * half]);
+        let factors = if s.rope_factors {
+            let f = t.vector(Role::RopeFreqs, None)?;
+            if let Some(bad) = f.iter().find(|v| !(**v > 0.0 && v.is_finite())) {
+                return Err(Error::metadata(
+                    "rope_freqs.weight",
+                    format!("rope_freqs.weight holds {bad}: each factor must be positive"),
+                ));
+            }
+            Some(f)
+        } else {
+            None
+        };
         for p in 0..rot {
             for i in 0..half {
-                let inv = libm::pow(f64::from(s.theta), -((2 * i) as f64) / hd as f64);
+                let mut inv = libm::pow(f64::from(s.theta), -((2 * i) as f64) / hd as f64);
+                if let Some(f) = factors {
+                    inv /= f64::from(f[i]);
+                }
                 let a = p as f64 / f64::from(s.rope_scale) * inv;
                 cos[p * half + i] = libm::cos(a) as f32;
                 sin[p * half + i] = libm::sin(a) as f32;

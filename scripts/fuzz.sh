@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzz the GGUF reader and model construction (loader, nested views, every engine) with
+# Fuzz the GGUF reader, model construction (loader, nested views, every engine) and the
+# tokenizers (GGUF metadata, tokenizer.json, chat templates) with
 # cargo-fuzz (libFuzzer + AddressSanitizer, nightly toolchain).
 # Usage: scripts/fuzz.sh [SECONDS]   (default 60, per target)
 # Seeds: the hostile corpus and valid files written by Modula's writer; new interesting
@@ -28,3 +29,13 @@ rm -rf "$mseeds"; mkdir -p "$mseeds" fuzz/corpus/model_load
 cp tests/fixtures/legacy/*.gguf tests/corpus/valid/*.gguf "$mseeds"/
 cargo +nightly fuzz run model_load fuzz/corpus/model_load "$mseeds" -- \
   -max_total_time="$secs" -rss_limit_mb=1024 -timeout=10 -max_len=262144 -print_final_stats=1
+# tokenizers: GGUF tokenizer metadata (every kind), tokenizer.json files, chat templates
+tseeds=fuzz/seeds-tokenizer
+rm -rf "$tseeds"; mkdir -p "$tseeds" fuzz/corpus/tokenizer_load
+for d in tests/fixtures/tokenizer/*/; do
+  k=$(basename "$d")
+  cp "$d/vocab.gguf" "$tseeds/$k.gguf"
+  cp "$d/tokenizer.json" "$tseeds/$k.json"
+done
+cargo +nightly fuzz run tokenizer_load fuzz/corpus/tokenizer_load "$tseeds" -- \
+  -max_total_time="$secs" -rss_limit_mb=1024 -timeout=10 -max_len=131072 -print_final_stats=1

@@ -85,9 +85,17 @@ enum Command {
     /// Print the token ids of a text under a model file's own tokenizer, as JSON
     /// (Modula's byte models: the bytes; llama.cpp files: their tokenizer.ggml.* BPE).
     Tokenize {
-        /// Model file (.gguf).
+        /// Model file (.gguf): its tokenizer.ggml.* metadata.
+        #[arg(
+            long,
+            required_unless_present = "tokenizer",
+            conflicts_with = "tokenizer"
+        )]
+        model: Option<PathBuf>,
+        /// A Hugging Face tokenizer.json instead of a model file (byte-level BPE or
+        /// SentencePiece-style BPE with byte fallback).
         #[arg(long)]
-        model: PathBuf,
+        tokenizer: Option<PathBuf>,
         /// The text (any bytes for a byte model; UTF-8 for a BPE tokenizer).
         #[arg(long)]
         text: std::ffi::OsString,
@@ -121,10 +129,26 @@ fn import(dir: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
 }
 
 /// `modula tokenize`: the ids as one JSON object.
-fn tokenize(model: &std::path::Path, text: &[u8], prompt: bool) -> Result<(), String> {
-    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", model.display());
-    let m = modula_core::Model::open(model).map_err(|e| at(&e))?;
-    let tok = modula_train::tokenizer::Tokenizer::from_model(&m).map_err(|e| at(&e))?;
+fn tokenize(
+    model: Option<&std::path::Path>,
+    json: Option<&std::path::Path>,
+    text: &[u8],
+    prompt: bool,
+) -> Result<(), String> {
+    use modula_train::tokenizer::Tokenizer;
+    let (path, tok) = match (model, json) {
+        (Some(model), _) => {
+            let at = |e: &dyn std::fmt::Display| format!("{}: {e}", model.display());
+            let m = modula_core::Model::open(model).map_err(|e| at(&e))?;
+            (model, Tokenizer::from_model(&m).map_err(|e| at(&e))?)
+        }
+        (None, Some(j)) => (
+            j,
+            Tokenizer::from_tokenizer_json(j, None, None).map_err(|e| e.to_string())?,
+        ),
+        (None, None) => return Err("--model or --tokenizer is required".into()),
+    };
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let ids = tok.encode(text, prompt).map_err(|e| at(&e))?;
     println!("{}", serde_json::json!({ "ids": ids, "count": ids.len() }));
     Ok(())
@@ -175,9 +199,15 @@ fn main() -> ExitCode {
         Some(Command::Import { hf, out }) => import(&hf, &out),
         Some(Command::Tokenize {
             model,
+            tokenizer,
             text,
             prompt,
-        }) => tokenize(&model, text.as_encoded_bytes(), prompt),
+        }) => tokenize(
+            model.as_deref(),
+            tokenizer.as_deref(),
+            text.as_encoded_bytes(),
+            prompt,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -273,3 +273,33 @@ fn chat_applies_the_files_template() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("tokenizer.chat_template"), "{err}");
 }
+
+/// `modula tokenize --tokenizer tokenizer.json` gives the ids the model file's metadata gives.
+#[test]
+fn tokenize_reads_a_tokenizer_json_too() {
+    let text = "Once upon a time, the miller's 3 daughters!";
+    let run = |args: &[&std::ffi::OsStr]| {
+        let r = Command::new(env!("CARGO_BIN_EXE_modula"))
+            .arg("tokenize")
+            .args(["--text", text])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        r.stdout
+    };
+    for name in ["llama_gqa", "gpt2_tied"] {
+        let j = case(name).join("hf/tokenizer.json");
+        let m = case(name).join("model.gguf");
+        assert_eq!(
+            run(&["--tokenizer".as_ref(), j.as_os_str()]),
+            run(&["--model".as_ref(), m.as_os_str()]),
+            "{name}"
+        );
+    }
+    let r = Command::new(env!("CARGO_BIN_EXE_modula"))
+        .args(["tokenize", "--text", "x"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success(), "neither --model nor --tokenizer");
+}

@@ -27,12 +27,13 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+# the same texts, lengths and greedy loop as the Llama fixtures
+from llama_reference import EVAL, GEN, PROMPT, TEXT, T, greedy  # noqa: E402
+
 OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "gpt2_parity")
-T, GEN = 20, 32
-PROMPT = "Once upon a time, the old miller's daughter"
-EVAL = "the king came by one day, and the miller said: my daughter can spin straw into gold."
-TEXT = ("once upon a time there was an old miller who had a beautiful daughter. the king "
-        "came by one day and the miller said: my daughter can spin straw into gold! ") * 20
 
 CASES = {
     # GPT-2 as published: tied head, FFN 4·d (n_inner unset)
@@ -117,14 +118,6 @@ def write_gguf(path, cfg, sd, f16, tok):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-
-def greedy(model, ids, n):
-    out = ids
-    for _ in range(n):
-        nxt = model(out).logits[0, -1].argmax()
-        out = torch.cat([out, nxt.view(1, 1)], dim=1)
-    return out[0, ids.shape[1]:].numpy()
 
 
 def main():

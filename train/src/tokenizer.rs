@@ -431,35 +431,7 @@ impl BpeSpec {
             );
         }
         let pre = json_pre(&t["pre_tokenizer"])?;
-        let Some(vocab) = m["vocab"].as_object() else {
-            return err("tokenizer.json: model.vocab is missing");
-        };
-        let mut tokens: Vec<Option<String>> = Vec::new();
-        let mut put = |id: u64, s: &str| -> Result<usize, TokenizerError> {
-            let id = usize::try_from(id)
-                .ok()
-                .filter(|&i| i < (1 << 24))
-                .ok_or_else(|| TokenizerError(format!("tokenizer.json: token id {id} of {s:?}")))?;
-            if tokens.len() <= id {
-                tokens.resize(id + 1, None);
-            }
-            tokens[id] = Some(s.to_string());
-            Ok(id)
-        };
-        for (s, id) in vocab {
-            put(id.as_u64().unwrap_or(u64::MAX), s)?;
-        }
-        let mut special = std::collections::HashSet::new();
-        for a in t["added_tokens"].as_array().into_iter().flatten() {
-            if let (Some(id), Some(s)) = (a["id"].as_u64(), a["content"].as_str()) {
-                let i = put(id, s)?;
-                // special tokens are control tokens; other added tokens user-defined
-                special.insert((i, a["special"].as_bool() == Some(true)));
-            }
-        }
-        let Some(tokens) = tokens.into_iter().collect::<Option<Vec<String>>>() else {
-            return err("tokenizer.json: the token ids are not 0..n without gaps");
-        };
+        let (tokens, special) = json_tokens(t)?;
         let mut types = vec![1i32; tokens.len()];
         for (i, sp) in special {
             types[i] = if sp { 3 } else { 4 };
@@ -546,6 +518,42 @@ impl BpeSpec {
         )?;
         Ok(())
     }
+}
+
+/// Added tokens: (id, special).
+type Added = Vec<(usize, bool)>;
+
+/// A `tokenizer.json`'s tokens by id (`model.vocab` and `added_tokens`), and the added
+/// ones as (id, special).
+fn json_tokens(t: &serde_json::Value) -> Result<(Vec<String>, Added), TokenizerError> {
+    let Some(vocab) = t["model"]["vocab"].as_object() else {
+        return err("tokenizer.json: model.vocab is missing");
+    };
+    let mut tokens: Vec<Option<String>> = Vec::new();
+    let mut put = |id: u64, s: &str| -> Result<usize, TokenizerError> {
+        let id = usize::try_from(id)
+            .ok()
+            .filter(|&i| i < (1 << 24))
+            .ok_or_else(|| TokenizerError(format!("tokenizer.json: token id {id} of {s:?}")))?;
+        if tokens.len() <= id {
+            tokens.resize(id + 1, None);
+        }
+        tokens[id] = Some(s.to_string());
+        Ok(id)
+    };
+    for (s, id) in vocab {
+        put(id.as_u64().unwrap_or(u64::MAX), s)?;
+    }
+    let mut added = Vec::new();
+    for a in t["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(s)) = (a["id"].as_u64(), a["content"].as_str()) {
+            added.push((put(id, s)?, a["special"].as_bool() == Some(true)));
+        }
+    }
+    let Some(tokens) = tokens.into_iter().collect::<Option<Vec<String>>>() else {
+        return err("tokenizer.json: the token ids are not 0..n without gaps");
+    };
+    Ok((tokens, added))
 }
 
 /// The pre-tokenizer of a `tokenizer.json`.

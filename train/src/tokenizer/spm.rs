@@ -256,33 +256,7 @@ impl SpmSpec {
     /// `Prepend("▁")` normalizer for the space prefix.
     pub fn from_tokenizer_json(t: &serde_json::Value) -> Result<Self, TokenizerError> {
         let m = &t["model"];
-        let Some(vocab) = m["vocab"].as_object() else {
-            return err("tokenizer.json: model.vocab is missing");
-        };
-        let mut tokens: Vec<Option<String>> = Vec::new();
-        let mut put = |id: u64, s: &str| -> Result<usize, TokenizerError> {
-            let id = usize::try_from(id)
-                .ok()
-                .filter(|&i| i < (1 << 24))
-                .ok_or_else(|| TokenizerError(format!("tokenizer.json: token id {id} of {s:?}")))?;
-            if tokens.len() <= id {
-                tokens.resize(id + 1, None);
-            }
-            tokens[id] = Some(s.to_string());
-            Ok(id)
-        };
-        for (s, id) in vocab {
-            put(id.as_u64().unwrap_or(u64::MAX), s)?;
-        }
-        let mut added = Vec::new();
-        for a in t["added_tokens"].as_array().into_iter().flatten() {
-            if let (Some(id), Some(s)) = (a["id"].as_u64(), a["content"].as_str()) {
-                added.push((put(id, s)?, a["special"].as_bool() == Some(true)));
-            }
-        }
-        let Some(tokens) = tokens.into_iter().collect::<Option<Vec<String>>>() else {
-            return err("tokenizer.json: the token ids are not 0..n without gaps");
-        };
+        let (tokens, added) = super::json_tokens(t)?;
         let ids: HashMap<&str, usize> = tokens
             .iter()
             .enumerate()

@@ -536,17 +536,7 @@ pub fn hf_to_gguf(dir: &Path) -> Result<GgufWriter<'static>, ImportError> {
         Ok(t)
     };
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    let vector = |name: String, t: Tensor| {
-        let v = as_f32(&t);
-        (
-            name,
-            Tensor {
-                dtype: DType::F32,
-                shape: t.shape,
-                bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            },
-        )
-    };
+    let vector = |name: String, t: Tensor| (name, f32_vector(t));
     let (qw, kvw) = (cfg.heads * hd, cfg.kv_heads * hd);
     tensors.push((
         "token_embd.weight".into(),
@@ -627,6 +617,24 @@ pub fn hf_to_gguf(dir: &Path) -> Result<GgufWriter<'static>, ImportError> {
             "the checkpoint has a tensor this architecture does not use: {extra}"
         ));
     }
+    add_tensors(w, tensors)
+}
+
+/// A norm gain or bias as F32 (GGUF's vectors are f32), whatever its stored type.
+fn f32_vector(t: Tensor) -> Tensor {
+    let v = as_f32(&t);
+    Tensor {
+        dtype: DType::F32,
+        shape: t.shape,
+        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// The tensors, in order, into the file.
+fn add_tensors(
+    mut w: GgufWriter<'static>,
+    tensors: Vec<(String, Tensor)>,
+) -> Result<GgufWriter<'static>, ImportError> {
     for (name, t) in tensors {
         w.add_tensor(&name, t.dtype, &t.shape, t.bytes)
             .map_err(|e| ImportError(format!("{name}: {e}")))?;
@@ -710,14 +718,7 @@ fn gpt2_to_gguf(
         }
         Ok(t)
     };
-    let vector = |t: Tensor| {
-        let v = as_f32(&t);
-        Tensor {
-            dtype: DType::F32,
-            shape: t.shape,
-            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        }
-    };
+    let vector = f32_vector;
     let mut tensors: Vec<(String, Tensor)> = vec![
         (
             "token_embd.weight".into(),
@@ -779,9 +780,5 @@ fn gpt2_to_gguf(
             "the checkpoint has a tensor this architecture does not use: {extra}"
         ));
     }
-    for (name, t) in tensors {
-        w.add_tensor(&name, t.dtype, &t.shape, t.bytes)
-            .map_err(|e| ImportError(format!("{name}: {e}")))?;
-    }
-    Ok(w)
+    add_tensors(w, tensors)
 }

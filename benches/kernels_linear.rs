@@ -10,11 +10,13 @@ use modula_benches::data;
 use modula_benches::matrixmultiply_xwt;
 use modula_core::kernels::isa::available;
 use modula_core::kernels::linear::{
-    linear_with, matmul_rows_mode, widen_row_with, MatRef, WeightData, SKINNY_MAX_ROWS,
+    linear_mode, linear_with, matmul_rows_mode, widen_row_with, MatRef, WeightData, SKINNY_MAX_ROWS,
 };
 use modula_core::kernels::Isa;
-use modula_quant::blocks::{BlockQ4_0, BlockQ8_0};
-use modula_quant::quantize::{quantize_row_q4_0, quantize_row_q8_0};
+use modula_quant::blocks::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, QK_K};
+use modula_quant::quantize::{
+    quantize_row_q4_0, quantize_row_q4_k, quantize_row_q6_k, quantize_row_q8_0,
+};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -237,22 +239,39 @@ fn gemv(c: &mut Criterion) {
     let x = data(SKINNY_MAX_ROWS * k, 4);
     let mut y = vec![0f32; 256 * n];
     let (q8, q4) = quantised(&wf);
-    // bytes of weight data streamed per product (blocks: 34 and 18 bytes per 32 weights)
+    let mut q4k: Vec<BlockQ4K> = bytemuck::zeroed_vec(n * k / QK_K);
+    let mut q6k: Vec<BlockQ6K> = bytemuck::zeroed_vec(n * k / QK_K);
+    quantize_row_q4_k(&wf, &mut q4k).unwrap();
+    quantize_row_q6_k(&wf, &mut q6k).unwrap();
+    // bytes of weight data streamed per product (blocks: 34 and 18 bytes per 32 weights,
+    // 144 and 210 per 256)
     for (name, wd, bytes) in [
         ("f32", WeightData::F32(&wf), n * k * 4),
         ("f16", WeightData::F16(&wh), n * k * 2),
         ("bf16", WeightData::BF16(&wb), n * k * 2),
         ("q8_0", WeightData::Q8_0(&q8), n * k / 32 * 34),
         ("q4_0", WeightData::Q4_0(&q4), n * k / 32 * 18),
+        ("q4_k", WeightData::Q4K(&q4k), n * k / QK_K * 144),
+        ("q6_k", WeightData::Q6K(&q6k), n * k / QK_K * 210),
     ] {
         let w = MatRef::new(wd, n, k, k).unwrap();
         let mut g = c.benchmark_group(format!("gemv_4096x4096_{name}"));
         g.throughput(Throughput::Bytes(bytes as u64));
         g.sample_size(15).measurement_time(Duration::from_secs(4));
         for isa in available() {
+            // the default: Q8_0 / Q8_K activations for the quantised types
             g.bench_function(BenchmarkId::new("m1", isa.name()), |bch| {
-                bch.iter(|| linear_with(isa, black_box(&x), k, 1, &w, None, &mut y, n).unwrap())
+                bch.iter(|| {
+                    linear_mode(isa, true, black_box(&x), k, 1, &w, None, &mut y, n).unwrap()
+                })
             });
+            if w.data().is_quantized() || w.data().is_kquant() {
+                g.bench_function(BenchmarkId::new("m1_f32_activations", isa.name()), |bch| {
+                    bch.iter(|| {
+                        linear_mode(isa, false, black_box(&x), k, 1, &w, None, &mut y, n).unwrap()
+                    })
+                });
+            }
         }
         g.finish();
     }

@@ -5,7 +5,10 @@
 //! whole Llama-layout model quantised to each type against its dequantised copy.
 #![allow(clippy::unwrap_used)]
 
-use modula_core::kernels::linear::{linear, linear_scalar, matmul_rows, MatRef, WeightData};
+use modula_core::kernels::linear::{
+    linear_mode, linear_scalar, matmul_rows, set_quantized_activations, MatRef, WeightData,
+};
+use modula_core::kernels::{isa, Isa};
 use modula_core::rng::SplitMix64;
 use modula_core::{engine, DType, MetaValue, Model};
 use modula_quant::quantize::{
@@ -144,11 +147,36 @@ fn products_over_kquant_weights_equal_the_dequantised_weights() {
                 let x = gauss(&mut rng, m * k);
                 let (mut a, mut b, mut c) =
                     (vec![0f32; m * n], vec![0f32; m * n], vec![0f32; m * n]);
-                linear(&x, k, m, &w, None, &mut a, n).unwrap();
-                linear(&x, k, m, &f, None, &mut b, n).unwrap();
+                let best = isa::best();
+                linear_mode(best, false, &x, k, m, &w, None, &mut a, n).unwrap();
+                linear_mode(best, false, &x, k, m, &f, None, &mut b, n).unwrap();
                 linear_scalar(&x, k, m, &w, &mut c, n);
                 close(&a, &b, 1e-4, &format!("{t} linear {m}x{k} -> {n}"));
                 close(&c, &b, 1e-4, &format!("{t} scalar {m}x{k} -> {n}"));
+                // with Q8_K activations (the default): the integer kernels of every SIMD
+                // level give the scalar level's bits, and the product is the f32 one
+                // within the activations' rounding (skinny products; many-row products
+                // stay f32)
+                let mut q = vec![0f32; m * n];
+                linear_mode(Isa::Scalar, true, &x, k, m, &w, None, &mut q, n).unwrap();
+                for lvl in isa::available() {
+                    let mut g = vec![0f32; m * n];
+                    linear_mode(lvl, true, &x, k, m, &w, None, &mut g, n).unwrap();
+                    let same = g.iter().zip(&q).all(|(p, r)| p.to_bits() == r.to_bits());
+                    assert!(same, "{t} {} q8_k {m}x{k} -> {n}", lvl.name());
+                }
+                let err = q
+                    .iter()
+                    .zip(&b)
+                    .fold(0f32, |e, (p, r)| e.max((p - r).abs()));
+                let scale = b.iter().fold(0f32, |e, r| e.max(r.abs()));
+                assert!(
+                    err <= 0.02 * scale,
+                    "{t} q8_k {m}x{k} -> {n}: {err} of {scale}"
+                );
+                if m <= 16 {
+                    assert!(err > 0.0, "{t} {m}x{k}: the Q8_K path did not run");
+                }
                 // the transposed product: W as [n, k] = [in, out]
                 let xt = gauss(&mut rng, m * n);
                 let (mut p, mut q) = (vec![1f32; m * k], vec![1f32; m * k]);
@@ -165,8 +193,14 @@ fn products_over_kquant_weights_equal_the_dequantised_weights() {
     assert_eq!(cases, 40);
 }
 
-/// A random Llama-layout model (d 256, 4 heads on 2 key/value heads, FFN 512, vocab 300).
+/// A random Llama-layout model (d 256, 4 heads on 2 key/value heads, FFN 512, vocab 300,
+/// one block, tied head).
 fn llama_file() -> Vec<u8> {
+    llama_file_with(1, DType::F32)
+}
+
+/// [`llama_file`] with `blocks` blocks, its matrices stored as `dtype` (F32, F16 or BF16).
+fn llama_file_with(blocks: usize, dtype: DType) -> Vec<u8> {
     let (d, f, vocab, kv) = (256usize, 512usize, 300usize, 128usize);
     let mut rng = SplitMix64(3);
     let mut w = modula_core::gguf::GgufWriter::new();
@@ -179,7 +213,7 @@ fn llama_file() -> Vec<u8> {
     );
     for (k, v) in [
         ("llama.embedding_length", d),
-        ("llama.block_count", 1),
+        ("llama.block_count", blocks),
         ("llama.feed_forward_length", f),
         ("llama.attention.head_count", 4),
         ("llama.attention.head_count_kv", 2),
@@ -193,25 +227,47 @@ fn llama_file() -> Vec<u8> {
         MetaValue::F32(1e-5),
     );
     set(&mut w, "llama.rope.freq_base", MetaValue::F32(10000.0));
+    // deeper random models are tamer with smaller weights (perturbations grow less)
+    let tame = if blocks > 1 { 0.5 } else { 1.0 };
     let mut add = |name: &str, shape: &[usize], scale: f32| {
+        let scale = if shape.len() == 1 {
+            scale
+        } else {
+            scale * tame
+        };
         let n: usize = shape.iter().product();
         let v: Vec<f32> = gauss(&mut rng, n)
             .iter()
             .map(|x| x * scale + if shape.len() == 1 { 1.0 } else { 0.0 })
             .collect();
-        w.add_tensor(name, DType::F32, shape, bytemuck::cast_slice(&v).to_vec())
-            .unwrap();
+        let bytes: Vec<u8> = match dtype {
+            _ if shape.len() == 1 => bytemuck::cast_slice(&v).to_vec(),
+            DType::F16 => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            DType::BF16 => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+            _ => bytemuck::cast_slice(&v).to_vec(),
+        };
+        let t = if shape.len() == 1 { DType::F32 } else { dtype };
+        w.add_tensor(name, t, shape, bytes).unwrap();
     };
     add("token_embd.weight", &[vocab, d], 0.5);
-    add("blk.0.attn_norm.weight", &[d], 0.1);
-    add("blk.0.attn_q.weight", &[d, d], 0.1);
-    add("blk.0.attn_k.weight", &[kv, d], 0.1);
-    add("blk.0.attn_v.weight", &[kv, d], 0.1);
-    add("blk.0.attn_output.weight", &[d, d], 0.1);
-    add("blk.0.ffn_norm.weight", &[d], 0.1);
-    add("blk.0.ffn_gate.weight", &[f, d], 0.1);
-    add("blk.0.ffn_up.weight", &[f, d], 0.1);
-    add("blk.0.ffn_down.weight", &[d, f], 0.1);
+    for b in 0..blocks {
+        let n = |s: &str| format!("blk.{b}.{s}.weight");
+        add(&n("attn_norm"), &[d], 0.1);
+        add(&n("attn_q"), &[d, d], 0.1);
+        add(&n("attn_k"), &[kv, d], 0.1);
+        add(&n("attn_v"), &[kv, d], 0.1);
+        add(&n("attn_output"), &[d, d], 0.1);
+        add(&n("ffn_norm"), &[d], 0.1);
+        add(&n("ffn_gate"), &[f, d], 0.1);
+        add(&n("ffn_up"), &[f, d], 0.1);
+        add(&n("ffn_down"), &[d, f], 0.1);
+    }
     add("output_norm.weight", &[d], 0.1);
     w.to_bytes().unwrap()
 }
@@ -264,8 +320,19 @@ fn a_kquant_llama_model_runs_as_its_dequantised_copy() {
             .unwrap();
         }
         let dq = Model::from_bytes(w.to_bytes().unwrap()).unwrap();
+        // f32 activations: the same arithmetic as the dequantised copy (the only test in
+        // this binary that reads the global switch)
+        set_quantized_activations(false);
         let (qs, qp) = logits(&qm, &tokens);
+        set_quantized_activations(true);
         let (ds, dp) = logits(&dq, &tokens);
+        // Q8_K activations (the default): within their rounding
+        let (q8s, _) = logits(&qm, &tokens);
+        assert!(
+            rel(&q8s, &ds) <= 2e-2,
+            "{t}: Q8_K activations {:.2e}",
+            rel(&q8s, &ds)
+        );
         println!(
             "{t}: steps vs dequantised {:.2e}, prefill vs dequantised {:.2e}, vs f32 model {:.2e}",
             rel(&qs, &ds),
@@ -275,4 +342,79 @@ fn a_kquant_llama_model_runs_as_its_dequantised_copy() {
         assert!(rel(&qs, &ds) <= 1e-5 && rel(&qp, &dp) <= 1e-5, "{t}");
         assert!(rel(&qs, &full) <= 0.25, "{t}: far from the f32 model");
     }
+}
+
+/// `--type q4_k_m`: llama.cpp's Q4_K_M choice per tensor (its `use_more_bits` layers for
+/// the value and FFN down projections, Q6_K for a tied embedding), written with
+/// `general.file_type` 15; f16/bf16 sources quantise like f32 ones.
+#[test]
+fn q4_k_m_follows_llama_cpps_recipe() {
+    // llama.cpp's rule, written out here independently of the plan's
+    let more_bits = |i: usize, n: usize| i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+    let mut bumped = Vec::new();
+    for n in [8usize, 12] {
+        let m = Model::from_bytes(llama_file_with(n, DType::F32)).unwrap();
+        let plan = modula_core::quantize::q4_k_m_plan(&m).unwrap();
+        assert_eq!(
+            plan["token_embd.weight"],
+            DType::Q6K,
+            "tied head: output's type"
+        );
+        assert!(
+            !plan.contains_key("output_norm.weight"),
+            "vectors are not planned"
+        );
+        let mut six = Vec::new();
+        for i in 0..n {
+            for role in ["attn_v", "ffn_down"] {
+                let want = if more_bits(i, n) {
+                    DType::Q6K
+                } else {
+                    DType::Q4K
+                };
+                assert_eq!(
+                    plan[&format!("blk.{i}.{role}.weight")],
+                    want,
+                    "{role} {i}/{n}"
+                );
+            }
+            if plan[&format!("blk.{i}.attn_v.weight")] == DType::Q6K {
+                six.push(i);
+            }
+            for role in ["attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up"] {
+                assert_eq!(plan[&format!("blk.{i}.{role}.weight")], DType::Q4K);
+            }
+        }
+        bumped.push(six);
+    }
+    assert_eq!(bumped, [vec![0, 3, 6, 7], vec![0, 3, 6, 9, 10, 11]]);
+    // the whole file, from f32 and from bf16 / f16 sources
+    let f32m = Model::from_bytes(llama_file_with(8, DType::F32)).unwrap();
+    let (full, _) = logits(&f32m, &[3, 250, 17, 99]);
+    let (q4k, _) = modula_core::quantize::quantize_model(&f32m, DType::Q4K).unwrap();
+    let (q4k, _) = logits(
+        &Model::from_bytes(q4k.to_bytes().unwrap()).unwrap(),
+        &[3, 250, 17, 99],
+    );
+    for src in [DType::F32, DType::BF16, DType::F16] {
+        let m = Model::from_bytes(llama_file_with(8, src)).unwrap();
+        let (w, reports) = modula_core::quantize::quantize_named(&m, "q4_k_m").unwrap();
+        let q = Model::from_bytes(w.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            q.metadata()
+                .find(|(k, _)| *k == "general.file_type")
+                .map(|(_, v)| v.to_owned_value()),
+            Some(MetaValue::U32(15))
+        );
+        let conv = reports.iter().filter(|r| r.kept.is_none()).count();
+        assert_eq!(conv, 1 + 8 * 7, "{src}: every matrix converted");
+        let (got, _) = logits(&q, &[3, 250, 17, 99]);
+        // the extra bits show: closer to the f32 model than all-Q4_K
+        let (km, k4) = (rel(&got, &full), rel(&q4k, &full));
+        println!("{src} source: q4_k_m {km:.2e}, q4_k {k4:.2e} from the f32 model");
+        assert!(km < k4, "{src}: q4_k_m {km:.2e} vs q4_k {k4:.2e}");
+    }
+    // a name that is neither a type nor a mix
+    let e = modula_core::quantize::quantize_named(&f32m, "q5_k_m").unwrap_err();
+    assert!(e.contains("q4_k_m"), "{e}");
 }

@@ -181,6 +181,11 @@ pub fn bytes_as(t: DType, n: u64, cols: usize) -> Option<u64> {
     t.bytes_for(n)
 }
 
+/// Types a weight can be quantised from: f32, and f16/bf16 (which widen exactly).
+fn float(t: DType) -> bool {
+    matches!(t, DType::F32 | DType::F16 | DType::BF16)
+}
+
 /// Which tensors are weight matrices: by the model description's tensor table when the
 /// file has one (a tensor whose stored layout is `OutIn`, `InOut` or `Table`; `Vector`
 /// tensors — norms, biases and per-channel parameter tables such as SeqBoat's EMA
@@ -220,19 +225,109 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
     choose: &dyn Fn(&str) -> DType,
     file_type: DType,
 ) -> Result<(GgufWriter<'static>, Vec<TensorReport>), String> {
+    quantize_impl(
+        model,
+        choose,
+        ggml_file_type(file_type),
+        &file_type.to_string(),
+    )
+}
+
+/// llama.cpp's `LLAMA_FTYPE_MOSTLY_Q4_K_M`.
+const FTYPE_Q4_K_M: u32 = 15;
+
+/// Quantise `model` to a `--type` name: one of [`parse_target`]'s types for every weight
+/// matrix, or `q4_k_m`, llama.cpp's Q4_K_M mix ([`q4_k_m_plan`]).
+pub fn quantize_named<B: AsRef<[u8]>>(
+    model: &Model<B>,
+    name: &str,
+) -> Result<(GgufWriter<'static>, Vec<TensorReport>), String> {
+    if name == "q4_k_m" {
+        let plan = q4_k_m_plan(model)?;
+        let choose = |n: &str| plan.get(n).copied().unwrap_or(DType::F32);
+        return quantize_impl(model, &choose, FTYPE_Q4_K_M, "q4_k_m");
+    }
+    let t = parse_target(name).map_err(|e| format!("{e}, or q4_k_m"))?;
+    if t == DType::F32 {
+        return Err("target f32: nothing to quantise".into());
+    }
+    quantize_model(model, t)
+}
+
+/// llama.cpp's choice of a type per tensor for a Q4_K_M file (`llama_tensor_get_type` in
+/// `llama-quant.cpp`, for models without experts and other than Falcon), by the tensors'
+/// roles in the model description: the LM head — or the token embedding when it is tied
+/// to the head — Q6_K; the value projections and FFN down projections of the layers
+/// `use_more_bits` picks (the first and last eighth of the depth and every third layer
+/// between) Q6_K, the others Q4_K; every other weight matrix Q4_K. Where it differs from
+/// llama.cpp, because Modula has no Q5_K or Q5_0: a fused `attn_qkv` (GPT-2) is Q6_K
+/// (llama.cpp: Q5_K), and a matrix whose rows are not whole 256-weight super-blocks is
+/// Q8_0 (llama.cpp: Q5_0 for Q4_K, Q8_0 for Q6_K). Tensors that are not weight matrices
+/// are not in the plan (they stay f32).
+pub fn q4_k_m_plan<B: AsRef<[u8]>>(
+    model: &Model<B>,
+) -> Result<std::collections::BTreeMap<String, DType>, String> {
+    use crate::arch::Role;
+    let desc = ModelDesc::from_model(model).map_err(|e| {
+        format!("q4_k_m assigns types by tensor role, from the model description: {e}")
+    })?;
+    let specs = desc.tensors();
+    let has_output = specs.iter().any(|t| t.role == Role::Output);
+    // (llama.cpp's `use_more_bits`; the last clause is reached with i >= n / 8)
+    let more_bits = |i: usize, n: usize| i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+    let count = |r: Role| specs.iter().filter(|t| t.role == r).count();
+    let (n_v, n_down) = (count(Role::AttnV), count(Role::FfnDown));
+    let (mut i_v, mut i_down) = (0usize, 0usize);
+    let mut plan = std::collections::BTreeMap::new();
+    for t in &specs {
+        if t.layout == Layout::Vector || t.shape.len() < 2 {
+            continue;
+        }
+        let cols = t.shape.last().copied().unwrap_or(0);
+        let ty = match t.role {
+            Role::Output => DType::Q6K,
+            Role::TokenEmbd if !has_output => DType::Q6K,
+            Role::AttnQkv => DType::Q6K,
+            Role::AttnV => {
+                i_v += 1;
+                if more_bits(i_v - 1, n_v) {
+                    DType::Q6K
+                } else {
+                    DType::Q4K
+                }
+            }
+            Role::FfnDown => {
+                i_down += 1;
+                if more_bits(i_down - 1, n_down) {
+                    DType::Q6K
+                } else {
+                    DType::Q4K
+                }
+            }
+            _ => DType::Q4K,
+        };
+        let ty = if cols % QK_K == 0 { ty } else { DType::Q8_0 };
+        plan.insert(t.name.clone(), ty);
+    }
+    Ok(plan)
+}
+
+fn quantize_impl<B: AsRef<[u8]>>(
+    model: &Model<B>,
+    choose: &dyn Fn(&str) -> DType,
+    file_type_id: u32,
+    target: &str,
+) -> Result<(GgufWriter<'static>, Vec<TensorReport>), String> {
     let matrices = Matrices::of(model);
     // a file whose weight matrices are all quantised already cannot be quantised again
     // (the report would say "1.00x smaller" and the copy be the same file)
     let weight = |t: &crate::TensorView<'_>| {
         t.shape().len() >= 2 && matrices.is_matrix(t.name()) && !t.name().starts_with("optimizer.")
     };
-    if !model
-        .tensors()
-        .any(|t| weight(&t) && t.dtype() == DType::F32)
-    {
+    if !model.tensors().any(|t| weight(&t) && float(t.dtype())) {
         if let Some(t) = model.tensors().find(|t| weight(t)) {
             return Err(format!(
-                "the weight matrices are {} already (e.g. '{}'), not f32: quantise the f32 original instead",
+                "the weight matrices are {} already (e.g. '{}'), not f32/f16/bf16: quantise the original instead",
                 t.dtype(),
                 t.name()
             ));
@@ -240,11 +335,10 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
     }
     let block = model
         .tensors()
-        .filter(|t| t.shape().len() >= 2 && t.dtype() == DType::F32 && matrices.is_matrix(t.name()))
+        .filter(|t| t.shape().len() >= 2 && float(t.dtype()) && matrices.is_matrix(t.name()))
         .map(|t| choose(t.name()).block_len())
         .max()
         .unwrap_or(1);
-    let target = file_type;
     // nested widths must be whole blocks
     if block > 1 {
         for (k, v) in model.metadata() {
@@ -277,11 +371,8 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
         }
         w.set(k, v.to_owned_value()).map_err(|e| e.to_string())?;
     }
-    w.set(
-        "general.file_type",
-        MetaValue::U32(ggml_file_type(file_type)),
-    )
-    .map_err(|e| e.to_string())?;
+    w.set("general.file_type", MetaValue::U32(file_type_id))
+        .map_err(|e| e.to_string())?;
     let mut reports = Vec::new();
     let mut open_group: Option<String> = None;
     for t in model.tensors() {
@@ -311,7 +402,7 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
                 bytes: (before, before),
             })
         };
-        let reason = if t.dtype() != DType::F32 {
+        let reason = if !float(t.dtype()) {
             Some(format!("already {}", t.dtype()))
         } else if shape.len() < 2 {
             Some("vector (norm, bias) stays f32".to_string())
@@ -320,10 +411,13 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
         } else if !matrices.is_matrix(t.name()) {
             Some("parameter table (not a weight matrix) stays f32".to_string())
         } else if target == DType::F32 {
-            Some("kept f32 by the plan".to_string())
+            Some(format!("kept {} by the plan", t.dtype()))
+        } else if t.dtype() == target {
+            Some(format!("already {}", t.dtype()))
         } else if cols % block != 0 {
             Some(format!(
-                "rows of {cols} are not whole {block}-weight blocks; kept f32"
+                "rows of {cols} are not whole {block}-weight blocks; kept {}",
+                t.dtype()
             ))
         } else {
             None
@@ -335,7 +429,14 @@ pub fn quantize_model_with<B: AsRef<[u8]>>(
                 keep(&why).map_err(|e| e.to_string())?
             }
             None => {
-                let v = t.as_f32_slice().map_err(|e| e.to_string())?;
+                // f16/bf16 sources (e.g. an imported bf16 checkpoint) widen exactly
+                let owned;
+                let v = if t.dtype() == DType::F32 {
+                    t.as_f32_slice().map_err(|e| e.to_string())?
+                } else {
+                    owned = t.to_f32_vec().map_err(|e| e.to_string())?;
+                    &owned[..]
+                };
                 let (bytes, back) =
                     convert(v, target).map_err(|e| format!("tensor '{}': {e}", t.name()))?;
                 let (rmse, max_abs, rel_rmse) = errors(v, &back);

@@ -6,7 +6,7 @@
 
 use clap::Args;
 use modula_core::kernels::{isa, par};
-use modula_core::quantize::{parse_target, quantize_model};
+use modula_core::quantize::{parse_target, quantize_named};
 use modula_core::Model;
 use std::path::{Path, PathBuf};
 
@@ -16,11 +16,12 @@ use modula_core::engine::Size;
 /// Arguments of `modula bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model file (a byte LM: dense, EMoE, ModuleFormer or SeqBoat).
+    /// Model file (a byte LM: dense, EMoE, ModuleFormer or SeqBoat; or a Llama-family /
+    /// GPT-2 GGUF).
     #[arg(long)]
     model: PathBuf,
     /// Precisions, comma-separated: `file` (the file as it is) and quantised copies of an
-    /// f32 file: f16, bf16, q8_0, q4_0.
+    /// f32/f16/bf16 file: f16, bf16, q8_0, q4_0, q4_k, q6_k, q4_k_m.
     #[arg(long, default_value = "file,f16,q8_0,q4_0")]
     types: String,
     /// Nested sizes: `all` (every size the file declares) or a comma-separated list
@@ -86,8 +87,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         if types[..i].contains(t) {
             return Err(format!("--types: {t} is listed twice"));
         }
-        if *t != "file" {
-            parse_target(t)?;
+        if *t != "file" && *t != "q4_k_m" {
+            parse_target(t).map_err(|e| format!("{e}, q4_k_m or file"))?;
         }
     }
     // quantised copies, mapped like any file
@@ -100,7 +101,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         }
         std::fs::create_dir_all(&tmp.0)
             .map_err(|e| format!("cannot create {}: {e}", tmp.0.display()))?;
-        let (w, _) = quantize_model(&src, parse_target(t)?)
+        let (w, _) = quantize_named(&src, t)
             .map_err(|e| format!("{}: cannot make a {t} copy: {e}", a.model.display()))?;
         let p = tmp.0.join(format!("{t}.gguf"));
         w.write_to(&p)

@@ -1,11 +1,12 @@
-//! `modula quantize`: convert a model file's weight matrices to Q8_0, Q4_0, F16 or BF16 and
+//! `modula quantize`: convert a model file's weight matrices to Q8_0, Q4_0, Q4_K, Q6_K, F16
+//! or BF16 (or llama.cpp's Q4_K_M mix) and
 //! print each tensor's error against the original; `--type mixed` keeps the weights a
 //! device reads most — the experts a calibration set routes to, the slices its nested
 //! sub-models read — at a higher precision than the rest, under a size budget.
 
 use clap::Args;
 use modula_core::engine::{DenseSpec, SbSpec};
-use modula_core::quantize::{parse_target, quantize_model, quantize_model_with};
+use modula_core::quantize::{parse_target, quantize_model_with, quantize_named};
 use modula_core::DType;
 use modula_core::Model;
 use modula_train::model::mixed::{self, plan_mixed_units, MixedPlan, Unit};
@@ -21,7 +22,9 @@ pub struct QuantizeArgs {
     /// Output model.
     #[arg(long)]
     out: PathBuf,
-    /// Target type: q8_0, q4_0, f16, bf16, or mixed (precision by usage under
+    /// Target type: q8_0, q4_0, q4_k, q6_k, f16, bf16; q4_k_m (llama.cpp's Q4_K_M mix:
+    /// Q4_K, with Q6_K for the head and for the value and FFN down projections of the
+    /// first and last eighth of the layers and every third between); or mixed (precision by usage under
     /// --budget-mb: ModuleFormer experts by their routed traffic on --calib data, dense and
     /// SeqBoat blocks by how much of them the nested sub-models in --sizes read).
     #[arg(long = "type")]
@@ -81,7 +84,7 @@ pub fn run(a: &QuantizeArgs) -> Result<(), String> {
     let (w, reports) = if a.ty == "mixed" {
         mixed(a, &m)?
     } else {
-        quantize_model(&m, parse_target(&a.ty)?)?
+        quantize_named(&m, &a.ty)?
     };
     let total = w
         .write_to(&a.out)

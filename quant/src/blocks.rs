@@ -148,10 +148,35 @@ pub struct BlockQ6K {
     pub d: f16,
 }
 
+/// `Q8_K`: the activation side of the K-quant products (ggml's `block_q8_K`, never stored
+/// in files): 256 values as `x ≈ d·q` with signed 8-bit `q`, and the sums of each 16
+/// consecutive `q` (`bsums`), which the Q4_K mins and the Q6_K offset of 32 multiply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8K {
+    /// Scale (f32).
+    pub d: f32,
+    /// Quants.
+    pub qs: [i8; QK_K],
+    /// `bsums[j] = Σ qs[16j .. 16j + 16]`.
+    pub bsums: [i16; QK_K / 16],
+}
+
+impl BlockQ8K {
+    /// All zero (scale 0).
+    pub const ZERO: BlockQ8K = BlockQ8K {
+        d: 0.0,
+        qs: [0; QK_K],
+        bsums: [0; QK_K / 16],
+    };
+}
+
 const _: () = assert!(core::mem::size_of::<BlockQ4K>() == 144);
 const _: () = assert!(core::mem::size_of::<BlockQ6K>() == 210);
 const _: () = assert!(core::mem::align_of::<BlockQ4K>() == 2);
 const _: () = assert!(core::mem::align_of::<BlockQ6K>() == 2);
+
+const _: () = assert!(core::mem::size_of::<BlockQ8K>() == 292);
 
 // SAFETY: repr(C), two f16 then byte arrays, size 144 = the fields' sizes (asserted): no
 // padding; every bit pattern is a valid value.

@@ -24,5 +24,5 @@ pub mod dtype;
 pub mod kernels;
 pub mod quantize;
 
-pub use blocks::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, QK4_0, QK8_0, QK_K};
+pub use blocks::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, QK4_0, QK8_0, QK_K};
 pub use dtype::{DType, GgmlTypeId};

@@ -20,7 +20,7 @@ use super::isa::{self, Isa};
 use super::par;
 use super::{exactly, need, KernelError};
 use half::{bf16, f16};
-use modula_quant::blocks::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, QK_K};
+use modula_quant::blocks::{BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, QK_K};
 use modula_quant::kernels as qk;
 use modula_quant::kernels::Q8Oct;
 
@@ -393,6 +393,9 @@ fn skinny(
     ldy: usize,
 ) {
     if w.data.is_kquant() {
+        if qact && skinny_kquant_q8k(isa, x, ldx, m, w, y, ldy) {
+            return;
+        }
         return skinny_kquant(x, ldx, m, w, y, ldy);
     }
     if w.data.is_quantized() {
@@ -512,11 +515,12 @@ fn qaxpy4(isa: Isa, a: [f32; 4], rows: &[QRow<'_>; 4], y: &mut [f32]) -> bool {
 static QUANTIZED_ACTIVATIONS: core::sync::atomic::AtomicBool =
     core::sync::atomic::AtomicBool::new(true);
 
-/// Choose how the skinny products over Q8_0/Q4_0 weights treat the activations: `true`
-/// (the default, as llama.cpp does) quantises each activation row to Q8_0 once and uses
-/// integer block dot products — faster, at the cost of the activations' own rounding
-/// (≈ 0.4 % relative per value); `false` keeps them f32 (dequantise-and-FMA). Many-row
-/// products always dequantise weight panels and stay f32.
+/// Choose how the skinny products over Q8_0/Q4_0 and K-quant weights treat the
+/// activations: `true` (the default, as llama.cpp does) quantises each activation row to
+/// Q8_0 (Q8_K for Q4_K/Q6_K weights) once and uses integer block dot products — faster,
+/// at the cost of the activations' own rounding (≈ 0.4 % relative per value); `false`
+/// keeps them f32 (dequantise-and-FMA). Many-row products always dequantise weight panels
+/// and stay f32.
 pub fn set_quantized_activations(on: bool) {
     QUANTIZED_ACTIVATIONS.store(on, core::sync::atomic::Ordering::Relaxed);
 }
@@ -1158,6 +1162,78 @@ fn kblock(w: &MatRef<'_>, j: usize, b: usize, out: &mut [f32; QK_K]) {
         WeightData::Q6K(d) => d[i].dequantize(out),
         _ => out.fill(0.0),
     }
+}
+
+/// The skinny product over K-quant weights with quantised activations (the default, as
+/// llama.cpp does): each activation row quantised to Q8_K once — on the stack for up to
+/// 8,192 values in all, else one heap buffer — then per weight row and activation row the
+/// integer super-block dot products of [`modula_quant::kernels::kquant`] (bit-identical at
+/// every SIMD level). False, with `y` untouched, when an activation is not finite: the
+/// caller then runs the f32 path, which propagates it as f32 arithmetic does.
+#[allow(clippy::too_many_arguments)]
+fn skinny_kquant_q8k(
+    isa: Isa,
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    w: &MatRef<'_>,
+    y: &mut [f32],
+    ldy: usize,
+) -> bool {
+    use modula_quant::kernels::kquant as kq;
+    let (k, nb) = (w.cols, w.cols / QK_K);
+    const STACK_BLOCKS: usize = 32;
+    let mut stack;
+    let mut heap = alloc::vec::Vec::new();
+    let xq: &mut [BlockQ8K] = if m * nb <= STACK_BLOCKS {
+        stack = [BlockQ8K::ZERO; STACK_BLOCKS];
+        &mut stack[..m * nb]
+    } else {
+        heap.resize(m * nb, BlockQ8K::ZERO);
+        &mut heap
+    };
+    for i in 0..m {
+        if !kq::quantize_q8_k(&x[i * ldx..i * ldx + k], &mut xq[i * nb..(i + 1) * nb]) {
+            return false;
+        }
+    }
+    let xrow = |i: usize| &xq[i * nb..(i + 1) * nb];
+    for j in 0..w.rows {
+        let b0 = j * w.ld / QK_K;
+        match w.data {
+            WeightData::Q4K(d) => {
+                let row = &d[b0..b0 + nb];
+                for i in 0..m {
+                    y[i * ldy + j] = match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); the
+                        // activation row has the weight row's super-block count.
+                        Isa::Avx2 => unsafe { kq::avx2::dot_q4_k_q8_k(row, xrow(i)) },
+                        #[cfg(target_arch = "aarch64")]
+                        // SAFETY: NEON supported (checked by the caller); lengths as above.
+                        Isa::Neon => unsafe { kq::neon::dot_q4_k_q8_k(row, xrow(i)) },
+                        _ => kq::dot_q4_k_q8_k(row, xrow(i)),
+                    };
+                }
+            }
+            WeightData::Q6K(d) => {
+                let row = &d[b0..b0 + nb];
+                for i in 0..m {
+                    y[i * ldy + j] = match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: as for Q4_K above.
+                        Isa::Avx2 => unsafe { kq::avx2::dot_q6_k_q8_k(row, xrow(i)) },
+                        #[cfg(target_arch = "aarch64")]
+                        // SAFETY: as for Q4_K above.
+                        Isa::Neon => unsafe { kq::neon::dot_q6_k_q8_k(row, xrow(i)) },
+                        _ => kq::dot_q6_k_q8_k(row, xrow(i)),
+                    };
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The skinny product over K-quant weights: each super-block of a weight row is

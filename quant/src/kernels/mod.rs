@@ -55,6 +55,7 @@ macro_rules! even_odd {
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod kquant;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
@@ -356,7 +357,7 @@ pub(crate) mod tests {
 
     /// AVX2 + FMA + F16C on this CPU (what the AVX2 variants require).
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    fn has_avx2() -> bool {
+    pub(crate) fn has_avx2() -> bool {
         std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")

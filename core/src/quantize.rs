@@ -327,7 +327,7 @@ fn quantize_impl<B: AsRef<[u8]>>(
     if !model.tensors().any(|t| weight(&t) && float(t.dtype())) {
         if let Some(t) = model.tensors().find(|t| weight(t)) {
             return Err(format!(
-                "the weight matrices are {} already (e.g. '{}'), not f32/f16/bf16: quantise the original instead",
+                "the weight matrices are {} already (e.g. '{}'), not f32/f16/bf16: quantise the f32 original instead",
                 t.dtype(),
                 t.name()
             ));

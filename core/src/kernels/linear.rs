@@ -1164,6 +1164,34 @@ fn kblock(w: &MatRef<'_>, j: usize, b: usize, out: &mut [f32; QK_K]) {
     }
 }
 
+/// One row's super-blocks of a K-quant matrix.
+enum KRow<'a> {
+    Q4(&'a [BlockQ4K]),
+    Q6(&'a [BlockQ6K]),
+}
+
+/// `Σ dequant(row)·dequant(x)` over Q8_K activations with the kernel for `isa`
+/// (supported; `x` has the row's super-block count). Every level gives the same bits.
+fn kdot(isa: Isa, row: &KRow<'_>, x: &[BlockQ8K]) -> f32 {
+    use modula_quant::kernels::kquant as kq;
+    match (isa, row) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); lengths as documented.
+        (Isa::Avx2, KRow::Q4(r)) => unsafe { kq::avx2::dot_q4_k_q8_k(r, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, KRow::Q6(r)) => unsafe { kq::avx2::dot_q6_k_q8_k(r, x) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON supported (checked by the caller); lengths as documented.
+        (Isa::Neon, KRow::Q4(r)) => unsafe { kq::neon::dot_q4_k_q8_k(r, x) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        (Isa::Neon, KRow::Q6(r)) => unsafe { kq::neon::dot_q6_k_q8_k(r, x) },
+        (_, KRow::Q4(r)) => kq::dot_q4_k_q8_k(r, x),
+        (_, KRow::Q6(r)) => kq::dot_q6_k_q8_k(r, x),
+    }
+}
+
 /// The skinny product over K-quant weights with quantised activations (the default, as
 /// llama.cpp does): each activation row quantised to Q8_K once — on the stack for up to
 /// 8,192 values in all, else one heap buffer — then per weight row and activation row the
@@ -1197,40 +1225,15 @@ fn skinny_kquant_q8k(
             return false;
         }
     }
-    let xrow = |i: usize| &xq[i * nb..(i + 1) * nb];
     for j in 0..w.rows {
         let b0 = j * w.ld / QK_K;
-        match w.data {
-            WeightData::Q4K(d) => {
-                let row = &d[b0..b0 + nb];
-                for i in 0..m {
-                    y[i * ldy + j] = match isa {
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: AVX2+FMA+F16C supported (checked by the caller); the
-                        // activation row has the weight row's super-block count.
-                        Isa::Avx2 => unsafe { kq::avx2::dot_q4_k_q8_k(row, xrow(i)) },
-                        #[cfg(target_arch = "aarch64")]
-                        // SAFETY: NEON supported (checked by the caller); lengths as above.
-                        Isa::Neon => unsafe { kq::neon::dot_q4_k_q8_k(row, xrow(i)) },
-                        _ => kq::dot_q4_k_q8_k(row, xrow(i)),
-                    };
-                }
-            }
-            WeightData::Q6K(d) => {
-                let row = &d[b0..b0 + nb];
-                for i in 0..m {
-                    y[i * ldy + j] = match isa {
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: as for Q4_K above.
-                        Isa::Avx2 => unsafe { kq::avx2::dot_q6_k_q8_k(row, xrow(i)) },
-                        #[cfg(target_arch = "aarch64")]
-                        // SAFETY: as for Q4_K above.
-                        Isa::Neon => unsafe { kq::neon::dot_q6_k_q8_k(row, xrow(i)) },
-                        _ => kq::dot_q6_k_q8_k(row, xrow(i)),
-                    };
-                }
-            }
+        let row = match w.data {
+            WeightData::Q4K(d) => KRow::Q4(&d[b0..b0 + nb]),
+            WeightData::Q6K(d) => KRow::Q6(&d[b0..b0 + nb]),
             _ => return false,
+        };
+        for i in 0..m {
+            y[i * ldy + j] = kdot(isa, &row, &xq[i * nb..(i + 1) * nb]);
         }
     }
     true

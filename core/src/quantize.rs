@@ -242,16 +242,24 @@ pub fn quantize_named<B: AsRef<[u8]>>(
     model: &Model<B>,
     name: &str,
 ) -> Result<(GgufWriter<'static>, Vec<TensorReport>), String> {
+    check_target_name(name)?;
     if name == "q4_k_m" {
         let plan = q4_k_m_plan(model)?;
         let choose = |n: &str| plan.get(n).copied().unwrap_or(DType::F32);
         return quantize_impl(model, &choose, FTYPE_Q4_K_M, "q4_k_m");
     }
-    let t = parse_target(name).map_err(|e| format!("{e}, or q4_k_m"))?;
-    if t == DType::F32 {
-        return Err("target f32: nothing to quantise".into());
+    quantize_model(model, parse_target(name)?)
+}
+
+/// Whether `name` is a `--type` [`quantize_named`] accepts (a type or `q4_k_m`), with the
+/// list of names when it is not.
+pub fn check_target_name(name: &str) -> Result<(), String> {
+    if name == "q4_k_m" {
+        return Ok(());
     }
-    quantize_model(model, t)
+    parse_target(name)
+        .map(|_| ())
+        .map_err(|e| format!("{e}, or q4_k_m"))
 }
 
 /// llama.cpp's choice of a type per tensor for a Q4_K_M file (`llama_tensor_get_type` in
@@ -278,6 +286,15 @@ pub fn q4_k_m_plan<B: AsRef<[u8]>>(
     let count = |r: Role| specs.iter().filter(|t| t.role == r).count();
     let (n_v, n_down) = (count(Role::AttnV), count(Role::FfnDown));
     let (mut i_v, mut i_down) = (0usize, 0usize);
+    // the i-th tensor of its role (in file order) among n: Q6_K where llama.cpp bumps it
+    let by_layer = |i: &mut usize, n: usize| {
+        *i += 1;
+        if more_bits(*i - 1, n) {
+            DType::Q6K
+        } else {
+            DType::Q4K
+        }
+    };
     let mut plan = std::collections::BTreeMap::new();
     for t in &specs {
         if t.layout == Layout::Vector || t.shape.len() < 2 {
@@ -288,22 +305,8 @@ pub fn q4_k_m_plan<B: AsRef<[u8]>>(
             Role::Output => DType::Q6K,
             Role::TokenEmbd if !has_output => DType::Q6K,
             Role::AttnQkv => DType::Q6K,
-            Role::AttnV => {
-                i_v += 1;
-                if more_bits(i_v - 1, n_v) {
-                    DType::Q6K
-                } else {
-                    DType::Q4K
-                }
-            }
-            Role::FfnDown => {
-                i_down += 1;
-                if more_bits(i_down - 1, n_down) {
-                    DType::Q6K
-                } else {
-                    DType::Q4K
-                }
-            }
+            Role::AttnV => by_layer(&mut i_v, n_v),
+            Role::FfnDown => by_layer(&mut i_down, n_down),
             _ => DType::Q4K,
         };
         let ty = if cols % QK_K == 0 { ty } else { DType::Q8_0 };

@@ -6,7 +6,7 @@
 
 use clap::Args;
 use modula_core::kernels::{isa, par};
-use modula_core::quantize::{parse_target, quantize_named};
+use modula_core::quantize::{check_target_name, quantize_named};
 use modula_core::Model;
 use std::path::{Path, PathBuf};
 
@@ -87,8 +87,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         if types[..i].contains(t) {
             return Err(format!("--types: {t} is listed twice"));
         }
-        if *t != "file" && *t != "q4_k_m" {
-            parse_target(t).map_err(|e| format!("{e}, q4_k_m or file"))?;
+        if *t != "file" {
+            check_target_name(t).map_err(|e| format!("{e} (or file)"))?;
         }
     }
     // quantised copies, mapped like any file
